@@ -1,0 +1,3 @@
+from p2pinfer.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,256 @@
+"""Typed node configuration, loaded from TOML with one-line errors.
+
+A config file has the sections below; every key is optional and has a default, unknown keys are
+errors (a typo must not silently fall back to a default). Errors read
+`FILE: key 'net.listen': expected a list of strings, got int` and are `ConfigError`s.
+See node_configs/*.toml for commented examples.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from p2pinfer.errors import ConfigError
+
+NETWORK_ID_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+ROLES = ("stage", "client", "bootstrap")
+
+
+@dataclass
+class NodeSection:
+    name: str = ""
+    #: where the key, caches and the control socket live; `~` is expanded
+    data_dir: str = "~/.p2pinfer/node"
+    #: identity key file; relative paths are inside data_dir
+    key_file: str = "identity.key"
+    #: enters every topic name, signature and attestation binding
+    network_id: str = "p2pinfer-devnet"
+    roles: list[str] = field(default_factory=lambda: ["stage", "client"])
+
+
+@dataclass
+class NetSection:
+    listen: list[str] = field(default_factory=lambda: ["/ip4/127.0.0.1/tcp/0"])
+    #: addresses put in adverts; empty = the bound listen addresses
+    announce: list[str] = field(default_factory=list)
+    #: multiaddrs with /p2p/<peer id> of peers to join through
+    bootstrap: list[str] = field(default_factory=list)
+    #: private network: file holding a 32-byte pre-shared key as 64 hex characters
+    psk_file: str = ""
+    #: announce and find peers on the LAN with mDNS (off by default)
+    mdns: bool = False
+    #: run a Kademlia DHT in server mode
+    dht: bool = True
+    dial_timeout_s: float = 10.0
+    #: how often to re-dial bootstrap peers that are not connected
+    redial_interval_s: float = 5.0
+
+
+@dataclass
+class GossipSection:
+    heartbeat_s: float = 1.0
+    advert_interval_s: float = 10.0
+    advert_ttl_s: float = 60.0
+    #: gossip messages accepted per publisher per topic per second
+    max_msgs_per_s: float = 50.0
+
+
+@dataclass
+class ControlSection:
+    enabled: bool = True
+    #: Unix socket path for `p2pinfer peers`; empty = <data_dir>/control.sock
+    socket: str = ""
+
+
+@dataclass
+class LimitsSection:
+    max_frame_bytes: int = 80 * 1024 * 1024
+    max_tensor_bytes: int = 64 * 1024 * 1024 + 1024
+    max_advert_bytes: int = 16 * 1024
+    stream_timeout_s: float = 60.0
+    max_inbound_streams: int = 64
+
+
+@dataclass
+class ServeSection:
+    #: model directory or built-in name ("" = serve nothing)
+    model: str = ""
+    #: "auto" or [start, end) layer indices
+    layers: Any = "auto"
+    dtype: str = "float32"
+
+
+@dataclass
+class NodeConfig:
+    node: NodeSection = field(default_factory=NodeSection)
+    net: NetSection = field(default_factory=NetSection)
+    gossip: GossipSection = field(default_factory=GossipSection)
+    control: ControlSection = field(default_factory=ControlSection)
+    limits: LimitsSection = field(default_factory=LimitsSection)
+    serve: ServeSection = field(default_factory=ServeSection)
+    #: the file this came from, for error messages ("" when built in code)
+    source: str = ""
+
+    # -- derived paths ---------------------------------------------------------------------
+    @property
+    def data_dir(self) -> Path:
+        return Path(os.path.expanduser(self.node.data_dir))
+
+    @property
+    def key_path(self) -> Path:
+        p = Path(os.path.expanduser(self.node.key_file))
+        return p if p.is_absolute() else self.data_dir / p
+
+    @property
+    def control_path(self) -> Path:
+        if self.control.socket:
+            return Path(os.path.expanduser(self.control.socket))
+        return self.data_dir / "control.sock"
+
+    def validate(self) -> None:
+        where = self.source or "<config>"
+        if not NETWORK_ID_RE.match(self.node.network_id):
+            raise ConfigError(
+                f"{where}: key 'node.network_id': {self.node.network_id!r} must be 1-63 "
+                "characters of a-z, 0-9, '.', '_', '-'"
+            )
+        for role in self.node.roles:
+            if role not in ROLES:
+                raise ConfigError(f"{where}: key 'node.roles': unknown role {role!r} ({ROLES})")
+        for key in ("listen", "announce", "bootstrap"):
+            for addr in getattr(self.net, key):
+                if not addr.startswith("/"):
+                    raise ConfigError(f"{where}: key 'net.{key}': {addr!r} is not a multiaddr")
+        for addr in self.net.bootstrap:
+            if "/p2p/" not in addr:
+                raise ConfigError(
+                    f"{where}: key 'net.bootstrap': {addr!r} needs a /p2p/<peer id> part"
+                )
+        layers = self.serve.layers
+        if not (
+            layers == "auto"
+            or (
+                isinstance(layers, list)
+                and len(layers) == 2
+                and all(isinstance(x, int) and not isinstance(x, bool) for x in layers)
+                and 0 <= layers[0] < layers[1]
+            )
+        ):
+            raise ConfigError(
+                f"{where}: key 'serve.layers': expected \"auto\" or [start, end) with "
+                f"0 <= start < end, got {layers!r}"
+            )
+        positive = [
+            ("gossip.heartbeat_s", self.gossip.heartbeat_s),
+            ("gossip.advert_interval_s", self.gossip.advert_interval_s),
+            ("gossip.advert_ttl_s", self.gossip.advert_ttl_s),
+            ("gossip.max_msgs_per_s", self.gossip.max_msgs_per_s),
+            ("net.dial_timeout_s", self.net.dial_timeout_s),
+            ("net.redial_interval_s", self.net.redial_interval_s),
+            ("limits.max_frame_bytes", self.limits.max_frame_bytes),
+            ("limits.max_tensor_bytes", self.limits.max_tensor_bytes),
+            ("limits.max_advert_bytes", self.limits.max_advert_bytes),
+            ("limits.stream_timeout_s", self.limits.stream_timeout_s),
+            ("limits.max_inbound_streams", self.limits.max_inbound_streams),
+        ]
+        for key, value in positive:
+            if value <= 0:
+                raise ConfigError(f"{where}: key '{key}': must be positive, got {value!r}")
+
+
+# -- loading -----------------------------------------------------------------------------------
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is list:
+        (inner,) = typing.get_args(tp)
+        return f"a list of {_type_name(inner)}s"
+    if tp is Any:
+        return "any value"
+    return {str: "string", int: "integer", float: "number", bool: "boolean"}.get(tp, str(tp))
+
+
+def _check_value(value: Any, tp: Any, key: str, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin is list:
+        (inner,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(
+                f"{where}: key '{key}': expected {_type_name(tp)}, got {type(value).__name__}"
+            )
+        return [_check_value(v, inner, key, where) for v in value]
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float) and isinstance(value, bool):
+        raise ConfigError(f"{where}: key '{key}': expected {_type_name(tp)}, got boolean")
+    if not isinstance(value, tp):
+        raise ConfigError(
+            f"{where}: key '{key}': expected {_type_name(tp)}, got {type(value).__name__}"
+        )
+    return value
+
+
+def _build(cls: type, data: Any, prefix: str, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: key '{prefix}': expected a table")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "source"}
+    kwargs = {}
+    for key, value in data.items():
+        dotted = f"{prefix}.{key}" if prefix else key
+        if key not in fields:
+            raise ConfigError(f"{where}: key '{dotted}': unknown key")
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = _build(tp, value, dotted, where)
+        else:
+            kwargs[key] = _check_value(value, tp, dotted, where)
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict[str, Any], source: str = "") -> NodeConfig:
+    """Build and validate a config from a parsed TOML-like dict."""
+    cfg = _build(NodeConfig, data, "", source or "<config>")
+    cfg.source = source
+    cfg.validate()
+    return cfg
+
+
+def load_config(path: str | os.PathLike[str]) -> NodeConfig:
+    """Load and validate a TOML config file; every problem is one `ConfigError` line."""
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: config file not found") from None
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read config file ({e.strerror})") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{p}: config file is not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{p}: not valid TOML ({e})") from None
+    return config_from_dict(data, source=str(p))
+
+
+def with_overrides(cfg: NodeConfig, **sections: dict[str, Any]) -> NodeConfig:
+    """A copy of `cfg` with some keys replaced, e.g. `with_overrides(c, net={"mdns": True})`."""
+    new = dataclasses.replace(cfg)
+    for name, values in sections.items():
+        section = dataclasses.replace(getattr(cfg, name), **values)
+        setattr(new, name, section)
+    new.validate()
+    return new
+
+
