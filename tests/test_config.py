@@ -1,0 +1,88 @@
+import pytest
+
+from p2pinfer.config import NodeConfig, config_from_dict, load_config, with_overrides
+from p2pinfer.errors import ConfigError
+
+
+def write(tmp_path, text):
+    p = tmp_path / "node.toml"
+    p.write_text(text)
+    return p
+
+
+def test_defaults_are_valid():
+    cfg = NodeConfig()
+    cfg.validate()
+    assert cfg.node.network_id == "p2pinfer-devnet"
+
+
+def test_file_values_are_typed_and_nested(tmp_path):
+    cfg = load_config(write(tmp_path, """
+[node]
+network_id = "testnet-7"
+data_dir = "/tmp/x"
+[net]
+listen = ["/ip4/127.0.0.1/tcp/4001"]
+dial_timeout_s = 3
+[serve]
+layers = [2, 6]
+"""))
+    assert cfg.node.network_id == "testnet-7"
+    assert cfg.net.dial_timeout_s == 3.0 and isinstance(cfg.net.dial_timeout_s, float)
+    assert cfg.serve.layers == [2, 6]
+    assert str(cfg.key_path) == "/tmp/x/identity.key"
+
+
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("[net]\nlisten = 4001\n", "key 'net.listen': expected a list of strings, got int"),
+        ("[net]\nlisen = []\n", "key 'net.lisen': unknown key"),
+        ("[nett]\n", "key 'nett': unknown key"),
+        ("[net]\nmdns = \"yes\"\n", "key 'net.mdns': expected boolean, got str"),
+        ("[limits]\nmax_frame_bytes = true\n", "key 'limits.max_frame_bytes': expected integer"),
+        ("[limits]\nmax_frame_bytes = -5\n", "key 'limits.max_frame_bytes': must be positive"),
+        ("[node]\nnetwork_id = \"Bad Net!\"\n", "key 'node.network_id'"),
+        ("[node]\nroles = [\"king\"]\n", "key 'node.roles': unknown role"),
+        ("[net]\nbootstrap = [\"/ip4/1.2.3.4/tcp/1\"]\n", "needs a /p2p/"),
+        ("[serve]\nlayers = [5, 2]\n", "key 'serve.layers'"),
+        ("net = 3\n", "key 'net': expected a table"),
+        ("[net\n", "not valid TOML"),
+    ],
+)
+def test_malformed_config_is_one_line_naming_file_and_key(tmp_path, text, needle):
+    p = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(p)
+    message = str(info.value)
+    assert str(p) in message and needle in message
+    assert "\n" not in message
+
+
+def test_missing_file_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.toml")
+
+
+def test_non_utf8_file_is_a_config_error(tmp_path):
+    p = tmp_path / "bin.toml"
+    p.write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(ConfigError, match="UTF-8"):
+        load_config(p)
+
+
+def test_overrides_are_validated():
+    cfg = config_from_dict({})
+    assert with_overrides(cfg, net={"mdns": True}).net.mdns is True
+    with pytest.raises(ConfigError):
+        with_overrides(cfg, node={"network_id": "UPPER"})
+
+
+def test_example_configs_in_the_repository_load(tmp_path):
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[1] / "node_configs"
+    files = sorted(folder.glob("*.toml"))
+    assert len(files) >= 4
+    for f in files:
+        load_config(f)
