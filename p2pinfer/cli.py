@@ -1,0 +1,262 @@
+"""The `p2pinfer` command line.
+
+User errors (bad config, bad arguments, a node that cannot be reached) print one line and exit
+with code 2; other failures print one line and exit 1; `--debug` adds the traceback and debug logs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from p2pinfer.config import NodeConfig, load_config
+from p2pinfer.errors import ConfigError, P2PInferError
+
+EXIT_USER = 2
+
+
+class UsageError(P2PInferError):
+    """A command was used wrongly; printed as one line, exit code 2."""
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _config(args: argparse.Namespace) -> NodeConfig:
+    if getattr(args, "config", None):
+        return load_config(args.config)
+    return NodeConfig()
+
+
+# -- node ----------------------------------------------------------------------------------------
+def _write_ready(path: Path, info: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(info))
+    os.replace(tmp, path)
+
+
+async def _run_node(cfg: NodeConfig, ready_file: str | None) -> None:
+    import signal
+
+    import trio
+
+    from p2pinfer.node import Node
+
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with Node(cfg) as node:
+            print(f"p2pinfer node {node.peer_id} on network {cfg.node.network_id}", flush=True)
+            for addr in node.addrs:
+                print(f"  listening {addr}", flush=True)
+            if ready_file:
+                _write_ready(Path(ready_file), {
+                    "peer_id": node.peer_id, "addrs": node.addrs, "pid": os.getpid(),
+                    "control": str(cfg.control_path) if cfg.control.enabled else "",
+                })
+            async for _ in signals:
+                print("stopping", flush=True)
+                break
+
+
+def cmd_node(args: argparse.Namespace) -> int:
+    import trio
+
+    cfg = _config(args)
+    trio.run(_run_node, cfg, args.ready_file)
+    return 0
+
+
+# -- keygen --------------------------------------------------------------------------------------
+def cmd_keygen(args: argparse.Namespace) -> int:
+    from p2pinfer.identity import NodeIdentity
+
+    path = Path(args.out) if args.out else _config(args).key_path
+    if path.exists():
+        ident = NodeIdentity.load(path)
+        print(f"{ident.peer_id}  (existing key {path})")
+        return 0
+    ident, _ = NodeIdentity.load_or_create(path)
+    print(f"{ident.peer_id}  (new key {path}, mode 0600)")
+    return 0
+
+
+# -- peers ---------------------------------------------------------------------------------------
+def _format_peer_table(peers: list[dict[str, Any]]) -> str:
+    if not peers:
+        return "no peers known yet"
+    rows = [("PEER", "ROLES", "MODEL/SPANS", "RTT ms", "LOAD", "TEE", "SEEN s ago")]
+    now = time.time()
+    for p in peers:
+        spans = ",".join(f"{a}-{b}" for a, b in p.get("spans", []) or [])
+        model = p.get("model_id") or ""
+        rtt = p.get("rtt_ms")
+        tee = p.get("tee_level") or ("-" if not p.get("tee_error") else f"rejected: {p['tee_error']}")
+        rows.append((
+            p["peer_id"][:16] + "..." + p["peer_id"][-6:],
+            ",".join(p.get("roles", [])),
+            f"{model} {spans}".strip() or "-",
+            "-" if rtt is None else f"{rtt:.1f}",
+            "-" if p.get("load") is None else f"{p['load']:.2f}",
+            tee,
+            "-" if not p.get("last_seen") else f"{max(0.0, now - p['last_seen']):.0f}",
+        ))
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+def cmd_peers(args: argparse.Namespace) -> int:
+    import trio
+
+    from p2pinfer.control import query_control
+
+    path = args.socket or str(_config(args).control_path)
+    if not Path(path).exists():
+        raise UsageError(f"no running node's control socket at {path} (start `p2pinfer node` "
+                         "with this config, or pass --socket)")
+    reply = trio.run(query_control, path, "peers")
+    peers = reply.get("peers", [])
+    if args.json:
+        print(json.dumps(reply, indent=2, default=str))
+    else:
+        print(_format_peer_table(peers))
+    return 0
+
+
+# -- testnet -------------------------------------------------------------------------------------
+async def _run_testnet(args: argparse.Namespace) -> int:
+    import signal
+
+    import trio
+
+    from p2pinfer.testnet import Testnet
+
+    t0 = time.monotonic()
+    base = Path(args.base_dir) if args.base_dir else None
+    async with Testnet(args.peers, base_dir=base, network_id=args.network_id,
+                       progress=_say, debug=args.debug) as net:
+        started = time.monotonic() - t0
+        if not args.check:
+            for p in net.peers:
+                print(f"peer {p.index}: {p.addrs[0] if p.addrs else '?'}  control {p.control_path}")
+            print("testnet running; Ctrl-C stops every peer", flush=True)
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                with trio.CancelScope() as scope:
+                    async def watch() -> None:
+                        while net.alive():
+                            await trio.sleep(0.5)
+                        _say("every peer has exited")
+                        scope.cancel()
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(watch)
+                        async for _ in signals:
+                            break
+                        nursery.cancel_scope.cancel()
+            _say("stopping peers")
+            return 0
+        converge_s = await net.wait_converged(args.timeout)
+        summary = {
+            "converged": True,
+            "peers": args.peers,
+            "network_id": args.network_id,
+            "startup_s": round(started, 3),
+            "convergence_s": round(converge_s, 3),
+            "total_s": round(time.monotonic() - t0, 3),
+            "nodes": [{"index": p.index, "peer_id": p.peer_id, "addrs": p.addrs} for p in net.peers],
+        }
+        print(json.dumps(summary, indent=2), flush=True)
+        return 0
+
+
+def cmd_testnet(args: argparse.Namespace) -> int:
+    import trio
+
+    if not 1 <= args.peers <= 64:
+        raise UsageError("--peers must be between 1 and 64")
+    return trio.run(_run_testnet, args)
+
+
+# -- demo ----------------------------------------------------------------------------------------
+def cmd_demo(args: argparse.Namespace) -> int:
+    from p2pinfer.demo import run_demo
+
+    return run_demo(peers=args.peers, progress=_say, debug=args.debug)
+
+
+# -- main ----------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="p2pinfer", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("node", help="run a peer until Ctrl-C")
+    p.add_argument("--config", help="node config TOML (see node_configs/)")
+    p.add_argument("--ready-file", help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_node)
+
+    p = sub.add_parser("keygen", help="create (or show) the node's Ed25519 identity key")
+    p.add_argument("--config", help="node config TOML; the key goes to its node.key_file")
+    p.add_argument("--out", help="key file path (overrides --config)")
+    p.set_defaults(func=cmd_keygen)
+
+    p = sub.add_parser("peers", help="show the peer table of a running node")
+    p.add_argument("--config", help="the running node's config TOML")
+    p.add_argument("--socket", help="the node's control socket (default from --config)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_peers)
+
+    p = sub.add_parser("testnet", help="start N peers on loopback joined through a bootstrap")
+    p.add_argument("--peers", type=int, default=4)
+    p.add_argument("--check", action="store_true",
+                   help="exit 0 once every peer holds every other's advert; print a JSON summary")
+    p.add_argument("--timeout", type=float, default=120.0, help="--check gives up after this")
+    p.add_argument("--network-id", default="p2pinfer-localnet")
+    p.add_argument("--base-dir", help="keep peers' keys, configs and logs here (default: temp)")
+    p.set_defaults(func=cmd_testnet)
+
+    p = sub.add_parser("demo", help="a local multi-peer testnet doing real work, no download")
+    p.add_argument("--peers", type=int, default=4)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # argparse already printed one usage line
+        return EXIT_USER if e.code not in (0, None) else 0
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_USER
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except (ConfigError, UsageError) as e:
+        if args.debug:
+            traceback.print_exc()
+        print(f"p2pinfer: error: {e}", file=sys.stderr)
+        return EXIT_USER
+    except P2PInferError as e:
+        if args.debug:
+            traceback.print_exc()
+        print(f"p2pinfer: error: {e}", file=sys.stderr)
+        return 1
+    except Exception as e:  # noqa: BLE001 - the last line of defence for a CLI
+        if args.debug:
+            traceback.print_exc()
+        print(f"p2pinfer: error: {type(e).__name__}: {e} (rerun with --debug for details)",
+              file=sys.stderr)
+        return 1

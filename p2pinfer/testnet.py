@@ -1,0 +1,247 @@
+"""A local testnet: N `p2pinfer node` processes on loopback joined through one bootstrap peer.
+
+Used by `p2pinfer testnet`, `p2pinfer demo` and the multi-process tests. Every process is ours:
+we start it in its own session, remember its PID, and stop it with SIGINT, then SIGTERM, then
+SIGKILL after bounded waits. Nothing else is ever signalled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from p2pinfer.errors import P2PInferError
+
+
+class TestnetError(P2PInferError):
+    """A testnet peer failed to start, died, or the network did not converge in time."""
+
+    __test__ = False  # not a pytest test class
+
+
+@dataclass
+class PeerProcess:
+    index: int
+    data_dir: Path
+    config_path: Path
+    ready_path: Path
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def peer_id(self) -> str:
+        return str(self.info.get("peer_id", ""))
+
+    @property
+    def addrs(self) -> list[str]:
+        return list(self.info.get("addrs", []))
+
+    @property
+    def control_path(self) -> str:
+        return str(self.info.get("control", ""))
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+def _toml_value(value: Any) -> str:
+    return json.dumps(value)  # JSON scalars and lists of strings/ints are valid TOML
+
+
+def write_config(path: Path, sections: dict[str, dict[str, Any]]) -> None:
+    lines: list[str] = []
+    for section, values in sections.items():
+        lines.append(f"[{section}]")
+        lines.extend(f"{k} = {_toml_value(v)}" for k, v in values.items())
+        lines.append("")
+    path.write_text("\n".join(lines))
+
+
+class Testnet:
+    """Start and stop a local multi-process testnet. Use as an async context manager."""
+
+    __test__ = False
+
+    def __init__(
+        self,
+        n: int,
+        *,
+        base_dir: Path | None = None,
+        network_id: str = "p2pinfer-localnet",
+        config_for: Callable[[int], dict[str, dict[str, Any]]] | None = None,
+        start_timeout: float = 60.0,
+        progress: Callable[[str], None] | None = None,
+        debug: bool = False,
+    ) -> None:
+        if n < 1:
+            raise TestnetError("a testnet needs at least one peer")
+        self.n = n
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        if base_dir is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="p2pinfer-testnet-")
+            base_dir = Path(self._tmp.name)
+        self.base_dir = base_dir
+        self.network_id = network_id
+        self.config_for = config_for or (lambda i: {})
+        self.start_timeout = start_timeout
+        self.progress = progress or (lambda s: None)
+        self.debug = debug
+        self.peers: list[PeerProcess] = []
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    async def __aenter__(self) -> Testnet:
+        try:
+            await self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _spawn(self, peer: PeerProcess, bootstrap: list[str]) -> None:
+        sections: dict[str, dict[str, Any]] = {
+            "node": {
+                "name": f"peer-{peer.index}",
+                "data_dir": str(peer.data_dir),
+                "network_id": self.network_id,
+                "roles": ["bootstrap", "stage"] if peer.index == 0 else ["stage"],
+            },
+            "net": {"listen": ["/ip4/127.0.0.1/tcp/0"], "bootstrap": bootstrap, "dht": True},
+            "control": {"socket": str(peer.data_dir / "control.sock")},
+        }
+        for section, values in self.config_for(peer.index).items():
+            sections.setdefault(section, {}).update(values)
+        write_config(peer.config_path, sections)
+        peer.ready_path.unlink(missing_ok=True)
+        cmd = [sys.executable, "-m", "p2pinfer", "node", "--config", str(peer.config_path),
+               "--ready-file", str(peer.ready_path)]
+        if self.debug:
+            cmd.append("--debug")
+        log = open(peer.log_path, "ab")
+        try:
+            peer.proc = subprocess.Popen(
+                cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,  # a Ctrl-C in the terminal reaches us, and we stop them
+            )
+        finally:
+            log.close()
+
+    async def _wait_ready(self, peer: PeerProcess, deadline: float) -> None:
+        while True:
+            if peer.proc is not None and peer.proc.poll() is not None:
+                raise TestnetError(
+                    f"peer {peer.index} exited with code {peer.proc.returncode} during start-up; "
+                    f"its log ends:\n{peer.log_tail()}"
+                )
+            if peer.ready_path.exists():
+                try:
+                    peer.info = json.loads(peer.ready_path.read_text())
+                    return
+                except json.JSONDecodeError:
+                    pass  # being written
+            if time.monotonic() > deadline:
+                raise TestnetError(f"peer {peer.index} did not start within {self.start_timeout}s")
+            await trio.sleep(0.05)
+
+    async def start(self) -> None:
+        deadline = time.monotonic() + self.start_timeout
+        for i in range(self.n):
+            d = self.base_dir / f"peer-{i}"
+            d.mkdir(parents=True, exist_ok=True)
+            self.peers.append(PeerProcess(i, d, d / "node.toml", d / "ready.json", d / "node.log"))
+        boot = self.peers[0]
+        self._spawn(boot, [])
+        await self._wait_ready(boot, deadline)
+        self.progress(f"bootstrap peer up: {boot.addrs[0]}")
+        for peer in self.peers[1:]:
+            self._spawn(peer, [boot.addrs[0]])
+        for k, peer in enumerate(self.peers[1:], start=2):
+            await self._wait_ready(peer, deadline)
+            self.progress(f"{k}/{self.n} peers up")
+
+    def alive(self) -> list[PeerProcess]:
+        return [p for p in self.peers if p.proc is not None and p.proc.poll() is None]
+
+    def stop_peer(self, peer: PeerProcess, *, hard: bool = False) -> None:
+        """Stop one of our peers: SIGINT (SIGKILL if `hard`), then escalate after bounded waits."""
+        proc = peer.proc
+        if proc is None or proc.poll() is not None:
+            return
+        steps = [signal.SIGKILL] if hard else [signal.SIGINT, signal.SIGTERM, signal.SIGKILL]
+        for sig in steps:
+            try:
+                os.kill(proc.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                proc.wait(timeout=10 if sig != signal.SIGKILL else 5)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+
+    def stop(self) -> None:
+        for peer in self.peers:  # ask all at once, then wait: shutdown overlaps
+            if peer.proc is not None and peer.proc.poll() is None:
+                try:
+                    os.kill(peer.proc.pid, signal.SIGINT)
+                except ProcessLookupError:
+                    pass
+        for peer in self.peers:
+            self.stop_peer(peer)
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    # -- queries -------------------------------------------------------------------------------
+    async def peer_tables(self) -> dict[str, set[str]]:
+        """Each live peer's view: peer id -> the peer ids in its table."""
+        from p2pinfer.control import query_control
+
+        views: dict[str, set[str]] = {}
+        for peer in self.alive():
+            try:
+                reply = await query_control(peer.control_path, "peers")
+            except (P2PInferError, OSError):
+                views[peer.peer_id] = set()
+                continue
+            views[peer.peer_id] = {p["peer_id"] for p in reply.get("peers", [])}
+        return views
+
+    async def wait_converged(self, timeout: float) -> float:
+        """Wait until every live peer's table holds every other live peer. Returns seconds."""
+        start = time.monotonic()
+        expected = {p.peer_id for p in self.alive()}
+        last = -1
+        while True:
+            views = await self.peer_tables()
+            done = sum(1 for pid, seen in views.items() if expected - {pid} <= seen)
+            if done != last:
+                self.progress(f"{done}/{len(expected)} peers hold every other peer's advert")
+                last = done
+            if done == len(expected):
+                return time.monotonic() - start
+            dead = [p.index for p in self.peers if p.proc is not None and p.proc.poll() is not None]
+            if dead:
+                raise TestnetError(f"peers {dead} exited while waiting for convergence")
+            if time.monotonic() - start > timeout:
+                raise TestnetError(
+                    f"not converged after {timeout:.0f}s: {done}/{len(expected)} peers complete"
+                )
+            await trio.sleep(0.25)
