@@ -1,0 +1,200 @@
+"""Async driver: runs the handshake over a framed stream and carries records over it.
+
+The stream is anything with `async send(bytes)` and `async recv() -> bytes`, one call per frame
+(the node's stream layer provides exactly that). The driver never closes the stream; its owner
+does. A `SecureChannel` is an async context manager: leaving it sends an authenticated close
+record when it can and erases the keys in every case, cancellation included.
+"""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import Protocol
+
+import trio
+
+from p2pinfer.errors import P2PInferError
+
+from .config import ChannelConfig
+from .errors import ChannelClosed, HandshakeError, RecordRejected
+from .handshake import (
+    AttestationHooks,
+    InitiatorHandshake,
+    PeerAttestation,
+    ResponderHandshake,
+    _Handshake,
+)
+from .keys import ChannelIdentity
+from .record import Record, RecordKind, RecordLayer, RecordStats
+
+CLOSE_SEND_TIMEOUT = 1.0  # seconds spent trying to tell the peer we close
+
+
+class FramedStream(Protocol):
+    async def send(self, data: bytes | bytearray) -> None: ...
+
+    async def recv(self) -> bytes | bytearray: ...
+
+
+class SecureChannel:
+    """An established channel: `send`/`recv` records, `stats`, `peer`, `aclose`.
+
+    Sends are serialized (a lock keeps sequence order equal to stream order); so are receives.
+    Rejected frames are dropped and counted in `stats`; `recv` raises `ChannelFailed` once too
+    many were rejected, and `ChannelClosed` after the peer's authenticated close.
+    """
+
+    def __init__(self, stream: FramedStream, record: RecordLayer, peer: PeerAttestation) -> None:
+        self._stream = stream
+        self._record = record
+        self.peer = peer
+        self._send_lock = trio.Lock()
+        self._recv_lock = trio.Lock()
+
+    @property
+    def channel_id(self) -> bytes:
+        return self._record.channel_id
+
+    @property
+    def stats(self) -> RecordStats:
+        return self._record.stats
+
+    @property
+    def closed(self) -> bool:
+        return self._record.closed
+
+    @property
+    def record_layer(self) -> RecordLayer:
+        return self._record
+
+    async def send(
+        self,
+        payload: bytes | bytearray | memoryview,
+        *,
+        task_id: bytes = b"",
+        stage: int = 0,
+        kind: RecordKind = RecordKind.DATA,
+    ) -> None:
+        async with self._send_lock:
+            frame = self._record.seal(payload, task_id=task_id, stage=stage, kind=kind)
+            await self._stream.send(frame)
+
+    async def send_tensor(
+        self, tensor_wire_bytes: bytes | bytearray | memoryview, task_id: bytes, stage: int
+    ) -> None:
+        await self.send(tensor_wire_bytes, task_id=task_id, stage=stage, kind=RecordKind.TENSOR)
+
+    async def recv(self) -> Record:
+        """The next authenticated record; rejected frames are skipped (and counted)."""
+        async with self._recv_lock:
+            while True:
+                frame = await self._stream.recv()
+                try:
+                    record = self._record.open(frame)
+                except RecordRejected:
+                    continue
+                if record.kind == RecordKind.CLOSE:
+                    raise ChannelClosed("the peer closed the channel")
+                return record
+
+    def close(self) -> None:
+        """Erase the keys now, without telling the peer."""
+        self._record.close()
+
+    async def aclose(self) -> None:
+        """Send an authenticated close record if possible, then erase the keys."""
+        if self._record.closed:
+            return
+        try:
+            with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_SEND_TIMEOUT):
+                async with self._send_lock:
+                    if not self._record.closed:
+                        await self._stream.send(self._record.seal_close())
+        except (P2PInferError, OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            self._record.close()
+
+    async def __aenter__(self) -> SecureChannel:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
+async def _run(
+    hs: _Handshake, stream: FramedStream, first: bytes | None, config: ChannelConfig
+) -> SecureChannel:
+    try:
+        with trio.fail_after(config.handshake_timeout):
+            if first is not None:
+                await stream.send(first)
+            while not hs.complete:
+                try:
+                    data = await stream.recv()
+                except P2PInferError as err:
+                    raise HandshakeError("stream", f"stream failed: {err}") from err
+                try:
+                    out = hs.receive(data)
+                except HandshakeError as err:
+                    if err.check != "rejected":
+                        with trio.move_on_after(CLOSE_SEND_TIMEOUT):
+                            try:
+                                await stream.send(hs.error_reply(err))
+                            except (P2PInferError, OSError, trio.BrokenResourceError,
+                                    trio.ClosedResourceError):
+                                pass
+                    raise
+                if out is not None:
+                    await stream.send(out)
+    except trio.TooSlowError:
+        hs.abort()
+        raise HandshakeError("timeout", f"no handshake within {config.handshake_timeout} s") from None
+    except BaseException:
+        hs.abort()
+        raise
+    return SecureChannel(stream, hs.channel(), hs.peer)
+
+
+async def open_channel(
+    stream: FramedStream,
+    identity: ChannelIdentity,
+    attestation: AttestationHooks,
+    *,
+    remote_peer_id: bytes | None = None,
+    remote_static_key: bytes | None = None,
+    config: ChannelConfig | None = None,
+) -> SecureChannel:
+    """Dial side: run the handshake as initiator and return the established channel.
+
+    Raises `HandshakeError` (its `check` names what failed) and erases all secrets on failure.
+    """
+    config = config or ChannelConfig()
+    hs = InitiatorHandshake(
+        identity, attestation, remote_peer_id=remote_peer_id,
+        remote_static_key=remote_static_key, config=config,
+    )
+    return await _run(hs, stream, hs.start(), config)
+
+
+async def accept_channel(
+    stream: FramedStream,
+    identity: ChannelIdentity,
+    attestation: AttestationHooks,
+    *,
+    remote_peer_id: bytes | None = None,
+    remote_static_key: bytes | None = None,
+    config: ChannelConfig | None = None,
+) -> SecureChannel:
+    """Listen side: run the handshake as responder and return the established channel."""
+    config = config or ChannelConfig()
+    hs = ResponderHandshake(
+        identity, attestation, remote_peer_id=remote_peer_id,
+        remote_static_key=remote_static_key, config=config,
+    )
+    return await _run(hs, stream, None, config)
