@@ -1,0 +1,86 @@
+import pytest
+
+from p2pinfer.inference.planner import (
+    Candidate,
+    NoRouteError,
+    PlanRequest,
+    least_covered_span,
+    plan_route,
+)
+
+
+def c(pid, *spans, tp=100.0, rtt=2.0, load=0.0, tee="none", op=""):
+    return Candidate(pid, tuple(spans), throughput=tp, rtt_ms=rtt, load=load, tee_level=tee,
+                     operator=op)
+
+
+def covers(route, start, end):
+    assert route[0].start == start and route[-1].end == end
+    assert all(a.end == b.start for a, b in zip(route, route[1:]))
+
+
+def test_chain_covers_the_middle_layers():
+    route = plan_route([c("a", (0, 4)), c("b", (4, 8)), c("x", (8, 12))], PlanRequest(2, 10))
+    covers(route, 2, 10)
+    assert [s.replicas for s in route] == [("a",), ("b",), ("x",)]
+
+
+def test_heavier_span_goes_to_the_stronger_peer():
+    slow = c("slow", (0, 12), tp=50)
+    fast = c("fast", (4, 12), tp=1000)
+    route = plan_route([slow, fast], PlanRequest(0, 12))
+    assert [(s.start, s.end, s.replicas[0]) for s in route] == [(0, 4, "slow"), (4, 12, "fast")]
+
+
+def test_one_peer_serving_everything_is_one_stage_when_it_is_cheapest():
+    route = plan_route([c("a", (0, 12)), c("b", (0, 6), tp=100, rtt=50)], PlanRequest(0, 12))
+    assert len(route) == 1 and route[0].replicas == ("a",)
+
+
+def test_redundancy_picks_m_distinct_peers_per_stage():
+    peers = [c(f"p{i}", (0, 6)) for i in range(3)] + [c(f"q{i}", (6, 12)) for i in range(3)]
+    route = plan_route(peers, PlanRequest(0, 12, redundancy=3))
+    assert [len(set(s.replicas)) for s in route] == [3, 3]
+
+
+def test_replicas_of_a_stage_come_from_distinct_operators():
+    peers = [c("a1", (0, 4), op="acme"), c("a2", (0, 4), op="acme"), c("b", (0, 4), op="bob"),
+             c("z", (0, 4), tp=1, op="zed")]
+    route = plan_route(peers, PlanRequest(0, 4, redundancy=3))
+    assert set(route[0].replicas) == {"a1", "b", "z"} or set(route[0].replicas) == {"a2", "b", "z"}
+
+
+def test_not_enough_replicas_is_a_clear_error():
+    with pytest.raises(NoRouteError, match="2 replica"):
+        plan_route([c("a", (0, 4))], PlanRequest(0, 4, redundancy=2))
+
+
+def test_gap_in_coverage_is_a_clear_error():
+    with pytest.raises(NoRouteError, match=r"\[0, 8\)"):
+        plan_route([c("a", (0, 3)), c("b", (4, 8))], PlanRequest(0, 8))
+
+
+def test_deny_allow_and_exclude_lists_are_honoured():
+    peers = [c("a", (0, 8), tp=1000), c("b", (0, 8))]
+    assert plan_route(peers, PlanRequest(0, 8, deny={"a"}))[0].replicas == ("b",)
+    assert plan_route(peers, PlanRequest(0, 8, exclude={"a"}))[0].replicas == ("b",)
+    assert plan_route(peers, PlanRequest(0, 8, allow={"b"}))[0].replicas == ("b",)
+
+
+def test_tee_peers_are_preferred_and_minimum_level_enforced():
+    plain = c("plain", (0, 8), tp=110)
+    tee = c("tee", (0, 8), tp=100, tee="gpu-tee")
+    assert plan_route([plain, tee], PlanRequest(0, 8))[0].replicas == ("tee",)
+    with pytest.raises(NoRouteError):
+        plan_route([plain], PlanRequest(0, 8, min_tee="cpu-tee"))
+
+
+def test_loaded_peer_is_avoided():
+    route = plan_route([c("busy", (0, 8), load=3.0), c("idle", (0, 8))], PlanRequest(0, 8))
+    assert route[0].replicas == ("idle",)
+
+
+def test_least_covered_span_picks_the_gap():
+    assert least_covered_span([(0, 4), (4, 8)], 12, 4) == (8, 12)
+    assert least_covered_span([], 12, 4) == (0, 4)
+    assert least_covered_span([(0, 12)], 6, 20) == (0, 6)
