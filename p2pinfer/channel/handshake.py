@@ -183,7 +183,12 @@ class _Handshake:
             wipe(key)
         self._keys = []
 
-    def _step(self, data: bytes | bytearray | memoryview, handler: Callable[[Message], bytes | None], expect: str) -> bytes | None:
+    def _step(
+        self,
+        data: bytes | bytearray | memoryview,
+        handler: Callable[[Message], bytes | None],
+        expect: str,
+    ) -> bytes | None:
         try:
             msg = self._decode(data, expect)
             return handler(msg)
@@ -210,7 +215,9 @@ class _Handshake:
         return msg
 
     @staticmethod
-    def _field(msg: Message, name: str, size: int | None = None, max_size: int | None = None) -> Any:
+    def _field(
+        msg: Message, name: str, size: int | None = None, max_size: int | None = None
+    ) -> Any:
         try:
             value = msg.get(name, bytes)
         except WireError as err:
@@ -239,12 +246,16 @@ class _Handshake:
             rd = self._hooks.report_data(ident.network_id, ident.peer_id, ident.keys.public, nonce)
             evidence = self._hooks.attest(rd)
         except Exception as err:
-            raise HandshakeError("attest", f"local attestation failed: {type(err).__name__}") from err
+            raise HandshakeError(
+                "attest", f"local attestation failed: {type(err).__name__}"
+            ) from err
         if not isinstance(evidence, (bytes, bytearray)) or len(evidence) > self.config.max_evidence:
             raise HandshakeError("attest", "local evidence is not bytes or exceeds max_evidence")
         return bytes(evidence)
 
-    def _verify(self, evidence: bytes, peer_id: bytes, static_key: bytes, nonce: bytes) -> PeerAttestation:
+    def _verify(
+        self, evidence: bytes, peer_id: bytes, static_key: bytes, nonce: bytes
+    ) -> PeerAttestation:
         net = self._identity.network_id
         try:
             expected = self._hooks.report_data(net, peer_id, static_key, nonce)
@@ -273,7 +284,10 @@ class _Handshake:
         i2r, r2i = self._keys[0], self._keys[1]
         send, recv = (i2r, r2i) if send_direction == INITIATOR_TO_RESPONDER else (r2i, i2r)
         self._record = RecordLayer(
-            self._th[:CHANNEL_ID_BYTES], send, recv, send_direction=send_direction,
+            self._th[:CHANNEL_ID_BYTES],
+            send,
+            recv,
+            send_direction=send_direction,
             config=self.config,
         )
         for key in self._keys[2:]:
@@ -335,13 +349,24 @@ class InitiatorHandshake(_Handshake):
         ident = self._identity
         assert self._eph is not None
         ikm = _ikm(
-            dh(self._eph, e_r), dh(self._eph, s_r), ident.keys.exchange(e_r),
+            dh(self._eph, e_r),
+            dh(self._eph, s_r),
+            ident.keys.exchange(e_r),
             ident.keys.exchange(s_r),
         )
         th = transcript_hash(
-            PROTOCOL_ID.encode(), ident.network_id.encode(), ident.peer_id, peer_r,
-            ident.keys.public, s_r, self._e, e_r,
-            hashlib.sha256(ev_i).digest(), self._peer.evidence_digest, self._n, n_r,
+            PROTOCOL_ID.encode(),
+            ident.network_id.encode(),
+            ident.peer_id,
+            peer_r,
+            ident.keys.public,
+            s_r,
+            self._e,
+            e_r,
+            hashlib.sha256(ev_i).digest(),
+            self._peer.evidence_digest,
+            self._n,
+            n_r,
         )
         self._derive(ikm, th)
         self._state = _State.WAIT_CONFIRM
@@ -354,7 +379,6 @@ class InitiatorHandshake(_Handshake):
         if not hmac.compare_digest(conf, self._tag(3, CONFIRM_R)):
             raise HandshakeError("confirmation", "the responder's confirmation tag is wrong")
         self._finish(INITIATOR_TO_RESPONDER)
-        return None
 
 
 class ResponderHandshake(_Handshake):
@@ -397,8 +421,13 @@ class ResponderHandshake(_Handshake):
         self._state = _State.WAIT_FINISH
         return encode_message(
             REPLY,
-            {"peer": ident.peer_id, "s": ident.keys.public, "e": self._e, "n": self._n,
-             "ev": evidence},
+            {
+                "peer": ident.peer_id,
+                "s": ident.keys.public,
+                "e": self._e,
+                "n": self._n,
+                "ev": evidence,
+            },
             v=HANDSHAKE_VERSION,
         )
 
@@ -410,13 +439,24 @@ class ResponderHandshake(_Handshake):
         self._peer = self._verify(ev_i, peer_i, s_i, self._n)
         ident = self._identity
         ikm = _ikm(
-            dh(self._eph, e_i), ident.keys.exchange(e_i), dh(self._eph, s_i),
+            dh(self._eph, e_i),
+            ident.keys.exchange(e_i),
+            dh(self._eph, s_i),
             ident.keys.exchange(s_i),
         )
         th = transcript_hash(
-            PROTOCOL_ID.encode(), ident.network_id.encode(), peer_i, ident.peer_id,
-            s_i, ident.keys.public, e_i, self._e,
-            self._peer.evidence_digest, self._evidence_digest, n_i, self._n,
+            PROTOCOL_ID.encode(),
+            ident.network_id.encode(),
+            peer_i,
+            ident.peer_id,
+            s_i,
+            ident.keys.public,
+            e_i,
+            self._e,
+            self._peer.evidence_digest,
+            self._evidence_digest,
+            n_i,
+            self._n,
         )
         self._derive(ikm, th)
         if not hmac.compare_digest(conf, self._tag(2, CONFIRM_I)):

@@ -209,7 +209,9 @@ class RecordLayer:
             raise ChannelError(f"unknown record kind {kind!r}")
         n = len(payload)
         if n > self.config.max_payload:
-            raise ChannelError(f"payload of {n} bytes exceeds the limit of {self.config.max_payload}")
+            raise ChannelError(
+                f"payload of {n} bytes exceeds the limit of {self.config.max_payload}"
+            )
         if kind == RecordKind.CLOSE and n:
             raise ChannelError("a close record carries no payload")
         if self._next_seq > MAX_SEQ:

@@ -9,7 +9,7 @@ record when it can and erases the keys in every case, cancellation included.
 from __future__ import annotations
 
 from types import TracebackType
-from typing import Protocol
+from typing import Protocol, Self
 
 import trio
 
@@ -115,7 +115,7 @@ class SecureChannel:
         finally:
             self._record.close()
 
-    async def __aenter__(self) -> SecureChannel:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(
@@ -146,15 +146,21 @@ async def _run(
                         with trio.move_on_after(CLOSE_SEND_TIMEOUT):
                             try:
                                 await stream.send(hs.error_reply(err))
-                            except (P2PInferError, OSError, trio.BrokenResourceError,
-                                    trio.ClosedResourceError):
+                            except (
+                                P2PInferError,
+                                OSError,
+                                trio.BrokenResourceError,
+                                trio.ClosedResourceError,
+                            ):
                                 pass
                     raise
                 if out is not None:
                     await stream.send(out)
     except trio.TooSlowError:
         hs.abort()
-        raise HandshakeError("timeout", f"no handshake within {config.handshake_timeout} s") from None
+        raise HandshakeError(
+            "timeout", f"no handshake within {config.handshake_timeout} s"
+        ) from None
     except BaseException:
         hs.abort()
         raise
@@ -176,8 +182,11 @@ async def open_channel(
     """
     config = config or ChannelConfig()
     hs = InitiatorHandshake(
-        identity, attestation, remote_peer_id=remote_peer_id,
-        remote_static_key=remote_static_key, config=config,
+        identity,
+        attestation,
+        remote_peer_id=remote_peer_id,
+        remote_static_key=remote_static_key,
+        config=config,
     )
     return await _run(hs, stream, hs.start(), config)
 
@@ -194,7 +203,10 @@ async def accept_channel(
     """Listen side: run the handshake as responder and return the established channel."""
     config = config or ChannelConfig()
     hs = ResponderHandshake(
-        identity, attestation, remote_peer_id=remote_peer_id,
-        remote_static_key=remote_static_key, config=config,
+        identity,
+        attestation,
+        remote_peer_id=remote_peer_id,
+        remote_static_key=remote_static_key,
+        config=config,
     )
     return await _run(hs, stream, None, config)

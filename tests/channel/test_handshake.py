@@ -217,8 +217,7 @@ def test_wrong_key_size_is_a_message_error():
 
 
 def test_message_out_of_order_is_rejected():
-    a, b = FakePeer(), FakePeer()
-    i, r = handshakes(a, b)
+    i, _ = handshakes(FakePeer(), FakePeer())
     i.start()
     with pytest.raises(HandshakeError) as e:
         i.receive(msgpack.packb({"v": 1, "t": "ch-confirm", "conf": bytes(32)}))

@@ -1,0 +1,154 @@
+"""The async driver over an in-memory framed stream (trio)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import trio
+
+from p2pinfer.channel import (
+    ChannelClosed,
+    ChannelConfig,
+    HandshakeError,
+    RecordKind,
+    accept_channel,
+    open_channel,
+)
+from p2pinfer.wire.messages import encode_message
+from p2pinfer.wire.tensors import tensor_to_wire
+
+from .conftest import FakePeer, stream_pair
+
+
+async def connect(a: FakePeer, b: FakePeer, tap_ab=None, tap_ba=None, config=None, **kwargs):
+    sa, sb = stream_pair(tap_ab, tap_ba)
+    out = {}
+
+    async def responder():
+        out["b"] = await accept_channel(sb, b.identity, b.hooks, config=config)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(responder)
+        out["a"] = await open_channel(sa, a.identity, a.hooks, config=config, **kwargs)
+    return out["a"], out["b"], sa, sb
+
+
+async def test_channel_carries_records_both_ways():
+    a, b = FakePeer(), FakePeer()
+    ca, cb, _, _ = await connect(a, b, remote_peer_id=b.peer_id)
+    assert ca.channel_id == cb.channel_id
+    assert ca.peer.peer_id == b.peer_id and cb.peer.peer_id == a.peer_id
+    await ca.send(b"hello", task_id=b"task", stage=2)
+    rec = await cb.recv()
+    assert (rec.payload, rec.task_id, rec.stage) == (b"hello", b"task", 2)
+    await cb.send_tensor(b"tensor-bytes", b"task", 3)
+    rec = await ca.recv()
+    assert rec.kind == RecordKind.TENSOR and rec.payload == b"tensor-bytes"
+
+
+async def test_rejected_evidence_fails_both_sides_with_typed_errors():
+    a, b = FakePeer(), FakePeer(tamper=lambda ev: ev[:-1] + bytes([ev[-1] ^ 1]))
+    sa, sb = stream_pair()
+    errors = {}
+
+    async def responder():
+        with pytest.raises(HandshakeError) as e:
+            await accept_channel(sb, b.identity, b.hooks)
+        errors["b"] = e.value
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(responder)
+        with pytest.raises(HandshakeError) as e:
+            await open_channel(sa, a.identity, a.hooks)
+        errors["a"] = e.value
+    assert errors["a"].check == "evidence"
+    assert errors["b"].check == "rejected" and "handshake:evidence" in str(errors["b"])
+
+
+async def test_stream_error_during_handshake_is_a_handshake_error():
+    from p2pinfer.errors import WireError
+
+    class BrokenStream:
+        async def send(self, data):
+            pass
+
+        async def recv(self):
+            raise WireError("stream ended inside a frame")
+
+    a = FakePeer()
+    with pytest.raises(HandshakeError) as e:
+        await open_channel(BrokenStream(), a.identity, a.hooks)
+    assert e.value.check == "stream"
+
+
+async def test_silent_peer_times_out(autojump_clock):
+    a = FakePeer()
+    sa, _sb = stream_pair()
+    with pytest.raises(HandshakeError) as e:
+        await open_channel(sa, a.identity, a.hooks, config=ChannelConfig(handshake_timeout=5))
+    assert e.value.check == "timeout"
+
+
+async def test_recv_skips_tampered_and_replayed_frames():
+    a, b = FakePeer(), FakePeer()
+    seen = []
+
+    def middlebox(frame):
+        seen.append(frame)
+        if len(seen) == 4:  # after the 2 handshake messages: the second data frame
+            bad = bytearray(frame)
+            bad[-3] ^= 0xFF
+            return bytes(bad)
+        return frame
+
+    ca, cb, sa, _ = await connect(a, b, tap_ab=middlebox)
+    await ca.send(b"one")
+    await ca.send(b"two")  # tampered in flight
+    await sa._send.send(seen[2])  # replay of "one"
+    await ca.send(b"three")
+    assert (await cb.recv()).payload == b"one"
+    assert (await cb.recv()).payload == b"three"
+    assert cb.stats.tampered == 1 and cb.stats.replayed == 1 and cb.stats.received == 2
+
+
+async def test_aclose_tells_the_peer_and_erases_keys():
+    a, b = FakePeer(), FakePeer()
+    ca, cb, _, _ = await connect(a, b)
+    ka = (ca.record_layer._send.key, ca.record_layer._recv.key)
+    kb = (cb.record_layer._send.key, cb.record_layer._recv.key)
+    async with ca:
+        await ca.send(b"last")
+    assert all(k == bytes(32) for k in ka)
+    assert (await cb.recv()).payload == b"last"
+    with pytest.raises(ChannelClosed):
+        await cb.recv()
+    assert all(k == bytes(32) for k in kb)
+    with pytest.raises(ChannelClosed):
+        await ca.send(b"after close")
+
+
+async def test_cancelled_context_still_erases_keys():
+    a, b = FakePeer(), FakePeer()
+    ca, _, _, _ = await connect(a, b)
+    key = ca.record_layer._send.key
+    with trio.CancelScope() as scope:
+        async with ca:
+            scope.cancel()
+            await trio.sleep(1)
+    assert key == bytes(32) and ca.closed
+
+
+async def test_wire_never_carries_the_plaintext_tensor():
+    a, b = FakePeer(), FakePeer()
+    ca, cb, sa, _ = await connect(a, b)
+    torch.manual_seed(0)
+    tensor = torch.randn(64, 384)
+    raw = tensor.numpy().tobytes()
+    message = encode_message("activation", {"x": tensor_to_wire(tensor)})
+    await ca.send_tensor(message, b"task-1", 1)
+    rec = await cb.recv()
+    assert raw in rec.payload
+    wire = b"".join(sa.wire)
+    assert raw not in wire
+    for start in range(0, len(raw), 64):
+        assert raw[start : start + 16] not in wire
