@@ -1,0 +1,198 @@
+"""Activation fingerprints: a compact, task-seeded summary of a stage output that tolerates
+honest floating-point noise and exposes substitution.
+
+Paper, section "Consensus-based verification" (CBV, sharded form): the m replicas of a stage
+must agree on its output. Honest peers on different hardware, thread counts or batch shapes do
+not produce bit-identical floats, so they agree on a fingerprint instead.
+
+Scheme "rp-v1" (specified byte for byte in protocols/votes.md):
+- seed = SHA-256("p2pinfer/fingerprint/rp-v1" || 0x00 || msgpack([network_id, task_id, stage,
+  step])); the projection changes at every step of every task.
+- R is a rank x hidden matrix of signs: bit i of SHAKE-256(seed) (little-endian bit order within
+  each byte, row-major) gives R[i // hidden, i % hidden] = -1 if set, else +1.
+- For an activation x of shape [1, T, hidden] (or [T, hidden]) the fingerprint is the float32
+  matrix P = x R^T / sqrt(hidden) of shape [T, rank]: a Johnson-Lindenstrauss sketch of each
+  token, so ||P_t|| estimates ||x_t|| and ||P_t - P'_t|| estimates ||x_t - x'_t||.
+- distance(a, b) = max over tokens t of ||a_t - b_t|| / max(||a_t||, ||b_t||, floor), where
+  floor = FLOOR_FRACTION * the mean token norm of both; two fingerprints match when the distance
+  is at most the tolerance.
+
+The default tolerances come from tools/calibrate_fingerprints.py (tables in its docstring):
+honest variation stays orders of magnitude below them, substitution orders above.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+
+import msgpack
+import numpy as np
+import torch
+
+from p2pinfer.consensus.errors import FingerprintError, FingerprintMismatch
+
+SCHEME = "rp-v1"
+DEFAULT_RANK = 32
+MAX_RANK = 256
+MAX_HIDDEN = 65536
+MAX_TOKENS = 32768
+# Token norms below this fraction of the mean token norm are compared against the mean instead,
+# so a near-zero token cannot turn float noise into a large relative error.
+FLOOR_FRACTION = 1e-3
+
+# Calibrated with tools/calibrate_fingerprints.py: replicas that all compute in float32 (any
+# thread count, batch shape, prefill or KV-cache decode) stay below 1e-5; a stage where some
+# replica computes in bfloat16 lands near 1e-2. Substitutions (other weights, skipped layer,
+# truncated model, wrong input) measure above 0.1; int8 weights near 1e-2.
+TOLERANCE_FLOAT32 = 1e-3
+TOLERANCE_BFLOAT16 = 5e-2
+
+# float16 and TF32 (10-bit mantissas) are not calibrated separately: they take the bfloat16
+# tolerance, which bounds their rounding noise from above.
+_TOLERANCES = {"float32": TOLERANCE_FLOAT32, "bfloat16": TOLERANCE_BFLOAT16,
+               "float16": TOLERANCE_BFLOAT16, "tfloat32": TOLERANCE_BFLOAT16}
+
+
+def tolerance_for(precisions: set[str] | frozenset[str] | list[str] | tuple[str, ...]) -> float:
+    """Tolerance for a vote among replicas that advertise these compute precisions (the loosest).
+
+    Raises FingerprintError for an unknown precision name.
+    """
+    if not precisions:
+        raise FingerprintError("no compute precision given")
+    tolerances = []
+    for name in precisions:
+        if name not in _TOLERANCES:
+            raise FingerprintError(f"unknown compute precision {name!r}")
+        tolerances.append(_TOLERANCES[name])
+    return max(tolerances)
+
+
+@dataclass(frozen=True)
+class FingerprintContext:
+    """Where a fingerprint belongs; it seeds the projection."""
+
+    network_id: str
+    task_id: bytes
+    stage: int
+    step: int
+
+    def seed(self) -> bytes:
+        material = msgpack.packb(
+            [self.network_id, self.task_id, self.stage, self.step], use_bin_type=True
+        )
+        return hashlib.sha256(b"p2pinfer/fingerprint/rp-v1\x00" + material).digest()
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """Per-token projection of one activation: `tokens` x `rank` float32, little-endian."""
+
+    hidden: int
+    tokens: int
+    rank: int
+    values: bytes
+
+    def __post_init__(self) -> None:
+        if not (1 <= self.rank <= MAX_RANK):
+            raise FingerprintError(f"rank {self.rank} outside 1..{MAX_RANK}")
+        if not (1 <= self.hidden <= MAX_HIDDEN):
+            raise FingerprintError(f"hidden size {self.hidden} outside 1..{MAX_HIDDEN}")
+        if not (1 <= self.tokens <= MAX_TOKENS):
+            raise FingerprintError(f"token count {self.tokens} outside 1..{MAX_TOKENS}")
+        if len(self.values) != 4 * self.tokens * self.rank:
+            expected = 4 * self.tokens * self.rank
+            raise FingerprintError(
+                f"fingerprint holds {len(self.values)} bytes, expected {expected}"
+            )
+        if not np.isfinite(self.array()).all():
+            raise FingerprintError("fingerprint holds non-finite values")
+
+    def array(self) -> np.ndarray:
+        """The projections as a read-only float64 array of shape [tokens, rank]."""
+        raw = np.frombuffer(self.values, dtype="<f4").reshape(self.tokens, self.rank)
+        return raw.astype(np.float64)
+
+    def __repr__(self) -> str:
+        return f"Fingerprint(hidden={self.hidden}, tokens={self.tokens}, rank={self.rank})"
+
+
+def projection_matrix(seed: bytes, rank: int, hidden: int) -> torch.Tensor:
+    """The rank x hidden sign matrix R of scheme rp-v1 as float32."""
+    if not (1 <= rank <= MAX_RANK) or not (1 <= hidden <= MAX_HIDDEN):
+        raise FingerprintError(f"projection {rank}x{hidden} outside the limits")
+    count = rank * hidden
+    stream = hashlib.shake_256(seed).digest((count + 7) // 8)
+    bits = np.unpackbits(np.frombuffer(stream, dtype=np.uint8), bitorder="little")[:count]
+    signs = 1.0 - 2.0 * bits.astype(np.float32)
+    return torch.from_numpy(signs.reshape(rank, hidden))
+
+
+def fingerprint(
+    activation: torch.Tensor, context: FingerprintContext, rank: int = DEFAULT_RANK
+) -> Fingerprint:
+    """Fingerprint an activation of shape [1, T, H] or [T, H] for `context`.
+
+    Raises FingerprintError for another shape, sizes over the limits or non-finite values.
+    """
+    if activation.dim() == 3:
+        if activation.shape[0] != 1:
+            raise FingerprintError(f"batch size {activation.shape[0]}, expected 1")
+        activation = activation[0]
+    if activation.dim() != 2:
+        raise FingerprintError(f"activation shape {tuple(activation.shape)}, expected [1, T, H]")
+    tokens, hidden = activation.shape
+    if not (1 <= tokens <= MAX_TOKENS) or not (1 <= hidden <= MAX_HIDDEN):
+        raise FingerprintError(f"activation of {tokens} tokens x {hidden} outside the limits")
+    if not activation.is_floating_point():
+        raise FingerprintError(f"activation dtype {activation.dtype} is not floating point")
+    matrix = projection_matrix(context.seed(), rank, hidden).to(activation.device)
+    with torch.no_grad():
+        x = activation.detach().to(torch.float32)
+        projected = (x @ matrix.T) / math.sqrt(hidden)
+    values = projected.cpu().numpy().astype("<f4", copy=False)
+    if not np.isfinite(values).all():
+        raise FingerprintError("activation holds non-finite values")
+    return Fingerprint(hidden=hidden, tokens=tokens, rank=rank, values=values.tobytes())
+
+
+def distance(a: Fingerprint, b: Fingerprint) -> float:
+    """Largest per-token relative distance between two fingerprints; inf when incomparable."""
+    if (a.hidden, a.tokens, a.rank) != (b.hidden, b.tokens, b.rank):
+        return math.inf
+    pa, pb = a.array(), b.array()
+    norm_a = np.linalg.norm(pa, axis=1)
+    norm_b = np.linalg.norm(pb, axis=1)
+    floor = FLOOR_FRACTION * 0.5 * (norm_a.mean() + norm_b.mean())
+    scale = np.maximum(np.maximum(norm_a, norm_b), floor)
+    diff = np.linalg.norm(pa - pb, axis=1)
+    if floor == 0.0:
+        # Both fingerprints are all zeros; they are equal.
+        return 0.0
+    return float((diff / scale).max())
+
+
+def match(a: Fingerprint, b: Fingerprint, tolerance: float) -> bool:
+    """Whether two fingerprints of one context agree within `tolerance` (see `distance`)."""
+    return distance(a, b) <= tolerance
+
+
+def check_tensor(
+    activation: torch.Tensor,
+    expected: Fingerprint,
+    context: FingerprintContext,
+    tolerance: float,
+) -> float:
+    """Check a local activation against an expected (majority) fingerprint.
+
+    Returns the measured distance; raises FingerprintMismatch when it exceeds the tolerance and
+    FingerprintError when the activation cannot be fingerprinted.
+    """
+    own = fingerprint(activation, context, rank=expected.rank)
+    measured = distance(own, expected)
+    if measured > tolerance:
+        raise FingerprintMismatch("activation does not match the majority fingerprint",
+                                  measured, tolerance)
+    return measured

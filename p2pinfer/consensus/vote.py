@@ -1,0 +1,100 @@
+"""Majority vote over the fingerprint claims of one (task, stage, step).
+
+Paper, section "Consensus-based verification": each stage runs on m replicas and the output
+that more than half of them agree on is taken. Agreement is `match` within a tolerance, which
+is not transitive, so the vote clusters around a centre: for every claim, the claims that match
+it; the centre is the claim with the largest such cluster (ties: smallest total distance, then
+smallest replica id). A cluster is a majority when it holds more than m/2 of the m replicas the
+task route assigned, so missing replicas count against a majority. Without a majority the vote
+raises NoMajorityError; it never picks silently.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from p2pinfer.consensus.claims import FingerprintClaim
+from p2pinfer.consensus.codec import PeerKeys
+from p2pinfer.consensus.errors import Equivocation, MixedClaims, NoMajorityError
+from p2pinfer.consensus.fingerprint import (
+    Fingerprint,
+    FingerprintContext,
+    check_tensor,
+    distance,
+)
+
+
+@dataclass(frozen=True)
+class VoteOutcome:
+    """Result of a vote: the central majority claim, who agreed with it and who did not."""
+
+    context: FingerprintContext
+    replicas: int
+    majority: FingerprintClaim
+    agreeing: tuple[FingerprintClaim, ...]
+    dissenting: tuple[FingerprintClaim, ...]
+    tolerance: float
+
+    @property
+    def fingerprint(self) -> Fingerprint:
+        return self.majority.fingerprint
+
+    @property
+    def agreeing_replicas(self) -> tuple[str, ...]:
+        return tuple(claim.replica for claim in self.agreeing)
+
+    @property
+    def dissenting_replicas(self) -> tuple[str, ...]:
+        return tuple(claim.replica for claim in self.dissenting)
+
+    def check_local(self, activation: torch.Tensor) -> float:
+        """Check a local activation against the majority fingerprint (FingerprintMismatch)."""
+        return check_tensor(activation, self.fingerprint, self.context, self.tolerance)
+
+
+def tally(claims: Sequence[FingerprintClaim], keys: PeerKeys, tolerance: float) -> VoteOutcome:
+    """Vote over the claims of one (task, stage, step).
+
+    Verifies every signature (UnknownPeer, SignatureInvalid), requires one context and one m
+    (MixedClaims), drops exact duplicates, rejects a replica that signed two fingerprints
+    (Equivocation) and raises NoMajorityError when no cluster holds more than m/2 replicas.
+    """
+    if not claims:
+        raise MixedClaims("no claims to vote on")
+    first = claims[0]
+    by_replica: dict[str, FingerprintClaim] = {}
+    for claim in claims:
+        if (claim.context, claim.replicas) != (first.context, first.replicas):
+            raise MixedClaims(
+                f"claim by {claim.replica} is for another task, stage, step or replica count"
+            )
+        claim.verify(keys)
+        seen = by_replica.get(claim.replica)
+        if seen is not None and seen.fingerprint != claim.fingerprint:
+            raise Equivocation(claim.replica)
+        by_replica[claim.replica] = claim
+    replicas = first.replicas
+    unique = sorted(by_replica.values(), key=lambda c: c.replica)
+    if len(unique) > replicas:
+        raise MixedClaims(f"{len(unique)} replicas claimed for a stage of {replicas}")
+
+    dist = [[distance(a.fingerprint, b.fingerprint) for b in unique] for a in unique]
+    best_key: tuple[int, float, str] | None = None
+    best = 0
+    for i, claim in enumerate(unique):
+        members = [j for j in range(len(unique)) if dist[i][j] <= tolerance]
+        key = (-len(members), sum(dist[i][j] for j in members), claim.replica)
+        if best_key is None or key < best_key:
+            best_key, best = key, i
+    assert best_key is not None
+    size = -best_key[0]
+    if 2 * size <= replicas:
+        raise NoMajorityError(first.stage, first.step, size, replicas)
+    centre = unique[best]
+    agreeing = tuple([centre] + [c for j, c in enumerate(unique)
+                                 if j != best and dist[best][j] <= tolerance])
+    dissenting = tuple(c for j, c in enumerate(unique) if dist[best][j] > tolerance)
+    return VoteOutcome(first.context, replicas, centre, agreeing, dissenting, tolerance)

@@ -1,0 +1,214 @@
+"""Calibrate activation fingerprints (p2pinfer.consensus.fingerprint) on random Llama-style models.
+
+For every trial: a fresh random input and a fresh fingerprint context (random task id), on one of
+a few random checkpoints built with transformers. The stage output is the residual stream after
+all decoder layers, shape [1, T, H]. The reference is float32, 2 threads, batch 1, one prefill.
+
+Honest variations (should match; a miss is a false reject):
+  threads 1 vs 2, batch of 3 vs batch of 1, KV-cache decode token by token vs prefill,
+  bfloat16 compute vs float32 (and bfloat16 KV-cache decode).
+Substitutions (should not match; a hit is a false accept):
+  other weights, one layer skipped, half the layers, int8 weights (per-channel, weight-only),
+  one input token changed, additive Gaussian noise at 1e-1..1e-4 of the activation's RMS, noise
+  1e-1 on a single token.
+
+Each row is measured against both default tolerances: TOLERANCE_FLOAT32 (all replicas compute
+in float32) and TOLERANCE_BFLOAT16 (some replica advertises bfloat16). It also prints the
+analytic and simulated detection probability of random audits (p2pinfer.consensus.audit).
+
+Usage: python tools/calibrate_fingerprints.py [--trials 300] [--models 3] [--tokens 24]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import secrets
+import sys
+import time
+from collections import defaultdict
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from p2pinfer.consensus.audit import detection_probability, simulate_detection  # noqa: E402
+from p2pinfer.consensus.fingerprint import (  # noqa: E402
+    TOLERANCE_BFLOAT16,
+    TOLERANCE_FLOAT32,
+    FingerprintContext,
+    distance,
+    fingerprint,
+)
+
+HONEST = ["threads 1 vs 2", "batch 3 vs 1", "kv decode vs prefill", "bf16 vs f32",
+          "bf16 kv decode vs f32"]
+CHEATS = ["other weights", "skipped layer", "half the layers", "int8 weights",
+          "one input token changed", "noise 1e-1", "noise 1e-2", "noise 1e-3", "noise 1e-4",
+          "noise 1e-1 on one token"]
+
+
+def build_model(seed: int, hidden: int, layers: int) -> torch.nn.Module:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=1000, hidden_size=hidden, intermediate_size=int(hidden * 8 / 3) // 16 * 16,
+        num_hidden_layers=layers, num_attention_heads=hidden // 64, num_key_value_heads=2,
+        max_position_embeddings=512, rms_norm_eps=1e-5,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config).model.eval()
+    model.norm = torch.nn.Identity()  # the stage output is the residual stream, before the norm
+    return model
+
+
+def skip_layers(model: torch.nn.Module, keep: list[int]) -> torch.nn.Module:
+    clone = copy.deepcopy(model)
+    clone.layers = torch.nn.ModuleList([clone.layers[i] for i in keep])
+    for new_index, layer in enumerate(clone.layers):
+        layer.self_attn.layer_idx = new_index
+    clone.config.num_hidden_layers = len(keep)
+    return clone
+
+
+def int8_weights(model: torch.nn.Module) -> torch.nn.Module:
+    clone = copy.deepcopy(model)
+    with torch.no_grad():
+        for module in clone.layers.modules():
+            if isinstance(module, torch.nn.Linear):
+                w = module.weight
+                scale = w.abs().amax(dim=1, keepdim=True) / 127.0
+                module.weight.copy_((w / scale).round().clamp(-127, 127) * scale)
+    return clone
+
+
+def prefill(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(ids, use_cache=False).last_hidden_state[:1].float()
+
+
+def decode(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    half = ids.shape[1] // 2
+    with torch.no_grad():
+        out = model(ids[:, :half], use_cache=True)
+        parts, cache = [out.last_hidden_state], out.cache
+        for i in range(half, ids.shape[1]):
+            out = model(ids[:, i:i + 1], cache=cache, use_cache=True)
+            parts.append(out.last_hidden_state)
+            cache = out.cache
+    return torch.cat(parts, dim=1).float()
+
+
+def run_trials(args: argparse.Namespace) -> dict[str, list[float]]:
+    rng = np.random.default_rng(args.seed)
+    models = []
+    for m in range(args.models):
+        base = build_model(1000 + m, args.hidden, args.layers)
+        models.append({
+            "f32": base,
+            "bf16": copy.deepcopy(base).to(torch.bfloat16),
+            "other": build_model(5000 + m, args.hidden, args.layers),
+            "skipped": skip_layers(base, [i for i in range(args.layers) if i != args.layers // 2]),
+            "half": skip_layers(base, list(range(args.layers // 2))),
+            "int8": int8_weights(base),
+        })
+    distances: dict[str, list[float]] = defaultdict(list)
+    for trial in range(args.trials):
+        m = models[trial % len(models)]
+        ids = torch.from_numpy(rng.integers(0, 1000, size=(3, args.tokens)))
+        one = ids[:1]
+        context = FingerprintContext("calibration", secrets.token_bytes(16), trial % 7, trial)
+
+        torch.set_num_threads(2)
+        ref = prefill(m["f32"], one)
+        fp = fingerprint(ref, context)
+
+        def record(name: str, tensor: torch.Tensor, fp=fp, context=context) -> None:
+            distances[name].append(distance(fp, fingerprint(tensor, context)))
+
+        torch.set_num_threads(1)
+        record("threads 1 vs 2", prefill(m["f32"], one))
+        torch.set_num_threads(2)
+        record("batch 3 vs 1", prefill(m["f32"], ids))
+        record("kv decode vs prefill", decode(m["f32"], one))
+        record("bf16 vs f32", prefill(m["bf16"], one))
+        record("bf16 kv decode vs f32", decode(m["bf16"], one))
+
+        record("other weights", prefill(m["other"], one))
+        record("skipped layer", prefill(m["skipped"], one))
+        record("half the layers", prefill(m["half"], one))
+        record("int8 weights", prefill(m["int8"], one))
+        changed = one.clone()
+        position = int(rng.integers(0, args.tokens))
+        changed[0, position] = (changed[0, position] + 1 + int(rng.integers(0, 998))) % 1000
+        record("one input token changed", prefill(m["f32"], changed))
+        rms = ref.pow(2).mean().sqrt()
+        gen = torch.Generator().manual_seed(int(rng.integers(0, 2**31)))
+        for scale in ("1e-1", "1e-2", "1e-3", "1e-4"):
+            noise = torch.randn(ref.shape, generator=gen) * rms * float(scale)
+            record(f"noise {scale}", ref + noise)
+        one_token = ref.clone()
+        t = int(rng.integers(0, args.tokens))
+        one_token[0, t] += torch.randn(ref.shape[-1], generator=gen) * rms * 0.1
+        record("noise 1e-1 on one token", one_token)
+        if (trial + 1) % 50 == 0:
+            print(f"  {trial + 1}/{args.trials} trials", file=sys.stderr)
+    return distances
+
+
+def print_fingerprint_table(distances: dict[str, list[float]], trials: int) -> None:
+    print(f"\nFingerprint rp-v1, rank 32, {trials} trials per row")
+    print(f"tolerances: float32 {TOLERANCE_FLOAT32:g}, bfloat16 {TOLERANCE_BFLOAT16:g}\n")
+    header = (f"| {'variation':<26} | {'kind':<6} | {'median dist':>11} | {'worst dist':>10} |"
+              f" {'f32 tol: rate':>14} | {'bf16 tol: rate':>15} |")
+    print(header)
+    print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
+    for name in HONEST + CHEATS:
+        d = np.array(distances[name])
+        honest = name in HONEST
+        worst = d.max() if honest else d.min()
+        if honest:
+            f32 = f"FR {np.mean(d > TOLERANCE_FLOAT32):.1%}"
+            bf16 = f"FR {np.mean(d > TOLERANCE_BFLOAT16):.1%}"
+        else:
+            f32 = f"FA {np.mean(d <= TOLERANCE_FLOAT32):.1%}"
+            bf16 = f"FA {np.mean(d <= TOLERANCE_BFLOAT16):.1%}"
+        print(f"| {name:<26} | {'honest' if honest else 'cheat':<6} | {np.median(d):>11.2e} |"
+              f" {worst:>10.2e} | {f32:>14} | {bf16:>15} |")
+    print("\nworst dist: largest distance for honest rows, smallest for cheating rows.")
+    print("FR = false reject (honest pair did not match), FA = false accept (cheat matched).")
+
+
+def print_audit_table(seed: int) -> None:
+    print("\nRandom audits: P(detect) = 1 - (1 - a f)^n, simulated with 20000 runs each\n")
+    print(f"| {'a':>5} | {'f':>5} | {'n':>4} | {'analytic':>8} | {'measured':>8} |")
+    print("|-------|-------|------|----------|----------|")
+    for a, f, n in [(0.05, 1.0, 10), (0.05, 0.2, 50), (0.1, 0.1, 20), (0.1, 0.5, 10),
+                    (0.2, 0.05, 100), (0.3, 0.3, 5), (0.5, 0.1, 30)]:
+        measured = simulate_detection(a, f, n, runs=20000, seed=seed)
+        print(f"| {a:>5} | {f:>5} | {n:>4} | {detection_probability(a, f, n):>8.4f} |"
+              f" {measured:>8.4f} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=300)
+    parser.add_argument("--models", type=int, default=3)
+    parser.add_argument("--hidden", type=int, default=384)
+    parser.add_argument("--layers", type=int, default=6)
+    parser.add_argument("--tokens", type=int, default=24)
+    parser.add_argument("--seed", type=int, default=7)
+    args = parser.parse_args()
+    started = time.time()
+    distances = run_trials(args)
+    print(f"model: random Llama, hidden {args.hidden}, {args.layers} layers, {args.tokens} tokens,"
+          f" {args.models} checkpoints; torch {torch.__version__}")
+    print_fingerprint_table(distances, args.trials)
+    print_audit_table(args.seed)
+    print(f"\n({time.time() - started:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
