@@ -1,0 +1,30 @@
+"""Zero-knowledge proofs that a shard's output was computed with committed weights (zkDPS).
+
+`shard` holds fixed-point MLP shards, their Hyrax weight commitments and the model manifest;
+`proof` proves and verifies one shard execution GKR-style with committed sum-checks; `ledger`
+has the committed-value arguments (linear relations, products, Hyrax openings) they rest on;
+`field`, `group` and `transcript` are the field, the BLS12-381 Pedersen group and Fiat-Shamir.
+"""
+
+from .errors import BindingMismatch as BindingMismatch
+from .errors import CommitmentMismatch as CommitmentMismatch
+from .errors import FixedPointOverflow as FixedPointOverflow
+from .errors import OpeningError as OpeningError
+from .errors import ProductError as ProductError
+from .errors import ProofError as ProofError
+from .errors import ProofFormatError as ProofFormatError
+from .errors import RelationError as RelationError
+from .errors import ShapeMismatch as ShapeMismatch
+from .errors import ZkError as ZkError
+from .proof import MalformedProof as MalformedProof
+from .proof import ProofBinding as ProofBinding
+from .proof import ShardProof as ShardProof
+from .proof import prove as prove
+from .proof import verify as verify
+from .shard import CommittedShard as CommittedShard
+from .shard import FixedLayer as FixedLayer
+from .shard import LayerCommitment as LayerCommitment
+from .shard import ModelManifest as ModelManifest
+from .shard import ProvableMlp as ProvableMlp
+from .shard import ShardCommitment as ShardCommitment
+from .shard import commit_shard as commit_shard

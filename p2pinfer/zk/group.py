@@ -1,0 +1,185 @@
+"""Pedersen commitments in the prime-order group G1 of BLS12-381 (arkworks, native MSM).
+
+Every generator comes from hash-to-curve (RFC 9380, BLS12381G1_XMD:SHA-256_SSWU_RO_) under our
+own domain tag and a public seed, so nobody knows a discrete-log relation between any two of
+them. `g` commits to single values, `g_vec[i]` to entry i of a vector, `h` carries blinding.
+Points travel as 48-byte compressed encodings; decoding checks subgroup membership.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+from py_arkworks_bls12381 import G1Point, Scalar
+
+from .errors import ProofFormatError
+from .field import P
+
+POINT_BYTES = 48
+SCALAR_BYTES = 32
+GENERATOR_DST = b"p2pinfer-zk-v1:BLS12381G1_XMD:SHA-256_SSWU_RO_"
+DEFAULT_SEED = b"p2pinfer-zk-generators-v1"
+
+_ZERO = Scalar(0)
+_ONE = Scalar(1)
+
+
+def scalar(v: int) -> Scalar:
+    return Scalar.from_le_bytes((v % P).to_bytes(32, "little"))
+
+
+def scalars(vs: Sequence[int]) -> list[Scalar]:
+    return [Scalar.from_le_bytes((v % P).to_bytes(32, "little")) for v in vs]
+
+
+def random_scalar() -> int:
+    return secrets.randbelow(P)
+
+
+def encode_point(p: G1Point) -> bytes:
+    return bytes(p.to_compressed_bytes())
+
+
+def decode_point(b: object) -> G1Point:
+    if not isinstance(b, bytes) or len(b) != POINT_BYTES:
+        raise ProofFormatError("a group element is not 48 bytes")
+    try:
+        p = G1Point.from_compressed_bytes(b)
+    except Exception as exc:  # arkworks raises plain exceptions on bad encodings
+        raise ProofFormatError("a group element does not decode") from exc
+    return p
+
+
+def encode_scalar(v: int) -> bytes:
+    return (v % P).to_bytes(32, "little")
+
+
+def decode_scalar(b: object) -> int:
+    if not isinstance(b, bytes) or len(b) != SCALAR_BYTES:
+        raise ProofFormatError("a scalar is not 32 bytes")
+    v = int.from_bytes(b, "little")
+    if v >= P:
+        raise ProofFormatError("a scalar is not reduced")
+    return v
+
+
+class _FixedBase:
+    """Multiples of one base point by 8-bit windows: a fixed-base product costs 32 additions."""
+
+    def __init__(self, base: G1Point) -> None:
+        self.windows: list[list[G1Point]] = []
+        point = base
+        for _ in range(32):
+            row = [G1Point.identity(), point]
+            for _ in range(254):
+                row.append(row[-1] + point)
+            self.windows.append(row)
+            point = row[-1] + point  # 256 * point
+        self._identity = G1Point.identity()
+
+    def mul(self, v: int) -> G1Point:
+        acc = self._identity
+        for window, byte in zip(self.windows, (v % P).to_bytes(32, "little")):
+            if byte:
+                acc = acc + window[byte]
+        return acc
+
+
+@dataclass(frozen=True)
+class PedersenParams:
+    """Public commitment key derived from `seed`."""
+
+    seed: bytes
+    size: int
+    g: G1Point = field(repr=False)
+    h: G1Point = field(repr=False)
+    g_vec: tuple[G1Point, ...] = field(repr=False)
+    _g_table: _FixedBase = field(repr=False, compare=False)
+    _h_table: _FixedBase = field(repr=False, compare=False)
+
+    def commit(self, value: int, blind: int) -> G1Point:
+        """value * g + blind * h."""
+        return self._g_table.mul(value) + self._h_table.mul(blind)
+
+    def blind_only(self, blind: int) -> G1Point:
+        return self._h_table.mul(blind)
+
+    def value_only(self, value: int) -> G1Point:
+        return self._g_table.mul(value)
+
+    def commit_vec(self, values: Sequence[int], blind: int) -> G1Point:
+        """sum_i values[i] * g_vec[i] + blind * h, for field-element values."""
+        if len(values) > self.size:
+            raise ValueError("vector longer than the commitment key")
+        acc = G1Point.multiexp_unchecked(list(self.g_vec[: len(values)]), scalars(values))
+        return acc + self._h_table.mul(blind)
+
+    def commit_small_ints(self, values: Sequence[int], blind: int) -> G1Point:
+        """Vector commitment of small signed integers: two MSMs with short scalars."""
+        pos_pts, pos_sc, neg_pts, neg_sc = [], [], [], []
+        for gi, v in zip(self.g_vec, values):
+            if v > 0:
+                pos_pts.append(gi)
+                pos_sc.append(Scalar.from_le_bytes(int(v).to_bytes(32, "little")))
+            elif v < 0:
+                neg_pts.append(gi)
+                neg_sc.append(Scalar.from_le_bytes(int(-v).to_bytes(32, "little")))
+        acc = self._h_table.mul(blind)
+        if pos_pts:
+            acc = acc + G1Point.multiexp_unchecked(pos_pts, pos_sc)
+        if neg_pts:
+            acc = acc - G1Point.multiexp_unchecked(neg_pts, neg_sc)
+        return acc
+
+    def commit_bits(self, bits: Sequence[int], blind: int) -> G1Point:
+        """Vector commitment of a 0/1 vector."""
+        pts = [gi for gi, b in zip(self.g_vec, bits) if b]
+        acc = self._h_table.mul(blind)
+        if pts:
+            acc = acc + G1Point.multiexp_unchecked(pts, [_ONE] * len(pts))
+        return acc
+
+
+def msm(points: Sequence[G1Point], coeffs: Sequence[int]) -> G1Point:
+    if not points:
+        return G1Point.identity()
+    return G1Point.multiexp_unchecked(list(points), scalars(coeffs))
+
+
+class _SeedKey:
+    """Generators of one seed, derived lazily and extended on demand."""
+
+    def __init__(self, seed: bytes) -> None:
+        self.seed = seed
+        self.g = self.derive(b"g")
+        self.h = self.derive(b"h")
+        self.g_table = _FixedBase(self.g)
+        self.h_table = _FixedBase(self.h)
+        self.g_vec: list[G1Point] = []
+
+    def derive(self, label: bytes) -> G1Point:
+        return G1Point.hash_to_curve(self.seed + b"/" + label, GENERATOR_DST)
+
+    def extend(self, size: int) -> None:
+        while len(self.g_vec) < size:
+            self.g_vec.append(self.derive(b"v%d" % len(self.g_vec)))
+
+
+@lru_cache(maxsize=4)
+def _seed_key(seed: bytes) -> _SeedKey:
+    return _SeedKey(seed)
+
+
+def pedersen_params(size: int, seed: bytes = DEFAULT_SEED) -> PedersenParams:
+    """Commitment key with `size` vector generators (memoised per seed: a pure function)."""
+    key = _seed_key(seed)
+    key.extend(size)
+    return PedersenParams(seed, size, key.g, key.h, tuple(key.g_vec[:size]), key.g_table,
+                          key.h_table)
+
+
+def identity() -> G1Point:
+    return G1Point.identity()

@@ -1,0 +1,526 @@
+"""Shard proofs: output = shard(input) under committed weights, in zero knowledge (zkDPS).
+
+The proof runs GKR-style from the public output back to the public input (Goldwasser, Kalai,
+Rothblum 2008; zkDL section 4 for ReLU by bit decomposition; Thaler's linear-time sum-check for
+matrix products, "Time-optimal interactive proofs for circuit evaluation", 2013). Only claims
+about one layer's output at random points flow to the layer below; no activation is committed.
+Per layer, with i = (token, out) and j the 32 bits of the pre-activation z:
+
+1. Claims out~(p_k) = v_k are merged with powers of a challenge alpha; a residual layer first
+   splits off a~(p_k) (committed, or computed from x by the verifier at the first layer).
+2. The prover commits the bit matrix B (z + 2**31 = sum_j 2**j B_ij, Hyrax rows) and runs one
+   degree-3 sum-check over (i, j) of
+       lambda/32 * E1(i) s(i) m(i)  +  eq(r', (i, j)) B(i, j) (1 - B(i, j))
+   where E1 = sum_k alpha^k eq(p_k, .), s = B(., 31) the sign bit, m = sum_{f<=j<31} 2**(j-f) B
+   (ReLU: out = s m; identity layers use s = 1, m = q). The second term forces B to be bits,
+   which makes the rescale floor(z / 2**f) and the sign exact.
+3. One proof-of-dot-product opens B at the final point for s, m, z and B itself.
+4. z~(rho) - b~(rho_out) = sum_k a~(rho_tok, k) W~(k, rho_out) by a degree-2 sum-check over
+   k; W~ and b~ are opened against the manifest's row commitments, a~ becomes the next claim.
+
+All round polynomials and evaluations are committed (p2pinfer.zk.ledger); the transcript binds
+the task, the manifest digest, the shard commitment and digests of input and output.
+Byte layout: protocols/zk-proof.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import msgpack
+import numpy as np
+
+from .errors import BindingMismatch, ProofError, ProofFormatError, ShapeMismatch
+from .field import (
+    P,
+    bind_first,
+    dot,
+    eq_eval,
+    eq_table,
+    int_matvec,
+    int_mle_eval,
+    int_vecmat,
+    inv,
+)
+from .group import PedersenParams, decode_scalar, encode_scalar
+from .ledger import (
+    DotProof,
+    LedgerRecord,
+    Lin,
+    ProductProof,
+    ProverLedger,
+    VerifierLedger,
+    sumcheck,
+)
+from .shard import (
+    BITS,
+    CommittedShard,
+    LayerCommitment,
+    ShardCommitment,
+    _layer_matrix,
+    generator_count_for,
+    hyrax_split,
+    log2_exact,
+    params_for,
+)
+from .transcript import Transcript, tensor_digest
+
+PROOF_VERSION = 1
+DOMAIN = b"p2pinfer/zk-shard-proof/v1"
+DEFAULT_MAX_PROOF = 16 << 20
+_INV32 = inv(BITS)
+
+
+@dataclass(frozen=True)
+class ProofBinding:
+    """What a proof is bound to besides x and y: the task and the manifest the verifier pins."""
+
+    task_id: bytes
+    manifest_digest: bytes
+    context: bytes = b""  # e.g. network id and stage index, as the caller defines
+
+
+@dataclass
+class ShardProof:
+    binding: bytes  # digest of (binding, shard commitment, x, y); checked first
+    record: LedgerRecord
+
+    def to_bytes(self) -> bytes:
+        r = self.record
+        return msgpack.packb({
+            "v": PROOF_VERSION,
+            "t": "zk-shard-proof",
+            "bind": self.binding,
+            "c": r.commits,
+            "m": r.matrices,
+            "p": [[p.alpha, p.beta, p.delta, [encode_scalar(z) for z in p.z]] for p in r.products],
+            "d": [[d.delta, d.betas, [encode_scalar(z) for z in d.z], encode_scalar(d.z_delta),
+                   [encode_scalar(z) for z in d.z_betas]] for d in r.dots],
+            "tau": [encode_scalar(t) for t in r.taus],
+        })
+
+    @classmethod
+    def from_bytes(cls, data: bytes, max_size: int = DEFAULT_MAX_PROOF) -> ShardProof:
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise ProofFormatError("expected bytes")
+        if len(data) > max_size:
+            raise ProofFormatError(f"proof of {len(data)} bytes is above the {max_size} limit")
+        try:
+            m = msgpack.unpackb(bytes(data), raw=False, strict_map_key=True,
+                                max_bin_len=1 << 10, max_str_len=64,
+                                max_array_len=1 << 20, max_map_len=16)
+        except Exception as exc:
+            raise ProofFormatError("proof does not decode as msgpack") from exc
+        if not isinstance(m, dict):
+            raise ProofFormatError("proof is not a map")
+        if m.get("v") != PROOF_VERSION:
+            raise ProofFormatError(f"unsupported proof version {m.get('v')!r}")
+        if m.get("t") != "zk-shard-proof":
+            raise ProofFormatError(f"expected a zk-shard-proof, got {m.get('t')!r}")
+        if set(m) != {"v", "t", "bind", "c", "m", "p", "d", "tau"}:
+            raise ProofFormatError("proof has missing or unknown fields")
+        bind = m["bind"]
+        if not isinstance(bind, bytes) or len(bind) != 32:
+            raise ProofFormatError("bad binding digest")
+        rec = LedgerRecord(
+            commits=_points(m["c"]),
+            matrices=[_points(x) for x in _list(m["m"])],
+            products=[_product(x) for x in _list(m["p"])],
+            dots=[_dot(x) for x in _list(m["d"])],
+            taus=[decode_scalar(x) for x in _list(m["tau"])],
+        )
+        return cls(bind, rec)
+
+
+def _list(v: object) -> list:
+    if not isinstance(v, list):
+        raise ProofFormatError("expected an array")
+    return v
+
+
+def _points(v: object) -> list[bytes]:
+    out = _list(v)
+    for p in out:
+        if not isinstance(p, bytes) or len(p) != 48:
+            raise ProofFormatError("a group element is not 48 bytes")
+    return out
+
+
+def _product(v: object) -> ProductProof:
+    x = _list(v)
+    if len(x) != 4:
+        raise ProofFormatError("a product proof has the wrong arity")
+    a, b, d = _points(x[:3])
+    z = [decode_scalar(s) for s in _list(x[3])]
+    if len(z) != 5:
+        raise ProofFormatError("a product proof has the wrong number of responses")
+    return ProductProof(a, b, d, z)
+
+
+def _dot(v: object) -> DotProof:
+    x = _list(v)
+    if len(x) != 5:
+        raise ProofFormatError("an opening proof has the wrong arity")
+    (delta,) = _points([x[0]])
+    betas = _points(x[1])
+    z = [decode_scalar(s) for s in _list(x[2])]
+    z_betas = [decode_scalar(s) for s in _list(x[4])]
+    return DotProof(delta, betas, z, decode_scalar(x[3]), z_betas)
+
+
+# --------------------------------------------------------------------------------------------
+# Sum-check oracles (prover side)
+
+
+def _triple_sums(e: list[int], s: list[int], m: list[int]) -> tuple[int, int, int]:
+    """sum over the half-tables of e_t s_t m_t for t = 0, 2, 3."""
+    h = len(e) // 2
+    a0 = a2 = a3 = 0
+    for e0, e1, s0, s1, m0, m1 in zip(e[:h], e[h:], s[:h], s[h:], m[:h], m[h:]):
+        de, ds, dm = e1 - e0, s1 - s0, m1 - m0
+        e2, s2, m2 = e1 + de, s1 + ds, m1 + dm
+        a0 += e0 * s0 % P * m0
+        a2 += e2 * s2 % P * m2
+        a3 += (e2 + de) * (s2 + ds) % P * (m2 + dm)
+    return a0 % P, a2 % P, a3 % P
+
+
+def _bool_sums(e: list[int], b: list[int]) -> tuple[int, int, int]:
+    """sum over the half-tables of e_t b_t (1 - b_t) for t = 0, 2, 3."""
+    h = len(e) // 2
+    a0 = a2 = a3 = 0
+    for e0, e1, b0, b1 in zip(e[:h], e[h:], b[:h], b[h:]):
+        de, db = e1 - e0, b1 - b0
+        e2, b2 = e1 + de, b1 + db
+        b3 = b2 + db
+        if b0 != 0 and b0 != 1:
+            a0 += e0 * (b0 * (1 - b0) % P)
+        a2 += (e2 * (b2 * (1 - b2) % P))
+        a3 += ((e2 + de) * (b3 * (1 - b3) % P))
+    return a0 % P, a2 % P, a3 % P
+
+
+class _BitsOracle:
+    def __init__(self, e1, s, m, e2, b, lam: int, ni: int, nb: int) -> None:
+        self.e1, self.s, self.m, self.e2, self.b = e1, s, m, e2, b
+        self.lam, self.ni, self.nb = lam, ni, nb
+        self.round = 0
+        self.const = 0
+
+    def evals(self, claim: int) -> list[int]:
+        if self.round < self.ni:
+            t0, t2, t3 = _triple_sums(self.e1, self.s, self.m)
+            g = [self.lam * t0 % P, self.lam * t2 % P, self.lam * t3 % P]
+        else:
+            c = self.const * pow(2, self.nb - self.round - 1, P) % P
+            g = [c, c, c]
+        b0, b2, b3 = _bool_sums(self.e2, self.b)
+        g0, g2, g3 = (g[0] + b0) % P, (g[1] + b2) % P, (g[2] + b3) % P
+        return [g0, (claim - g0) % P, g2, g3]
+
+    def bind(self, r: int) -> None:
+        if self.round < self.ni:
+            self.e1 = bind_first(self.e1, r)
+            self.s = bind_first(self.s, r)
+            self.m = bind_first(self.m, r)
+            if self.round == self.ni - 1:
+                self.const = self.lam * _INV32 % P * self.e1[0] % P * self.s[0] % P * self.m[0]
+        self.e2 = bind_first(self.e2, r)
+        self.b = bind_first(self.b, r)
+        self.round += 1
+
+
+class _ProductOracle:
+    def __init__(self, a: list[int], w: list[int]) -> None:
+        self.a, self.w = a, w
+
+    def evals(self, claim: int) -> list[int]:
+        h = len(self.a) // 2
+        a, w = self.a, self.w
+        g0 = sum(x * y for x, y in zip(a[:h], w[:h])) % P
+        g2 = sum((2 * x1 - x0) * (2 * y1 - y0)
+                 for x0, x1, y0, y1 in zip(a[:h], a[h:], w[:h], w[h:])) % P
+        return [g0, (claim - g0) % P, g2]
+
+    def bind(self, r: int) -> None:
+        self.a = bind_first(self.a, r)
+        self.w = bind_first(self.w, r)
+
+
+# --------------------------------------------------------------------------------------------
+# One layer, written once for both sides: `wit` is None on the verifier.
+
+
+@dataclass
+class _Witness:
+    weight: np.ndarray
+    bias: np.ndarray | None
+    a: np.ndarray
+    z: np.ndarray
+    weight_blinds: list[int]
+    bias_blinds: list[int] | None
+
+
+_SIGN = [0] * (BITS - 1) + [1]
+_POW = [1 << j for j in range(BITS)]
+
+
+def _kron(lo: list[int], w: list[int]) -> list[int]:
+    return [a * b % P for a in lo for b in w]
+
+
+def _layer(
+    led: ProverLedger | VerifierLedger,
+    lc: LayerCommitment,
+    frac_bits: int,
+    nt: int,
+    claims: list[tuple[list[int], Lin]],
+    x: np.ndarray | None,
+    wit: _Witness | None,
+    name: str,
+    rows: list | None,
+) -> list[tuple[list[int], Lin]]:
+    prover = wit is not None
+    f = frac_bits
+    nk, no = log2_exact(lc.d_in, "d_in"), log2_exact(lc.d_out, "d_out")
+    ni = nt + no
+    nb = ni + 5
+    relu = lc.activation == "relu"
+
+    # 1. merge the claims on this layer's output, split off the residual
+    weights = [1]
+    if len(claims) > 1:
+        alpha = led.challenge(f"{name}/merge".encode())
+        for _ in claims[1:]:
+            weights.append(weights[-1] * alpha % P)
+    total = Lin()
+    for w, (_, lin) in zip(weights, claims):
+        total = total + lin * w
+    below: list[tuple[list[int], Lin]] = []
+    if lc.residual:
+        for w, (p, _) in zip(weights, claims):
+            if x is not None:
+                lin = Lin(const=int_mle_eval(x, p))
+            else:
+                lin = Lin.var(led.put(int_mle_eval(wit.a, p) if prover else None))
+            below.append((p, lin))
+            total = total - lin * w
+
+    # 2. bit matrix of z + 2**31, committed row by row
+    lam = led.challenge(f"{name}/lambda".encode())
+    r_bool = [led.challenge(f"{name}/bool/{k}".encode()) for k in range(nb)]
+    rows_b, cols_b = hyrax_split(nb, 5)
+    oracle = None
+    if prover:
+        zz = (wit.z.reshape(-1) + (1 << (BITS - 1))).astype(np.uint64)
+        bits = ((zz[:, None] >> np.arange(BITS, dtype=np.uint64)) & 1).astype(np.int64)
+        bmat = bits.reshape(1 << rows_b, 1 << cols_b)
+        row_blinds = led.put_bit_matrix(bmat.tolist())
+        e1 = [0] * (1 << ni)
+        for w, (p, _) in zip(weights, claims):
+            e1 = [(u + w * v) % P for u, v in zip(e1, eq_table(p))]
+        if relu:
+            s_tab = bits[:, BITS - 1].tolist()
+            m_tab = (bits[:, f:BITS - 1] @ (1 << np.arange(BITS - 1 - f, dtype=np.int64))).tolist()
+        else:
+            s_tab = [1] * (1 << ni)
+            m_tab = [int(v) % P for v in (wit.z.reshape(-1) >> f)]
+        oracle = _BitsOracle(e1, s_tab, m_tab, eq_table(r_bool), bits.reshape(-1).tolist(),
+                             lam, ni, nb)
+    else:
+        bit_rows = led.next_matrix(1 << rows_b)
+    point, final = sumcheck(led, f"{name}/bits", total * lam, nb, 3, oracle)
+    rho, sigma = point[:ni], point[ni:]
+
+    # 3. open B at the final point
+    lo = eq_table(rho[rows_b:])
+    y_m = [(1 << (j - f)) if f <= j < BITS - 1 else 0 for j in range(BITS)]
+    if not relu:
+        y_m = [(1 << (j - f)) if j >= f else 0 for j in range(BITS)]
+    ys = ([_kron(lo, _SIGN)] if relu else []) + [
+        _kron(lo, y_m), _kron(lo, _POW), _kron(lo, eq_table(sigma))]
+    row_w = eq_table(point[:rows_b])
+    u = int_vecmat(row_w, bmat) if prover else None
+    opened = [led.put(dot(u, y) if prover else None) for y in ys]
+    if relu:
+        i_s, i_m, i_z, i_beta = opened
+        i_sm = led.put(led.values[i_s] * led.values[i_m] if prover else None)
+        act = Lin.var(i_sm)
+    else:
+        i_m, i_z, i_beta = opened
+        act = Lin.var(i_m) - (1 << (BITS - 1 - f))
+    i_b2 = led.put(led.values[i_beta] ** 2 if prover else None)
+    e1_rho = sum(w * eq_eval(p, rho) for w, (p, _) in zip(weights, claims)) % P
+    e2 = eq_eval(r_bool, point)
+    expect = act * (lam * _INV32 % P * e1_rho) + (Lin.var(i_beta) - Lin.var(i_b2)) * e2
+    led.relate(f"{name}/bits-final", final - expect)
+    if prover:
+        if relu:
+            led.prove_product(i_s, i_m, i_sm)
+        led.prove_product(i_beta, i_beta, i_b2)
+        led.prove_dot(u, dot(row_w, row_blinds), ys, opened)
+    else:
+        if relu:
+            led.check_product(f"{name}/relu-product", i_s, i_m, i_sm)
+        led.check_product(f"{name}/bit-square", i_beta, i_beta, i_b2)
+        led.check_dot(f"{name}/bits-opening", bit_rows, row_w, ys, opened)
+    z_lin = Lin.var(i_z) - (1 << (BITS - 1))
+
+    # 4. bias and matrix product
+    rho_tok, rho_out = rho[:nt], rho[nt:]
+    if lc.bias_rows is not None:
+        i_bias = _open_vector(led, f"{name}/bias-opening", rho_out,
+                              wit.bias if prover else None, wit.bias_blinds if prover else None,
+                              lc.bias_rows, rows, "b")
+        z_lin = z_lin - Lin.var(i_bias)
+    oracle2 = None
+    if prover:
+        oracle2 = _ProductOracle(int_vecmat(eq_table(rho_tok), wit.a),
+                                 int_matvec(wit.weight, eq_table(rho_out)))
+    kappa, final = sumcheck(led, f"{name}/matmul", z_lin, nk, 2, oracle2)
+    i_w = _open_vector(led, f"{name}/weight-opening", kappa + rho_out,
+                       wit.weight if prover else None, wit.weight_blinds if prover else None,
+                       lc.weight_rows, rows, "w")
+    a_point = rho_tok + kappa
+    if x is not None:
+        a_val = int_mle_eval(x, a_point)
+        led.relate(f"{name}/matmul-final", final - Lin.var(i_w) * a_val)
+        return []
+    i_a = led.put(oracle2.a[0] if prover else None)
+    i_p = led.put(oracle2.a[0] * oracle2.w[0] if prover else None)
+    led.relate(f"{name}/matmul-final", final - Lin.var(i_p))
+    if prover:
+        led.prove_product(i_a, i_w, i_p)
+    else:
+        led.check_product(f"{name}/matmul-product", i_a, i_w, i_p)
+    return below + [(a_point, Lin.var(i_a))]
+
+
+def _open_vector(led, check, point, values, blinds, enc_rows, rows_cache, kind) -> int:
+    """Commit v = values~(point) and open it against Hyrax row commitments."""
+    n = len(point)
+    rows_n, _ = hyrax_split(n)
+    row_w = eq_table(point[:rows_n])
+    y = eq_table(point[rows_n:])
+    if values is not None:
+        mat = _layer_matrix(np.asarray(values).reshape(-1))
+        u = int_vecmat(row_w, mat)
+        idx = led.put(dot(u, y))
+        led.prove_dot(u, dot(row_w, blinds), [y], [idx])
+    else:
+        idx = led.put()
+        pts = rows_cache[(kind, id(enc_rows))]
+        led.check_dot(check, pts, row_w, [y], [idx])
+    return idx
+
+
+# --------------------------------------------------------------------------------------------
+# Public API
+
+
+def _binding(commitment: ShardCommitment, x: np.ndarray, y: np.ndarray,
+             binding: ProofBinding) -> tuple[Transcript, bytes]:
+    for v, what in ((binding.task_id, "task_id"), (binding.manifest_digest, "manifest_digest"),
+                    (binding.context, "context")):
+        if not isinstance(v, bytes) or len(v) > 1024:
+            raise ValueError(f"binding {what} must be bytes of at most 1024")
+    parts = [
+        (b"task", binding.task_id),
+        (b"manifest", binding.manifest_digest),
+        (b"context", binding.context),
+        (b"shard", commitment.digest()),
+        (b"input", tensor_digest(x)),
+        (b"output", tensor_digest(y)),
+    ]
+    t = Transcript(DOMAIN)
+    h = hashlib.sha256(DOMAIN)
+    for label, data in parts:
+        t.absorb(label, data)
+        h.update(len(label).to_bytes(8, "little") + label + len(data).to_bytes(8, "little") + data)
+    return t, h.digest()
+
+
+def _check_shapes(commitment: ShardCommitment, x: np.ndarray, y: np.ndarray) -> int:
+    if x.ndim != 2 or y.ndim != 2 or x.shape[0] != y.shape[0]:
+        raise ShapeMismatch("shapes", "x and y must be (tokens, features) with equal tokens")
+    if x.shape[1] != commitment.layers[0].d_in or y.shape[1] != commitment.layers[-1].d_out:
+        raise ShapeMismatch("shapes", "x or y does not match the shard's dimensions")
+    try:
+        return log2_exact(x.shape[0], "tokens")
+    except ValueError as exc:
+        raise ShapeMismatch("shapes", str(exc)) from None
+
+
+def _as_int(t: object, what: str) -> np.ndarray:
+    a = np.asarray(t)
+    if a.dtype.kind not in "iu":
+        raise ValueError(f"{what} must be an integer (fixed-point) tensor")
+    return a.astype(np.int64)
+
+
+def _params(commitment: ShardCommitment, tokens: int) -> PedersenParams:
+    return params_for(generator_count_for(commitment.layers, tokens), commitment.generator_seed)
+
+
+def prove(shard: CommittedShard, x: np.ndarray, y: np.ndarray,
+          binding: ProofBinding) -> ShardProof:
+    """Prove y = shard.forward_fixed(x) under shard.commitment, bound to `binding`."""
+    x, y = _as_int(x, "x"), _as_int(y, "y")
+    traces = shard.shard.trace(x)
+    if not np.array_equal(traces[-1].out, y):
+        raise ValueError("y is not this shard's fixed-point output on x")
+    c = shard.commitment
+    nt = _check_shapes(c, x, y)
+    t, bind = _binding(c, x, y, binding)
+    led = ProverLedger(_params(c, x.shape[0]), t)
+    claims = _output_claims(led, y, nt)
+    for k in range(len(c.layers) - 1, -1, -1):
+        layer = shard.shard.layers[k]
+        wit = _Witness(layer.weight, layer.bias, traces[k].a, traces[k].z,
+                       shard.weight_blinds[k], shard.bias_blinds[k])
+        claims = _layer(led, c.layers[k], c.frac_bits, nt, claims, x if k == 0 else None, wit,
+                        f"layer{c.first_layer + k}", None)
+    return ShardProof(bind, led.finish())
+
+
+def _output_claims(led, y: np.ndarray, nt: int) -> list[tuple[list[int], Lin]]:
+    n = nt + (y.shape[1].bit_length() - 1)
+    r = [led.challenge(b"output/%d" % k) for k in range(n)]
+    return [(r, Lin(const=int_mle_eval(y, r)))]
+
+
+def verify(commitment: ShardCommitment, x: np.ndarray, y: np.ndarray, proof: ShardProof,
+           binding: ProofBinding) -> None:
+    """Accept (return None) or raise a ProofError subclass naming the failed check."""
+    x, y = _as_int(x, "x"), _as_int(y, "y")
+    nt = _check_shapes(commitment, x, y)
+    for lc, nxt in zip(commitment.layers, commitment.layers[1:]):
+        if lc.d_out != nxt.d_in:
+            raise ShapeMismatch("shard", "the shard's layers do not chain")
+    t, bind = _binding(commitment, x, y, binding)
+    import hmac
+
+    if not hmac.compare_digest(bind, proof.binding):
+        raise BindingMismatch("binding", "proof was made for another task, manifest, x or y")
+    try:
+        rows = {}
+        from .group import decode_point
+
+        for lc in commitment.layers:
+            rows[("w", id(lc.weight_rows))] = [decode_point(p) for p in lc.weight_rows]
+            if lc.bias_rows is not None:
+                rows[("b", id(lc.bias_rows))] = [decode_point(p) for p in lc.bias_rows]
+        led = VerifierLedger(_params(commitment, x.shape[0]), t, proof.record)
+        claims = _output_claims(led, y, nt)
+        for k in range(len(commitment.layers) - 1, -1, -1):
+            claims = _layer(led, commitment.layers[k], commitment.frac_bits, nt, claims,
+                            x if k == 0 else None, None, f"layer{commitment.first_layer + k}",
+                            rows)
+        led.finish()
+    except ProofFormatError as exc:
+        raise MalformedProof("encoding", str(exc)) from None
+
+
+class MalformedProof(ProofError):
+    """A point or scalar inside the proof does not decode."""

@@ -1,0 +1,488 @@
+"""Provable MLP shards: fixed-point execution, weight commitments, model manifests.
+
+Fixed point (paper section 4, zkDPS; zkLLM section 5): activations carry `frac_bits` fractional
+bits, weights `frac_bits`, biases 2*frac_bits. A layer computes z = a W + b exactly in integers,
+rescales q = floor(z / 2**f) and applies ReLU (or nothing), then optionally adds the residual a.
+Every pre-activation z must satisfy -2**31 <= z < 2**31 (the 32-bit decomposition the proof uses):
+`FixedPointOverflow` otherwise. Execution is bit-for-bit deterministic (int64 numpy).
+
+Weights are committed Hyrax-style (Wahby et al. 2018, section 6): the d_in x d_out matrix is laid
+out as a table of 2**n entries (index k * d_out + o), cut into 2**(n // 2) rows of
+2**(n - n // 2) entries, and each row gets one Pedersen vector commitment with its own blinding. The row commitments are public
+(they go into the manifest); the blindings stay with the weight owner and the provers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import msgpack
+import numpy as np
+
+from .errors import CommitmentMismatch, FixedPointOverflow, ProofFormatError
+from .group import DEFAULT_SEED, PedersenParams, pedersen_params, random_scalar, encode_point
+from .group import encode_scalar, decode_scalar
+
+BITS = 32  # width of the pre-activation decomposition (rescale remainder + value + sign)
+MAX_WEIGHT = 1 << 15  # |w| < 2**15
+MAX_DIM = 1 << 14
+ACTIVATIONS = ("relu", "identity")
+MANIFEST_VERSION = 1
+
+
+def log2_exact(n: int, what: str) -> int:
+    if n < 1 or n & (n - 1):
+        raise ValueError(f"{what} must be a power of two, got {n}")
+    return n.bit_length() - 1
+
+
+def hyrax_split(num_vars: int, min_col_vars: int = 0) -> tuple[int, int]:
+    """(row variables, column variables) of a table with 2**num_vars entries."""
+    col = max((num_vars + 1) // 2, min(min_col_vars, num_vars))
+    return num_vars - col, col
+
+
+@dataclass(frozen=True)
+class FixedLayer:
+    """One integer layer: y = act(floor((x W + b) / 2**f)) (+ x if residual)."""
+
+    weight: np.ndarray  # int64 (d_in, d_out), scale 2**f
+    bias: np.ndarray | None  # int64 (d_out,), scale 2**(2f)
+    activation: str = "relu"
+    residual: bool = False
+
+    def __post_init__(self) -> None:
+        w = np.asarray(self.weight)
+        if w.ndim != 2 or w.dtype.kind not in "iu":
+            raise ValueError("weight must be a 2-D integer array")
+        d_in, d_out = w.shape
+        log2_exact(d_in, "d_in")
+        log2_exact(d_out, "d_out")
+        if d_in > MAX_DIM or d_out > MAX_DIM:
+            raise ValueError(f"layer dimensions above {MAX_DIM}")
+        if np.abs(w).max(initial=0) >= MAX_WEIGHT:
+            raise FixedPointOverflow(f"a weight is outside (-2**15, 2**15)")
+        if self.bias is not None:
+            b = np.asarray(self.bias)
+            if b.shape != (d_out,) or b.dtype.kind not in "iu":
+                raise ValueError("bias must be an integer vector of length d_out")
+            if np.abs(b).max(initial=0) >= 1 << (BITS - 2):
+                raise FixedPointOverflow("a bias is outside (-2**30, 2**30)")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {ACTIVATIONS}")
+        if self.residual and d_in != d_out:
+            raise ValueError("a residual layer needs d_in == d_out")
+        object.__setattr__(self, "weight", w.astype(np.int64))
+        if self.bias is not None:
+            object.__setattr__(self, "bias", np.asarray(self.bias).astype(np.int64))
+
+    @property
+    def d_in(self) -> int:
+        return int(self.weight.shape[0])
+
+    @property
+    def d_out(self) -> int:
+        return int(self.weight.shape[1])
+
+
+def _matmul_exact(a: np.ndarray, w: np.ndarray) -> np.ndarray:
+    bound = int(np.abs(a).max(initial=0)) * int(np.abs(w).max(initial=0)) * a.shape[1]
+    if bound < 1 << 53:
+        return (a.astype(np.float64) @ w.astype(np.float64)).astype(np.int64)
+    if bound >= 1 << 62:
+        raise FixedPointOverflow("a matrix product could leave int64")
+    return a @ w
+
+
+@dataclass(frozen=True)
+class LayerTrace:
+    """What the prover needs from one layer: its input and its pre-activation."""
+
+    a: np.ndarray
+    z: np.ndarray
+    out: np.ndarray
+
+
+class ProvableMlp:
+    """A span of MLP layers executed in fixed point, ready to be committed and proven."""
+
+    def __init__(self, layers: Sequence[FixedLayer], frac_bits: int = 8) -> None:
+        if not layers:
+            raise ValueError("a shard needs at least one layer")
+        if not 1 <= frac_bits <= 16:
+            raise ValueError("frac_bits must be in 1..16")
+        for prev, nxt in zip(layers, layers[1:]):
+            if prev.d_out != nxt.d_in:
+                raise ValueError("consecutive layers do not chain (d_out != next d_in)")
+        self.layers = tuple(layers)
+        self.frac_bits = frac_bits
+
+    @classmethod
+    def from_float(
+        cls,
+        layers: Sequence[tuple[np.ndarray, np.ndarray | None]],
+        *,
+        activations: Sequence[str] | str = "relu",
+        residual: Sequence[bool] | bool = False,
+        frac_bits: int = 8,
+    ) -> ProvableMlp:
+        """Quantize float (W (d_in, d_out), b) pairs: W, x to 2**-f and b to 2**-2f steps."""
+        n = len(layers)
+        acts = [activations] * n if isinstance(activations, str) else list(activations)
+        res = [residual] * n if isinstance(residual, bool) else list(residual)
+        out = []
+        for (w, b), act, r in zip(layers, acts, res, strict=True):
+            wq = np.rint(np.asarray(w, dtype=np.float64) * (1 << frac_bits)).astype(np.int64)
+            bq = None
+            if b is not None:
+                bq = np.rint(np.asarray(b, dtype=np.float64) * (1 << 2 * frac_bits))
+                bq = bq.astype(np.int64)
+            out.append(FixedLayer(wq, bq, act, r))
+        return cls(out, frac_bits)
+
+    @property
+    def d_in(self) -> int:
+        return self.layers[0].d_in
+
+    @property
+    def d_out(self) -> int:
+        return self.layers[-1].d_out
+
+    def quantize(self, x: np.ndarray) -> np.ndarray:
+        return np.rint(np.asarray(x, dtype=np.float64) * (1 << self.frac_bits)).astype(np.int64)
+
+    def dequantize(self, y: np.ndarray) -> np.ndarray:
+        return np.asarray(y, dtype=np.float64) / (1 << self.frac_bits)
+
+    def check_input(self, x: np.ndarray) -> np.ndarray:
+        a = np.asarray(x)
+        if a.ndim != 2 or a.shape[1] != self.d_in or a.dtype.kind not in "iu":
+            raise ValueError(f"input must be an integer array of shape (tokens, {self.d_in})")
+        log2_exact(a.shape[0], "the number of tokens")
+        if np.abs(a).max(initial=0) >= 1 << (BITS - 8):
+            raise FixedPointOverflow("an input value is outside (-2**24, 2**24)")
+        return a.astype(np.int64)
+
+    def trace(self, x: np.ndarray) -> list[LayerTrace]:
+        a = self.check_input(x)
+        f = self.frac_bits
+        half = 1 << (BITS - 1)
+        out: list[LayerTrace] = []
+        for layer in self.layers:
+            z = _matmul_exact(a, layer.weight)
+            if layer.bias is not None:
+                z = z + layer.bias
+            if z.min(initial=0) < -half or z.max(initial=0) >= half:
+                raise FixedPointOverflow("a pre-activation is outside [-2**31, 2**31)")
+            q = z >> f
+            y = np.maximum(q, 0) if layer.activation == "relu" else q
+            if layer.residual:
+                y = y + a
+                if np.abs(y).max(initial=0) >= 1 << (BITS - 8):
+                    raise FixedPointOverflow("a residual sum is outside (-2**24, 2**24)")
+            out.append(LayerTrace(a, z, y))
+            a = y
+        return out
+
+    def forward_fixed(self, x: np.ndarray) -> np.ndarray:
+        """Deterministic integer forward pass: int64 (tokens, d_in) -> int64 (tokens, d_out)."""
+        return self.trace(x)[-1].out
+
+    def weights_digest(self) -> bytes:
+        h = hashlib.sha256(b"p2pinfer-zk-v1/weights")
+        h.update(self.frac_bits.to_bytes(1, "little"))
+        for layer in self.layers:
+            h.update(msgpack.packb([layer.d_in, layer.d_out, layer.activation, layer.residual]))
+            h.update(np.ascontiguousarray(layer.weight, dtype="<i8").tobytes())
+            h.update(b"\x01" if layer.bias is not None else b"\x00")
+            if layer.bias is not None:
+                h.update(np.ascontiguousarray(layer.bias, dtype="<i8").tobytes())
+        return h.digest()
+
+
+# --------------------------------------------------------------------------------------------
+# Public commitments
+
+
+@dataclass(frozen=True)
+class LayerCommitment:
+    d_in: int
+    d_out: int
+    activation: str
+    residual: bool
+    weight_rows: tuple[bytes, ...]
+    bias_rows: tuple[bytes, ...] | None
+
+    def to_wire(self) -> dict:
+        return {
+            "d_in": self.d_in,
+            "d_out": self.d_out,
+            "act": self.activation,
+            "res": self.residual,
+            "w": list(self.weight_rows),
+            "b": None if self.bias_rows is None else list(self.bias_rows),
+        }
+
+    @classmethod
+    def from_wire(cls, m: object) -> LayerCommitment:
+        if not isinstance(m, dict):
+            raise ProofFormatError("a layer commitment is not a map")
+        try:
+            d_in, d_out, act, res = m["d_in"], m["d_out"], m["act"], m["res"]
+            w, b = m["w"], m["b"]
+        except KeyError as exc:
+            raise ProofFormatError(f"a layer commitment lacks {exc}") from None
+        if not (isinstance(d_in, int) and isinstance(d_out, int) and 1 <= d_in <= MAX_DIM
+                and 1 <= d_out <= MAX_DIM and not d_in & (d_in - 1) and not d_out & (d_out - 1)):
+            raise ProofFormatError("bad layer dimensions")
+        if act not in ACTIVATIONS or not isinstance(res, bool):
+            raise ProofFormatError("bad activation or residual flag")
+        rows_w, _ = hyrax_split((d_in * d_out).bit_length() - 1)
+        rows_b, _ = hyrax_split(d_out.bit_length() - 1)
+        if not _points_list(w, 1 << rows_w):
+            raise ProofFormatError("weight commitment has the wrong shape")
+        if b is not None and not _points_list(b, 1 << rows_b):
+            raise ProofFormatError("bias commitment has the wrong shape")
+        return cls(d_in, d_out, act, res, tuple(w), None if b is None else tuple(b))
+
+
+def _points_list(v: object, n: int) -> bool:
+    return (isinstance(v, list) and len(v) == n
+            and all(isinstance(p, bytes) and len(p) == 48 for p in v))
+
+
+@dataclass(frozen=True)
+class ShardCommitment:
+    """The public part a verifier checks a shard proof against (a slice of the manifest)."""
+
+    model_id: str
+    first_layer: int
+    frac_bits: int
+    generator_seed: bytes
+    layers: tuple[LayerCommitment, ...]
+
+    def to_wire(self) -> dict:
+        return {
+            "model": self.model_id,
+            "first": self.first_layer,
+            "f": self.frac_bits,
+            "seed": self.generator_seed,
+            "layers": [lc.to_wire() for lc in self.layers],
+        }
+
+    def digest(self) -> bytes:
+        return hashlib.sha256(b"p2pinfer-zk-v1/shard" + msgpack.packb(self.to_wire())).digest()
+
+
+@dataclass(frozen=True)
+class ModelManifest:
+    """Per-layer weight commitments published by a model owner. Verifiers pin `digest()`."""
+
+    model_id: str
+    frac_bits: int
+    generator_seed: bytes
+    layers: tuple[LayerCommitment, ...]
+
+    def shard(self, start: int, stop: int) -> ShardCommitment:
+        if not 0 <= start < stop <= len(self.layers):
+            raise ValueError("layer span outside the manifest")
+        return ShardCommitment(self.model_id, start, self.frac_bits, self.generator_seed,
+                               self.layers[start:stop])
+
+    def to_bytes(self) -> bytes:
+        return msgpack.packb({
+            "v": MANIFEST_VERSION,
+            "t": "zk-manifest",
+            "model": self.model_id,
+            "f": self.frac_bits,
+            "seed": self.generator_seed,
+            "layers": [lc.to_wire() for lc in self.layers],
+        })
+
+    def digest(self) -> bytes:
+        return hashlib.sha256(b"p2pinfer-zk-v1/manifest" + self.to_bytes()).digest()
+
+    @classmethod
+    def from_bytes(cls, data: bytes, max_size: int = 64 << 20) -> ModelManifest:
+        m = _unpack(data, max_size, "zk-manifest", MANIFEST_VERSION)
+        model, f, seed, layers = m.get("model"), m.get("f"), m.get("seed"), m.get("layers")
+        if not isinstance(model, str) or len(model) > 256:
+            raise ProofFormatError("bad model id")
+        if not isinstance(f, int) or not 1 <= f <= 16:
+            raise ProofFormatError("bad frac_bits")
+        if not isinstance(seed, bytes) or len(seed) > 64:
+            raise ProofFormatError("bad generator seed")
+        if not isinstance(layers, list) or not 1 <= len(layers) <= 4096:
+            raise ProofFormatError("bad layer list")
+        return cls(model, f, seed, tuple(LayerCommitment.from_wire(lc) for lc in layers))
+
+    @classmethod
+    def from_shards(cls, model_id: str, shards: Sequence[CommittedShard]) -> ModelManifest:
+        """A manifest from committed consecutive shards (the model owner's step)."""
+        if not shards:
+            raise ValueError("no shards")
+        f, seed = shards[0].commitment.frac_bits, shards[0].commitment.generator_seed
+        layers: list[LayerCommitment] = []
+        for s in shards:
+            c = s.commitment
+            if c.frac_bits != f or c.generator_seed != seed:
+                raise ValueError("shards were committed with different parameters")
+            layers.extend(c.layers)
+        return cls(model_id, f, seed, tuple(layers))
+
+
+def _unpack(data: object, max_size: int, t: str, version: int) -> dict:
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise ProofFormatError("expected bytes")
+    if len(data) > max_size:
+        raise ProofFormatError(f"{t} of {len(data)} bytes is above the {max_size}-byte limit")
+    try:
+        m = msgpack.unpackb(bytes(data), raw=False, strict_map_key=True, use_list=True,
+                            max_bin_len=max_size, max_str_len=1 << 16,
+                            max_array_len=1 << 22, max_map_len=64)
+    except Exception as exc:
+        raise ProofFormatError(f"{t} does not decode as msgpack") from exc
+    if not isinstance(m, dict):
+        raise ProofFormatError(f"{t} is not a map")
+    if m.get("v") != version:
+        raise ProofFormatError(f"{t} has unsupported version {m.get('v')!r}")
+    if m.get("t") != t:
+        raise ProofFormatError(f"expected a {t}, got {m.get('t')!r}")
+    return m
+
+
+# --------------------------------------------------------------------------------------------
+# Committing a shard (the weight owner / prover side)
+
+
+@dataclass
+class CommittedShard:
+    """A provable shard together with its public commitment and the private row blindings."""
+
+    shard: ProvableMlp
+    commitment: ShardCommitment
+    weight_blinds: list[list[int]] = field(repr=False)
+    bias_blinds: list[list[int] | None] = field(repr=False)
+
+    def forward_fixed(self, x: np.ndarray) -> np.ndarray:
+        return self.shard.forward_fixed(x)
+
+    def bind_to(self, entry: ShardCommitment) -> CommittedShard:
+        """The same shard, proving against `entry` (a manifest slice with the same layers)."""
+        if (entry.layers != self.commitment.layers or entry.frac_bits != self.commitment.frac_bits
+                or entry.generator_seed != self.commitment.generator_seed):
+            raise CommitmentMismatch("the manifest entry does not hold this shard's commitments")
+        return CommittedShard(self.shard, entry, self.weight_blinds, self.bias_blinds)
+
+
+def generator_count_for(layers: Sequence[FixedLayer | LayerCommitment], tokens: int) -> int:
+    """Vector generators needed to commit these layers and prove `tokens` tokens (0: commit)."""
+    need = 1
+    for layer in layers:
+        nw = (layer.d_in * layer.d_out).bit_length() - 1
+        need = max(need, 1 << hyrax_split(nw)[1])
+        if tokens:
+            nb = (tokens * layer.d_out * BITS).bit_length() - 1
+            need = max(need, 1 << hyrax_split(nb, 5)[1])
+    return need
+
+
+def params_for(size: int, seed: bytes) -> PedersenParams:
+    return pedersen_params(max(64, 1 << (size - 1).bit_length()), seed)
+
+
+def _layer_matrix(values: np.ndarray) -> np.ndarray:
+    n = values.size.bit_length() - 1
+    rows, cols = hyrax_split(n)
+    return values.reshape(1 << rows, 1 << cols)
+
+
+def _commit_rows(pp: PedersenParams, mat: np.ndarray) -> tuple[list[bytes], list[int]]:
+    blinds = [random_scalar() for _ in range(mat.shape[0])]
+    rows = [encode_point(pp.commit_small_ints(r.tolist(), s)) for r, s in zip(mat, blinds)]
+    return rows, blinds
+
+
+def commit_shard(
+    shard: ProvableMlp,
+    cache_dir: str | os.PathLike[str] | None = None,
+    *,
+    model_id: str = "",
+    first_layer: int = 0,
+    generator_seed: bytes = DEFAULT_SEED,
+) -> CommittedShard:
+    """One-time Hyrax commitment of a shard's weights, cached on disk when cache_dir is given.
+
+    The cache file (msgpack, mode 0600: it holds the secret blindings) is keyed by a digest of
+    the weights and the generator seed, so changed weights never reuse a stale commitment.
+    """
+    key = hashlib.sha256(shard.weights_digest() + generator_seed).hexdigest()
+    path = Path(cache_dir) / f"zk-commit-{key}.msgpack" if cache_dir is not None else None
+    cached = _read_cache(path, key, shard) if path is not None and path.exists() else None
+    if cached is None:
+        pp = params_for(generator_count_for(shard.layers, 0), generator_seed)
+        cached = []
+        for layer in shard.layers:
+            w_rows, w_blinds = _commit_rows(pp, _layer_matrix(layer.weight.reshape(-1)))
+            b_rows = b_blinds = None
+            if layer.bias is not None:
+                b_rows, b_blinds = _commit_rows(pp, _layer_matrix(layer.bias))
+            cached.append((w_rows, w_blinds, b_rows, b_blinds))
+        if path is not None:
+            _write_cache(path, key, cached)
+    layers = tuple(
+        LayerCommitment(l.d_in, l.d_out, l.activation, l.residual, tuple(w),
+                        None if b is None else tuple(b))
+        for l, (w, _, b, _) in zip(shard.layers, cached)
+    )
+    commitment = ShardCommitment(model_id, first_layer, shard.frac_bits, generator_seed, layers)
+    return CommittedShard(shard, commitment, [c[1] for c in cached], [c[3] for c in cached])
+
+
+def _write_cache(path: Path, key: str, cached: list) -> None:
+    body = msgpack.packb({
+        "v": 1,
+        "t": "zk-commitment-cache",
+        "key": key,
+        "layers": [
+            {"w": w, "wb": [encode_scalar(s) for s in wb], "b": b,
+             "bb": None if bb is None else [encode_scalar(s) for s in bb]}
+            for w, wb, b, bb in cached
+        ],
+    })
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(body)
+    os.replace(tmp, path)
+
+
+def _read_cache(path: Path, key: str, shard: ProvableMlp) -> list | None:
+    m = _unpack(path.read_bytes(), 1 << 30, "zk-commitment-cache", 1)
+    if m.get("key") != key:
+        raise CommitmentMismatch(f"cache file {path} belongs to other weights")
+    layers = m.get("layers")
+    if not isinstance(layers, list) or len(layers) != len(shard.layers):
+        raise ProofFormatError("cache file has the wrong number of layers")
+    out = []
+    for layer, c in zip(shard.layers, layers):
+        if not isinstance(c, dict):
+            raise ProofFormatError("cache layer is not a map")
+        nrow_w = 1 << hyrax_split((layer.d_in * layer.d_out).bit_length() - 1)[0]
+        nrow_b = 1 << hyrax_split(layer.d_out.bit_length() - 1)[0]
+        w, wb, b, bb = c.get("w"), c.get("wb"), c.get("b"), c.get("bb")
+        if not _points_list(w, nrow_w) or not isinstance(wb, list) or len(wb) != nrow_w:
+            raise ProofFormatError("cache weight rows have the wrong shape")
+        if (layer.bias is None) != (b is None):
+            raise ProofFormatError("cache bias presence does not match the shard")
+        if b is not None and (not _points_list(b, nrow_b) or not isinstance(bb, list)
+                              or len(bb) != nrow_b):
+            raise ProofFormatError("cache bias rows have the wrong shape")
+        out.append((w, [decode_scalar(s) for s in wb], b,
+                    None if bb is None else [decode_scalar(s) for s in bb]))
+    return out
