@@ -84,7 +84,37 @@ class ServeSection:
     model: str = ""
     #: "auto" or [start, end) layer indices
     layers: Any = "auto"
+    #: with layers = "auto": how many layers to take (0 = half the model)
+    span_layers: int = 0
     dtype: str = "float32"
+    #: a session idle longer than this is erased with its KV cache
+    session_ttl_s: float = 300.0
+    max_sessions: int = 32
+
+
+TEE_LEVELS = ("none", "simulated", "cpu-tee", "gpu-tee")
+
+
+@dataclass
+class InferenceSection:
+    """Requester-side defaults; each request may override them."""
+
+    #: layers the requester runs itself before the network (split learning; >= 1 keeps raw
+    #: token embeddings off the network) and after it (>= 1 keeps the logits local)
+    k_head: int = 1
+    k_tail: int = 1
+    #: peers per stage (m); > 1 runs every stage redundantly
+    redundancy: int = 1
+    mode: str = "general"
+    step_timeout_s: float = 30.0
+    max_replans: int = 4
+    #: if non-empty, only these peer ids may be routed to
+    allow: list[str] = field(default_factory=list)
+    deny: list[str] = field(default_factory=list)
+    min_tee: str = "none"
+    #: Gaussian noise on the outgoing activation (0 = off) and its per-token L2 clip norm
+    noise_sigma: float = 0.0
+    noise_clip: float = 0.0
 
 
 @dataclass
@@ -95,6 +125,7 @@ class NodeConfig:
     control: ControlSection = field(default_factory=ControlSection)
     limits: LimitsSection = field(default_factory=LimitsSection)
     serve: ServeSection = field(default_factory=ServeSection)
+    inference: InferenceSection = field(default_factory=InferenceSection)
     #: the file this came from, for error messages ("" when built in code)
     source: str = ""
 
@@ -147,7 +178,28 @@ class NodeConfig:
                 f"{where}: key 'serve.layers': expected \"auto\" or [start, end) with "
                 f"0 <= start < end, got {layers!r}"
             )
+        inf = self.inference
+        if inf.mode not in ("general", "critical"):
+            raise ConfigError(f"{where}: key 'inference.mode': {inf.mode!r} is not "
+                              "'general' or 'critical'")
+        if inf.min_tee not in TEE_LEVELS:
+            raise ConfigError(f"{where}: key 'inference.min_tee': {inf.min_tee!r} is not one "
+                              f"of {', '.join(TEE_LEVELS)}")
+        for key in ("k_head", "k_tail", "span_layers"):
+            section = self.serve if key == "span_layers" else inf
+            if getattr(section, key) < 0:
+                name = "serve" if key == "span_layers" else "inference"
+                raise ConfigError(f"{where}: key '{name}.{key}': must be >= 0")
+        if inf.noise_sigma < 0 or inf.noise_clip < 0:
+            raise ConfigError(f"{where}: key 'inference.noise_sigma': noise settings must be >= 0")
+        if inf.noise_sigma > 0 and inf.noise_clip <= 0:
+            raise ConfigError(f"{where}: key 'inference.noise_clip': noise needs a positive "
+                              "clip norm")
         positive = [
+            ("inference.redundancy", inf.redundancy),
+            ("inference.step_timeout_s", inf.step_timeout_s),
+            ("serve.session_ttl_s", self.serve.session_ttl_s),
+            ("serve.max_sessions", self.serve.max_sessions),
             ("gossip.heartbeat_s", self.gossip.heartbeat_s),
             ("gossip.advert_interval_s", self.gossip.advert_interval_s),
             ("gossip.advert_ttl_s", self.gossip.advert_ttl_s),
