@@ -26,6 +26,8 @@ from p2pinfer.trust.errors import ValidityError as ValidityError
 from p2pinfer.trust.evidence import KINDS as KINDS
 from p2pinfer.trust.evidence import EvidenceBundle as EvidenceBundle
 from p2pinfer.trust.evidence import GpuEvidence as GpuEvidence
+from p2pinfer.trust.hooks import ChannelAttestation as ChannelAttestation
+from p2pinfer.trust.hooks import ed25519_key_from_peer_id as ed25519_key_from_peer_id
 from p2pinfer.trust.nvidia import NvidiaCcAttester as NvidiaCcAttester
 from p2pinfer.trust.policy import Policy as Policy
 from p2pinfer.trust.sev_snp import SevSnpAttester as SevSnpAttester

@@ -97,6 +97,8 @@ class TdxQuote:
         body = r.take(body_size, "TD quote body")
         (sig_len,) = struct.unpack("<I", r.take(4, "signature data length"))
         sig = _Reader(r.take(sig_len, "signature data"))
+        if any(r.take(r.remaining, "padding")):
+            raise EvidenceFormatError("TDX quote has non-zero data after its signature data")
         sig.take(ECDSA_SIG_SIZE + ATT_KEY_SIZE, "quote signature")
         cert_type, cert_size = struct.unpack("<HI", sig.take(6, "certification data header"))
         if cert_type != CERT_TYPE_QE_REPORT:
