@@ -22,6 +22,7 @@ from p2pinfer.consensus.claims import decode_claim as decode_claim
 from p2pinfer.consensus.claims import decode_tally as decode_tally
 from p2pinfer.consensus.claims import sign_claim as sign_claim
 from p2pinfer.consensus.claims import sign_tally as sign_tally
+from p2pinfer.consensus.codec import InlinedPeerKeys as InlinedPeerKeys
 from p2pinfer.consensus.codec import PeerKeys as PeerKeys
 from p2pinfer.consensus.errors import ConsensusError as ConsensusError
 from p2pinfer.consensus.errors import DissentNotProven as DissentNotProven

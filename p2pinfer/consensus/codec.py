@@ -6,8 +6,7 @@ msgpack container sizes, and raises MalformedVoteMessage (a WireError) or Unsupp
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import msgpack
 from cryptography.exceptions import InvalidSignature
@@ -15,11 +14,27 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from p2pinfer.consensus.errors import MalformedVoteMessage, SignatureInvalid, UnknownPeer
 from p2pinfer.errors import UnsupportedVersion
+from p2pinfer.identity import IdentityError, public_key_from_peer_id
 
 VERSION = 1
 MAX_REPLICAS = 16
 
-PeerKeys = Mapping[str, Ed25519PublicKey]
+
+
+class PeerKeys(Protocol):
+    """Where verifiers find a peer's Ed25519 public key: a dict, or `InlinedPeerKeys`."""
+
+    def get(self, peer: str, /) -> Ed25519PublicKey | None: ...
+
+
+class InlinedPeerKeys:
+    """Public keys read from libp2p Ed25519 peer ids themselves, which inline the key."""
+
+    def get(self, peer: str, /) -> Ed25519PublicKey | None:
+        try:
+            return Ed25519PublicKey.from_public_bytes(public_key_from_peer_id(peer))
+        except (IdentityError, ValueError):
+            return None
 
 
 def verify_signature(

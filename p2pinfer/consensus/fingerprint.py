@@ -107,7 +107,7 @@ class Fingerprint:
             raise FingerprintError(
                 f"fingerprint holds {len(self.values)} bytes, expected {expected}"
             )
-        if not np.isfinite(self.array()).all():
+        if not np.isfinite(np.frombuffer(self.values, dtype="<f4")).all():
             raise FingerprintError("fingerprint holds non-finite values")
 
     def array(self) -> np.ndarray:

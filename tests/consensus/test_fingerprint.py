@@ -129,8 +129,10 @@ def test_fingerprint_is_compact():
 
 def test_projection_changes_with_every_context_field():
     base = FingerprintContext(NETWORK, b"task", 1, 1)
-    others = [FingerprintContext("other", b"task", 1, 1), FingerprintContext(NETWORK, b"t2", 1, 1),
-              FingerprintContext(NETWORK, b"task", 2, 1), FingerprintContext(NETWORK, b"task", 1, 2)]
+    others = [FingerprintContext("other", b"task", 1, 1),
+              FingerprintContext(NETWORK, b"t2", 1, 1),
+              FingerprintContext(NETWORK, b"task", 2, 1),
+              FingerprintContext(NETWORK, b"task", 1, 2)]
     assert len({c.seed() for c in [base, *others]}) == 5
 
 

@@ -1,0 +1,135 @@
+"""Majority vote over 3 and 5 replicas, ties and missing replicas, and local checks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from p2pinfer.consensus import (
+    TOLERANCE_FLOAT32,
+    Equivocation,
+    FingerprintContext,
+    FingerprintMismatch,
+    MixedClaims,
+    NoMajorityError,
+    SignatureInvalid,
+    UnknownPeer,
+    tally,
+)
+from tests.consensus.helpers import CONTEXT, activation, cheat_claim, honest_claim
+
+TOL = TOLERANCE_FLOAT32
+
+
+def test_three_honest_replicas_agree(peers, keys):
+    outcome = tally([honest_claim(p, 3, jitter=i) for i, p in enumerate(peers[:3])], keys, TOL)
+    assert set(outcome.agreeing_replicas) == {"peer-0", "peer-1", "peer-2"}
+    assert outcome.dissenting == ()
+
+
+def test_one_cheater_of_three_is_the_dissenter(peers, keys):
+    claims = [honest_claim(peers[0], 3), cheat_claim(peers[1], 3), honest_claim(peers[2], 3, 2)]
+    outcome = tally(claims, keys, TOL)
+    assert set(outcome.agreeing_replicas) == {"peer-0", "peer-2"}
+    assert outcome.dissenting_replicas == ("peer-1",)
+    assert outcome.majority.replica in {"peer-0", "peer-2"}
+
+
+def test_two_colluding_cheaters_of_five_are_outvoted(peers, keys):
+    claims = [honest_claim(p, 5, jitter=i) for i, p in enumerate(peers[:3])]
+    claims += [cheat_claim(peers[3], 5), cheat_claim(peers[4], 5)]
+    outcome = tally(claims, keys, TOL)
+    assert set(outcome.dissenting_replicas) == {"peer-3", "peer-4"}
+
+
+def test_three_different_outputs_have_no_majority(peers, keys):
+    claims = [honest_claim(peers[0], 3), cheat_claim(peers[1], 3, 7), cheat_claim(peers[2], 3, 8)]
+    with pytest.raises(NoMajorityError) as caught:
+        tally(claims, keys, TOL)
+    assert caught.value.stage == CONTEXT.stage
+    assert "stage 1" in str(caught.value)
+
+
+def test_two_two_one_split_of_five_has_no_majority(peers, keys):
+    claims = [honest_claim(peers[0], 5), honest_claim(peers[1], 5, 1),
+              cheat_claim(peers[2], 5, 7), cheat_claim(peers[3], 5, 7), cheat_claim(peers[4], 5, 8)]
+    with pytest.raises(NoMajorityError):
+        tally(claims, keys, TOL)
+
+
+def test_even_tie_is_not_a_majority(peers, keys):
+    claims = [honest_claim(peers[0], 4), honest_claim(peers[1], 4, 1),
+              cheat_claim(peers[2], 4), cheat_claim(peers[3], 4)]
+    with pytest.raises(NoMajorityError):
+        tally(claims, keys, TOL)
+
+
+def test_missing_replicas_count_against_the_majority(peers, keys):
+    assert len(tally([honest_claim(peers[0], 3), honest_claim(peers[1], 3, 1)], keys,
+                     TOL).agreeing) == 2
+    with pytest.raises(NoMajorityError):
+        tally([honest_claim(peers[0], 3)], keys, TOL)
+    with pytest.raises(NoMajorityError):
+        tally([honest_claim(p, 5, jitter=i) for i, p in enumerate(peers[:2])], keys, TOL)
+
+
+def test_single_replica_is_its_own_majority(peers, keys):
+    assert tally([honest_claim(peers[0], 1)], keys, TOL).majority.replica == "peer-0"
+
+
+def test_claims_for_different_steps_are_not_mixed(peers, keys):
+    other = FingerprintContext(CONTEXT.network_id, CONTEXT.task_id, CONTEXT.stage, 6)
+    with pytest.raises(MixedClaims):
+        tally([honest_claim(peers[0], 3), honest_claim(peers[1], 3, context=other)], keys, TOL)
+
+
+def test_claims_with_different_replica_counts_are_not_mixed(peers, keys):
+    with pytest.raises(MixedClaims):
+        tally([honest_claim(peers[0], 3), honest_claim(peers[1], 5)], keys, TOL)
+
+
+def test_more_replicas_than_planned_are_refused(peers, keys):
+    with pytest.raises(MixedClaims):
+        tally([honest_claim(p, 2, jitter=i) for i, p in enumerate(peers[:3])], keys, TOL)
+
+
+def test_empty_vote_is_refused(keys):
+    with pytest.raises(MixedClaims):
+        tally([], keys, TOL)
+
+
+def test_replica_signing_two_fingerprints_is_equivocation(peers, keys):
+    with pytest.raises(Equivocation) as caught:
+        tally([honest_claim(peers[0], 3), cheat_claim(peers[0], 3), honest_claim(peers[1], 3)],
+              keys, TOL)
+    assert caught.value.replica == "peer-0"
+
+
+def test_repeated_identical_claim_counts_once(peers, keys):
+    claim = honest_claim(peers[0], 3)
+    with pytest.raises(NoMajorityError):
+        tally([claim, claim, cheat_claim(peers[1], 3)], keys, TOL)
+
+
+def test_vote_refuses_forged_and_unknown_claims(peers, keys):
+    claims = [honest_claim(p, 3, jitter=i) for i, p in enumerate(peers[:3])]
+    with pytest.raises(UnknownPeer):
+        tally(claims, {k: v for k, v in keys.items() if k != "peer-2"}, TOL)
+    swapped = keys | {"peer-1": peers[0].key.public_key()}
+    with pytest.raises(SignatureInvalid):
+        tally(claims, swapped, TOL)
+
+
+def test_local_activation_is_checked_against_the_majority(peers, keys):
+    outcome = tally([honest_claim(p, 3, jitter=i) for i, p in enumerate(peers[:3])], keys, TOL)
+    assert outcome.check_local(activation() + 1e-7) <= TOL
+    with pytest.raises(FingerprintMismatch):
+        outcome.check_local(activation(99))
+    with pytest.raises(FingerprintMismatch):
+        outcome.check_local(activation() + 0.01 * torch.randn(activation().shape))
+
+
+def test_centre_is_chosen_deterministically(peers, keys):
+    claims = [honest_claim(p, 3, jitter=i + 1) for i, p in enumerate(peers[:3])]
+    first = tally(claims, keys, TOL).majority
+    assert tally(list(reversed(claims)), keys, TOL).majority == first
