@@ -12,6 +12,7 @@ Products of an integer matrix with a vector of field elements are done exactly i
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import lru_cache
 
 import numpy as np
 
@@ -73,10 +74,15 @@ def poly_eval(coeffs: Sequence[int], x: int) -> int:
 
 def interpolate(evals: Sequence[int]) -> list[int]:
     """Coefficients (low degree first) of the polynomial taking evals[t] at t = 0, 1, ..."""
-    n = len(evals)
-    coeffs = [0] * n
-    for i, yi in enumerate(evals):
-        # Lagrange basis polynomial for node i, built as coefficients.
+    basis = _lagrange_basis(len(evals))
+    return [sum(b[k] * y for b, y in zip(basis, evals)) % P for k in range(len(evals))]
+
+
+@lru_cache(maxsize=16)
+def _lagrange_basis(n: int) -> tuple[tuple[int, ...], ...]:
+    """Coefficient vectors of the Lagrange basis polynomials on the nodes 0..n-1."""
+    out = []
+    for i in range(n):
         basis = [1]
         denom = 1
         for j in range(n):
@@ -85,10 +91,9 @@ def interpolate(evals: Sequence[int]) -> list[int]:
             basis = [((basis[k - 1] if k > 0 else 0) - j * (basis[k] if k < len(basis) else 0)) % P
                      for k in range(len(basis) + 1)]
             denom = denom * (i - j) % P
-        scale = yi * inv(denom) % P
-        for k in range(n):
-            coeffs[k] = (coeffs[k] + scale * basis[k]) % P
-    return coeffs
+        scale = inv(denom)
+        out.append(tuple(b * scale % P for b in basis))
+    return tuple(out)
 
 
 def _limbs(vec: Sequence[int]) -> np.ndarray:
@@ -96,9 +101,6 @@ def _limbs(vec: Sequence[int]) -> np.ndarray:
     raw = b"".join(int(v).to_bytes(32, "little") for v in vec)
     limbs = np.frombuffer(raw, dtype="<u2").reshape(len(vec), _LIMBS)
     return limbs.astype(np.float64)
-
-
-_RECOMBINE = np.array([1 << (_LIMB_BITS * k) for k in range(_LIMBS)], dtype=object)
 
 
 def int_matvec(matrix: np.ndarray, vec: Sequence[int]) -> list[int]:
@@ -114,9 +116,28 @@ def int_matvec(matrix: np.ndarray, vec: Sequence[int]) -> list[int]:
         lo = int_matvec(low, vec)
         hi = int_matvec(high >> shift, vec)
         return [(a + (b << shift)) % P for a, b in zip(lo, hi)]
-    partial = m.astype(np.float64) @ _limbs(vec)  # exact: every sum is below 2**53
-    combined = partial.astype(np.int64).astype(object) @ _RECOMBINE
-    return [int(v) % P for v in combined]
+    partial = (m.astype(np.float64) @ _limbs(vec)).astype(np.int64)  # exact: below 2**53
+    return _recombine(partial)
+
+
+def _recombine(partial: np.ndarray) -> list[int]:
+    """Rows of signed 16-bit-limb sums -> field elements, carrying limbs in numpy."""
+    rows = partial.shape[0]
+    limbs = np.zeros((rows, _LIMBS + 4), dtype=np.int64)
+    limbs[:, :_LIMBS] = partial
+    for k in range(_LIMBS + 3):
+        carry = limbs[:, k] >> _LIMB_BITS  # floor, also for negative sums
+        limbs[:, k] &= 0xFFFF
+        limbs[:, k + 1] += carry
+    top = limbs[:, _LIMBS + 3].tolist()  # may be negative: the sign of the whole sum
+    limbs[:, _LIMBS + 3] = 0
+    raw = limbs.astype("<u2").tobytes()
+    width = 2 * (_LIMBS + 4)
+    shift = _LIMB_BITS * (_LIMBS + 3)
+    return [
+        (int.from_bytes(raw[r * width:(r + 1) * width], "little") + (top[r] << shift)) % P
+        for r in range(rows)
+    ]
 
 
 def int_vecmat(vec: Sequence[int], matrix: np.ndarray) -> list[int]:

@@ -16,6 +16,7 @@ only as a Pedersen commitment C = v g + s h. The verifier accumulates three kind
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -23,12 +24,14 @@ from py_arkworks_bls12381 import G1Point
 
 from .errors import OpeningError, ProductError, ProofFormatError, RelationError, ShapeMismatch
 from .field import P, dot, interpolate, poly_eval
+from .errors import ProofError
 from .group import (
     PedersenParams,
     decode_point,
     encode_point,
     msm,
     random_scalar,
+    scalar,
 )
 from .transcript import Transcript
 
@@ -147,7 +150,7 @@ class ProverLedger:
         cb = pp.commit(vb, sb)
         alpha = encode_point(pp.commit(b1, b2))
         beta = encode_point(pp.commit(b3, b4))
-        delta = encode_point(msm([cb, pp.h], [b1, b5]))
+        delta = encode_point(cb * scalar(b1) + pp.blind_only(b5))
         for x in (alpha, beta, delta):
             self.t.absorb(b"product", x)
         ch = self.t.challenge(b"product")
@@ -209,6 +212,30 @@ class VerifierLedger:
         self._products = 0
         self._dots = 0
         self._matrices = 0
+        # Group equations sum coeffs * points == 0, checked together at the end.
+        self._equations: list[tuple[type[ProofError], str, list[G1Point], list[int]]] = []
+
+    def _defer(self, kind: type[ProofError], check: str, pts: list[G1Point],
+               coeffs: list[int]) -> None:
+        self._equations.append((kind, check, pts, coeffs))
+
+    def _check_all(self) -> None:
+        """One random linear combination of every deferred equation; on failure, find it."""
+        merged: dict[int, list] = {}
+        for _, _, p, c in self._equations:
+            w = secrets.randbits(128) | 1
+            for pt, x in zip(p, c):
+                slot = merged.get(id(pt))
+                if slot is None:
+                    merged[id(pt)] = [pt, w * x]
+                else:
+                    slot[1] += w * x
+        if msm([s[0] for s in merged.values()], [s[1] % P for s in merged.values()]) == _ID:
+            return
+        for kind, check, p, c in self._equations:
+            if msm(p, c) != _ID:
+                raise kind(check)
+        raise RelationError("batch", "combined check failed")
 
     def put(self, value: int | None = None) -> int:
         i = len(self.points)
@@ -249,13 +276,9 @@ class VerifierLedger:
         ch = self.t.challenge(b"product")
         z1, z2, z3, z4, z5 = pr.z
         ca, cb, cc = self.points[a], self.points[b], self.points[c]
-        ok = (
-            msm([alpha, ca, pp.g, pp.h], [1, ch, P - z1, P - z2]) == _ID
-            and msm([beta, cb, pp.g, pp.h], [1, ch, P - z3, P - z4]) == _ID
-            and msm([delta, cc, cb, pp.h], [1, ch, P - z1, P - z5]) == _ID
-        )
-        if not ok:
-            raise ProductError(check)
+        self._defer(ProductError, check, [alpha, ca, pp.g, pp.h], [1, ch, P - z1, P - z2])
+        self._defer(ProductError, check, [beta, cb, pp.g, pp.h], [1, ch, P - z3, P - z4])
+        self._defer(ProductError, check, [delta, cc, cb, pp.h], [1, ch, P - z1, P - z5])
 
     def check_dot(
         self,
@@ -284,11 +307,10 @@ class VerifierLedger:
         # c * T + delta == Com_vec(z; z_delta), with T = sum_r w_r rows_r.
         pts = list(rows) + list(pp.g_vec[:ncols]) + [pp.h, delta]
         coeffs = [ch * w % P for w in row_weights] + [P - zi for zi in dp.z] + [P - dp.z_delta, 1]
-        if msm(pts, coeffs) != _ID:
-            raise OpeningError(check, "masked row combination does not match the commitments")
+        self._defer(OpeningError, check, pts, coeffs)
         for y, k, beta, zb in zip(ys, results, betas, dp.z_betas):
-            if msm([self.points[k], beta, pp.g, pp.h], [ch, 1, P - dot(dp.z, y), P - zb]) != _ID:
-                raise OpeningError(check, "opened value does not match its commitment")
+            self._defer(OpeningError, check, [self.points[k], beta, pp.g, pp.h],
+                        [ch, 1, P - dot(dp.z, y), P - zb])
 
     def finish(self) -> None:
         if len(self.record.taus) != len(self._groups):
@@ -312,8 +334,8 @@ class VerifierLedger:
                 w = w * gamma % P
             idx = list(coeffs)
             pts = [self.points[i] for i in idx] + [pp.g, pp.h]
-            if msm(pts, [coeffs[i] for i in idx] + [const % P, P - tau]) != _ID:
-                raise RelationError(name)
+            self._defer(RelationError, name, pts, [coeffs[i] for i in idx] + [const % P, P - tau])
+        self._check_all()
 
 
 _ID = G1Point.identity()
@@ -329,27 +351,32 @@ def sumcheck(
 ) -> tuple[list[int], Lin]:
     """Sum-check with committed round polynomials; returns (challenge point, final claim).
 
-    `oracle` (prover only) has `evals(claim_value) -> [g(0..degree)]` and `bind(r)`.
-    Each round commits the coefficients of g_i and relates g_i(0) + g_i(1) to the running
-    claim; the new claim g_i(r_i) is a linear form in those commitments.
+    `oracle` (prover only) has `evals(claim_value) -> [g(0..degree)]` and `bind(r)`. Each round
+    commits the coefficients c_1..c_d of g_i; c_0 is not sent but fixed by the running claim,
+    c_0 = (claim - c_1 - ... - c_d) / 2, so g_i(0) + g_i(1) = claim holds by construction and the
+    new claim g_i(r_i) is a linear form in the commitments (checked at the end of the layer).
     """
     point: list[int] = []
     for rnd in range(num_vars):
         if oracle is not None:
-            evals = oracle.evals(ledger.value(claim))  # type: ignore[attr-defined]
-            coeffs = interpolate(evals)
-            idx = [ledger.put(c) for c in coeffs]
+            coeffs = interpolate(oracle.evals(ledger.value(claim)))  # type: ignore[attr-defined]
+            idx = [ledger.put(c) for c in coeffs[1:]]
         else:
-            idx = [ledger.put() for _ in range(degree + 1)]  # type: ignore[call-arg]
-        # g(0) + g(1) = 2 c_0 + c_1 + ... + c_d
-        s = Lin({idx[0]: 2, **{i: 1 for i in idx[1:]}})
-        ledger.relate(group, s - claim)
+            idx = [ledger.put() for _ in range(degree)]  # type: ignore[call-arg]
+        c0 = (claim - Lin({i: 1 for i in idx})) * _INV2
         r = ledger.challenge(b"sumcheck/" + group.encode() + b"/%d" % rnd)
         if oracle is not None:
             oracle.bind(r)  # type: ignore[attr-defined]
-        claim = Lin({i: pow(r, j, P) for j, i in enumerate(idx)})
+        terms, rk = {}, 1
+        for i in idx:
+            rk = rk * r % P
+            terms[i] = rk
+        claim = c0 + Lin(terms)
         point.append(r)
     return point, claim
+
+
+_INV2 = (P + 1) // 2
 
 
 __all__ = [

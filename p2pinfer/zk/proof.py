@@ -26,6 +26,7 @@ Byte layout: protocols/zk-proof.md.
 from __future__ import annotations
 
 import hashlib
+import hmac
 from dataclasses import dataclass
 
 import msgpack
@@ -499,18 +500,14 @@ def verify(commitment: ShardCommitment, x: np.ndarray, y: np.ndarray, proof: Sha
         if lc.d_out != nxt.d_in:
             raise ShapeMismatch("shard", "the shard's layers do not chain")
     t, bind = _binding(commitment, x, y, binding)
-    import hmac
-
     if not hmac.compare_digest(bind, proof.binding):
         raise BindingMismatch("binding", "proof was made for another task, manifest, x or y")
     try:
         rows = {}
-        from .group import decode_point
-
         for lc in commitment.layers:
-            rows[("w", id(lc.weight_rows))] = [decode_point(p) for p in lc.weight_rows]
-            if lc.bias_rows is not None:
-                rows[("b", id(lc.bias_rows))] = [decode_point(p) for p in lc.bias_rows]
+            w_pts, b_pts = lc.decoded_rows()
+            rows[("w", id(lc.weight_rows))] = w_pts
+            rows[("b", id(lc.bias_rows))] = b_pts
         led = VerifierLedger(_params(commitment, x.shape[0]), t, proof.record)
         claims = _output_claims(led, y, nt)
         for k in range(len(commitment.layers) - 1, -1, -1):

@@ -25,7 +25,7 @@ import numpy as np
 
 from .errors import CommitmentMismatch, FixedPointOverflow, ProofFormatError
 from .group import DEFAULT_SEED, PedersenParams, pedersen_params, random_scalar, encode_point
-from .group import encode_scalar, decode_scalar
+from .group import decode_point, decode_scalar, encode_scalar
 
 BITS = 32  # width of the pre-activation decomposition (rescale remainder + value + sign)
 MAX_WEIGHT = 1 << 15  # |w| < 2**15
@@ -216,6 +216,16 @@ class LayerCommitment:
     residual: bool
     weight_rows: tuple[bytes, ...]
     bias_rows: tuple[bytes, ...] | None
+
+    def decoded_rows(self) -> tuple[list, list | None]:
+        """(weight, bias) row commitments as group elements, decoded once and kept."""
+        cached = self.__dict__.get("_decoded")
+        if cached is None:
+            w = [decode_point(p) for p in self.weight_rows]
+            b = None if self.bias_rows is None else [decode_point(p) for p in self.bias_rows]
+            cached = (w, b)
+            object.__setattr__(self, "_decoded", cached)
+        return cached
 
     def to_wire(self) -> dict:
         return {
