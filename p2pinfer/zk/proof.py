@@ -208,6 +208,11 @@ class _BitsOracle:
         self.lam, self.ni, self.nb = lam, ni, nb
         self.round = 0
         self.const = 0
+        if ni == 0:
+            self._set_const()
+
+    def _set_const(self) -> None:
+        self.const = self.lam * _INV32 % P * self.e1[0] % P * self.s[0] % P * self.m[0] % P
 
     def evals(self, claim: int) -> list[int]:
         if self.round < self.ni:
@@ -226,7 +231,7 @@ class _BitsOracle:
             self.s = bind_first(self.s, r)
             self.m = bind_first(self.m, r)
             if self.round == self.ni - 1:
-                self.const = self.lam * _INV32 % P * self.e1[0] % P * self.s[0] % P * self.m[0]
+                self._set_const()
         self.e2 = bind_first(self.e2, r)
         self.b = bind_first(self.b, r)
         self.round += 1

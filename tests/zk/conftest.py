@@ -38,6 +38,6 @@ def small_committed() -> CommittedShard:
     return commit_shard(make_shard([8, 8, 8], residual=[False, True]))
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def binding() -> ProofBinding:
     return ProofBinding(task_id=b"task-1", manifest_digest=b"\x11" * 32, context=b"net/stage0")
