@@ -183,6 +183,144 @@ def cmd_testnet(args: argparse.Namespace) -> int:
     return trio.run(_run_testnet, args)
 
 
+# -- infer / embed -------------------------------------------------------------------------------
+def _client_config(args: argparse.Namespace) -> NodeConfig:
+    """The config of the short-lived client node `infer` and `embed` start."""
+    import tempfile
+
+    from p2pinfer.config import with_overrides
+
+    cfg = _config(args)
+    overrides: dict[str, dict[str, Any]] = {}
+    if not getattr(args, "config", None):
+        overrides["node"] = {"data_dir": tempfile.mkdtemp(prefix="p2pinfer-client-"),
+                             "roles": ["client"]}
+        overrides["control"] = {"enabled": False}
+        overrides["net"] = {"dht": False}
+    if args.network_id:
+        overrides.setdefault("node", {})["network_id"] = args.network_id
+    if args.bootstrap:
+        overrides.setdefault("net", {})["bootstrap"] = list(args.bootstrap)
+    inf: dict[str, Any] = {}
+    for key in ("k_head", "k_tail", "redundancy", "mode", "noise_sigma", "noise_clip",
+                "step_timeout_s"):
+        value = getattr(args, key, None)
+        if value is not None:
+            inf[key] = value
+    if inf:
+        overrides["inference"] = inf
+    cfg = with_overrides(cfg, **overrides) if overrides else cfg
+    if not cfg.net.bootstrap:
+        raise UsageError("no peers to ask: pass --bootstrap /ip4/.../p2p/<id> or a --config "
+                         "with net.bootstrap")
+    return cfg
+
+
+async def _wait_for_route(node: Any, model: str, timeout: float) -> None:
+    import trio
+
+    from p2pinfer.inference import NoRouteError
+
+    client = node.inference.client(model)
+    deadline = time.monotonic() + timeout
+    shown = False
+    while True:
+        try:
+            client.plan()
+            return
+        except NoRouteError as e:
+            if time.monotonic() > deadline:
+                raise UsageError(f"{e} after waiting {timeout:.0f}s; are peers serving "
+                                 f"{client.info.model_id} reachable?") from None
+            if not shown:
+                _say(f"waiting for peers serving {client.info.model_id} ...")
+                shown = True
+            await trio.sleep(0.5)
+
+
+async def _run_infer(args: argparse.Namespace, cfg: NodeConfig) -> int:
+    from p2pinfer.node import Node
+
+    async with Node(cfg) as node:
+        await _wait_for_route(node, args.model, args.wait)
+        t0 = time.perf_counter()
+        ids: list[int] = []
+        text_parts: list[str] = []
+        async for ev in node.generate_stream(
+            args.prompt, model=args.model, max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature, top_p=args.top_p, seed=args.seed,
+        ):
+            ids.append(ev.token_id)
+            text_parts.append(ev.text)
+            if not args.json:
+                print(ev.text, end="", flush=True)
+        dt = time.perf_counter() - t0
+        client = node.inference.client(args.model)
+        route = [{"layers": [s.start, s.end], "peers": list(s.replicas)} for s in client.last_route]
+        from p2pinfer.models import default_models
+
+        random_weights = any(m.name == args.model and m.random_weights for m in default_models())
+        summary = {"prompt": args.prompt, "text": "".join(text_parts), "token_ids": ids,
+                   "seconds": round(dt, 3), "tokens_per_s": round(len(ids) / dt, 2) if dt else None,
+                   "route": route, "replans": client.replans, "privacy": client.privacy,
+                   "random_weights": random_weights}
+        if args.json:
+            print(json.dumps(summary, indent=2))
+        else:
+            print()
+            hops = " -> ".join(f"[{r['layers'][0]},{r['layers'][1]})@{r['peers'][0][-6:]}"
+                               for r in route)
+            _say(f"{len(ids)} tokens in {dt:.2f}s; route: local[0,{client.middle[0]}) -> {hops} "
+                 f"-> local[{client.middle[1]},{client.info.num_layers})")
+            if random_weights:
+                _say(f"note: {args.model} has RANDOM weights: the text is meaningless by design")
+        return 0
+
+
+def cmd_infer(args: argparse.Namespace) -> int:
+    import trio
+
+    if args.max_new_tokens < 1:
+        raise UsageError("--max-new-tokens must be at least 1")
+    return trio.run(_run_infer, args, _client_config(args))
+
+
+async def _run_embed(args: argparse.Namespace, cfg: NodeConfig) -> int:
+    from p2pinfer.node import Node
+
+    async with Node(cfg) as node:
+        await _wait_for_route(node, args.model, args.wait)
+        vecs = await node.embed(args.text, model=args.model)
+        out: dict[str, Any] = {"model": args.model, "dim": int(vecs.shape[1]),
+                               "embeddings": [[round(float(x), 6) for x in v] for v in vecs]}
+        if len(args.text) > 1:
+            sims = vecs @ vecs.T
+            out["cosine"] = [[round(float(x), 4) for x in row] for row in sims]
+        print(json.dumps(out))
+        return 0
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    import trio
+
+    return trio.run(_run_embed, args, _client_config(args))
+
+
+def _add_client_args(p: argparse.ArgumentParser, default_model: str) -> None:
+    p.add_argument("--model", default=default_model, help="model directory or built-in name")
+    p.add_argument("--config", help="client node config TOML")
+    p.add_argument("--bootstrap", action="append", help="a peer to join through (repeatable)")
+    p.add_argument("--network-id", help="network to join (default from config)")
+    p.add_argument("--k-head", type=int, help="layers run locally before the network")
+    p.add_argument("--k-tail", type=int, help="layers run locally after the network")
+    p.add_argument("--redundancy", type=int, help="peers per stage")
+    p.add_argument("--mode", choices=["general", "critical"])
+    p.add_argument("--noise-sigma", type=float, help="Gaussian noise on the outgoing activation")
+    p.add_argument("--noise-clip", type=float, help="per-token L2 clip norm for the noise")
+    p.add_argument("--step-timeout-s", type=float, help="re-plan when a step takes longer")
+    p.add_argument("--wait", type=float, default=30.0, help="seconds to wait for serving peers")
+
+
 # -- demo ----------------------------------------------------------------------------------------
 def cmd_demo(args: argparse.Namespace) -> int:
     from p2pinfer.demo import run_demo
@@ -220,6 +358,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--network-id", default="p2pinfer-localnet")
     p.add_argument("--base-dir", help="keep peers' keys, configs and logs here (default: temp)")
     p.set_defaults(func=cmd_testnet)
+
+    p = sub.add_parser("infer", help="generate text through the network")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--json", action="store_true", help="print one JSON summary")
+    _add_client_args(p, "p2pinfer-tiny-llama")
+    p.set_defaults(func=cmd_infer)
+
+    p = sub.add_parser("embed", help="sentence embeddings through the network")
+    p.add_argument("--text", action="append", required=True, help="text to embed (repeatable)")
+    _add_client_args(p, "all-minilm-l6-v2")
+    p.set_defaults(func=cmd_embed)
 
     p = sub.add_parser("demo", help="a local multi-peer testnet doing real work, no download")
     p.add_argument("--peers", type=int, default=4)

@@ -84,3 +84,16 @@ def test_malformed_tasks_are_wire_errors(mutate):
     mutate(wire)
     with pytest.raises(WireError):
         Task.from_wire(wire)
+
+
+def test_stage_spec_vector_decodes_and_verifies():
+    from p2pinfer.wire import decode_message
+    from tests.spec_vectors import vectors
+
+    msg = decode_message(vectors("stage.md")["open"], expect={"open"})
+    task = Task.from_wire(msg.get("task", dict))
+    assert msg.get("stage", int) == 0
+    assert task.requester == "12D3KooWA4Xop1JaT3MHxwYMkCepYsv4iPVopMXwCz5iHYdBfeSB"
+    task.verify(network_id="p2pinfer-testnet", now=1800000100)
+    with pytest.raises(TaskError, match="deadline"):
+        task.verify(network_id="p2pinfer-testnet", now=1800000601)

@@ -1,0 +1,471 @@
+"""The requester side: plan a route, run the head and tail locally, drive sessions, recover.
+
+U-shaped split learning: the requester runs the embeddings and the first `k_head` layers and the
+last `k_tail` layers with the LM head (or pooling) itself, so raw tokens and output logits never
+leave it; peers only see boundary activations. Per token the requester pushes one activation to
+stage 0 and receives the last stage's output on its result hop.
+
+Fault tolerance: a `fault` relayed from the route, a dead hop, or a step that misses its deadline
+marks the faulty peer (found by the fault's attribution, or by pinging every peer of the route);
+that peer is backed off with exponential delay, the middle layers are re-planned without it, and
+the session's history (prompt and tokens generated so far) is replayed as one prefill to rebuild
+every cache. With greedy decoding the text equals a failure-free run.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import trio
+
+from p2pinfer.errors import P2PInferError, RemoteError
+from p2pinfer.inference.hop import HopCodec, HopContext, PlainHop
+from p2pinfer.inference.planner import Candidate, PlanRequest, plan_route
+from p2pinfer.inference.task import StagePlan, Task
+from p2pinfer.models import ClientHead, ClientTail, KVCache
+from p2pinfer.models.checkpoint import dtype_name
+from p2pinfer.wire import EndOfStream
+
+log = logging.getLogger(__name__)
+
+
+class InferenceError(P2PInferError):
+    """A request could not be completed; the message says why and what to do."""
+
+
+class PromptTooLong(InferenceError):
+    pass
+
+
+class StageFailure(InferenceError):
+    """One stage of a route failed; `peer_id` is the peer blamed (None if unknown)."""
+
+    def __init__(self, stage: int | None, peer_id: str | None, message: str) -> None:
+        super().__init__(message)
+        self.stage = stage
+        self.peer_id = peer_id
+
+
+@dataclass
+class ClientSettings:
+    k_head: int = 1
+    k_tail: int = 1
+    redundancy: int = 1
+    mode: str = "general"
+    step_timeout_s: float = 30.0
+    open_timeout_s: float = 30.0
+    max_replans: int = 4
+    allow: list[str] | None = None
+    deny: list[str] = field(default_factory=list)
+    min_tee: str = "none"
+    #: Gaussian noise on the outgoing activation (0 = off), per-token L2 clip norm
+    noise_sigma: float = 0.0
+    noise_clip: float = 0.0
+    noise_delta: float = 1e-5
+    ban_base_s: float = 10.0
+    ban_max_s: float = 600.0
+
+
+class Backoff:
+    """Failing peers are excluded for base * 2^(failures-1) seconds, capped."""
+
+    def __init__(self, base_s: float, max_s: float, clock: Callable[[], float] = time.monotonic):
+        self.base_s, self.max_s, self.clock = base_s, max_s, clock
+        self.failures: dict[str, int] = {}
+        self.until: dict[str, float] = {}
+
+    def fail(self, peer_id: str) -> float:
+        n = self.failures.get(peer_id, 0) + 1
+        self.failures[peer_id] = n
+        delay = min(self.max_s, self.base_s * 2 ** (n - 1))
+        self.until[peer_id] = self.clock() + delay
+        return delay
+
+    def succeed(self, peer_id: str) -> None:
+        self.failures.pop(peer_id, None)
+
+    def excluded(self) -> set[str]:
+        now = self.clock()
+        return {p for p, t in self.until.items() if t > now}
+
+
+@dataclass
+class StepResult:
+    seq: int
+    hidden: torch.Tensor
+
+
+class RouteSession:
+    """One task's chain of hops, seen from the requester."""
+
+    def __init__(self, client: InferenceClient, task: Task) -> None:
+        self.client = client
+        self.task = task
+        self.up: Any = None
+        self.result_send, self.result_recv = trio.open_memory_channel[Any](16)
+        self.result_peer: str | None = None
+        self.result_ready = trio.Event()
+        self.closed = False
+
+    @property
+    def route(self) -> tuple[StagePlan, ...]:
+        return self.task.route
+
+    def fail(self, stage: int | None, peer_id: str | None, message: str) -> None:
+        try:
+            self.result_send.send_nowait(StageFailure(stage, peer_id, message))
+        except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+            pass
+
+
+def _no_spawn(*args: Any) -> None:
+    raise InferenceError("the inference client is not attached to a running node")
+
+
+class InferenceClient:
+    """Requests inference from the network through a node. Usually reached via `Node`."""
+
+    def __init__(
+        self,
+        node: Any,
+        model_path: str,
+        settings: ClientSettings | None = None,
+        *,
+        hop: HopCodec | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        self.node = node
+        self.settings = settings or ClientSettings()
+        self.hop = hop or PlainHop()
+        self.head_path = model_path
+        self.head = ClientHead.load(model_path, self.settings.k_head, dtype)
+        self.tail = ClientTail.load(model_path, self.settings.k_tail, dtype)
+        self.info = self.head.info
+        if self.settings.k_head + self.settings.k_tail > self.info.num_layers:
+            raise InferenceError(
+                f"k_head + k_tail = {self.settings.k_head + self.settings.k_tail} exceeds the "
+                f"model's {self.info.num_layers} layers")
+        self.dtype = dtype
+        self.backoff = Backoff(self.settings.ban_base_s, self.settings.ban_max_s)
+        self.sessions: dict[bytes, RouteSession] = {}
+        self.last_route: list[StagePlan] = []
+        self.replans = 0
+        self.privacy: dict[str, float] | None = None
+        #: starts a background task that outlives one call (set by the owning service)
+        self.spawn: Callable[..., None] = _no_spawn
+
+    @property
+    def middle(self) -> tuple[int, int]:
+        return self.settings.k_head, self.info.num_layers - self.settings.k_tail
+
+    # -- planning ------------------------------------------------------------------------------
+    def candidates(self) -> list[Candidate]:
+        out = []
+        for p in self.node.peers():
+            if p.model != self.info.model_id or not p.spans or p.peer_id == self.node.peer_id:
+                continue
+            layers = max(1, sum(b - a for a, b in p.spans))
+            tee = p.extra.get("tee_level", "none") if isinstance(p.extra, dict) else "none"
+            out.append(Candidate(
+                p.peer_id, tuple(tuple(s) for s in p.spans),
+                throughput=float(p.throughput) * layers, load=float(p.load),
+                rtt_ms=float(p.rtt_ms) if p.rtt_ms is not None else 5.0, tee_level=tee,
+            ))
+        return out
+
+    def plan(self) -> list[StagePlan]:
+        start, end = self.middle
+        s = self.settings
+        req = PlanRequest(start, end, redundancy=s.redundancy,
+                          allow=set(s.allow) if s.allow else None, deny=set(s.deny),
+                          exclude=self.backoff.excluded(), min_tee=s.min_tee)
+        return plan_route(self.candidates(), req)
+
+    # -- hops ----------------------------------------------------------------------------------
+    async def accept_result_hop(self, up: Any, upstream: str, task: Task) -> None:
+        """The last stage opened its hop to us: deliver its steps to the waiting session."""
+        session = self.sessions.get(task.task_id)
+        if session is None or task.requester != self.node.peer_id:
+            raise InferenceError("no such session on this requester")
+        if session.task.to_wire() != task.to_wire():
+            raise InferenceError("the route's task differs from the one this requester signed")
+        if upstream not in task.route[-1].replicas:
+            raise InferenceError(f"peer {upstream} is not a replica of the last stage")
+        if session.result_peer is not None:
+            raise InferenceError("the result hop is already open")
+        session.result_peer = upstream
+        up.timeout_s = max(self.settings.step_timeout_s * 4, 60.0)
+        await up.send("ready", {"stage": len(task.route)})
+        session.result_ready.set()
+        info = self.info
+        try:
+            while not session.closed:
+                try:
+                    msg = await up.recv(expect={"step", "close"})
+                except EndOfStream:
+                    break
+                if msg.t == "close":
+                    break
+                seq = msg.get("seq", int)
+                ctx = HopContext(task.task_id, len(task.route), seq, upstream)
+                hidden = await self.hop.unpack(
+                    msg.fields, ctx, hidden_size=info.hidden_size, dtype=dtype_name(self.dtype),
+                    max_bytes=self.node.config.limits.max_tensor_bytes)
+                await session.result_send.send(StepResult(seq, hidden))
+        except (P2PInferError, OSError) as e:
+            if not session.closed:
+                session.fail(len(task.route) - 1, upstream, f"result hop failed: {e}")
+        finally:
+            if not session.closed:
+                session.fail(len(task.route) - 1, upstream, "result hop closed")
+
+    async def _watch_up(self, session: RouteSession) -> None:
+        """Faults relayed from the route arrive on the hop to stage 0."""
+        try:
+            while True:
+                msg = await session.up.recv(expect={"fault"})
+                stage = msg.get("stage", int, None)
+                peer = msg.get("peer_id", str, None)
+                text = f"stage {stage} ({peer}) reported {msg.get('code', str, '?')}: " \
+                       f"{msg.get('message', str, '')}"
+                session.fail(stage, peer, text)
+        except EndOfStream:
+            if not session.closed:
+                session.fail(0, session.route[0].replicas[0], "stage 0 closed its hop")
+        except (P2PInferError, OSError) as e:
+            if not session.closed:
+                session.fail(0, session.route[0].replicas[0], f"hop to stage 0 failed: {e}")
+
+    async def _open(self, task: Task) -> RouteSession:
+        session = RouteSession(self, task)
+        self.sessions[task.task_id] = session
+        first = task.route[0].replicas[0]
+        try:
+            with trio.fail_after(self.settings.open_timeout_s):
+                from p2pinfer.inference.stage import ensure_connected
+
+                await ensure_connected(self.node, first)
+                session.up = await self.node.open_stream(first, "stage")
+                await session.up.send("open", {"task": task.to_wire(), "stage": 0})
+                session.up.timeout_s = self.settings.open_timeout_s
+                reply = await session.up.recv(expect={"ready", "fault"})
+                if reply.t == "fault":
+                    stage = reply.get("stage", int, None)
+                    peer = reply.get("peer_id", str, None)
+                    raise StageFailure(stage, peer, f"stage {stage} could not open: "
+                                       f"{reply.get('message', str, '')}")
+                await session.result_ready.wait()
+        except trio.TooSlowError:
+            await self._close(session)
+            raise StageFailure(None, None, "the route did not come up in time") from None
+        except RemoteError as e:
+            await self._close(session)
+            raise StageFailure(0, first, f"stage 0 refused the task: {e}") from None
+        except StageFailure:
+            await self._close(session)
+            raise
+        except (P2PInferError, OSError) as e:
+            await self._close(session)
+            raise StageFailure(0, first, f"could not reach stage 0: {e}") from None
+        session.up.timeout_s = 24 * 3600.0  # the watcher waits for faults for the whole session
+        self.spawn(self._watch_up, session)
+        return session
+
+    async def _close(self, session: RouteSession) -> None:
+        session.closed = True
+        self.sessions.pop(session.task.task_id, None)
+        if session.up is not None:
+            with trio.move_on_after(2) as scope:
+                scope.shield = True
+                try:
+                    await session.up.send("close")
+                except (P2PInferError, OSError):
+                    pass
+                await session.up.aclose()
+        session.result_send.close()
+
+    async def _blame(self, session: RouteSession, failure: StageFailure) -> str | None:
+        """The peer to back off: the one the fault names, else one that does not answer."""
+        if failure.peer_id and failure.peer_id != self.node.peer_id:
+            return failure.peer_id
+        peers = [p for s in session.route for p in s.replicas]
+        dead: list[str] = []
+
+        async def probe(pid: str) -> None:
+            try:
+                with trio.fail_after(2.0):
+                    await self.node.ping(pid, count=1)
+            except (P2PInferError, trio.TooSlowError, OSError):
+                dead.append(pid)
+
+        async with trio.open_nursery() as n:
+            for pid in peers:
+                n.start_soon(probe, pid)
+        return dead[0] if dead else None
+
+    async def _step(self, session: RouteSession, seq: int, pos: int, hidden: torch.Tensor
+                    ) -> torch.Tensor:
+        first = session.route[0].replicas[0]
+        fields = await self.hop.pack(hidden, HopContext(session.task.task_id, 0, seq, first))
+        try:
+            await session.up.send("step", {"seq": seq, "pos": pos, **fields})
+        except (P2PInferError, OSError) as e:
+            raise StageFailure(0, first, f"could not send to stage 0: {e}") from None
+        with trio.move_on_after(self.settings.step_timeout_s):
+            while True:
+                try:
+                    item = await session.result_recv.receive()
+                except trio.EndOfChannel:
+                    raise StageFailure(None, None, "the session closed") from None
+                if isinstance(item, StageFailure):
+                    raise item
+                if item.seq == seq:
+                    return item.hidden
+        raise StageFailure(None, None, f"step {seq} got no answer in {self.settings.step_timeout_s} s")
+
+    # -- noise ---------------------------------------------------------------------------------
+    def _protect(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Clip and add Gaussian noise to the outgoing activation when configured (noise from
+        the OS CSPRNG); the (epsilon, delta) of the last query is kept in `self.privacy`."""
+        s = self.settings
+        if s.noise_sigma <= 0:
+            return hidden
+        from p2pinfer.models.noise import BoundaryNoise
+
+        out, cost = BoundaryNoise(s.noise_clip, s.noise_sigma, s.noise_delta).apply(hidden)
+        self.privacy = {"epsilon_per_token": cost.epsilon, "epsilon_sequence": cost.epsilon_sequence,
+                        "delta": cost.delta, "sigma": cost.sigma, "clip_norm": s.noise_clip}
+        return out
+
+    # -- public calls --------------------------------------------------------------------------
+    async def generate(
+        self,
+        prompt_ids: Sequence[int],
+        max_new_tokens: int,
+        sample: Callable[[torch.Tensor], int],
+        *,
+        stop_ids: Sequence[int] = (),
+    ) -> AsyncIterator[int]:
+        """Yield new token ids as they are produced (decoder models)."""
+        if not self.info.is_decoder:
+            raise InferenceError("generation needs a decoder model; use embed() for encoders")
+        prompt = list(prompt_ids)
+        if not prompt:
+            raise InferenceError("the prompt is empty")
+        if len(prompt) + max_new_tokens > self.info.max_positions:
+            raise PromptTooLong(
+                f"prompt of {len(prompt)} tokens plus {max_new_tokens} new tokens exceeds the "
+                f"model's context of {self.info.max_positions} tokens")
+        history = list(prompt)
+        produced = 0
+        attempts = 0
+        while True:
+            try:
+                async for tok in self._run_route(history, len(prompt) + max_new_tokens,
+                                                 max_new_tokens - produced, sample, stop_ids):
+                    history.append(tok)
+                    produced += 1
+                    yield tok
+                return
+            except StageFailure as failure:
+                attempts += 1
+                peer = failure.peer_id
+                log.warning("route failed (%s); re-planning, attempt %d", failure, attempts)
+                if attempts > self.settings.max_replans:
+                    raise InferenceError(
+                        f"gave up after {attempts - 1} re-plans; last failure: {failure}") from None
+                if peer:
+                    self.backoff.fail(peer)
+                self.replans += 1
+                if history and history[-1] in stop_ids:
+                    return
+
+    async def _run_route(self, history: list[int], max_length: int, budget: int,
+                         sample: Callable[[torch.Tensor], int], stop_ids: Sequence[int],
+                         ) -> AsyncIterator[int]:
+        if budget <= 0:
+            return
+        head_cache = self.head.new_cache()
+        tail_cache = self.tail.new_cache()
+        start, end = self.middle
+        local_only = start >= end
+        route = [] if local_only else self.plan()
+        self.last_route = route
+        session = None
+        try:
+            if route:
+                task = Task.create(
+                    self.node.identity, network_id=self.node.network_id,
+                    model_id=self.info.model_id, requester_addrs=self.node.addrs,
+                    route=route, mode=self.settings.mode, max_length=max_length)
+                session = await self._open(task)
+            pending = list(history)
+            pos = 0
+            for i in range(budget):
+                h = await trio.to_thread.run_sync(self.head.forward, pending, head_cache, pos)
+                if session is not None:
+                    h = self._protect(h)
+                    try:
+                        h = await self._step(session, i, pos, h)
+                    except StageFailure as failure:
+                        if failure.peer_id is None:
+                            failure.peer_id = await self._blame(session, failure)
+                        raise
+                logits = await trio.to_thread.run_sync(
+                    lambda: self.tail.forward(h, tail_cache, pos, last_only=True))
+                tok = int(sample(logits[0, -1]))
+                pos += len(pending)
+                pending = [tok]
+                yield tok
+                if tok in stop_ids:
+                    break
+        finally:
+            if session is not None:
+                await self._close(session)
+            for c in (head_cache, tail_cache):
+                if isinstance(c, KVCache):
+                    c.erase()
+
+    async def embed(self, ids: Sequence[int]) -> torch.Tensor:
+        """The sentence embedding of one token sequence (encoder models)."""
+        if self.info.is_decoder:
+            raise InferenceError("embed() needs an encoder model; use generate() for decoders")
+        if len(ids) > self.info.max_positions:
+            raise PromptTooLong(f"input of {len(ids)} tokens exceeds the model's "
+                                f"{self.info.max_positions}")
+        attempts = 0
+        while True:
+            try:
+                h = await trio.to_thread.run_sync(self.head.forward, list(ids))
+                start, end = self.middle
+                if start < end:
+                    route = self.plan()
+                    self.last_route = route
+                    task = Task.create(
+                        self.node.identity, network_id=self.node.network_id,
+                        model_id=self.info.model_id, requester_addrs=self.node.addrs,
+                        route=route, mode=self.settings.mode, max_length=len(ids))
+                    session = await self._open(task)
+                    try:
+                        h = await self._step(session, 0, 0, self._protect(h))
+                    except StageFailure as failure:
+                        if failure.peer_id is None:
+                            failure.peer_id = await self._blame(session, failure)
+                        raise
+                    finally:
+                        await self._close(session)
+                return await trio.to_thread.run_sync(self.tail.forward, h)
+            except StageFailure as failure:
+                attempts += 1
+                if attempts > self.settings.max_replans:
+                    raise InferenceError(f"gave up after {attempts - 1} re-plans: {failure}") from None
+                if failure.peer_id:
+                    self.backoff.fail(failure.peer_id)
+                self.replans += 1
+
+

@@ -1,0 +1,52 @@
+"""How an activation crosses one hop of a route.
+
+`PlainHop` puts the tensor in the step message as a wire tensor. Stronger codecs (an attested
+AES-GCM channel per hop) implement the same two calls, so the stage and requester code never
+changes with the transport's protection. Each call knows the hop's task, stage and sequence
+number so an encrypting codec can bind them as associated data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+
+from p2pinfer.wire import tensor_from_wire, tensor_to_wire
+
+
+@dataclass(frozen=True)
+class HopContext:
+    task_id: bytes
+    #: index of the stage receiving the tensor (len(route) = the requester's result hop)
+    stage: int
+    seq: int
+    #: the peer on the other side of this hop
+    peer_id: str
+
+
+class HopCodec(Protocol):
+    async def pack(self, hidden: torch.Tensor, ctx: HopContext) -> dict[str, Any]: ...
+
+    async def unpack(
+        self, fields: dict[str, Any], ctx: HopContext, *, hidden_size: int, dtype: str,
+        max_bytes: int,
+    ) -> torch.Tensor: ...
+
+
+class PlainHop:
+    """Activations in the clear inside libp2p's Noise-encrypted stream."""
+
+    name = "plain"
+
+    async def pack(self, hidden: torch.Tensor, ctx: HopContext) -> dict[str, Any]:
+        return {"hidden": tensor_to_wire(hidden)}
+
+    async def unpack(
+        self, fields: dict[str, Any], ctx: HopContext, *, hidden_size: int, dtype: str,
+        max_bytes: int,
+    ) -> torch.Tensor:
+        return tensor_from_wire(
+            fields.get("hidden"), max_bytes=max_bytes, dtype=dtype, shape=(1, None, hidden_size)
+        )

@@ -1,0 +1,316 @@
+"""The stage side: serve a layer span to the routes that name this peer.
+
+Protocol `/p2pinfer/stage/1.0.0` (protocols/stage.md). A route is a chain of hops
+requester -> stage 0 -> ... -> stage n-1 -> requester. Each hop is one long-lived framed stream,
+opened by the upstream side:
+
+1. upstream sends `open {task, stage}`; the receiver checks the requester's signature, the network,
+   the deadline, that the route names it for that stage, that it serves the model and layers, and
+   that the upstream peer is the requester (stage 0) or a replica of the previous stage;
+2. the receiver opens its own downstream hop (the next stage, or the requester's result hop after
+   the last stage) and answers `ready` once the downstream answered `ready`: the whole chain
+   exists before the first activation moves;
+3. upstream sends `step {seq, pos, ...hidden}`; the stage runs its layers (in a worker thread),
+   pushes `step` downstream, and never answers upstream: there is no orchestrator in the middle;
+4. a failure anywhere becomes `fault {stage, peer_id, code, message}` sent upstream and relayed
+   hop by hop to the requester, which re-plans around the faulty peer;
+5. `close` (or the upstream stream ending, or the session idling past its TTL) erases the session's
+   KV cache and buffers and closes the downstream hop.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import trio
+
+from p2pinfer.errors import P2PInferError, RemoteError, WireError
+from p2pinfer.inference.hop import HopCodec, HopContext, PlainHop
+from p2pinfer.inference.task import Task, TaskError
+from p2pinfer.models import KVCache, LayerSpan
+from p2pinfer.wire import EndOfStream
+
+log = logging.getLogger(__name__)
+
+STAGE_PROTOCOL = "stage"
+
+
+class StageError(P2PInferError):
+    code = "stage-failed"
+
+
+class ModelMismatch(StageError):
+    code = "wrong-model"
+
+
+class NotInRoute(StageError):
+    code = "not-in-route"
+
+
+class SessionLimit(StageError):
+    code = "busy"
+
+
+@dataclass
+class StageSettings:
+    #: a session idle longer than this is erased
+    session_ttl_s: float = 300.0
+    max_sessions: int = 32
+    #: how long the whole downstream chain may take to answer `ready`
+    open_timeout_s: float = 30.0
+
+
+@dataclass
+class StageSession:
+    task: Task
+    stage: int
+    start: int
+    end: int
+    cache: KVCache | None
+    upstream: str
+    downstream: str
+    last_used: float = field(default_factory=time.monotonic)
+    steps: int = 0
+    erased: bool = False
+
+    def erase(self) -> None:
+        if self.cache is not None:
+            self.cache.erase()
+        self.erased = True
+
+
+async def ensure_connected(node: Any, peer_id: str, addrs: tuple[str, ...] | list[str] = ()) -> None:
+    """Dial `peer_id` unless connected, from the given addresses or its advert's."""
+    if peer_id in node.connected_peers():
+        return
+    known = list(addrs)
+    info = node.peer(peer_id)
+    if info is not None:
+        known += [a for a in info.addrs if a not in known]
+    errors = []
+    for addr in known[:8]:
+        full = addr if "/p2p/" in addr else f"{addr}/p2p/{peer_id}"
+        try:
+            await node.host.connect(full)
+            return
+        except P2PInferError as e:
+            errors.append(str(e))
+    raise StageError(f"cannot reach {peer_id}: " + ("; ".join(errors)[:300] or "no known address"))
+
+
+def span_slice(span: LayerSpan, start: int, end: int) -> LayerSpan:
+    """A view of layers [start, end) of a loaded span, sharing its weights."""
+    if (start, end) == (span.start, span.end):
+        return span
+    if not span.start <= start < end <= span.end:
+        raise NotInRoute(f"layers [{start}, {end}) are outside the served [{span.start}, {span.end})")
+    view = copy.copy(span)
+    view.blocks = torch.nn.ModuleList(list(span.blocks)[start - span.start:end - span.start])
+    view.start, view.end = start, end
+    return view
+
+
+class StageServer:
+    """Serves one loaded `LayerSpan` on a node. Register with `attach()`, run `run()`."""
+
+    def __init__(
+        self,
+        node: Any,
+        span: LayerSpan,
+        *,
+        hop: HopCodec | None = None,
+        settings: StageSettings | None = None,
+    ) -> None:
+        self.node = node
+        self.span = span
+        self.hop = hop or PlainHop()
+        self.settings = settings or StageSettings()
+        self.sessions: dict[tuple[bytes, int], StageSession] = {}
+        self.counters: dict[str, int] = {"opened": 0, "steps": 0, "faults": 0, "refused": 0,
+                                         "expired": 0}
+        self._busy = 0
+        self._lock = trio.Lock()  # one forward pass at a time: the CPU is the bottleneck anyway
+
+    @property
+    def model_id(self) -> str:
+        return self.span.info.model_id
+
+    @property
+    def load(self) -> float:
+        return min(1.0, len(self.sessions) / max(1, self.settings.max_sessions) + 0.5 * self._busy)
+
+    async def run(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Background work: erase idle sessions."""
+        task_status.started()
+        while True:
+            await trio.sleep(min(5.0, self.settings.session_ttl_s / 4))
+            self.reap()
+
+    def reap(self, now: float | None = None) -> int:
+        now = time.monotonic() if now is None else now
+        dead = [k for k, s in self.sessions.items()
+                if now - s.last_used > self.settings.session_ttl_s]
+        for k in dead:
+            self.sessions.pop(k).erase()
+        self.counters["expired"] += len(dead)
+        return len(dead)
+
+    def cache_bytes(self) -> int:
+        return sum(s.cache.nbytes for s in self.sessions.values() if s.cache is not None)
+
+    # -- the hop protocol ----------------------------------------------------------------------
+    def _admit(self, task: Task, stage: int, upstream: str) -> tuple[int, int, str]:
+        me = self.node.peer_id
+        task.verify(network_id=self.node.network_id)
+        plan = task.stage_of(me, stage)
+        if task.model_id != self.model_id:
+            raise ModelMismatch(f"this peer serves {self.model_id}, not {task.model_id}")
+        if not (self.span.start <= plan.start and plan.end <= self.span.end):
+            raise NotInRoute(
+                f"stage {stage} asks for layers [{plan.start}, {plan.end}); this peer serves "
+                f"[{self.span.start}, {self.span.end})")
+        allowed = {task.requester} if stage == 0 else set(task.route[stage - 1].replicas)
+        if upstream not in allowed:
+            raise NotInRoute(f"peer {upstream} is not upstream of stage {stage} in this route")
+        j = plan.replicas.index(me)
+        if stage + 1 < len(task.route):
+            nxt = task.route[stage + 1].replicas
+            downstream = nxt[j % len(nxt)]
+        else:
+            downstream = task.requester
+        return plan.start, plan.end, downstream
+
+    async def handle(self, up: Any, upstream: str, task: Task, stage: int) -> None:
+        """Owns one inbound hop stream (whose `open` was read) for the life of a session."""
+        up.timeout_s = self.settings.session_ttl_s
+        try:
+            start, end, downstream = self._admit(task, stage, upstream)
+        except P2PInferError:
+            self.counters["refused"] += 1
+            raise
+        if len(self.sessions) >= self.settings.max_sessions:
+            self.reap()
+            if len(self.sessions) >= self.settings.max_sessions:
+                raise SessionLimit("this stage has no free session slot")
+        key = (task.task_id, stage)
+        view = span_slice(self.span, start, end)
+        old = self.sessions.pop(key, None)
+        if old is not None:  # a re-open (replay after a failure elsewhere) starts afresh
+            old.erase()
+        session = StageSession(task, stage, start, end, view.new_cache(), upstream, downstream)
+        self.sessions[key] = session
+        self.counters["opened"] += 1
+        try:
+            down = await self._open_downstream(session, up)
+            async with down:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._relay_faults, down, up)
+                    await up.send("ready", {"stage": stage})
+                    await self._serve_steps(session, view, up, down)
+                    nursery.cancel_scope.cancel()
+                with trio.move_on_after(2):
+                    try:
+                        await down.send("close")
+                    except (P2PInferError, OSError):
+                        pass  # the downstream side is already gone: nothing left to tell it
+        finally:
+            if self.sessions.get(key) is session:
+                del self.sessions[key]
+            session.erase()
+
+    async def _fault(self, up: Any, session: StageSession, code: str, message: str) -> None:
+        self.counters["faults"] += 1
+        await self._send_up(up, {"stage": session.stage, "peer_id": self.node.peer_id,
+                                 "code": code, "message": message})
+
+    async def _open_downstream(self, session: StageSession, up: Any) -> Any:
+        nxt = session.stage + 1
+        down = None
+        try:
+            with trio.fail_after(self.settings.open_timeout_s):
+                addrs = session.task.requester_addrs if nxt == len(session.task.route) else ()
+                await ensure_connected(self.node, session.downstream, addrs)
+                down = await self.node.open_stream(session.downstream, STAGE_PROTOCOL)
+                await down.send("open", {"task": session.task.to_wire(), "stage": nxt})
+                down.timeout_s = self.settings.open_timeout_s
+                reply = await down.recv(expect={"ready", "fault"})
+        except (P2PInferError, trio.TooSlowError, OSError) as e:
+            if down is not None:
+                await down.aclose()
+            reason = "timed out" if isinstance(e, trio.TooSlowError) else str(e)
+            # whoever is downstream failed to come up: blame it, not us
+            await self._send_up(up, {"stage": nxt, "peer_id": session.downstream,
+                                     "code": "unreachable",
+                                     "message": f"could not open stage {nxt}: {reason}"})
+            raise StageError(f"downstream stage {nxt} unreachable") from None
+        if reply.t == "fault":  # a stage further down failed to come up: pass its word on
+            await down.aclose()
+            await self._send_up(up, dict(reply.fields))
+            raise StageError("a downstream stage failed to open")
+        down.timeout_s = self.settings.session_ttl_s
+        return down
+
+    async def _send_up(self, up: Any, fault: dict[str, Any]) -> None:
+        fault["message"] = str(fault.get("message", ""))[:400]
+        try:
+            with trio.move_on_after(2):
+                await up.send("fault", fault)
+        except P2PInferError:
+            pass
+
+    async def _relay_faults(self, down: Any, up: Any) -> None:
+        """Forward `fault` messages from downstream to upstream; stop the session if the
+        downstream hop dies."""
+        try:
+            while True:
+                msg = await down.recv(expect={"fault"})
+                await up.send("fault", dict(msg.fields))
+        except EndOfStream:
+            return
+        except (P2PInferError, OSError) as e:
+            log.debug("downstream hop ended: %s", e)
+
+    async def _serve_steps(self, session: StageSession, view: LayerSpan, up: Any, down: Any) -> None:
+        info = self.span.info
+        from p2pinfer.models.checkpoint import dtype_name
+
+        dtype = dtype_name(view.dtype)
+        max_bytes = self.node.config.limits.max_tensor_bytes
+        while True:
+            try:
+                msg = await up.recv(expect={"step", "close"})
+            except EndOfStream:
+                return
+            if msg.t == "close":
+                return
+            seq = msg.get("seq", int)
+            pos = msg.get("pos", int)
+            ctx_in = HopContext(session.task.task_id, session.stage, seq, session.upstream)
+            try:
+                hidden = await self.hop.unpack(msg.fields, ctx_in, hidden_size=info.hidden_size,
+                                               dtype=dtype, max_bytes=max_bytes)
+                if hidden.shape[1] + pos > session.task.max_length:
+                    raise StageError(f"positions up to {hidden.shape[1] + pos} exceed the task's "
+                                     f"max_length {session.task.max_length}")
+                session.last_used = time.monotonic()
+                async with self._lock:
+                    self._busy = 1
+                    try:
+                        out = await trio.to_thread.run_sync(view.forward, hidden, session.cache, pos)
+                    finally:
+                        self._busy = 0
+            except (WireError, P2PInferError) as e:
+                # bad input from upstream: a typed error, and this stage keeps serving others
+                await self._fault(up, session, getattr(e, "code", "bad-input"), str(e))
+                raise
+            session.steps += 1
+            self.counters["steps"] += 1
+            ctx_out = HopContext(session.task.task_id, session.stage + 1, seq, session.downstream)
+            fields = await self.hop.pack(out, ctx_out)
+            await down.send("step", {"seq": seq, "pos": pos, **fields})
+            del hidden, out
