@@ -27,17 +27,19 @@ def as_datetime(now: Timestamp) -> dt.datetime:
     if isinstance(now, dt.datetime):
         if now.tzinfo is None:
             raise ValueError("now must be timezone-aware")
-        return now.astimezone(dt.timezone.utc)
+        return now.astimezone(dt.UTC)
     if isinstance(now, bool) or not isinstance(now, (int, float)):
         raise TypeError("now must be POSIX seconds or an aware datetime")
-    return dt.datetime.fromtimestamp(now, dt.timezone.utc)
+    return dt.datetime.fromtimestamp(now, dt.UTC)
 
 
 def as_posix(now: Timestamp) -> int:
     return int(as_datetime(now).timestamp())
 
 
-def load_certs(blobs: list[bytes] | tuple[bytes, ...], what: str = "certificate") -> list[x509.Certificate]:
+def load_certs(
+    blobs: list[bytes] | tuple[bytes, ...], what: str = "certificate"
+) -> list[x509.Certificate]:
     """DER or PEM blobs (a PEM blob may hold several) -> certificates, leaf first."""
     out: list[x509.Certificate] = []
     for blob in blobs:
@@ -46,7 +48,9 @@ def load_certs(blobs: list[bytes] | tuple[bytes, ...], what: str = "certificate"
         blob = bytes(blob)
         is_pem = blob.lstrip().startswith(b"-----BEGIN")
         if len(blob) > (MAX_PEM_BYTES if is_pem else MAX_CERT_BYTES):
-            raise EvidenceFormatError(f"{what} of {len(blob)} bytes is too large", check="certificate")
+            raise EvidenceFormatError(
+                f"{what} of {len(blob)} bytes is too large", check="certificate"
+            )
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", CryptographyDeprecationWarning)
@@ -55,7 +59,9 @@ def load_certs(blobs: list[bytes] | tuple[bytes, ...], what: str = "certificate"
                 else:
                     out.append(x509.load_der_x509_certificate(blob))
         except (ValueError, TypeError, UnsupportedAlgorithm):
-            raise EvidenceFormatError(f"{what} is not a valid X.509 certificate", check="certificate") from None
+            raise EvidenceFormatError(
+                f"{what} is not a valid X.509 certificate", check="certificate"
+            ) from None
         if len(out) > MAX_CHAIN:
             raise EvidenceFormatError(f"more than {MAX_CHAIN} certificates", check="certificate")
     return out

@@ -35,7 +35,11 @@ def available(root: Path = TSM_REPORT_DIR) -> bool:
 
 
 def get_report(
-    inblob: bytes, *, expect_provider: str, privlevel: int | None = None, root: Path = TSM_REPORT_DIR
+    inblob: bytes,
+    *,
+    expect_provider: str,
+    privlevel: int | None = None,
+    root: Path = TSM_REPORT_DIR,
 ) -> TsmReport:
     """Ask the kernel's TSM for a report over `inblob`; raises `TeeUnavailable` when absent."""
     if len(inblob) > 64:

@@ -75,7 +75,9 @@ class EvidenceBundle:
             "ev": bytes(self.evidence),
             "certs": [bytes(c) for c in self.certs],
             "col": None if self.collateral is None else bytes(self.collateral),
-            "gpus": [{"ev": bytes(g.evidence), "certs": [bytes(c) for c in g.certs]} for g in self.gpus],
+            "gpus": [
+                {"ev": bytes(g.evidence), "certs": [bytes(c) for c in g.certs]} for g in self.gpus
+            ],
         }
 
     def encode(self) -> bytes:
@@ -92,7 +94,9 @@ class EvidenceBundle:
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise EvidenceFormatError("evidence bundle must be bytes")
         if len(data) > MAX_BUNDLE_BYTES:
-            raise EvidenceFormatError(f"evidence bundle of {len(data)} bytes exceeds {MAX_BUNDLE_BYTES}")
+            raise EvidenceFormatError(
+                f"evidence bundle of {len(data)} bytes exceeds {MAX_BUNDLE_BYTES}"
+            )
         try:
             obj = msgpack.unpackb(
                 bytes(data),
@@ -105,8 +109,10 @@ class EvidenceBundle:
                 max_map_len=16,
                 max_ext_len=0,
             )
-        except Exception as exc:  # msgpack raises many types for malformed input
-            raise EvidenceFormatError(f"evidence bundle is not valid msgpack: {type(exc).__name__}") from None
+        except (ValueError, TypeError, msgpack.UnpackException) as exc:
+            raise EvidenceFormatError(
+                f"evidence bundle is not valid msgpack: {type(exc).__name__}"
+            ) from None
         return cls.from_wire(obj)
 
     @classmethod
@@ -133,7 +139,11 @@ class EvidenceBundle:
         for g in gpus_raw:
             if not isinstance(g, dict) or set(g) - {"ev", "certs"}:
                 raise EvidenceFormatError("gpu evidence must be a map of ev and certs")
-            gpus.append(GpuEvidence(evidence=_bin(g.get("ev"), "gpu evidence"), certs=_certs(g.get("certs", []))))
+            gpus.append(
+                GpuEvidence(
+                    evidence=_bin(g.get("ev"), "gpu evidence"), certs=_certs(g.get("certs", []))
+                )
+            )
         return cls(
             kind=kind,
             evidence=_bin(obj.get("ev"), "evidence"),

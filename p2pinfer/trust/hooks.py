@@ -51,7 +51,9 @@ class ChannelAttestation:
         self._rims = gpu_rims
 
     @staticmethod
-    def report_data(network_id: str, peer_id: bytes, channel_public_key: bytes, nonce: bytes) -> bytes:
+    def report_data(
+        network_id: str, peer_id: bytes, channel_public_key: bytes, nonce: bytes
+    ) -> bytes:
         return binding.report_data(network_id, peer_id, channel_public_key, nonce)
 
     def attest(self, report_data: bytes) -> bytes:
@@ -59,11 +61,15 @@ class ChannelAttestation:
             raise TeeUnavailable("this node has no attester (no TEE, simulation off)")
         return self._attester.attest(report_data).encode()
 
-    def verify(self, evidence: bytes, expected_report_data: bytes, peer_id: bytes) -> VerifiedClaims:
+    def verify(
+        self, evidence: bytes, expected_report_data: bytes, peer_id: bytes
+    ) -> VerifiedClaims:
         bundle = EvidenceBundle.decode(evidence)
         peer_key = ed25519_key_from_peer_id(bytes(peer_id))
         if bundle.kind == KIND_SIMULATED and peer_key is None:
-            raise SignatureInvalid("simulated evidence needs a peer id with an Ed25519 key", check="signer")
+            raise SignatureInvalid(
+                "simulated evidence needs a peer id with an Ed25519 key", check="signer"
+            )
         now = int(self._clock())
         claims = verify_bundle(
             bundle,

@@ -17,8 +17,10 @@ Collection (`NvmlGpuEvidenceSource`): NVML's nvmlDeviceGetConfComputeGpuAttestat
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
+import itertools
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from typing import Any
@@ -112,7 +114,9 @@ class SpdmMeasurements:
             raise EvidenceFormatError("GPU evidence truncated in the request")
         version, code, attributes = d[0], d[1], d[2]
         if version not in (0x11, 0x12) or code != SPDM_GET_MEASUREMENTS:
-            raise EvidenceFormatError("GPU evidence does not start with an SPDM 1.1/1.2 GET_MEASUREMENTS")
+            raise EvidenceFormatError(
+                "GPU evidence does not start with an SPDM 1.1/1.2 GET_MEASUREMENTS"
+            )
         if not attributes & 0x01:
             raise EvidenceFormatError("GPU measurements request did not ask for a signature")
         req_len = 4 + NONCE_LEN + 1
@@ -148,7 +152,9 @@ class SpdmMeasurements:
         opaque_len = int.from_bytes(resp[pos : pos + 2], "little")
         pos += 2
         if pos + opaque_len + SIG_LEN != len(resp):
-            raise EvidenceFormatError("GPU response length disagrees with its opaque data and signature")
+            raise EvidenceFormatError(
+                "GPU response length disagrees with its opaque data and signature"
+            )
         opaque_raw = resp[pos : pos + opaque_len]
         opaque: dict[int, bytes] = {}
         j = 0
@@ -211,7 +217,9 @@ def parse_rim(xml_bytes: bytes) -> ReferenceManifest:
         except ValueError:
             raise EvidenceFormatError("RIM resource has a bad index", check="rim") from None
         if not 0 <= index < 255 or not 1 <= count <= 16:
-            raise EvidenceFormatError("RIM resource index or alternatives out of range", check="rim")
+            raise EvidenceFormatError(
+                "RIM resource index or alternatives out of range", check="rim"
+            )
         hashes_ = {
             v.lower() for k, v in res.attrib.items() if k.rsplit("}", 1)[-1].startswith("Hash")
         }
@@ -233,7 +241,9 @@ def check_rims(ev: SpdmMeasurements, rims: list[ReferenceManifest]) -> None:
         for index, allowed in rim.values.items():
             value = ev.measurements.get(index + 1)
             if value is None or value.hex() not in allowed:
-                raise AttestationError(f"GPU measurement {index} differs from the RIM", check="rim-measurement")
+                raise AttestationError(
+                    f"GPU measurement {index} differs from the RIM", check="rim-measurement"
+                )
 
 
 def verify_gpu(
@@ -257,7 +267,7 @@ def verify_gpu(
     root = _x509.load_certs([NVIDIA_DEVICE_ROOT_PEM.encode()])[0]
     if _x509.fingerprint(chain[-1]) != NVIDIA_DEVICE_ROOT_SHA256:
         chain.append(root)
-    for cert, issuer in zip(chain, chain[1:]):
+    for cert, issuer in itertools.pairwise(chain):
         _x509.verify_ecdsa_sha384(cert, issuer, "GPU device chain")
     _x509.verify_ecdsa_sha384(root, root, "NVIDIA device root")
     for cert in chain:
@@ -272,8 +282,12 @@ def verify_gpu(
     try:
         key.verify(encode_dss_signature(r, s), ev.signed_message, ec.ECDSA(hashes.SHA384()))
     except InvalidSignature:
-        raise SignatureInvalid("GPU measurement signature does not verify under the device key") from None
-    if expected_nonce is not None and not hmac.compare_digest(ev.requester_nonce, bytes(expected_nonce)):
+        raise SignatureInvalid(
+            "GPU measurement signature does not verify under the device key"
+        ) from None
+    if expected_nonce is not None and not hmac.compare_digest(
+        ev.requester_nonce, bytes(expected_nonce)
+    ):
         raise BindingMismatch("GPU evidence answers a different nonce", check="nonce")
     parsed = [parse_rim(x) for x in (rims or [])]
     if parsed:
@@ -299,10 +313,12 @@ class NvmlGpuEvidenceSource:
         try:
             import pynvml  # optional extra: nvidia-ml-py
         except ImportError:
-            raise TeeUnavailable("nvidia-cc: NVML bindings (nvidia-ml-py) are not installed") from None
+            raise TeeUnavailable(
+                "nvidia-cc: NVML bindings (nvidia-ml-py) are not installed"
+            ) from None
         try:
             pynvml.nvmlInit()
-        except Exception as exc:  # NVMLError and driver load failures
+        except (pynvml.NVMLError, OSError) as exc:
             raise TeeUnavailable(f"nvidia-cc: NVML unavailable: {exc}") from None
         try:
             out = []
@@ -317,15 +333,11 @@ class NvmlGpuEvidenceSource:
             if not out:
                 raise TeeUnavailable("nvidia-cc: no GPU found")
             return tuple(out)
-        except TeeUnavailable:
-            raise
-        except Exception as exc:
+        except (pynvml.NVMLError, OSError, AttributeError, ValueError, EvidenceFormatError) as exc:
             raise TeeUnavailable(f"nvidia-cc: GPU evidence collection failed: {exc}") from None
         finally:
-            try:
+            with contextlib.suppress(pynvml.NVMLError):
                 pynvml.nvmlShutdown()
-            except Exception:
-                pass
 
 
 class NvidiaCcAttester(Attester):
@@ -341,7 +353,11 @@ class NvidiaCcAttester(Attester):
         cpu = self._cpu.attest(rd)
         gpus = self._gpus.collect(gpu_nonce(rd))
         return EvidenceBundle(
-            kind=cpu.kind, evidence=cpu.evidence, certs=cpu.certs, collateral=cpu.collateral, gpus=gpus
+            kind=cpu.kind,
+            evidence=cpu.evidence,
+            certs=cpu.certs,
+            collateral=cpu.collateral,
+            gpus=gpus,
         )
 
     def describe(self) -> dict[str, Any]:

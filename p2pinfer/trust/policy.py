@@ -52,13 +52,17 @@ class Policy:
 
     def __post_init__(self) -> None:
         if self.production and self.allow_simulated:
-            raise ConfigError("attestation policy: a production policy cannot allow simulated evidence")
+            raise ConfigError(
+                "attestation policy: a production policy cannot allow simulated evidence"
+            )
         for mode, level in self.min_level.items():
             if mode not in TASK_MODES or not isinstance(level, TeeLevel):
                 raise ConfigError(f"attestation policy: bad min_level entry {mode!r}")
         for kind in self.measurements:
             if kind not in KINDS:
-                raise ConfigError(f"attestation policy: unknown evidence kind {kind!r} in measurements")
+                raise ConfigError(
+                    f"attestation policy: unknown evidence kind {kind!r} in measurements"
+                )
         for idx in self.tdx_rtmrs:
             if idx not in range(4):
                 raise ConfigError("attestation policy: tdx_rtmrs keys must be 0..3")
@@ -66,7 +70,7 @@ class Policy:
             raise ConfigError("attestation policy: snp_max_vmpl must be 0..3")
         unknown = set(self.tdx_tcb_statuses) - set(TDX_STATUSES)
         if unknown:
-            raise ConfigError(f"attestation policy: unknown TDX TCB status {sorted(unknown)[0]!r}")
+            raise ConfigError(f"attestation policy: unknown TDX TCB status {min(unknown)!r}")
         if self.claims_ttl_s <= 0:
             raise ConfigError("attestation policy: claims_ttl_s must be positive")
 
@@ -74,12 +78,16 @@ class Policy:
 
     def check_debug(self, debug: bool) -> None:
         if debug and not self.allow_debug:
-            raise PolicyViolation("guest runs with debugging enabled; policy refuses debug guests", check="debug")
+            raise PolicyViolation(
+                "guest runs with debugging enabled; policy refuses debug guests", check="debug"
+            )
 
     def check_measurement(self, kind: str, measurement_hex: str) -> None:
         allowed = self.measurements.get(kind)
         if allowed and measurement_hex.lower() not in allowed:
-            raise PolicyViolation(f"{kind} measurement is not in the allowlist", check="measurement")
+            raise PolicyViolation(
+                f"{kind} measurement is not in the allowlist", check="measurement"
+            )
 
     def check_level(self, claims: VerifiedClaims, mode: str) -> None:
         """Raise unless `claims` meet the minimum TEE level for task `mode`."""
@@ -91,7 +99,8 @@ class Policy:
             have = TeeLevel.NONE
         if have < need:
             raise PolicyViolation(
-                f"{mode} tasks need TEE level {need.label}, peer has {have.label}", check="tee-level"
+                f"{mode} tasks need TEE level {need.label}, peer has {have.label}",
+                check="tee-level",
             )
 
     # -- loading -----------------------------------------------------------------------------
@@ -119,16 +128,29 @@ class Policy:
         table = dict(table)
         base = cls.preset(str(table.pop("preset", "strict")))
         known = {
-            "production", "allow_debug", "allow_simulated", "min_level", "measurements",
-            "tdx_rtmrs", "snp_max_vmpl", "snp_allow_migration_agent", "tdx_tcb_statuses",
-            "require_gpu_rims", "claims_ttl_s",
+            "production",
+            "allow_debug",
+            "allow_simulated",
+            "min_level",
+            "measurements",
+            "tdx_rtmrs",
+            "snp_max_vmpl",
+            "snp_allow_migration_agent",
+            "tdx_tcb_statuses",
+            "require_gpu_rims",
+            "claims_ttl_s",
         }
         unknown = set(table) - known
         if unknown:
-            raise ConfigError(f"attestation policy: unknown key {sorted(unknown)[0]!r}")
+            raise ConfigError(f"attestation policy: unknown key {min(unknown)!r}")
         changes: dict[str, Any] = {}
-        for key in ("production", "allow_debug", "allow_simulated", "snp_allow_migration_agent",
-                    "require_gpu_rims"):
+        for key in (
+            "production",
+            "allow_debug",
+            "allow_simulated",
+            "snp_allow_migration_agent",
+            "require_gpu_rims",
+        ):
             if key in table:
                 changes[key] = _bool(table[key], key)
         for key in ("snp_max_vmpl", "claims_ttl_s"):
@@ -143,7 +165,9 @@ class Policy:
             changes["min_level"] = {**base.min_level, **parsed}
         if "measurements" in table:
             m = _table(table["measurements"], "measurements")
-            changes["measurements"] = {str(k): _hexset(v, f"measurements.{k}") for k, v in m.items()}
+            changes["measurements"] = {
+                str(k): _hexset(v, f"measurements.{k}") for k, v in m.items()
+            }
         if "tdx_rtmrs" in table:
             r = _table(table["tdx_rtmrs"], "tdx_rtmrs")
             try:
@@ -212,11 +236,15 @@ def _hexset(v: Any, key: str) -> frozenset[str]:
         raise ConfigError(f"attestation policy: {key} must be a list of hex strings")
     out = set()
     for item in v:
-        try:
-            if not isinstance(item, str):
-                raise ValueError
-            bytes.fromhex(item)
-        except ValueError:
-            raise ConfigError(f"attestation policy: {key} holds a value that is not hex") from None
+        if not isinstance(item, str) or not _is_hex(item):
+            raise ConfigError(f"attestation policy: {key} holds a value that is not hex")
         out.add(item.lower())
     return frozenset(out)
+
+
+def _is_hex(text: str) -> bool:
+    try:
+        bytes.fromhex(text)
+    except ValueError:
+        return False
+    return True

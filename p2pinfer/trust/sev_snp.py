@@ -97,10 +97,14 @@ class SnpReport:
         if not isinstance(data, (bytes, bytearray)):
             raise EvidenceFormatError("SEV-SNP report must be bytes")
         if len(data) != REPORT_SIZE:
-            raise EvidenceFormatError(f"SEV-SNP report must be {REPORT_SIZE} bytes, got {len(data)}")
+            raise EvidenceFormatError(
+                f"SEV-SNP report must be {REPORT_SIZE} bytes, got {len(data)}"
+            )
         d = bytes(data)
         version, guest_svn, policy = struct.unpack_from("<IIQ", d, 0x00)
-        vmpl, sig_algo, current_tcb, platform_info, signer_info = struct.unpack_from("<IIQQI", d, 0x30)
+        vmpl, sig_algo, current_tcb, platform_info, signer_info = struct.unpack_from(
+            "<IIQQI", d, 0x30
+        )
         if version < 2 or version > 5:
             raise EvidenceFormatError(f"unsupported SEV-SNP report version {version}")
         if sig_algo != SIG_ALGO_ECDSA_P384_SHA384:
@@ -274,7 +278,9 @@ def verify(
     if report.migrate_ma and not policy.snp_allow_migration_agent:
         raise PolicyViolation("guest policy allows a migration agent", check="migration-agent")
     if report.vmpl > policy.snp_max_vmpl:
-        raise PolicyViolation(f"report made at VMPL {report.vmpl} > {policy.snp_max_vmpl}", check="vmpl")
+        raise PolicyViolation(
+            f"report made at VMPL {report.vmpl} > {policy.snp_max_vmpl}", check="vmpl"
+        )
     measurement = report.measurement.hex()
     policy.check_measurement(KIND_SEV_SNP, measurement)
     expiry = min(
@@ -351,7 +357,9 @@ def parse_cert_table(aux: bytes) -> list[bytes]:
     out = []
     for guid in (_GUID_VCEK, _GUID_VLEK, _GUID_ASK, _GUID_ARK):
         if guid in found:
-            out.append(found[guid].rstrip(b"\x00") if found[guid].startswith(b"-----") else found[guid])
+            out.append(
+                found[guid].rstrip(b"\x00") if found[guid].startswith(b"-----") else found[guid]
+            )
     return out
 
 
@@ -381,7 +389,9 @@ class SevSnpAttester(Attester):
         rd = check_report_data(report_data)
         certs: list[bytes] = []
         if configfs_tsm.available(self._tsm_root):
-            got = configfs_tsm.get_report(rd, expect_provider="sev_guest", privlevel=self._vmpl, root=self._tsm_root)
+            got = configfs_tsm.get_report(
+                rd, expect_provider="sev_guest", privlevel=self._vmpl, root=self._tsm_root
+            )
             report = got.outblob
             if got.auxblob:
                 certs = parse_cert_table(got.auxblob)

@@ -83,7 +83,9 @@ class SimulatedEvidence:
             raise EvidenceFormatError(f"simulated evidence must be {SIZE} bytes, got {len(d)}")
         magic, version, reserved, issued_at = _HEAD.unpack_from(d, 0)
         if magic != MAGIC:
-            raise EvidenceFormatError("simulated evidence lacks the SIMULATED-NOT-A-TEE marker", check="marker")
+            raise EvidenceFormatError(
+                "simulated evidence lacks the SIMULATED-NOT-A-TEE marker", check="marker"
+            )
         if version != FORMAT_VERSION or reserved != 0:
             raise EvidenceFormatError("unsupported simulated evidence version")
         return cls(
@@ -134,7 +136,9 @@ class SimulatedAttester(Attester):
         if key is not None:
             sign, public_key = _signer_of(key)
         if sign is None or public_key is None or len(public_key) != 32:
-            raise ValueError("simulated attester needs an Ed25519 key, or sign and a 32-byte public_key")
+            raise ValueError(
+                "simulated attester needs an Ed25519 key, or sign and a 32-byte public_key"
+            )
         if len(model_digest) != 32:
             raise ValueError("model digest must be 32 bytes")
         self._sign = sign
@@ -200,15 +204,23 @@ def verify(
     when = _x509.as_posix(now)
     ev = SimulatedEvidence.parse(evidence)
     if policy.production or not policy.allow_simulated:
-        raise PolicyViolation("simulated evidence is not a TEE; this policy refuses it", check="simulated")
-    if expected_public_key is not None and not hmac.compare_digest(ev.public_key, bytes(expected_public_key)):
-        raise SignatureInvalid("simulated evidence is signed by another key than the peer's", check="signer")
+        raise PolicyViolation(
+            "simulated evidence is not a TEE; this policy refuses it", check="simulated"
+        )
+    if expected_public_key is not None and not hmac.compare_digest(
+        ev.public_key, bytes(expected_public_key)
+    ):
+        raise SignatureInvalid(
+            "simulated evidence is signed by another key than the peer's", check="signer"
+        )
     try:
         Ed25519PublicKey.from_public_bytes(ev.public_key).verify(ev.signature, ev.signed_bytes)
     except (InvalidSignature, ValueError):
         raise SignatureInvalid("simulated evidence signature does not verify") from None
     if not hmac.compare_digest(ev.measurement, measurement_of(ev.code_digest, ev.model_digest)):
-        raise EvidenceFormatError("simulated measurement does not match its digests", check="measurement")
+        raise EvidenceFormatError(
+            "simulated measurement does not match its digests", check="measurement"
+        )
     if expected_report_data is not None:
         check_binding(ev.report_data, expected_report_data)
     measurement = ev.measurement.hex()

@@ -34,7 +34,12 @@ from p2pinfer.trust.errors import (
     TcbMismatch,
     ValidityError,
 )
-from p2pinfer.trust.evidence import KIND_TDX, MAX_COLLATERAL_BYTES, MAX_EVIDENCE_BYTES, EvidenceBundle
+from p2pinfer.trust.evidence import (
+    KIND_TDX,
+    MAX_COLLATERAL_BYTES,
+    MAX_EVIDENCE_BYTES,
+    EvidenceBundle,
+)
 from p2pinfer.trust.policy import Policy
 
 HEADER_SIZE = 0x30
@@ -104,7 +109,9 @@ class TdxQuote:
         if cert_type != CERT_TYPE_QE_REPORT:
             raise EvidenceFormatError(f"unsupported TDX certification data type {cert_type}")
         if cert_size != sig.remaining:
-            raise EvidenceFormatError("TDX certification data size disagrees with the signature length")
+            raise EvidenceFormatError(
+                "TDX certification data size disagrees with the signature length"
+            )
         qe = _Reader(sig.take(cert_size, "QE certification data"))
         qe.take(QE_REPORT_SIZE + ECDSA_SIG_SIZE, "QE report")
         (auth_len,) = struct.unpack("<H", qe.take(2, "QE auth data length"))
@@ -113,7 +120,9 @@ class TdxQuote:
         if inner_type != CERT_TYPE_PCK_CHAIN:
             raise EvidenceFormatError("TDX quote does not carry a PCK certificate chain (type 5)")
         if inner_size != qe.remaining:
-            raise EvidenceFormatError("TDX PCK chain size disagrees with the certification data size")
+            raise EvidenceFormatError(
+                "TDX PCK chain size disagrees with the certification data size"
+            )
         pem = qe.take(inner_size, "PCK chain").rstrip(b"\x00")
         return cls(
             raw=q,
@@ -150,20 +159,26 @@ class _Reader:
 def load_collateral(collateral: bytes | str | None) -> dcap_qvl.QuoteCollateralV3:
     """dcap-qvl JSON collateral (TCB info, QE identity, CRLs, issuer chains) -> object."""
     if collateral is None:
-        raise AttestationError("TDX verification needs collateral (dcap-qvl JSON)", check="collateral")
+        raise AttestationError(
+            "TDX verification needs collateral (dcap-qvl JSON)", check="collateral"
+        )
     if isinstance(collateral, (bytes, bytearray)):
         if len(collateral) > MAX_COLLATERAL_BYTES:
             raise EvidenceFormatError("TDX collateral is too large", check="collateral")
         try:
             collateral = bytes(collateral).decode("utf-8")
         except UnicodeDecodeError:
-            raise EvidenceFormatError("TDX collateral is not UTF-8 JSON", check="collateral") from None
+            raise EvidenceFormatError(
+                "TDX collateral is not UTF-8 JSON", check="collateral"
+            ) from None
     if len(collateral) > MAX_COLLATERAL_BYTES:
         raise EvidenceFormatError("TDX collateral is too large", check="collateral")
     try:
         return dcap_qvl.QuoteCollateralV3.from_json(collateral)
     except (ValueError, TypeError) as exc:
-        raise EvidenceFormatError(f"TDX collateral is malformed: {_first_line(exc)}", check="collateral") from None
+        raise EvidenceFormatError(
+            f"TDX collateral is malformed: {_first_line(exc)}", check="collateral"
+        ) from None
 
 
 def _collateral_expiry(col: dcap_qvl.QuoteCollateralV3) -> int | None:
@@ -171,7 +186,7 @@ def _collateral_expiry(col: dcap_qvl.QuoteCollateralV3) -> int | None:
     for doc in (col.tcb_info, col.qe_identity):
         try:
             nxt = json.loads(doc).get("nextUpdate")
-            times.append(int(dt.datetime.fromisoformat(nxt.replace("Z", "+00:00")).timestamp()))
+            times.append(int(dt.datetime.fromisoformat(nxt).timestamp()))
         except (ValueError, AttributeError, TypeError):
             continue
     return min(times) if times else None
@@ -199,7 +214,12 @@ def _map_dcap_error(exc: Exception) -> AttestationError:
         return SignatureInvalid(f"TDX: {msg}", check="qe-binding")
     if "signature" in low:
         return SignatureInvalid(f"TDX: {msg}")
-    if "decode" in low or "unsupported" in low or "invalid tee type" in low or "unknown qe vendor" in low:
+    if (
+        "decode" in low
+        or "unsupported" in low
+        or "invalid tee type" in low
+        or "unknown qe vendor" in low
+    ):
         return EvidenceFormatError(f"TDX: {msg}")
     if "tcb" in low or "qe identity" in low or "enclave" in low:
         return TcbMismatch(f"TDX: {msg}")
@@ -236,7 +256,11 @@ def verify(
     if status not in policy.tdx_tcb_statuses:
         raise TcbMismatch(f"TDX TCB status {status} is not accepted by policy", check="tcb-status")
     verified = _verified_td_report(report)
-    for name, ours in (("mr_td", quote.mr_td), ("report_data", quote.report_data), ("td_attributes", quote.td_attributes)):
+    for name, ours in (
+        ("mr_td", quote.mr_td),
+        ("report_data", quote.report_data),
+        ("td_attributes", quote.td_attributes),
+    ):
         if verified.get(name, "").lower() != ours.hex():
             raise EvidenceFormatError(f"TDX quote parse disagrees with the verified {name}")
     if expected_report_data is not None:
@@ -259,7 +283,11 @@ def verify(
         simulated=False,
         expiry=expiry,
         evidence_digest=hashlib.sha256(quote.raw).hexdigest(),
-        tcb={"status": status, "advisory_ids": list(report.advisory_ids), "tee_tcb_svn": quote.tee_tcb_svn.hex()},
+        tcb={
+            "status": status,
+            "advisory_ids": list(report.advisory_ids),
+            "tee_tcb_svn": quote.tee_tcb_svn.hex(),
+        },
         chip_id=None,
         report_data=quote.report_data.hex(),
         details={
@@ -292,7 +320,9 @@ class TdxAttester(Attester):
 
     kind = KIND_TDX
 
-    def __init__(self, *, collateral_path: Path | None = None, tsm_root: Path = configfs_tsm.TSM_REPORT_DIR) -> None:
+    def __init__(
+        self, *, collateral_path: Path | None = None, tsm_root: Path = configfs_tsm.TSM_REPORT_DIR
+    ) -> None:
         self._collateral_path = collateral_path
         self._tsm_root = tsm_root
 

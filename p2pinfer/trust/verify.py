@@ -77,7 +77,11 @@ def verify_bundle(
         if nonce is None and expected_report_data is not None:
             nonce = gpu_nonce(expected_report_data)
         gpu = nvidia.verify_gpu(
-            bundle.evidence, list(bundle.certs) or list(extra_certs), expected_nonce=nonce, now=now, rims=gpu_rims
+            bundle.evidence,
+            list(bundle.certs) or list(extra_certs),
+            expected_nonce=nonce,
+            now=now,
+            rims=gpu_rims,
         )
         _require_rims(policy, gpu_rims)
         ev = nvidia.SpdmMeasurements.parse(bundle.evidence)
@@ -92,14 +96,18 @@ def verify_bundle(
             evidence_digest="",
             gpus=(gpu,),
             report_data="",
-            details={"nonce": ev.requester_nonce.hex(), "note": "GPU evidence without a CPU TEE claim"},
+            details={
+                "nonce": ev.requester_nonce.hex(),
+                "note": "GPU evidence without a CPU TEE claim",
+            },
         )
     else:  # EvidenceBundle refuses unknown kinds; kept for completeness
         raise EvidenceFormatError(f"unknown evidence kind {kind!r}")
     if bundle.gpus:
         nonce = gpu_nonce(bytes.fromhex(claims.report_data))
         gpus = tuple(
-            nvidia.verify_gpu(g.evidence, g.certs, expected_nonce=nonce, now=now, rims=gpu_rims) for g in bundle.gpus
+            nvidia.verify_gpu(g.evidence, g.certs, expected_nonce=nonce, now=now, rims=gpu_rims)
+            for g in bundle.gpus
         )
         _require_rims(policy, gpu_rims)
         level = TeeLevel.GPU_TEE if claims.tee_level == TeeLevel.CPU_TEE else claims.tee_level
@@ -109,7 +117,9 @@ def verify_bundle(
 
 def _require_rims(policy: Policy, rims: list[bytes] | None) -> None:
     if policy.require_gpu_rims and not rims:
-        raise PolicyViolation("policy requires GPU reference manifests (RIMs) and none were given", check="gpu-rim")
+        raise PolicyViolation(
+            "policy requires GPU reference manifests (RIMs) and none were given", check="gpu-rim"
+        )
 
 
 # -- operator helpers ---------------------------------------------------------------------------
@@ -158,7 +168,7 @@ def load_policy(policy: str | Path | Policy) -> Policy:
     return Policy.from_dict(data.get("attestation", data))
 
 
-def parse_time(now: str | int | float | dt.datetime | None) -> int:
+def parse_time(now: str | float | dt.datetime | None) -> int:
     """None (current time), POSIX seconds, or ISO 8601 text -> POSIX seconds."""
     if now is None:
         return int(time.time())
@@ -168,11 +178,11 @@ def parse_time(now: str | int | float | dt.datetime | None) -> int:
     if text.lstrip("-").isdigit():
         return int(text)
     try:
-        when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+        when = dt.datetime.fromisoformat(text)
     except ValueError:
         raise ConfigError(f"--now {text!r} is neither POSIX seconds nor ISO 8601") from None
     if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.timezone.utc)
+        when = when.replace(tzinfo=dt.UTC)
     return int(when.timestamp())
 
 
@@ -193,7 +203,7 @@ def verify_file(
     certs: list[str | Path] | tuple[str | Path, ...] = (),
     collateral: str | Path | None = None,
     policy: str | Path | Policy = "strict",
-    now: str | int | float | dt.datetime | None = None,
+    now: str | float | dt.datetime | None = None,
     report_data: bytes | None = None,
     rims: list[str | Path] | tuple[str | Path, ...] = (),
 ) -> dict[str, Any]:
@@ -282,7 +292,10 @@ def describe_local(attester: Attester | None, *, try_attest: bool = True) -> dic
         "attester": attester.describe() if attester is not None else None,
     }
     if attester is None:
-        out["evidence"] = {"ok": False, "error": "no attester: no TEE found and simulation not enabled"}
+        out["evidence"] = {
+            "ok": False,
+            "error": "no attester: no TEE found and simulation not enabled",
+        }
         return out
     if try_attest:
         try:

@@ -15,10 +15,10 @@ SHARED = Path(__file__).resolve().parents[2] / ".." / "shared"
 VECTORS = SHARED / "testvectors"
 
 # Inside every validity window of the Milan VCEK (2022-09-24 .. 2029-09-24) and its ASK/ARK.
-SNP_NOW = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
+SNP_NOW = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
 # The dcap-qvl sample's TCB info and QE identity are issued 2025-06-19 ~10:30Z, valid a month.
 TDX_NOW = 1750400000
-NVIDIA_NOW = dt.datetime(2025, 6, 1, tzinfo=dt.timezone.utc)
+NVIDIA_NOW = dt.datetime(2025, 6, 1, tzinfo=dt.UTC)
 NVIDIA_NONCE = bytes.fromhex("931d8dd0add203ac3d8b4fbde75e115278eefcdceac5b87671a748f32364dfcb")
 SNP_REPORT_DATA = bytes([1, 2, 3, 4, 5]) + bytes(59)
 
@@ -58,8 +58,10 @@ def snp() -> SnpVector:
     return SnpVector(
         report=(d / "attestation.bin").read_bytes(),
         vcek=(d / "vcek.testcer").read_bytes(),
-        ask_ark={p: (d / f"ask_ark_{f}.pem").read_bytes() for p, f in
-                 (("Milan", "milan"), ("Genoa", "genoa"), ("Turin", "turin_vcek"))},
+        ask_ark={
+            p: (d / f"ask_ark_{f}.pem").read_bytes()
+            for p, f in (("Milan", "milan"), ("Genoa", "genoa"), ("Turin", "turin_vcek"))
+        },
     )
 
 

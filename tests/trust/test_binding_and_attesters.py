@@ -41,15 +41,24 @@ def test_moving_bytes_between_fields_changes_the_binding(text, data):
 
 def test_each_field_changes_the_binding():
     base = ("n", b"p", bytes(32), bytes(32))
-    variants = [("m", b"p", bytes(32), bytes(32)), ("n", b"q", bytes(32), bytes(32)),
-                ("n", b"p", bytes([1]) * 32, bytes(32)), ("n", b"p", bytes(32), bytes([1]) * 32)]
+    variants = [
+        ("m", b"p", bytes(32), bytes(32)),
+        ("n", b"q", bytes(32), bytes(32)),
+        ("n", b"p", bytes([1]) * 32, bytes(32)),
+        ("n", b"p", bytes(32), bytes([1]) * 32),
+    ]
     assert len({report_data(*base), *(report_data(*v) for v in variants)}) == 5
 
 
 @pytest.mark.parametrize(
     "args",
-    [("", b"p", bytes(32), bytes(32)), ("n", b"", bytes(32), bytes(32)), ("n", b"p", bytes(31), bytes(32)),
-     ("n", b"p", bytes(32), bytes(16)), ("n" * 1025, b"p", bytes(32), bytes(32))],
+    [
+        ("", b"p", bytes(32), bytes(32)),
+        ("n", b"", bytes(32), bytes(32)),
+        ("n", b"p", bytes(31), bytes(32)),
+        ("n", b"p", bytes(32), bytes(16)),
+        ("n" * 1025, b"p", bytes(32), bytes(32)),
+    ],
 )
 def test_bad_binding_inputs_are_refused(args):
     with pytest.raises(ValueError):
@@ -92,8 +101,12 @@ def _fake_tsm(monkeypatch, provider: str, outblob: bytes, auxblob: bytes = b""):
 
     def mkdir(path, *args):
         real_mkdir(path, *args)
-        for name, data in (("provider", provider.encode() + b"\n"), ("generation", b"1\n"),
-                           ("outblob", outblob), ("auxblob", auxblob)):
+        for name, data in (
+            ("provider", provider.encode() + b"\n"),
+            ("generation", b"1\n"),
+            ("outblob", outblob),
+            ("auxblob", auxblob),
+        ):
             with open(os.path.join(path, name), "wb") as f:
                 f.write(data)
         seen["path"] = path
@@ -149,8 +162,12 @@ def test_peer_id_yields_its_ed25519_key():
 def test_channel_hooks_attest_and_verify_between_two_simulated_nodes():
     a_key, b_key = SigningKey(bytes([1]) * 32), SigningKey(bytes([2]) * 32)
     policy = Policy.preset("testnet")
-    a = ChannelAttestation(SimulatedAttester(a_key, code_digest_=bytes(32)), policy, clock=lambda: 50)
-    b = ChannelAttestation(SimulatedAttester(b_key, code_digest_=bytes(32)), policy, clock=lambda: 50)
+    a = ChannelAttestation(
+        SimulatedAttester(a_key, code_digest_=bytes(32)), policy, clock=lambda: 50
+    )
+    b = ChannelAttestation(
+        SimulatedAttester(b_key, code_digest_=bytes(32)), policy, clock=lambda: 50
+    )
     nonce = os.urandom(32)
     rd = a.report_data("net", _peer_id(a_key), bytes([5]) * 32, nonce)
     evidence = a.attest(rd)
@@ -167,7 +184,9 @@ def test_channel_hooks_attest_and_verify_between_two_simulated_nodes():
 
 def test_channel_hooks_under_strict_policy_refuse_simulation():
     key = SigningKey(bytes([1]) * 32)
-    node = ChannelAttestation(SimulatedAttester(key, code_digest_=bytes(32)), Policy.preset("strict"))
+    node = ChannelAttestation(
+        SimulatedAttester(key, code_digest_=bytes(32)), Policy.preset("strict")
+    )
     rd = node.report_data("net", _peer_id(key), bytes(32), bytes(32))
     with pytest.raises(PolicyViolation):
         node.verify(node.attest(rd), rd, _peer_id(key))

@@ -21,8 +21,13 @@ from p2pinfer.trust.evidence import (
 
 
 def _bundle(**kw):
-    base = dict(kind="amd-sev-snp", evidence=b"r" * 0x4A0, certs=(b"vcek",), collateral=None,
-                gpus=(GpuEvidence(b"spdm", (b"c1", b"c2")),))
+    base = {
+        "kind": "amd-sev-snp",
+        "evidence": b"r" * 0x4A0,
+        "certs": (b"vcek",),
+        "collateral": None,
+        "gpus": (GpuEvidence(b"spdm", (b"c1", b"c2")),),
+    }
     base.update(kw)
     return EvidenceBundle(**base)
 
@@ -83,7 +88,8 @@ def test_format_error_is_a_wire_error():
         _wire(gpus=[{"ev": b"x", "certs": []}] * (MAX_GPUS + 1)),
         _wire(ev=b"e" * (MAX_EVIDENCE_BYTES + 1)),
         _wire(certs=[b"c" * (16 * 1024 + 1)]),
-        msgpack.packb({"v": 1, "t": "evidence", "kind": "simulated", "ev": b"x"}, use_bin_type=True) + b"junk",
+        msgpack.packb({"v": 1, "t": "evidence", "kind": "simulated", "ev": b"x"}, use_bin_type=True)
+        + b"junk",
         b"\x81\x01\x02",
     ],
 )
@@ -111,9 +117,15 @@ def test_constructor_refuses_unknown_kind_and_empty_evidence():
 
 
 _msgpack_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats(allow_nan=False)
-    | st.text(max_size=20) | st.binary(max_size=64),
-    lambda children: st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=8), children, max_size=5),
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=20)
+    | st.binary(max_size=64),
+    lambda children: (
+        st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=8), children, max_size=5)
+    ),
     max_leaves=20,
 )
 
@@ -145,7 +157,10 @@ def test_random_msgpack_values_never_raise_anything_but_the_typed_error(value):
             "ev": st.binary(max_size=40) | st.text(max_size=3),
             "certs": st.lists(st.binary(max_size=8) | st.integers(-5, 5), max_size=10),
             "col": st.none() | st.binary(max_size=8) | st.integers(-5, 5),
-            "gpus": st.lists(st.dictionaries(st.sampled_from(["ev", "certs", "z"]), st.binary(max_size=4)), max_size=3),
+            "gpus": st.lists(
+                st.dictionaries(st.sampled_from(["ev", "certs", "z"]), st.binary(max_size=4)),
+                max_size=3,
+            ),
         },
     )
 )

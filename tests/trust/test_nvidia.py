@@ -125,7 +125,7 @@ def test_garbage_certificates_are_a_typed_error(nv):
 
 def test_device_chain_not_yet_valid_is_rejected(nv):
     with pytest.raises(ValidityError):
-        _verify(nv.evidence, nv.certs, now=dt.datetime(2019, 1, 1, tzinfo=dt.timezone.utc))
+        _verify(nv.evidence, nv.certs, now=dt.datetime(2019, 1, 1, tzinfo=dt.UTC))
 
 
 @pytest.mark.parametrize("cut", [0, 3, REQ - 1, REQ + 7, REQ + 100, -97, -1])
@@ -199,5 +199,7 @@ def test_collection_without_nvml_is_a_typed_error():
 
 
 def test_pinned_root_matches_the_recorded_root(shared_dir):
-    root = _x509.load_certs([(shared_dir / "testvectors/nvidia-cc/verifier_device_root.pem").read_bytes()])[0]
+    root = _x509.load_certs(
+        [(shared_dir / "testvectors/nvidia-cc/verifier_device_root.pem").read_bytes()]
+    )[0]
     assert _x509.fingerprint(root) == nvidia.NVIDIA_DEVICE_ROOT_SHA256

@@ -13,8 +13,16 @@ from p2pinfer.trust.policy import Policy
 
 
 def _claims(level=TeeLevel.CPU_TEE, expiry=100, simulated=False, **kw):
-    return VerifiedClaims(kind="amd-sev-snp", tee_level=level, measurement="ab", debug=False,
-                          simulated=simulated, expiry=expiry, evidence_digest="00", **kw)
+    return VerifiedClaims(
+        kind="amd-sev-snp",
+        tee_level=level,
+        measurement="ab",
+        debug=False,
+        simulated=simulated,
+        expiry=expiry,
+        evidence_digest="00",
+        **kw,
+    )
 
 
 def test_levels_are_ordered_none_simulated_cpu_gpu():

@@ -59,8 +59,8 @@ def test_pinned_ark_fingerprints_match_the_recorded_pems(snp):
 
 
 def test_claims_expire_no_later_than_the_vcek(snp):
-    claims = _verify(snp.report, [snp.vcek], now=dt.datetime(2029, 9, 24, tzinfo=dt.timezone.utc))
-    assert claims.expiry <= int(dt.datetime(2029, 9, 24, 0, 55, 28, tzinfo=dt.timezone.utc).timestamp())
+    claims = _verify(snp.report, [snp.vcek], now=dt.datetime(2029, 9, 24, tzinfo=dt.UTC))
+    assert claims.expiry <= int(dt.datetime(2029, 9, 24, 0, 55, 28, tzinfo=dt.UTC).timestamp())
 
 
 @pytest.mark.parametrize(
@@ -98,7 +98,7 @@ def test_wrong_binding_is_rejected(snp):
 
 def test_expired_vcek_is_rejected(snp):
     with pytest.raises(ValidityError):
-        _verify(snp.report, [snp.vcek], now=dt.datetime(2030, 1, 1, tzinfo=dt.timezone.utc))
+        _verify(snp.report, [snp.vcek], now=dt.datetime(2030, 1, 1, tzinfo=dt.UTC))
 
 
 def test_vcek_not_yet_valid_is_rejected(snp):
@@ -128,7 +128,12 @@ def test_report_made_by_no_key_is_rejected(snp):
 
 @pytest.mark.parametrize(
     "cert",
-    [b"", b"garbage", b"\x30\x82\x05\x00" + bytes(100), b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"],
+    [
+        b"",
+        b"garbage",
+        b"\x30\x82\x05\x00" + bytes(100),
+        b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+    ],
 )
 def test_garbage_certificate_is_a_typed_error(snp, cert):
     with pytest.raises(AttestationError) as err:
@@ -194,7 +199,13 @@ def test_report_fields_parse_at_the_documented_offsets(snp):
 
 def test_turin_tcb_layout_differs_from_milan():
     tcb = int.from_bytes(bytes([1, 2, 3, 4, 0, 0, 0, 9]), "little")
-    assert sev_snp.tcb_parts(tcb, "Turin") == {"fmc": 1, "bl": 2, "tee": 3, "snp": 4, "microcode": 9}
+    assert sev_snp.tcb_parts(tcb, "Turin") == {
+        "fmc": 1,
+        "bl": 2,
+        "tee": 3,
+        "snp": 4,
+        "microcode": 9,
+    }
     assert sev_snp.tcb_parts(tcb, "Milan") == {"bl": 1, "tee": 2, "snp": 0, "microcode": 9}
 
 
@@ -202,11 +213,17 @@ def test_certificate_table_from_auxblob_orders_vcek_ask_ark():
     import struct
     import uuid
 
-    blobs = [(sev_snp._GUID_ARK, b"ark"), (sev_snp._GUID_VCEK, b"vcek"), (sev_snp._GUID_ASK, b"ask")]
+    blobs = [
+        (sev_snp._GUID_ARK, b"ark"),
+        (sev_snp._GUID_VCEK, b"vcek"),
+        (sev_snp._GUID_ASK, b"ask"),
+    ]
     header_len = 24 * (len(blobs) + 1)
     table, body = b"", b""
     for guid, blob in blobs:
-        table += uuid.UUID(str(guid)).bytes_le + struct.pack("<II", header_len + len(body), len(blob))
+        table += uuid.UUID(str(guid)).bytes_le + struct.pack(
+            "<II", header_len + len(body), len(blob)
+        )
         body += blob
     aux = table + bytes(24) + body
     assert sev_snp.parse_cert_table(aux) == [b"vcek", b"ask", b"ark"]

@@ -26,11 +26,15 @@ TESTNET = Policy.preset("testnet")
 
 
 def _attester(**kw):
-    return simulated.SimulatedAttester(KEY, code_digest_=bytes([0xAA]) * 32, clock=lambda: 1000, **kw)
+    return simulated.SimulatedAttester(
+        KEY, code_digest_=bytes([0xAA]) * 32, clock=lambda: 1000, **kw
+    )
 
 
 def _verify(evidence, *, policy=TESTNET, expected=RD, key=PUB):
-    return simulated.verify(evidence, expected_report_data=expected, policy=policy, now=2000, expected_public_key=key)
+    return simulated.verify(
+        evidence, expected_report_data=expected, policy=policy, now=2000, expected_public_key=key
+    )
 
 
 def test_testnet_policy_accepts_simulated_evidence():
@@ -66,7 +70,9 @@ def test_cryptography_key_and_sign_callable_are_accepted():
     key = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
     a = simulated.SimulatedAttester(key, code_digest_=bytes(32))
     _verify(a.attest(RD).evidence)
-    b = simulated.SimulatedAttester(sign=lambda m: KEY.sign(m).signature, public_key=PUB, code_digest_=bytes(32))
+    b = simulated.SimulatedAttester(
+        sign=lambda m: KEY.sign(m).signature, public_key=PUB, code_digest_=bytes(32)
+    )
     _verify(b.attest(RD).evidence)
 
 
@@ -113,8 +119,13 @@ def test_swapped_public_key_is_rejected_as_signer_or_signature():
 def test_inconsistent_measurement_is_rejected_even_when_signed():
     good = simulated.SimulatedEvidence.parse(_attester().attest(RD).evidence)
     forged = simulated.SimulatedEvidence(
-        issued_at=good.issued_at, report_data=good.report_data, measurement=bytes(48),
-        code_digest=good.code_digest, model_digest=good.model_digest, public_key=PUB, signature=b"",
+        issued_at=good.issued_at,
+        report_data=good.report_data,
+        measurement=bytes(48),
+        code_digest=good.code_digest,
+        model_digest=good.model_digest,
+        public_key=PUB,
+        signature=b"",
     )
     ev = forged.signed_bytes + KEY.sign(forged.signed_bytes).signature
     with pytest.raises(EvidenceFormatError) as err:

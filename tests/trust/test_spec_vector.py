@@ -29,20 +29,30 @@ def test_bundle_vector_decodes_and_reencodes_identically():
 
 def test_bundle_vector_is_what_the_attester_makes_from_the_fixed_seed():
     attester = SimulatedAttester(
-        KEY, model_digest=bytes([0xBB]) * 32, code_digest_=bytes([0xAA]) * 32, clock=lambda: 1767225600
+        KEY,
+        model_digest=bytes([0xBB]) * 32,
+        code_digest_=bytes([0xAA]) * 32,
+        clock=lambda: 1767225600,
     )
     assert attester.attest(RD).encode() == V["simulated-bundle"]
 
 
 def test_bundle_vector_verifies_under_testnet_policy():
     bundle = EvidenceBundle.decode(V["simulated-bundle"])
-    claims = verify_bundle(bundle, expected_report_data=RD, policy=Policy.preset("testnet"), now=1767225601,
-                           peer_public_key=PUB)
+    claims = verify_bundle(
+        bundle,
+        expected_report_data=RD,
+        policy=Policy.preset("testnet"),
+        now=1767225601,
+        peer_public_key=PUB,
+    )
     assert claims.simulated and claims.evidence_digest == V["simulated-bundle-digest"].hex()
 
 
 def test_bundle_vector_is_refused_by_strict_policy():
     bundle = EvidenceBundle.decode(V["simulated-bundle"])
     with pytest.raises(PolicyViolation) as err:
-        verify_bundle(bundle, expected_report_data=RD, policy=Policy.preset("strict"), now=1767225601)
+        verify_bundle(
+            bundle, expected_report_data=RD, policy=Policy.preset("strict"), now=1767225601
+        )
     assert err.value.check == "simulated"

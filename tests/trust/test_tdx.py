@@ -53,7 +53,9 @@ def test_wrong_binding_is_rejected(tdx_vec):
 
 
 def test_claims_expire_no_later_than_the_collateral(tdx_vec):
-    claims = _verify(tdx_vec.quote, tdx_vec.collateral, policy=Policy.from_dict({"claims_ttl_s": 10**9}))
+    claims = _verify(
+        tdx_vec.quote, tdx_vec.collateral, policy=Policy.from_dict({"claims_ttl_s": 10**9})
+    )
     assert claims.expiry == 1752920163  # TCB info nextUpdate 2025-07-19T10:16:03Z
 
 
@@ -89,7 +91,9 @@ def test_flipped_byte_is_rejected_by_the_right_check(tdx_vec, region, offset, er
     assert err.value.check == check, region
 
 
-@pytest.mark.parametrize(("where", "check"), [(-6, "format"), (-4, "format"), (200, "cert-chain"), (1500, "cert-chain")])
+@pytest.mark.parametrize(
+    ("where", "check"), [(-6, "format"), (-4, "format"), (200, "cert-chain"), (1500, "cert-chain")]
+)
 def test_tampered_pck_chain_is_rejected(tdx_vec, where, check):
     pem = _pem_offset(tdx_vec.quote)
     with pytest.raises(AttestationError) as err:
