@@ -19,6 +19,9 @@ class ChannelConfig:
     max_epoch_skip: int = 8  # how many ratchet steps a receiver may take to catch up
     max_evidence: int = 1 * MIB  # largest attestation evidence accepted in the handshake
     handshake_timeout: float = 30.0  # seconds, used by the async driver
+    # frames at least this large are sealed/opened in a worker thread (AES-GCM releases the
+    # GIL), so a 64 MiB activation does not stall the event loop; 0 never offloads
+    offload_bytes: int = 1 * MIB
 
     def __post_init__(self) -> None:
         for name in (
@@ -33,5 +36,7 @@ class ChannelConfig:
                 raise ConfigError(f"channel.{name} must be a positive integer, got {value!r}")
         if not isinstance(self.max_epoch_skip, int) or not 0 <= self.max_epoch_skip <= 64:
             raise ConfigError("channel.max_epoch_skip must be an integer in [0, 64]")
+        if not isinstance(self.offload_bytes, int) or self.offload_bytes < 0:
+            raise ConfigError("channel.offload_bytes must be a non-negative integer")
         if not self.handshake_timeout > 0:
             raise ConfigError("channel.handshake_timeout must be a positive number of seconds")

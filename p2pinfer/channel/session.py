@@ -8,6 +8,7 @@ record when it can and erases the keys in every case, cancellation included.
 
 from __future__ import annotations
 
+from functools import partial
 from types import TracebackType
 from typing import Protocol, Self
 
@@ -31,6 +32,9 @@ CLOSE_SEND_TIMEOUT = 1.0  # seconds spent trying to tell the peer we close
 
 
 class FramedStream(Protocol):
+    """One frame per call. `send` must be done with `data` when it returns (written or copied),
+    as a socket's send is."""
+
     async def send(self, data: bytes | bytearray) -> None: ...
 
     async def recv(self) -> bytes | bytearray: ...
@@ -67,6 +71,17 @@ class SecureChannel:
     def record_layer(self) -> RecordLayer:
         return self._record
 
+    def _offload(self, size: int) -> bool:
+        limit = self._record.config.offload_bytes
+        return limit > 0 and size >= limit
+
+    def _recheck_closed(self) -> None:
+        # a close() that ran while a worker thread held the record layer may have raced a
+        # rekey: erase again (idempotent) so no key survives, and refuse to go on
+        if self._record.closed:
+            self._record.close()
+            raise ChannelClosed("channel was closed")
+
     async def send(
         self,
         payload: bytes | bytearray | memoryview,
@@ -75,8 +90,14 @@ class SecureChannel:
         stage: int = 0,
         kind: RecordKind = RecordKind.DATA,
     ) -> None:
+        """Seal and send one record. The payload must not change until this returns."""
         async with self._send_lock:
-            frame = self._record.seal(payload, task_id=task_id, stage=stage, kind=kind)
+            seal = partial(self._record.seal, payload, task_id=task_id, stage=stage, kind=kind)
+            if self._offload(len(payload)):
+                frame = await trio.to_thread.run_sync(seal)
+                self._recheck_closed()
+            else:
+                frame = seal()
             await self._stream.send(frame)
 
     async def send_tensor(
@@ -90,7 +111,11 @@ class SecureChannel:
             while True:
                 frame = await self._stream.recv()
                 try:
-                    record = self._record.open(frame)
+                    if self._offload(len(frame)):
+                        record = await trio.to_thread.run_sync(self._record.open, frame)
+                        self._recheck_closed()
+                    else:
+                        record = self._record.open(frame)
                 except RecordRejected:
                     continue
                 if record.kind == RecordKind.CLOSE:

@@ -152,3 +152,36 @@ async def test_wire_never_carries_the_plaintext_tensor():
     assert raw not in wire
     for start in range(0, len(raw), 64):
         assert raw[start : start + 16] not in wire
+
+
+async def test_large_records_are_sealed_and_opened_off_the_event_loop():
+    a, b = FakePeer(), FakePeer()
+    config = ChannelConfig(offload_bytes=1024)
+    flips = iter([True, False])
+
+    def middlebox(frame):  # tamper with the first large data frame only
+        if len(frame) > 4096 and next(flips):
+            return frame[:-1] + bytes([frame[-1] ^ 1])
+        return frame
+
+    ca, cb, _, _ = await connect(a, b, tap_ab=middlebox, config=config)
+    big = bytes(range(256)) * 8192  # 2 MiB
+    await ca.send(big, task_id=b"t", stage=1)
+    await ca.send(big[::-1], task_id=b"t", stage=2)
+    rec = await cb.recv()
+    assert rec.payload == big[::-1] and rec.stage == 2
+    assert cb.stats.tampered == 1
+
+
+def test_config_rejects_bad_values():
+    from p2pinfer.errors import ConfigError
+
+    for bad in (
+        {"rekey_after_messages": 0},
+        {"max_payload": -1},
+        {"max_epoch_skip": 100},
+        {"offload_bytes": -1},
+        {"handshake_timeout": 0},
+    ):
+        with pytest.raises(ConfigError):
+            ChannelConfig(**bad)
