@@ -10,9 +10,10 @@ raw r || s (96 bytes) over SHA-384(request || response without the signature). T
 certificate chain ends at the NVIDIA Device Identity CA, pinned here. Reference values come
 from NVIDIA RIMs (ISO/IEC 19770-2 SWID tags): RIM index i describes measurement block i + 1.
 
-Collection (`NvmlGpuEvidenceSource`): NVML's nvmlDeviceGetConfComputeGpuAttestationReport
-(with our nonce) and nvmlDeviceGetConfComputeGpuCertificate, through the optional
-`nvidia-ml-py` package, inside a CPU confidential VM with the GPU in CC mode.
+Collection (`NvmlGpuEvidenceSource`), inside a CPU confidential VM, through the optional
+`nvidia-ml-py` package: nvmlSystemGetConfComputeState must show CC on and devtools off; then per
+GPU nvmlDeviceGetConfComputeGpuAttestationReport (with our nonce) gives the SPDM evidence and
+nvmlDeviceGetConfComputeGpuCertificate the PEM device chain (attestationCertChain).
 """
 
 from __future__ import annotations
@@ -321,6 +322,11 @@ class NvmlGpuEvidenceSource:
         except (pynvml.NVMLError, OSError) as exc:
             raise TeeUnavailable(f"nvidia-cc: NVML unavailable: {exc}") from None
         try:
+            state = pynvml.nvmlSystemGetConfComputeState()
+            if state.ccFeature != 1:
+                raise TeeUnavailable("nvidia-cc: GPU confidential computing is not enabled")
+            if state.devToolsMode:
+                raise TeeUnavailable("nvidia-cc: GPU is in CC devtools mode (not confidential)")
             out = []
             for i in range(pynvml.nvmlDeviceGetCount()):
                 handle = pynvml.nvmlDeviceGetHandleByIndex(i)

@@ -203,3 +203,87 @@ def test_pinned_root_matches_the_recorded_root(shared_dir):
         [(shared_dir / "testvectors/nvidia-cc/verifier_device_root.pem").read_bytes()]
     )[0]
     assert _x509.fingerprint(root) == nvidia.NVIDIA_DEVICE_ROOT_SHA256
+
+
+class _FakeNvml:
+    """The slice of `pynvml` the collector uses, answering with the recorded evidence."""
+
+    class NVMLError(Exception):
+        pass
+
+    def __init__(self, evidence: bytes, chain_pem: bytes, cc: int = 1, devtools: int = 0) -> None:
+        self._evidence, self._pem, self._cc, self._devtools = evidence, chain_pem, cc, devtools
+        self.nonces: list[bytes] = []
+        self.shut = False
+
+    def nvmlInit(self):
+        pass
+
+    def nvmlShutdown(self):
+        self.shut = True
+
+    def nvmlSystemGetConfComputeState(self):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(environment=1, ccFeature=self._cc, devToolsMode=self._devtools)
+
+    def nvmlDeviceGetCount(self):
+        return 1
+
+    def nvmlDeviceGetHandleByIndex(self, i):
+        return i
+
+    def nvmlDeviceGetConfComputeGpuAttestationReport(self, handle, nonce):
+        from types import SimpleNamespace
+
+        self.nonces.append(bytes(nonce))
+        padded = list(self._evidence) + [0] * 64
+        return SimpleNamespace(attestationReport=padded, attestationReportSize=len(self._evidence))
+
+    def nvmlDeviceGetConfComputeGpuCertificate(self, handle):
+        from types import SimpleNamespace
+
+        padded = list(self._pem) + [0] * 16
+        return SimpleNamespace(attestationCertChain=padded, attestationCertChainSize=len(self._pem))
+
+
+def _chain_pem(nv) -> bytes:
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    return b"".join(_x509.load_certs([c])[0].public_bytes(Encoding.PEM) for c in nv.certs)
+
+
+def test_collector_reads_evidence_and_chain_through_nvml(nv, monkeypatch):
+    import sys
+
+    fake = _FakeNvml(nv.evidence, _chain_pem(nv))
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    (gpu,) = nvidia.NvmlGpuEvidenceSource().collect(NVIDIA_NONCE)
+    assert fake.nonces == [NVIDIA_NONCE] and fake.shut
+    assert gpu.evidence == nv.evidence and gpu.certs == nv.certs
+    assert _verify(gpu.evidence, gpu.certs).driver_version == "550.90.07"
+
+
+@pytest.mark.parametrize(("cc", "devtools", "match"), [(0, 0, "not enabled"), (1, 1, "devtools")])
+def test_collector_refuses_gpus_outside_cc_mode(nv, monkeypatch, cc, devtools, match):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "pynvml", _FakeNvml(nv.evidence, _chain_pem(nv), cc, devtools))
+    with pytest.raises(TeeUnavailable, match=match):
+        nvidia.NvmlGpuEvidenceSource().collect(NVIDIA_NONCE)
+
+
+def test_cc_attester_binds_gpu_evidence_to_the_cpu_report_data(nv, monkeypatch):
+    import sys
+
+    from nacl.signing import SigningKey
+
+    from p2pinfer.trust.binding import gpu_nonce
+    from p2pinfer.trust.simulated import SimulatedAttester
+
+    fake = _FakeNvml(nv.evidence, _chain_pem(nv))
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    cpu = SimulatedAttester(SigningKey(bytes(32)), code_digest_=bytes(32))
+    bundle = nvidia.NvidiaCcAttester(cpu).attest(bytes([3]) * 64)
+    assert fake.nonces == [gpu_nonce(bytes([3]) * 64)]
+    assert bundle.kind == "simulated" and len(bundle.gpus) == 1
