@@ -1,0 +1,162 @@
+"""GossipSub topics for one network: `p2pinfer/<network-id>/<name>/<major>`.
+
+Settings chosen for 5-20 peers (measured on loopback, see tests/net/test_gossip.py): the mesh
+degree bounds are wide (D=8, D_lo=6, D_hi=24) so a network of up to ~24 peers is never pruned,
+which avoids the GRAFT-after-PRUNE penalties that emptied meshes with libp2p's defaults; the
+heartbeat is `gossip.heartbeat_s`; the per-publisher rate limit is `gossip.max_msgs_per_s`;
+IP-diversity (eclipse) protection is off when every listen address is loopback, where all peers
+share one IP. Messages are signed by libp2p (strict signing), so the origin peer id is
+authenticated.
+
+Each topic has one dedicated drain task that moves messages from libp2p's subscription queue
+into every local subscriber's queue (32 deep, newest dropped when full, counted), so a slow
+consumer never blocks the router.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import trio
+from libp2p.peer.id import ID
+from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11, GossipSub
+from libp2p.pubsub.pubsub import Pubsub
+from libp2p.tools.anyio_service import background_trio_service
+
+from p2pinfer.config import GossipSection
+
+from .host import Host
+
+log = logging.getLogger(__name__)
+
+SUBSCRIBER_QUEUE = 32
+MAX_GOSSIP_BYTES = 1 << 20
+
+#: validator(origin_peer_id, payload) -> True to accept and relay
+Validator = Callable[[str, bytes], bool]
+
+
+def topic_name(network_id: str, name: str, major: int = 1) -> str:
+    return f"p2pinfer/{network_id}/{name}/{major}"
+
+
+def _all_loopback(addrs: list[str]) -> bool:
+    for a in addrs:
+        parts = a.split("/")
+        if len(parts) < 3 or parts[1] not in ("ip4", "ip6"):
+            return False
+        try:
+            if not ipaddress.ip_address(parts[2]).is_loopback:
+                return False
+        except ValueError:
+            return False
+    return bool(addrs)
+
+
+class Gossip:
+    """Publish/subscribe on this network's topics. Run `run()` in the node's nursery."""
+
+    def __init__(self, host: Host, network_id: str, cfg: GossipSection) -> None:
+        self.host = host
+        self.network_id = network_id
+        self.cfg = cfg
+        self.router = GossipSub(
+            protocols=[PROTOCOL_ID_V11],
+            degree=8,
+            degree_low=6,
+            degree_high=24,
+            heartbeat_initial_delay=0.1,
+            heartbeat_interval=max(1, round(cfg.heartbeat_s)),
+            prune_back_off=10,
+            max_messages_per_topic_per_second=cfg.max_msgs_per_s,
+            eclipse_protection_enabled=not _all_loopback(host.net.listen),
+        )
+        self.pubsub = Pubsub(
+            host.lp2p, self.router, strict_signing=True, max_inbound_rpc_size=2 * MAX_GOSSIP_BYTES
+        )
+        self._subscribers: dict[str, list[trio.MemorySendChannel[tuple[str, bytes]]]] = {}
+        self._nursery: trio.Nursery | None = None
+        self.counters: dict[str, int] = {"published": 0, "received": 0, "dropped": 0}
+
+    def topic(self, name: str, major: int = 1) -> str:
+        return topic_name(self.network_id, name, major)
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        async with background_trio_service(self.pubsub), background_trio_service(self.router):
+            await self.pubsub.wait_until_ready()
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                task_status.started()
+                await trio.sleep_forever()
+
+    def set_validator(self, name: str, validator: Validator, major: int = 1) -> None:
+        """Register a synchronous validator; it sees the authenticated origin and the payload."""
+
+        def check(forwarder: ID, msg: Any) -> bool:
+            if len(msg.data) > MAX_GOSSIP_BYTES:
+                return False
+            try:
+                origin = ID(msg.from_id).to_base58()
+            except Exception:
+                return False
+            return validator(origin, bytes(msg.data))
+
+        self.pubsub.set_topic_validator(self.topic(name, major), check, False)
+
+    async def join(self, name: str, major: int = 1) -> None:
+        """Subscribe at the router level (joins the mesh) and start the topic's drain task."""
+        topic = self.topic(name, major)
+        if topic in self._subscribers:
+            return
+        assert self._nursery is not None, "Gossip.run() is not running"
+        self._subscribers[topic] = []
+        sub = await self.pubsub.subscribe(topic)
+        self._nursery.start_soon(self._drain, topic, sub)
+
+    async def _drain(self, topic: str, sub: Any) -> None:
+        async for msg in sub:
+            self.counters["received"] += 1
+            try:
+                origin = ID(msg.from_id).to_base58()
+            except Exception:
+                continue
+            item = (origin, bytes(msg.data))
+            for ch in list(self._subscribers.get(topic, ())):
+                try:
+                    ch.send_nowait(item)
+                except trio.WouldBlock:
+                    self.counters["dropped"] += 1
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
+
+    @asynccontextmanager
+    async def subscribe(
+        self, name: str, major: int = 1
+    ) -> AsyncIterator[trio.MemoryReceiveChannel[tuple[str, bytes]]]:
+        """Yield an async iterator of (origin peer id, payload) for this topic."""
+        await self.join(name, major)
+        topic = self.topic(name, major)
+        send, recv = trio.open_memory_channel[tuple[str, bytes]](SUBSCRIBER_QUEUE)
+        self._subscribers[topic].append(send)
+        try:
+            async with recv:
+                yield recv
+        finally:
+            self._subscribers[topic].remove(send)
+            send.close()
+
+    async def publish(self, name: str, payload: bytes, major: int = 1) -> None:
+        if len(payload) > MAX_GOSSIP_BYTES:
+            raise ValueError(f"gossip payloads are limited to {MAX_GOSSIP_BYTES} bytes")
+        await self.pubsub.publish(self.topic(name, major), payload)
+        self.counters["published"] += 1
+
+    def mesh_size(self, name: str, major: int = 1) -> int:
+        return len(self.router.mesh.get(self.topic(name, major), ()))
+
+    def topic_peers(self, name: str, major: int = 1) -> int:
+        return len(self.pubsub.peer_topics.get(self.topic(name, major), ()))

@@ -1,0 +1,237 @@
+"""The libp2p host: TCP, Noise only, yamux, optional private-network key.
+
+Only Noise is offered and accepted as the security protocol (a peer proposing plaintext or SECIO
+fails negotiation), and only yamux as the muxer (mplex has no flow control). With
+`net.psk_file` the raw TCP connection is additionally wrapped by libp2p's private-network layer
+(libp2p pnet spec: XSalsa20 keyed by a 32-byte pre-shared key) so peers without the key cannot
+even start a handshake. `Host` owns its teardown: connections are closed first, then the
+network service, so no lifecycle noise or ExceptionGroup escapes to the caller.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import multiaddr
+import trio
+from libp2p import new_host
+from libp2p.crypto.ed25519 import create_new_key_pair
+from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
+from libp2p.custom_types import TProtocol
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import info_from_p2p_addr
+from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
+from libp2p.security.noise.transport import Transport as NoiseTransport
+
+from p2pinfer.config import NetSection
+from p2pinfer.errors import ConfigError, P2PInferError
+from p2pinfer.identity import NodeIdentity
+
+log = logging.getLogger(__name__)
+
+_PSK_RE = re.compile(r"^[0-9a-fA-F]{64}$")
+
+
+class DialError(P2PInferError):
+    """A peer could not be reached or refused the handshake."""
+
+    code = "dial-failed"
+
+
+class _KnownNoise(logging.Filter):
+    """Drops libp2p warnings that describe normal events (a peer closing a DHT stream, a
+    connection torn down during shutdown) unless debug logging is on."""
+
+    PATTERNS = (
+        "Failed to read DHT message from stream",
+        "Incomplete DHT message from stream",
+        # identify racing a connection that is being closed (shutdown, peer restart)
+        "Failed to open stream to peer",
+    )
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if logging.getLogger("p2pinfer").isEnabledFor(logging.DEBUG):
+            return True
+        msg = record.msg if isinstance(record.msg, str) else ""
+        return not any(msg.startswith(p) for p in self.PATTERNS)
+
+
+_NOISE_FILTER = _KnownNoise()
+
+
+def _quiet_known_noise() -> None:
+    for name in ("libp2p.kad_dht.kad_dht", "libp2p.host.basic_host"):
+        lg = logging.getLogger(name)
+        if _NOISE_FILTER not in lg.filters:
+            lg.addFilter(_NOISE_FILTER)
+
+
+def load_psk(path: str | Path) -> str:
+    """Read a private-network key file: 64 hex characters (32 bytes), surrounding space ignored."""
+    p = Path(path).expanduser()
+    try:
+        raw = p.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read net.psk_file ({e.strerror})") from None
+    if len(raw) > 1024:
+        raise ConfigError(f"{p}: net.psk_file is too large to be a key")
+    text = raw.decode("ascii", errors="replace").strip()
+    if not _PSK_RE.match(text):
+        raise ConfigError(f"{p}: net.psk_file must hold 64 hex characters (a 32-byte key)")
+    return text.lower()
+
+
+def parse_peer_addr(maddr: str) -> Any:
+    """A libp2p PeerInfo from `/ip4/.../tcp/.../p2p/<id>`; `DialError` if it is not one."""
+    try:
+        return info_from_p2p_addr(multiaddr.Multiaddr(maddr))
+    except Exception as e:  # multiaddr raises several unrelated types
+        raise DialError(
+            f"{maddr!r} is not a multiaddr with /p2p/<peer id> ({type(e).__name__})"
+        ) from None
+
+
+def noise_only(key_pair: Any) -> dict[TProtocol, Any]:
+    return {
+        NOISE_PROTOCOL_ID: NoiseTransport(
+            key_pair, noise_privkey=create_x25519_key_pair().private_key
+        )
+    }
+
+
+class Host:
+    """A running libp2p host bound to this node's identity. Create with `open_host`."""
+
+    def __init__(self, lp2p: Any, identity: NodeIdentity, net: NetSection) -> None:
+        self.lp2p = lp2p
+        self.identity = identity
+        self.net = net
+        self.peer_id = identity.peer_id
+
+    @property
+    def addrs(self) -> list[str]:
+        """Listen (or announce) addresses with `/p2p/<peer id>`."""
+        return [str(a) for a in self.lp2p.get_addrs()]
+
+    def connected_peers(self) -> list[str]:
+        return [str(p) for p in self.lp2p.get_connected_peers()]
+
+    def is_connected(self, peer_id: str) -> bool:
+        try:
+            return bool(self.lp2p.get_network().connections.get(ID.from_base58(peer_id)))
+        except Exception:
+            return False
+
+    def known_addrs(self, peer_id: str) -> list[str]:
+        try:
+            return [str(a) for a in self.lp2p.get_peerstore().addrs(ID.from_base58(peer_id))]
+        except Exception:
+            return []
+
+    async def connect(self, maddr: str, *, timeout_s: float | None = None) -> str:
+        """Dial `maddr` (with /p2p/<id>) unless already connected; returns the peer id."""
+        info = parse_peer_addr(maddr)
+        if str(info.peer_id) == self.peer_id:
+            raise DialError("refusing to dial ourselves")
+        await self._dial(info, timeout_s)
+        return str(info.peer_id)
+
+    async def connect_info(self, info: Any, *, timeout_s: float | None = None) -> str:
+        await self._dial(info, timeout_s)
+        return str(info.peer_id)
+
+    async def _dial(self, info: Any, timeout_s: float | None) -> None:
+        try:
+            with trio.fail_after(timeout_s or self.net.dial_timeout_s):
+                await self.lp2p.connect(info)
+        except trio.TooSlowError:
+            raise DialError(f"dialing {info.peer_id} timed out") from None
+        except Exception as e:
+            raise DialError(
+                f"dialing {info.peer_id} failed: {type(e).__name__}: {e}"[:300]
+            ) from None
+
+    async def connect_many(self, maddrs: Sequence[str]) -> dict[str, str | DialError]:
+        """Dial concurrently (each libp2p dial waits ~250 ms); maps address -> peer id or error."""
+        results: dict[str, str | DialError] = {}
+
+        async def one(addr: str) -> None:
+            try:
+                results[addr] = await self.connect(addr)
+            except DialError as e:
+                results[addr] = e
+
+        async with trio.open_nursery() as nursery:
+            for addr in maddrs:
+                nursery.start_soon(one, addr)
+        return results
+
+    async def disconnect(self, peer_id: str) -> None:
+        try:
+            await self.lp2p.disconnect(ID.from_base58(peer_id))
+        except Exception as e:
+            log.debug("disconnect %s: %s", peer_id, type(e).__name__)
+
+    async def new_stream(self, peer_id: str, protocol: str, *, timeout_s: float) -> Any:
+        try:
+            pid = ID.from_base58(peer_id)
+        except Exception:
+            raise DialError(f"{peer_id[:60]!r} is not a peer id") from None
+        try:
+            with trio.fail_after(timeout_s):
+                return await self.lp2p.new_stream(pid, [TProtocol(protocol)])
+        except trio.TooSlowError:
+            raise DialError(f"opening {protocol} to {peer_id} timed out") from None
+        except Exception as e:
+            raise DialError(f"opening {protocol} to {peer_id} failed: {type(e).__name__}") from None
+
+    def set_stream_handler(self, protocol: str, handler: Any) -> None:
+        self.lp2p.set_stream_handler(TProtocol(protocol), handler)
+
+
+@asynccontextmanager
+async def open_host(identity: NodeIdentity, net: NetSection) -> AsyncIterator[Host]:
+    """Start a host listening on `net.listen`; on exit close every connection, then the host."""
+    _quiet_known_noise()
+    key_pair = create_new_key_pair(identity.seed())
+    psk = load_psk(net.psk_file) if net.psk_file else None
+    try:
+        listen = [multiaddr.Multiaddr(a) for a in net.listen]
+        announce = [multiaddr.Multiaddr(a) for a in net.announce] or None
+    except Exception as e:
+        raise ConfigError(f"net.listen/net.announce: bad multiaddr ({e})") from None
+    lp2p = new_host(
+        key_pair=key_pair,
+        sec_opt=noise_only(key_pair),
+        muxer_preference="YAMUX",
+        psk=psk,
+        announce_addrs=announce,
+        enable_mDNS=net.mdns,
+    )
+    if str(lp2p.get_id()) != identity.peer_id:  # pragma: no cover - guards a libp2p change
+        raise P2PInferError("libp2p derived a different peer id from our key")
+    host = Host(lp2p, identity, net)
+    started = False
+    try:
+        async with lp2p.run(listen_addrs=listen):
+            started = True
+            try:
+                yield host
+            finally:
+                with trio.CancelScope(shield=True), trio.move_on_after(5):
+                    await _close_connections(host)
+    except OSError as e:
+        if started:
+            raise
+        raise ConfigError(f"cannot listen on {net.listen}: {e.strerror or e}") from None
+
+
+async def _close_connections(host: Host) -> None:
+    async with trio.open_nursery() as nursery:
+        for pid in host.connected_peers():
+            nursery.start_soon(host.disconnect, pid)

@@ -1,0 +1,696 @@
+"""The node: configuration -> identity -> libp2p host -> discovery, gossip, protocols.
+
+`async with Node(cfg) as node:` (under trio) starts everything in one nursery and tears it all
+down on exit or cancellation: background tasks first, then every connection, then the host.
+Built-in protocols (specs in protocols/):
+
+- `/p2pinfer/advert/1.0.0`   fetch a peer's signed capability advert (adverts.md)
+- `/p2pinfer/ping/1.0.0`     round-trip time, kept per peer in the peer table
+- `/p2pinfer/tensor/1.0.0`   send a tensor; the receiver echoes or stores it (tensor-transfer.md)
+
+and the gossip topic `p2pinfer/<network-id>/adverts/1`. A peer's advert is fetched directly as
+soon as we are connected to it and again every `gossip.advert_interval_s`, so the peer table
+converges even when gossip drops messages.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import platform
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
+
+import torch
+import trio
+
+from p2pinfer.config import NodeConfig
+from p2pinfer.errors import P2PInferError, RemoteError, WireError
+from p2pinfer.identity import NodeIdentity
+from p2pinfer.net.adverts import Advert, AdvertRejected, AdvertValidator, Hardware, sign_advert
+from p2pinfer.net.discovery import BootstrapDialer, DhtDiscovery, MdnsDiscovery
+from p2pinfer.net.gossip import Gossip
+from p2pinfer.net.host import DialError, Host, open_host
+from p2pinfer.net.peertable import PeerInfo, PeerTable
+from p2pinfer.net.streams import (
+    FramedStream,
+    InboundGuard,
+    RequestHandler,
+    StreamClosedError,
+    StreamPool,
+    StreamTimeout,
+    protocol_id,
+    reply_message,
+)
+from p2pinfer.wire import DTYPES, EndOfStream, Message, encode_message, tensor_from_wire
+
+log = logging.getLogger(__name__)
+
+SOFTWARE = "p2pinfer/0.1.0"
+ADVERT_TOPIC = "adverts"
+ADVERT_PROTOCOL = protocol_id("advert")
+PING_PROTOCOL = protocol_id("ping")
+TENSOR_PROTOCOL = protocol_id("tensor")
+#: fields `update_advert` may change
+ADVERT_FIELDS = frozenset({"model", "spans", "throughput", "load", "tee_digest", "roles"})
+#: at most this many stored tensors (one per sender) kept by the tensor protocol
+MAX_STORED_TENSORS = 16
+DHT_SCHEDULE_S = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
+SYNC_CONCURRENCY = 8
+
+StreamingHandler = Callable[[FramedStream, str], Awaitable[None]]
+
+
+_DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+
+
+def tensor_wire_view(t: Any) -> dict[str, Any]:
+    """Like `tensor_to_wire`, but `data` is a view of the tensor's memory (no copy). The
+    tensor must stay unchanged until the message is written."""
+    name = _DTYPE_NAMES.get(t.dtype)
+    if name is None:
+        raise ValueError(f"dtype {t.dtype} has no wire name")
+    t = t.detach().to("cpu").contiguous()
+    data: Any = memoryview(t.view(-1).view(torch.uint8).numpy()) if t.numel() else b""
+    return {"dtype": name, "shape": list(t.shape), "data": data}
+
+
+def check_tensor_map(obj: Any, *, max_bytes: int) -> None:
+    """The checks of `tensor_from_wire` without building the tensor (used to echo one)."""
+    if not isinstance(obj, dict) or set(obj) != {"dtype", "shape", "data"}:
+        raise WireError("tensor map must have exactly the keys dtype, shape, data")
+    name, dims, data = obj["dtype"], obj["shape"], obj["data"]
+    if not isinstance(name, str) or name not in DTYPES:
+        raise WireError(f"unknown tensor dtype {name!r}")
+    if not isinstance(dims, list) or len(dims) > 8:
+        raise WireError("tensor shape must be a list of at most 8 dims")
+    count = 1
+    for d in dims:
+        if not isinstance(d, int) or isinstance(d, bool) or d < 0:
+            raise WireError("tensor dims must be non-negative integers")
+        count *= d
+    if not isinstance(data, bytes):
+        raise WireError("tensor data must be bytes")
+    nbytes = count * torch.empty((), dtype=DTYPES[name]).element_size()
+    if nbytes > max_bytes:
+        raise WireError(f"tensor of {nbytes} bytes exceeds the limit of {max_bytes}")
+    if nbytes != len(data):
+        raise WireError(f"tensor data has {len(data)} bytes, shape and dtype need {nbytes}")
+
+
+class PeerWaitTimeout(P2PInferError):
+    """`wait_for_peers` ran out of time."""
+
+    code = "timeout"
+
+
+def _hardware() -> Hardware:
+    mem = 0
+    try:
+        mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        pass
+    gpu = ""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            gpu = torch.cuda.get_device_name(0)[:128]
+    except Exception:
+        gpu = ""
+    return Hardware(
+        cpu_count=os.cpu_count() or 0,
+        cpu_kind=(platform.processor() or platform.machine())[:128],
+        gpu_kind=gpu,
+        memory_bytes=mem,
+    )
+
+
+class Node:
+    """One peer of a p2pinfer network. See the module docstring for what runs inside."""
+
+    def __init__(self, config: NodeConfig, *, identity: NodeIdentity | None = None) -> None:
+        config.validate()
+        self.config = config
+        if identity is None:
+            identity, _ = NodeIdentity.load_or_create(config.key_path)
+        self.identity = identity
+        self.peer_id = identity.peer_id
+        self.network_id = config.node.network_id
+        lim = config.limits
+        self.table = PeerTable(ttl_s=config.gossip.advert_ttl_s)
+        self.validator = AdvertValidator(self.network_id, max_bytes=lim.max_advert_bytes)
+        self.guard = InboundGuard(
+            max_frame=lim.max_frame_bytes,
+            timeout_s=lim.stream_timeout_s,
+            max_inbound=lim.max_inbound_streams,
+        )
+        self.started_at = 0.0
+        self.stored_tensors: dict[str, Any] = {}
+        self._advert_fields: dict[str, Any] = {
+            "roles": tuple(config.node.roles),
+            "model": "",
+            "spans": (),
+            "throughput": 0.0,
+            "load": 0.0,
+            "tee_digest": None,
+        }
+        self._hardware = _hardware()
+        self._seq = 0
+        self._advert: Advert | None = None
+        self._advert_raw: bytes | None = None
+        self._advert_dirty = trio.Event()
+        self._changed = trio.Event()
+        self._synced: dict[str, float] = {}
+        self._sync_slots = trio.Semaphore(SYNC_CONCURRENCY)
+        self._pool = StreamPool(idle_s=min(10.0, config.limits.stream_timeout_s / 3))
+        self._stack: AsyncExitStack | None = None
+        self._nursery: trio.Nursery | None = None
+        self._host: Host | None = None
+        self.gossip: Gossip | None = None
+        self.dht: DhtDiscovery | None = None
+        self.bootstrap: BootstrapDialer | None = None
+        self.mdns: MdnsDiscovery | None = None
+        #: the inference service (stage server when `serve.model` is set, requester clients)
+        self.inference: Any = None
+        self.counters: dict[str, int] = {
+            "advert_fetches": 0,
+            "advert_fetch_failures": 0,
+            "pings": 0,
+            "dht_dials": 0,
+            "mdns_dials": 0,
+        }
+
+    def __repr__(self) -> str:
+        return f"Node(peer_id={self.peer_id}, network={self.network_id})"
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    async def __aenter__(self) -> Node:
+        stack = AsyncExitStack()
+        await stack.__aenter__()
+        try:
+            self._host = await stack.enter_async_context(open_host(self.identity, self.config.net))
+            self._nursery = await stack.enter_async_context(trio.open_nursery())
+            await self._start(self._nursery)
+        except BaseException:
+            if self._nursery is not None:
+                self._nursery.cancel_scope.cancel()
+            await stack.aclose()
+            raise
+        self._stack = stack
+        self.started_at = time.time()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        """Stop background work, close connections and the host. A body exception propagates
+        unchanged (never wrapped in an ExceptionGroup)."""
+        stack, self._stack = self._stack, None
+        if stack is None:
+            return
+        assert self._nursery is not None
+        self._nursery.cancel_scope.cancel()
+        with trio.CancelScope(shield=True):
+            await self._pool.aclose()
+        await stack.aclose()
+
+    @property
+    def host(self) -> Host:
+        if self._host is None:
+            raise P2PInferError("the node is not running (use `async with Node(cfg) as node`)")
+        return self._host
+
+    async def _start(self, nursery: trio.Nursery) -> None:
+        host = self.host
+        g = self.guard
+        host.set_stream_handler(ADVERT_PROTOCOL, g.request_handler(self._serve_advert))
+        host.set_stream_handler(PING_PROTOCOL, g.request_handler(self._serve_ping))
+        host.set_stream_handler(TENSOR_PROTOCOL, g.request_handler(self._serve_tensor))
+
+        self.gossip = Gossip(host, self.network_id, self.config.gossip)
+        await nursery.start(self.gossip.run)
+        self.gossip.set_validator(ADVERT_TOPIC, self._on_gossip_advert)
+        await self.gossip.join(ADVERT_TOPIC)
+
+        if self.config.net.dht:
+            self.dht = DhtDiscovery(host, self.network_id)
+            await nursery.start(self.dht.run)
+            nursery.start_soon(self._dht_loop)
+        self._refresh_advert()
+        nursery.start_soon(self._advert_loop)
+        nursery.start_soon(self._sync_loop)
+        if self.config.net.mdns:
+            self.mdns = MdnsDiscovery(host)
+            await nursery.start(self.mdns.run, self._on_mdns_peer)
+        if self.config.net.bootstrap:
+            self.bootstrap = BootstrapDialer(
+                host, self.config.net.bootstrap, self.config.net.redial_interval_s
+            )
+            await self.bootstrap.dial_missing()
+            nursery.start_soon(self.bootstrap.run)
+        from p2pinfer.inference.service import InferenceService
+
+        self.inference = InferenceService(self)
+        await nursery.start(self.inference.run)
+        if self.config.control.enabled:
+            from p2pinfer.control import serve_control
+
+            await nursery.start(serve_control, self, self.config.control_path)
+
+    # -- identity and peers ------------------------------------------------------------------
+    @property
+    def addrs(self) -> list[str]:
+        return self.host.addrs
+
+    def peers(self) -> list[PeerInfo]:
+        """Peers with a valid, unexpired advert, sorted by peer id."""
+        self._expire()
+        return self.table.peers()
+
+    def peer(self, peer_id: str) -> PeerInfo | None:
+        return self.table.get(peer_id)
+
+    def serving(self, model: str, layer: int | None = None) -> list[PeerInfo]:
+        """Peers serving `model` (optionally a span covering `layer`), lowest RTT first."""
+        self._expire()
+        return self.table.serving(model, layer)
+
+    def connected_peers(self) -> list[str]:
+        return self.host.connected_peers()
+
+    async def wait_for_peers(self, n: int, timeout: float) -> list[PeerInfo]:
+        """Wait until the peer table holds at least `n` peers; `PeerWaitTimeout` otherwise."""
+        with trio.move_on_after(timeout):
+            while len(self.peers()) < n:
+                await self._changed.wait()
+            return self.peers()
+        raise PeerWaitTimeout(f"{len(self.peers())} of {n} peers known after {timeout} s")
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def _expire(self) -> None:
+        for pid in self.table.expire():
+            self.validator.forget(pid)
+            self._synced.pop(pid, None)
+
+    async def connect(self, maddr: str) -> str:
+        """Dial a peer by multiaddr (with /p2p/<id>) and fetch its advert; returns its id."""
+        pid = await self.host.connect(maddr)
+        await self._sync_peer(pid)
+        return pid
+
+    # -- adverts -----------------------------------------------------------------------------
+    @property
+    def advert(self) -> Advert:
+        if self._advert is None:
+            self._refresh_advert()
+        assert self._advert is not None
+        return self._advert
+
+    def update_advert(self, **fields: Any) -> None:
+        """Change what we advertise (model, spans, throughput, load, tee_digest, roles).
+        The new advert is signed and published at once and then periodically."""
+        unknown = set(fields) - ADVERT_FIELDS
+        if unknown:
+            raise ValueError(
+                f"unknown advert fields {sorted(unknown)}; known: {sorted(ADVERT_FIELDS)}"
+            )
+        if "spans" in fields:
+            fields["spans"] = tuple((int(a), int(b)) for a, b in fields["spans"])
+        if "roles" in fields:
+            fields["roles"] = tuple(fields["roles"])
+        if "tee_digest" in fields and fields["tee_digest"] is not None:
+            fields["tee_digest"] = bytes(fields["tee_digest"])
+        self._advert_fields.update(fields)
+        self._refresh_advert()
+        self._advert_dirty.set()
+
+    def _refresh_advert(self) -> None:
+        now = int(time.time() * 1000)
+        self._seq = max(self._seq + 1, now)
+        addrs = tuple(self.host.addrs[:16]) if self._host is not None else ()
+        f = self._advert_fields
+        advert = Advert(
+            peer_id=self.peer_id,
+            network_id=self.network_id,
+            seq=self._seq,
+            issued_ms=now,
+            expires_ms=now + int(self.config.gossip.advert_ttl_s * 1000),
+            addrs=addrs,
+            roles=f["roles"],
+            model=f["model"],
+            spans=f["spans"],
+            hardware=self._hardware,
+            throughput=float(f["throughput"]),
+            load=float(f["load"]),
+            tee_digest=f["tee_digest"],
+            software=SOFTWARE,
+        )
+        self._advert_raw = sign_advert(advert, self.identity)
+        self._advert = advert
+
+    async def _advert_loop(self) -> None:
+        assert self.gossip is not None
+        interval = self.config.gossip.advert_interval_s
+        last_refresh = time.monotonic()
+        while True:
+            with trio.move_on_after(interval):
+                await self._advert_dirty.wait()
+            self._advert_dirty = trio.Event()
+            # keep the record fresh well before it expires
+            if time.monotonic() - last_refresh >= interval / 2:
+                self._refresh_advert()
+                last_refresh = time.monotonic()
+            if self._advert_raw is not None and self.gossip.topic_peers(ADVERT_TOPIC):
+                try:
+                    await self.gossip.publish(ADVERT_TOPIC, self._advert_raw)
+                except Exception as e:
+                    log.debug("advert publish failed: %s", type(e).__name__)
+            await trio.sleep(0.2)  # stays far below the gossip rate limit
+
+    def _on_gossip_advert(self, origin: str, data: bytes) -> bool:
+        if origin == self.peer_id:
+            return True
+        return self._accept_advert(data, origin)
+
+    def _accept_advert(self, data: bytes, origin: str) -> bool:
+        try:
+            advert = self.validator.accept(data, origin)
+        except AdvertRejected as e:
+            log.debug("advert from %s rejected: %s", origin, e.reason)
+            return False
+        if advert is None:
+            self.table.touch(origin)
+        else:
+            self.table.upsert(advert)
+            self._notify()
+        return True
+
+    async def _serve_advert(self, msg: Message, peer_id: str) -> bytes:
+        if msg.t != "get-advert":
+            raise WireError(f"unexpected message type {msg.t!r}")
+        if self._advert_raw is None:
+            self._refresh_advert()
+        return encode_message("advert", {"record": self._advert_raw})
+
+    async def fetch_advert(self, peer_id: str) -> PeerInfo | None:
+        """Fetch a peer's advert directly; returns its table row (None if it was rejected)."""
+        self.counters["advert_fetches"] += 1
+        reply = await self.request(peer_id, "advert", "get-advert", expect={"advert"})
+        self._accept_advert(reply.get("record", bytes), peer_id)
+        return self.table.get(peer_id)
+
+    # -- ping --------------------------------------------------------------------------------
+    async def _serve_ping(self, msg: Message, peer_id: str) -> bytes:
+        if msg.t != "ping":
+            raise WireError(f"unexpected message type {msg.t!r}")
+        nonce = msg.get("nonce", bytes)
+        if len(nonce) > 32:
+            raise WireError("ping nonce is longer than 32 bytes")
+        return encode_message("pong", {"nonce": nonce})
+
+    async def ping(self, peer_id: str, *, count: int = 2) -> float:
+        """Round-trip time in ms over one ping stream (the first exchange warms it up)."""
+        best = float("inf")
+        async with await self.open_stream(peer_id, "ping") as s:
+            for _ in range(count):
+                nonce = secrets.token_bytes(8)
+                t0 = time.perf_counter()
+                await s.send("ping", {"nonce": nonce})
+                reply = await s.recv(expect={"pong"})
+                rtt = (time.perf_counter() - t0) * 1000
+                if reply.get("nonce", bytes) != nonce:
+                    raise WireError("pong carries another nonce")
+                best = rtt
+        self.counters["pings"] += 1
+        self.table.record_rtt(peer_id, best)
+        return best
+
+    # -- keeping the table in sync ---------------------------------------------------------
+    async def _sync_peer(self, peer_id: str) -> None:
+        self._synced[peer_id] = time.monotonic()
+        if self.dht is not None:
+            await self.dht.add_peer(peer_id)
+        async with self._sync_slots:
+            try:
+                with trio.fail_after(self.config.net.dial_timeout_s):
+                    await self.fetch_advert(peer_id)
+                    if peer_id in self.table:
+                        await self.ping(peer_id)
+            except (P2PInferError, trio.TooSlowError) as e:
+                self.counters["advert_fetch_failures"] += 1
+                log.debug("sync with %s failed: %s", peer_id, e)
+                # retry soon rather than after a full interval
+                self._synced[peer_id] = time.monotonic() - self.config.gossip.advert_interval_s + 1
+
+    async def _sync_loop(self) -> None:
+        assert self._nursery is not None
+        interval = self.config.gossip.advert_interval_s
+        while True:
+            now = time.monotonic()
+            connected = set(self.host.connected_peers())
+            for pid in connected:
+                last = self._synced.get(pid)
+                if last is None or now - last >= interval:
+                    self._synced[pid] = now
+                    self._nursery.start_soon(self._sync_peer, pid)
+            for pid in list(self._synced):
+                if pid not in connected and pid not in self.table:
+                    del self._synced[pid]
+            self._expire()
+            await trio.sleep(0.25)
+
+    async def _dial_found(self, found: dict[str, list[str]], counter: str) -> None:
+        async def dial(pid: str, addrs: list[str]) -> None:
+            for addr in addrs[:4]:
+                try:
+                    await self.host.connect(addr)
+                except DialError:
+                    continue
+                self.counters[counter] += 1
+                return
+
+        async with trio.open_nursery() as nursery:
+            for pid, addrs in found.items():
+                if pid != self.peer_id and not self.host.is_connected(pid):
+                    nursery.start_soon(dial, pid, addrs)
+
+    async def _dht_loop(self) -> None:
+        assert self.dht is not None
+        step = 0
+        while True:
+            await trio.sleep(DHT_SCHEDULE_S[min(step, len(DHT_SCHEDULE_S) - 1)])
+            step += 1
+            if not self.host.connected_peers():
+                step = 0
+                continue
+            for pid in self.host.connected_peers():
+                await self.dht.add_peer(pid)
+            found = await self.dht.find_network_peers()
+            await self._dial_found(found, "dht_dials")
+
+    async def _on_mdns_peer(self, peer_id: str, addrs: list[str]) -> None:
+        if not self.host.is_connected(peer_id):
+            await self._dial_found({peer_id: addrs}, "mdns_dials")
+
+    # -- gossip ------------------------------------------------------------------------------
+    async def publish(self, topic_name: str, payload: bytes) -> None:
+        assert self.gossip is not None
+        await self.gossip.publish(topic_name, payload)
+
+    @asynccontextmanager
+    async def subscribe(
+        self, topic_name: str
+    ) -> AsyncIterator[trio.MemoryReceiveChannel[tuple[str, bytes]]]:
+        """`async with node.subscribe("votes") as msgs: async for peer, payload in msgs: ...`"""
+        assert self.gossip is not None
+        async with self.gossip.subscribe(topic_name) as recv:
+            yield recv
+
+    # -- streams -----------------------------------------------------------------------------
+    def set_handler(
+        self,
+        name: str,
+        handler: RequestHandler | StreamingHandler,
+        *,
+        streaming: bool = False,
+        version: str = "1.0.0",
+    ) -> None:
+        """Serve `/p2pinfer/<name>/<version>`. A request handler is
+        `async (msg, peer_id) -> reply bytes`; a streaming one (`streaming=True`) is
+        `async (stream: FramedStream, peer_id) -> None` and owns the stream until it returns."""
+        pid = protocol_id(name, version)
+        if streaming:
+            wrapped = self.guard.stream_handler(handler)  # type: ignore[arg-type]
+        else:
+            wrapped = self.guard.request_handler(handler)  # type: ignore[arg-type]
+        self.host.set_stream_handler(pid, wrapped)
+
+    async def open_stream(self, peer_id: str, name: str, *, version: str = "1.0.0") -> FramedStream:
+        """A framed message stream to `peer_id`: `async with await node.open_stream(...) as s`."""
+        lim = self.config.limits
+        raw = await self.host.new_stream(
+            peer_id, protocol_id(name, version), timeout_s=self.config.net.dial_timeout_s
+        )
+        return FramedStream(
+            raw, peer_id, max_frame=lim.max_frame_bytes, timeout_s=lim.stream_timeout_s
+        )
+
+    async def request(
+        self,
+        peer_id: str,
+        name: str,
+        t: str,
+        fields: dict[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+        expect: set[str] | None = None,
+        version: str = "1.0.0",
+    ) -> Message:
+        """One request, one reply. An error reply raises `RemoteError`."""
+        limit = timeout if timeout is not None else self.config.limits.stream_timeout_s
+        proto = protocol_id(name, version)
+        try:
+            with trio.fail_after(limit):
+                stream = self._pool.take(peer_id, proto)
+                if stream is not None:
+                    try:
+                        return await self._exchange(stream, proto, t, fields, expect)
+                    except (StreamClosedError, EndOfStream):
+                        pass  # the peer closed the idle stream before reading: not processed
+                stream = await self.open_stream(peer_id, name, version=version)
+                self._pool.opened += 1
+                return await self._exchange(stream, proto, t, fields, expect)
+        except trio.TooSlowError:
+            raise StreamTimeout(f"{name} request to {peer_id} took longer than {limit} s") from None
+
+    async def _exchange(
+        self,
+        stream: FramedStream,
+        proto: str,
+        t: str,
+        fields: dict[str, Any] | None,
+        expect: set[str] | None,
+    ) -> Message:
+        """One request and its reply on `stream`; the stream is pooled again only if the
+        exchange completed (a typed error reply counts as complete)."""
+        reusable = False
+        try:
+            await stream.send(t, fields)
+            reply = await stream.recv(expect=expect)
+            reusable = True
+            return reply
+        except RemoteError:
+            reusable = True
+            raise
+        finally:
+            if not (reusable and self._pool.give(stream, proto)):
+                await stream.aclose()
+
+    # -- tensors (demo and benchmark) ------------------------------------------------------
+    async def _serve_tensor(self, msg: Message, peer_id: str) -> bytes:
+        if msg.t != "tensor":
+            raise WireError(f"unexpected message type {msg.t!r}")
+        mode = msg.get("mode", str, "echo")
+        wire = msg.get("tensor", dict)
+        if mode == "echo":
+            check_tensor_map(wire, max_bytes=self.config.limits.max_tensor_bytes)
+            return reply_message("tensor", {"tensor": wire})
+        if mode == "store":
+            tensor = tensor_from_wire(wire, max_bytes=self.config.limits.max_tensor_bytes)
+            if (
+                peer_id not in self.stored_tensors
+                and len(self.stored_tensors) >= MAX_STORED_TENSORS
+            ):
+                self.stored_tensors.pop(next(iter(self.stored_tensors)))
+            self.stored_tensors[peer_id] = tensor
+            digest = hashlib.sha256(wire["data"]).digest()
+            return encode_message("stored", {"sha256": digest, "nbytes": len(wire["data"])})
+        raise WireError(f"unknown tensor mode {mode[:32]!r}")
+
+    async def send_tensor(self, peer_id: str, tensor: Any, *, timeout: float | None = None) -> Any:
+        """Send `tensor` over `/p2pinfer/tensor/1.0.0` and return the echoed copy."""
+        reply = await self.request(
+            peer_id,
+            "tensor",
+            "tensor",
+            {"tensor": tensor_wire_view(tensor), "mode": "echo"},
+            timeout=timeout,
+            expect={"tensor"},
+        )
+        return tensor_from_wire(
+            reply.get("tensor", dict), max_bytes=self.config.limits.max_tensor_bytes
+        )
+
+    async def store_tensor(
+        self, peer_id: str, tensor: Any, *, timeout: float | None = None
+    ) -> bytes:
+        """Send `tensor` to be stored by the peer; returns the SHA-256 it computed."""
+        reply = await self.request(
+            peer_id,
+            "tensor",
+            "tensor",
+            {"tensor": tensor_wire_view(tensor), "mode": "store"},
+            timeout=timeout,
+            expect={"stored"},
+        )
+        return reply.get("sha256", bytes)
+
+    # -- inference (p2pinfer.inference.service) ----------------------------------------------
+    def generate_stream(self, prompt: str, *, model: str, **kw: Any) -> AsyncIterator[Any]:
+        """Stream the tokens of a distributed generation (`TokenEvent`s)."""
+        from p2pinfer.inference.service import generate_stream
+
+        return generate_stream(self._inference_service(), prompt, model=model, **kw)
+
+    async def generate(self, prompt: str, *, model: str, **kw: Any) -> Any:
+        """Run a whole distributed generation; returns a `Generation`."""
+        from p2pinfer.inference.service import generate
+
+        return await generate(self._inference_service(), prompt, model=model, **kw)
+
+    async def embed(self, texts: str | list[str], *, model: str, **kw: Any) -> Any:
+        """Sentence embeddings [n, H] of `texts`, computed through the network."""
+        from p2pinfer.inference.service import embed
+
+        return await embed(self._inference_service(), texts, model=model, **kw)
+
+    def _inference_service(self) -> Any:
+        if self.inference is None:
+            raise P2PInferError("the node is not running (use `async with Node(cfg) as node`)")
+        return self.inference
+
+    # -- status ------------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        """A JSON-able summary: identity, addresses, counters (rejected adverts by reason...)."""
+        counters: dict[str, Any] = dict(self.counters)
+        counters["adverts"] = self.validator.counters()
+        counters["streams"] = dict(self.guard.counters)
+        if self.gossip is not None:
+            counters["gossip"] = dict(self.gossip.counters)
+        if self.bootstrap is not None:
+            counters["bootstrap"] = {
+                "dials": self.bootstrap.dials,
+                "failures": self.bootstrap.failures,
+            }
+        if self.dht is not None:
+            counters["dht"] = {
+                "lookups": self.dht.lookups,
+                "routing_table": self.dht.routing_table_size,
+            }
+        return {
+            "peer_id": self.peer_id,
+            "addrs": self.addrs,
+            "network_id": self.network_id,
+            "roles": list(self._advert_fields["roles"]),
+            "connected": len(self.host.connected_peers()),
+            "known_peers": len(self.table),
+            "uptime_s": round(time.time() - self.started_at, 3) if self.started_at else 0.0,
+            "software": SOFTWARE,
+            "counters": counters,
+        }
