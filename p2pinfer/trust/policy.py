@@ -9,6 +9,23 @@ Presets:
 
 Measurement allowlists are per evidence kind (hex strings); an empty allowlist means "any
 measurement" and the claims still carry the measurement so the caller can log or pin it.
+
+TOML form (a node config's [attestation] table, or a file given to `attest verify --policy`):
+
+    [attestation]
+    preset = "strict"                 # strict | relaxed | testnet; the keys below override it
+    allow_debug = false
+    snp_max_vmpl = 0
+    tdx_tcb_statuses = ["UpToDate"]
+    require_gpu_rims = false
+    claims_ttl_s = 3600
+    [attestation.min_level]           # none | simulated | cpu-tee | gpu-tee, per task mode
+    critical = "cpu-tee"
+    [attestation.measurements]        # per evidence kind
+    amd-sev-snp = ["<96 hex digits>"]
+    intel-tdx = ["<MRTD, 96 hex digits>"]
+    [attestation.tdx_rtmrs]
+    0 = ["<96 hex digits>"]
 """
 
 from __future__ import annotations

@@ -177,3 +177,16 @@ def test_cache_forgets_a_peer_and_clears():
     assert len(cache) == 1
     cache.clear()
     assert len(cache) == 0
+
+
+def test_the_documented_toml_example_loads():
+    import re
+
+    from p2pinfer.trust import policy as policy_mod
+
+    doc = policy_mod.__doc__
+    example = "\n".join(line[4:] for line in doc[doc.index("    [attestation]") :].splitlines())
+    example = re.sub(r"<[^>]*>", "ab" * 48, example)
+    p = Policy.from_toml(example, table="attestation")
+    assert p.production and p.min_level["critical"] is TeeLevel.CPU_TEE
+    assert p.measurements["intel-tdx"] == frozenset({"ab" * 48})
