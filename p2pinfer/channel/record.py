@@ -23,7 +23,7 @@ epoch in the header; the receiver ratchets to it once a frame under it authentic
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum
 
 from cryptography.exceptions import InvalidTag
@@ -76,7 +76,7 @@ class Record:
     task_id: bytes
     stage: int
     seq: int
-    payload: bytearray
+    payload: bytearray = field(repr=False)  # plaintext: never in reprs or logs
 
 
 @dataclass

@@ -8,6 +8,7 @@ record when it can and erases the keys in every case, cancellation included.
 
 from __future__ import annotations
 
+from contextlib import suppress
 from functools import partial
 from types import TracebackType
 from typing import Protocol, Self
@@ -29,11 +30,22 @@ from .keys import ChannelIdentity
 from .record import Record, RecordKind, RecordLayer, RecordStats
 
 CLOSE_SEND_TIMEOUT = 1.0  # seconds spent trying to tell the peer we close
+# what a broken or ended stream raises: ours (p2pinfer.wire.EndOfStream, WireError), sockets',
+# trio's, and libp2p's (its stream errors derive from Exception via IOException/EOFError)
+_STREAM_FAILURES = (
+    P2PInferError,
+    OSError,
+    EOFError,
+    trio.BrokenResourceError,
+    trio.ClosedResourceError,
+    trio.EndOfChannel,
+)
 
 
 class FramedStream(Protocol):
     """One frame per call. `send` must be done with `data` when it returns (written or copied),
-    as a socket's send is."""
+    as a socket's send is. A failed or ended stream raises a `P2PInferError` (the node's stream
+    layer turns libp2p's errors into `WireError`), `OSError` or `EOFError`."""
 
     async def send(self, data: bytes | bytearray) -> None: ...
 
@@ -98,7 +110,11 @@ class SecureChannel:
                 self._recheck_closed()
             else:
                 frame = seal()
-            await self._stream.send(frame)
+            try:
+                await self._stream.send(frame)
+            except _STREAM_FAILURES as err:
+                self._record.close()
+                raise ChannelClosed(f"the stream failed: {err}") from err
 
     async def send_tensor(
         self, tensor_wire_bytes: bytes | bytearray | memoryview, task_id: bytes, stage: int
@@ -109,7 +125,13 @@ class SecureChannel:
         """The next authenticated record; rejected frames are skipped (and counted)."""
         async with self._recv_lock:
             while True:
-                frame = await self._stream.recv()
+                if self._record.closed:
+                    raise ChannelClosed("channel is closed")
+                try:
+                    frame = await self._stream.recv()
+                except _STREAM_FAILURES as err:
+                    self._record.close()
+                    raise ChannelClosed(f"the stream ended without a close record: {err}") from err
                 try:
                     if self._offload(len(frame)):
                         record = await trio.to_thread.run_sync(self._record.open, frame)
@@ -135,7 +157,7 @@ class SecureChannel:
                 async with self._send_lock:
                     if not self._record.closed:
                         await self._stream.send(self._record.seal_close())
-        except (P2PInferError, OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+        except _STREAM_FAILURES:
             pass
         finally:
             self._record.close()
@@ -155,32 +177,30 @@ class SecureChannel:
 async def _run(
     hs: _Handshake, stream: FramedStream, first: bytes | None, config: ChannelConfig
 ) -> SecureChannel:
+    async def send(data: bytes) -> None:
+        try:
+            await stream.send(data)
+        except _STREAM_FAILURES as err:
+            raise HandshakeError("stream", f"stream failed: {err}") from err
+
     try:
         with trio.fail_after(config.handshake_timeout):
             if first is not None:
-                await stream.send(first)
+                await send(first)
             while not hs.complete:
                 try:
                     data = await stream.recv()
-                except P2PInferError as err:
+                except _STREAM_FAILURES as err:
                     raise HandshakeError("stream", f"stream failed: {err}") from err
                 try:
                     out = hs.receive(data)
                 except HandshakeError as err:
                     if err.check != "rejected":
-                        with trio.move_on_after(CLOSE_SEND_TIMEOUT):
-                            try:
-                                await stream.send(hs.error_reply(err))
-                            except (
-                                P2PInferError,
-                                OSError,
-                                trio.BrokenResourceError,
-                                trio.ClosedResourceError,
-                            ):
-                                pass
+                        with trio.move_on_after(CLOSE_SEND_TIMEOUT), suppress(*_STREAM_FAILURES):
+                            await stream.send(hs.error_reply(err))
                     raise
                 if out is not None:
-                    await stream.send(out)
+                    await send(out)
     except trio.TooSlowError:
         hs.abort()
         raise HandshakeError(

@@ -185,3 +185,33 @@ def test_config_rejects_bad_values():
     ):
         with pytest.raises(ConfigError):
             ChannelConfig(**bad)
+
+
+async def test_stream_that_ends_without_close_record_closes_the_channel():
+    from p2pinfer.wire import EndOfStream
+
+    a, b = FakePeer(), FakePeer()
+    _, cb, _, sb = await connect(a, b)
+    key = cb.record_layer._recv.key
+
+    async def ended():
+        raise EndOfStream("stream ended")
+
+    sb.recv = ended
+    with pytest.raises(ChannelClosed):
+        await cb.recv()
+    assert cb.closed and key == bytes(32)
+
+
+async def test_recv_after_local_close_fails_at_once():
+    ca, _, _, _ = await connect(FakePeer(), FakePeer())
+    ca.close()
+    with pytest.raises(ChannelClosed):
+        await ca.recv()
+
+
+def test_record_repr_never_shows_the_payload():
+    from p2pinfer.channel import Record
+
+    rec = Record(RecordKind.DATA, b"t", 0, 0, bytearray(b"secret activation"))
+    assert "secret" not in repr(rec)
