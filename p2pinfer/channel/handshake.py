@@ -109,8 +109,6 @@ def _take(okm: bytearray, start: int) -> bytearray:
 
 
 class _Handshake:
-    _role = ""
-
     def __init__(
         self,
         identity: ChannelIdentity,
@@ -125,6 +123,12 @@ class _Handshake:
             raise ValueError(f"network id must be 1..{MAX_NETWORK_ID} bytes of UTF-8")
         if not 0 < len(identity.peer_id) <= MAX_PEER_ID:
             raise ValueError(f"peer id must be 1..{MAX_PEER_ID} bytes")
+        for name, value in (
+            ("remote_peer_id", remote_peer_id),
+            ("remote_static_key", remote_static_key),
+        ):
+            if value is not None and not isinstance(value, bytes):
+                raise TypeError(f"{name} must be bytes")
         self._identity = identity
         self._hooks = attestation
         self._expect_peer = remote_peer_id
@@ -192,7 +196,7 @@ class _Handshake:
         try:
             msg = self._decode(data, expect)
             return handler(msg)
-        except HandshakeError:
+        except BaseException:  # typed failure or not: no secret outlives a failed handshake
             self.abort()
             raise
 
