@@ -130,17 +130,18 @@ class ProvableMlp:
         residual: Sequence[bool] | bool = False,
         frac_bits: int = 8,
     ) -> ProvableMlp:
-        """Quantize float (W (d_in, d_out), b) pairs: W, x to 2**-f and b to 2**-2f steps."""
+        """Quantize float (W (d_in, d_out), b) pairs: W, x to 2**-f and b to 2**-2f steps.
+
+        The bias also carries 2**(f-1), so the floor in the rescale rounds to nearest.
+        """
         n = len(layers)
         acts = [activations] * n if isinstance(activations, str) else list(activations)
         res = [residual] * n if isinstance(residual, bool) else list(residual)
         out = []
         for (w, b), act, r in zip(layers, acts, res, strict=True):
             wq = np.rint(np.asarray(w, dtype=np.float64) * (1 << frac_bits)).astype(np.int64)
-            bq = None
-            if b is not None:
-                bq = np.rint(np.asarray(b, dtype=np.float64) * (1 << 2 * frac_bits))
-                bq = bq.astype(np.int64)
+            bf = np.zeros(wq.shape[1]) if b is None else np.asarray(b, dtype=np.float64)
+            bq = np.rint(bf * (1 << 2 * frac_bits)).astype(np.int64) + (1 << (frac_bits - 1))
             out.append(FixedLayer(wq, bq, act, r))
         return cls(out, frac_bits)
 
