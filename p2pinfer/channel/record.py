@@ -198,8 +198,13 @@ class RecordLayer:
         task_id: bytes = b"",
         stage: int = 0,
         kind: RecordKind = RecordKind.DATA,
-    ) -> bytearray:
-        """Encrypt `payload` into one frame bound to (channel, task, stage, seq, kind)."""
+        out: bytearray | memoryview | None = None,
+    ) -> bytearray | memoryview:
+        """Encrypt `payload` into one frame bound to (channel, task, stage, seq, kind).
+
+        The frame is a new bytearray, or `out` (of exactly `frame_size(...)` bytes, not
+        overlapping `payload`) when given, so a sender can reuse one buffer for large frames.
+        """
         self._check_open()
         if not isinstance(task_id, (bytes, bytearray)) or len(task_id) > MAX_TASK_ID:
             raise ChannelError(f"task id must be at most {MAX_TASK_ID} bytes")
@@ -214,6 +219,9 @@ class RecordLayer:
             )
         if kind == RecordKind.CLOSE and n:
             raise ChannelError("a close record carries no payload")
+        hdr_len = HEADER_BYTES + len(task_id)
+        if out is not None and len(out) != hdr_len + n + TAG_BYTES:
+            raise ChannelError("the output buffer must be exactly the frame size")
         if self._next_seq > MAX_SEQ:
             self.close()
             raise ChannelClosed("sequence numbers exhausted")
@@ -225,8 +233,7 @@ class RecordLayer:
             self._rekey_send()
         seq = self._next_seq
         epoch = self._send.epoch
-        hdr_len = HEADER_BYTES + len(task_id)
-        frame = bytearray(hdr_len + n + TAG_BYTES)
+        frame: bytearray | memoryview = bytearray(hdr_len + n + TAG_BYTES) if out is None else out
         HEADER.pack_into(frame, 0, RECORD_VERSION, int(kind), len(task_id), 0, stage, epoch, seq)
         frame[HEADER_BYTES:hdr_len] = task_id
         ad = self.channel_id + bytes(frame[:hdr_len])
@@ -240,13 +247,18 @@ class RecordLayer:
         self.stats.bytes_sent += n
         return frame
 
+    @staticmethod
+    def frame_size(payload_bytes: int, task_id: bytes = b"") -> int:
+        """The size of the frame `seal` makes for a payload of this length."""
+        return HEADER_BYTES + len(task_id) + payload_bytes + TAG_BYTES
+
     def seal_tensor(
         self, tensor_wire_bytes: bytes | bytearray | memoryview, task_id: bytes, stage: int
-    ) -> bytearray:
+    ) -> bytearray | memoryview:
         """Seal encoded tensor bytes (`p2pinfer.wire.tensors`) for `task_id` at `stage`."""
         return self.seal(tensor_wire_bytes, task_id=task_id, stage=stage, kind=RecordKind.TENSOR)
 
-    def seal_close(self) -> bytearray:
+    def seal_close(self) -> bytearray | memoryview:
         """Seal the authenticated close record, then erase the keys."""
         frame = self.seal(b"", kind=RecordKind.CLOSE)
         self.close()

@@ -47,7 +47,7 @@ class FramedStream(Protocol):
     as a socket's send is. A failed or ended stream raises a `P2PInferError` (the node's stream
     layer turns libp2p's errors into `WireError`), `OSError` or `EOFError`."""
 
-    async def send(self, data: bytes | bytearray) -> None: ...
+    async def send(self, data: bytes | bytearray | memoryview) -> None: ...
 
     async def recv(self) -> bytes | bytearray: ...
 
@@ -66,6 +66,7 @@ class SecureChannel:
         self.peer = peer
         self._send_lock = trio.Lock()
         self._recv_lock = trio.Lock()
+        self._send_buffer = bytearray(0)
 
     @property
     def channel_id(self) -> bytes:
@@ -102,19 +103,32 @@ class SecureChannel:
         stage: int = 0,
         kind: RecordKind = RecordKind.DATA,
     ) -> None:
-        """Seal and send one record. The payload must not change until this returns."""
+        """Seal and send one record. The payload must not change until this returns.
+
+        Large records are sealed in a worker thread into a send buffer the channel keeps and
+        reuses (ciphertext only; dropped on close), which the stream must be done with when
+        its `send` returns.
+        """
         async with self._send_lock:
             seal = partial(self._record.seal, payload, task_id=task_id, stage=stage, kind=kind)
             if self._offload(len(payload)):
-                frame = await trio.to_thread.run_sync(seal)
-                self._recheck_closed()
+                size = RecordLayer.frame_size(len(payload), task_id)
+                if len(self._send_buffer) < size:
+                    self._send_buffer = bytearray(0)  # let the old one go before allocating
+                    self._send_buffer = bytearray(size)
+                with memoryview(self._send_buffer)[:size] as frame:
+                    await trio.to_thread.run_sync(partial(seal, out=frame))
+                    self._recheck_closed()
+                    await self._send_frame(frame)
             else:
-                frame = seal()
-            try:
-                await self._stream.send(frame)
-            except _STREAM_FAILURES as err:
-                self._record.close()
-                raise ChannelClosed(f"the stream failed: {err}") from err
+                await self._send_frame(seal())
+
+    async def _send_frame(self, frame: bytearray | memoryview) -> None:
+        try:
+            await self._stream.send(frame)
+        except _STREAM_FAILURES as err:
+            self._record.close()
+            raise ChannelClosed(f"the stream failed: {err}") from err
 
     async def send_tensor(
         self, tensor_wire_bytes: bytes | bytearray | memoryview, task_id: bytes, stage: int
@@ -147,6 +161,11 @@ class SecureChannel:
     def close(self) -> None:
         """Erase the keys now, without telling the peer."""
         self._record.close()
+        self._release_buffer()
+
+    def _release_buffer(self) -> None:
+        if not self._send_lock.locked():  # a send in progress still holds a view of it
+            self._send_buffer = bytearray(0)
 
     async def aclose(self) -> None:
         """Send an authenticated close record if possible, then erase the keys."""
@@ -161,6 +180,7 @@ class SecureChannel:
             pass
         finally:
             self._record.close()
+            self._release_buffer()
 
     async def __aenter__(self) -> Self:
         return self

@@ -279,3 +279,20 @@ def test_64_mib_activation_roundtrips():
     payload = bytearray(os.urandom(1 << 16)) * 1024
     rec = b.open(a.seal(memoryview(payload), task_id=b"big", stage=1))
     assert len(rec.payload) == 64 << 20 and rec.payload == payload
+
+
+def test_seal_into_a_caller_buffer():
+    a, b = pair()
+    size = RecordLayer.frame_size(5, b"tid")
+    buf = bytearray(size + 10)
+    with memoryview(buf)[:size] as out:
+        frame = a.seal(b"hello", task_id=b"tid", out=out)
+        assert b.open(frame).payload == b"hello"
+
+
+def test_seal_into_a_wrong_size_buffer_is_refused_without_using_a_sequence_number():
+    a, b = pair()
+    with pytest.raises(ChannelError):
+        a.seal(b"hello", out=bytearray(10))
+    assert a.stats.sent == 0
+    assert b.open(a.seal(b"next")).seq == 0

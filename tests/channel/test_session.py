@@ -215,3 +215,15 @@ def test_record_repr_never_shows_the_payload():
 
     rec = Record(RecordKind.DATA, b"t", 0, 0, bytearray(b"secret activation"))
     assert "secret" not in repr(rec)
+
+
+async def test_reused_send_buffer_never_mixes_records():
+    config = ChannelConfig(offload_bytes=1024)
+    ca, cb, _, _ = await connect(FakePeer(), FakePeer(), config=config)
+    payloads = [bytes([n]) * (4096 + 1000 * n) for n in (3, 1, 2)]
+    for p in payloads:
+        await ca.send(p)
+    for p in payloads:
+        assert (await cb.recv()).payload == p
+    await ca.aclose()
+    assert len(ca._send_buffer) == 0
