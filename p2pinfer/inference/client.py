@@ -206,11 +206,15 @@ class InferenceClient:
         try:
             while not session.closed:
                 try:
-                    msg = await up.recv(expect={"step", "close"})
+                    msg = await up.recv(expect={"step", "close", "fault"})
                 except EndOfStream:
                     break
                 if msg.t == "close":
                     break
+                if msg.t == "fault":  # a stage reports a peer upstream of it vanished
+                    session.fail(msg.get("stage", int, None), msg.get("peer_id", str, None),
+                                 f"{msg.get('code', str, 'fault')}: {msg.get('message', str, '')}")
+                    continue
                 seq = msg.get("seq", int)
                 ctx = HopContext(task.task_id, len(task.route), seq, upstream)
                 hidden = await self.hop.unpack(
@@ -218,11 +222,10 @@ class InferenceClient:
                     max_bytes=self.node.config.limits.max_tensor_bytes)
                 await session.result_send.send(StepResult(seq, hidden))
         except (P2PInferError, OSError) as e:
-            if not session.closed:
-                session.fail(len(task.route) - 1, upstream, f"result hop failed: {e}")
+            log.debug("result hop of %s failed: %s", task.short_id, e)
         finally:
-            if not session.closed:
-                session.fail(len(task.route) - 1, upstream, "result hop closed")
+            if not session.closed:  # no attribution: the requester probes the route
+                session.fail(None, None, "the route's result hop closed")
 
     async def _watch_up(self, session: RouteSession) -> None:
         """Faults relayed from the route arrive on the hop to stage 0."""

@@ -209,19 +209,32 @@ class StageServer:
             down = await self._open_downstream(session, up)
             async with down:
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._relay_faults, down, up)
+                    nursery.start_soon(self._watch_downstream, session, down, up,
+                                       nursery.cancel_scope)
                     await up.send("ready", {"stage": stage})
-                    await self._serve_steps(session, view, up, down)
+                    outcome = await self._serve_steps(session, view, up, down)
                     nursery.cancel_scope.cancel()
-                with trio.move_on_after(2):
-                    try:
-                        await down.send("close")
-                    except (P2PInferError, OSError):
-                        pass  # the downstream side is already gone: nothing left to tell it
+                if outcome == "upstream-lost" and stage > 0:
+                    # tell the rest of the route (and so the requester) who vanished
+                    await self._send(down, "fault", {
+                        "stage": stage - 1, "peer_id": upstream, "code": "upstream-lost",
+                        "message": f"stage {stage - 1} stopped sending to stage {stage}"})
+                elif outcome != "downstream-lost":
+                    await self._send(down, "close", {})
         finally:
             if self.sessions.get(key) is session:
                 del self.sessions[key]
             session.erase()
+
+    async def _send(self, stream: Any, t: str, fields: dict[str, Any]) -> None:
+        """Best-effort message on a hop that may already be gone."""
+        if "message" in fields:
+            fields["message"] = str(fields["message"])[:400]
+        with trio.move_on_after(2):
+            try:
+                await stream.send(t, fields)
+            except (P2PInferError, OSError):
+                pass
 
     async def _fault(self, up: Any, session: StageSession, code: str, message: str) -> None:
         self.counters["faults"] += 1
@@ -256,42 +269,50 @@ class StageServer:
         return down
 
     async def _send_up(self, up: Any, fault: dict[str, Any]) -> None:
-        fault["message"] = str(fault.get("message", ""))[:400]
-        try:
-            with trio.move_on_after(2):
-                await up.send("fault", fault)
-        except P2PInferError:
-            pass
+        await self._send(up, "fault", fault)
 
-    async def _relay_faults(self, down: Any, up: Any) -> None:
-        """Forward `fault` messages from downstream to upstream; stop the session if the
-        downstream hop dies."""
+    async def _watch_downstream(self, session: StageSession, down: Any, up: Any,
+                                scope: trio.CancelScope) -> None:
+        """Relay `fault`s from downstream to upstream. If the downstream hop dies, report that
+        peer upstream and end the session."""
         try:
             while True:
                 msg = await down.recv(expect={"fault"})
-                await up.send("fault", dict(msg.fields))
-        except EndOfStream:
-            return
-        except (P2PInferError, OSError) as e:
-            log.debug("downstream hop ended: %s", e)
+                await self._send_up(up, dict(msg.fields))
+        except (EndOfStream, P2PInferError, OSError) as e:
+            log.debug("downstream hop of stage %d ended: %s", session.stage, e)
+            await self._send_up(up, {
+                "stage": session.stage + 1, "peer_id": session.downstream,
+                "code": "downstream-lost",
+                "message": f"stage {session.stage + 1} dropped its hop from stage {session.stage}"})
+            scope.cancel()
 
-    async def _serve_steps(self, session: StageSession, view: LayerSpan, up: Any, down: Any) -> None:
-        info = self.span.info
+    async def _serve_steps(self, session: StageSession, view: LayerSpan, up: Any, down: Any) -> str:
+        """Run steps until the session ends; returns how it ended: `closed`, `upstream-lost`,
+        `downstream-lost`, `bad-input` or `fault-forwarded`."""
         from p2pinfer.models.checkpoint import dtype_name
 
+        info = self.span.info
         dtype = dtype_name(view.dtype)
         max_bytes = self.node.config.limits.max_tensor_bytes
         while True:
             try:
-                msg = await up.recv(expect={"step", "close"})
-            except EndOfStream:
-                return
+                msg = await up.recv(expect={"step", "close", "fault"})
+            except (EndOfStream, P2PInferError, OSError) as e:
+                if isinstance(e, WireError):  # garbage from upstream
+                    await self._fault(up, session, e.code, str(e))
+                    return "bad-input"
+                return "upstream-lost"
             if msg.t == "close":
-                return
-            seq = msg.get("seq", int)
-            pos = msg.get("pos", int)
-            ctx_in = HopContext(session.task.task_id, session.stage, seq, session.upstream)
+                return "closed"
+            if msg.t == "fault":  # an upstream stage reports a vanished peer: pass it on
+                await self._send(down, "fault", dict(msg.fields))
+                return "fault-forwarded"
+            ctx_in = HopContext(session.task.task_id, session.stage, 0, session.upstream)
             try:
+                seq = msg.get("seq", int)
+                pos = msg.get("pos", int)
+                ctx_in = HopContext(session.task.task_id, session.stage, seq, session.upstream)
                 hidden = await self.hop.unpack(msg.fields, ctx_in, hidden_size=info.hidden_size,
                                                dtype=dtype, max_bytes=max_bytes)
                 if hidden.shape[1] + pos > session.task.max_length:
@@ -305,12 +326,20 @@ class StageServer:
                     finally:
                         self._busy = 0
             except (WireError, P2PInferError) as e:
-                # bad input from upstream: a typed error, and this stage keeps serving others
+                # bad input from upstream: a typed fault back, the session ends, the stage
+                # keeps serving everyone else
                 await self._fault(up, session, getattr(e, "code", "bad-input"), str(e))
-                raise
+                return "bad-input"
             session.steps += 1
             self.counters["steps"] += 1
             ctx_out = HopContext(session.task.task_id, session.stage + 1, seq, session.downstream)
             fields = await self.hop.pack(out, ctx_out)
-            await down.send("step", {"seq": seq, "pos": pos, **fields})
             del hidden, out
+            try:
+                await down.send("step", {"seq": seq, "pos": pos, **fields})
+            except (P2PInferError, OSError):
+                await self._send_up(up, {
+                    "stage": session.stage + 1, "peer_id": session.downstream,
+                    "code": "downstream-lost",
+                    "message": f"stage {session.stage + 1} stopped taking steps"})
+                return "downstream-lost"

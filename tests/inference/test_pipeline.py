@@ -1,0 +1,78 @@
+"""Distributed inference equals the full model from `transformers` on the same checkpoint."""
+
+import pytest
+import torch
+import transformers as tf
+
+from p2pinfer.inference import NoRouteError
+from p2pinfer.inference.client import PromptTooLong
+from p2pinfer.models.sampling import Sampler, SamplingParams
+
+from .conftest import network
+
+PROMPT = [3, 17, 42, 8, 64, 5]
+
+
+def hf_greedy(path, prompt, n):
+    """Greedy decoding with the `transformers` model, full forward each step (no cache, no
+    generation-config defaults such as end-of-sequence suppression)."""
+    model = tf.AutoModelForCausalLM.from_pretrained(path).eval()
+    ids = list(prompt)
+    with torch.no_grad():
+        for _ in range(n):
+            ids.append(int(model(torch.tensor([ids])).logits[0, -1].argmax()))
+    return ids[len(prompt):]
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+async def test_greedy_generation_over_two_stages_equals_transformers(tmp_path, checkpoints, family):
+    path = str(checkpoints[family])
+    async with network(tmp_path, path, [[1, 3], [3, 5]]) as (client, stages):
+        c = client.inference.client(path)
+        got = [t async for t in c.generate(PROMPT, 12, Sampler(SamplingParams()))]
+        assert [(s.start, s.end) for s in c.last_route] == [(1, 3), (3, 5)]
+        assert all(st.inference.stage.counters["steps"] == 12 for st in stages)
+    want = hf_greedy(path, PROMPT, 12)
+    assert got == want
+    assert len(set(want)) > 2  # the checkpoint's output varies, so equality means something
+
+
+async def test_encoder_embedding_over_the_network_equals_transformers(tmp_path, checkpoints):
+    path = str(checkpoints["bert"])
+    ids = [2, 11, 23, 5, 7, 9]
+    async with network(tmp_path, path, [[1, 4], [4, 5]]) as (client, _):
+        vec = await client.inference.client(path).embed(ids)
+    model = tf.AutoModel.from_pretrained(path).eval()
+    with torch.no_grad():
+        hidden = model(torch.tensor([ids])).last_hidden_state
+    ref = hidden.mean(dim=1)  # mean pooling: the default without a sentence-transformers config
+    torch.testing.assert_close(vec.reshape(ref.shape), ref, atol=1e-4, rtol=1e-4)
+
+
+async def test_sampled_generation_is_reproducible_with_a_seed(tmp_path, checkpoints):
+    path = str(checkpoints["llama"])
+    async with network(tmp_path, path, [[1, 5]]) as (client, _):
+        c = client.inference.client(path)
+        runs = []
+        for _ in range(2):
+            s = Sampler(SamplingParams(temperature=0.9, top_p=0.9, seed=11))
+            runs.append([t async for t in c.generate(PROMPT, 8, s)])
+    assert runs[0] == runs[1]
+
+
+async def test_prompt_longer_than_the_context_is_a_clear_error(tmp_path, checkpoints):
+    path = str(checkpoints["llama"])
+    async with network(tmp_path, path, [[1, 5]]) as (client, _):
+        c = client.inference.client(path)
+        with pytest.raises(PromptTooLong, match="context of 64"):
+            async for _ in c.generate(list(range(60)), 10, Sampler()):
+                pass
+
+
+async def test_no_peer_serving_the_middle_layers_is_a_clear_error(tmp_path, checkpoints):
+    path = str(checkpoints["llama"])
+    async with network(tmp_path, path, [[1, 3]]) as (client, _):
+        c = client.inference.client(path)
+        with pytest.raises(NoRouteError, match=r"\[1, 5\)"):
+            async for _ in c.generate(PROMPT, 2, Sampler()):
+                pass
