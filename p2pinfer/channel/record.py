@@ -276,11 +276,17 @@ class RecordLayer:
 
     # -- receiving -------------------------------------------------------------------------
 
-    def open(self, frame: bytes | bytearray | memoryview) -> Record:
-        """Authenticate and decrypt one frame. A close record erases the keys on return."""
+    def open(
+        self, frame: bytes | bytearray | memoryview, *, out: bytearray | None = None
+    ) -> Record:
+        """Authenticate and decrypt one frame. A close record erases the keys on return.
+
+        `out`, a spare bytearray at least as long as the payload and not viewed by anyone,
+        is shrunk to the payload and receives the plaintext instead of a new allocation.
+        """
         self._check_open()
         try:
-            record = self._open(frame)
+            record = self._open(frame, out)
         except RecordRejected as err:
             if isinstance(err, ReplayError):
                 self.stats.replayed += 1
@@ -305,7 +311,7 @@ class RecordLayer:
             raise ChannelError(f"expected a tensor record, got {record.kind.name.lower()}")
         return record
 
-    def _open(self, frame: bytes | bytearray | memoryview) -> Record:
+    def _open(self, frame: bytes | bytearray | memoryview, spare: bytearray | None) -> Record:
         n = len(frame)
         if n < HEADER_BYTES + TAG_BYTES:
             raise MalformedRecord(f"frame of {n} bytes is shorter than a record")
@@ -344,7 +350,11 @@ class RecordLayer:
                 key = _ratchet(key, step)
                 trial.append(key)
             aead = AESGCM(trial[-1])
-        out = bytearray(plen)
+        if spare is not None and len(spare) >= plen and spare is not frame:
+            del spare[plen:]  # shrinks in place: the pages stay mapped
+            out = spare
+        else:
+            out = bytearray(plen)
         with memoryview(frame) as view:
             ad = self.channel_id + bytes(view[:hdr_len])
             try:

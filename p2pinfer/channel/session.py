@@ -44,7 +44,8 @@ _STREAM_FAILURES = (
 
 class FramedStream(Protocol):
     """One frame per call. `send` must be done with `data` when it returns (written or copied),
-    as a socket's send is. A failed or ended stream raises a `P2PInferError` (the node's stream
+    as a socket's send is; `recv` returns a buffer the caller then owns (the channel reuses a
+    received bytearray for a later plaintext). A failed or ended stream raises a `P2PInferError` (the node's stream
     layer turns libp2p's errors into `WireError`), `OSError` or `EOFError`."""
 
     async def send(self, data: bytes | bytearray | memoryview) -> None: ...
@@ -67,6 +68,7 @@ class SecureChannel:
         self._send_lock = trio.Lock()
         self._recv_lock = trio.Lock()
         self._send_buffer = bytearray(0)
+        self._spare: bytearray | None = None  # last large received frame, reused for output
 
     @property
     def channel_id(self) -> bytes:
@@ -148,7 +150,15 @@ class SecureChannel:
                     raise ChannelClosed(f"the stream ended without a close record: {err}") from err
                 try:
                     if self._offload(len(frame)):
-                        record = await trio.to_thread.run_sync(self._record.open, frame)
+                        spare, self._spare = self._spare, None
+                        try:
+                            record = await trio.to_thread.run_sync(
+                                partial(self._record.open, frame, out=spare)
+                            )
+                        finally:
+                            # the ciphertext is spent: its buffer takes the next plaintext
+                            if isinstance(frame, bytearray):
+                                self._spare = frame
                         self._recheck_closed()
                     else:
                         record = self._record.open(frame)
@@ -166,6 +176,7 @@ class SecureChannel:
     def _release_buffer(self) -> None:
         if not self._send_lock.locked():  # a send in progress still holds a view of it
             self._send_buffer = bytearray(0)
+        self._spare = None
 
     async def aclose(self) -> None:
         """Send an authenticated close record if possible, then erase the keys."""

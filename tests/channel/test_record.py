@@ -296,3 +296,25 @@ def test_seal_into_a_wrong_size_buffer_is_refused_without_using_a_sequence_numbe
         a.seal(b"hello", out=bytearray(10))
     assert a.stats.sent == 0
     assert b.open(a.seal(b"next")).seq == 0
+
+
+def test_open_into_a_spare_buffer_shrinks_it_to_the_payload():
+    a, b = pair()
+    spare = bytearray(b"\xff" * 100)
+    rec = b.open(a.seal(b"abc"), out=spare)
+    assert rec.payload is spare and spare == b"abc"
+
+
+def test_open_ignores_a_spare_buffer_that_is_too_small():
+    a, b = pair()
+    spare = bytearray(2)
+    rec = b.open(a.seal(b"abcdef"), out=spare)
+    assert rec.payload == b"abcdef" and spare == bytearray(2)
+
+
+def test_failed_open_wipes_the_spare_buffer():
+    a, b = pair()
+    spare = bytearray(b"\xff" * 64)
+    with pytest.raises(DecryptError):
+        b.open(flip(a.seal(b"x" * 32), HEADER_BYTES), out=spare)
+    assert spare == bytes(32)

@@ -227,3 +227,20 @@ async def test_reused_send_buffer_never_mixes_records():
         assert (await cb.recv()).payload == p
     await ca.aclose()
     assert len(ca._send_buffer) == 0
+
+
+async def test_received_frame_buffers_are_reused_for_later_plaintexts():
+    config = ChannelConfig(offload_bytes=1024)
+    ca, cb, _, sb = await connect(FakePeer(), FakePeer(), config=config)
+    inner = sb.recv
+
+    async def owned_bytearray():
+        return bytearray(await inner())
+
+    sb.recv = owned_bytearray
+    payloads = [bytes([n]) * size for n, size in ((1, 5000), (2, 3000), (3, 9000), (4, 2000))]
+    for p in payloads:
+        await ca.send(p)
+    received = [(await cb.recv()).payload for _ in payloads]
+    assert received == payloads
+    assert len({id(r) for r in received}) == len(received)
