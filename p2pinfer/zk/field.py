@@ -103,7 +103,12 @@ def _limbs(vec: Sequence[int]) -> np.ndarray:
     return limbs.astype(np.float64)
 
 
-def int_matvec(matrix: np.ndarray, vec: Sequence[int]) -> list[int]:
+def field_limbs(vec: Sequence[int]) -> np.ndarray:
+    """16-bit limbs of field elements, to reuse across several int_matvec calls."""
+    return _limbs(vec)
+
+
+def int_matvec(matrix: np.ndarray, vec: Sequence[int], limbs: np.ndarray | None = None) -> list[int]:
     """matrix @ vec mod P for an integer matrix (rows, cols) and field vector of length cols."""
     m = np.asarray(matrix)
     rows, cols = m.shape
@@ -113,10 +118,11 @@ def int_matvec(matrix: np.ndarray, vec: Sequence[int]) -> list[int]:
         shift = (int(np.abs(m).max()).bit_length() + 1) // 2
         low = np.sign(m) * (np.abs(m) & ((1 << shift) - 1))
         high = m - low
-        lo = int_matvec(low, vec)
-        hi = int_matvec(high >> shift, vec)
+        lo = int_matvec(low, vec, limbs)
+        hi = int_matvec(high >> shift, vec, limbs)
         return [(a + (b << shift)) % P for a, b in zip(lo, hi)]
-    partial = (m.astype(np.float64) @ _limbs(vec)).astype(np.int64)  # exact: below 2**53
+    lim = _limbs(vec) if limbs is None else limbs
+    partial = (m.astype(np.float64) @ lim).astype(np.int64)  # exact: below 2**53
     return _recombine(partial)
 
 
@@ -140,9 +146,10 @@ def _recombine(partial: np.ndarray) -> list[int]:
     ]
 
 
-def int_vecmat(vec: Sequence[int], matrix: np.ndarray) -> list[int]:
+def int_vecmat(vec: Sequence[int], matrix: np.ndarray,
+               limbs: np.ndarray | None = None) -> list[int]:
     """vec @ matrix mod P for a field vector of length rows and an integer matrix."""
-    return int_matvec(np.asarray(matrix).T, vec)
+    return int_matvec(np.asarray(matrix).T, vec, limbs)
 
 
 def int_mle_eval(values: np.ndarray, point: Sequence[int]) -> int:

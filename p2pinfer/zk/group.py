@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 
+import numpy as np
 from py_arkworks_bls12381 import G1Point, Scalar
 
 from .errors import ProofFormatError
@@ -99,6 +100,7 @@ class PedersenParams:
     g_vec: tuple[G1Point, ...] = field(repr=False)
     _g_table: _FixedBase = field(repr=False, compare=False)
     _h_table: _FixedBase = field(repr=False, compare=False)
+    _key: _SeedKey = field(repr=False, compare=False)
 
     def commit(self, value: int, blind: int) -> G1Point:
         """value * g + blind * h."""
@@ -134,13 +136,26 @@ class PedersenParams:
             acc = acc - G1Point.multiexp_unchecked(neg_pts, neg_sc)
         return acc
 
+    def commit_bit_rows(self, rows: np.ndarray, blinds: Sequence[int]) -> list[G1Point]:
+        """Vector commitments of the rows of a 0/1 matrix: one addition per byte of bits,
+        from tables of the 256 subset sums of each group of 8 generators."""
+        rows = np.asarray(rows, dtype=np.uint8)
+        if rows.shape[1] > self.size:
+            raise ValueError("rows longer than the commitment key")
+        packed = np.packbits(rows, axis=1, bitorder="little")
+        tables = self._key.byte_tables(packed.shape[1])
+        out = []
+        for row, blind in zip(packed.tolist(), blinds):
+            acc = self._h_table.mul(blind)
+            for table, byte in zip(tables, row):
+                if byte:
+                    acc = acc + table[byte]
+            out.append(acc)
+        return out
+
     def commit_bits(self, bits: Sequence[int], blind: int) -> G1Point:
-        """Vector commitment of a 0/1 vector (plain additions beat an MSM here)."""
-        acc = self._h_table.mul(blind)
-        for gi, b in zip(self.g_vec, bits):
-            if b:
-                acc = acc + gi
-        return acc
+        """Vector commitment of one 0/1 vector."""
+        return self.commit_bit_rows(np.asarray([bits]), [blind])[0]
 
 
 def msm(points: Sequence[G1Point], coeffs: Sequence[int]) -> G1Point:
@@ -167,6 +182,19 @@ class _SeedKey:
         while len(self.g_vec) < size:
             self.g_vec.append(self.derive(b"v%d" % len(self.g_vec)))
 
+    def byte_tables(self, groups: int) -> list[list[G1Point]]:
+        """For each group of 8 vector generators, the sums of all 256 subsets (by bit mask)."""
+        tables = self.__dict__.setdefault("_byte_tables", [])
+        self.extend(8 * groups)
+        while len(tables) < groups:
+            gens = self.g_vec[8 * len(tables): 8 * len(tables) + 8]
+            table = [G1Point.identity()]
+            for mask in range(1, 256):
+                low = (mask & -mask).bit_length() - 1
+                table.append(table[mask & (mask - 1)] + gens[low])
+            tables.append(table)
+        return tables[:groups]
+
 
 @lru_cache(maxsize=4)
 def _seed_key(seed: bytes) -> _SeedKey:
@@ -178,7 +206,7 @@ def pedersen_params(size: int, seed: bytes = DEFAULT_SEED) -> PedersenParams:
     key = _seed_key(seed)
     key.extend(size)
     return PedersenParams(seed, size, key.g, key.h, tuple(key.g_vec[:size]), key.g_table,
-                          key.h_table)
+                          key.h_table, key)
 
 
 def identity() -> G1Point:

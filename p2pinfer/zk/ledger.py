@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Sequence
+
+import numpy as np
 from dataclasses import dataclass, field
 
 from py_arkworks_bls12381 import G1Point
@@ -127,10 +129,10 @@ class ProverLedger:
         return self.t.challenge(label)
 
     # -- committed matrices -------------------------------------------------------------------
-    def put_bit_matrix(self, rows: Sequence[Sequence[int]]) -> list[int]:
+    def put_bit_matrix(self, rows: np.ndarray) -> list[int]:
         """Commit rows of a 0/1 matrix; returns the row blindings."""
-        blinds = [random_scalar() for _ in rows]
-        encs = [encode_point(self.params.commit_bits(r, b)) for r, b in zip(rows, blinds)]
+        blinds = [random_scalar() for _ in range(len(rows))]
+        encs = [encode_point(c) for c in self.params.commit_bit_rows(rows, blinds)]
         for e in encs:
             self.t.absorb(b"matrix-row", e)
         self.record.matrices.append(encs)

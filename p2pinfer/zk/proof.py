@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import msgpack
 import numpy as np
 
+from .booleanity import BooleanityProver
 from .errors import BindingMismatch, ProofError, ProofFormatError, ShapeMismatch
 from .field import (
     P,
@@ -187,24 +188,12 @@ def _triple_sums(e: list[int], s: list[int], m: list[int]) -> tuple[int, int, in
     return a0 % P, a2 % P, a3 % P
 
 
-def _bool_sums(e: list[int], b: list[int]) -> tuple[int, int, int]:
-    """sum over the half-tables of e_t b_t (1 - b_t) for t = 0, 2, 3."""
-    h = len(e) // 2
-    a0 = a2 = a3 = 0
-    for e0, e1, b0, b1 in zip(e[:h], e[h:], b[:h], b[h:]):
-        de, db = e1 - e0, b1 - b0
-        e2, b2 = e1 + de, b1 + db
-        b3 = b2 + db
-        if b0 != 0 and b0 != 1:
-            a0 += e0 * (b0 * (1 - b0) % P)
-        a2 += (e2 * (b2 * (1 - b2) % P))
-        a3 += ((e2 + de) * (b3 * (1 - b3) % P))
-    return a0 % P, a2 % P, a3 % P
-
-
 class _BitsOracle:
-    def __init__(self, e1, s, m, e2, b, lam: int, ni: int, nb: int) -> None:
-        self.e1, self.s, self.m, self.e2, self.b = e1, s, m, e2, b
+    """Round messages of lambda/32 E1 s m + eq(r', .) B (1 - B) over (i, j)."""
+
+    def __init__(self, e1, s, m, boolean: BooleanityProver, lam: int, ni: int, nb: int) -> None:
+        self.e1, self.s, self.m = e1, s, m
+        self.boolean = boolean
         self.lam, self.ni, self.nb = lam, ni, nb
         self.round = 0
         self.const = 0
@@ -221,7 +210,7 @@ class _BitsOracle:
         else:
             c = self.const * pow(2, self.nb - self.round - 1, P) % P
             g = [c, c, c]
-        b0, b2, b3 = _bool_sums(self.e2, self.b)
+        b0, b2, b3 = self.boolean.evals()
         g0, g2, g3 = (g[0] + b0) % P, (g[1] + b2) % P, (g[2] + b3) % P
         return [g0, (claim - g0) % P, g2, g3]
 
@@ -232,8 +221,7 @@ class _BitsOracle:
             self.m = bind_first(self.m, r)
             if self.round == self.ni - 1:
                 self._set_const()
-        self.e2 = bind_first(self.e2, r)
-        self.b = bind_first(self.b, r)
+        self.boolean.bind(r)
         self.round += 1
 
 
@@ -322,7 +310,7 @@ def _layer(
         zz = (wit.z.reshape(-1) + (1 << (BITS - 1))).astype(np.uint64)
         bits = ((zz[:, None] >> np.arange(BITS, dtype=np.uint64)) & 1).astype(np.int64)
         bmat = bits.reshape(1 << rows_b, 1 << cols_b)
-        row_blinds = led.put_bit_matrix(bmat.tolist())
+        row_blinds = led.put_bit_matrix(bmat)
         e1 = [0] * (1 << ni)
         for w, (p, _) in zip(weights, claims):
             e1 = [(u + w * v) % P for u, v in zip(e1, eq_table(p))]
@@ -332,7 +320,7 @@ def _layer(
         else:
             s_tab = [1] * (1 << ni)
             m_tab = [int(v) % P for v in (wit.z.reshape(-1) >> f)]
-        oracle = _BitsOracle(e1, s_tab, m_tab, eq_table(r_bool), bits.reshape(-1).tolist(),
+        oracle = _BitsOracle(e1, s_tab, m_tab, BooleanityProver(bits.reshape(-1), r_bool, ni),
                              lam, ni, nb)
     else:
         bit_rows = led.next_matrix(1 << rows_b)

@@ -1,0 +1,139 @@
+"""Prover side of the sum-check that a committed table holds only bits.
+
+Claim: sum_x eq(r', x) B(x) (1 - B(x)) = 0 over x in {0,1}^nb, x = (i, j) with the 5 variables
+of j (bit position) last. Round k sends g_k(t) = C_k eq1(r'_k, t) Q_k(t) where C_k is the eq
+factor of the bound variables and Q_k(t) = sum_y eq(r'_{>k}, y) h(B(r_{<k}, t, y)), h(b) = b(1-b)
+(the eq factor is split off as in Gruen, "Some improvements for the PIOP for ZeroCheck", 2024).
+
+In the first two rounds B still depends on 2 or 4 raw bits per entry, so h takes at most 16
+distinct values: Q is sum_c h_t(c) W(c), where W(c) adds the eq weights of the entries with bit
+pattern c. Since eq(r'_{>k}, (i, j)) = eq_I(i) eq_J(j), W(c) is an integer-matrix-times-field-
+vector product (exact in float64, p2pinfer.zk.field) followed by 32 multiplications: the two
+largest rounds cost O(entries / 32) field operations instead of O(entries).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .field import P, bind_first, dot, eq_eval, eq_table, field_limbs, int_vecmat, inv
+
+_J = 5  # variables of the bit position
+_INV2 = (P + 1) // 2
+
+
+def _eq1(a: int, t: int) -> int:
+    return (a * t + (1 - a) * (1 - t)) % P
+
+
+class BooleanityProver:
+    def __init__(self, bits: np.ndarray, r_bool: list[int], ni: int) -> None:
+        self.r = r_bool
+        self.nb = len(r_bool)
+        self.ni = ni
+        self.k = 0
+        self.prefix = 1
+        self.claim = 0  # running claim of this term alone
+        self.q = (0, 0, 0)
+        self.bound: list[int] = []
+        self.bits = np.asarray(bits, dtype=np.int64).reshape(-1)
+        self.fast = ni >= 3
+        self.b: list[int] | None = None
+        self.t: list[int] | None = None
+        if not self.fast:
+            self.b = self.bits.tolist()
+            self.t = eq_table(self.r[1:])
+
+    # -- messages -----------------------------------------------------------------------------
+    def evals(self) -> tuple[int, int, int]:
+        """g_k(0), g_k(2), g_k(3) of the booleanity term.
+
+        Q_k has degree 2 and g_k(0) + g_k(1) equals the running claim, so Q_k(0) and Q_k(2)
+        fix Q_k(1) and hence everything else.
+        """
+        rk = self.r[self.k]
+        if self.b is None:
+            q0, q2 = self._by_patterns(self.k + 1)
+        else:
+            q0, q2 = self._direct()
+        # claim = C ((1 - r'_k) Q(0) + r'_k Q(1))
+        if self.prefix == 0 or rk == 0:
+            raise ArithmeticError("degenerate challenge")  # probability ~2**-250
+        q1 = (self.claim * inv(self.prefix) - (1 - rk) * q0) % P * inv(rk) % P
+        q3 = (q0 - 3 * q1 + 3 * q2) % P
+        self.q = (q0, q1, q2)
+        return tuple(self.prefix * _eq1(rk, t) % P * qt % P for t, qt in zip((0, 2, 3),
+                                                                           (q0, q2, q3)))
+
+    def _direct(self) -> tuple[int, int]:
+        b, t = self.b, self.t
+        h = len(b) // 2
+        q0 = q2 = 0
+        for w, b0, b1 in zip(t, b[:h], b[h:]):
+            b2 = 2 * b1 - b0
+            q0 += w * (b0 * (1 - b0) % P)
+            q2 += w * (b2 * (1 - b2) % P)
+        return q0 % P, q2 % P
+
+    def _patterns(self, level: int) -> np.ndarray:
+        """Code of the 2**level raw bits behind each entry of the level-bound table."""
+        view = self.bits.reshape(1 << level, -1)
+        code = np.zeros(view.shape[1], dtype=np.int64)
+        for x in range(1 << level):
+            code = (code << 1) | view[x]
+        return code
+
+    def _pattern_value(self, code: int, level: int, t: int | None) -> int:
+        """B at (bound challenges, t) for an entry whose raw bits are `code` (t None: bound)."""
+        n = 1 << level
+        raw = [(code >> (n - 1 - x)) & 1 for x in range(n)]
+        pts = self.bound[: level - 1] if t is not None else self.bound[:level]
+        if t is None:
+            return sum(eq_eval(pts, _bits_of(x, level)) * raw[x] for x in range(n)) % P
+        half = n // 2
+        acc = 0
+        for xp in range(half):
+            w = eq_eval(pts, _bits_of(xp, level - 1))
+            v0, v1 = raw[2 * xp], raw[2 * xp + 1]
+            acc += w * (v0 + t * (v1 - v0))
+        return acc % P
+
+    def _by_patterns(self, level: int) -> tuple[int, int, int]:
+        codes = self._patterns(level).reshape(-1, 1 << _J)  # rows: i after `level` vars
+        eq_i = eq_table(self.r[level:self.ni])
+        lim = field_limbs(eq_i)
+        eq_j = eq_table(self.r[self.ni:])
+        q = [0, 0]
+        for c in np.unique(codes).tolist():
+            hs = []
+            for t in (0, 2):
+                b = self._pattern_value(c, level, t)
+                hs.append(b * (1 - b) % P)
+            if not any(hs):
+                continue
+            weight = dot(int_vecmat(eq_i, (codes == c).astype(np.int8), lim), eq_j)
+            q[0] += hs[0] * weight
+            q[1] += hs[1] * weight
+        return q[0] % P, q[1] % P
+
+    # -- binding ------------------------------------------------------------------------------
+    def bind(self, r: int) -> None:
+        q0, q1, q2 = self.q
+        q_r = (q0 * (r - 1) * (r - 2) * _INV2 - q1 * r * (r - 2) + q2 * r * (r - 1) * _INV2) % P
+        self.claim = self.prefix * _eq1(self.r[self.k], r) % P * q_r % P
+        self.prefix = self.prefix * _eq1(self.r[self.k], r) % P
+        self.bound.append(r)
+        self.k += 1
+        if self.b is not None:
+            self.b = bind_first(self.b, r)
+            h = len(self.t) // 2
+            self.t = [(a + c) % P for a, c in zip(self.t[:h], self.t[h:])]
+        elif self.k == 2 or self.k >= self.ni:
+            codes = self._patterns(self.k)
+            values = {c: self._pattern_value(c, self.k, None) for c in np.unique(codes).tolist()}
+            self.b = [values[c] for c in codes.tolist()]
+            self.t = eq_table(self.r[self.k + 1:])
+
+
+def _bits_of(x: int, n: int) -> list[int]:
+    return [(x >> (n - 1 - k)) & 1 for k in range(n)]
