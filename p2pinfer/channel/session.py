@@ -30,8 +30,8 @@ from .keys import ChannelIdentity
 from .record import Record, RecordKind, RecordLayer, RecordStats
 
 CLOSE_SEND_TIMEOUT = 1.0  # seconds spent trying to tell the peer we close
-# what a broken or ended stream raises: ours (p2pinfer.wire.EndOfStream, WireError), sockets',
-# trio's, and libp2p's (its stream errors derive from Exception via IOException/EOFError)
+# what a broken or ended stream may raise: ours (p2pinfer.wire.EndOfStream, WireError), sockets'
+# and trio's; libp2p's own stream errors are translated by the node's stream layer
 _STREAM_FAILURES = (
     P2PInferError,
     OSError,
@@ -43,10 +43,13 @@ _STREAM_FAILURES = (
 
 
 class FramedStream(Protocol):
-    """One frame per call. `send` must be done with `data` when it returns (written or copied),
-    as a socket's send is; `recv` returns a buffer the caller then owns (the channel reuses a
-    received bytearray for a later plaintext). A failed or ended stream raises a `P2PInferError` (the node's stream
-    layer turns libp2p's errors into `WireError`), `OSError` or `EOFError`."""
+    """One frame per call.
+
+    `send` must be done with `data` when it returns (written or copied), as a socket's send is;
+    `recv` returns a buffer the caller then owns (the channel reuses a received bytearray for a
+    later plaintext). A failed or ended stream raises a `P2PInferError` (the node's stream layer
+    turns libp2p's errors into `WireError`), `OSError` or `EOFError`.
+    """
 
     async def send(self, data: bytes | bytearray | memoryview) -> None: ...
 
@@ -83,8 +86,12 @@ class SecureChannel:
         return self._record.closed
 
     @property
-    def record_layer(self) -> RecordLayer:
-        return self._record
+    def send_epoch(self) -> int:
+        return self._record.send_epoch
+
+    @property
+    def recv_epoch(self) -> int:
+        return self._record.recv_epoch
 
     def _offload(self, size: int) -> bool:
         limit = self._record.config.offload_bytes

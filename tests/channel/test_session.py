@@ -114,8 +114,8 @@ async def test_recv_skips_tampered_and_replayed_frames():
 async def test_aclose_tells_the_peer_and_erases_keys():
     a, b = FakePeer(), FakePeer()
     ca, cb, _, _ = await connect(a, b)
-    ka = (ca.record_layer._send.key, ca.record_layer._recv.key)
-    kb = (cb.record_layer._send.key, cb.record_layer._recv.key)
+    ka = (ca._record._send.key, ca._record._recv.key)
+    kb = (cb._record._send.key, cb._record._recv.key)
     async with ca:
         await ca.send(b"last")
     assert all(k == bytes(32) for k in ka)
@@ -130,7 +130,7 @@ async def test_aclose_tells_the_peer_and_erases_keys():
 async def test_cancelled_context_still_erases_keys():
     a, b = FakePeer(), FakePeer()
     ca, _, _, _ = await connect(a, b)
-    key = ca.record_layer._send.key
+    key = ca._record._send.key
     with trio.CancelScope() as scope:
         async with ca:
             scope.cancel()
@@ -192,7 +192,7 @@ async def test_stream_that_ends_without_close_record_closes_the_channel():
 
     a, b = FakePeer(), FakePeer()
     _, cb, _, sb = await connect(a, b)
-    key = cb.record_layer._recv.key
+    key = cb._record._recv.key
 
     async def ended():
         raise EndOfStream("stream ended")
@@ -244,3 +244,15 @@ async def test_received_frame_buffers_are_reused_for_later_plaintexts():
     received = [(await cb.recv()).payload for _ in payloads]
     assert received == payloads
     assert len({id(r) for r in received}) == len(received)
+
+
+async def test_rekey_over_the_stream_keeps_both_sides_in_step():
+    config = ChannelConfig(rekey_after_messages=2, rekey_after_bytes=10_000)
+    ca, cb, _, _ = await connect(FakePeer(), FakePeer(), config=config)
+    for n in range(7):
+        await ca.send(bytes([n]) * 3000)
+        assert (await cb.recv()).payload == bytes([n]) * 3000
+        await cb.send(b"ack")
+        await ca.recv()
+    assert ca.send_epoch == cb.recv_epoch == 3
+    assert cb.send_epoch == ca.recv_epoch == 3
