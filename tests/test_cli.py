@@ -1,0 +1,110 @@
+"""The command line, run as a user runs it: a subprocess, its exit code and its output."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run(*args: str, timeout: float = 120, env: dict | None = None) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+    return subprocess.run([sys.executable, "-m", "p2pinfer", *args], capture_output=True,
+                          text=True, timeout=timeout, env=full_env, stdin=subprocess.DEVNULL)
+
+
+def test_keygen_creates_a_0600_key_and_keeps_the_peer_id(tmp_path):
+    key = tmp_path / "id.key"
+    first = run("keygen", "--out", str(key))
+    assert first.returncode == 0, first.stderr
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    second = run("keygen", "--out", str(key))
+    assert second.stdout.split()[0] == first.stdout.split()[0]
+    assert "existing key" in second.stdout
+
+
+def test_malformed_config_is_one_line_naming_file_and_key_with_exit_2(tmp_path):
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text("[net]\nlisten = 5\n")
+    proc = run("node", "--config", str(cfg))
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert str(cfg) in lines[0] and "net.listen" in lines[0]
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text("[net]\nlisten = 5\n")
+    proc = run("--debug", "node", "--config", str(cfg))
+    assert proc.returncode == 2 and "Traceback" in proc.stderr
+
+
+def test_peers_without_a_running_node_is_a_user_error(tmp_path):
+    proc = run("peers", "--socket", str(tmp_path / "nothing.sock"))
+    assert proc.returncode == 2
+    assert "no running node" in proc.stderr
+
+
+def test_infer_without_any_peer_to_ask_is_a_user_error():
+    proc = run("infer", "--prompt", "hello")
+    assert proc.returncode == 2 and "--bootstrap" in proc.stderr
+
+
+def test_unknown_command_exits_2():
+    assert run("frobnicate").returncode == 2
+
+
+@pytest.mark.slow
+def test_testnet_of_five_converges_and_prints_a_json_summary(tmp_path):
+    proc = run("testnet", "--peers", "5", "--check", "--timeout", "90",
+               "--base-dir", str(tmp_path / "net"), timeout=240)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads(proc.stdout)
+    assert summary["converged"] is True and summary["peers"] == 5
+    assert summary["convergence_s"] >= 0 and len({n["peer_id"] for n in summary["nodes"]}) == 5
+    # every peer process stopped, and cleanly
+    for i in range(5):
+        log = (tmp_path / "net" / f"peer-{i}" / "node.log").read_text()
+        assert "Traceback" not in log and "ExceptionGroup" not in log, log[-2000:]
+
+
+@pytest.mark.slow
+def test_demo_runs_real_inference_through_a_testnet_and_matches_local(tmp_path):
+    proc = run("demo", timeout=400, env={"P2PINFER_HOME": str(tmp_path / "home")})
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    assert "demo ok" in proc.stdout
+    assert "rankings match" in proc.stdout and "tokens identical" in proc.stdout
+    assert "RANDOM weights" in proc.stdout
+
+
+def test_peers_shows_the_table_of_a_running_node(tmp_path):
+    import time
+
+    cfg = tmp_path / "node.toml"
+    cfg.write_text(f'[node]\ndata_dir = "{tmp_path / "d"}"\n[net]\ndht = false\n')
+    ready = tmp_path / "ready.json"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "p2pinfer", "node", "--config", str(cfg),
+                             "--ready-file", str(ready)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not ready.exists() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+        assert ready.exists(), proc.stdout.read() if proc.poll() is not None else "no ready file"
+        out = run("peers", "--config", str(cfg))
+        assert out.returncode == 0, out.stderr
+        assert "no peers known yet" in out.stdout
+        status = run("peers", "--config", str(cfg), "--json")
+        assert json.loads(status.stdout)["peers"] == []
+    finally:
+        proc.send_signal(2)
+        assert proc.wait(timeout=30) == 0
