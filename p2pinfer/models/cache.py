@@ -94,6 +94,16 @@ class KVCache:
         self._values[layer][:, :, start:end] = values
         return self._keys[layer][:, :, :end], self._values[layer][:, :, :end]
 
+    def layer(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Views of layer `layer`'s keys and values for the committed positions."""
+        if not 0 <= layer < self.num_layers:
+            raise CacheError(f"no layer {layer} in this cache")
+        if not self._keys:
+            empty = torch.zeros((1, self.num_kv_heads, 0, self.head_dim), dtype=self.dtype)
+            return empty, empty
+        end = self._length
+        return self._keys[layer][:, :, :end], self._values[layer][:, :, :end]
+
     def commit(self, new_length: int) -> None:
         """Record that positions [0, new_length) now hold valid keys and values."""
         self._length = new_length

@@ -100,7 +100,9 @@ class ModelInfo:
         """KV-cache bytes one position costs across `num_layers` layers (0 for encoders)."""
         if not self.is_decoder:
             return 0
-        per_layer = 2 * self.num_kv_heads * self.head_dim * torch.tensor([], dtype=dtype).element_size()
+        per_layer = (
+            2 * self.num_kv_heads * self.head_dim * torch.tensor([], dtype=dtype).element_size()
+        )
         return per_layer * num_layers
 
 
@@ -119,7 +121,7 @@ def _read_header(file: Path) -> dict[str, TensorEntry]:
     entries: dict[str, TensorEntry] = {}
     try:
         with safe_open(str(file), framework="pt") as f:
-            for key in f.keys():
+            for key in f.keys():  # noqa: SIM118 (safe_open is not a dict)
                 sl = f.get_slice(key)
                 entries[key] = TensorEntry(file, sl.get_dtype(), tuple(sl.get_shape()))
     except FileNotFoundError:
@@ -184,7 +186,7 @@ class Checkpoint:
             header = _read_header(file)
             dup = entries.keys() & header.keys()
             if dup:
-                raise ModelError(f"{self.path}: tensor {sorted(dup)[0]} appears in two files")
+                raise ModelError(f"{self.path}: tensor {min(dup)} appears in two files")
             entries |= header
         return entries
 
@@ -240,8 +242,12 @@ class Checkpoint:
                         f"{list(entry.shape)}, the config implies {list(shape)}"
                     )
                 if entry.dtype not in _DTYPES:
-                    raise ModelError(f"{self.path}: weight {key} has unsupported dtype {entry.dtype}")
-        layer_re = re.compile(re.escape(self.base + self.family.layer_prefix(0)).replace("0", r"(\d+)", 1))
+                    raise ModelError(
+                        f"{self.path}: weight {key} has unsupported dtype {entry.dtype}"
+                    )
+        layer_re = re.compile(
+            re.escape(self.base + self.family.layer_prefix(0)).replace("0", r"(\d+)", 1)
+        )
         for key in self.entries:
             m = layer_re.match(key)
             if m and int(m.group(1)) >= self.config.num_layers:
@@ -324,5 +330,3 @@ class Checkpoint:
 def load_model_info(path: str | Path) -> ModelInfo:
     """Read config and weight headers of a local checkpoint (no tensor data) and describe it."""
     return Checkpoint(path).info()
-
-

@@ -46,7 +46,9 @@ class DefaultModel:
     num_params: int
 
 
-def _llama_config(name: str, layers: int, hidden: int, heads: int, kv_heads: int, inter: int) -> dict[str, Any]:
+def _llama_config(
+    name: str, layers: int, hidden: int, heads: int, kv_heads: int, inter: int
+) -> dict[str, Any]:
     return {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
@@ -83,7 +85,10 @@ def _llama_shapes(cfg: dict[str, Any]) -> dict[str, tuple[int, ...]]:
     h, i, v = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"]
     q = cfg["num_attention_heads"] * cfg["head_dim"]
     kv = cfg["num_key_value_heads"] * cfg["head_dim"]
-    shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (v, h), "model.norm.weight": (h,)}
+    shapes: dict[str, tuple[int, ...]] = {
+        "model.embed_tokens.weight": (v, h),
+        "model.norm.weight": (h,),
+    }
     for n in range(cfg["num_hidden_layers"]):
         p = f"model.layers.{n}."
         shapes |= {
@@ -108,19 +113,28 @@ def default_models() -> tuple[DefaultModel, ...]:
     """Metadata of the shipped models (nothing is loaded or written)."""
     return (
         DefaultModel(
-            MINILM, "embedding", "bert",
+            MINILM,
+            "embedding",
+            "bert",
             "sentence-transformers/all-MiniLM-L6-v2 sentence embeddings (real weights)",
-            random_weights=False, num_params=22_565_376,
+            random_weights=False,
+            num_params=22_565_376,
         ),
         DefaultModel(
-            TINY_LLAMA, "generation", "llama",
+            TINY_LLAMA,
+            "generation",
+            "llama",
             "8-layer Llama-style decoder, hidden 256, RANDOM weights (output is noise)",
-            random_weights=True, num_params=_count(_llama_shapes(_DECODERS[TINY_LLAMA])),
+            random_weights=True,
+            num_params=_count(_llama_shapes(_DECODERS[TINY_LLAMA])),
         ),
         DefaultModel(
-            LLAMA_108M, "generation", "llama",
+            LLAMA_108M,
+            "generation",
+            "llama",
             "12-layer Llama-style decoder, hidden 768, RANDOM weights, for benchmarks",
-            random_weights=True, num_params=_count(_llama_shapes(_DECODERS[LLAMA_108M])),
+            random_weights=True,
+            num_params=_count(_llama_shapes(_DECODERS[LLAMA_108M])),
         ),
     )
 
@@ -197,9 +211,12 @@ def write_random_decoder(directory: Path, config: dict[str, Any]) -> None:
     tokenizer["truncation"] = None
     (directory / "tokenizer.json").write_text(json.dumps(tokenizer, ensure_ascii=False))
     digests = {
-        f.name: hashlib.sha256(f.read_bytes()).hexdigest()
-        for f in sorted(directory.iterdir())
+        f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(directory.iterdir())
     }
-    stamp = {"format_version": _FORMAT_VERSION, "name": config["p2pinfer_name"],
-             "random_weights": True, "sha256": digests}
+    stamp = {
+        "format_version": _FORMAT_VERSION,
+        "name": config["p2pinfer_name"],
+        "random_weights": True,
+        "sha256": digests,
+    }
     (directory / _STAMP).write_text(json.dumps(stamp, indent=2, sort_keys=True) + "\n")

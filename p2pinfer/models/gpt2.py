@@ -19,7 +19,14 @@ from torch import nn
 from p2pinfer.models.cache import KVCache
 from p2pinfer.models.errors import ModelError
 from p2pinfer.models.family import ArchConfig, Family, Shapes, Weights, eos_ids, field
-from p2pinfer.models.layers import LayerNorm, Linear, attention, causal_mask, merge_heads, split_heads
+from p2pinfer.models.layers import (
+    LayerNorm,
+    Linear,
+    attention,
+    causal_mask,
+    merge_heads,
+    split_heads,
+)
 
 _ACTIVATIONS = {
     "gelu_new": lambda x: F.gelu(x, approximate="tanh"),

@@ -50,9 +50,7 @@ class RMSNorm(nn.Module):
         return self.weight * h.to(dtype)
 
 
-def causal_mask(
-    q_start: int, q_len: int, k_len: int, window: int | None = None
-) -> torch.Tensor:
+def causal_mask(q_start: int, q_len: int, k_len: int, window: int | None = None) -> torch.Tensor:
     """Boolean [q_len, k_len] mask, True where query may attend to key.
 
     Queries sit at positions [q_start, q_start + q_len); keys at the k_len positions ending with

@@ -5,13 +5,16 @@ configuration): the requester keeps the embeddings and first k layers (`ClientHe
 last k' layers with the final norm and LM head or pooling (`ClientTail`); peers serve
 `LayerSpan`s covering [k, L - k'). Head + spans + tail compute exactly the full model.
 
-Everything here is batch 1: activations are [1, T, hidden]. Decoders take a `KVCache` per
-piece and session and a `start_pos` equal to the cache length; T > 1 is a prefill, T == 1 a
-decode step. Encoders take the whole sequence at once with no cache.
+Pieces hold weights only, never session state: one span serves many sessions at once (from
+several threads too), each with its own cache. Everything here is batch 1: activations are
+[1, T, hidden]. Decoders take a `KVCache` per piece and session and a `start_pos` equal to the
+cache length; T > 1 is a prefill, T == 1 a decode step. Encoders take the whole sequence at once
+with no cache.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -128,9 +131,7 @@ def _check_range(info: ModelInfo, start: int, end: int, what: str) -> None:
     if not (isinstance(start, int) and isinstance(end, int)):
         raise ModelError(f"{what} bounds must be ints")
     if not 0 <= start <= end <= info.num_layers:
-        raise ModelError(
-            f"{what} [{start}, {end}) is outside the model's {info.num_layers} layers"
-        )
+        raise ModelError(f"{what} [{start}, {end}) is outside the model's {info.num_layers} layers")
 
 
 class LayerSpan(_Layers):
@@ -151,6 +152,19 @@ class LayerSpan(_Layers):
 
     def __repr__(self) -> str:
         return f"LayerSpan({self.info.model_id}, [{self.start}, {self.end}), {self.dtype})"
+
+    def slice(self, start: int, end: int) -> LayerSpan:
+        """Layers [start, end) of this span as a span of their own, sharing the weights."""
+        if (start, end) == (self.start, self.end):
+            return self
+        if not (isinstance(start, int) and isinstance(end, int)) or not (
+            self.start <= start < end <= self.end
+        ):
+            raise ModelError(f"[{start}, {end}) is not inside the span [{self.start}, {self.end})")
+        view = copy.copy(self)
+        view.blocks = nn.ModuleList(list(self.blocks)[start - self.start : end - self.start])
+        view.start, view.end = start, end
+        return view
 
     def forward(
         self, hidden: torch.Tensor, cache: KVCache | None = None, start_pos: int = 0
@@ -292,7 +306,6 @@ class LocalModel:
             hidden = hidden[:, -1:]
         with torch.no_grad():
             return self.tail.output(hidden).float()
-
 
     def generate(
         self,

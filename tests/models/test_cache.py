@@ -100,3 +100,15 @@ def test_cache_repr_shows_no_contents(checkpoints):
     cache = span.new_cache()
     span.forward(torch.full((1, 2, 64), 0.123), cache, 0)
     assert "0.123" not in repr(cache) and "tensor" not in repr(cache)
+
+
+def test_layer_views_hold_the_committed_positions(checkpoints):
+    span = LayerSpan.load(checkpoints["llama"][0], 0, 2)
+    cache = span.new_cache()
+    keys, values = cache.layer(1)
+    assert keys.shape == (1, 2, 0, 16)
+    span.forward(torch.randn(1, 3, 64), cache, 0)
+    keys, values = cache.layer(1)
+    assert keys.shape == values.shape == (1, 2, 3, 16)
+    with pytest.raises(CacheError):
+        cache.layer(2)

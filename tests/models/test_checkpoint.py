@@ -221,3 +221,36 @@ def test_head_and_tail_bounds_are_checked(checkpoints):
 def test_unsupported_dtype_is_a_model_error(checkpoints):
     with pytest.raises(ModelError, match="dtype"):
         LayerSpan.load(checkpoints["llama"][0], 0, 1, dtype=torch.int8)
+
+
+def test_slice_of_a_span_shares_weights_and_computes_its_layers(checkpoints):
+    path, _ = checkpoints["llama"]
+    span = LayerSpan.load(path, 0, 4)
+    part = span.slice(1, 3)
+    assert (part.start, part.end, part.num_layers) == (1, 3, 2)
+    assert part.blocks[0] is span.blocks[1]
+    x = torch.randn(1, 5, 64)
+    expected = LayerSpan.load(path, 1, 3).forward(x)
+    assert torch.allclose(part.forward(x, part.new_cache(), 0), expected, atol=1e-6, rtol=0)
+    assert span.slice(0, 4) is span
+    with pytest.raises(ModelError):
+        span.slice(2, 5)
+
+
+def test_span_params_sum_the_layers(checkpoints):
+    info = load_model_info(checkpoints["mistral"][0])
+    assert info.span_params(1, 3) == 2 * info.layer_params[0]
+
+
+def test_missing_tokenizer_is_a_model_error(checkpoints):
+    from p2pinfer.models import Tokenizer
+
+    with pytest.raises(ModelError, match="tokenizer.json is missing"):
+        Tokenizer.load(checkpoints["llama"][0])
+
+
+def test_generation_needs_a_decoder(checkpoints):
+    from p2pinfer.models import LocalModel
+
+    with pytest.raises(ModelError, match="decoder"):
+        LocalModel.load(checkpoints["bert"][0]).generate([1, 2], 3)

@@ -77,7 +77,7 @@ def test_tiny_decoder_matches_transformers(tiny):
         ref_gen = ref.generate(ids, max_new_tokens=6, min_new_tokens=6, do_sample=False)
     model = LocalModel.load(tiny)
     assert torch.allclose(model.forward(ids), ref_logits, atol=1e-4, rtol=0)
-    assert model.generate(prompt, 6) == ref_gen[0, len(prompt):].tolist()
+    assert model.generate(prompt, 6) == ref_gen[0, len(prompt) :].tolist()
 
 
 def test_decoder_tokenizer_adds_no_special_tokens(tiny):

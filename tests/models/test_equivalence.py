@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tests.models.tiny_checkpoints import DECODERS, FAMILIES, random_ids, reference_output
 
 from p2pinfer.models import (
     ClientHead,
@@ -19,9 +18,16 @@ from p2pinfer.models import (
     full_forward,
     generate,
 )
+from tests.models.tiny_checkpoints import DECODERS, FAMILIES, random_ids, reference_output
 
 ATOL = 1e-4
-SPLITS = [(0, 0, [(0, 4)]), (1, 1, [(1, 3)]), (2, 0, [(2, 3), (3, 4)]), (0, 3, [(0, 1)]), (4, 0, [])]
+SPLITS = [
+    (0, 0, [(0, 4)]),
+    (1, 1, [(1, 3)]),
+    (2, 0, [(2, 3), (3, 4)]),
+    (0, 3, [(0, 1)]),
+    (4, 0, []),
+]
 
 
 @pytest.mark.parametrize("name", FAMILIES)
@@ -48,7 +54,11 @@ def test_head_spans_tail_equal_full_model(checkpoints, name, k, k_tail, spans):
 def test_cached_decode_steps_match_full_sequence_logits(checkpoints, name):
     path, model = checkpoints[name]
     ids = random_ids(12, seed=2)
-    head, span, tail = ClientHead.load(path, 1), LayerSpan.load(path, 1, 3), ClientTail.load(path, 1)
+    head, span, tail = (
+        ClientHead.load(path, 1),
+        LayerSpan.load(path, 1, 3),
+        ClientTail.load(path, 1),
+    )
     caches = [p.new_cache() for p in (head, span, tail)]
     pieces = []
     chunks = [(0, 5), (5, 6), (6, 7), (7, 10), (10, 11), (11, 12)]  # prefill, steps, a chunk
@@ -87,7 +97,11 @@ def test_greedy_generation_equals_transformers_greedy(checkpoints, name):
 
 def test_distributed_generation_equals_local_generation(checkpoints):
     path, _ = checkpoints["qwen2"]
-    head, span, tail = ClientHead.load(path, 1), LayerSpan.load(path, 1, 4), ClientTail.load(path, 0)
+    head, span, tail = (
+        ClientHead.load(path, 1),
+        LayerSpan.load(path, 1, 4),
+        ClientTail.load(path, 0),
+    )
     caches = [head.new_cache(), span.new_cache(), tail.new_cache()]
 
     def step(tokens, pos):

@@ -108,8 +108,12 @@ def test_default_noise_comes_from_the_os_and_differs_per_call():
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"clip_norm": 0.0, "sigma": 1.0}, {"clip_norm": 1.0, "sigma": -1.0},
-     {"clip_norm": 1.0, "sigma": 1.0, "delta": 0.0}, {"clip_norm": math.inf, "sigma": 1.0}],
+    [
+        {"clip_norm": 0.0, "sigma": 1.0},
+        {"clip_norm": 1.0, "sigma": -1.0},
+        {"clip_norm": 1.0, "sigma": 1.0, "delta": 0.0},
+        {"clip_norm": math.inf, "sigma": 1.0},
+    ],
 )
 def test_bad_noise_parameters_are_a_model_error(kwargs):
     with pytest.raises(ModelError):

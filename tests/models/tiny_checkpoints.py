@@ -17,39 +17,69 @@ except AttributeError:  # older transformers
     pass
 
 VOCAB = 128
-_COMMON = dict(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=4, num_attention_heads=4)
+_COMMON = {"vocab_size": VOCAB, "hidden_size": 64, "num_hidden_layers": 4, "num_attention_heads": 4}
 
 
 def _configs() -> dict[str, object]:
     t = transformers
     return {
         "llama": t.LlamaConfig(
-            **_COMMON, num_key_value_heads=2, intermediate_size=96, max_position_embeddings=128,
-            tie_word_embeddings=False, eos_token_id=None, bos_token_id=None,
+            **_COMMON,
+            num_key_value_heads=2,
+            intermediate_size=96,
+            max_position_embeddings=128,
+            tie_word_embeddings=False,
+            eos_token_id=None,
+            bos_token_id=None,
         ),
         "llama3-rope": t.LlamaConfig(
-            **_COMMON, num_key_value_heads=1, intermediate_size=96, max_position_embeddings=256,
+            **_COMMON,
+            num_key_value_heads=1,
+            intermediate_size=96,
+            max_position_embeddings=256,
             rope_parameters={
-                "rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
-                "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                "rope_type": "llama3",
+                "rope_theta": 500000.0,
+                "factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
                 "original_max_position_embeddings": 16,
             },
-            tie_word_embeddings=True, eos_token_id=None, bos_token_id=None,
+            tie_word_embeddings=True,
+            eos_token_id=None,
+            bos_token_id=None,
         ),
         "qwen2": t.Qwen2Config(
-            **_COMMON, num_key_value_heads=2, intermediate_size=96, max_position_embeddings=128,
-            tie_word_embeddings=True, eos_token_id=None, bos_token_id=None,
+            **_COMMON,
+            num_key_value_heads=2,
+            intermediate_size=96,
+            max_position_embeddings=128,
+            tie_word_embeddings=True,
+            eos_token_id=None,
+            bos_token_id=None,
         ),
         "mistral": t.MistralConfig(
-            **_COMMON, num_key_value_heads=2, intermediate_size=96, max_position_embeddings=128,
-            sliding_window=5, eos_token_id=None, bos_token_id=None,
+            **_COMMON,
+            num_key_value_heads=2,
+            intermediate_size=96,
+            max_position_embeddings=128,
+            sliding_window=5,
+            eos_token_id=None,
+            bos_token_id=None,
         ),
         "gpt2": t.GPT2Config(
-            vocab_size=VOCAB, n_embd=64, n_layer=4, n_head=4, n_positions=128,
-            eos_token_id=None, bos_token_id=None,
+            vocab_size=VOCAB,
+            n_embd=64,
+            n_layer=4,
+            n_head=4,
+            n_positions=128,
+            eos_token_id=None,
+            bos_token_id=None,
         ),
         "bert": t.BertConfig(
-            **_COMMON, intermediate_size=96, max_position_embeddings=128,
+            **_COMMON,
+            intermediate_size=96,
+            max_position_embeddings=128,
         ),
     }
 
