@@ -119,22 +119,24 @@ class PedersenParams:
         acc = G1Point.multiexp_unchecked(list(self.g_vec[: len(values)]), scalars(values))
         return acc + self._h_table.mul(blind)
 
-    def commit_small_ints(self, values: Sequence[int], blind: int) -> G1Point:
-        """Vector commitment of small signed integers: two MSMs with short scalars."""
-        pos_pts, pos_sc, neg_pts, neg_sc = [], [], [], []
-        for gi, v in zip(self.g_vec, values):
-            if v > 0:
-                pos_pts.append(gi)
-                pos_sc.append(Scalar.from_le_bytes(int(v).to_bytes(32, "little")))
-            elif v < 0:
-                neg_pts.append(gi)
-                neg_sc.append(Scalar.from_le_bytes(int(-v).to_bytes(32, "little")))
+    def commit_small_ints(self, values: Sequence[int] | np.ndarray, blind: int) -> G1Point:
+        """Vector commitment of small signed integers (|v| < 2**63): one MSM with short
+        scalars, negative entries taken as |v| times the negated generator."""
+        v = np.asarray(values, dtype=np.int64).reshape(-1)
+        if v.size > self.size:
+            raise ValueError("vector longer than the commitment key")
+        nz = np.flatnonzero(v)
         acc = self._h_table.mul(blind)
-        if pos_pts:
-            acc = acc + G1Point.multiexp_unchecked(pos_pts, pos_sc)
-        if neg_pts:
-            acc = acc - G1Point.multiexp_unchecked(neg_pts, neg_sc)
-        return acc
+        if nz.size == 0:
+            return acc
+        raw = np.zeros((nz.size, 32), dtype=np.uint8)
+        raw[:, :8] = np.abs(v[nz]).astype("<u8").view(np.uint8).reshape(-1, 8)
+        buf = raw.tobytes()
+        sc = [Scalar.from_le_bytes(buf[32 * k: 32 * k + 32]) for k in range(nz.size)]
+        neg = self._key.negated(self.size)
+        g = self.g_vec
+        pts = [neg[i] if s else g[i] for i, s in zip(nz.tolist(), (v[nz] < 0).tolist())]
+        return acc + G1Point.multiexp_unchecked(pts, sc)
 
     def commit_bit_rows(self, rows: np.ndarray, blinds: Sequence[int]) -> list[G1Point]:
         """Vector commitments of the rows of a 0/1 matrix: one addition per byte of bits,
@@ -181,6 +183,13 @@ class _SeedKey:
     def extend(self, size: int) -> None:
         while len(self.g_vec) < size:
             self.g_vec.append(self.derive(b"v%d" % len(self.g_vec)))
+
+    def negated(self, size: int) -> list[G1Point]:
+        neg = self.__dict__.setdefault("_negated", [])
+        self.extend(size)
+        while len(neg) < size:
+            neg.append(-self.g_vec[len(neg)])
+        return neg
 
     def byte_tables(self, groups: int) -> list[list[G1Point]]:
         """For each group of 8 vector generators, the sums of all 256 subsets (by bit mask)."""

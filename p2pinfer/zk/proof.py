@@ -302,15 +302,19 @@ def _layer(
             total = total - lin * w
 
     # 2. bit matrix of z + 2**31, committed row by row
-    lam = led.challenge(f"{name}/lambda".encode())
-    r_bool = [led.challenge(f"{name}/bool/{k}".encode()) for k in range(nb)]
+    # The bit matrix is committed before lambda and r' are drawn: both must be unpredictable.
     rows_b, cols_b = hyrax_split(nb, 5)
-    oracle = None
     if prover:
         zz = (wit.z.reshape(-1) + (1 << (BITS - 1))).astype(np.uint64)
         bits = ((zz[:, None] >> np.arange(BITS, dtype=np.uint64)) & 1).astype(np.int64)
         bmat = bits.reshape(1 << rows_b, 1 << cols_b)
         row_blinds = led.put_bit_matrix(bmat)
+    else:
+        bit_rows = led.next_matrix(1 << rows_b)
+    lam = led.challenge(f"{name}/lambda".encode())
+    r_bool = [led.challenge(f"{name}/bool/{k}".encode()) for k in range(nb)]
+    oracle = None
+    if prover:
         e1 = [0] * (1 << ni)
         for w, (p, _) in zip(weights, claims):
             e1 = [(u + w * v) % P for u, v in zip(e1, eq_table(p))]
@@ -322,8 +326,6 @@ def _layer(
             m_tab = [int(v) % P for v in (wit.z.reshape(-1) >> f)]
         oracle = _BitsOracle(e1, s_tab, m_tab, BooleanityProver(bits.reshape(-1), r_bool, ni),
                              lam, ni, nb)
-    else:
-        bit_rows = led.next_matrix(1 << rows_b)
     point, final = sumcheck(led, f"{name}/bits", total * lam, nb, 3, oracle)
     rho, sigma = point[:ni], point[ni:]
 

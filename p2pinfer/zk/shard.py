@@ -414,7 +414,7 @@ def _layer_matrix(values: np.ndarray) -> np.ndarray:
 
 def _commit_rows(pp: PedersenParams, mat: np.ndarray) -> tuple[list[bytes], list[int]]:
     blinds = [random_scalar() for _ in range(mat.shape[0])]
-    rows = [encode_point(pp.commit_small_ints(r.tolist(), s)) for r, s in zip(mat, blinds)]
+    rows = [encode_point(pp.commit_small_ints(r, s)) for r, s in zip(mat, blinds)]
     return rows, blinds
 
 
