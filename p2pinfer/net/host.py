@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import re
+import socket
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -215,6 +216,8 @@ async def open_host(identity: NodeIdentity, net: NetSection) -> AsyncIterator[Ho
     )
     if str(lp2p.get_id()) != identity.peer_id:  # pragma: no cover - guards a libp2p change
         raise P2PInferError("libp2p derived a different peer id from our key")
+    _check_ports_free(net.listen)
+    _disable_auto_dial(lp2p)
     host = Host(lp2p, identity, net)
     started = False
     try:
@@ -225,10 +228,53 @@ async def open_host(identity: NodeIdentity, net: NetSection) -> AsyncIterator[Ho
             finally:
                 with trio.CancelScope(shield=True), trio.move_on_after(5):
                     await _close_connections(host)
+                    await _close_listeners(host)
     except OSError as e:
         if started:
             raise
         raise ConfigError(f"cannot listen on {net.listen}: {e.strerror or e}") from None
+
+
+async def _close_listeners(host: Host) -> None:
+    """libp2p 0.8.1 leaves its TCP listeners (and their system tasks) running after the host
+    stops, so the port stays bound; close them ourselves."""
+    listeners = getattr(host.lp2p.get_network(), "listeners", {})
+    for listener in list(listeners.values()):
+        try:
+            await listener.close()
+        except Exception as e:  # closing is best effort: the process may be going away
+            log.debug("closing listener: %s", type(e).__name__)
+
+
+def _check_ports_free(listen: list[str]) -> None:
+    """libp2p binds with SO_REUSEPORT, so a second node on a busy port would silently share
+    (and steal) its connections. Refuse fixed ports that another socket is listening on."""
+    for addr in listen:
+        parts = addr.split("/")
+        if len(parts) < 5 or parts[1] not in ("ip4", "ip6") or parts[3] != "tcp":
+            continue
+        if parts[4] == "0":
+            continue
+        family = socket.AF_INET if parts[1] == "ip4" else socket.AF_INET6
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((parts[2], int(parts[4])))
+            except OSError as e:
+                raise ConfigError(f"cannot listen on {addr}: {e.strerror or e}") from None
+
+
+def _disable_auto_dial(lp2p: Any) -> None:
+    """libp2p's connection manager dials every peer in the peerstore while below its low
+    watermark (100). The node decides whom to dial (bootstrap, DHT results, mDNS events), so
+    that loop is turned off; pruning above the high watermark stays on."""
+    connector = getattr(lp2p.get_network(), "auto_connector", None)
+    if connector is not None:
+
+        async def no_auto_dial() -> None:
+            return None
+
+        connector.maybe_connect = no_auto_dial
 
 
 async def _close_connections(host: Host) -> None:

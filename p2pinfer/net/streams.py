@@ -317,7 +317,7 @@ class InboundGuard:
 
     def request_handler(self, handler: RequestHandler) -> Callable[[Any], Awaitable[None]]:
         async def on_stream(raw: Any) -> None:
-            await self._guarded(raw, lambda fs: self._answer_requests(fs, handler))
+            await self._guarded(raw, lambda fs: self._answer_requests(fs, handler), hold=False)
 
         return on_stream
 
@@ -329,21 +329,29 @@ class InboundGuard:
 
         return on_stream
 
-    async def _guarded(self, raw: Any, body: Callable[[FramedStream], Awaitable[None]]) -> None:
+    async def _guarded(
+        self, raw: Any, body: Callable[[FramedStream], Awaitable[None]], *, hold: bool = True
+    ) -> None:
+        """Run `body` on the stream; with `hold`, one inbound slot is held for its duration
+        (request streams take a slot per request instead, so idle kept-alive streams hold
+        none)."""
         peer = str(raw.muxed_conn.peer_id)
         fs = FramedStream(raw, peer, max_frame=self.max_frame, timeout_s=self.timeout_s)
         self.counters["streams"] += 1
         try:
-            try:
-                self._slots.acquire_nowait()
-            except trio.WouldBlock:
-                self.counters["busy"] += 1
-                await self._reply_error(fs, Busy("too many inbound streams"))
-                return
-            try:
+            if hold:
+                try:
+                    self._slots.acquire_nowait()
+                except trio.WouldBlock:
+                    self.counters["busy"] += 1
+                    await self._reply_error(fs, Busy("too many inbound streams"))
+                    return
+                try:
+                    await body(fs)
+                finally:
+                    self._slots.release()
+            else:
                 await body(fs)
-            finally:
-                self._slots.release()
         except (WireError, StreamTimeout) as e:
             # the peer sent garbage, an oversized length, or nothing: tell it once, then close
             self.counters["garbage"] += 1
@@ -385,6 +393,14 @@ class InboundGuard:
                 raise
             msg = decode_message(frame, max_size=self.max_frame)  # WireError: garbage, close
             try:
+                self._slots.acquire_nowait()
+            except trio.WouldBlock:
+                self.counters["busy"] += 1
+                self.counters["error_replies"] += 1
+                await fs.send_bytes(error_message("busy", "too many requests in progress"))
+                served += 1
+                continue
+            try:
                 reply = await handler(msg, fs.peer_id)
             except (FrameTooLarge, WireError) as e:
                 # the request decoded but its fields are wrong: answer and keep serving
@@ -397,6 +413,8 @@ class InboundGuard:
                 log.exception("request handler for %s failed", fs.protocol)
                 self.counters["error_replies"] += 1
                 reply = error_message("internal", "the handler failed")
+            finally:
+                self._slots.release()
             if isinstance(reply, EncodedReply):
                 await fs._send_parts(reply.parts)
             elif isinstance(reply, (bytes, bytearray)):

@@ -1,0 +1,122 @@
+"""Peers find each other with no central server: one bootstrap peer, the DHT, re-dial, mDNS."""
+
+from __future__ import annotations
+
+import threading
+
+import multiaddr
+import trio
+from libp2p.discovery.events.peerDiscovery import peerDiscovery
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import PeerInfo as Libp2pPeerInfo
+
+from p2pinfer.identity import NodeIdentity
+
+from .conftest import free_port, node_config, node_runner, wait_until
+
+
+async def test_five_nodes_find_each_other_through_one_bootstrap_and_the_dht(tmp_path):
+    async with node_runner() as runner:
+        boot = await runner.start(node_config(tmp_path, "boot"))
+        # every other node knows only the bootstrap peer
+        others = await runner.start_many(
+            [node_config(tmp_path, f"n{i}", boot=[boot.addrs[0]]) for i in range(4)]
+        )
+        everyone = [boot, *others]
+        with trio.fail_after(30):
+            for node in everyone:
+                await node.wait_for_peers(len(everyone) - 1, timeout=30)
+        for node in everyone:
+            known = {p.peer_id for p in node.peers()}
+            assert known == {n.peer_id for n in everyone} - {node.peer_id}
+        # the DHT led every node to peers its bootstrap list never named
+        await wait_until(
+            lambda: all(len(n.connected_peers()) == len(everyone) - 1 for n in everyone), 20
+        )
+        for node in everyone:
+            assert node.dht is not None and node.dht.routing_table_size == len(everyone) - 1
+
+
+async def test_without_the_dht_adverts_still_converge_over_gossip_through_the_bootstrap(tmp_path):
+    async with node_runner() as runner:
+        boot = await runner.start(node_config(tmp_path, "boot", net={"dht": False}))
+        others = await runner.start_many(
+            [
+                node_config(tmp_path, f"n{i}", boot=[boot.addrs[0]], net={"dht": False})
+                for i in range(3)
+            ]
+        )
+        with trio.fail_after(30):
+            for node in others:
+                await node.wait_for_peers(3, timeout=30)
+        for node in others:
+            # only the bootstrap peer is connected: the others' adverts came by gossip
+            assert node.connected_peers() == [boot.peer_id]
+            assert node.validator.accepted >= 3
+
+
+async def test_adverts_carry_what_a_peer_serves_and_queries_find_it(tmp_path):
+    async with node_runner() as runner:
+        a = await runner.start(node_config(tmp_path, "a"))
+        b = await runner.start(node_config(tmp_path, "b", boot=[a.addrs[0]]))
+        b.update_advert(
+            model="tiny-llama", spans=[(0, 4)], throughput=12.5, load=0.25, tee_digest=b"\x01" * 32
+        )
+        await wait_until(
+            lambda: (p := a.peer(b.peer_id)) is not None and p.model == "tiny-llama",
+            20,
+            "b's new advert at a",
+        )
+        row = a.peer(b.peer_id)
+        assert row.spans == ((0, 4),)
+        assert row.throughput == 12.5 and row.load == 0.25
+        assert row.tee_digest == b"\x01" * 32
+        assert row.rtt_ms is not None and row.rtt_ms > 0
+        assert [p.peer_id for p in a.serving("tiny-llama", 3)] == [b.peer_id]
+        assert a.serving("tiny-llama", 4) == []
+        assert a.serving("other-model") == []
+        d = row.to_dict()
+        assert d["peer_id"] == b.peer_id and d["tee_digest"] == "01" * 32
+
+
+async def test_peers_find_each_other_again_after_the_bootstrap_peer_restarts(tmp_path):
+    port = free_port()
+    ident = NodeIdentity.generate()
+    boot_cfg = node_config(tmp_path, "boot", net={"listen": [f"/ip4/127.0.0.1/tcp/{port}"]})
+    async with node_runner() as runner:
+        boot = await runner.start(boot_cfg, ident)
+        addr = f"/ip4/127.0.0.1/tcp/{port}/p2p/{ident.peer_id}"
+        a = await runner.start(node_config(tmp_path, "a", boot=[addr], net={"dht": False}))
+        await a.wait_for_peers(1, timeout=20)
+        await runner.stop(boot)
+        await wait_until(lambda: ident.peer_id not in a.connected_peers(), 10, "disconnect")
+
+        # the bootstrap peer comes back with an empty table; `a` re-dials it
+        boot2 = await runner.start(boot_cfg, ident)
+        with trio.fail_after(20):
+            await boot2.wait_for_peers(1, timeout=20)
+        # a newcomer that knows only the restarted bootstrap peer finds `a` again
+        c = await runner.start(node_config(tmp_path, "c", boot=[addr]))
+        with trio.fail_after(30):
+            await c.wait_for_peers(2, timeout=30)
+        assert {p.peer_id for p in c.peers()} == {ident.peer_id, a.peer_id}
+        assert a.bootstrap is not None and a.bootstrap.dials >= 2
+
+
+async def test_mdns_discoveries_from_zeroconfs_thread_reach_the_node_and_are_dialed(tmp_path):
+    async with node_runner() as runner:
+        a = await runner.start(node_config(tmp_path, "a", net={"mdns": True, "dht": False}))
+        b = await runner.start(node_config(tmp_path, "b", net={"dht": False}))
+        assert a.mdns is not None
+        host, port = b.addrs[0].split("/")[2], b.addrs[0].split("/")[4]
+        info = Libp2pPeerInfo(
+            ID.from_base58(b.peer_id), [multiaddr.Multiaddr(f"/ip4/{host}/tcp/{port}")]
+        )
+        # zeroconf calls its handlers on its own thread: emit from a plain thread the same way
+        t = threading.Thread(target=peerDiscovery.emit_peer_discovered, args=(info,))
+        t.start()
+        await trio.to_thread.run_sync(t.join)
+        with trio.fail_after(20):
+            await a.wait_for_peers(1, timeout=20)
+        await wait_until(lambda: a.counters["mdns_dials"] == 1, 10)
+        assert b.peer_id in a.connected_peers()
