@@ -282,27 +282,7 @@ def _layer(
     nb = ni + 5
     relu = lc.activation == "relu"
 
-    # 1. merge the claims on this layer's output, split off the residual
-    weights = [1]
-    if len(claims) > 1:
-        alpha = led.challenge(f"{name}/merge".encode())
-        for _ in claims[1:]:
-            weights.append(weights[-1] * alpha % P)
-    total = Lin()
-    for w, (_, lin) in zip(weights, claims):
-        total = total + lin * w
-    below: list[tuple[list[int], Lin]] = []
-    if lc.residual:
-        for w, (p, _) in zip(weights, claims):
-            if x is not None:
-                lin = Lin(const=int_mle_eval(x, p))
-            else:
-                lin = Lin.var(led.put(int_mle_eval(wit.a, p) if prover else None))
-            below.append((p, lin))
-            total = total - lin * w
-
-    # 2. bit matrix of z + 2**31, committed row by row
-    # The bit matrix is committed before lambda and r' are drawn: both must be unpredictable.
+    # 1. commit the bits of z + 2**31 (Hyrax rows) before any challenge of this layer
     rows_b, cols_b = hyrax_split(nb, 5)
     if prover:
         zz = (wit.z.reshape(-1) + (1 << (BITS - 1))).astype(np.uint64)
@@ -311,6 +291,28 @@ def _layer(
         row_blinds = led.put_bit_matrix(bmat)
     else:
         bit_rows = led.next_matrix(1 << rows_b)
+
+    # 2. split off the residual (a~(p_k), committed unless a is the public input), then merge
+    #    the claims on this layer's output with powers of a challenge
+    below: list[tuple[list[int], Lin]] = []
+    if lc.residual:
+        for p, _ in claims:
+            if x is not None:
+                lin = Lin(const=int_mle_eval(x, p))
+            else:
+                lin = Lin.var(led.put(int_mle_eval(wit.a, p) if prover else None))
+            below.append((p, lin))
+    weights = [1]
+    if len(claims) > 1:
+        alpha = led.challenge(f"{name}/merge".encode())
+        for _ in claims[1:]:
+            weights.append(weights[-1] * alpha % P)
+    total = Lin()
+    for k, (w, (_, lin)) in enumerate(zip(weights, claims)):
+        total = total + lin * w
+        if lc.residual:
+            total = total - below[k][1] * w
+
     lam = led.challenge(f"{name}/lambda".encode())
     r_bool = [led.challenge(f"{name}/bool/{k}".encode()) for k in range(nb)]
     oracle = None
