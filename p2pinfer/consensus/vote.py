@@ -15,8 +15,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from p2pinfer.consensus.claims import FingerprintClaim
+from p2pinfer.consensus.claims import FingerprintClaim, VoteTally, sign_tally
 from p2pinfer.consensus.codec import PeerKeys
 from p2pinfer.consensus.errors import Equivocation, MixedClaims, NoMajorityError
 from p2pinfer.consensus.fingerprint import (
@@ -49,6 +50,20 @@ class VoteOutcome:
     @property
     def dissenting_replicas(self) -> tuple[str, ...]:
         return tuple(claim.replica for claim in self.dissenting)
+
+    def sign_tally(
+        self, key: Ed25519PrivateKey, reporter: str, route_replicas: Sequence[str]
+    ) -> VoteTally:
+        """The signed tally of this outcome; replicas of the route without a claim are missing.
+
+        Raises MixedClaims when a claim came from a peer that is not in `route_replicas`.
+        """
+        voted = set(self.agreeing_replicas) | set(self.dissenting_replicas)
+        if not voted <= set(route_replicas) or len(set(route_replicas)) != self.replicas:
+            raise MixedClaims("the route's replicas do not account for the claims of the vote")
+        missing = tuple(peer for peer in set(route_replicas) if peer not in voted)
+        return sign_tally(key, reporter, self.context, self.replicas, self.majority.digest(),
+                          self.agreeing_replicas, self.dissenting_replicas, missing)
 
     def check_local(self, activation: torch.Tensor) -> float:
         """Check a local activation against the majority fingerprint (FingerprintMismatch)."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from p2pinfer.consensus import (
     DistributionDrift,
@@ -147,3 +149,16 @@ def test_profile_needs_enough_observations(honest):
 def test_bad_bin_count_is_refused(bins):
     with pytest.raises(ConsensusError):
         ProfileBuilder("m", 0, bins=bins)
+
+
+@settings(deadline=None, max_examples=60)
+@given(st.lists(st.lists(st.floats(-1e3, 1e3), min_size=1, max_size=40), min_size=1,
+                max_size=6))
+def test_merged_moments_equal_the_moments_of_the_whole(chunks):
+    moments = RunningMoments()
+    for chunk in chunks:
+        moments.update(np.array(chunk))
+    data = np.concatenate([np.array(c) for c in chunks])
+    assert moments.count == data.size
+    assert moments.mean == pytest.approx(data.mean(), abs=1e-6)
+    assert moments.variance == pytest.approx(data.var(), rel=1e-6, abs=1e-6)

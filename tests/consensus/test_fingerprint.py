@@ -9,6 +9,8 @@ import msgpack
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from p2pinfer.consensus import (
     TOLERANCE_BFLOAT16,
@@ -192,3 +194,16 @@ def test_unknown_precision_has_no_tolerance():
     with pytest.raises(FingerprintError):
         tolerance_for({"int4"})
     assert tolerance_for({"float32"}) == TOLERANCE_FLOAT32
+
+
+@settings(deadline=None, max_examples=60)
+@given(st.integers(1, 8), st.integers(1, 96), st.integers(0, 2**32 - 1),
+       st.floats(0.5, 2.0))
+def test_distance_is_symmetric_zero_on_self_and_measures_relative_scale(tokens, hidden, seed,
+                                                                        factor):
+    x = torch.randn(1, tokens, hidden, generator=torch.Generator().manual_seed(seed)) + 0.1
+    a, b = _fp(x, 1), _fp(x * factor, 1)
+    assert distance(a, a) == 0.0
+    assert distance(a, b) == pytest.approx(distance(b, a))
+    assert distance(a, b) == pytest.approx(abs(1 - factor) / max(1.0, factor), rel=1e-3,
+                                           abs=1e-6)

@@ -133,3 +133,21 @@ def test_centre_is_chosen_deterministically(peers, keys):
     claims = [honest_claim(p, 3, jitter=i + 1) for i, p in enumerate(peers[:3])]
     first = tally(claims, keys, TOL).majority
     assert tally(list(reversed(claims)), keys, TOL).majority == first
+
+
+def test_outcome_signs_a_tally_naming_missing_replicas(peers, keys):
+    claims = [honest_claim(peers[0], 5), honest_claim(peers[1], 5, 1),
+              honest_claim(peers[2], 5, 2), cheat_claim(peers[3], 5)]
+    outcome = tally(claims, keys, TOL)
+    route = [p.peer_id for p in peers[:5]]
+    signed = outcome.sign_tally(peers[6].key, peers[6].peer_id, route)
+    signed.verify(keys)
+    assert signed.missing == ("peer-4",)
+    assert signed.dissenting == ("peer-3",)
+    assert signed.majority_digest == outcome.majority.digest()
+
+
+def test_tally_refuses_a_route_that_does_not_hold_the_voters(peers, keys):
+    outcome = tally([honest_claim(p, 3, jitter=i) for i, p in enumerate(peers[:3])], keys, TOL)
+    with pytest.raises(MixedClaims):
+        outcome.sign_tally(peers[6].key, peers[6].peer_id, ["peer-0", "peer-1", "peer-7"])
