@@ -27,7 +27,8 @@ def _eq1(a: int, t: int) -> int:
 
 
 class BooleanityProver:
-    def __init__(self, bits: np.ndarray, r_bool: list[int], ni: int) -> None:
+    def __init__(self, bits: np.ndarray, r_bool: list[int], ni: int,
+                 patterns: bool | None = None) -> None:
         self.r = r_bool
         self.nb = len(r_bool)
         self.ni = ni
@@ -37,7 +38,8 @@ class BooleanityProver:
         self.q = (0, 0, 0)
         self.bound: list[int] = []
         self.bits = np.asarray(bits, dtype=np.int64).reshape(-1)
-        self.fast = ni >= 3
+        # Pattern rounds pay numpy overhead per bit pattern: worth it on large tables only.
+        self.fast = ni >= 3 and (self.nb >= 14 if patterns is None else patterns)
         self.b: list[int] | None = None
         self.t: list[int] | None = None
         if not self.fast:

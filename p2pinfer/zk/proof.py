@@ -59,6 +59,7 @@ from .shard import (
     BITS,
     CommittedShard,
     LayerCommitment,
+    ModelManifest,
     ShardCommitment,
     _layer_matrix,
     generator_count_for,
@@ -488,9 +489,16 @@ def _output_claims(led, y: np.ndarray, nt: int) -> list[tuple[list[int], Lin]]:
     return [(r, Lin(const=int_mle_eval(y, r)))]
 
 
-def verify(commitment: ShardCommitment, x: np.ndarray, y: np.ndarray, proof: ShardProof,
-           binding: ProofBinding) -> None:
-    """Accept (return None) or raise a ProofError subclass naming the failed check."""
+def verify(commitment: ShardCommitment | ModelManifest, x: np.ndarray, y: np.ndarray,
+           proof: ShardProof, binding: ProofBinding) -> None:
+    """Accept (return None) or raise a ProofError subclass naming the failed check.
+
+    `commitment` is the manifest slice of the shard (`manifest.shard(start, stop)`), or a whole
+    manifest when the shard is the whole model. Check `binding.manifest_digest` against the
+    digest you pin: the proof is bound to it.
+    """
+    if isinstance(commitment, ModelManifest):
+        commitment = commitment.shard(0, len(commitment.layers))
     x, y = _as_int(x, "x"), _as_int(y, "y")
     nt = _check_shapes(commitment, x, y)
     for lc, nxt in zip(commitment.layers, commitment.layers[1:]):

@@ -419,7 +419,7 @@ def _commit_rows(pp: PedersenParams, mat: np.ndarray) -> tuple[list[bytes], list
 
 
 def commit_shard(
-    shard: ProvableMlp,
+    shard: ProvableMlp | Sequence[FixedLayer],
     cache_dir: str | os.PathLike[str] | None = None,
     *,
     model_id: str = "",
@@ -431,6 +431,8 @@ def commit_shard(
     The cache file (msgpack, mode 0600: it holds the secret blindings) is keyed by a digest of
     the weights and the generator seed, so changed weights never reuse a stale commitment.
     """
+    if not isinstance(shard, ProvableMlp):
+        shard = ProvableMlp(list(shard))
     key = hashlib.sha256(shard.weights_digest() + generator_seed).hexdigest()
     path = Path(cache_dir) / f"zk-commit-{key}.msgpack" if cache_dir is not None else None
     cached = _read_cache(path, key, shard) if path is not None and path.exists() else None

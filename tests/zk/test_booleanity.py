@@ -29,14 +29,14 @@ def naive_rounds(bits: list[int], r_bool: list[int], rs: list[int]) -> list[tupl
 
 
 @settings(deadline=None, max_examples=40)
-@given(st.integers(0, 4), st.integers(0, 2**32))
-def test_round_messages_match_the_definition(ni, seed):
+@given(st.integers(0, 4), st.integers(0, 2**32), st.booleans())
+def test_round_messages_match_the_definition(ni, seed, patterns):
     rng = np.random.default_rng(seed)
     nb = ni + 5
     bits = rng.integers(0, 2, size=1 << nb)
     r_bool = [int(v) for v in rng.integers(1, 2**62, size=nb)]
     rs = [int(v) * 7919 % P for v in rng.integers(1, 2**62, size=nb)]
-    prover = BooleanityProver(bits, r_bool, ni)
+    prover = BooleanityProver(bits, r_bool, ni, patterns=patterns)
     got = []
     for r in rs:
         got.append(prover.evals())
