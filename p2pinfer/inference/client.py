@@ -18,7 +18,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import trio
@@ -98,6 +98,15 @@ class Backoff:
 class StepResult:
     seq: int
     hidden: torch.Tensor
+    #: the step message's other fields (what the last stage attached, e.g. proofs)
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+class ResultCheck(Protocol):
+    """Checks the route's answer before the requester uses it, for tasks of one mode.
+    Raises a `P2PInferError` (ideally a `StageFailure` naming the peer) to reject it."""
+
+    async def check(self, session: RouteSession, sent: torch.Tensor, result: StepResult) -> None: ...
 
 
 class RouteSession:
@@ -156,6 +165,8 @@ class InferenceClient:
         self.last_route: list[StagePlan] = []
         self.replans = 0
         self.privacy: dict[str, float] | None = None
+        #: per task mode, how the route's answers are checked before use (none for general)
+        self.checks: dict[str, ResultCheck] = {}
         #: starts a background task that outlives one call (set by the owning service)
         self.spawn: Callable[..., None] = _no_spawn
 
@@ -220,7 +231,7 @@ class InferenceClient:
                 hidden = await self.hop.unpack(
                     msg.fields, ctx, hidden_size=info.hidden_size, dtype=dtype_name(self.dtype),
                     max_bytes=self.node.config.limits.max_tensor_bytes)
-                await session.result_send.send(StepResult(seq, hidden))
+                await session.result_send.send(StepResult(seq, hidden, dict(msg.fields)))
         except (P2PInferError, OSError) as e:
             log.debug("result hop of %s failed: %s", task.short_id, e)
         finally:
@@ -328,6 +339,9 @@ class InferenceClient:
                 if isinstance(item, StageFailure):
                     raise item
                 if item.seq == seq:
+                    check = self.checks.get(session.task.mode)
+                    if check is not None:
+                        await check.check(session, hidden, item)
                     return item.hidden
         raise StageFailure(None, None, f"step {seq} got no answer in {self.settings.step_timeout_s} s")
 

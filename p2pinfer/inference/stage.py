@@ -24,7 +24,7 @@ import copy
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import trio
@@ -50,6 +50,10 @@ class ModelMismatch(StageError):
 
 class NotInRoute(StageError):
     code = "not-in-route"
+
+
+class ModeUnsupported(StageError):
+    code = "mode-unsupported"
 
 
 class SessionLimit(StageError):
@@ -103,6 +107,37 @@ async def ensure_connected(node: Any, peer_id: str, addrs: tuple[str, ...] | lis
     raise StageError(f"cannot reach {peer_id}: " + ("; ".join(errors)[:300] or "no known address"))
 
 
+class StepRunner(Protocol):
+    """How a stage turns one step's input into its output for tasks of one mode.
+
+    `general` runs the float layers; other modes (e.g. `critical`, which runs fixed-point layers
+    and attaches a proof) plug in here. `fields` are the incoming step's message fields (after
+    the hop codec), so a runner may read what its upstream attached (a proof to verify); the
+    returned dict is merged into the outgoing step message.
+    """
+
+    async def run(self, session: StageSession, view: LayerSpan, hidden: torch.Tensor, pos: int,
+                  fields: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]: ...
+
+
+class FloatRunner:
+    """General mode: the span's float layers, one forward pass at a time, in a worker thread."""
+
+    def __init__(self) -> None:
+        self._lock = trio.Lock()  # the CPU is the bottleneck: never run two passes at once
+        self.busy = False
+
+    async def run(self, session: StageSession, view: LayerSpan, hidden: torch.Tensor, pos: int,
+                  fields: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
+        async with self._lock:
+            self.busy = True
+            try:
+                out = await trio.to_thread.run_sync(view.forward, hidden, session.cache, pos)
+            finally:
+                self.busy = False
+        return out, {}
+
+
 def span_slice(span: LayerSpan, start: int, end: int) -> LayerSpan:
     """A view of layers [start, end) of a loaded span, sharing its weights."""
     if (start, end) == (span.start, span.end):
@@ -131,10 +166,12 @@ class StageServer:
         self.hop = hop or PlainHop()
         self.settings = settings or StageSettings()
         self.sessions: dict[tuple[bytes, int], StageSession] = {}
+        float_runner = FloatRunner()
+        #: how each task mode is computed; a mode missing here is refused at `open`
+        self.runners: dict[str, StepRunner] = {"general": float_runner}
         self.counters: dict[str, int] = {"opened": 0, "steps": 0, "faults": 0, "refused": 0,
                                          "expired": 0}
-        self._busy = 0
-        self._lock = trio.Lock()  # one forward pass at a time: the CPU is the bottleneck anyway
+        self._float = float_runner
 
     @property
     def model_id(self) -> str:
@@ -142,7 +179,8 @@ class StageServer:
 
     @property
     def load(self) -> float:
-        return min(1.0, len(self.sessions) / max(1, self.settings.max_sessions) + 0.5 * self._busy)
+        busy = 0.5 if self._float.busy else 0.0
+        return min(1.0, len(self.sessions) / max(1, self.settings.max_sessions) + busy)
 
     async def run(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Background work: erase idle sessions."""
@@ -168,6 +206,8 @@ class StageServer:
         me = self.node.peer_id
         task.verify(network_id=self.node.network_id)
         plan = task.stage_of(me, stage)
+        if task.mode not in self.runners:
+            raise ModeUnsupported(f"this peer does not run {task.mode!r} tasks")
         if task.model_id != self.model_id:
             raise ModelMismatch(f"this peer serves {self.model_id}, not {task.model_id}")
         if not (self.span.start <= plan.start and plan.end <= self.span.end):
@@ -319,12 +359,8 @@ class StageServer:
                     raise StageError(f"positions up to {hidden.shape[1] + pos} exceed the task's "
                                      f"max_length {session.task.max_length}")
                 session.last_used = time.monotonic()
-                async with self._lock:
-                    self._busy = 1
-                    try:
-                        out = await trio.to_thread.run_sync(view.forward, hidden, session.cache, pos)
-                    finally:
-                        self._busy = 0
+                runner = self.runners[session.task.mode]
+                out, extra = await runner.run(session, view, hidden, pos, msg.fields)
             except (WireError, P2PInferError) as e:
                 # bad input from upstream: a typed fault back, the session ends, the stage
                 # keeps serving everyone else
@@ -336,7 +372,7 @@ class StageServer:
             fields = await self.hop.pack(out, ctx_out)
             del hidden, out
             try:
-                await down.send("step", {"seq": seq, "pos": pos, **fields})
+                await down.send("step", {**extra, "seq": seq, "pos": pos, **fields})
             except (P2PInferError, OSError):
                 await self._send_up(up, {
                     "stage": session.stage + 1, "peer_id": session.downstream,
