@@ -499,7 +499,10 @@ def verify(commitment: ShardCommitment | ModelManifest, x: np.ndarray, y: np.nda
     """
     if isinstance(commitment, ModelManifest):
         commitment = commitment.shard(0, len(commitment.layers))
-    x, y = _as_int(x, "x"), _as_int(y, "y")
+    try:
+        x, y = _as_int(x, "x"), _as_int(y, "y")
+    except ValueError as exc:
+        raise ShapeMismatch("shapes", str(exc)) from None
     nt = _check_shapes(commitment, x, y)
     for lc, nxt in zip(commitment.layers, commitment.layers[1:]):
         if lc.d_out != nxt.d_in:

@@ -233,3 +233,20 @@ def test_verify_refuses_mismatched_shapes(small_committed, binding):
         verify(small_committed.commitment, x[:1], y, proof, binding)
     with pytest.raises(ProofError):
         verify(small_committed.commitment, np.zeros((2, 4), dtype=np.int64), y, proof, binding)
+
+
+def test_verify_reports_a_float_input_as_a_proof_error(small_committed, binding):
+    x = make_input(1, 8)
+    y = small_committed.forward_fixed(x)
+    proof = prove(small_committed, x, y, binding)
+    with pytest.raises(ProofError):
+        verify(small_committed.commitment, x.astype(np.float32), y, proof, binding)
+
+
+def test_a_whole_manifest_can_stand_for_a_one_shard_model(small_committed):
+    manifest = ModelManifest.from_shards("m", [small_committed])
+    prover = small_committed.bind_to(manifest.shard(0, 2))
+    x = make_input(2, 8)
+    y = prover.forward_fixed(x)
+    b = ProofBinding(b"t", manifest.digest())
+    verify(manifest, x, y, prove(prover, x, y, b), b)
