@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .field import P, bind_first, dot, eq_eval, eq_table, field_limbs, int_vecmat, inv
+from .field import P, bind_first, dot, eq_eval, eq_table, field_limbs, inv, recombine_limbs
 
 _J = 5  # variables of the bit position
 _INV2 = (P + 1) // 2
@@ -100,20 +100,29 @@ class BooleanityProver:
             acc += w * (v0 + t * (v1 - v0))
         return acc % P
 
-    def _by_patterns(self, level: int) -> tuple[int, int, int]:
+    def _by_patterns(self, level: int) -> tuple[int, int]:
         codes = self._patterns(level).reshape(-1, 1 << _J)  # rows: i after `level` vars
         eq_i = eq_table(self.r[level:self.ni])
-        lim = field_limbs(eq_i)
         eq_j = eq_table(self.r[self.ni:])
+        ncodes = 1 << (1 << level)
+        # weight[c, j] = sum_i eq_i[i] [codes[i, j] == c], limb by limb with bincount (exact:
+        # each sum of 16-bit limbs stays far below 2**53).
+        slot = (codes * (1 << _J) + np.arange(1 << _J)).reshape(-1)
+        lim = field_limbs(eq_i)  # (rows, 16)
+        sums = np.empty((ncodes << _J, lim.shape[1]), dtype=np.int64)
+        for k in range(lim.shape[1]):
+            w = np.repeat(lim[:, k], 1 << _J)
+            sums[:, k] = np.bincount(slot, weights=w, minlength=ncodes << _J).astype(np.int64)
+        present = np.flatnonzero(np.bincount(slot // (1 << _J), minlength=ncodes))
         q = [0, 0]
-        for c in np.unique(codes).tolist():
+        for c in present.tolist():
             hs = []
             for t in (0, 2):
                 b = self._pattern_value(c, level, t)
                 hs.append(b * (1 - b) % P)
             if not any(hs):
                 continue
-            weight = dot(int_vecmat(eq_i, (codes == c).astype(np.int8), lim), eq_j)
+            weight = dot(recombine_limbs(sums[c << _J:(c + 1) << _J]), eq_j)
             q[0] += hs[0] * weight
             q[1] += hs[1] * weight
         return q[0] % P, q[1] % P

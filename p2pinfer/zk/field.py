@@ -122,7 +122,14 @@ def int_matvec(matrix: np.ndarray, vec: Sequence[int], limbs: np.ndarray | None 
         hi = int_matvec(high >> shift, vec, limbs)
         return [(a + (b << shift)) % P for a, b in zip(lo, hi)]
     lim = _limbs(vec) if limbs is None else limbs
-    partial = (m.astype(np.float64) @ lim).astype(np.int64)  # exact: below 2**53
+    # einsum, not BLAS: exact all the same, and it does not stall when other processes hold
+    # the cores (multithreaded BLAS on small products can be 100x slower then).
+    partial = np.einsum("ij,jk->ik", m.astype(np.float64), lim).astype(np.int64)
+    return _recombine(partial)
+
+
+def recombine_limbs(partial: np.ndarray) -> list[int]:
+    """Field elements from rows of (signed, exact) sums of 16-bit limbs."""
     return _recombine(partial)
 
 
