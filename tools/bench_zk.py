@@ -20,23 +20,24 @@ import statistics
 import sys
 import tempfile
 import time
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from p2pinfer.zk import (  # noqa: E402
-    FixedLayer,
+from p2pinfer.zk import (
     ProofBinding,
     ProvableMlp,
     commit_shard,
     prove,
     verify,
 )
-from p2pinfer.zk.group import pedersen_params  # noqa: E402
-from p2pinfer.zk.shard import generator_count_for, params_for  # noqa: E402
+from p2pinfer.zk.group import pedersen_params
+from p2pinfer.zk.shard import generator_count_for, params_for
 
+FRAC_BITS = 12
 EZKL_RECORDED = {"prove": 12.0, "setup": 11.0, "verify": 0.05, "size": 96_000}
 
 
@@ -113,11 +114,11 @@ def fmt_us(s: float) -> str:
 
 def float_mlp(rng: np.random.Generator, dims: list[int]) -> list[tuple[np.ndarray, np.ndarray]]:
     return [(rng.normal(0, 1 / np.sqrt(a), (a, b)), rng.normal(0, 0.05, b))
-            for a, b in zip(dims, dims[1:])]
+            for a, b in pairwise(dims)]
 
 
 def bench_ours_small(layers, x_float, repeat: int) -> dict:
-    shard = ProvableMlp.from_float(layers, activations="relu")
+    shard = ProvableMlp.from_float(layers, activations="relu", frac_bits=FRAC_BITS)
     x = shard.quantize(x_float)
     t = time.perf_counter()
     pedersen_params(max(64, generator_count_for(shard.layers, x.shape[0])))
@@ -141,7 +142,7 @@ def bench_ours_small(layers, x_float, repeat: int) -> dict:
 
 def bench_ezkl(layers, x_float) -> dict | None:
     try:
-        import ezkl  # noqa: F401
+        import ezkl
         import onnx  # noqa: F401
         import torch
     except ImportError:
@@ -161,10 +162,10 @@ def bench_ezkl(layers, x_float) -> dict | None:
     torch.onnx.export(model, x, d / "m.onnx", dynamo=False, input_names=["input"],
                       output_names=["output"])
     (d / "input.json").write_text(json.dumps({"input_data": [x.reshape(-1).tolist()]}))
-    paths = {k: str(d / v) for k, v in dict(
-        model="m.onnx", settings="settings.json", compiled="m.compiled", srs="kzg.srs",
-        vk="vk.key", pk="pk.key", witness="witness.json", proof="proof.json",
-        data="input.json").items()}
+    names = {"model": "m.onnx", "settings": "settings.json", "compiled": "m.compiled",
+             "srs": "kzg.srs", "vk": "vk.key", "pk": "pk.key", "witness": "witness.json",
+             "proof": "proof.json", "data": "input.json"}
+    paths = {k: str(d / v) for k, v in names.items()}
     run_args = ezkl.PyRunArgs()
     run_args.input_visibility = "public"
     run_args.output_visibility = "public"
@@ -213,7 +214,7 @@ def report_small(args) -> None:
     table(f"MLP 256 -> 256 -> 256, ReLU, batch 1 (ours vs {label}; median of {args.repeat})",
           ["", "ours", "EZKL", "ratio"], rows)
     print(f"ours: setup = weight commitment (generator derivation, once per process: "
-          f"{fmt_s(ours['generators'])}); fixed point f=8, max |error| vs float "
+          f"{fmt_s(ours['generators'])}); fixed point f={FRAC_BITS}, max |error| vs float "
           f"{ours['max_abs_err']:.4f}")
     if "logrows" in ref:
         print(f"EZKL: setup = settings + calibration + compile + SRS (2^{ref['logrows']}) + keys")
@@ -227,7 +228,7 @@ def report_large(args) -> None:
     d, tokens = 1024, 128
     layers = float_mlp(rng, [d, d, d])
     shard = ProvableMlp.from_float(layers, activations=["relu", "identity"],
-                                   residual=[False, True])
+                                   residual=[False, True], frac_bits=FRAC_BITS)
     x = shard.quantize(rng.normal(0, 1, (tokens, d)))
     t = time.perf_counter()
     params_for(generator_count_for(shard.layers, tokens), b"p2pinfer-zk-generators-v1")

@@ -15,7 +15,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from p2pinfer.zk import (  # noqa: E402
+from p2pinfer.zk import (
     FixedLayer,
     ModelManifest,
     ProofBinding,
@@ -24,7 +24,7 @@ from p2pinfer.zk import (  # noqa: E402
     prove,
     verify,
 )
-from p2pinfer.zk.transcript import Transcript  # noqa: E402
+from p2pinfer.zk.transcript import Transcript
 
 SPEC = ROOT / "protocols" / "zk-proof.md"
 
@@ -36,7 +36,7 @@ def wrap(data: bytes, width: int = 96) -> str:
 
 def replace_vector(text: str, name: str, data: bytes) -> str:
     pattern = re.compile(r"(<!--\s*vector\s+" + re.escape(name) + r"\s*-->\s*```hex\s*\n)(.*?)(```)",
-                         re.S)
+                         re.DOTALL)
     return pattern.sub(lambda m: m.group(1) + wrap(data) + "\n" + m.group(3), text)
 
 

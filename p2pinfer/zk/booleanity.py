@@ -39,7 +39,7 @@ class BooleanityProver:
         self.bound: list[int] = []
         self.bits = np.asarray(bits, dtype=np.int64).reshape(-1)
         # Pattern rounds pay numpy overhead per bit pattern: worth it on large tables only.
-        self.fast = ni >= 3 and (self.nb >= 14 if patterns is None else patterns)
+        self.fast = ni >= 3 and (self.nb >= 10 if patterns is None else patterns)
         self.b: list[int] | None = None
         self.t: list[int] | None = None
         if not self.fast:

@@ -111,7 +111,7 @@ def field_limbs(vec: Sequence[int]) -> np.ndarray:
 def int_matvec(matrix: np.ndarray, vec: Sequence[int], limbs: np.ndarray | None = None) -> list[int]:
     """matrix @ vec mod P for an integer matrix (rows, cols) and field vector of length cols."""
     m = np.asarray(matrix)
-    rows, cols = m.shape
+    cols = m.shape[1]
     bound = int(np.abs(m).max(initial=0)) * ((1 << _LIMB_BITS) - 1) * cols
     if bound >= _EXACT:
         # Split the matrix itself into a high and a low half so each product stays exact.

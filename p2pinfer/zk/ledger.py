@@ -18,15 +18,20 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Sequence
-
-import numpy as np
 from dataclasses import dataclass, field
 
+import numpy as np
 from py_arkworks_bls12381 import G1Point
 
-from .errors import OpeningError, ProductError, ProofFormatError, RelationError, ShapeMismatch
+from .errors import (
+    OpeningError,
+    ProductError,
+    ProofError,
+    ProofFormatError,
+    RelationError,
+    ShapeMismatch,
+)
 from .field import P, dot, interpolate, poly_eval
-from .errors import ProofError
 from .group import (
     PedersenParams,
     decode_point,
@@ -41,7 +46,7 @@ from .transcript import Transcript
 class Lin:
     """A linear form sum_i coef_i * value[i] + const over committed values (by index)."""
 
-    __slots__ = ("terms", "const")
+    __slots__ = ("const", "terms")
 
     def __init__(self, terms: dict[int, int] | None = None, const: int = 0) -> None:
         self.terms = terms or {}
@@ -386,9 +391,9 @@ __all__ = [
     "LedgerRecord",
     "Lin",
     "ProductProof",
+    "ProofFormatError",
     "ProverLedger",
     "VerifierLedger",
     "poly_eval",
     "sumcheck",
-    "ProofFormatError",
 ]

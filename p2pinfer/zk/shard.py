@@ -18,14 +18,23 @@ import hashlib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 
 import msgpack
 import numpy as np
 
 from .errors import CommitmentMismatch, FixedPointOverflow, ProofFormatError
-from .group import DEFAULT_SEED, PedersenParams, pedersen_params, random_scalar, encode_point
-from .group import decode_point, decode_scalar, encode_scalar
+from .group import (
+    DEFAULT_SEED,
+    PedersenParams,
+    decode_point,
+    decode_scalar,
+    encode_point,
+    encode_scalar,
+    pedersen_params,
+    random_scalar,
+)
 
 BITS = 32  # width of the pre-activation decomposition (rescale remainder + value + sign)
 MAX_WEIGHT = 1 << 15  # |w| < 2**15
@@ -65,7 +74,7 @@ class FixedLayer:
         if d_in > MAX_DIM or d_out > MAX_DIM:
             raise ValueError(f"layer dimensions above {MAX_DIM}")
         if np.abs(w).max(initial=0) >= MAX_WEIGHT:
-            raise FixedPointOverflow(f"a weight is outside (-2**15, 2**15)")
+            raise FixedPointOverflow("a weight is outside (-2**15, 2**15)")
         if self.bias is not None:
             b = np.asarray(self.bias)
             if b.shape != (d_out,) or b.dtype.kind not in "iu":
@@ -115,7 +124,7 @@ class ProvableMlp:
             raise ValueError("a shard needs at least one layer")
         if not 1 <= frac_bits <= 16:
             raise ValueError("frac_bits must be in 1..16")
-        for prev, nxt in zip(layers, layers[1:]):
+        for prev, nxt in pairwise(layers):
             if prev.d_out != nxt.d_in:
                 raise ValueError("consecutive layers do not chain (d_out != next d_in)")
         self.layers = tuple(layers)

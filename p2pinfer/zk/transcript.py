@@ -41,7 +41,7 @@ class Transcript:
         return [self.challenge(label + b"/%d" % i) for i in range(n)]
 
 
-def tensor_digest(values: "object") -> bytes:
+def tensor_digest(values: object) -> bytes:
     """SHA-256 over dtype, shape and raw little-endian bytes of an integer tensor."""
     import numpy as np
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import numpy as np
 import pytest
 
@@ -19,7 +21,7 @@ def make_shard(
 ) -> ProvableMlp:
     rng = np.random.default_rng(seed)
     layers = []
-    for k, (a, b) in enumerate(zip(dims, dims[1:])):
+    for k, (a, b) in enumerate(pairwise(dims)):
         w = rng.integers(-wmax, wmax, size=(a, b))
         bv = rng.integers(-5000, 5000, size=b) if bias else None
         act = activations[k] if activations else "relu"
