@@ -193,6 +193,17 @@ def _random_uniform(rng: np.random.Generator, shape: tuple[int, ...], std: float
     return ((unit * np.float32(2.0) - np.float32(1.0)) * a).reshape(shape)
 
 
+def weights_digest(tensors: dict[str, np.ndarray]) -> str:
+    """SHA-256 over (name, dtype, shape, little-endian bytes) of each tensor in name order:
+    identifies the weights independently of the safetensors header layout."""
+    h = hashlib.sha256()
+    for key in sorted(tensors):
+        t = np.ascontiguousarray(tensors[key])
+        h.update(f"{key}|{t.dtype.str}|{list(t.shape)}|".encode())
+        h.update(t.astype(t.dtype.newbyteorder("<"), copy=False).tobytes())
+    return h.hexdigest()
+
+
 def write_random_decoder(directory: Path, config: dict[str, Any]) -> None:
     """Write config, seeded random weights, tokenizer and a stamp with file digests."""
     seed = int.from_bytes(hashlib.sha256(config["p2pinfer_name"].encode()).digest()[:16], "little")
@@ -218,5 +229,6 @@ def write_random_decoder(directory: Path, config: dict[str, Any]) -> None:
         "name": config["p2pinfer_name"],
         "random_weights": True,
         "sha256": digests,
+        "weights_sha256": weights_digest(tensors),
     }
     (directory / _STAMP).write_text(json.dumps(stamp, indent=2, sort_keys=True) + "\n")

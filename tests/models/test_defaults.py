@@ -21,8 +21,8 @@ from p2pinfer.models import (
     minilm_path,
 )
 
-# SHA-256 of the tiny decoder's weights: identical on every machine and NumPy version.
-TINY_WEIGHTS_SHA256 = "2ab47606a589461d21761b1ba9da69d5fca5e44153379338acd59ccd5dbc5fa3"
+# The tiny decoder's weights (names, dtypes, shapes, bytes): identical on every machine.
+TINY_WEIGHTS_SHA256 = "2739f8571100449e6e812c4833547ca50bec30e1fe175b988c32daf1df2d1766"
 
 
 @pytest.fixture(scope="module")
@@ -45,12 +45,17 @@ def test_metadata_parameter_counts_match_the_checkpoints(tiny):
     assert load_model_info(minilm_path()).total_params == models[MINILM].num_params
 
 
-def test_tiny_decoder_bytes_are_pinned(tiny):
-    digest = hashlib.sha256((tiny / "model.safetensors").read_bytes()).hexdigest()
-    assert digest == TINY_WEIGHTS_SHA256
+def test_tiny_decoder_weights_are_pinned(tiny):
+    from safetensors.numpy import load_file
+
+    from p2pinfer.models.defaults import weights_digest
+
+    assert weights_digest(load_file(str(tiny / "model.safetensors"))) == TINY_WEIGHTS_SHA256
     stamp = json.loads((tiny / "p2pinfer_default.json").read_text())
     assert stamp["random_weights"] is True
-    assert stamp["sha256"]["model.safetensors"] == TINY_WEIGHTS_SHA256
+    assert stamp["weights_sha256"] == TINY_WEIGHTS_SHA256
+    file_digest = hashlib.sha256((tiny / "model.safetensors").read_bytes()).hexdigest()
+    assert stamp["sha256"]["model.safetensors"] == file_digest
 
 
 def test_home_comes_from_the_environment(tiny, monkeypatch, tmp_path):
