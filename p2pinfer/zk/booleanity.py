@@ -5,11 +5,11 @@ of j (bit position) last. Round k sends g_k(t) = C_k eq1(r'_k, t) Q_k(t) where C
 factor of the bound variables and Q_k(t) = sum_y eq(r'_{>k}, y) h(B(r_{<k}, t, y)), h(b) = b(1-b)
 (the eq factor is split off as in Gruen, "Some improvements for the PIOP for ZeroCheck", 2024).
 
-In the first two rounds B still depends on 2 or 4 raw bits per entry, so h takes at most 16
-distinct values: Q is sum_c h_t(c) W(c), where W(c) adds the eq weights of the entries with bit
+In the first three rounds B still depends on 2, 4 or 8 raw bits per entry, so h takes at most
+256 distinct values: Q is sum_c h_t(c) W(c), where W(c) adds the eq weights of the entries with bit
 pattern c. Since eq(r'_{>k}, (i, j)) = eq_I(i) eq_J(j), W(c) is an integer-matrix-times-field-
-vector product (exact in float64, p2pinfer.zk.field) followed by 32 multiplications: the two
-largest rounds cost O(entries / 32) field operations instead of O(entries).
+vector product (exact in float64 limb sums, numpy bincount) followed by 32 multiplications: the
+three largest rounds cost O(entries / 32) field operations instead of O(entries).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from .field import P, bind_first, dot, eq_eval, eq_table, field_limbs, inv, reco
 
 _J = 5  # variables of the bit position
 _INV2 = (P + 1) // 2
+_PATTERN_ROUNDS = 3  # 2**(2**3) = 256 patterns of raw bits in the third round
 
 
 def _eq1(a: int, t: int) -> int:
@@ -39,10 +40,11 @@ class BooleanityProver:
         self.bound: list[int] = []
         self.bits = np.asarray(bits, dtype=np.int64).reshape(-1)
         # Pattern rounds pay numpy overhead per bit pattern: worth it on large tables only.
-        self.fast = ni >= 3 and (self.nb >= 10 if patterns is None else patterns)
+        fast = ni >= 3 and (self.nb >= 10 if patterns is None else patterns)
+        self.levels = _PATTERN_ROUNDS if fast else 0  # rounds done by bit patterns
         self.b: list[int] | None = None
         self.t: list[int] | None = None
-        if not self.fast:
+        if not self.levels:
             self.b = self.bits.tolist()
             self.t = eq_table(self.r[1:])
 
@@ -139,7 +141,7 @@ class BooleanityProver:
             self.b = bind_first(self.b, r)
             h = len(self.t) // 2
             self.t = [(a + c) % P for a, c in zip(self.t[:h], self.t[h:])]
-        elif self.k == 2 or self.k >= self.ni:
+        elif self.k == self.levels:
             codes = self._patterns(self.k)
             values = {c: self._pattern_value(c, self.k, None) for c in np.unique(codes).tolist()}
             self.b = [values[c] for c in codes.tolist()]
