@@ -274,10 +274,12 @@ class _Handshake:
         return PeerAttestation(peer_id, static_key, hashlib.sha256(evidence).digest(), claims)
 
     def _derive(self, ikm: bytearray, th: bytes) -> None:
-        okm = bytearray(4 * KEY_BYTES)
+        # five keys: the first four as before, the fifth is the exporter (hop keys); HKDF's
+        # output is a prefix code, so asking for more does not change the first four
+        okm = bytearray(5 * KEY_BYTES)
         HKDF(SHA256(), len(okm), salt=th, info=KEYS_INFO).derive_into(ikm, okm)
         wipe(ikm)
-        self._keys = [_take(okm, i * KEY_BYTES) for i in range(4)]
+        self._keys = [_take(okm, i * KEY_BYTES) for i in range(5)]
         wipe(okm)
         self._th = th
 
@@ -293,8 +295,9 @@ class _Handshake:
             recv,
             send_direction=send_direction,
             config=self.config,
+            exporter=self._keys[4],
         )
-        for key in self._keys[2:]:
+        for key in self._keys[2:4]:
             wipe(key)
         self._keys = []
         self._eph = None

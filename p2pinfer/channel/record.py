@@ -22,6 +22,7 @@ epoch in the header; the receiver ratchets to it once a frame under it authentic
 
 from __future__ import annotations
 
+import hashlib
 import struct
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -29,7 +30,7 @@ from enum import IntEnum
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.hashes import SHA256
-from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF, HKDFExpand
 
 from .config import ChannelConfig
 from .errors import (
@@ -54,6 +55,8 @@ MAX_EPOCH = 2**31 - 1
 MAX_SEQ = 2**64 - 1
 CHANNEL_ID_BYTES = 16
 REKEY_INFO = b"p2pinfer/channel/1 rekey"
+HOP_INFO = b"p2pinfer/channel/1 hop"
+HOP_ID_INFO = b"p2pinfer/channel/1 hop-id"
 
 INITIATOR_TO_RESPONDER = 0
 RESPONDER_TO_INITIATOR = 1
@@ -147,6 +150,7 @@ class RecordLayer:
         *,
         send_direction: int,
         config: ChannelConfig | None = None,
+        exporter: bytearray | None = None,
     ) -> None:
         if len(channel_id) != CHANNEL_ID_BYTES:
             raise ValueError("channel id must be 16 bytes")
@@ -157,8 +161,11 @@ class RecordLayer:
         self.channel_id = bytes(channel_id)
         self.config = config or ChannelConfig()
         self.stats = RecordStats()
+        if exporter is not None and len(exporter) != KEY_BYTES:
+            raise ValueError("the exporter secret must be 32 bytes")
         self._send = _TrafficKey(send_key, send_direction)
         self._recv = _TrafficKey(recv_key, 1 - send_direction)
+        self._exporter = exporter
         self._next_seq = 0
         self._last_seq = -1
         self._epoch_frames = 0
@@ -184,6 +191,35 @@ class RecordLayer:
         self._closed = True
         self._send.erase()
         self._recv.erase()
+        if self._exporter is not None:
+            wipe(self._exporter)
+            self._exporter = None
+
+    def derive_hop(self, label: bytes, salt: bytes) -> RecordLayer:
+        """A fresh record layer for one hop of a task, keyed from this channel's exporter
+        secret (protocols/channel.md "Hop keys"): both ends derive the same keys from the same
+        `label` (task id and stage) and `salt` (16+ random bytes the sender chose, never
+        reused), so many hops can share one handshake and still each have strict sequence
+        order, their own keys, and their own erasure."""
+        self._check_open()
+        if self._exporter is None:
+            raise ChannelError("this channel has no exporter secret")
+        if not 16 <= len(salt) <= 64 or len(label) > 256:
+            raise ChannelError("hop salt must be 16..64 bytes and label at most 256")
+        okm = bytearray(2 * KEY_BYTES)
+        info = HOP_INFO + len(label).to_bytes(4, "big") + bytes(label)
+        HKDF(SHA256(), len(okm), salt=bytes(salt), info=info).derive_into(self._exporter, okm)
+        i2r, r2i = bytearray(okm[:KEY_BYTES]), bytearray(okm[KEY_BYTES:])
+        wipe(okm)
+        direction = self._send.direction
+        send, recv = (i2r, r2i) if direction == INITIATOR_TO_RESPONDER else (r2i, i2r)
+        h = hashlib.sha256(HOP_ID_INFO + self.channel_id)
+        for part in (bytes(salt), bytes(label)):
+            h.update(len(part).to_bytes(4, "big") + part)
+        return RecordLayer(
+            h.digest()[:CHANNEL_ID_BYTES], send, recv, send_direction=direction,
+            config=self.config,
+        )
 
     def _check_open(self) -> None:
         if self._closed:

@@ -93,6 +93,10 @@ class SecureChannel:
     def recv_epoch(self) -> int:
         return self._record.recv_epoch
 
+    def derive_hop(self, label: bytes, salt: bytes) -> RecordLayer:
+        """A record layer of its own for one hop of a task (see `RecordLayer.derive_hop`)."""
+        return self._record.derive_hop(label, salt)
+
     def _offload(self, size: int) -> bool:
         limit = self._record.config.offload_bytes
         return limit > 0 and size >= limit
