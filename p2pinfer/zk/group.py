@@ -24,8 +24,6 @@ SCALAR_BYTES = 32
 GENERATOR_DST = b"p2pinfer-zk-v1:BLS12381G1_XMD:SHA-256_SSWU_RO_"
 DEFAULT_SEED = b"p2pinfer-zk-generators-v1"
 
-_ZERO = Scalar(0)
-_ONE = Scalar(1)
 
 
 def scalar(v: int) -> Scalar:
@@ -216,7 +214,3 @@ def pedersen_params(size: int, seed: bytes = DEFAULT_SEED) -> PedersenParams:
     key.extend(size)
     return PedersenParams(seed, size, key.g, key.h, tuple(key.g_vec[:size]), key.g_table,
                           key.h_table, key)
-
-
-def identity() -> G1Point:
-    return G1Point.identity()

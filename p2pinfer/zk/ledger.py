@@ -27,11 +27,10 @@ from .errors import (
     OpeningError,
     ProductError,
     ProofError,
-    ProofFormatError,
     RelationError,
     ShapeMismatch,
 )
-from .field import P, dot, interpolate, poly_eval
+from .field import P, dot, interpolate
 from .group import (
     PedersenParams,
     decode_point,
@@ -391,9 +390,7 @@ __all__ = [
     "LedgerRecord",
     "Lin",
     "ProductProof",
-    "ProofFormatError",
     "ProverLedger",
     "VerifierLedger",
-    "poly_eval",
     "sumcheck",
 ]

@@ -8,8 +8,9 @@ Every pre-activation z must satisfy -2**31 <= z < 2**31 (the 32-bit decompositio
 
 Weights are committed Hyrax-style (Wahby et al. 2018, section 6): the d_in x d_out matrix is laid
 out as a table of 2**n entries (index k * d_out + o), cut into 2**(n // 2) rows of
-2**(n - n // 2) entries, and each row gets one Pedersen vector commitment with its own blinding. The row commitments are public
-(they go into the manifest); the blindings stay with the weight owner and the provers.
+2**(n - n // 2) entries, and each row gets one Pedersen vector commitment with its own
+blinding. The row commitments are public (they go into the manifest); the blindings stay with
+the weight owner and the provers.
 """
 
 from __future__ import annotations
