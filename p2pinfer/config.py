@@ -117,6 +117,34 @@ class InferenceSection:
     noise_clip: float = 0.0
 
 
+TRUST_ATTESTERS = ("none", "simulated", "amd-sev-snp", "intel-tdx", "auto")
+TRUST_PRESETS = ("strict", "relaxed", "testnet")
+
+
+@dataclass
+class TrustSection:
+    """Attestation and attested channels (protocols/attest.md, channel.md)."""
+
+    #: what makes this node's evidence: none, simulated (development and testnets only),
+    #: amd-sev-snp, intel-tdx, or auto (the hardware found; never simulated)
+    attester: str = "none"
+    #: how peers' evidence is judged: strict, relaxed, testnet, or a TOML policy file (its
+    #: [attestation] table); the minimum TEE level per task mode lives in the policy
+    policy: str = "strict"
+    #: a production network refuses to start with a simulated attester or a testnet policy
+    production: bool = False
+    #: every activation hop must be encrypted; unset = true when an attester is set
+    require_channels: Any = None
+    #: how long verified claims are trusted before the peer is attested again
+    claims_ttl_s: float = 3600.0
+
+    @property
+    def channels_required(self) -> bool:
+        if self.require_channels is None:
+            return self.attester != "none"
+        return bool(self.require_channels)
+
+
 @dataclass
 class NodeConfig:
     node: NodeSection = field(default_factory=NodeSection)
@@ -126,6 +154,7 @@ class NodeConfig:
     limits: LimitsSection = field(default_factory=LimitsSection)
     serve: ServeSection = field(default_factory=ServeSection)
     inference: InferenceSection = field(default_factory=InferenceSection)
+    trust: TrustSection = field(default_factory=TrustSection)
     #: the file this came from, for error messages ("" when built in code)
     source: str = ""
 
@@ -195,7 +224,9 @@ class NodeConfig:
         if inf.noise_sigma > 0 and inf.noise_clip <= 0:
             raise ConfigError(f"{where}: key 'inference.noise_clip': noise needs a positive "
                               "clip norm")
+        self._validate_trust(where)
         positive = [
+            ("trust.claims_ttl_s", self.trust.claims_ttl_s),
             ("inference.redundancy", inf.redundancy),
             ("inference.step_timeout_s", inf.step_timeout_s),
             ("serve.session_ttl_s", self.serve.session_ttl_s),
@@ -215,6 +246,32 @@ class NodeConfig:
         for key, value in positive:
             if value <= 0:
                 raise ConfigError(f"{where}: key '{key}': must be positive, got {value!r}")
+
+
+    def _validate_trust(self, where: str) -> None:
+        tr = self.trust
+        if tr.attester not in TRUST_ATTESTERS:
+            raise ConfigError(f"{where}: key 'trust.attester': {tr.attester!r} is not one of "
+                              f"{', '.join(TRUST_ATTESTERS)}")
+        if tr.require_channels is not None and not isinstance(tr.require_channels, bool):
+            raise ConfigError(f"{where}: key 'trust.require_channels': expected a boolean")
+        if tr.policy not in TRUST_PRESETS and not Path(os.path.expanduser(tr.policy)).is_file():
+            raise ConfigError(f"{where}: key 'trust.policy': {tr.policy!r} is neither "
+                              f"{', '.join(TRUST_PRESETS)} nor an existing policy file")
+        if tr.production and tr.attester == "simulated":
+            raise ConfigError(f"{where}: key 'trust.attester': a production network refuses "
+                              "the simulated attester (it is not a TEE); use amd-sev-snp, "
+                              "intel-tdx or auto")
+        if tr.production and tr.policy in ("relaxed", "testnet"):
+            raise ConfigError(f"{where}: key 'trust.policy': a production network needs a "
+                              f"production policy, not {tr.policy!r}")
+        if tr.channels_required and tr.attester == "none":
+            raise ConfigError(f"{where}: key 'trust.require_channels': attested channels need "
+                              "an attester (set trust.attester)")
+        if tr.attester == "simulated" and tr.policy in ("strict", "relaxed"):
+            raise ConfigError(f"{where}: key 'trust.policy': {tr.policy!r} refuses the "
+                              "simulated evidence trust.attester = 'simulated' makes; use "
+                              "'testnet'")
 
 
 # -- loading -----------------------------------------------------------------------------------

@@ -78,7 +78,7 @@ def _answer(node: Node, line: bytes) -> dict[str, Any]:
         return {"ok": False, "error": "bad-request", "message": 'expected {"cmd": "..."}'}
     cmd = req["cmd"]
     if cmd == "peers":
-        return {"ok": True, "peers": [p.to_dict() for p in node.peers()]}
+        return {"ok": True, "peers": [_peer_row(p) for p in node.peers()]}
     if cmd == "status":
         return {"ok": True, **node.status()}
     return {
@@ -86,6 +86,16 @@ def _answer(node: Node, line: bytes) -> dict[str, Any]:
         "error": "unknown-command",
         "message": f"unknown command {cmd[:64]!r}; known: {', '.join(COMMANDS)}",
     }
+
+
+def _peer_row(p: Any) -> dict[str, Any]:
+    """A peer table row with its verified TEE level or the failed check (`tee_level` /
+    `tee_error`, from the node's attestation service)."""
+    row = p.to_dict()
+    for key in ("tee_level", "tee_error"):
+        if key in p.extra:
+            row[key] = p.extra[key]
+    return row
 
 
 async def _serve_client(node: Node, stream: trio.SocketStream) -> None:

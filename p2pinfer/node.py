@@ -177,6 +177,9 @@ class Node:
         self.mdns: MdnsDiscovery | None = None
         #: the inference service (stage server when `serve.model` is set, requester clients)
         self.inference: Any = None
+        #: attestation and attested channels (`p2pinfer.attestation`), when `trust.attester`
+        #: is set
+        self.attestation: Any = None
         self.counters: dict[str, int] = {
             "advert_fetches": 0,
             "advert_fetch_failures": 0,
@@ -251,9 +254,19 @@ class Node:
             )
             await self.bootstrap.dial_missing()
             nursery.start_soon(self.bootstrap.run)
+        hop = None
+        if self.config.trust.attester != "none":
+            from p2pinfer.attestation import NodeAttestation
+
+            self.attestation = NodeAttestation(self)
+            await nursery.start(self.attestation.run)
+            if self.config.trust.channels_required:
+                from p2pinfer.inference.secure_hop import ChannelHop
+
+                hop = ChannelHop(self.attestation)
         from p2pinfer.inference.service import InferenceService
 
-        self.inference = InferenceService(self)
+        self.inference = InferenceService(self, hop=hop)
         await nursery.start(self.inference.run)
         if self.config.control.enabled:
             from p2pinfer.control import serve_control
@@ -683,6 +696,8 @@ class Node:
                 "lookups": self.dht.lookups,
                 "routing_table": self.dht.routing_table_size,
             }
+        if self.attestation is not None:
+            counters["attestation"] = self.attestation.status()
         return {
             "peer_id": self.peer_id,
             "addrs": self.addrs,

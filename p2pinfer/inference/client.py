@@ -177,11 +177,15 @@ class InferenceClient:
     # -- planning ------------------------------------------------------------------------------
     def candidates(self) -> list[Candidate]:
         out = []
+        # TEE levels come from verified claims only; rejected peers are never candidates
+        att = getattr(self.node, "attestation", None)
         for p in self.node.peers():
             if p.model != self.info.model_id or not p.spans or p.peer_id == self.node.peer_id:
                 continue
+            if att is not None and not att.routable(p.peer_id):
+                continue
             layers = max(1, sum(b - a for a, b in p.spans))
-            tee = p.extra.get("tee_level", "none") if isinstance(p.extra, dict) else "none"
+            tee = att.tee_level(p.peer_id) if att is not None else "none"
             out.append(Candidate(
                 p.peer_id, tuple(tuple(s) for s in p.spans),
                 throughput=float(p.throughput) * layers, load=float(p.load),
@@ -194,8 +198,18 @@ class InferenceClient:
         s = self.settings
         req = PlanRequest(start, end, redundancy=s.redundancy,
                           allow=set(s.allow) if s.allow else None, deny=set(s.deny),
-                          exclude=self.backoff.excluded(), min_tee=s.min_tee)
+                          exclude=self.backoff.excluded(), min_tee=self.min_tee())
         return plan_route(self.candidates(), req)
+
+    def min_tee(self) -> str:
+        """The stricter of the request's `min_tee` and the trust policy's minimum for the mode."""
+        from p2pinfer.inference.planner import TEE_ORDER
+
+        levels = [self.settings.min_tee]
+        att = getattr(self.node, "attestation", None)
+        if att is not None:
+            levels.append(att.min_level(self.settings.mode))
+        return max(levels, key=lambda lv: TEE_ORDER.index(lv) if lv in TEE_ORDER else 0)
 
     # -- hops ----------------------------------------------------------------------------------
     async def accept_result_hop(self, up: Any, upstream: str, task: Task) -> None:
@@ -293,6 +307,9 @@ class InferenceClient:
     async def _close(self, session: RouteSession) -> None:
         session.closed = True
         self.sessions.pop(session.task.task_id, None)
+        end_hops = getattr(self.hop, "end_hops", None)
+        if end_hops is not None:  # erase the session's hop keys
+            end_hops(session.task.task_id)
         if session.up is not None:
             with trio.move_on_after(2) as scope:
                 scope.shield = True

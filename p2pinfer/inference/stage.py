@@ -265,6 +265,10 @@ class StageServer:
             if self.sessions.get(key) is session:
                 del self.sessions[key]
             session.erase()
+            end_hops = getattr(self.hop, "end_hops", None)
+            if end_hops is not None:  # erase this session's hop keys (in and out)
+                end_hops(task.task_id, stage)
+                end_hops(task.task_id, stage + 1)
 
     async def _send(self, stream: Any, t: str, fields: dict[str, Any]) -> None:
         """Best-effort message on a hop that may already be gone."""
@@ -369,7 +373,13 @@ class StageServer:
             session.steps += 1
             self.counters["steps"] += 1
             ctx_out = HopContext(session.task.task_id, session.stage + 1, seq, session.downstream)
-            fields = await self.hop.pack(out, ctx_out)
+            try:
+                fields = await self.hop.pack(out, ctx_out)
+            except P2PInferError as e:  # e.g. no attested channel to the next stage
+                await self._send_up(up, {
+                    "stage": session.stage + 1, "peer_id": session.downstream,
+                    "code": getattr(e, "code", "hop-failed"), "message": str(e)})
+                return "downstream-lost"
             del hidden, out
             try:
                 await down.send("step", {**extra, "seq": seq, "pos": pos, **fields})

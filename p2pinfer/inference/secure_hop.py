@@ -1,0 +1,258 @@
+"""Activations sealed under attested channels: the `ChannelHop` codec.
+
+Every activation crossing a hop is sealed with AES-256-GCM under keys of that hop alone,
+derived from the attested channel between the two peers (protocols/channel.md "Hop keys"); the
+channel is opened on first use and cached per peer by the node's `NodeAttestation`. A step
+message carries, instead of `hidden`:
+
+| field | type | meaning |
+|---|---|---|
+| `channel` | bin(16) | id of the pair channel the hop keys come from |
+| `hop_salt` | bin(16) | the sender's random salt for this hop's keys (same on every step) |
+| `sealed` | bin | one tensor record (channel.md "Records"), task id and stage in its header |
+
+The record's plaintext is `u16be(len h) || h || data`, h = msgpack `{dtype, shape, seq}`, data
+the raw little-endian tensor; the associated data binds channel, task id, stage and the record's
+own sequence number, and `seq` inside must equal the step's. Replayed, reordered and tampered
+records are dropped (the step is refused) and counted in `counters`. Plaintext buffers are
+overwritten once sealed or decoded.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+import struct
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import msgpack
+import torch
+import trio
+
+from p2pinfer.attestation import MAX_SEEN_SALTS, NodeAttestation, PairChannel, PeerNotAttested
+from p2pinfer.channel import ChannelError, RecordKind, RecordLayer, RecordRejected
+from p2pinfer.channel.errors import DecryptError, ReplayError
+from p2pinfer.channel.keys import wipe
+from p2pinfer.errors import P2PInferError, WireError
+from p2pinfer.inference.client import StageFailure
+from p2pinfer.inference.hop import HopContext
+from p2pinfer.node import tensor_wire_view
+from p2pinfer.wire import tensor_from_wire
+
+SALT_BYTES = 16
+CHANNEL_ID_BYTES = 16
+MAX_HEADER = 512
+#: records at least this large are sealed and opened in a worker thread
+OFFLOAD_BYTES = 1 << 20
+_U16 = struct.Struct(">H")
+
+
+class HopRefused(StageFailure):
+    """An activation cannot go to this peer under an attested channel (its evidence was
+    rejected, it has none, or the channel could not be opened). The requester re-plans."""
+
+    code = "unattested"
+
+
+class SealedRecordRejected(WireError):
+    """A sealed activation was replayed, reordered, tampered with or malformed: dropped."""
+
+    code = "rejected-record"
+
+
+class PlaintextRefused(WireError):
+    """A plaintext activation arrived where attested channels are required."""
+
+    code = "channel-required"
+
+
+def hop_label(task_id: bytes, stage: int) -> bytes:
+    return bytes(task_id) + stage.to_bytes(4, "big")
+
+
+@dataclass(eq=False)
+class _Hop:
+    pair: PairChannel
+    salt: bytes
+    layer: RecordLayer
+
+    def erase(self) -> None:
+        self.layer.close()
+
+
+def _plaintext(hidden: torch.Tensor, seq: int) -> bytearray:
+    wire = tensor_wire_view(hidden)
+    header = msgpack.packb({"dtype": wire["dtype"], "shape": wire["shape"], "seq": seq})
+    data = wire["data"]
+    out = bytearray(2 + len(header) + len(data))
+    _U16.pack_into(out, 0, len(header))
+    out[2:2 + len(header)] = header
+    out[2 + len(header):] = data
+    return out
+
+
+def _decode(payload: bytearray, seq: int, *, hidden_size: int, dtype: str, max_bytes: int
+            ) -> torch.Tensor:
+    if len(payload) < 2:
+        raise SealedRecordRejected("sealed activation is too short")
+    (hlen,) = _U16.unpack_from(payload, 0)
+    if hlen > MAX_HEADER or len(payload) < 2 + hlen:
+        raise SealedRecordRejected("sealed activation header is malformed")
+    try:
+        header = msgpack.unpackb(bytes(payload[2:2 + hlen]), max_bin_len=0, max_str_len=64,
+                                 max_array_len=8, max_map_len=4)
+    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError):
+        raise SealedRecordRejected("sealed activation header is not msgpack") from None
+    if not isinstance(header, dict) or set(header) != {"dtype", "shape", "seq"}:
+        raise SealedRecordRejected("sealed activation header has the wrong keys")
+    if header["seq"] != seq:
+        raise SealedRecordRejected(f"sealed activation is for step {header['seq']!r}, "
+                                   f"not {seq}")
+    with memoryview(payload) as view:
+        data = bytearray(view[2 + hlen:])
+    wire = {"dtype": header["dtype"], "shape": header["shape"], "data": data}
+    return tensor_from_wire(wire, max_bytes=max_bytes, dtype=dtype, shape=(1, None, hidden_size))
+
+
+class ChannelHop:
+    """Seal every activation of a hop under the attested channel to the peer on its other
+    side. One instance per node, shared by its stage server and requester clients."""
+
+    name = "channel"
+
+    def __init__(self, attestation: NodeAttestation, *, offload_bytes: int = OFFLOAD_BYTES
+                 ) -> None:
+        self.attestation = attestation
+        self.offload_bytes = offload_bytes
+        self._send: dict[tuple[bytes, int, str], _Hop] = {}
+        self._recv: dict[tuple[bytes, int, str], _Hop] = {}
+        self.counters: dict[str, int] = {
+            "sealed": 0, "opened": 0, "replayed": 0, "tampered": 0, "malformed": 0,
+            "plaintext_refused": 0, "hops_erased": 0,
+        }
+
+    def __repr__(self) -> str:
+        return f"ChannelHop(send_hops={len(self._send)}, recv_hops={len(self._recv)})"
+
+    @property
+    def live_hops(self) -> int:
+        return len(self._send) + len(self._recv)
+
+    async def _run(self, size: int, fn: Any) -> Any:
+        if self.offload_bytes and size >= self.offload_bytes:
+            return await trio.to_thread.run_sync(fn)
+        return fn()
+
+    # -- sending -----------------------------------------------------------------------------
+    async def _send_hop(self, ctx: HopContext) -> _Hop:
+        key = (ctx.task_id, ctx.stage, ctx.peer_id)
+        hop = self._send.get(key)
+        if hop is not None and not hop.pair.closed and not hop.layer.closed:
+            return hop
+        try:
+            pair = await self.attestation.channel_to(ctx.peer_id)
+        except (P2PInferError, OSError) as e:
+            raise HopRefused(ctx.stage, ctx.peer_id, f"no attested channel to stage "
+                             f"{ctx.stage} ({ctx.peer_id}): {e}") from None
+        salt = secrets.token_bytes(SALT_BYTES)
+        layer = pair.channel.derive_hop(hop_label(ctx.task_id, ctx.stage), salt)
+        if hop is not None:
+            hop.erase()
+        hop = _Hop(pair, salt, layer)
+        self._send[key] = hop
+        return hop
+
+    async def pack(self, hidden: torch.Tensor, ctx: HopContext) -> dict[str, Any]:
+        hop = await self._send_hop(ctx)
+        plain = _plaintext(hidden, ctx.seq)
+        try:
+            seal = partial(hop.layer.seal, plain, task_id=ctx.task_id, stage=ctx.stage,
+                           kind=RecordKind.TENSOR)
+            try:
+                frame = await self._run(len(plain), seal)
+            except ChannelError as e:
+                raise HopRefused(ctx.stage, ctx.peer_id, f"sealing failed: {e}") from None
+        finally:
+            wipe(plain)
+        self.counters["sealed"] += 1
+        return {"channel": hop.pair.channel_id, "hop_salt": hop.salt, "sealed": frame}
+
+    # -- receiving ---------------------------------------------------------------------------
+    def _recv_hop(self, ctx: HopContext, channel_id: bytes, salt: bytes) -> _Hop:
+        key = (ctx.task_id, ctx.stage, ctx.peer_id)
+        hop = self._recv.get(key)
+        if (hop is not None and hmac.compare_digest(hop.salt, salt)
+                and hmac.compare_digest(hop.pair.channel_id, channel_id)
+                and not hop.pair.closed and not hop.layer.closed):
+            return hop
+        pair = self.attestation.channel_by_id(channel_id)
+        if pair is None:
+            raise PeerNotAttested("no attested channel with that id (the sender must open one)")
+        if pair.peer_id != ctx.peer_id:
+            raise SealedRecordRejected("the channel belongs to another peer")
+        if salt in pair.seen_salts:
+            self.counters["replayed"] += 1
+            raise SealedRecordRejected("a hop salt was used again (replayed hop)")
+        if len(pair.seen_salts) >= MAX_SEEN_SALTS:
+            pair.channel.close()
+            raise PeerNotAttested("the channel served its last hop; open a new one")
+        pair.seen_salts.add(bytes(salt))
+        layer = pair.channel.derive_hop(hop_label(ctx.task_id, ctx.stage), salt)
+        if hop is not None:
+            hop.erase()
+        hop = _Hop(pair, bytes(salt), layer)
+        self._recv[key] = hop
+        return hop
+
+    async def unpack(
+        self, fields: dict[str, Any], ctx: HopContext, *, hidden_size: int, dtype: str,
+        max_bytes: int,
+    ) -> torch.Tensor:
+        sealed, channel_id, salt = (fields.get(k) for k in ("sealed", "channel", "hop_salt"))
+        if sealed is None:
+            self.counters["plaintext_refused"] += 1
+            raise PlaintextRefused("this node takes activations only over attested channels")
+        if not isinstance(sealed, (bytes, bytearray)):
+            raise WireError("`sealed` must be bytes")
+        if not isinstance(channel_id, bytes) or len(channel_id) != CHANNEL_ID_BYTES:
+            raise WireError("`channel` must be 16 bytes")
+        if not isinstance(salt, bytes) or len(salt) != SALT_BYTES:
+            raise WireError("`hop_salt` must be 16 bytes")
+        if len(sealed) > max_bytes + MAX_HEADER + 256:
+            raise WireError(f"sealed activation of {len(sealed)} bytes exceeds the limit")
+        hop = self._recv_hop(ctx, channel_id, salt)
+        try:
+            record = await self._run(len(sealed), partial(hop.layer.open, sealed))
+        except RecordRejected as e:
+            name = ("replayed" if isinstance(e, ReplayError)
+                    else "tampered" if isinstance(e, DecryptError) else "malformed")
+            self.counters[name] += 1
+            raise SealedRecordRejected(f"sealed activation dropped ({name}): {e}") from None
+        except ChannelError as e:  # the hop's layer closed itself after too many rejections
+            self.counters["malformed"] += 1
+            raise SealedRecordRejected(f"sealed activation dropped: {e}") from None
+        payload = record.payload
+        try:
+            if (record.kind != RecordKind.TENSOR or record.task_id != ctx.task_id
+                    or record.stage != ctx.stage):
+                self.counters["malformed"] += 1
+                raise SealedRecordRejected("sealed record is bound to another task or stage")
+            tensor = _decode(payload, ctx.seq, hidden_size=hidden_size, dtype=dtype,
+                             max_bytes=max_bytes)
+        finally:
+            wipe(payload)
+        self.counters["opened"] += 1
+        return tensor
+
+    # -- teardown ----------------------------------------------------------------------------
+    def end_hops(self, task_id: bytes, stage: int | None = None) -> int:
+        """Erase the hop keys of a task's session (one stage's hops, or all of the task's)."""
+        n = 0
+        for table in (self._send, self._recv):
+            for key in [k for k in table if k[0] == task_id and (stage is None or k[1] == stage)]:
+                table.pop(key).erase()
+                n += 1
+        self.counters["hops_erased"] += n
+        return n
