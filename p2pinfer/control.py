@@ -55,12 +55,12 @@ class _LineReader:
         """One line without its newline; None at a clean end of stream."""
         while True:
             i = self.buf.find(b"\n")
+            if i > self.limit or (i < 0 and len(self.buf) > self.limit):
+                raise _LineTooLong(f"line longer than {self.limit} bytes", "too-large")
             if i >= 0:
                 line = bytes(self.buf[:i])
                 del self.buf[: i + 1]
                 return line
-            if len(self.buf) > self.limit:
-                raise _LineTooLong(f"line longer than {self.limit} bytes", "too-large")
             chunk = await self.stream.receive_some(65536)
             if not chunk:
                 if self.buf:

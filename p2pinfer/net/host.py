@@ -51,14 +51,29 @@ class _KnownNoise(logging.Filter):
     PATTERNS = (
         "Failed to read DHT message from stream",
         "Incomplete DHT message from stream",
-        # identify racing a connection that is being closed (shutdown, peer restart)
+        # identify or a DHT query racing a peer that is going away (shutdown, restart)
         "Failed to open stream to peer",
+        "Failed to open stream to ",
+        "MultiselectClient handshake: read failed",
+        "Failed to send ADD_PROVIDER to ",
+        "Error sending ADD_PROVIDER to ",
+    )
+    LOGGERS = (
+        "libp2p.kad_dht.kad_dht",
+        "libp2p.kad_dht.peer_routing",
+        "libp2p.kad_dht.provider_store",
+        "libp2p.host.basic_host",
+        "libp2p.network.swarm",
+        "libp2p.protocol_muxer.multiselect_client",
     )
 
     def filter(self, record: logging.LogRecord) -> bool:
         if logging.getLogger("p2pinfer").isEnabledFor(logging.DEBUG):
             return True
         msg = record.msg if isinstance(record.msg, str) else ""
+        if msg.startswith("[ADDCONN_FAIL]"):
+            # a connection that completed its handshake after the swarm stopped: shutdown race
+            return not any(type(a).__name__ == "LifecycleError" for a in record.args or ())
         return not any(msg.startswith(p) for p in self.PATTERNS)
 
 
@@ -66,7 +81,7 @@ _NOISE_FILTER = _KnownNoise()
 
 
 def _quiet_known_noise() -> None:
-    for name in ("libp2p.kad_dht.kad_dht", "libp2p.host.basic_host"):
+    for name in _KnownNoise.LOGGERS:
         lg = logging.getLogger(name)
         if _NOISE_FILTER not in lg.filters:
             lg.addFilter(_NOISE_FILTER)
@@ -227,8 +242,8 @@ async def open_host(identity: NodeIdentity, net: NetSection) -> AsyncIterator[Ho
                 yield host
             finally:
                 with trio.CancelScope(shield=True), trio.move_on_after(5):
-                    await _close_connections(host)
                     await _close_listeners(host)
+                    await _close_connections(host)
     except OSError as e:
         if started:
             raise
