@@ -9,8 +9,10 @@ import torch
 import trio
 
 from p2pinfer.errors import RemoteError
+from p2pinfer.net.streams import encode_message_parts
 from p2pinfer.node import tensor_wire_view
-from p2pinfer.wire import tensor_to_wire
+from p2pinfer.wire import encode_message, tensor_to_wire
+from tests.spec_vectors import vectors
 
 from .conftest import node_config, node_runner
 
@@ -104,3 +106,14 @@ def test_the_zero_copy_view_encodes_like_the_wire_codec():
         ref = tensor_to_wire(t)
         assert view["dtype"] == ref["dtype"] and view["shape"] == ref["shape"]
         assert bytes(view["data"]) == ref["data"]
+
+
+def test_spec_vectors_are_what_the_codec_produces():
+    vec = vectors("tensor-transfer.md")
+    t = torch.tensor([[1.0, -2.0], [0.5, 3.0]])
+    wire = tensor_to_wire(t)
+    assert vec["tensor-echo-request"] == encode_message("tensor", {"tensor": wire, "mode": "echo"})
+    parts = encode_message_parts("tensor", {"tensor": tensor_wire_view(t), "mode": "echo"})
+    assert b"".join(bytes(p) for p in parts) == vec["tensor-echo-request"]
+    digest = hashlib.sha256(wire["data"]).digest()
+    assert vec["tensor-stored-reply"] == encode_message("stored", {"sha256": digest, "nbytes": 16})
