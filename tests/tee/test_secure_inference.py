@@ -1,29 +1,67 @@
-"""Inference over attested channels between simulated TEEs equals local inference."""
+"""Inference over attested channels between simulated TEEs: output equals local inference."""
 
 from __future__ import annotations
 
+import trio
+
+from p2pinfer.config import config_from_dict
 from p2pinfer.inference.secure_hop import ChannelHop
+from p2pinfer.models import LocalModel
 from p2pinfer.models.sampling import Sampler, SamplingParams
+from p2pinfer.node import Node
+from p2pinfer.testnet import Testnet
 
-from .conftest import tee_network
+from .conftest import TRUST, tee_network
+
+PROMPT = [5, 17, 42, 3]
+N = 6
 
 
-async def test_generation_over_attested_channels_equals_a_route_without_them(tmp_path, llama):
-    prompt = [5, 17, 42, 3]
-    async with tee_network(tmp_path / "a", str(llama), [[0, 3], [3, 6]], k_head=1,
+def greedy() -> Sampler:
+    return Sampler(SamplingParams(temperature=0.0))
+
+
+async def test_generation_over_attested_channels_equals_local(tmp_path, llama):
+    reference = LocalModel.load(llama).generate(PROMPT, N)
+    async with tee_network(tmp_path, str(llama), [[0, 3], [3, 6]], k_head=1,
                            k_tail=1) as (client, stages):
         assert isinstance(client.inference.hop, ChannelHop)
         c = client.inference.client(str(llama))
-        toks = [t async for t in c.generate(prompt, 6, Sampler(SamplingParams(temperature=0.0)))]
+        got = [t async for t in c.generate(PROMPT, N, greedy())]
+        assert got == reference
         hop = client.inference.hop
-        assert hop.counters["sealed"] >= 6 and hop.counters["opened"] >= 6
+        assert hop.counters["sealed"] == N and hop.counters["opened"] == N
         for s in stages:
-            assert s.inference.hop.counters["opened"] >= 6
-            assert s.inference.hop.counters["plaintext_refused"] == 0
-        levels = {p.peer_id: p.extra.get("tee_level") for p in client.peers()}
-        assert set(levels.values()) == {"simulated"}
-    async with tee_network(tmp_path / "b", str(llama), [[0, 3], [3, 6]], trust=None,
-                           k_head=1, k_tail=1) as (plain, _):
-        c = plain.inference.client(str(llama))
-        ref = [t async for t in c.generate(prompt, 6, Sampler(SamplingParams(temperature=0.0)))]
-    assert toks == ref
+            assert s.inference.hop.counters["opened"] == N
+            assert s.inference.hop.counters["sealed"] == N
+        assert {p.extra.get("tee_level") for p in client.peers()} == {"simulated"}
+
+
+async def test_multiprocess_testnet_with_trust_config_runs_encrypted_inference(tmp_path, llama):
+    reference = LocalModel.load(llama).generate(PROMPT, N)
+    spans = [[1, 3], [3, 5]]
+    config_for = lambda i: {  # noqa: E731
+        "serve": {"model": str(llama), "layers": spans[i]},
+        "gossip": {"advert_interval_s": 1.0},
+        "trust": dict(TRUST),
+    }
+    async with Testnet(2, base_dir=tmp_path / "net", config_for=config_for) as net:
+        await net.wait_converged(timeout=60)
+        cfg = config_from_dict({
+            "node": {"name": "client", "data_dir": str(tmp_path / "client"),
+                     "network_id": net.network_id, "roles": ["client"]},
+            "net": {"bootstrap": [net.peers[0].addrs[0]], "dht": False},
+            "control": {"enabled": False},
+            "inference": {"step_timeout_s": 10.0, "k_head": 1, "k_tail": 1},
+            "trust": dict(TRUST),
+        })
+        async with Node(cfg) as client:
+            with trio.fail_after(60):
+                while len([p for p in client.peers() if p.extra.get("tee_level")]) < 2:
+                    await trio.sleep(0.2)
+            c = client.inference.client(str(llama))
+            got = [t async for t in c.generate(PROMPT, N, greedy())]
+            assert got == reference
+            assert client.inference.hop.counters["opened"] == N
+            assert client.inference.hop.counters["sealed"] == N
+            assert client.attestation.counters["rejected"] == 0
