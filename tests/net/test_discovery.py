@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 
 import multiaddr
+import pytest
 import trio
 from libp2p.discovery.events.peerDiscovery import peerDiscovery
 from libp2p.peer.id import ID
@@ -120,3 +121,12 @@ async def test_mdns_discoveries_from_zeroconfs_thread_reach_the_node_and_are_dia
             await a.wait_for_peers(1, timeout=20)
         await wait_until(lambda: a.counters["mdns_dials"] == 1, 10)
         assert b.peer_id in a.connected_peers()
+
+
+async def test_the_dht_refuses_values_in_our_record_namespace(tmp_path):
+    async with node_runner() as runner:
+        a = await runner.start(node_config(tmp_path, "a"))
+        assert a.dht is not None
+        assert a.dht.key == f"/p2pinfer/{a.network_id}/peers"
+        with trio.fail_after(10), pytest.raises(Exception, match="stores no DHT values"):  # noqa: B017
+            await a.dht.dht.put_value(f"/p2pinfer/{a.network_id}/x", b"anything")
