@@ -4,6 +4,14 @@
 `proof` proves and verifies one shard execution GKR-style with committed sum-checks; `ledger`
 has the committed-value arguments (linear relations, products, Hyrax openings) they rest on;
 `field`, `group` and `transcript` are the field, the BLS12-381 Pedersen group and Fiat-Shamir.
+
+    shard = ProvableMlp.from_float([(w1, b1), (w2, b2)], activations="relu")
+    owner = commit_shard(shard, cache_dir)                    # once per set of weights
+    manifest = ModelManifest.from_shards("model-id", [owner])  # published; verifiers pin digest
+    prover = owner.bind_to(manifest.shard(0, 2))
+    y = prover.forward_fixed(x)                               # int64, bit-for-bit
+    proof = prove(prover, x, y, ProofBinding(task_id, manifest.digest()))
+    verify(manifest.shard(0, 2), x, y, ShardProof.from_bytes(blob, max_size), binding)
 """
 
 from .errors import BindingMismatch as BindingMismatch
