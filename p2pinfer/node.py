@@ -570,7 +570,7 @@ class Node:
         proto = protocol_id(name, version)
         try:
             with trio.fail_after(limit):
-                stream = self._pool.take(peer_id, proto)
+                stream = await self._pool.take(peer_id, proto)
                 if stream is not None:
                     try:
                         return await self._exchange(stream, proto, t, fields, expect)

@@ -443,7 +443,8 @@ class StreamPool:
         self.reused = 0
         self.opened = 0
 
-    def take(self, peer_id: str, protocol: str) -> FramedStream | None:
+    async def take(self, peer_id: str, protocol: str) -> FramedStream | None:
+        """An idle stream to reuse, or None; streams idle for too long are closed."""
         entries = self._idle.get((peer_id, protocol))
         now = trio.current_time()
         while entries:
@@ -451,7 +452,7 @@ class StreamPool:
             if now - since <= self.idle_s:
                 self.reused += 1
                 return stream
-            stream._closed = True  # too old: let the server's idle close reap it
+            await stream.aclose()
         return None
 
     def give(self, stream: FramedStream, protocol: str) -> bool:
