@@ -32,12 +32,10 @@ def eq_table(point: Sequence[int]) -> list[int]:
     """All 2**m values of eq(point, x) for boolean x, index MSB-first."""
     table = [1]
     for p in point:
-        out: list[int] = []
-        append = out.append
-        for t in table:
-            tp = t * p % P
-            append((t - tp) % P)
-            append(tp)
+        high = [t * p % P for t in table]
+        out = [0] * (2 * len(table))
+        out[1::2] = high
+        out[0::2] = [t - h if t >= h else t - h + P for t, h in zip(table, high)]
         table = out
     return table
 
