@@ -209,7 +209,10 @@ class RecordLayer:
         okm = bytearray(2 * KEY_BYTES)
         info = HOP_INFO + len(label).to_bytes(4, "big") + bytes(label)
         HKDF(SHA256(), len(okm), salt=bytes(salt), info=info).derive_into(self._exporter, okm)
-        i2r, r2i = bytearray(okm[:KEY_BYTES]), bytearray(okm[KEY_BYTES:])
+        i2r, r2i = bytearray(KEY_BYTES), bytearray(KEY_BYTES)
+        with memoryview(okm) as view:  # copy without intermediate (unwiped) slices
+            i2r[:] = view[:KEY_BYTES]
+            r2i[:] = view[KEY_BYTES:]
         wipe(okm)
         direction = self._send.direction
         send, recv = (i2r, r2i) if direction == INITIATOR_TO_RESPONDER else (r2i, i2r)
@@ -217,7 +220,10 @@ class RecordLayer:
         for part in (bytes(salt), bytes(label)):
             h.update(len(part).to_bytes(4, "big") + part)
         return RecordLayer(
-            h.digest()[:CHANNEL_ID_BYTES], send, recv, send_direction=direction,
+            h.digest()[:CHANNEL_ID_BYTES],
+            send,
+            recv,
+            send_direction=direction,
             config=self.config,
         )
 

@@ -43,6 +43,11 @@ FRAME = (
     "e09a1078f2ef44412d61a9c3decf158daec467f6135808192f746125"
 )
 K_I2R_EPOCH1 = "868771b85b78a6c084fe87591e13a50f4e12777127e2d7f8dc46f03014717bca"
+EXPORTER = "1b850331237f3b04351cf1f3fb915893e313aa65ad4028a4b155c987276d7407"
+HOP_LABEL, HOP_SALT = b"task-0001" + (3).to_bytes(4, "big"), b"\x33" * 16
+HOP_ID = "60a6a90c4a200ad9b85163303cb4790a"
+HOP_K_IR = "d4ae292af912c6f6d28384d69c569ef6a23c442ba0d794d45826e37ed915a0d2"
+HOP_K_RI = "4d4bfee989139bb1f7735546b4e4bdc8bbeae7cce3cbabfae7bbc319791d6af9"
 
 
 def priv(tag: bytes) -> X25519PrivateKey:
@@ -83,6 +88,10 @@ def test_implementation_reproduces_the_published_vector():
     assert bytes(frame).hex() == FRAME
     assert cr.open(frame).payload == b"hello tensor"
     assert bytes(_ratchet(bytearray(bytes.fromhex(K_I2R)), 1)).hex() == K_I2R_EPOCH1
+    assert bytes(ci._exporter).hex() == EXPORTER
+    hop = ci.derive_hop(HOP_LABEL, HOP_SALT)
+    assert hop.channel_id.hex() == HOP_ID
+    assert (bytes(hop._send.key).hex(), bytes(hop._recv.key).hex()) == (HOP_K_IR, HOP_K_RI)
 
 
 def test_spec_recomputation_matches_the_vector():
@@ -107,10 +116,11 @@ def test_spec_recomputation_matches_the_vector():
     ]  # fmt: skip
     th = hashlib.sha256(b"".join(struct.pack(">I", len(f)) + f for f in fields)).digest()
     assert th.hex() == TRANSCRIPT
-    okm = HKDF(SHA256(), 128, salt=th, info=b"p2pinfer/channel/1 keys").derive(ikm)
+    okm = HKDF(SHA256(), 160, salt=th, info=b"p2pinfer/channel/1 keys").derive(ikm)
     assert okm[:32].hex() == K_I2R and okm[32:64].hex() == K_R2I
+    assert okm[128:].hex() == EXPORTER
     tag_i = hmac.new(okm[64:96], b"p2pinfer/channel/1 initiator finished" + th, "sha256")
-    tag_r = hmac.new(okm[96:], b"p2pinfer/channel/1 responder finished" + th, "sha256")
+    tag_r = hmac.new(okm[96:128], b"p2pinfer/channel/1 responder finished" + th, "sha256")
     assert (tag_i.hexdigest(), tag_r.hexdigest()) == (CONF_I, CONF_R)
 
     task = b"task-0001"
@@ -120,3 +130,11 @@ def test_spec_recomputation_matches_the_vector():
     assert (header + sealed).hex() == FRAME
     next_key = HKDFExpand(SHA256(), 32, b"p2pinfer/channel/1 rekey" + struct.pack(">I", 1))
     assert next_key.derive(okm[:32]).hex() == K_I2R_EPOCH1
+
+    info = b"p2pinfer/channel/1 hop" + struct.pack(">I", len(HOP_LABEL)) + HOP_LABEL
+    hop = HKDF(SHA256(), 64, salt=HOP_SALT, info=info).derive(okm[128:])
+    assert (hop[:32].hex(), hop[32:].hex()) == (HOP_K_IR, HOP_K_RI)
+    hop_id = hashlib.sha256(b"p2pinfer/channel/1 hop-id" + th[:16])
+    for part in (HOP_SALT, HOP_LABEL):
+        hop_id.update(struct.pack(">I", len(part)) + part)
+    assert hop_id.digest()[:16].hex() == HOP_ID
