@@ -40,7 +40,7 @@ async def test_generation_over_attested_channels_equals_local(tmp_path, llama):
 async def test_multiprocess_testnet_with_trust_config_runs_encrypted_inference(tmp_path, llama):
     reference = LocalModel.load(llama).generate(PROMPT, N)
     spans = [[1, 3], [3, 5]]
-    config_for = lambda i: {  # noqa: E731
+    config_for = lambda i: {
         "serve": {"model": str(llama), "layers": spans[i]},
         "gossip": {"advert_interval_s": 1.0},
         "trust": dict(TRUST),
