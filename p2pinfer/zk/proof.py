@@ -70,6 +70,10 @@ from .shard import (
 from .transcript import Transcript, tensor_digest
 
 PROOF_VERSION = 1
+MAX_TOKENS = 1 << 16
+
+Claim = tuple[list[int], Lin, int]
+"""(point, claimed value, live tokens): sum over live tokens of eq(point, i) out_i = value."""
 DOMAIN = b"p2pinfer/zk-shard-proof/v1"
 DEFAULT_MAX_PROOF = 16 << 20
 _INV32 = inv(BITS)
@@ -270,12 +274,12 @@ def _layer(
     lc: LayerCommitment,
     frac_bits: int,
     nt: int,
-    claims: list[tuple[list[int], Lin]],
+    claims: list[Claim],
     x: np.ndarray | None,
     wit: _Witness | None,
     name: str,
     rows: list | None,
-) -> list[tuple[list[int], Lin]]:
+) -> list[Claim]:
     prover = wit is not None
     f = frac_bits
     nk, no = log2_exact(lc.d_in, "d_in"), log2_exact(lc.d_out, "d_out")
@@ -295,21 +299,22 @@ def _layer(
 
     # 2. split off the residual (a~(p_k), committed unless a is the public input), then merge
     #    the claims on this layer's output with powers of a challenge
-    below: list[tuple[list[int], Lin]] = []
+    below: list[Claim] = []
     if lc.residual:
-        for p, _ in claims:
-            if x is not None:
+        for p, _, live in claims:
+            if x is not None:  # the padded rows of x are zero: no mask needed
                 lin = Lin(const=int_mle_eval(x, p))
             else:
-                lin = Lin.var(led.put(int_mle_eval(wit.a, p) if prover else None))
-            below.append((p, lin))
+                v = dot(_masked_eq(p, live, nt), _flat(wit.a)) if prover else None
+                lin = Lin.var(led.put(v))
+            below.append((p, lin, live))
     weights = [1]
     if len(claims) > 1:
         alpha = led.challenge(f"{name}/merge".encode())
         for _ in claims[1:]:
             weights.append(weights[-1] * alpha % P)
     total = Lin()
-    for k, (w, (_, lin)) in enumerate(zip(weights, claims)):
+    for k, (w, (_, lin, _)) in enumerate(zip(weights, claims)):
         total = total + lin * w
         if lc.residual:
             total = total - below[k][1] * w
@@ -319,8 +324,8 @@ def _layer(
     oracle = None
     if prover:
         e1 = [0] * (1 << ni)
-        for w, (p, _) in zip(weights, claims):
-            e1 = [(u + w * v) % P for u, v in zip(e1, eq_table(p))]
+        for w, (p, _, live) in zip(weights, claims):
+            e1 = [(u + w * v) % P for u, v in zip(e1, _masked_eq(p, live, nt))]
         if relu:
             s_tab = bits[:, BITS - 1].tolist()
             m_tab = (bits[:, f:BITS - 1] @ (1 << np.arange(BITS - 1 - f, dtype=np.int64))).tolist()
@@ -350,7 +355,8 @@ def _layer(
         i_m, i_z, i_beta = opened
         act = Lin.var(i_m) - (1 << (BITS - 1 - f))
     i_b2 = led.put(led.values[i_beta] ** 2 if prover else None)
-    e1_rho = sum(w * eq_eval(p, rho) for w, (p, _) in zip(weights, claims)) % P
+    e1_rho = sum(w * _masked_eq_eval(p, rho, live, nt)
+                 for w, (p, _, live) in zip(weights, claims)) % P
     e2 = eq_eval(r_bool, point)
     expect = act * (lam * _INV32 % P * e1_rho) + (Lin.var(i_beta) - Lin.var(i_b2)) * e2
     led.relate(f"{name}/bits-final", final - expect)
@@ -393,7 +399,28 @@ def _layer(
         led.prove_product(i_a, i_w, i_p)
     else:
         led.check_product(f"{name}/matmul-product", i_a, i_w, i_p)
-    return below + [(a_point, Lin.var(i_a))]
+    return [*below, (a_point, Lin.var(i_a), 1 << nt)]
+
+
+def _masked_eq(p: list[int], live: int, nt: int) -> list[int]:
+    """eq(p, i) for i = (token, feature), zero on the padding tokens (token >= live)."""
+    table = eq_table(p)
+    if live < 1 << nt:
+        cut = live * (len(table) >> nt)
+        table[cut:] = [0] * (len(table) - cut)
+    return table
+
+
+def _masked_eq_eval(p: list[int], q: list[int], live: int, nt: int) -> int:
+    """sum over live tokens and all features of eq(p, i) eq(q, i)."""
+    if live == 1 << nt:
+        return eq_eval(p, q)
+    tok = dot(eq_table(p[:nt])[:live], eq_table(q[:nt])[:live])
+    return tok * eq_eval(p[nt:], q[nt:]) % P
+
+
+def _flat(a: np.ndarray) -> list[int]:
+    return [int(v) % P for v in a.reshape(-1)]
 
 
 def _open_vector(led, check, point, values, blinds, enc_rows, rows_cache, kind) -> int:
@@ -441,14 +468,22 @@ def _binding(commitment: ShardCommitment, x: np.ndarray, y: np.ndarray,
 
 
 def _check_shapes(commitment: ShardCommitment, x: np.ndarray, y: np.ndarray) -> int:
+    """log2 of the padded token count (tokens are zero-padded to a power of two)."""
     if x.ndim != 2 or y.ndim != 2 or x.shape[0] != y.shape[0]:
         raise ShapeMismatch("shapes", "x and y must be (tokens, features) with equal tokens")
     if x.shape[1] != commitment.layers[0].d_in or y.shape[1] != commitment.layers[-1].d_out:
         raise ShapeMismatch("shapes", "x or y does not match the shard's dimensions")
-    try:
-        return log2_exact(x.shape[0], "tokens")
-    except ValueError as exc:
-        raise ShapeMismatch("shapes", str(exc)) from None
+    if not 1 <= x.shape[0] <= MAX_TOKENS:
+        raise ShapeMismatch("shapes", f"the number of tokens must be in 1..{MAX_TOKENS}")
+    return (x.shape[0] - 1).bit_length()
+
+
+def _pad_tokens(a: np.ndarray, nt: int) -> np.ndarray:
+    if a.shape[0] == 1 << nt:
+        return a
+    out = np.zeros((1 << nt, a.shape[1]), dtype=np.int64)
+    out[: a.shape[0]] = a
+    return out
 
 
 def _as_int(t: object, what: str) -> np.ndarray:
@@ -466,13 +501,15 @@ def prove(shard: CommittedShard, x: np.ndarray, y: np.ndarray,
           binding: ProofBinding) -> ShardProof:
     """Prove y = shard.forward_fixed(x) under shard.commitment, bound to `binding`."""
     x, y = _as_int(x, "x"), _as_int(y, "y")
-    traces = shard.shard.trace(x)
-    if not np.array_equal(traces[-1].out, y):
-        raise ValueError("y is not this shard's fixed-point output on x")
     c = shard.commitment
     nt = _check_shapes(c, x, y)
     t, bind = _binding(c, x, y, binding)
-    led = ProverLedger(_params(c, x.shape[0]), t)
+    live = x.shape[0]
+    x = _pad_tokens(x, nt)
+    traces = shard.shard.trace(x)
+    if not np.array_equal(traces[-1].out[:live], y):
+        raise ValueError("y is not this shard's fixed-point output on x")
+    led = ProverLedger(_params(c, 1 << nt), t)
     claims = _output_claims(led, y, nt)
     for k in range(len(c.layers) - 1, -1, -1):
         layer = shard.shard.layers[k]
@@ -483,10 +520,11 @@ def prove(shard: CommittedShard, x: np.ndarray, y: np.ndarray,
     return ShardProof(bind, led.finish())
 
 
-def _output_claims(led, y: np.ndarray, nt: int) -> list[tuple[list[int], Lin]]:
+def _output_claims(led, y: np.ndarray, nt: int) -> list[Claim]:
+    """The claim on the (token-masked) output at a random point: the verifier knows y."""
     n = nt + (y.shape[1].bit_length() - 1)
     r = [led.challenge(b"output/%d" % k) for k in range(n)]
-    return [(r, Lin(const=int_mle_eval(y, r)))]
+    return [(r, Lin(const=int_mle_eval(_pad_tokens(y, nt), r)), y.shape[0])]
 
 
 def verify(commitment: ShardCommitment | ModelManifest, x: np.ndarray, y: np.ndarray,
@@ -510,13 +548,14 @@ def verify(commitment: ShardCommitment | ModelManifest, x: np.ndarray, y: np.nda
     t, bind = _binding(commitment, x, y, binding)
     if not hmac.compare_digest(bind, proof.binding):
         raise BindingMismatch("binding", "proof was made for another task, manifest, x or y")
+    x = _pad_tokens(x, nt)
     try:
         rows = {}
         for lc in commitment.layers:
             w_pts, b_pts = lc.decoded_rows()
             rows[("w", id(lc.weight_rows))] = w_pts
             rows[("b", id(lc.bias_rows))] = b_pts
-        led = VerifierLedger(_params(commitment, x.shape[0]), t, proof.record)
+        led = VerifierLedger(_params(commitment, 1 << nt), t, proof.record)
         claims = _output_claims(led, y, nt)
         for k in range(len(commitment.layers) - 1, -1, -1):
             claims = _layer(led, commitment.layers[k], commitment.frac_bits, nt, claims,

@@ -173,7 +173,6 @@ class ProvableMlp:
         a = np.asarray(x)
         if a.ndim != 2 or a.shape[1] != self.d_in or a.dtype.kind not in "iu":
             raise ValueError(f"input must be an integer array of shape (tokens, {self.d_in})")
-        log2_exact(a.shape[0], "the number of tokens")
         if np.abs(a).max(initial=0) >= 1 << (BITS - 8):
             raise FixedPointOverflow("an input value is outside (-2**24, 2**24)")
         return a.astype(np.int64)

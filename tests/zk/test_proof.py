@@ -38,7 +38,7 @@ def test_an_honest_proof_verifies(small_committed, binding):
 
 @settings(deadline=None, max_examples=12, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    tokens=st.sampled_from([1, 2, 4]),
+    tokens=st.integers(1, 6),
     dims=st.lists(st.sampled_from([1, 2, 4, 8]), min_size=2, max_size=3),
     bias=st.booleans(),
     acts=st.lists(st.sampled_from(["relu", "identity"]), min_size=2, max_size=2),
@@ -250,3 +250,16 @@ def test_a_whole_manifest_can_stand_for_a_one_shard_model(small_committed):
     y = prover.forward_fixed(x)
     b = ProofBinding(b"t", manifest.digest())
     verify(manifest, x, y, prove(prover, x, y, b), b)
+
+
+def test_token_counts_need_not_be_powers_of_two(small_committed, binding):
+    x = make_input(3, 8)
+    y = small_committed.forward_fixed(x)
+    proof = prove(small_committed, x, y, binding)
+    verify(small_committed.commitment, x, y, proof, binding)
+    y2 = y.copy()
+    y2[2, 0] += 1
+    _, forged = _binding(small_committed.commitment, x, y2, binding)
+    with pytest.raises(ProofError):
+        verify(small_committed.commitment, x, y2, dataclasses.replace(proof, binding=forged),
+               binding)

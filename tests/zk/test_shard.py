@@ -77,7 +77,7 @@ def test_bad_shapes_are_refused():
         ProvableMlp([FixedLayer(np.zeros((2, 4), dtype=np.int64), None),
                      FixedLayer(np.zeros((2, 2), dtype=np.int64), None)])
     with pytest.raises(ValueError):
-        make_shard([2, 2]).forward_fixed(np.zeros((3, 2), dtype=np.int64))
+        make_shard([2, 2]).forward_fixed(np.zeros((3, 4), dtype=np.int64))
     with pytest.raises(ValueError):
         make_shard([2, 2]).forward_fixed(np.zeros((1, 2), dtype=np.float32))
 
