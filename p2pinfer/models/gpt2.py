@@ -22,8 +22,7 @@ from p2pinfer.models.family import ArchConfig, Family, Shapes, Weights, eos_ids,
 from p2pinfer.models.layers import (
     LayerNorm,
     Linear,
-    attention,
-    causal_mask,
+    causal_attention,
     merge_heads,
     split_heads,
 )
@@ -97,7 +96,7 @@ class Attention(nn.Module):
         q, k, v = (split_heads(t, self.heads) for t in (q, k, v))
         if cache is not None:
             k, v = cache.write(slot, start, k, v)
-        y = attention(q, k, v, causal_mask(start, x.shape[1], k.shape[2]), self.scale)
+        y = causal_attention(q, k, v, start, self.scale)
         return self.c_proj(merge_heads(y))
 
 

@@ -78,6 +78,31 @@ def attention(
     )
 
 
+def causal_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    q_start: int,
+    scale: float,
+    window: int | None = None,
+) -> torch.Tensor:
+    """Causal attention of T queries at [q_start, q_start+T) over the S most recent keys.
+
+    Takes the fused paths where the mask is implied: a prefill without a prefix (is_causal) and
+    a single query that sees every key (no mask); otherwise an explicit boolean mask.
+    """
+    t, s = q.shape[2], k.shape[2]
+    gqa = q.shape[1] != k.shape[1]
+    if window is None or window >= s:
+        if t == s:
+            return F.scaled_dot_product_attention(
+                q, k, v, is_causal=True, scale=scale, enable_gqa=gqa
+            )
+        if t == 1:
+            return F.scaled_dot_product_attention(q, k, v, scale=scale, enable_gqa=gqa)
+    return attention(q, k, v, causal_mask(q_start, t, s, window), scale)
+
+
 def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
     """[1, T, heads*d] -> [1, heads, T, d]."""
     b, t, _ = x.shape

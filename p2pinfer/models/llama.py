@@ -28,7 +28,7 @@ from p2pinfer.models.family import (
     eos_ids,
     field,
 )
-from p2pinfer.models.layers import Linear, RMSNorm, attention, causal_mask, merge_heads, split_heads
+from p2pinfer.models.layers import Linear, RMSNorm, causal_attention, merge_heads, split_heads
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -159,8 +159,7 @@ class Attention(nn.Module):
         k = k * cos + rotate_half(k) * sin
         if cache is not None:
             k, v = cache.write(slot, start, k, v)
-        mask = causal_mask(start, t, k.shape[2], self.window)
-        y = attention(q, k, v, mask, scale=self.head_dim**-0.5)
+        y = causal_attention(q, k, v, start, self.head_dim**-0.5, self.window)
         return self.o_proj(merge_heads(y))
 
 
