@@ -130,6 +130,8 @@ class ProvableMlp:
                 raise ValueError("consecutive layers do not chain (d_out != next d_in)")
         self.layers = tuple(layers)
         self.frac_bits = frac_bits
+        self.in_features = self.layers[0].d_in  # widths before padding (from_float)
+        self.out_features = self.layers[-1].d_out
 
     @classmethod
     def from_float(
@@ -142,18 +144,43 @@ class ProvableMlp:
     ) -> ProvableMlp:
         """Quantize float (W (d_in, d_out), b) pairs: W, x to 2**-f and b to 2**-2f steps.
 
-        The bias also carries 2**(f-1), so the floor in the rescale rounds to nearest.
+        The bias also carries 2**(f-1), so the floor in the rescale rounds to nearest. Widths
+        that are not powers of two are padded with zero weights; padded features are exactly 0
+        through every layer, and `pad_features` / `live_features` convert x and y.
         """
         n = len(layers)
         acts = [activations] * n if isinstance(activations, str) else list(activations)
         res = [residual] * n if isinstance(residual, bool) else list(residual)
         out = []
         for (w, b), act, r in zip(layers, acts, res, strict=True):
-            wq = np.rint(np.asarray(w, dtype=np.float64) * (1 << frac_bits)).astype(np.int64)
-            bf = np.zeros(wq.shape[1]) if b is None else np.asarray(b, dtype=np.float64)
+            wf = np.asarray(w, dtype=np.float64)
+            if wf.ndim != 2:
+                raise ValueError("a weight must be a 2-D (d_in, d_out) array")
+            d_in, d_out = (1 << (d - 1).bit_length() for d in wf.shape)
+            wq = np.zeros((d_in, d_out), dtype=np.int64)
+            wq[: wf.shape[0], : wf.shape[1]] = np.rint(wf * (1 << frac_bits))
+            bf = np.zeros(d_out)
+            if b is not None:
+                bf[: wf.shape[1]] = np.asarray(b, dtype=np.float64)
             bq = np.rint(bf * (1 << 2 * frac_bits)).astype(np.int64) + (1 << (frac_bits - 1))
             out.append(FixedLayer(wq, bq, act, r))
-        return cls(out, frac_bits)
+        shard = cls(out, frac_bits)
+        shard.in_features = np.asarray(layers[0][0]).shape[0]
+        shard.out_features = np.asarray(layers[-1][0]).shape[1]
+        return shard
+
+    def pad_features(self, x: np.ndarray) -> np.ndarray:
+        """x with zero columns up to the (power-of-two) input width of the shard."""
+        a = np.asarray(x)
+        if a.ndim != 2 or a.shape[1] > self.d_in:
+            raise ValueError(f"input must be (tokens, <= {self.d_in})")
+        out = np.zeros((a.shape[0], self.d_in), dtype=a.dtype)
+        out[:, : a.shape[1]] = a
+        return out
+
+    def live_features(self, y: np.ndarray) -> np.ndarray:
+        """y without the padding columns added by from_float."""
+        return np.asarray(y)[:, : self.out_features]
 
     @property
     def d_in(self) -> int:

@@ -150,3 +150,18 @@ def test_binding_a_shard_to_a_foreign_manifest_entry_is_refused():
     with pytest.raises(CommitmentMismatch):
         a.bind_to(m.shard(0, 1))
     assert a.bind_to(ModelManifest.from_shards("x", [a]).shard(0, 1)).commitment.model_id == "x"
+
+
+def test_float_widths_that_are_not_powers_of_two_are_padded_exactly():
+    rng = np.random.default_rng(5)
+    w1, b1 = rng.normal(0, 0.3, (6, 12)), rng.normal(0, 0.1, 12)
+    w2, b2 = rng.normal(0, 0.3, (12, 12)), rng.normal(0, 0.1, 12)
+    shard = ProvableMlp.from_float([(w1, b1), (w2, b2)], activations=["relu", "identity"],
+                                   residual=[False, True], frac_bits=12)
+    assert (shard.d_in, shard.layers[0].d_out, shard.d_out) == (8, 16, 16)
+    x = rng.normal(0, 1, (3, 6))
+    y = shard.forward_fixed(shard.pad_features(shard.quantize(x)))
+    assert np.all(y[:, 12:] == 0)
+    h = np.maximum(x @ w1 + b1, 0)
+    ref = h @ w2 + b2 + h
+    assert np.abs(shard.dequantize(shard.live_features(y)) - ref).max() < 0.01
