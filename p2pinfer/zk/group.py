@@ -118,23 +118,31 @@ class PedersenParams:
         return acc + self._h_table.mul(blind)
 
     def commit_small_ints(self, values: Sequence[int] | np.ndarray, blind: int) -> G1Point:
-        """Vector commitment of small signed integers (|v| < 2**63): one MSM with short
-        scalars, negative entries taken as |v| times the negated generator."""
+        """Vector commitment of small signed integers (|v| < 2**62).
+
+        With o = 2**k > max |v|, sum_i v_i g_i = sum_b 2**b (sum of g_i over bit b of v_i + o)
+        - o sum_i g_i: one addition per byte of each bit plane (byte tables), Horner over the
+        planes, and a cached multiple of the generators' sum.
+        """
         v = np.asarray(values, dtype=np.int64).reshape(-1)
         if v.size > self.size:
             raise ValueError("vector longer than the commitment key")
-        nz = np.flatnonzero(v)
         acc = self._h_table.mul(blind)
-        if nz.size == 0:
+        top = int(np.abs(v).max(initial=0))
+        if top == 0:
             return acc
-        raw = np.zeros((nz.size, 32), dtype=np.uint8)
-        raw[:, :8] = np.abs(v[nz]).astype("<u8").view(np.uint8).reshape(-1, 8)
-        buf = raw.tobytes()
-        sc = [Scalar.from_le_bytes(buf[32 * k: 32 * k + 32]) for k in range(nz.size)]
-        neg = self._key.negated(self.size)
-        g = self.g_vec
-        pts = [neg[i] if s else g[i] for i, s in zip(nz.tolist(), (v[nz] < 0).tolist())]
-        return acc + G1Point.multiexp_unchecked(pts, sc)
+        k = top.bit_length()
+        u = (v + (1 << k)).astype(np.uint64)  # in [0, 2**(k+1))
+        planes = ((u[None, :] >> np.arange(k, -1, -1, dtype=np.uint64)[:, None]) & 1)
+        packed = np.packbits(planes.astype(np.uint8), axis=1, bitorder="little").tolist()
+        tables = self._key.byte_tables(len(packed[0]))
+        total = G1Point.identity()
+        for plane in packed:
+            total = total + total
+            for table, byte in zip(tables, plane):
+                if byte:
+                    total = total + table[byte]
+        return acc + total - self._key.offset_sum(v.size, k)
 
     def commit_bit_rows(self, rows: np.ndarray, blinds: Sequence[int]) -> list[G1Point]:
         """Vector commitments of the rows of a 0/1 matrix: one addition per byte of bits,
@@ -182,12 +190,18 @@ class _SeedKey:
         while len(self.g_vec) < size:
             self.g_vec.append(self.derive(b"v%d" % len(self.g_vec)))
 
-    def negated(self, size: int) -> list[G1Point]:
-        neg = self.__dict__.setdefault("_negated", [])
-        self.extend(size)
-        while len(neg) < size:
-            neg.append(-self.g_vec[len(neg)])
-        return neg
+    def offset_sum(self, size: int, k: int) -> G1Point:
+        """2**k times the sum of the first `size` vector generators (memoised)."""
+        cache = self.__dict__.setdefault("_offset_sums", {})
+        if (size, k) not in cache:
+            self.extend(size)
+            total = G1Point.identity()
+            for g in self.g_vec[:size]:
+                total = total + g
+            for _ in range(k):
+                total = total + total
+            cache[(size, k)] = total
+        return cache[(size, k)]
 
     def byte_tables(self, groups: int) -> list[list[G1Point]]:
         """For each group of 8 vector generators, the sums of all 256 subsets (by bit mask)."""

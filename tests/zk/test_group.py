@@ -48,7 +48,8 @@ def test_fixed_base_product_equals_scalar_multiplication(pp, v):
 
 
 @settings(deadline=None, max_examples=60)
-@given(st.lists(st.integers(-(2**15), 2**15), min_size=1, max_size=8), felt)
+@given(st.lists(st.one_of(st.integers(-(2**15), 2**15), st.integers(-(2**40), 2**40)),
+                min_size=1, max_size=8), felt)
 def test_small_integer_vector_commitment_matches_the_field_one(pp, vals, blind):
     assert pp.commit_small_ints(vals, blind) == pp.commit_vec([v % P for v in vals], blind)
 
