@@ -20,7 +20,6 @@ opened by the upstream side:
 
 from __future__ import annotations
 
-import copy
 import logging
 import time
 from dataclasses import dataclass, field
@@ -140,14 +139,9 @@ class FloatRunner:
 
 def span_slice(span: LayerSpan, start: int, end: int) -> LayerSpan:
     """A view of layers [start, end) of a loaded span, sharing its weights."""
-    if (start, end) == (span.start, span.end):
-        return span
     if not span.start <= start < end <= span.end:
         raise NotInRoute(f"layers [{start}, {end}) are outside the served [{span.start}, {span.end})")
-    view = copy.copy(span)
-    view.blocks = torch.nn.ModuleList(list(span.blocks)[start - span.start:end - span.start])
-    view.start, view.end = start, end
-    return view
+    return span.slice(start, end)
 
 
 class StageServer:
