@@ -290,8 +290,7 @@ def _layer(
     # 1. commit the bits of z + 2**31 (Hyrax rows) before any challenge of this layer
     rows_b, cols_b = hyrax_split(nb, 5)
     if prover:
-        zz = (wit.z.reshape(-1) + (1 << (BITS - 1))).astype(np.uint64)
-        bits = ((zz[:, None] >> np.arange(BITS, dtype=np.uint64)) & 1).astype(np.int64)
+        bits = _bit_decomposition(wit.z)
         bmat = bits.reshape(1 << rows_b, 1 << cols_b)
         row_blinds = led.put_bit_matrix(bmat)
     else:
@@ -400,6 +399,12 @@ def _layer(
     else:
         led.check_product(f"{name}/matmul-product", i_a, i_w, i_p)
     return [*below, (a_point, Lin.var(i_a), 1 << nt)]
+
+
+def _bit_decomposition(z: np.ndarray) -> np.ndarray:
+    """(elements, 32) bits of z + 2**31, least significant first."""
+    zz = (z.reshape(-1) + (1 << (BITS - 1))).astype(np.uint64)
+    return ((zz[:, None] >> np.arange(BITS, dtype=np.uint64)) & 1).astype(np.int64)
 
 
 def _masked_eq(p: list[int], live: int, nt: int) -> list[int]:

@@ -263,3 +263,36 @@ def test_token_counts_need_not_be_powers_of_two(small_committed, binding):
     with pytest.raises(ProofError):
         verify(small_committed.commitment, x, y2, dataclasses.replace(proof, binding=forged),
                binding)
+
+
+def test_a_non_binary_decomposition_fails_the_bit_check(small_committed, binding, monkeypatch):
+    import p2pinfer.zk.proof as proof_mod
+
+    honest = proof_mod._bit_decomposition
+
+    def cheat(z):
+        bits = honest(z)
+        k = int(np.flatnonzero(bits[:, 1] == 1)[0])  # same value, digit 2 instead of bit 1
+        bits[k, 1], bits[k, 0] = 0, bits[k, 0] + 2
+        return bits
+
+    def commit_any_rows(self, rows):
+        from p2pinfer.zk.group import encode_point, random_scalar
+
+        blinds = [random_scalar() for _ in range(len(rows))]
+        encs = [encode_point(self.params.commit_small_ints(r, b)) for r, b in zip(rows, blinds)]
+        for e in encs:
+            self.t.absorb(b"matrix-row", e)
+        self.record.matrices.append(encs)
+        return blinds
+
+    from p2pinfer.zk.ledger import ProverLedger
+
+    monkeypatch.setattr(proof_mod, "_bit_decomposition", cheat)
+    monkeypatch.setattr(ProverLedger, "put_bit_matrix", commit_any_rows)
+    x = make_input(2, 8)
+    y = small_committed.forward_fixed(x)
+    proof = prove(small_committed, x, y, binding)
+    with pytest.raises(RelationError) as exc:
+        verify(small_committed.commitment, x, y, proof, binding)
+    assert exc.value.check.endswith("/bits-final")
