@@ -41,7 +41,7 @@ async def write_frame(stream: ByteStream, payload: bytes | bytearray | memoryvie
         raise FrameTooLarge(f"frame of {n} bytes exceeds the 4 GiB format limit")
     header = n.to_bytes(HEADER_BYTES, "big")
     if n <= WRITE_CHUNK:
-        await stream.write(header + bytes(payload))
+        await stream.write(header + payload)  # one copy: bytes + any buffer is bytes
         return
     await stream.write(header)
     view = memoryview(payload)
