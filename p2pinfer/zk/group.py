@@ -9,6 +9,7 @@ Points travel as 48-byte compressed encodings; decoding checks subgroup membersh
 from __future__ import annotations
 
 import secrets
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -177,6 +178,7 @@ class _SeedKey:
 
     def __init__(self, seed: bytes) -> None:
         self.seed = seed
+        self.lock = threading.RLock()  # the lazily grown tables are shared across threads
         self.g = self.derive(b"g")
         self.h = self.derive(b"h")
         self.g_table = _FixedBase(self.g)
@@ -187,12 +189,17 @@ class _SeedKey:
         return G1Point.hash_to_curve(self.seed + b"/" + label, GENERATOR_DST)
 
     def extend(self, size: int) -> None:
-        while len(self.g_vec) < size:
-            self.g_vec.append(self.derive(b"v%d" % len(self.g_vec)))
+        with self.lock:
+            while len(self.g_vec) < size:
+                self.g_vec.append(self.derive(b"v%d" % len(self.g_vec)))
 
     def offset_sum(self, size: int, k: int) -> G1Point:
         """2**k times the sum of the first `size` vector generators (memoised)."""
-        cache = self.__dict__.setdefault("_offset_sums", {})
+        cache = self.__dict__.setdefault("_offset_sum_cache", {})
+        with self.lock:
+            return self._offset_sum(cache, size, k)
+
+    def _offset_sum(self, cache: dict, size: int, k: int) -> G1Point:
         if (size, k) not in cache:
             self.extend(size)
             total = G1Point.identity()
@@ -205,7 +212,11 @@ class _SeedKey:
 
     def byte_tables(self, groups: int) -> list[list[G1Point]]:
         """For each group of 8 vector generators, the sums of all 256 subsets (by bit mask)."""
-        tables = self.__dict__.setdefault("_byte_tables", [])
+        with self.lock:
+            return self._byte_tables(groups)
+
+    def _byte_tables(self, groups: int) -> list[list[G1Point]]:
+        tables = self.__dict__.setdefault("_byte_table_cache", [])
         self.extend(8 * groups)
         while len(tables) < groups:
             gens = self.g_vec[8 * len(tables): 8 * len(tables) + 8]
