@@ -31,9 +31,12 @@ from p2pinfer.models.errors import ModelError
 MINILM = "all-minilm-l6-v2"
 TINY_LLAMA = "p2pinfer-tiny-llama"
 LLAMA_108M = "p2pinfer-llama-108m"
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2
 _STAMP = "p2pinfer_default.json"
-_INIT_STD = 0.02
+#: weight scale of the random decoders: at 0.02 the tied embeddings dominate the residual stream
+#: and greedy decoding repeats one token forever; 0.06 gives varied (still meaningless) text, so a
+#: wrong layer or a lost cache shows up as different tokens
+_INIT_STD = 0.06
 
 
 @dataclass(frozen=True)

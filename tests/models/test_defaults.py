@@ -22,7 +22,7 @@ from p2pinfer.models import (
 )
 
 # The tiny decoder's weights (names, dtypes, shapes, bytes): identical on every machine.
-TINY_WEIGHTS_SHA256 = "2739f8571100449e6e812c4833547ca50bec30e1fe175b988c32daf1df2d1766"
+TINY_WEIGHTS_SHA256 = "5a9055b65debb8ccd6fc3ea660e49949e7402aa781ccfe21394a259b859fe84a"
 
 
 @pytest.fixture(scope="module")
