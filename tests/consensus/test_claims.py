@@ -21,6 +21,7 @@ from p2pinfer.consensus import (
     sign_tally,
 )
 from p2pinfer.errors import UnsupportedVersion, WireError
+from tests.consensus.conftest import make_peer
 from tests.consensus.helpers import CONTEXT, activation, honest_claim
 
 
@@ -173,15 +174,15 @@ _values = st.recursive(
 )
 
 
-@settings(deadline=None, max_examples=200)
+_CLAIM = honest_claim(make_peer(0), 3).encode()
+
+
+@settings(deadline=None, max_examples=150)
 @given(st.sampled_from(["v", "t", "net", "task", "stage", "step", "m", "replica", "fp", "sig"]),
        _values)
 def test_claim_decoder_refuses_any_single_field_substitution_with_a_typed_error(
         field, value):
-    from tests.consensus.conftest import make_peer
-
-    claim = honest_claim(make_peer(0), 3)
-    body = msgpack.unpackb(claim.encode(), raw=False)
+    body = msgpack.unpackb(_CLAIM, raw=False)
     body[field] = value
     data = msgpack.packb(body, use_bin_type=True)
     try:
@@ -195,8 +196,6 @@ def test_claim_decoder_refuses_any_single_field_substitution_with_a_typed_error(
 @given(st.integers(1, 16), st.integers(0, 2**16 - 1), st.integers(0, 2**32 - 1),
        st.binary(min_size=1, max_size=64), st.text(min_size=1, max_size=64))
 def test_any_valid_claim_round_trips(m, stage, step, task, network):
-    from tests.consensus.conftest import make_peer
-
     peer = make_peer(1)
     context = FingerprintContext(network, task, stage, step)
     claim = sign_claim(peer.key, peer.peer_id, context, m, fingerprint(activation(), context))

@@ -46,12 +46,14 @@ def _fp(activation: torch.Tensor, seed: int) -> Fingerprint:
 @pytest.mark.parametrize("seed", SEEDS)
 def test_thread_count_does_not_change_the_match(stages, seed):
     ids = _ids(seed)
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    single = run_prefill(stages[seed]["f32"], ids)
+    torch.set_num_threads(2)
     try:
-        single = run_prefill(stages[seed]["f32"], ids)
+        double = run_prefill(stages[seed]["f32"], ids)
     finally:
-        torch.set_num_threads(2)
-    double = run_prefill(stages[seed]["f32"], ids)
+        torch.set_num_threads(threads)
     assert match(_fp(single, seed), _fp(double, seed), TOLERANCE_FLOAT32)
 
 
