@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import secrets
 import sys
 import time
 from collections import defaultdict
@@ -119,7 +118,7 @@ def run_trials(args: argparse.Namespace) -> dict[str, list[float]]:
         m = models[trial % len(models)]
         ids = torch.from_numpy(rng.integers(0, 1000, size=(3, args.tokens)))
         one = ids[:1]
-        context = FingerprintContext("calibration", secrets.token_bytes(16), trial % 7, trial)
+        context = FingerprintContext("calibration", rng.bytes(16), trial % 7, trial)
 
         torch.set_num_threads(2)
         ref = prefill(m["f32"], one)
