@@ -14,7 +14,8 @@ Substitutions (should not match; a hit is a false accept):
 
 Each row is measured against both default tolerances: TOLERANCE_FLOAT32 (all replicas compute
 in float32) and TOLERANCE_BFLOAT16 (some replica advertises bfloat16). It also prints the
-analytic and simulated detection probability of random audits (p2pinfer.consensus.audit).
+analytic and simulated detection probability of random audits (p2pinfer.consensus.audit), and
+what a fingerprint and a signed claim cost per step next to one H x H matmul.
 
 Usage: python tools/calibrate_fingerprints.py [--trials 300] [--models 3] [--tokens 24]
 """
@@ -33,7 +34,10 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: E402
+
 from p2pinfer.consensus.audit import detection_probability, simulate_detection  # noqa: E402
+from p2pinfer.consensus.claims import sign_claim  # noqa: E402
 from p2pinfer.consensus.fingerprint import (  # noqa: E402
     TOLERANCE_BFLOAT16,
     TOLERANCE_FLOAT32,
@@ -191,6 +195,36 @@ def print_audit_table(seed: int) -> None:
               f" {measured:>8.4f} |")
 
 
+def print_cost_table() -> None:
+    """Fingerprint cost against one H x H matmul on the same activation (one layer's q_proj)."""
+    print("\nCost per step (median of 7, this machine): fingerprint vs one H x H projection\n")
+    print(f"| {'tokens':>6} | {'hidden':>6} | {'fingerprint ms':>14} | {'x @ W ms':>8} |"
+          f" {'ratio':>6} | {'claim bytes':>11} | {'sign+verify ms':>14} |")
+    print("|--------|--------|----------------|----------|--------|-------------|----------------|")
+    key = Ed25519PrivateKey.generate()
+    for tokens, hidden in [(1, 2048), (1, 8192), (128, 4096), (512, 8192)]:
+        x = torch.randn(1, tokens, hidden)
+        w = torch.randn(hidden, hidden) / hidden**0.5
+        context = FingerprintContext("bench", b"task", 1, 1)
+        fp_ms = _median_ms(lambda x=x, c=context: fingerprint(x, c))
+        mm_ms = _median_ms(lambda x=x, w=w: x @ w)
+        claim = sign_claim(key, "peer", context, 3, fingerprint(x, context))
+        keys = {"peer": key.public_key()}
+        sv_ms = _median_ms(lambda c=context, f=claim.fingerprint, k=keys:
+                           sign_claim(key, "peer", c, 3, f).verify(k))
+        print(f"| {tokens:>6} | {hidden:>6} | {fp_ms:>14.3f} | {mm_ms:>8.3f} |"
+              f" {fp_ms / mm_ms:>6.2f} | {len(claim.encode()):>11} | {sv_ms:>14.3f} |")
+
+
+def _median_ms(fn) -> float:
+    times = []
+    for _ in range(7):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1000)
+    return sorted(times)[len(times) // 2]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=300)
@@ -206,6 +240,7 @@ def main() -> None:
           f" {args.models} checkpoints; torch {torch.__version__}")
     print_fingerprint_table(distances, args.trials)
     print_audit_table(args.seed)
+    print_cost_table()
     print(f"\n({time.time() - started:.0f} s)")
 
 
