@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import msgpack
@@ -58,7 +59,7 @@ _TOLERANCES = {"float32": TOLERANCE_FLOAT32, "bfloat16": TOLERANCE_BFLOAT16,
                "float16": TOLERANCE_BFLOAT16, "tfloat32": TOLERANCE_BFLOAT16}
 
 
-def tolerance_for(precisions: set[str] | frozenset[str] | list[str] | tuple[str, ...]) -> float:
+def tolerance_for(precisions: Collection[str]) -> float:
     """Tolerance for a vote among replicas that advertise these compute precisions (the loosest).
 
     Raises FingerprintError for an unknown precision name.
