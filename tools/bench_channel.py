@@ -8,7 +8,12 @@ with simulated evidence (p2pinfer.trust's SimulatedAttester, Ed25519-signed; a l
 stand-in if trust is not importable), split into attest / verify / the rest (X25519, HKDF,
 HMAC, msgpack), then end to end over a fresh libp2p stream.
 
-    python tools/bench_channel.py [--trials 5] [--sizes 1,8,64]
+Then the same over the node's own stack: two `p2pinfer.Node`s in one process with simulated
+TEEs, one stage-protocol-like stream between them, activations packed by the inference path's
+codecs (`PlainHop` vs. `ChannelHop`: tensor to wire, seal under hop keys, frame, unpack, open,
+tensor), and the node's attestation (`/p2pinfer/attest/1.0.0`) and channel opening timed.
+
+    python tools/bench_channel.py [--trials 5] [--sizes 1,8,64] [--node-only]
 """
 
 from __future__ import annotations
@@ -316,14 +321,115 @@ def record_layer_alone(sizes: list[int], trials: int) -> None:
         print(f"{size_mib:>5} MiB | {mb / c:>8.0f} | {mb / se:>8.0f} | {mb / op:>8.0f}")
 
 
+async def node_bench(sizes: list[int], trials: int) -> None:
+    """Activation throughput over the node's stream with and without attested channels, and
+    the node's attestation and channel-opening latency."""
+    import tempfile
+
+    import torch
+
+    from p2pinfer.config import config_from_dict
+    from p2pinfer.inference.hop import HopContext, PlainHop
+    from p2pinfer.inference.secure_hop import ChannelHop
+    from p2pinfer.node import Node
+
+    hidden = 1024
+    tmp = Path(tempfile.mkdtemp(prefix="bench-channel-"))
+
+    def conf(name: str, boot: list[str]) -> Any:
+        return config_from_dict({
+            "node": {"name": name, "data_dir": str(tmp / name), "network_id": "bench-net"},
+            "net": {"bootstrap": boot, "dht": False}, "control": {"enabled": False},
+            "trust": {"attester": "simulated", "policy": "testnet"},
+        })
+
+    async with Node(conf("a", [])) as a, Node(conf("b", [a.addrs[0]])) as b:
+        await b.connect(a.addrs[0])
+        codecs_b = {"plain": PlainHop(), "channel": ChannelHop(b.attestation)}
+        codecs_a = {"plain": PlainHop(), "channel": ChannelHop(a.attestation)}
+        task = os.urandom(16)
+
+        async def serve(stream: Any, peer: str) -> None:
+            stream.timeout_s = 600
+            while True:
+                msg = await stream.recv()
+                if msg.t == "ack":
+                    await stream.send("ack")
+                    continue
+                seq = msg.get("seq", int)
+                codec = codecs_b[msg.get("codec", str)]
+                await codec.unpack(msg.fields, HopContext(task, 1, seq, peer),
+                                   hidden_size=hidden, dtype="float32",
+                                   max_bytes=b.config.limits.max_tensor_bytes)
+
+        b.set_handler("bench-hop", serve, streaming=True)
+        stream = await a.open_stream(b.peer_id, "bench-hop")
+        stream.timeout_s = 600
+        seq = 0
+
+        async def batch(name: str, x: Any, count: int) -> float:
+            nonlocal seq
+            codec = codecs_a[name]
+            t0 = time.perf_counter()
+            for _ in range(count):
+                fields = await codec.pack(x, HopContext(task, 1, seq, b.peer_id))
+                await stream.send("step", {"seq": seq, "codec": name, **fields})
+                seq += 1
+            await stream.send("ack")
+            await stream.recv(expect={"ack"})
+            return x.numel() * 4 * count / (time.perf_counter() - t0) / 1e6
+
+        print()
+        print("activation throughput over the node's stream (two p2pinfer Nodes, one process, "
+              f"loopback), float32 [1, T, {hidden}], median of {trials} alternating batches")
+        print(f"{'size':>8} | {'plain MB/s':>11} | {'channel MB/s':>12} | {'ratio':>6}")
+        print("-" * 48)
+        for size_mib in sizes:
+            x = torch.randn(1, size_mib * MIB // (4 * hidden), hidden)
+            count = max(2, BATCH_BYTES // (size_mib * MIB))
+            await batch("plain", x, count)  # warm-up (and channel opening), discarded
+            await batch("channel", x, count)
+            ps, cs, rs = [], [], []
+            for _ in range(trials):
+                p = await batch("plain", x, count)
+                c = await batch("channel", x, count)
+                ps.append(p)
+                cs.append(c)
+                rs.append(c / p)
+            p, c, r = (statistics.median(v) for v in (ps, cs, rs))
+            print(f"{size_mib:>5} MiB | {p:>11.1f} | {c:>12.1f} | {r:>5.2f}x")
+        await stream.aclose()
+
+        attest, opening = [], []
+        for _ in range(10):
+            t0 = time.perf_counter()
+            await a.attestation.attest_peer(b.peer_id)
+            attest.append(time.perf_counter() - t0)
+            await a.attestation.close_channel(b.peer_id)
+            t0 = time.perf_counter()
+            await a.attestation.channel_to(b.peer_id)
+            opening.append(time.perf_counter() - t0)
+        med = statistics.median
+        print()
+        print("node attestation and channel opening (simulated evidence), median of 10, ms")
+        print(f"{'step':>40} | {'ms':>7}")
+        print("-" * 51)
+        print(f"{'mutual attest: /p2pinfer/attest/1.0.0':>40} | {med(attest) * 1e3:>7.2f}")
+        print(f"{'open channel: stream + handshake':>40} | {med(opening) * 1e3:>7.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=5)
     parser.add_argument("--sizes", default="1,8,64", help="activation sizes in MiB")
+    parser.add_argument("--node-only", action="store_true",
+                        help="only the node-level throughput and attestation tables")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
-    trio.run(bench, sizes, args.trials)
-    record_layer_alone(sizes, args.trials)
+    trio.run(node_bench, sizes, args.trials)
+    if not args.node_only:
+        trio.run(bench, sizes, args.trials)
+        record_layer_alone(sizes, args.trials)
 
 
 if __name__ == "__main__":

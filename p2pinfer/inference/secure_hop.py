@@ -9,21 +9,22 @@ message carries, instead of `hidden`:
 |---|---|---|
 | `channel` | bin(16) | id of the pair channel the hop keys come from |
 | `hop_salt` | bin(16) | the sender's random salt for this hop's keys (same on every step) |
-| `sealed` | bin | one tensor record (channel.md "Records"), task id and stage in its header |
+| `meta` | bin | a data record: msgpack `{dtype, shape, seq}` of the activation |
+| `sealed` | bin | the next record: a tensor record of the raw little-endian tensor bytes |
 
-The record's plaintext is `u16be(len h) || h || data`, h = msgpack `{dtype, shape, seq}`, data
-the raw little-endian tensor; the associated data binds channel, task id, stage and the record's
-own sequence number, and `seq` inside must equal the step's. Replayed, reordered and tampered
-records are dropped (the step is refused) and counted in `counters`. Plaintext buffers are
-overwritten once sealed or decoded.
+Both records carry the task id and stage in their authenticated header and follow each other in
+the hop's strict sequence, so `meta` describes exactly the tensor after it; `seq` in it must equal
+the step's. The tensor is sealed straight from its own memory into a send buffer the hop reuses
+(ciphertext only), and opened into the buffer the received tensor then lives in: no plaintext
+copy is made on either side. Replayed, reordered and tampered records are dropped (the step is
+refused) and counted in `counters`.
 """
 
 from __future__ import annotations
 
 import hmac
 import secrets
-import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -46,7 +47,6 @@ CHANNEL_ID_BYTES = 16
 MAX_HEADER = 512
 #: records at least this large are sealed and opened in a worker thread
 OFFLOAD_BYTES = 1 << 20
-_U16 = struct.Struct(">H")
 
 
 class HopRefused(StageFailure):
@@ -77,43 +77,31 @@ class _Hop:
     pair: PairChannel
     salt: bytes
     layer: RecordLayer
+    #: reused ciphertext buffer of large frames (sender side)
+    buffer: bytearray = field(default_factory=bytearray)
 
     def erase(self) -> None:
         self.layer.close()
+        self.buffer = bytearray(0)
 
 
-def _plaintext(hidden: torch.Tensor, seq: int) -> bytearray:
-    wire = tensor_wire_view(hidden)
-    header = msgpack.packb({"dtype": wire["dtype"], "shape": wire["shape"], "seq": seq})
-    data = wire["data"]
-    out = bytearray(2 + len(header) + len(data))
-    _U16.pack_into(out, 0, len(header))
-    out[2:2 + len(header)] = header
-    out[2 + len(header):] = data
-    return out
+def _meta(wire: dict[str, Any], seq: int) -> bytearray:
+    return bytearray(msgpack.packb({"dtype": wire["dtype"], "shape": wire["shape"], "seq": seq}))
 
 
-def _decode(payload: bytearray, seq: int, *, hidden_size: int, dtype: str, max_bytes: int
-            ) -> torch.Tensor:
-    if len(payload) < 2:
-        raise SealedRecordRejected("sealed activation is too short")
-    (hlen,) = _U16.unpack_from(payload, 0)
-    if hlen > MAX_HEADER or len(payload) < 2 + hlen:
-        raise SealedRecordRejected("sealed activation header is malformed")
+def _read_meta(payload: bytearray, seq: int) -> dict[str, Any]:
+    if len(payload) > MAX_HEADER:
+        raise SealedRecordRejected("activation description is too long")
     try:
-        header = msgpack.unpackb(bytes(payload[2:2 + hlen]), max_bin_len=0, max_str_len=64,
-                                 max_array_len=8, max_map_len=4)
+        meta = msgpack.unpackb(bytes(payload), max_bin_len=0, max_str_len=64,
+                               max_array_len=8, max_map_len=4)
     except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError):
-        raise SealedRecordRejected("sealed activation header is not msgpack") from None
-    if not isinstance(header, dict) or set(header) != {"dtype", "shape", "seq"}:
-        raise SealedRecordRejected("sealed activation header has the wrong keys")
-    if header["seq"] != seq:
-        raise SealedRecordRejected(f"sealed activation is for step {header['seq']!r}, "
-                                   f"not {seq}")
-    with memoryview(payload) as view:
-        data = bytearray(view[2 + hlen:])
-    wire = {"dtype": header["dtype"], "shape": header["shape"], "data": data}
-    return tensor_from_wire(wire, max_bytes=max_bytes, dtype=dtype, shape=(1, None, hidden_size))
+        raise SealedRecordRejected("activation description is not msgpack") from None
+    if not isinstance(meta, dict) or set(meta) != {"dtype", "shape", "seq"}:
+        raise SealedRecordRejected("activation description has the wrong keys")
+    if meta["seq"] != seq:
+        raise SealedRecordRejected(f"sealed activation is for step {meta['seq']!r}, not {seq}")
+    return meta
 
 
 class ChannelHop:
@@ -166,18 +154,30 @@ class ChannelHop:
 
     async def pack(self, hidden: torch.Tensor, ctx: HopContext) -> dict[str, Any]:
         hop = await self._send_hop(ctx)
-        plain = _plaintext(hidden, ctx.seq)
+        wire = tensor_wire_view(hidden)
+        data = wire["data"]
+        layer = hop.layer
         try:
-            seal = partial(hop.layer.seal, plain, task_id=ctx.task_id, stage=ctx.stage,
+            meta = layer.seal(_meta(wire, ctx.seq), task_id=ctx.task_id, stage=ctx.stage,
+                              kind=RecordKind.DATA)
+            size = RecordLayer.frame_size(len(data), ctx.task_id)
+            seal = partial(layer.seal, data, task_id=ctx.task_id, stage=ctx.stage,
                            kind=RecordKind.TENSOR)
-            try:
-                frame = await self._run(len(plain), seal)
-            except ChannelError as e:
-                raise HopRefused(ctx.stage, ctx.peer_id, f"sealing failed: {e}") from None
-        finally:
-            wipe(plain)
+            if self.offload_bytes and len(data) >= self.offload_bytes:
+                # large: seal from the tensor's memory into the hop's reused buffer, in a
+                # worker thread; the step is written before this hop packs again
+                if len(hop.buffer) < size:
+                    hop.buffer = bytearray(0)
+                    hop.buffer = bytearray(size)
+                frame: Any = memoryview(hop.buffer)[:size]
+                await trio.to_thread.run_sync(partial(seal, out=frame))
+            else:
+                frame = seal()
+        except ChannelError as e:
+            raise HopRefused(ctx.stage, ctx.peer_id, f"sealing failed: {e}") from None
         self.counters["sealed"] += 1
-        return {"channel": hop.pair.channel_id, "hop_salt": hop.salt, "sealed": frame}
+        return {"channel": hop.pair.channel_id, "hop_salt": hop.salt, "meta": meta,
+                "sealed": frame}
 
     # -- receiving ---------------------------------------------------------------------------
     def _recv_hop(self, ctx: HopContext, channel_id: bytes, salt: bytes) -> _Hop:
@@ -206,25 +206,9 @@ class ChannelHop:
         self._recv[key] = hop
         return hop
 
-    async def unpack(
-        self, fields: dict[str, Any], ctx: HopContext, *, hidden_size: int, dtype: str,
-        max_bytes: int,
-    ) -> torch.Tensor:
-        sealed, channel_id, salt = (fields.get(k) for k in ("sealed", "channel", "hop_salt"))
-        if sealed is None:
-            self.counters["plaintext_refused"] += 1
-            raise PlaintextRefused("this node takes activations only over attested channels")
-        if not isinstance(sealed, (bytes, bytearray)):
-            raise WireError("`sealed` must be bytes")
-        if not isinstance(channel_id, bytes) or len(channel_id) != CHANNEL_ID_BYTES:
-            raise WireError("`channel` must be 16 bytes")
-        if not isinstance(salt, bytes) or len(salt) != SALT_BYTES:
-            raise WireError("`hop_salt` must be 16 bytes")
-        if len(sealed) > max_bytes + MAX_HEADER + 256:
-            raise WireError(f"sealed activation of {len(sealed)} bytes exceeds the limit")
-        hop = self._recv_hop(ctx, channel_id, salt)
+    async def _open(self, hop: _Hop, frame: bytes, size: int) -> Any:
         try:
-            record = await self._run(len(sealed), partial(hop.layer.open, sealed))
+            return await self._run(size, partial(hop.layer.open, frame))
         except RecordRejected as e:
             name = ("replayed" if isinstance(e, ReplayError)
                     else "tampered" if isinstance(e, DecryptError) else "malformed")
@@ -233,16 +217,50 @@ class ChannelHop:
         except ChannelError as e:  # the hop's layer closed itself after too many rejections
             self.counters["malformed"] += 1
             raise SealedRecordRejected(f"sealed activation dropped: {e}") from None
-        payload = record.payload
+
+    def _check_binding(self, record: Any, kind: RecordKind, ctx: HopContext) -> None:
+        if record.kind != kind or record.task_id != ctx.task_id or record.stage != ctx.stage:
+            wipe(record.payload)
+            self.counters["malformed"] += 1
+            raise SealedRecordRejected("sealed record is bound to another task, stage or kind")
+
+    async def unpack(
+        self, fields: dict[str, Any], ctx: HopContext, *, hidden_size: int, dtype: str,
+        max_bytes: int,
+    ) -> torch.Tensor:
+        sealed, meta, channel_id, salt = (
+            fields.get(k) for k in ("sealed", "meta", "channel", "hop_salt"))
+        if sealed is None:
+            self.counters["plaintext_refused"] += 1
+            raise PlaintextRefused("this node takes activations only over attested channels")
+        if not isinstance(sealed, (bytes, bytearray)) or not isinstance(meta, (bytes, bytearray)):
+            raise WireError("`sealed` and `meta` must be bytes")
+        if not isinstance(channel_id, bytes) or len(channel_id) != CHANNEL_ID_BYTES:
+            raise WireError("`channel` must be 16 bytes")
+        if not isinstance(salt, bytes) or len(salt) != SALT_BYTES:
+            raise WireError("`hop_salt` must be 16 bytes")
+        if len(meta) > MAX_HEADER + 128:
+            raise WireError("`meta` is too long")
+        overhead = RecordLayer.frame_size(0, ctx.task_id)
+        if len(sealed) > max_bytes + overhead:
+            raise WireError(f"sealed activation of {len(sealed)} bytes exceeds the limit")
+        hop = self._recv_hop(ctx, channel_id, salt)
+        record = await self._open(hop, meta, 0)
+        self._check_binding(record, RecordKind.DATA, ctx)
         try:
-            if (record.kind != RecordKind.TENSOR or record.task_id != ctx.task_id
-                    or record.stage != ctx.stage):
-                self.counters["malformed"] += 1
-                raise SealedRecordRejected("sealed record is bound to another task or stage")
-            tensor = _decode(payload, ctx.seq, hidden_size=hidden_size, dtype=dtype,
-                             max_bytes=max_bytes)
+            desc = _read_meta(record.payload, ctx.seq)
         finally:
-            wipe(payload)
+            wipe(record.payload)
+        record = await self._open(hop, sealed, len(sealed))
+        self._check_binding(record, RecordKind.TENSOR, ctx)
+        wire = {"dtype": desc["dtype"], "shape": desc["shape"], "data": record.payload}
+        try:
+            # the decrypted buffer becomes the tensor's memory: no copy of the plaintext
+            tensor = tensor_from_wire(wire, max_bytes=max_bytes, dtype=dtype,
+                                      shape=(1, None, hidden_size))
+        except WireError:
+            wipe(record.payload)
+            raise
         self.counters["opened"] += 1
         return tensor
 

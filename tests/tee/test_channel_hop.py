@@ -3,7 +3,7 @@ misbound and plaintext activations (each counted); the attest protocol between t
 
 from __future__ import annotations
 
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 
 import pytest
 import torch
@@ -14,9 +14,9 @@ from p2pinfer.inference.hop import HopContext
 from p2pinfer.inference.secure_hop import ChannelHop, PlaintextRefused, SealedRecordRejected
 from p2pinfer.node import Node
 from p2pinfer.wire import tensor_to_wire
+from tests.inference.conftest import node_config
 
 from .conftest import TRUST
-from tests.inference.conftest import node_config
 
 TASK = b"task-0123456789a"
 H = 8
@@ -25,10 +25,12 @@ LIMITS = {"hidden_size": H, "dtype": "float32", "max_bytes": 1 << 20}
 
 @asynccontextmanager
 async def pair(tmp_path):
-    async with Node(node_config(tmp_path, "a", trust=TRUST)) as a:
-        async with Node(node_config(tmp_path, "b", boot=[a.addrs[0]], trust=TRUST)) as b:
-            await b.connect(a.addrs[0])
-            yield a, b
+    async with AsyncExitStack() as stack:
+        a = await stack.enter_async_context(Node(node_config(tmp_path, "a", trust=TRUST)))
+        b = await stack.enter_async_context(
+            Node(node_config(tmp_path, "b", boot=[a.addrs[0]], trust=TRUST)))
+        await b.connect(a.addrs[0])
+        yield a, b
 
 
 def ctx(peer: str, seq: int = 0, stage: int = 1, task: bytes = TASK) -> HopContext:
@@ -40,7 +42,7 @@ async def test_an_activation_crosses_sealed_and_opens_equal(tmp_path):
         send, recv = ChannelHop(a.attestation), ChannelHop(b.attestation)
         x = torch.randn(1, 3, H)
         fields = await send.pack(x, ctx(b.peer_id))
-        assert set(fields) == {"channel", "hop_salt", "sealed"}
+        assert set(fields) == {"channel", "hop_salt", "meta", "sealed"}
         assert x.numpy().tobytes() not in bytes(fields["sealed"])
         y = await recv.unpack(fields, ctx(a.peer_id), **LIMITS)
         assert torch.equal(x, y)
@@ -62,8 +64,9 @@ async def test_replayed_reordered_tampered_and_misbound_records_are_dropped_and_
         bad = dict(f3, sealed=bytes(f3["sealed"][:-1]) + bytes([f3["sealed"][-1] ^ 1]))
         with pytest.raises(SealedRecordRejected, match="tampered"):
             await recv.unpack(bad, ctx(a.peer_id, 3), **LIMITS)
+        f4 = await send.pack(torch.randn(1, 1, H), ctx(b.peer_id, 4))
         with pytest.raises(SealedRecordRejected, match="step"):  # bound to another step
-            await recv.unpack(f3, ctx(a.peer_id, 4), **LIMITS)
+            await recv.unpack(f4, ctx(a.peer_id, 5), **LIMITS)
         assert recv.counters["replayed"] == 2 and recv.counters["tampered"] == 1
         assert recv.counters["opened"] == 2
         f5 = await send.pack(torch.randn(1, 1, H), ctx(b.peer_id, 5))
@@ -98,10 +101,12 @@ async def test_plaintext_activations_and_unknown_channels_are_refused(tmp_path):
                               ctx(a.peer_id), **LIMITS)
         assert recv.counters["plaintext_refused"] == 1
         with pytest.raises(PeerNotAttested):
-            await recv.unpack({"channel": bytes(16), "hop_salt": bytes(16), "sealed": b"x" * 40},
+            await recv.unpack({"channel": bytes(16), "hop_salt": bytes(16), "meta": b"m",
+                               "sealed": b"x" * 40},
                               ctx(a.peer_id), **LIMITS)
         with pytest.raises(Exception, match="16 bytes"):
-            await recv.unpack({"channel": b"short", "hop_salt": bytes(16), "sealed": b"x"},
+            await recv.unpack({"channel": b"short", "hop_salt": bytes(16), "meta": b"m",
+                               "sealed": b"x"},
                               ctx(a.peer_id), **LIMITS)
 
 
