@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from p2pinfer.consensus import (
     TOLERANCE_FLOAT32,
     Equivocation,
+    Fingerprint,
+    FingerprintClaim,
     FingerprintContext,
     FingerprintMismatch,
     MixedClaims,
     NoMajorityError,
     SignatureInvalid,
     UnknownPeer,
+    sign_claim,
     tally,
 )
 from tests.consensus.helpers import CONTEXT, activation, cheat_claim, honest_claim
@@ -151,3 +157,31 @@ def test_tally_refuses_a_route_that_does_not_hold_the_voters(peers, keys):
     outcome = tally([honest_claim(p, 3, jitter=i) for i, p in enumerate(peers[:3])], keys, TOL)
     with pytest.raises(MixedClaims):
         outcome.sign_tally(peers[6].key, peers[6].peer_id, ["peer-0", "peer-1", "peer-7"])
+
+
+def _group_claim(peer, m: int, group: int, jitter: int) -> FingerprintClaim:
+    """Group 0 is the honest output (with float jitter); each other group one shared forgery."""
+    values = np.random.default_rng(group).standard_normal((2, 8)).astype("<f4")
+    if group == 0:
+        values = values + np.float32(1e-7) * np.random.default_rng(100 + jitter).standard_normal(
+            (2, 8)).astype("<f4")
+    fp = Fingerprint(hidden=64, tokens=2, rank=8, values=values.astype("<f4").tobytes())
+    return sign_claim(peer.key, peer.peer_id, CONTEXT, m, fp)
+
+
+@settings(deadline=None, max_examples=60)
+@given(st.integers(1, 7).flatmap(lambda m: st.tuples(
+    st.just(m), st.lists(st.integers(0, 2), min_size=0, max_size=m))))
+def test_vote_returns_the_group_holding_more_than_half_or_raises(peers, keys, case):
+    m, groups = case
+    claims = [_group_claim(peers[i], m, g, i) for i, g in enumerate(groups)]
+    sizes = {g: groups.count(g) for g in set(groups)}
+    winners = [g for g, n in sizes.items() if 2 * n > m]
+    if not claims or not winners:
+        with pytest.raises((NoMajorityError, MixedClaims)):
+            tally(claims, keys, TOL)
+        return
+    outcome = tally(claims, keys, TOL)
+    expected = {peers[i].peer_id for i, g in enumerate(groups) if g == winners[0]}
+    assert set(outcome.agreeing_replicas) == expected
+    assert set(outcome.dissenting_replicas) == {c.replica for c in claims} - expected
