@@ -477,7 +477,7 @@ class NodeAttestation:
             try:
                 claims = await self._verify(peer_id, f["ev"], f["key"], n_a)
             except AttestationFailed as e:
-                await s.send_error("attestation-failed", f"your evidence failed: {e.check}")
+                await _refuse(s, e.check)
                 raise
             ev_a = await self._evidence(f["nonce"])
             await s.send("attest-evidence", {
@@ -510,7 +510,7 @@ class NodeAttestation:
         except AttestationFailed as e:
             err = e
         if err is not None:
-            await s.send_error("attestation-failed", f"check failed: {err.check}")
+            await _refuse(s, err.check)
             return
         await s.send("attest-result", {"ok": True})
 
@@ -628,6 +628,12 @@ class NodeAttestation:
         if pc is not None:
             await pc.channel.aclose()
             self._drop(pc)
+
+
+async def _refuse(s: Any, check: str) -> None:
+    """The `attestation-failed` error reply with the failed check (attest.md "Error reply")."""
+    await s.send("error", {"code": "attestation-failed", "check": check,
+                           "message": f"your evidence failed the {check!r} check"})
 
 
 class _WrongNetwork(WireError):
