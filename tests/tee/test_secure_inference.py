@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
+
+import pytest
 import trio
 
 from p2pinfer.config import config_from_dict
+from p2pinfer.inference.planner import NoRouteError
 from p2pinfer.inference.secure_hop import ChannelHop
 from p2pinfer.models import LocalModel
 from p2pinfer.models.sampling import Sampler, SamplingParams
 from p2pinfer.node import Node
 from p2pinfer.testnet import Testnet
+from p2pinfer.trust import TeeLevel
 
 from .conftest import TRUST, tee_network
 
@@ -35,6 +40,18 @@ async def test_generation_over_attested_channels_equals_local(tmp_path, llama):
             assert s.inference.hop.counters["opened"] == N
             assert s.inference.hop.counters["sealed"] == N
         assert {p.extra.get("tee_level") for p in client.peers()} == {"simulated"}
+
+
+async def test_the_policy_minimum_tee_level_per_mode_is_enforced_by_the_planner(tmp_path, llama):
+    async with tee_network(tmp_path, str(llama), [[0, 6]], min_tee="simulated") as (client, _):
+        att = client.attestation
+        c = client.inference.client(str(llama))
+        assert c.min_tee() == "simulated" and c.plan()
+        min_level = {**att.policy.min_level, "general": TeeLevel.CPU_TEE}
+        att.policy = dataclasses.replace(att.policy, min_level=min_level)
+        assert c.min_tee() == "cpu-tee"
+        with pytest.raises(NoRouteError):
+            c.plan()
 
 
 async def test_multiprocess_testnet_with_trust_config_runs_encrypted_inference(tmp_path, llama):
