@@ -23,6 +23,7 @@ from p2pinfer.zk import (
     prove,
     verify,
 )
+from p2pinfer.zk.field import P
 from p2pinfer.zk.group import decode_point, encode_point, pedersen_params
 from p2pinfer.zk.proof import _binding
 
@@ -36,7 +37,7 @@ def test_an_honest_proof_verifies(small_committed, binding):
     verify(small_committed.commitment, x, y, proof, binding)
 
 
-@settings(deadline=None, max_examples=12, suppress_health_check=[HealthCheck.too_slow])
+@settings(deadline=None, max_examples=30, suppress_health_check=[HealthCheck.too_slow])
 @given(
     tokens=st.integers(1, 6),
     dims=st.lists(st.sampled_from([1, 2, 4, 8]), min_size=2, max_size=3),
@@ -165,6 +166,16 @@ def test_the_proof_never_carries_weight_values(small_committed, binding):
                         row.astype("<i2").tobytes()):
                 assert enc not in blob
         assert layer.bias.astype("<i8").tobytes() not in blob
+    # nor as field elements: no scalar of the proof is a weight or a bias
+    proof = ShardProof.from_bytes(blob)
+    sent = set(proof.record.taus)
+    for d in proof.record.dots:
+        sent.update(d.z, d.z_betas, [d.z_delta])
+    for p in proof.record.products:
+        sent.update(p.z)
+    for layer in small_committed.shard.layers:
+        values = {int(v) % P for v in layer.weight.reshape(-1)} | {int(v) % P for v in layer.bias}
+        assert not (values - {0}) & sent
 
 
 def test_prover_refuses_an_output_that_is_not_the_shards(small_committed, binding):
