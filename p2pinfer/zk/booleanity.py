@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .field import P, bind_first, dot, eq_eval, eq_table, field_limbs, inv, recombine_limbs
+from .field import P, bind_first, dot, eq_table, field_limbs, inv, recombine_limbs
 
 _J = 5  # variables of the bit position
 _INV2 = (P + 1) // 2
@@ -40,8 +40,14 @@ class BooleanityProver:
         self.bound: list[int] = []
         self.bits = np.asarray(bits, dtype=np.int64).reshape(-1)
         # Pattern rounds pay numpy overhead per bit pattern: worth it on large tables only.
-        fast = ni >= 3 and (self.nb >= 10 if patterns is None else patterns)
-        self.levels = _PATTERN_ROUNDS if fast else 0  # rounds done by bit patterns
+        # Pattern rounds cost about 32 field operations per bit pattern (4, 16, 256 of them)
+        # against about 4 per entry pair in a direct round: worth it on large tables only.
+        if patterns is None:
+            self.levels = 3 if self.nb >= 15 else 2 if self.nb >= 10 else 0
+        else:
+            self.levels = _PATTERN_ROUNDS if patterns else 0
+        if ni < self.levels:
+            self.levels = 0
         self.b: list[int] | None = None
         self.t: list[int] | None = None
         if not self.levels:
@@ -87,20 +93,19 @@ class BooleanityProver:
             code = (code << 1) | view[x]
         return code
 
-    def _pattern_value(self, code: int, level: int, t: int | None) -> int:
-        """B at (bound challenges, t) for an entry whose raw bits are `code` (t None: bound)."""
+    def _pattern_value(self, code: int, level: int, eq_bound: list[int], t: int | None) -> int:
+        """B for an entry whose raw bits are `code`, at the bound challenges (eq_bound is their
+        eq table) and, if t is given, t for the current variable."""
         n = 1 << level
-        raw = [(code >> (n - 1 - x)) & 1 for x in range(n)]
-        pts = self.bound[: level - 1] if t is not None else self.bound[:level]
         if t is None:
-            return sum(eq_eval(pts, _bits_of(x, level)) * raw[x] for x in range(n)) % P
-        half = n // 2
-        acc = 0
-        for xp in range(half):
-            w = eq_eval(pts, _bits_of(xp, level - 1))
-            v0, v1 = raw[2 * xp], raw[2 * xp + 1]
-            acc += w * (v0 + t * (v1 - v0))
-        return acc % P
+            return sum(w for x, w in enumerate(eq_bound) if (code >> (n - 1 - x)) & 1) % P
+        b0 = b1 = 0
+        for xp, w in enumerate(eq_bound):
+            if (code >> (n - 1 - 2 * xp)) & 1:
+                b0 += w
+            if (code >> (n - 2 - 2 * xp)) & 1:
+                b1 += w
+        return (b0 + t * (b1 - b0)) % P
 
     def _by_patterns(self, level: int) -> tuple[int, int]:
         codes = self._patterns(level).reshape(-1, 1 << _J)  # rows: i after `level` vars
@@ -111,20 +116,24 @@ class BooleanityProver:
         # each sum of 16-bit limbs stays far below 2**53).
         slot = (codes * (1 << _J) + np.arange(1 << _J)).reshape(-1)
         lim = field_limbs(eq_i)  # (rows, 16)
+        counts = np.bincount(slot // (1 << _J), minlength=ncodes)
+        present = np.flatnonzero(counts).tolist()
         sums = np.empty((ncodes << _J, lim.shape[1]), dtype=np.int64)
         for k in range(lim.shape[1]):
             w = np.repeat(lim[:, k], 1 << _J)
             sums[:, k] = np.bincount(slot, weights=w, minlength=ncodes << _J).astype(np.int64)
-        present = np.flatnonzero(np.bincount(slot // (1 << _J), minlength=ncodes))
+        rows = np.concatenate([np.arange(c << _J, (c + 1) << _J) for c in present])
+        weights = recombine_limbs(sums[rows])
+        eq_bound = eq_table(self.bound[: level - 1])
         q = [0, 0]
-        for c in present.tolist():
+        for n, c in enumerate(present):
             hs = []
             for t in (0, 2):
-                b = self._pattern_value(c, level, t)
+                b = self._pattern_value(c, level, eq_bound, t)
                 hs.append(b * (1 - b) % P)
             if not any(hs):
                 continue
-            weight = dot(recombine_limbs(sums[c << _J:(c + 1) << _J]), eq_j)
+            weight = dot(weights[n << _J:(n + 1) << _J], eq_j)
             q[0] += hs[0] * weight
             q[1] += hs[1] * weight
         return q[0] % P, q[1] % P
@@ -143,10 +152,9 @@ class BooleanityProver:
             self.t = [(a + c) % P for a, c in zip(self.t[:h], self.t[h:])]
         elif self.k == self.levels:
             codes = self._patterns(self.k)
-            values = {c: self._pattern_value(c, self.k, None) for c in np.unique(codes).tolist()}
+            eq_bound = eq_table(self.bound)
+            values = {c: self._pattern_value(c, self.k, eq_bound, None)
+                      for c in np.unique(codes).tolist()}
             self.b = [values[c] for c in codes.tolist()]
             self.t = eq_table(self.r[self.k + 1:])
 
-
-def _bits_of(x: int, n: int) -> list[int]:
-    return [(x >> (n - 1 - k)) & 1 for k in range(n)]
