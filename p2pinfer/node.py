@@ -60,6 +60,10 @@ ADVERT_FIELDS = frozenset({"model", "spans", "throughput", "load", "tee_digest",
 #: at most this many stored tensors (one per sender) kept by the tensor protocol
 MAX_STORED_TENSORS = 16
 DHT_SCHEDULE_S = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
+#: the node dials peers it learns of (DHT, adverts) until it has this many connections
+TARGET_PEERS = 16
+MAX_DIALS_PER_ROUND = 8
+REDIAL_BACKOFF_S = 30.0
 SYNC_CONCURRENCY = 8
 
 StreamingHandler = Callable[[FramedStream, str], Awaitable[None]]
@@ -166,6 +170,9 @@ class Node:
         self._advert_dirty = trio.Event()
         self._changed = trio.Event()
         self._synced: dict[str, float] = {}
+        self._dial_failed: dict[str, float] = {}
+        #: connections the discovery loop aims for
+        self.target_peers = TARGET_PEERS
         self._sync_slots = trio.Semaphore(SYNC_CONCURRENCY)
         self._pool = StreamPool(idle_s=min(10.0, config.limits.stream_timeout_s / 3))
         self._stack: AsyncExitStack | None = None
@@ -185,6 +192,7 @@ class Node:
             "advert_fetch_failures": 0,
             "pings": 0,
             "dht_dials": 0,
+            "advert_dials": 0,
             "mdns_dials": 0,
         }
 
@@ -241,7 +249,8 @@ class Node:
         if self.config.net.dht:
             self.dht = DhtDiscovery(host, self.network_id)
             await nursery.start(self.dht.run)
-            nursery.start_soon(self._dht_loop)
+            nursery.start_soon(self._lookup_loop)
+        nursery.start_soon(self._discovery_loop)
         self._refresh_advert()
         nursery.start_soon(self._advert_loop)
         nursery.start_soon(self._sync_loop)
@@ -479,6 +488,19 @@ class Node:
             await trio.sleep(0.25)
 
     async def _dial_found(self, found: dict[str, list[str]], counter: str) -> None:
+        """Dial the unconnected peers in `found` (peer id -> addrs), at most `MAX_DIALS_PER_ROUND`
+        at once; a peer that failed is left alone for `REDIAL_BACKOFF_S`."""
+        now = time.monotonic()
+        todo = [
+            (pid, addrs)
+            for pid, addrs in found.items()
+            if pid != self.peer_id
+            and addrs
+            and (counter == "mdns_dials" or self.peer_id < pid)  # one dialer per pair
+            and not self.host.is_connected(pid)
+            and now - self._dial_failed.get(pid, -REDIAL_BACKOFF_S) >= REDIAL_BACKOFF_S
+        ][:MAX_DIALS_PER_ROUND]
+
         async def dial(pid: str, addrs: list[str]) -> None:
             for addr in addrs[:4]:
                 try:
@@ -486,26 +508,52 @@ class Node:
                 except DialError:
                     continue
                 self.counters[counter] += 1
+                self._dial_failed.pop(pid, None)
                 return
+            self._dial_failed[pid] = time.monotonic()
 
         async with trio.open_nursery() as nursery:
-            for pid, addrs in found.items():
-                if pid != self.peer_id and not self.host.is_connected(pid):
-                    nursery.start_soon(dial, pid, addrs)
+            for pid, addrs in todo:
+                nursery.start_soon(dial, pid, addrs)
 
-    async def _dht_loop(self) -> None:
+    def _dht_candidates(self) -> dict[str, list[str]]:
+        """Peers in the DHT routing table, with the addresses libp2p learned for them."""
+        assert self.dht is not None
+        out: dict[str, list[str]] = {}
+        for pid in self.dht.routing_table_peers():
+            out[pid] = [a if "/p2p/" in a else f"{a}/p2p/{pid}" for a in self.host.known_addrs(pid)]
+        return out
+
+    def _advert_candidates(self) -> dict[str, list[str]]:
+        """Peers whose signed adverts we hold, at the addresses they announce."""
+        return {row.peer_id: list(row.addrs) for row in self.table.peers()}
+
+    async def _lookup_loop(self) -> None:
+        """Kademlia provider lookups for our network key; results join the dial candidates."""
         assert self.dht is not None
         step = 0
         while True:
             await trio.sleep(DHT_SCHEDULE_S[min(step, len(DHT_SCHEDULE_S) - 1)])
-            step += 1
             if not self.host.connected_peers():
                 step = 0
                 continue
+            step += 1
             for pid in self.host.connected_peers():
                 await self.dht.add_peer(pid)
             found = await self.dht.find_network_peers()
             await self._dial_found(found, "dht_dials")
+
+    async def _discovery_loop(self) -> None:
+        """Keep about `TARGET_PEERS` connections, dialing peers the DHT's routing table and
+        the adverts name (a star around the bootstrap peer is fragile for gossip)."""
+        while True:
+            await trio.sleep(1.0)
+            missing = self.target_peers - len(self.host.connected_peers())
+            if missing <= 0:
+                continue
+            if self.dht is not None:
+                await self._dial_found(self._dht_candidates(), "dht_dials")
+            await self._dial_found(self._advert_candidates(), "advert_dials")
 
     async def _on_mdns_peer(self, peer_id: str, addrs: list[str]) -> None:
         if not self.host.is_connected(peer_id):

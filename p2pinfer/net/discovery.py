@@ -117,6 +117,9 @@ class DhtDiscovery:
         except Exception as e:  # a dead peer or a table full of fresher ones
             log.debug("DHT add_peer %s: %s", peer_id, type(e).__name__)
 
+    def routing_table_peers(self) -> list[str]:
+        return [str(p) for p in self.dht.routing_table.get_peer_ids()]
+
     @property
     def routing_table_size(self) -> int:
         return int(self.dht.get_routing_table_size())

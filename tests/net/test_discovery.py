@@ -47,6 +47,8 @@ async def test_without_the_dht_adverts_still_converge_over_gossip_through_the_bo
                 for i in range(3)
             ]
         )
+        for node in others:
+            node.target_peers = 0  # dial nobody found in adverts
         with trio.fail_after(30):
             for node in others:
                 await node.wait_for_peers(3, timeout=30)
@@ -54,6 +56,23 @@ async def test_without_the_dht_adverts_still_converge_over_gossip_through_the_bo
             # only the bootstrap peer is connected: the others' adverts came by gossip
             assert node.connected_peers() == [boot.peer_id]
             assert node.validator.accepted >= 3
+
+
+async def test_nodes_dial_peers_named_in_adverts_until_they_reach_their_target(tmp_path):
+    async with node_runner() as runner:
+        boot = await runner.start(node_config(tmp_path, "boot", net={"dht": False}))
+        others = await runner.start_many(
+            [
+                node_config(tmp_path, f"n{i}", boot=[boot.addrs[0]], net={"dht": False})
+                for i in range(3)
+            ]
+        )
+        everyone = [boot, *others]
+        await wait_until(
+            lambda: all(len(n.connected_peers()) == 3 for n in everyone), 30, "full mesh"
+        )
+        # one dialer per pair (the counter moves when the dial returns, just after the conn)
+        await wait_until(lambda: sum(n.counters["advert_dials"] for n in everyone) == 3, 10)
 
 
 async def test_adverts_carry_what_a_peer_serves_and_queries_find_it(tmp_path):
