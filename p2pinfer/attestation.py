@@ -78,6 +78,10 @@ RETRY_UNREACHABLE_S = 2.0
 #: hop salts remembered per channel (to refuse a replayed hop); beyond, the channel is renewed
 MAX_SEEN_SALTS = 65536
 CHECK_CONCURRENCY = 4
+#: inbound attestations and handshakes make this node attest (sign, or ask its TEE): at most
+#: this many per peer per window (channel.md leaves rate limiting to the node)
+INBOUND_PER_WINDOW = 16
+INBOUND_WINDOW_S = 10.0
 
 
 class AttestationFailed(P2PInferError):
@@ -94,6 +98,12 @@ class AttestationUnavailable(P2PInferError):
     """This node cannot produce evidence now."""
 
     code = "unavailable"
+
+
+class AttestationRateLimited(P2PInferError):
+    """A peer asked for evidence too often."""
+
+    code = "busy"
 
 
 class PeerNotAttested(P2PInferError):
@@ -219,9 +229,11 @@ class NodeAttestation:
         self._checking: set[str] = set()
         self._slots = trio.Semaphore(CHECK_CONCURRENCY)
         self._nursery: trio.Nursery | None = None
+        self._inbound: dict[str, list[float]] = {}
         self.counters: dict[str, int] = {
             "attested": 0, "rejected": 0, "unreachable": 0, "served": 0,
             "channels_opened": 0, "channels_accepted": 0, "handshake_failures": 0,
+            "rate_limited": 0,
         }
 
     def __repr__(self) -> str:
@@ -488,7 +500,24 @@ class NodeAttestation:
                 log.debug("peer %s refused our evidence: %s", peer_id, e)
         return claims
 
+    def _admit(self, peer_id: str) -> None:
+        """Refuse a peer's inbound attestation or handshake beyond the per-peer rate."""
+        now = time.monotonic()
+        if len(self._inbound) > 4096:
+            self._inbound = {p: t for p, t in self._inbound.items()
+                             if t and now - t[-1] < INBOUND_WINDOW_S}
+        recent = [t for t in self._inbound.get(peer_id, ()) if now - t < INBOUND_WINDOW_S]
+        if len(recent) >= INBOUND_PER_WINDOW:
+            self.counters["rate_limited"] += 1
+            self._inbound[peer_id] = recent
+            raise AttestationRateLimited(
+                f"more than {INBOUND_PER_WINDOW} attestations in {INBOUND_WINDOW_S:g} s; "
+                "try later")
+        recent.append(now)
+        self._inbound[peer_id] = recent
+
     async def _serve_attest(self, s: Any, peer_id: str) -> None:
+        self._admit(peer_id)
         self.counters["served"] += 1
         s.timeout_s = MESSAGE_TIMEOUT_S
         s.max_frame = MAX_ATTEST_FRAME
@@ -591,6 +620,7 @@ class NodeAttestation:
         return pc
 
     async def _serve_channel(self, s: Any, peer_id: str) -> None:
+        self._admit(peer_id)
         s.max_frame = max(s.max_frame, MAX_ATTEST_FRAME)
         if self.attester is None:
             raise AttestationUnavailable("this node has no attester")

@@ -7,7 +7,9 @@ from contextlib import AsyncExitStack, asynccontextmanager
 
 import pytest
 import torch
+import trio
 
+from p2pinfer import attestation
 from p2pinfer.attestation import PeerNotAttested
 from p2pinfer.errors import RemoteError
 from p2pinfer.inference.hop import HopContext
@@ -143,3 +145,17 @@ async def test_garbage_on_the_attest_protocol_gets_an_error_reply(tmp_path):
             with pytest.raises(RemoteError):
                 await s.recv()
         assert (await a.attestation.attest_peer(b.peer_id)).simulated  # b still serves
+
+
+async def test_a_peer_asking_for_evidence_too_often_is_refused_busy(tmp_path, monkeypatch):
+    monkeypatch.setattr(attestation, "INBOUND_PER_WINDOW", 3)
+    async with pair(tmp_path) as (a, b):
+        with trio.fail_after(10):  # the background attestation of b is done first
+            while a.attestation.claims_of(b.peer_id) is None:
+                await trio.sleep(0.05)
+        b.attestation._inbound.clear()
+        for _ in range(3):
+            await a.attestation.attest_peer(b.peer_id)
+        with pytest.raises(RemoteError) as e:
+            await a.attestation.attest_peer(b.peer_id)
+        assert e.value.code == "busy" and b.attestation.counters["rate_limited"] == 1
