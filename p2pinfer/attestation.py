@@ -230,6 +230,8 @@ class NodeAttestation:
         self._slots = trio.Semaphore(CHECK_CONCURRENCY)
         self._nursery: trio.Nursery | None = None
         self._inbound: dict[str, list[float]] = {}
+        #: inbound attestations and handshakes allowed per peer per INBOUND_WINDOW_S
+        self.inbound_per_window = INBOUND_PER_WINDOW
         self.counters: dict[str, int] = {
             "attested": 0, "rejected": 0, "unreachable": 0, "served": 0,
             "channels_opened": 0, "channels_accepted": 0, "handshake_failures": 0,
@@ -507,11 +509,11 @@ class NodeAttestation:
             self._inbound = {p: t for p, t in self._inbound.items()
                              if t and now - t[-1] < INBOUND_WINDOW_S}
         recent = [t for t in self._inbound.get(peer_id, ()) if now - t < INBOUND_WINDOW_S]
-        if len(recent) >= INBOUND_PER_WINDOW:
+        if len(recent) >= self.inbound_per_window:
             self.counters["rate_limited"] += 1
             self._inbound[peer_id] = recent
             raise AttestationRateLimited(
-                f"more than {INBOUND_PER_WINDOW} attestations in {INBOUND_WINDOW_S:g} s; "
+                f"more than {self.inbound_per_window} attestations in {INBOUND_WINDOW_S:g} s; "
                 "try later")
         recent.append(now)
         self._inbound[peer_id] = recent

@@ -414,6 +414,7 @@ async def node_bench(sizes: list[int], trials: int) -> None:
                   f"{rz:>11.2f}x")
         await stream.aclose()
 
+        b.attestation.inbound_per_window = 1 << 30  # the benchmark attests back to back
         attest, opening = [], []
         for _ in range(10):
             t0 = time.perf_counter()
