@@ -40,6 +40,10 @@ async def test_generation_over_attested_channels_equals_local(tmp_path, llama):
             assert s.inference.hop.counters["opened"] == N
             assert s.inference.hop.counters["sealed"] == N
         assert {p.extra.get("tee_level") for p in client.peers()} == {"simulated"}
+        for s in stages:  # adverts carry each node's evidence digest
+            assert client.peer(s.peer_id).tee_digest == s.attestation.local_bundle.digest()
+        status = client.status()["counters"]["attestation"]
+        assert status["attester"] == "simulated" and status["channels_required"]
 
 
 async def test_the_policy_minimum_tee_level_per_mode_is_enforced_by_the_planner(tmp_path, llama):
