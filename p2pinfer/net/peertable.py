@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from .adverts import Advert
+from .adverts import Advert, Hardware
 
 
 @dataclass
@@ -50,6 +50,10 @@ class PeerInfo:
     @property
     def tee_digest(self) -> bytes | None:
         return self.advert.tee_digest
+
+    @property
+    def hardware(self) -> Hardware:
+        return self.advert.hardware
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form, as `p2pinfer peers` prints it."""
