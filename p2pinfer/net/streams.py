@@ -75,7 +75,7 @@ def encode_message_parts(t: str, fields: dict[str, Any] | None = None) -> list[A
             packer.reset()
 
     def walk(obj: Any) -> None:
-        if isinstance(obj, _BytesLike) and len(obj) >= ZERO_COPY_MIN:
+        if isinstance(obj, _BytesLike) and memoryview(obj).nbytes >= ZERO_COPY_MIN:
             view = memoryview(obj).cast("B")
             flush()
             parts.append(_bin_header(len(view)))
@@ -119,7 +119,8 @@ def reply_message(t: str, fields: dict[str, Any] | None = None) -> EncodedReply:
 
 async def write_frame_parts(stream: Any, parts: list[Any]) -> None:
     """One frame (4-byte big-endian length + payload) whose payload is the concatenation of
-    `parts`; small parts are coalesced, large ones go out in slices of at most 4 MiB."""
+    `parts`; small parts are coalesced into one write, large ones go out in slices of at most
+    4 MiB, each copied once (libp2p's stream wants `bytes`)."""
     total = sum(len(p) for p in parts)
     if total > MAX_FRAME_FORMAT:
         raise FrameTooLarge(f"frame of {total} bytes exceeds the 4 GiB format limit")
@@ -128,15 +129,12 @@ async def write_frame_parts(stream: Any, parts: list[Any]) -> None:
         if len(part) < ZERO_COPY_MIN:
             pending += part
             continue
+        if pending:  # header and small fields go out first, so the data is copied only once
+            await stream.write(bytes(pending))
+            pending = bytearray()
         view = memoryview(part)
         for start in range(0, len(view), WRITE_SLICE):
-            piece = view[start : start + WRITE_SLICE]
-            if pending:
-                pending += piece
-                await stream.write(bytes(pending))
-                pending = bytearray()
-            else:
-                await stream.write(bytes(piece))
+            await stream.write(bytes(view[start : start + WRITE_SLICE]))
     if pending:
         await stream.write(bytes(pending))
 
