@@ -119,3 +119,13 @@ async def test_dialing_a_bad_address_is_a_dial_error(tmp_path):
             await host.connect(f"/ip4/127.0.0.1/tcp/1/p2p/{NodeIdentity.generate().peer_id}")
         with pytest.raises(DialError):
             await host.connect(host.addrs[0])  # ourselves
+
+
+async def test_announce_addresses_replace_the_bound_ones_in_addrs_and_adverts(tmp_path):
+    announce = "/ip4/203.0.113.7/tcp/4001"
+    async with node_runner() as runner:
+        node = await runner.start(
+            node_config(tmp_path, "n", net={"dht": False, "announce": [announce]})
+        )
+        assert node.addrs == [f"{announce}/p2p/{node.peer_id}"]
+        assert node.advert.addrs == (f"{announce}/p2p/{node.peer_id}",)
