@@ -15,6 +15,7 @@ converges even when gossip drops messages.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -171,6 +172,7 @@ class Node:
         self._changed = trio.Event()
         self._synced: dict[str, float] = {}
         self._dial_failed: dict[str, float] = {}
+        self._pinged: dict[str, float] = {}
         #: connections the discovery loop aims for
         self.target_peers = TARGET_PEERS
         self._sync_slots = trio.Semaphore(SYNC_CONCURRENCY)
@@ -454,16 +456,19 @@ class Node:
         return best
 
     # -- keeping the table in sync ---------------------------------------------------------
-    async def _sync_peer(self, peer_id: str) -> None:
+    async def _sync_peer(self, peer_id: str, *, fetch: bool = True, ping: bool = True) -> None:
+        """Fetch a peer's advert directly and/or measure its RTT."""
         self._synced[peer_id] = time.monotonic()
-        if self.dht is not None:
+        if self.dht is not None and fetch:
             await self.dht.add_peer(peer_id)
         async with self._sync_slots:
             try:
                 with trio.fail_after(self.config.net.dial_timeout_s):
-                    await self.fetch_advert(peer_id)
-                    if peer_id in self.table:
+                    if fetch:
+                        await self.fetch_advert(peer_id)
+                    if ping and peer_id in self.table:
                         await self.ping(peer_id)
+                        self._pinged[peer_id] = time.monotonic()
             except (P2PInferError, trio.TooSlowError) as e:
                 self.counters["advert_fetch_failures"] += 1
                 log.debug("sync with %s failed: %s", peer_id, e)
@@ -471,19 +476,35 @@ class Node:
                 self._synced[peer_id] = time.monotonic() - self.config.gossip.advert_interval_s + 1
 
     async def _sync_loop(self) -> None:
+        """New connections: fetch the advert and ping at once. Afterwards gossip keeps adverts
+        fresh; a peer whose advert was not refreshed for 1.5 intervals is fetched directly, and
+        RTT is measured again every 3 intervals."""
         assert self._nursery is not None
         interval = self.config.gossip.advert_interval_s
         while True:
             now = time.monotonic()
+            wall = time.time()
             connected = set(self.host.connected_peers())
             for pid in connected:
                 last = self._synced.get(pid)
-                if last is None or now - last >= interval:
+                if last is None:
                     self._synced[pid] = now
                     self._nursery.start_soon(self._sync_peer, pid)
+                    continue
+                if now - last < interval:
+                    continue
+                row = self.table.get(pid)
+                stale = row is None or wall - row.last_seen > 1.5 * interval
+                due_ping = now - self._pinged.get(pid, 0.0) > 3 * interval
+                if stale or due_ping:
+                    self._synced[pid] = now
+                    self._nursery.start_soon(
+                        functools.partial(self._sync_peer, pid, fetch=stale, ping=due_ping)
+                    )
             for pid in list(self._synced):
                 if pid not in connected and pid not in self.table:
                     del self._synced[pid]
+                    self._pinged.pop(pid, None)
             self._expire()
             await trio.sleep(0.25)
 
@@ -720,6 +741,10 @@ class Node:
         from p2pinfer.inference.service import embed
 
         return await embed(self._inference_service(), texts, model=model, **kw)
+
+    async def wait_for_route(self, model: str, *, timeout: float = 30.0) -> Any:
+        """Wait until the peer table holds peers covering a route for `model`."""
+        return await self._inference_service().wait_for_route(model, timeout)
 
     def _inference_service(self) -> Any:
         if self.inference is None:

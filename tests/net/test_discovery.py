@@ -89,6 +89,7 @@ async def test_adverts_carry_what_a_peer_serves_and_queries_find_it(tmp_path):
             20,
             "b's new advert at a",
         )
+        await wait_until(lambda: a.peer(b.peer_id).rtt_ms is not None, 20, "a ping")
         row = a.peer(b.peer_id)
         assert row.spans == ((0, 4),)
         assert row.throughput == 12.5 and row.load == 0.25
