@@ -742,6 +742,13 @@ class Node:
 
         return await embed(self._inference_service(), texts, model=model, **kw)
 
+    async def infer_critical(self, features: Any, *, model: str, **kw: Any) -> Any:
+        """Critical-mode inference of a provable MLP: features (tokens, hidden) in, a
+        `CriticalResult` out (the output and every stage's verified proof)."""
+        from p2pinfer.inference.critical import infer_critical
+
+        return await infer_critical(self._inference_service(), features, model=model, **kw)
+
     async def wait_for_route(self, model: str, *, timeout: float = 30.0) -> Any:
         """Wait until the peer table holds peers covering a route for `model`."""
         return await self._inference_service().wait_for_route(model, timeout)

@@ -242,8 +242,9 @@ class InferenceClient:
                     continue
                 seq = msg.get("seq", int)
                 ctx = HopContext(task.task_id, len(task.route), seq, upstream)
+                dtype = "int64" if task.mode == "critical" else dtype_name(self.dtype)
                 hidden = await self.hop.unpack(
-                    msg.fields, ctx, hidden_size=info.hidden_size, dtype=dtype_name(self.dtype),
+                    msg.fields, ctx, hidden_size=info.hidden_size, dtype=dtype,
                     max_bytes=self.node.config.limits.max_tensor_bytes)
                 await session.result_send.send(StepResult(seq, hidden, dict(msg.fields)))
         except (P2PInferError, OSError) as e:

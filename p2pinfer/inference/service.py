@@ -101,6 +101,9 @@ class InferenceService:
         tput = await trio.to_thread.run_sync(measure_throughput, span)
         self.stage = StageServer(self.node, span, hop=self.hop, settings=StageSettings(
             session_ttl_s=serve.session_ttl_s, max_sessions=serve.max_sessions))
+        from p2pinfer.inference.critical import install_critical
+
+        await trio.to_thread.run_sync(install_critical, self.stage, path)
         nursery.start_soon(self.stage.run)
         self.node.update_advert(model=info.model_id, spans=((start, end),), throughput=tput)
         nursery.start_soon(self._report_load)

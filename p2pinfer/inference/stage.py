@@ -202,6 +202,9 @@ class StageServer:
         plan = task.stage_of(me, stage)
         if task.mode not in self.runners:
             raise ModeUnsupported(f"this peer does not run {task.mode!r} tasks")
+        admit = getattr(self.runners[task.mode], "admit", None)
+        if admit is not None:  # e.g. critical mode: the task's manifest must be ours
+            admit(task, plan.start, plan.end)
         if task.model_id != self.model_id:
             raise ModelMismatch(f"this peer serves {self.model_id}, not {task.model_id}")
         if not (self.span.start <= plan.start and plan.end <= self.span.end):
@@ -351,15 +354,26 @@ class StageServer:
                 seq = msg.get("seq", int)
                 pos = msg.get("pos", int)
                 ctx_in = HopContext(session.task.task_id, session.stage, seq, session.upstream)
+                runner = self.runners[session.task.mode]
+                # a runner may take another wire dtype (critical: fixed-point int64)
                 hidden = await self.hop.unpack(msg.fields, ctx_in, hidden_size=info.hidden_size,
-                                               dtype=dtype, max_bytes=max_bytes)
+                                               dtype=getattr(runner, "wire_dtype", dtype),
+                                               max_bytes=max_bytes)
                 if hidden.shape[1] + pos > session.task.max_length:
                     raise StageError(f"positions up to {hidden.shape[1] + pos} exceed the task's "
                                      f"max_length {session.task.max_length}")
                 session.last_used = time.monotonic()
-                runner = self.runners[session.task.mode]
                 out, extra = await runner.run(session, view, hidden, pos, msg.fields)
             except (WireError, P2PInferError) as e:
+                blame = getattr(e, "blame", None)
+                if blame is not None:  # the runner caught an upstream stage (a failed proof):
+                    # name it both ways, so a cheat upstream cannot swallow the fault
+                    self.counters["faults"] += 1
+                    fault = {"stage": blame[0], "peer_id": blame[1],
+                             "code": getattr(e, "code", "bad-input"), "message": str(e)}
+                    await self._send_up(up, dict(fault))
+                    await self._send(down, "fault", fault)
+                    return "fault-forwarded"
                 # bad input from upstream: a typed fault back, the session ends, the stage
                 # keeps serving everyone else
                 await self._fault(up, session, getattr(e, "code", "bad-input"), str(e))

@@ -22,11 +22,11 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
-from p2pinfer.models import bert, gpt2, llama
+from p2pinfer.models import bert, gpt2, llama, mlp
 from p2pinfer.models.errors import ModelError
 from p2pinfer.models.family import LM_HEAD_KEY, ArchConfig, Family, Shapes
 
-FAMILIES: tuple[Family, ...] = (llama.FAMILY, gpt2.FAMILY, bert.FAMILY)
+FAMILIES: tuple[Family, ...] = (llama.FAMILY, gpt2.FAMILY, bert.FAMILY, mlp.FAMILY)
 
 _DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
 _DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}

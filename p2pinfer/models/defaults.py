@@ -139,6 +139,14 @@ def default_models() -> tuple[DefaultModel, ...]:
             random_weights=True,
             num_params=_count(_llama_shapes(_DECODERS[LLAMA_108M])),
         ),
+        DefaultModel(
+            "p2pinfer-zk-mlp",
+            "critical",
+            "mlp",
+            "6-layer provable MLP, width 256, RANDOM weights, committed manifest (critical mode)",
+            random_weights=True,
+            num_params=6 * (256 * 256 + 256),
+        ),
     )
 
 
@@ -162,6 +170,10 @@ def default_model_path(name: str, home: Path | None = None) -> Path:
     """Local directory of a default model, writing a random decoder there on first use."""
     if name == MINILM:
         return minilm_path()
+    if name == "p2pinfer-zk-mlp":
+        from p2pinfer.models.mlp import zk_mlp_path
+
+        return zk_mlp_path(home)
     if name not in _DECODERS:
         known = ", ".join(m.name for m in default_models())
         raise ModelError(f"unknown default model {name!r} (known: {known})")

@@ -200,6 +200,8 @@ class ClientHead(_Layers):
         return [*self.blocks.buffers(), *self.embeddings.buffers()]
 
     def check_tokens(self, tokens: torch.Tensor | Sequence[int]) -> torch.Tensor:
+        if not self.info.vocab_size:  # a token-free model (p2pinfer-mlp) takes features
+            return self.check_hidden(tokens)
         if isinstance(tokens, torch.Tensor):
             if tokens.dtype not in (torch.int64, torch.int32) or tokens.dim() != 2:
                 raise SpanInputError("tokens must be an integer tensor of shape [1, T]")

@@ -32,7 +32,7 @@ def tiny(tmp_path_factory):
 
 def test_default_models_say_which_weights_are_random():
     models = {m.name: m for m in default_models()}
-    assert set(models) == {MINILM, TINY_LLAMA, LLAMA_108M}
+    assert set(models) == {MINILM, TINY_LLAMA, LLAMA_108M, "p2pinfer-zk-mlp"}
     assert models[MINILM].random_weights is False and models[MINILM].task == "embedding"
     assert models[TINY_LLAMA].random_weights is True and models[TINY_LLAMA].task == "generation"
     assert models[LLAMA_108M].random_weights is True

@@ -1,0 +1,496 @@
+"""Critical mode: every stage proves its shard in zero knowledge; every hop verifies before use.
+
+Spec: protocols/critical.md (proof chain in `step`), protocols/zk-proof.md (proof bytes).
+The model is a provable MLP (p2pinfer.models.mlp) whose owner published a manifest of weight
+commitments; the task carries the manifest digest in `options["manifest"]` and a stage with
+another manifest refuses the task at `open`. Activations cross hops as fixed-point int64.
+
+Stage i receives y_{i-1} and the proof chain; it verifies the last entry (stage i-1's proof for
+(x_{i-1}, y_{i-1}) under manifest.shard(layers of stage i-1), bound to the task, the stage and
+the step), runs its layers in fixed point, proves, and appends its own entry (its input x_i and
+proof). A failed check becomes a `fault` naming the upstream peer. The requester checks that
+entry 0's input is what it sent, that the chain links up, and verifies every proof itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import numpy as np
+import torch
+import trio
+
+from p2pinfer.errors import P2PInferError, WireError
+from p2pinfer.inference.client import ClientSettings, InferenceClient, InferenceError, StageFailure
+from p2pinfer.inference.stage import StageError, StageSession
+from p2pinfer.inference.task import Task
+from p2pinfer.wire import tensor_from_wire, tensor_to_wire
+
+log = logging.getLogger(__name__)
+
+CONTEXT_DOMAIN = b"p2pinfer/critical-step/v1"
+#: the largest proof a stage accepts from its upstream
+MAX_PROOF_BYTES = 8 << 20
+MAX_CHAIN = 64
+
+
+class ManifestMismatch(StageError):
+    """The task names another manifest than the one this peer's weights are committed in."""
+
+    code = "wrong-manifest"
+
+
+class ProofRejected(StageError):
+    """An upstream stage's proof failed; `blame` is (stage, peer) of the stage that made it."""
+
+    code = "proof-rejected"
+
+    def __init__(self, stage: int, peer: str, message: str, check: str = "") -> None:
+        super().__init__(message)
+        self.blame = (stage, peer)
+        self.check = check
+
+
+# -- the proof chain on the wire ------------------------------------------------------------------
+@dataclass
+class ChainEntry:
+    """One stage's proof as it travels down the route: its input, the proof, who made it."""
+
+    stage: int
+    peer: str
+    start: int
+    end: int
+    input: np.ndarray  # int64 (tokens, hidden)
+    proof: bytes
+    prove_ms: float
+    #: set by the next stage once it verified this entry
+    verified_by: str = ""
+    hop_verify_ms: float = 0.0
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"stage": self.stage, "peer": self.peer, "layers": [self.start, self.end],
+                "input": tensor_to_wire(torch.from_numpy(np.ascontiguousarray(self.input))[None]),
+                "proof": self.proof, "prove_ms": float(self.prove_ms),
+                "verified_by": self.verified_by, "hop_verify_ms": float(self.hop_verify_ms)}
+
+    @classmethod
+    def from_wire(cls, obj: Any, *, hidden_size: int, max_bytes: int) -> ChainEntry:
+        if not isinstance(obj, dict):
+            raise WireError("a proof chain entry must be a map")
+        stage, peer, layers = obj.get("stage"), obj.get("peer"), obj.get("layers")
+        proof, prove_ms = obj.get("proof"), obj.get("prove_ms")
+        by, hop_ms = obj.get("verified_by", ""), obj.get("hop_verify_ms", 0.0)
+        if not isinstance(stage, int) or isinstance(stage, bool) or not 0 <= stage < MAX_CHAIN:
+            raise WireError("proof chain entry: bad stage")
+        if not isinstance(peer, str) or not 0 < len(peer) <= 128:
+            raise WireError("proof chain entry: bad peer")
+        if (not isinstance(layers, list) or len(layers) != 2
+                or not all(isinstance(v, int) and not isinstance(v, bool) for v in layers)
+                or not 0 <= layers[0] < layers[1]):
+            raise WireError("proof chain entry: bad layers")
+        if not isinstance(proof, bytes) or len(proof) > MAX_PROOF_BYTES:
+            raise WireError(f"proof chain entry: proof must be bytes of at most {MAX_PROOF_BYTES}")
+        if not isinstance(prove_ms, (int, float)) or not isinstance(hop_ms, (int, float)):
+            raise WireError("proof chain entry: bad timings")
+        if not isinstance(by, str) or len(by) > 128:
+            raise WireError("proof chain entry: bad verifier")
+        x = tensor_from_wire(obj.get("input"), max_bytes=max_bytes, dtype="int64",
+                             shape=(1, None, hidden_size))
+        return cls(stage, peer, layers[0], layers[1], x[0].numpy(), proof, float(prove_ms), by,
+                   float(hop_ms))
+
+
+def decode_chain(fields: dict[str, Any], *, hidden_size: int, max_bytes: int) -> list[ChainEntry]:
+    raw = fields.get("zk")
+    if raw is None:
+        return []
+    if not isinstance(raw, list) or len(raw) > MAX_CHAIN:
+        raise WireError(f"`zk` must be a list of at most {MAX_CHAIN} proof entries")
+    return [ChainEntry.from_wire(e, hidden_size=hidden_size, max_bytes=max_bytes) for e in raw]
+
+
+def step_binding(task: Task, manifest_digest: bytes, stage: int, seq: int, start: int, end: int,
+                 peer: str) -> Any:
+    """What one stage's proof of one step is bound to (replays across tasks, stages, steps,
+    layer spans or peers fail the binding check)."""
+    from p2pinfer.zk import ProofBinding
+
+    context = CONTEXT_DOMAIN + msgpack.packb([task.network_id, stage, seq, start, end, peer])
+    return ProofBinding(task.task_id, manifest_digest, context)
+
+
+def verify_entry(manifest: Any, digest: bytes, task: Task, seq: int, entry: ChainEntry,
+                 output: np.ndarray, *, stage: int, peer: str) -> float:
+    """Verify one stage's proof for (entry.input, output); returns milliseconds, or raises
+    `ProofRejected` blaming (stage, peer). `stage` and `peer` are what the verifier expects
+    (from the route), never what the entry claims."""
+    from p2pinfer.zk import ProofError, ShardProof, verify
+    from p2pinfer.zk.errors import ProofFormatError
+
+    plan = task.route[stage]
+    if entry.stage != stage or entry.peer != peer or (entry.start, entry.end) != (plan.start,
+                                                                                  plan.end):
+        raise ProofRejected(stage, peer, f"the proof of stage {stage} names stage {entry.stage}, "
+                            f"peer {entry.peer}, layers [{entry.start}, {entry.end})", "route")
+    t0 = time.perf_counter()
+    try:
+        proof = ShardProof.from_bytes(entry.proof, MAX_PROOF_BYTES)
+        verify(manifest.shard(plan.start, plan.end), entry.input, output, proof,
+               step_binding(task, digest, stage, seq, plan.start, plan.end, peer))
+    except ProofError as e:
+        raise ProofRejected(stage, peer, f"stage {stage} ({peer}) sent a proof that fails: {e}",
+                            e.check) from None
+    except (ProofFormatError, ValueError) as e:
+        raise ProofRejected(stage, peer, f"stage {stage} ({peer}) sent a malformed proof: {e}",
+                            "encoding") from None
+    return (time.perf_counter() - t0) * 1000.0
+
+
+# -- the stage side -----------------------------------------------------------------------------
+class CriticalRunner:
+    """The `critical` StepRunner of a stage serving layers of a provable MLP.
+
+    The TEST-ONLY cheats in tests/critical subclass this and override `compute`, `attest` or
+    `entry_for`; the honest runner never deviates.
+    """
+
+    wire_dtype = "int64"
+
+    def __init__(self, node: Any, model_path: str | Path, start: int, end: int) -> None:
+        from p2pinfer.models.mlp import commit_layers, load_manifest_bytes
+        from p2pinfer.zk import ModelManifest
+
+        self.node = node
+        self.path = Path(model_path)
+        self.manifest = ModelManifest.from_bytes(load_manifest_bytes(self.path))
+        self.digest = self.manifest.digest()
+        self.start, self.end = start, end
+        self._full = commit_layers(self.path, start, end)
+        self._shards: dict[tuple[int, int], Any] = {(start, end): self._full}
+        self._lock = trio.Lock()
+        self.counters = {"proved": 0, "verified": 0, "rejected": 0}
+
+    def admit(self, task: Task, start: int, end: int) -> None:
+        """At `open`: refuse a task pinned to another manifest."""
+        import hmac
+
+        want = task.options.get("manifest")
+        if not isinstance(want, bytes) or not hmac.compare_digest(want, self.digest):
+            raise ManifestMismatch("the task's manifest digest differs from the one this peer's "
+                                   "weights are committed in")
+
+    def shard(self, start: int, end: int) -> Any:
+        key = (start, end)
+        if key not in self._shards:
+            from p2pinfer.models.mlp import commit_layers
+
+            self._shards[key] = commit_layers(self.path, start, end)
+        return self._shards[key]
+
+    # the three steps a cheat may replace (tests only)
+    def compute(self, shard: Any, x: np.ndarray) -> np.ndarray:
+        return shard.forward_fixed(x)
+
+    def attest(self, shard: Any, x: np.ndarray, y: np.ndarray, binding: Any) -> bytes:
+        from p2pinfer.zk import prove
+
+        return prove(shard, x, y, binding).to_bytes()
+
+    def entry_for(self, entry: ChainEntry, y: np.ndarray, session: StageSession,
+                  seq: int) -> tuple[ChainEntry, np.ndarray]:
+        return entry, y
+
+    async def run(self, session: StageSession, view: Any, hidden: torch.Tensor, pos: int,
+                  fields: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
+        task, stage = session.task, session.stage
+        seq = int(fields.get("seq", 0))
+        info = view.info
+        try:
+            chain = decode_chain(fields, hidden_size=info.hidden_size,
+                                 max_bytes=self.node.config.limits.max_tensor_bytes)
+        except WireError as e:
+            if stage == 0:
+                raise
+            raise ProofRejected(stage - 1, session.upstream,
+                                f"stage {stage - 1} sent a malformed proof chain: {e}",
+                                "chain") from None
+        x = hidden[0].numpy().astype(np.int64, copy=False)
+        if stage > 0:
+            if len(chain) != stage:
+                raise ProofRejected(stage - 1, session.upstream,
+                                    f"stage {stage - 1} sent {len(chain)} proofs, not {stage}",
+                                    "chain")
+            last = chain[-1]
+            try:
+                ms = await trio.to_thread.run_sync(
+                    lambda: verify_entry(self.manifest, self.digest, task, seq, last, x,
+                                         stage=stage - 1, peer=session.upstream))
+            except ProofRejected as e:
+                self.counters["rejected"] += 1
+                log.warning("task %s: rejecting stage %d (%s): %s", task.short_id, stage - 1,
+                            session.upstream, e)
+                raise
+            last.verified_by, last.hop_verify_ms = self.node.peer_id, ms
+            self.counters["verified"] += 1
+        elif chain:
+            raise StageError("the requester sent proofs to stage 0")
+        shard = self.shard(session.start, session.end)
+        binding = step_binding(task, self.digest, stage, seq, session.start, session.end,
+                               self.node.peer_id)
+
+        def work() -> tuple[np.ndarray, bytes, float]:
+            t0 = time.perf_counter()
+            y = self.compute(shard, x)
+            proof = self.attest(shard, x, y, binding)
+            return y, proof, (time.perf_counter() - t0) * 1000.0
+
+        async with self._lock:  # one proof at a time: the CPU is the bottleneck
+            try:
+                y, proof, ms = await trio.to_thread.run_sync(work)
+            except (ValueError, P2PInferError) as e:
+                raise StageError(f"could not prove stage {stage}: {e}") from None
+        mine = ChainEntry(stage, self.node.peer_id, session.start, session.end, x, proof, ms)
+        mine, y = self.entry_for(mine, y, session, seq)
+        self.counters["proved"] += 1
+        out = torch.from_numpy(np.ascontiguousarray(y, dtype=np.int64)).unsqueeze(0)
+        return out, {"zk": [e.to_wire() for e in [*chain, mine]]}
+
+
+def install_critical(stage_server: Any, model_path: str | Path) -> bool:
+    """Register the `critical` runner on a stage serving a provable MLP with a manifest and the
+    owner's commitment caches. Returns whether it did (other models: nothing happens)."""
+    from p2pinfer.models.errors import ModelError
+    from p2pinfer.models.mlp import is_provable
+    from p2pinfer.zk import ZkError
+
+    if not is_provable(model_path):
+        return False
+    span = stage_server.span
+    try:
+        runner = CriticalRunner(stage_server.node, model_path, span.start, span.end)
+    except (ModelError, ZkError) as e:
+        log.warning("not serving critical tasks: %s", e)
+        return False
+    stage_server.runners["critical"] = runner
+    log.info("serving critical tasks for layers [%d, %d) under manifest %s", span.start,
+             span.end, runner.digest.hex()[:16])
+    return True
+
+
+# -- the requester side --------------------------------------------------------------------------
+@dataclass
+class StageProof:
+    """One stage's verified proof, as the requester reports it."""
+
+    stage: int
+    peer: str
+    layers: tuple[int, int]
+    proof_bytes: int
+    prove_ms: float
+    #: the requester's own verification
+    verify_ms: float
+    #: the next stage's verification (none for the last stage)
+    hop_verified_by: str
+    hop_verify_ms: float
+
+
+@dataclass
+class CriticalResult:
+    """Output of a critical-mode inference and what was verified on the way."""
+
+    output: np.ndarray  # float64 (tokens, hidden), dequantized
+    output_fixed: np.ndarray  # int64 (tokens, hidden), bit-for-bit
+    proofs: list[StageProof]
+    manifest_digest: str
+    route: list[dict[str, Any]]
+    replans: int
+    seconds: float
+    local_layers: tuple[tuple[int, int], tuple[int, int]] = ((0, 0), (0, 0))
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["output"] = self.output.tolist()
+        d["output_fixed"] = self.output_fixed.tolist()
+        return d
+
+
+class CriticalCheck:
+    """The requester's `ResultCheck` for critical tasks: the whole proof chain, verified."""
+
+    def __init__(self, manifest: Any, digest: bytes, hidden_size: int, max_bytes: int) -> None:
+        self.manifest, self.digest = manifest, digest
+        self.hidden_size, self.max_bytes = hidden_size, max_bytes
+        self.last: list[StageProof] = []
+
+    async def check(self, session: Any, sent: torch.Tensor, result: Any) -> None:
+        self.last = await trio.to_thread.run_sync(self._check, session.task, sent, result)
+
+    def _check(self, task: Task, sent: torch.Tensor, result: Any) -> list[StageProof]:
+        n = len(task.route)
+        last_peer = result.peer or task.route[-1].replicas[0]
+        try:
+            chain = decode_chain(result.fields, hidden_size=self.hidden_size,
+                                 max_bytes=self.max_bytes)
+        except WireError as e:
+            raise StageFailure(n - 1, last_peer, f"proof chain does not decode: {e}") from None
+        if len(chain) != n:
+            raise StageFailure(n - 1, last_peer, f"the answer carries {len(chain)} proofs for "
+                               f"{n} stages")
+        x0 = sent[0].numpy().astype(np.int64, copy=False)
+        if not np.array_equal(chain[0].input, x0):
+            raise StageFailure(0, chain[0].peer, "stage 0 proved an input other than the one "
+                               "the requester sent")
+        out = []
+        for k, entry in enumerate(chain):
+            peer = entry.peer if entry.peer in task.route[k].replicas else task.route[k].replicas[0]
+            y = chain[k + 1].input if k + 1 < n else result.hidden[0].numpy()
+            try:
+                ms = verify_entry(self.manifest, self.digest, task, result.seq, entry, y,
+                                  stage=k, peer=peer)
+            except ProofRejected as e:
+                log.warning("task %s: %s", task.short_id, e)
+                raise StageFailure(k, peer, str(e)) from None
+            out.append(StageProof(k, peer, (entry.start, entry.end), len(entry.proof),
+                                  entry.prove_ms, ms, entry.verified_by, entry.hop_verify_ms))
+        return out
+
+
+class CriticalClient(InferenceClient):
+    """Requests critical-mode inference of a provable MLP; runs its head and tail layers in
+    fixed point itself and accepts only answers whose every stage proof verifies."""
+
+    def __init__(self, node: Any, model_path: str, settings: ClientSettings | None = None, *,
+                 hop: Any = None, manifest: bytes | None = None) -> None:
+        from p2pinfer.models.mlp import fixed_layers, is_provable, load_manifest_bytes
+        from p2pinfer.zk import ModelManifest
+
+        if not is_provable(model_path):
+            raise InferenceError(f"{model_path} is not a provable model (critical mode runs "
+                                 "p2pinfer-mlp models, e.g. the built-in p2pinfer-zk-mlp)")
+        s = settings or ClientSettings()
+        if s.redundancy != 1:
+            raise InferenceError("critical mode proves every stage; it runs one replica per stage")
+        from dataclasses import replace
+
+        super().__init__(node, model_path, replace(s, mode="critical", audits=False), hop=hop)
+        raw = manifest if manifest is not None else load_manifest_bytes(model_path)
+        self.manifest = ModelManifest.from_bytes(raw)
+        self.manifest_digest = self.manifest.digest()
+        n = self.info.num_layers
+        k, kt = self.settings.k_head, self.settings.k_tail
+        self.fixed_head = fixed_layers(model_path, 0, k) if k else None
+        self.fixed_tail = fixed_layers(model_path, n - kt, n) if kt else None
+        self._quant = fixed_layers(model_path, 0, 1)  # for the scale
+        self.check = CriticalCheck(self.manifest, self.manifest_digest, self.info.hidden_size,
+                                   node.config.limits.max_tensor_bytes)
+        self.checks["critical"] = self.check
+
+    def _task_options(self) -> dict[str, Any]:
+        return {"manifest": self.manifest_digest}
+
+    def quantize(self, x: np.ndarray) -> np.ndarray:
+        return self._quant.quantize(x)
+
+    def local_forward(self, x: np.ndarray) -> np.ndarray:
+        """The whole model in fixed point on this machine (needs every layer's weights)."""
+        from p2pinfer.models.mlp import fixed_layers
+
+        return fixed_layers(self.head_path, 0, self.info.num_layers).forward_fixed(
+            self.quantize(x))
+
+    async def infer(self, features: np.ndarray | torch.Tensor) -> CriticalResult:
+        """Features (tokens, hidden) -> the model's output, every remote stage proven."""
+        t0 = time.perf_counter()
+        x = np.asarray(features.detach().cpu() if isinstance(features, torch.Tensor) else features,
+                       dtype=np.float64)
+        if x.ndim == 3 and x.shape[0] == 1:
+            x = x[0]
+        h = self.info.hidden_size
+        if x.ndim != 2 or x.shape[1] != h or not 1 <= x.shape[0] <= self.info.max_positions:
+            raise InferenceError(f"input must be (tokens <= {self.info.max_positions}, {h})")
+        if not np.isfinite(x).all():
+            raise InferenceError("input contains NaN or infinity")
+        q = self.quantize(x)
+        if self.fixed_head is not None:
+            q = await trio.to_thread.run_sync(self.fixed_head.forward_fixed, q)
+        start, end = self.middle
+        replans0 = self.replans
+        attempts = 0
+        proofs: list[StageProof] = []
+        while start < end:
+            route = self.plan()
+            self.last_route = route
+            task = Task.create(self.node.identity, network_id=self.node.network_id,
+                               model_id=self.info.model_id, requester_addrs=self.node.addrs,
+                               route=route, mode="critical", max_length=q.shape[0],
+                               options=self._task_options())
+            try:
+                session = await self._open(task)
+                try:
+                    sent = torch.from_numpy(np.ascontiguousarray(q)).unsqueeze(0)
+                    try:
+                        out = await self._step(session, 0, 0, sent)
+                    except StageFailure as failure:
+                        if failure.peer_id is None:
+                            failure.peer_id = await self._blame(session, failure)
+                        raise
+                finally:
+                    await self._close(session)
+                q = out[0].numpy().astype(np.int64)
+                proofs = self.check.last
+                break
+            except StageFailure as failure:
+                attempts += 1
+                log.warning("critical route failed (%s); re-planning", failure)
+                if failure.peer_id:
+                    self.backoff.fail(failure.peer_id)
+                if attempts > self.settings.max_replans:
+                    raise InferenceError(f"gave up after {attempts - 1} re-plans: {failure}"
+                                         ) from None
+                self.replans += 1
+        if self.fixed_tail is not None:
+            q = await trio.to_thread.run_sync(self.fixed_tail.forward_fixed, q)
+        n = self.info.num_layers
+        return CriticalResult(
+            output=self._quant.dequantize(q), output_fixed=q, proofs=proofs,
+            manifest_digest=self.manifest_digest.hex(),
+            route=[{"layers": [s.start, s.end], "peers": list(s.replicas)}
+                   for s in self.last_route],
+            replans=self.replans - replans0, seconds=time.perf_counter() - t0,
+            local_layers=((0, start), (end, n)))
+
+
+def critical_client(service: Any, model: str, settings: ClientSettings | None = None, *,
+                    manifest: bytes | None = None) -> CriticalClient:
+    """A critical client for `model` (directory or built-in name) on a running service; its
+    result hops are routed to it like any client's."""
+    from p2pinfer.inference.service import resolve_model
+
+    nursery = getattr(service, "_nursery", None)
+    if nursery is None:
+        raise P2PInferError("the inference service is not running")
+    path = str(resolve_model(model))
+    key = f"critical|{path}|{settings!r}|{manifest.hex() if manifest else ''}"
+    client = service.clients.get(key)
+    if client is None:
+        client = CriticalClient(service.node, path, settings or service.default_settings(),
+                                hop=service.hop, manifest=manifest)
+        client.spawn = nursery.start_soon
+        service.clients[key] = client
+    return client
+
+
+async def infer_critical(service: Any, features: np.ndarray | torch.Tensor | Sequence[Any], *,
+                         model: str, settings: ClientSettings | None = None,
+                         manifest: bytes | None = None) -> CriticalResult:
+    """Critical-mode inference of `features` (tokens, hidden) through the network."""
+    client = critical_client(service, model, settings, manifest=manifest)
+    return await client.infer(np.asarray(features, dtype=np.float64)
+                              if not isinstance(features, torch.Tensor) else features)

@@ -1,0 +1,299 @@
+"""Provable MLP models (`model_type: "p2pinfer-mlp"`), the models critical mode runs.
+
+A directory holds `config.json`, the weights in `model.safetensors` (`layers.{i}.weight` of
+shape [out, in] as a linear map, `layers.{i}.bias`), and the owner's published manifest
+`zk-manifest.bin` (p2pinfer.zk.ModelManifest bytes: per-layer Hyrax weight commitments).
+Serving peers also hold `zk/`, the owner's commitment caches with the secret row blindings
+(mode 0600); a requester needs only config.json and the manifest. Every layer maps
+hidden_size -> hidden_size: y = act(x W^T + b) (+ x when residual), act in {relu, identity}.
+
+There are no tokens: the "embedding" is the identity on features [1, T, hidden_size] and the
+output is the last hidden state. In general mode the layers run in float; in critical mode in
+fixed point (`frac_bits` fractional bits, p2pinfer.zk.shard), bit-for-bit on every machine.
+
+The built-in `p2pinfer-zk-mlp` (6 layers of 256, ReLU but the last) has seeded random weights,
+written and committed on first use into `$P2PINFER_HOME/models/p2pinfer-zk-mlp`. The weights
+are the same on every machine; the commitments' blindings come from the OS CSPRNG, so each
+machine that writes the model publishes its own manifest (peers of one network share the
+directory, as they would share a real owner's release).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from p2pinfer.models.errors import ModelError
+from p2pinfer.models.family import ArchConfig, Family, Shapes, Weights, field
+
+MODEL_TYPE = "p2pinfer-mlp"
+ZK_MLP = "p2pinfer-zk-mlp"
+MANIFEST_FILE = "zk-manifest.bin"
+COMMIT_DIR = "zk"
+MAX_MANIFEST_BYTES = 64 << 20
+_ACTIVATIONS = ("relu", "identity")
+_STAMP = "p2pinfer_default.json"
+_FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True, kw_only=True)
+class MlpConfig(ArchConfig):
+    activations: tuple[str, ...]
+    residual: tuple[bool, ...]
+    frac_bits: int
+
+    @classmethod
+    def from_hf(cls, raw: Mapping[str, Any]) -> MlpConfig:
+        layers = field(raw, "num_layers", "num_hidden_layers")
+        hidden = field(raw, "hidden_size")
+        if not 1 <= layers <= 4096 or not 1 <= hidden <= 1 << 14:
+            raise ModelError("num_layers must be in 1..4096 and hidden_size in 1..16384")
+        acts = raw.get("activations", "relu")
+        acts = [acts] * layers if isinstance(acts, str) else acts
+        if not isinstance(acts, list) or len(acts) != layers or any(
+                a not in _ACTIVATIONS for a in acts):
+            raise ModelError(f"activations must be one of {_ACTIVATIONS} or a list of "
+                             f"{layers} of them")
+        res = raw.get("residual", False)
+        res = [res] * layers if isinstance(res, bool) else res
+        if not isinstance(res, list) or len(res) != layers or any(
+                not isinstance(r, bool) for r in res):
+            raise ModelError(f"residual must be a bool or a list of {layers} bools")
+        frac = field(raw, "frac_bits", default=8)
+        if not 1 <= frac <= 16:
+            raise ModelError("frac_bits must be in 1..16")
+        return cls(
+            model_type=MODEL_TYPE, num_layers=layers, hidden_size=hidden, vocab_size=0,
+            max_positions=field(raw, "max_positions", default=1024), num_heads=1,
+            num_kv_heads=1, head_dim=hidden, tie_word_embeddings=False,
+            activations=tuple(acts), residual=tuple(res), frac_bits=frac,
+        )
+
+
+class Features(nn.Module):
+    """The identity "embedding": a provable MLP takes features, not tokens."""
+
+    def __init__(self, cfg: MlpConfig, w: Weights) -> None:
+        super().__init__()
+
+    def forward(self, x: torch.Tensor, start_pos: int = 0) -> torch.Tensor:
+        return x
+
+
+class Output(nn.Module):
+    def __init__(self, cfg: MlpConfig, w: Weights) -> None:
+        super().__init__()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+class Block(nn.Module):
+    """One float layer y = act(x W^T + b) (+ x); cache and positions are ignored."""
+
+    def __init__(self, cfg: MlpConfig, index: int, w: Weights) -> None:
+        super().__init__()
+        self.register_buffer("weight", w["weight"])
+        self.register_buffer("bias", w["bias"])
+        self.relu = cfg.activations[index] == "relu"
+        self.residual = cfg.residual[index]
+
+    def forward(self, x: torch.Tensor, cache: Any, slot: int, start_pos: int) -> torch.Tensor:
+        y = F.linear(x, self.weight, self.bias)
+        if self.relu:
+            y = F.relu(y)
+        return y + x if self.residual else y
+
+
+def layer_shapes(cfg: MlpConfig) -> Shapes:
+    h = cfg.hidden_size
+    return {"weight": (h, h), "bias": (h,)}
+
+
+FAMILY = Family(
+    name="mlp",
+    model_types=(MODEL_TYPE,),
+    is_decoder=False,
+    base_prefixes=("",),
+    probe_key="layers.0.weight",
+    parse_config=MlpConfig.from_hf,
+    embedding_shapes=lambda cfg: {},
+    layer_prefix=lambda i: f"layers.{i}.",
+    layer_shapes=layer_shapes,
+    output_shapes=lambda cfg: {},
+    tied_key=None,
+    build_embeddings=Features,
+    build_block=Block,
+    build_output=Output,
+)
+
+
+# -- the provable side ------------------------------------------------------------------------
+def is_provable(path: str | Path) -> bool:
+    """Whether `path` holds a p2pinfer-mlp model (config only; nothing is loaded)."""
+    try:
+        raw = json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(raw, dict) and raw.get("model_type") == MODEL_TYPE
+
+
+def load_manifest_bytes(path: str | Path) -> bytes:
+    """The owner's published manifest of the model at `path` (raw bytes)."""
+    file = Path(path) / MANIFEST_FILE
+    try:
+        if file.stat().st_size > MAX_MANIFEST_BYTES:
+            raise ModelError(f"{file} is larger than {MAX_MANIFEST_BYTES} bytes")
+        return file.read_bytes()
+    except FileNotFoundError:
+        raise ModelError(f"{path}: no {MANIFEST_FILE}: the model owner's manifest is missing "
+                         "(critical mode needs it)") from None
+
+
+def _config(path: Path) -> MlpConfig:
+    from p2pinfer.models.checkpoint import Checkpoint
+
+    cfg = Checkpoint(path).config
+    if not isinstance(cfg, MlpConfig):
+        raise ModelError(f"{path} is not a {MODEL_TYPE} model")
+    return cfg
+
+
+def fixed_layers(path: str | Path, start: int, end: int) -> Any:
+    """Layers [start, end) of the model at `path` as a fixed-point `p2pinfer.zk.ProvableMlp`."""
+    from p2pinfer.models.checkpoint import Checkpoint
+    from p2pinfer.zk import ProvableMlp
+
+    ckpt = Checkpoint(path)
+    cfg = ckpt.config
+    if not isinstance(cfg, MlpConfig):
+        raise ModelError(f"{path} is not a {MODEL_TYPE} model")
+    if not 0 <= start < end <= cfg.num_layers:
+        raise ModelError(f"layers [{start}, {end}) are outside the model's {cfg.num_layers}")
+    pairs = []
+    for i in range(start, end):
+        w = ckpt.load(ckpt.layer_keys(i), torch.float64)
+        pairs.append((w["weight"].numpy().T, w["bias"].numpy()))
+    return ProvableMlp.from_float(pairs, activations=list(cfg.activations[start:end]),
+                                  residual=list(cfg.residual[start:end]), frac_bits=cfg.frac_bits)
+
+
+def commit_layers(path: str | Path, start: int, end: int) -> Any:
+    """Layers [start, end) as a `p2pinfer.zk.CommittedShard` bound to the model's manifest.
+
+    Each layer is committed on its own (so any sub-span can be proven) from the owner's caches
+    in `<path>/zk`; layers whose cache is missing are committed afresh, which only matches the
+    manifest if the blindings are the owner's (`CommitmentMismatch` otherwise).
+    """
+    from p2pinfer.zk import (CommittedShard, ModelManifest, ProvableMlp, ShardCommitment,
+                             commit_shard)
+
+    mlp = fixed_layers(path, start, end)
+    manifest = ModelManifest.from_bytes(load_manifest_bytes(path))
+    if len(manifest.layers) != _config(Path(path)).num_layers:
+        raise ModelError(f"{path}: the manifest does not describe this model's layers")
+    cache = Path(path) / COMMIT_DIR
+    parts = [commit_shard(ProvableMlp([layer], mlp.frac_bits), cache, model_id=manifest.model_id,
+                          first_layer=start + k) for k, layer in enumerate(mlp.layers)]
+    own = ShardCommitment(manifest.model_id, start, mlp.frac_bits,
+                          parts[0].commitment.generator_seed,
+                          tuple(lc for p in parts for lc in p.commitment.layers))
+    joined = CommittedShard(mlp, own, [b for p in parts for b in p.weight_blinds],
+                            [b for p in parts for b in p.bias_blinds])
+    return joined.bind_to(manifest.shard(start, end))
+
+
+def publish_manifest(path: str | Path, model_id: str | None = None) -> bytes:
+    """The model owner's step: commit every layer (caches in `<path>/zk`, mode 0600) and write
+    `<path>/zk-manifest.bin`. Returns the manifest bytes."""
+    from p2pinfer.zk import ModelManifest, ProvableMlp, commit_shard
+
+    path = Path(path)
+    cfg = _config(path)
+    mlp = fixed_layers(path, 0, cfg.num_layers)
+    name = model_id or str(json.loads((path / "config.json").read_text()).get(
+        "p2pinfer_name") or path.name)
+    parts = [commit_shard(ProvableMlp([layer], mlp.frac_bits), path / COMMIT_DIR, model_id=name,
+                          first_layer=k) for k, layer in enumerate(mlp.layers)]
+    data = ModelManifest.from_shards(name, parts).to_bytes()
+    (path / MANIFEST_FILE).write_bytes(data)
+    return data
+
+
+# -- the built-in model -----------------------------------------------------------------------
+def zk_mlp_config(name: str = ZK_MLP, layers: int = 6, hidden: int = 256,
+                  frac_bits: int = 8) -> dict[str, Any]:
+    return {
+        "model_type": MODEL_TYPE,
+        "p2pinfer_name": name,
+        "p2pinfer_random_weights": True,
+        "num_layers": layers,
+        "hidden_size": hidden,
+        "activations": ["relu"] * (layers - 1) + ["identity"],
+        "residual": False,
+        "frac_bits": frac_bits,
+        "max_positions": 1024,
+        "dtype": "float32",
+    }
+
+
+def write_random_mlp(directory: str | Path, config: dict[str, Any]) -> None:
+    """Config, seeded random weights (He-scaled, so activations keep their size through ReLU
+    layers), and the committed manifest, into `directory`."""
+    from safetensors.numpy import save_file
+
+    from p2pinfer.models.defaults import _random_uniform
+
+    directory = Path(directory)
+    h, n = int(config["hidden_size"]), int(config["num_layers"])
+    seed = int.from_bytes(hashlib.sha256(config["p2pinfer_name"].encode()).digest()[:16], "little")
+    rng = np.random.Generator(np.random.PCG64(seed))
+    tensors: dict[str, np.ndarray] = {}
+    for i in range(n):
+        tensors[f"layers.{i}.weight"] = _random_uniform(rng, (h, h), math.sqrt(2.0 / h))
+        tensors[f"layers.{i}.bias"] = _random_uniform(rng, (h,), 0.05)
+    (directory / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    publish_manifest(directory, config["p2pinfer_name"])
+
+
+def zk_mlp_path(home: Path | None = None, name: str = ZK_MLP) -> Path:
+    """Directory of the built-in provable MLP, written and committed on first use."""
+    from p2pinfer.models.defaults import models_home
+
+    target = (home or models_home()) / name
+    stamp = target / _STAMP
+    if stamp.is_file():
+        try:
+            if json.loads(stamp.read_text()).get("format_version") == _FORMAT_VERSION:
+                return target
+        except (OSError, ValueError):
+            pass
+        shutil.rmtree(target, ignore_errors=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=target.parent))
+    try:
+        write_random_mlp(work, zk_mlp_config(name))
+        (work / _STAMP).write_text(json.dumps(
+            {"format_version": _FORMAT_VERSION, "name": name, "random_weights": True}) + "\n")
+        try:
+            os.rename(work, target)
+        except OSError:
+            if not (target / _STAMP).is_file():
+                raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return target

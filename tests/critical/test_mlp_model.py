@@ -1,0 +1,106 @@
+"""The provable MLP model format: float spans, fixed-point layers, the owner's manifest."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from p2pinfer.models import ClientHead, ClientTail, LayerSpan, LocalModel, ModelError
+from p2pinfer.models.defaults import default_model_path
+from p2pinfer.models.mlp import (
+    MANIFEST_FILE,
+    ZK_MLP,
+    commit_layers,
+    fixed_layers,
+    is_provable,
+    load_manifest_bytes,
+)
+from p2pinfer.zk import CommitmentMismatch, ModelManifest, ProofBinding, prove, verify
+
+from .conftest import small_mlp
+
+
+def test_head_spans_and_tail_compose_to_the_whole_model(mlp_dir):
+    x = torch.randn(1, 3, 32)
+    whole = LocalModel.load(mlp_dir).forward(x)
+    h = ClientHead.load(mlp_dir, 1).forward(x)
+    h = LayerSpan.load(mlp_dir, 1, 3).forward(h)
+    h = LayerSpan.load(mlp_dir, 3, 5).forward(h)
+    out = ClientTail.load(mlp_dir, 1).forward(h)
+    assert torch.allclose(out, whole, atol=1e-5)
+    assert out.shape == (1, 3, 32)
+
+
+def test_head_refuses_token_ids_for_a_feature_model(mlp_dir):
+    with pytest.raises(ModelError):
+        ClientHead.load(mlp_dir, 1).forward([1, 2, 3])
+
+
+def test_fixed_point_forward_tracks_the_float_model(mlp_dir):
+    x = np.random.default_rng(1).normal(size=(4, 32))
+    fixed = fixed_layers(mlp_dir, 0, 6)
+    y = fixed.dequantize(fixed.forward_fixed(fixed.quantize(x)))
+    ref = LocalModel.load(mlp_dir).forward(torch.from_numpy(x).float()[None])[0].numpy()
+    assert np.abs(y - ref).max() < 0.1 * max(1.0, np.abs(ref).max())
+
+
+def test_any_sub_span_binds_to_the_manifest_and_proves(mlp_dir):
+    manifest = ModelManifest.from_bytes(load_manifest_bytes(mlp_dir))
+    shard = commit_layers(mlp_dir, 2, 5)
+    x = fixed_layers(mlp_dir, 0, 2).forward_fixed(
+        fixed_layers(mlp_dir, 0, 1).quantize(np.ones((2, 32))))
+    y = shard.forward_fixed(x)
+    binding = ProofBinding(b"\x01" * 16, manifest.digest())
+    verify(manifest.shard(2, 5), x, y, prove(shard, x, y, binding), binding)
+
+
+def test_weights_of_another_owner_do_not_bind_to_the_manifest(mlp_dir, other_mlp_dir, tmp_path):
+    mixed = tmp_path / "mixed"
+    shutil.copytree(mlp_dir, mixed)
+    (mixed / MANIFEST_FILE).write_bytes((other_mlp_dir / MANIFEST_FILE).read_bytes())
+    with pytest.raises(CommitmentMismatch):
+        commit_layers(mixed, 0, 2)
+
+
+def test_a_missing_manifest_is_a_model_error(mlp_dir, tmp_path):
+    bare = tmp_path / "bare"
+    shutil.copytree(mlp_dir, bare)
+    (bare / MANIFEST_FILE).unlink()
+    with pytest.raises(ModelError, match="manifest"):
+        load_manifest_bytes(bare)
+
+
+def test_a_config_with_the_wrong_number_of_activations_is_refused(mlp_dir, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(mlp_dir, bad)
+    cfg = json.loads((bad / "config.json").read_text())
+    cfg["activations"] = ["relu"]
+    (bad / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelError, match="activations"):
+        LayerSpan.load(bad, 0, 1)
+
+
+def test_is_provable_tells_mlp_models_from_others(mlp_dir, tmp_path):
+    assert is_provable(mlp_dir)
+    assert not is_provable(tmp_path)
+
+
+def test_builtin_zk_mlp_is_written_once_with_its_manifest(tmp_path):
+    path = default_model_path(ZK_MLP, home=tmp_path)
+    digest = ModelManifest.from_bytes(load_manifest_bytes(path)).digest()
+    assert default_model_path(ZK_MLP, home=tmp_path) == path
+    assert ModelManifest.from_bytes(load_manifest_bytes(path)).digest() == digest
+    span = LayerSpan.load(path, 0, 6)
+    assert (span.info.num_layers, span.info.hidden_size) == (6, 256)
+    blinds = list((path / "zk").iterdir())
+    assert len(blinds) == 6 and all(f.stat().st_mode & 0o077 == 0 for f in blinds)
+
+
+def test_builtin_weights_are_the_same_on_every_machine(tmp_path):
+    a = fixed_layers(small_mlp(tmp_path / "a", name="same"), 0, 6)
+    b = fixed_layers(small_mlp(tmp_path / "b", name="same"), 0, 6)
+    assert a.weights_digest() == b.weights_digest()
