@@ -306,6 +306,14 @@ def cmd_embed(args: argparse.Namespace) -> int:
     return trio.run(_run_embed, args, _client_config(args))
 
 
+def cmd_prove_run(args: argparse.Namespace) -> int:
+    import trio
+
+    from p2pinfer.prove_run import run
+
+    return trio.run(run, args, _client_config(args), _wait_for_route, _say)
+
+
 def _add_client_args(p: argparse.ArgumentParser, default_model: str) -> None:
     p.add_argument("--model", default=default_model, help="model directory or built-in name")
     p.add_argument("--config", help="client node config TOML")
@@ -432,6 +440,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text", action="append", required=True, help="text to embed (repeatable)")
     _add_client_args(p, "all-minilm-l6-v2")
     p.set_defaults(func=cmd_embed)
+
+    p = sub.add_parser("prove-run", help="critical mode: a provable MLP through the network, "
+                       "every stage proven in zero knowledge")
+    from p2pinfer.prove_run import add_arguments
+
+    add_arguments(p)
+    _add_client_args(p, "p2pinfer-zk-mlp")
+    p.set_defaults(func=cmd_prove_run)
 
     p = sub.add_parser("attest", help="verify attestation evidence, or show this node's own")
     attest = p.add_subparsers(dest="attest_command", metavar="ACTION", required=True)

@@ -130,3 +130,14 @@ def test_decoding_arbitrary_zk_fields_raises_only_wire_errors(value):
         decode_chain({"zk": value}, hidden_size=32, max_bytes=1 << 20)
     except WireError:
         pass
+
+
+def test_the_binding_context_matches_the_spec_vector():
+    from p2pinfer.inference.critical import CONTEXT_DOMAIN
+    from tests.spec_vectors import vectors
+
+    task = make_task()
+    task = Task(**{**task.__dict__, "network_id": "p2pinfer-localnet"})
+    binding = step_binding(task, b"\x00" * 32, 1, 7, 3, 5, "12D3KooWExample")
+    assert binding.context == vectors("critical.md")["context-stage1-seq7"]
+    assert binding.context.startswith(CONTEXT_DOMAIN)
