@@ -90,9 +90,17 @@ class ServeSection:
     #: a session idle longer than this is erased with its KV cache
     session_ttl_s: float = 300.0
     max_sessions: int = 32
+    #: torch threads for this peer's layers (0 = torch's default)
+    threads: int = 0
+    #: TEST-ONLY: make this peer cheat in one named way (FAULT_INJECTION_KINDS) so adversarial
+    #: testnets can check that votes catch it; refused when trust.production is set
+    fault_injection: str = ""
 
 
 TEE_LEVELS = ("none", "simulated", "cpu-tee", "gpu-tee")
+#: TEST-ONLY dishonest behaviours (`serve.fault_injection`, p2pinfer.inference.redundancy)
+FAULT_INJECTION_KINDS = ("wrong-weights", "random-output", "skip-layer", "perturb", "copy",
+                         "stall")
 
 
 @dataclass
@@ -225,6 +233,15 @@ class NodeConfig:
             raise ConfigError(f"{where}: key 'inference.noise_clip': noise needs a positive "
                               "clip norm")
         self._validate_trust(where)
+        fault = self.serve.fault_injection
+        if fault and fault not in FAULT_INJECTION_KINDS:
+            raise ConfigError(f"{where}: key 'serve.fault_injection': {fault!r} is not one of "
+                              f"{', '.join(FAULT_INJECTION_KINDS)} (test-only)")
+        if fault and self.trust.production:
+            raise ConfigError(f"{where}: key 'serve.fault_injection': test-only fault injection "
+                              "is refused on a production network")
+        if self.serve.threads < 0:
+            raise ConfigError(f"{where}: key 'serve.threads': must be >= 0")
         positive = [
             ("trust.claims_ttl_s", self.trust.claims_ttl_s),
             ("inference.redundancy", inf.redundancy),

@@ -69,6 +69,11 @@ class ClientSettings:
     noise_delta: float = 1e-5
     ban_base_s: float = 10.0
     ban_max_s: float = 600.0
+    #: fingerprint tolerance of the votes (0 = the calibrated bfloat16 one, which also covers
+    #: float32 replicas; see p2pinfer.consensus.fingerprint)
+    tolerance: float = 0.0
+    #: m = 1: audit a random fraction of stages (p2pinfer.consensus.AuditPolicy)
+    audits: bool = True
 
 
 class Backoff:
@@ -100,6 +105,9 @@ class StepResult:
     hidden: torch.Tensor
     #: the step message's other fields (what the last stage attached, e.g. proofs)
     fields: dict[str, Any] = field(default_factory=dict)
+    #: the last-stage replica that sent it
+    peer: str = ""
+    claimed: bool = False
 
 
 class ResultCheck(Protocol):
@@ -116,9 +124,13 @@ class RouteSession:
         self.client = client
         self.task = task
         self.up: Any = None
+        #: one hop per replica of stage 0 (`up` is the first)
+        self.ups: list[Any] = []
         self.result_send, self.result_recv = trio.open_memory_channel[Any](16)
         self.result_peer: str | None = None
+        self.result_peers: set[str] = set()
         self.result_ready = trio.Event()
+        self.report: Any = None
         self.closed = False
 
     @property
@@ -163,6 +175,8 @@ class InferenceClient:
         self.backoff = Backoff(self.settings.ban_base_s, self.settings.ban_max_s)
         self.sessions: dict[bytes, RouteSession] = {}
         self.last_route: list[StagePlan] = []
+        #: the verification report of the last request (`VerificationReport`), if any
+        self.last_report: Any = None
         self.replans = 0
         self.privacy: dict[str, float] | None = None
         #: per task mode, how the route's answers are checked before use (none for general)
@@ -196,10 +210,25 @@ class InferenceClient:
     def plan(self) -> list[StagePlan]:
         start, end = self.middle
         s = self.settings
+        exclude = self.backoff.excluded()
+        consensus = self.consensus
+        if consensus is not None:  # banned on verified fault evidence or low reputation
+            exclude |= consensus.banned()
         req = PlanRequest(start, end, redundancy=s.redundancy,
                           allow=set(s.allow) if s.allow else None, deny=set(s.deny),
-                          exclude=self.backoff.excluded(), min_tee=self.min_tee())
+                          exclude=exclude, min_tee=self.min_tee())
         return plan_route(self.candidates(), req)
+
+    @property
+    def consensus(self) -> Any:
+        """The node's `ConsensusService` (votes, reputation, audits), if it runs one."""
+        return getattr(getattr(self.node, "inference", None), "consensus", None)
+
+    def _task_options(self) -> dict[str, Any]:
+        from p2pinfer.inference.redundancy import DEFAULT_TOLERANCE
+
+        tol = self.settings.tolerance or DEFAULT_TOLERANCE
+        return {"tolerance": float(tol)} if self.settings.mode == "general" else {}
 
     def min_tee(self) -> str:
         """The stricter of the request's `min_tee` and the trust policy's minimum for the mode."""
@@ -221,21 +250,32 @@ class InferenceClient:
             raise InferenceError("the route's task differs from the one this requester signed")
         if upstream not in task.route[-1].replicas:
             raise InferenceError(f"peer {upstream} is not a replica of the last stage")
-        if session.result_peer is not None:
+        if upstream in session.result_peers:
             raise InferenceError("the result hop is already open")
-        session.result_peer = upstream
+        session.result_peers.add(upstream)
+        session.result_peer = session.result_peer or upstream
         up.timeout_s = max(self.settings.step_timeout_s * 4, 60.0)
         await up.send("ready", {"stage": len(task.route)})
-        session.result_ready.set()
+        if len(session.result_peers) == len(task.route[-1].replicas):
+            session.result_ready.set()
         info = self.info
         try:
-            while not session.closed:
+            while True:
+                if session.closed:
+                    # the requester is done: wait briefly for the route's own `close` so the
+                    # last stage sees an orderly end, not a vanished requester
+                    up.timeout_s = 2.0
                 try:
                     msg = await up.recv(expect={"step", "close", "fault"})
                 except EndOfStream:
                     break
                 if msg.t == "close":
                     break
+                if session.closed:
+                    if msg.t == "step" and self.consensus is not None:
+                        # decided without it: its claim still counts in the background tally
+                        self.consensus.late_result(upstream, msg.fields)
+                    continue
                 if msg.t == "fault":  # a stage reports a peer upstream of it vanished
                     session.fail(msg.get("stage", int, None), msg.get("peer_id", str, None),
                                  f"{msg.get('code', str, 'fault')}: {msg.get('message', str, '')}")
@@ -246,18 +286,21 @@ class InferenceClient:
                 hidden = await self.hop.unpack(
                     msg.fields, ctx, hidden_size=info.hidden_size, dtype=dtype,
                     max_bytes=self.node.config.limits.max_tensor_bytes)
-                await session.result_send.send(StepResult(seq, hidden, dict(msg.fields)))
+                await session.result_send.send(
+                    StepResult(seq, hidden, dict(msg.fields), peer=upstream))
         except (P2PInferError, OSError) as e:
             log.debug("result hop of %s failed: %s", task.short_id, e)
         finally:
             if not session.closed:  # no attribution: the requester probes the route
                 session.fail(None, None, "the route's result hop closed")
 
-    async def _watch_up(self, session: RouteSession) -> None:
-        """Faults relayed from the route arrive on the hop to stage 0."""
+    async def _watch_up(self, session: RouteSession, up: Any = None) -> None:
+        """Faults relayed from the route arrive on the hops to stage 0."""
+        up = up if up is not None else session.up
+        first = up.peer_id if hasattr(up, "peer_id") else session.route[0].replicas[0]
         try:
             while True:
-                msg = await session.up.recv(expect={"fault"})
+                msg = await up.recv(expect={"fault"})
                 stage = msg.get("stage", int, None)
                 peer = msg.get("peer_id", str, None)
                 text = f"stage {stage} ({peer}) reported {msg.get('code', str, '?')}: " \
@@ -265,29 +308,54 @@ class InferenceClient:
                 session.fail(stage, peer, text)
         except EndOfStream:
             if not session.closed:
-                session.fail(0, session.route[0].replicas[0], "stage 0 closed its hop")
+                session.fail(0, first, "stage 0 closed its hop")
         except (P2PInferError, OSError) as e:
             if not session.closed:
-                session.fail(0, session.route[0].replicas[0], f"hop to stage 0 failed: {e}")
+                session.fail(0, first, f"hop to stage 0 failed: {e}")
+
+    async def _open_first(self, session: RouteSession, first: str) -> Any:
+        """The hop to one replica of stage 0, once the chain below it answered `ready`."""
+        from p2pinfer.inference.stage import ensure_connected
+
+        task = session.task
+        await ensure_connected(self.node, first)
+        up = await self.node.open_stream(first, "stage")
+        session.ups.append(up)
+        await up.send("open", {"task": task.to_wire(), "stage": 0})
+        up.timeout_s = self.settings.open_timeout_s
+        reply = await up.recv(expect={"ready", "fault"})
+        if reply.t == "fault":
+            stage = reply.get("stage", int, None)
+            peer = reply.get("peer_id", str, None)
+            raise StageFailure(stage, peer, f"stage {stage} could not open: "
+                               f"{reply.get('message', str, '')}")
+        return up
 
     async def _open(self, task: Task) -> RouteSession:
         session = RouteSession(self, task)
         self.sessions[task.task_id] = session
+        consensus = self.consensus
+        if consensus is not None:
+            session.report = consensus.open_report(task, max(len(s.replicas) for s in task.route))
         first = task.route[0].replicas[0]
         try:
             with trio.fail_after(self.settings.open_timeout_s):
-                from p2pinfer.inference.stage import ensure_connected
+                session.up = await self._open_first(session, first)
+                if len(task.route[0].replicas) > 1:  # every replica of stage 0 gets the input
+                    errors: list[BaseException] = []
 
-                await ensure_connected(self.node, first)
-                session.up = await self.node.open_stream(first, "stage")
-                await session.up.send("open", {"task": task.to_wire(), "stage": 0})
-                session.up.timeout_s = self.settings.open_timeout_s
-                reply = await session.up.recv(expect={"ready", "fault"})
-                if reply.t == "fault":
-                    stage = reply.get("stage", int, None)
-                    peer = reply.get("peer_id", str, None)
-                    raise StageFailure(stage, peer, f"stage {stage} could not open: "
-                                       f"{reply.get('message', str, '')}")
+                    async def open_one(peer: str) -> None:
+                        try:
+                            await self._open_first(session, peer)
+                        except (P2PInferError, OSError) as e:
+                            errors.append(StageFailure(0, peer, f"stage 0 replica {peer}: {e}")
+                                          if not isinstance(e, StageFailure) else e)
+
+                    async with trio.open_nursery() as nursery:
+                        for peer in task.route[0].replicas[1:]:
+                            nursery.start_soon(open_one, peer)
+                    if errors:
+                        raise errors[0]
                 await session.result_ready.wait()
         except trio.TooSlowError:
             await self._close(session)
@@ -301,8 +369,9 @@ class InferenceClient:
         except (P2PInferError, OSError) as e:
             await self._close(session)
             raise StageFailure(0, first, f"could not reach stage 0: {e}") from None
-        session.up.timeout_s = 24 * 3600.0  # the watcher waits for faults for the whole session
-        self.spawn(self._watch_up, session)
+        for up in session.ups:  # the watchers wait for faults for the whole session
+            up.timeout_s = 24 * 3600.0
+            self.spawn(self._watch_up, session, up)
         return session
 
     async def _close(self, session: RouteSession) -> None:
@@ -311,15 +380,19 @@ class InferenceClient:
         end_hops = getattr(self.hop, "end_hops", None)
         if end_hops is not None:  # erase the session's hop keys
             end_hops(session.task.task_id)
-        if session.up is not None:
-            with trio.move_on_after(2) as scope:
-                scope.shield = True
+        ups = session.ups or ([session.up] if session.up is not None else [])
+        with trio.move_on_after(2) as scope:
+            scope.shield = True
+            for up in ups:
                 try:
-                    await session.up.send("close")
+                    await up.send("close")
                 except (P2PInferError, OSError):
                     pass
-                await session.up.aclose()
+                await up.aclose()
         session.result_send.close()
+        consensus = self.consensus
+        if consensus is not None:
+            consensus.forget_task(session.task.task_id)
 
     async def _blame(self, session: RouteSession, failure: StageFailure) -> str | None:
         """The peer to back off: the one the fault names, else one that does not answer."""
@@ -342,12 +415,15 @@ class InferenceClient:
 
     async def _step(self, session: RouteSession, seq: int, pos: int, hidden: torch.Tensor
                     ) -> torch.Tensor:
-        first = session.route[0].replicas[0]
-        fields = await self.hop.pack(hidden, HopContext(session.task.task_id, 0, seq, first))
-        try:
-            await session.up.send("step", {"seq": seq, "pos": pos, **fields})
-        except (P2PInferError, OSError) as e:
-            raise StageFailure(0, first, f"could not send to stage 0: {e}") from None
+        ups = session.ups or [session.up]
+        for up, first in zip(ups, session.route[0].replicas):
+            fields = await self.hop.pack(hidden, HopContext(session.task.task_id, 0, seq, first))
+            try:
+                await up.send("step", {"seq": seq, "pos": pos, **fields})
+            except (P2PInferError, OSError) as e:
+                raise StageFailure(0, first, f"could not send to stage 0: {e}") from None
+        if len(session.route[-1].replicas) > 1:
+            return await self._voted_step(session, seq)
         with trio.move_on_after(self.settings.step_timeout_s):
             while True:
                 try:
@@ -362,6 +438,54 @@ class InferenceClient:
                         await check.check(session, hidden, item)
                     return item.hidden
         raise StageFailure(None, None, f"step {seq} got no answer in {self.settings.step_timeout_s} s")
+
+    async def _voted_step(self, session: RouteSession, seq: int) -> torch.Tensor:
+        """Redundant last stage: vote over the replicas' answers (majority, bounded wait)."""
+        from p2pinfer.consensus import NoMajorityError
+
+        consensus = self.consensus
+        if consensus is None:
+            raise InferenceError("redundant routes need the node's consensus service")
+        results: dict[str, StepResult] = {}
+        last = len(session.route) - 1
+
+        async def more() -> bool:
+            while True:
+                try:
+                    item = await session.result_recv.receive()
+                except trio.EndOfChannel:
+                    return False
+                if isinstance(item, StageFailure):
+                    raise item
+                if item.seq == seq and item.peer not in results:
+                    results[item.peer] = item
+                    return True
+                consensus.late_result(item.peer, item.fields)
+
+        try:
+            with trio.fail_after(self.settings.step_timeout_s):
+                chosen = await consensus.vote_results(session.task, seq, results, more)
+        except trio.TooSlowError:
+            raise StageFailure(last, None, f"step {seq}: no majority of stage {last} answered "
+                               f"in {self.settings.step_timeout_s} s") from None
+        except NoMajorityError as e:
+            raise InferenceError(f"task failed: {e}") from None
+        for peer, result in results.items():
+            consensus.observe_result(session.task, peer, result.hidden, result.hidden is chosen)
+        return chosen
+
+    async def _audit(self, session: RouteSession, sent: torch.Tensor, result: torch.Tensor
+                     ) -> None:
+        """After a prefill: CDV on the answer and, for stages with one replica, random audits
+        (re-execution on another peer serving the same layers)."""
+        consensus = self.consensus
+        if consensus is None or session.task.mode != "general":
+            return
+        task = session.task
+        if len(task.route[-1].replicas) == 1:
+            consensus.observe_result(task, task.route[-1].replicas[0], result, False)
+        if self.settings.audits and any(len(s.replicas) == 1 for s in task.route):
+            await consensus.audit_prefill(task, sent, self.candidates())
 
     # -- noise ---------------------------------------------------------------------------------
     def _protect(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -437,20 +561,25 @@ class InferenceClient:
                 task = Task.create(
                     self.node.identity, network_id=self.node.network_id,
                     model_id=self.info.model_id, requester_addrs=self.node.addrs,
-                    route=route, mode=self.settings.mode, max_length=max_length)
+                    route=route, mode=self.settings.mode, max_length=max_length,
+                    options=self._task_options())
                 session = await self._open(task)
+                self.last_report = session.report
             pending = list(history)
             pos = 0
             for i in range(budget):
                 h = await trio.to_thread.run_sync(self.head.forward, pending, head_cache, pos)
                 if session is not None:
                     h = self._protect(h)
+                    sent = h
                     try:
                         h = await self._step(session, i, pos, h)
                     except StageFailure as failure:
                         if failure.peer_id is None:
                             failure.peer_id = await self._blame(session, failure)
                         raise
+                    if i == 0:
+                        await self._audit(session, sent, h)
                 logits = await trio.to_thread.run_sync(
                     lambda: self.tail.forward(h, tail_cache, pos, last_only=True))
                 tok = int(sample(logits[0, -1]))
@@ -484,7 +613,8 @@ class InferenceClient:
                     task = Task.create(
                         self.node.identity, network_id=self.node.network_id,
                         model_id=self.info.model_id, requester_addrs=self.node.addrs,
-                        route=route, mode=self.settings.mode, max_length=len(ids))
+                        route=route, mode=self.settings.mode, max_length=len(ids),
+                        options=self._task_options())
                     session = await self._open(task)
                     try:
                         h = await self._step(session, 0, 0, self._protect(h))

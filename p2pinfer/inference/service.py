@@ -68,12 +68,19 @@ class InferenceService:
         self.stage: StageServer | None = None
         self.clients: dict[str, InferenceClient] = {}
         self._nursery: trio.Nursery | None = None
+        #: the client of the last generation (its route and verification report)
+        self.last_client: InferenceClient | None = None
+        from p2pinfer.inference.redundancy import ConsensusService
+
+        #: votes, fetches, audits, CDV and reputation (redundant general-mode tasks)
+        self.consensus = ConsensusService(node)
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def run(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             self.node.set_handler(STAGE_PROTOCOL, self.handle, streaming=True)
+            await nursery.start(self.consensus.run)
             if self.config.serve.model:
                 await self._start_serving(nursery)
             task_status.started()
@@ -97,10 +104,17 @@ class InferenceService:
             if end > info.num_layers:
                 raise ConfigError(f"{where}: key 'serve.layers': [{start}, {end}) exceeds the "
                                   f"{info.num_layers} layers of {info.model_id}")
+        if serve.threads:
+            torch.set_num_threads(serve.threads)
         span = await trio.to_thread.run_sync(LayerSpan.load, path, start, end, DTYPES[serve.dtype])
+        if serve.fault_injection == "wrong-weights":  # TEST-ONLY (refused in production)
+            from p2pinfer.inference.redundancy import corrupt_weights
+
+            corrupt_weights(span)
         tput = await trio.to_thread.run_sync(measure_throughput, span)
         self.stage = StageServer(self.node, span, hop=self.hop, settings=StageSettings(
             session_ttl_s=serve.session_ttl_s, max_sessions=serve.max_sessions))
+        self._install_consensus(self.stage, serve.fault_injection)
         from p2pinfer.inference.critical import install_critical
 
         await trio.to_thread.run_sync(install_critical, self.stage, path)
@@ -108,6 +122,18 @@ class InferenceService:
         self.node.update_advert(model=info.model_id, spans=((start, end),), throughput=tput)
         nursery.start_soon(self._report_load)
         log.info("serving %s layers [%d, %d) at %.1f tokens/s", info.model_id, start, end, tput)
+
+    def _install_consensus(self, stage: StageServer, fault: str) -> None:
+        """General mode runs through the consensus runner (claims, votes on the input); a
+        TEST-ONLY fault kind wraps the float layers in a runner that cheats that way."""
+        from p2pinfer.inference.redundancy import ConsensusRunner, FaultyRunner
+
+        inner = stage.runners["general"]
+        if fault and fault != "wrong-weights":
+            log.warning("TEST-ONLY fault injection %r: this peer cheats on purpose", fault)
+            inner = FaultyRunner(inner, fault, self.consensus)
+        stage.runners["general"] = ConsensusRunner(inner, self.consensus)
+        stage.consensus = self.consensus
 
     async def _report_load(self) -> None:
         last = -1.0
@@ -179,6 +205,8 @@ class Generation:
     seconds: float
     privacy: dict[str, float] | None = None
     random_weights: bool = False
+    #: what was verified: stages, replicas, votes, dissenters, audits, CDV flags, bans
+    verification: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -198,14 +226,25 @@ async def generate_stream(
     top_p: float = 1.0,
     seed: int | None = None,
     settings: ClientSettings | None = None,
+    redundancy: int | None = None,
+    mode: str | None = None,
 ) -> AsyncIterator[TokenEvent]:
-    """Stream tokens of a distributed generation as they arrive."""
+    """Stream tokens of a distributed generation as they arrive. `redundancy` and `mode`
+    override the settings for this request (m replicas per stage; "general" or "critical")."""
+    from dataclasses import replace
+
     from p2pinfer.models import Tokenizer
     from p2pinfer.models.sampling import Sampler, SamplingParams
 
     if max_new_tokens < 1:
         raise InferenceError("max_new_tokens must be at least 1")
+    if redundancy is not None or mode is not None:
+        if redundancy is not None and not 1 <= redundancy <= 9:
+            raise InferenceError("redundancy must be between 1 and 9 peers per stage")
+        base = settings or service.default_settings()
+        settings = replace(base, redundancy=redundancy or base.redundancy, mode=mode or base.mode)
     client = service.client(model, settings)
+    service.last_client = client
     tok = await trio.to_thread.run_sync(Tokenizer.load, client.head_path)
     ids = tok.encode(prompt)
     sampler = Sampler(SamplingParams(temperature=temperature, top_p=top_p, seed=seed))
@@ -226,13 +265,14 @@ async def generate(service: InferenceService, prompt: str, *, model: str, **kw: 
     ids: list[int] = []
     async for ev in generate_stream(service, prompt, model=model, **kw):
         ids.append(ev.token_id)
-    client = service.client(model, kw.get("settings"))
+    client = service.last_client or service.client(model, kw.get("settings"))
     tok = await trio.to_thread.run_sync(Tokenizer.load, client.head_path)
     random_weights = any(m.name == model and m.random_weights for m in default_models())
     return Generation(
         prompt=prompt, text=tok.decode(ids), token_ids=ids, prompt_tokens=len(tok.encode(prompt)),
         route=_route_dict(client), replans=client.replans, seconds=time.perf_counter() - t0,
         privacy=client.privacy, random_weights=random_weights,
+        verification=client.last_report.to_dict() if client.last_report is not None else None,
     )
 
 

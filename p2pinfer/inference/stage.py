@@ -32,7 +32,7 @@ from p2pinfer.errors import P2PInferError, RemoteError, WireError
 from p2pinfer.inference.hop import HopCodec, HopContext, PlainHop
 from p2pinfer.inference.task import Task, TaskError
 from p2pinfer.models import KVCache, LayerSpan
-from p2pinfer.wire import EndOfStream
+from p2pinfer.wire import EndOfStream, Message
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,9 @@ class StageSession:
     downstream: str
     last_used: float = field(default_factory=time.monotonic)
     steps: int = 0
+    #: the last step sequence number run (steps at or below it are duplicates, e.g. a stalled
+    #: upstream's late copy of a step already fetched from a majority replica)
+    last_seq: int = -1
     erased: bool = False
 
     def erase(self) -> None:
@@ -166,6 +169,8 @@ class StageServer:
         self.counters: dict[str, int] = {"opened": 0, "steps": 0, "faults": 0, "refused": 0,
                                          "expired": 0}
         self._float = float_runner
+        #: redundancy (claims, votes, fetch); set by the inference service
+        self.consensus: Any = None
 
     @property
     def model_id(self) -> str:
@@ -245,11 +250,18 @@ class StageServer:
         try:
             down = await self._open_downstream(session, up)
             async with down:
+                # if the downstream watcher ends the session first, serve_steps never returns
+                outcome = "downstream-lost"
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._watch_downstream, session, down, up,
                                        nursery.cancel_scope)
+                    inbox_send, inbox = trio.open_memory_channel[Any](4)
+                    nursery.start_soon(self._read_upstream, up, inbox_send)
+                    if self.consensus is not None:
+                        nursery.start_soon(self.consensus.watch_stalls, session,
+                                           inbox_send.clone())
                     await up.send("ready", {"stage": stage})
-                    outcome = await self._serve_steps(session, view, up, down)
+                    outcome = await self._serve_steps(session, view, up, down, inbox)
                     nursery.cancel_scope.cancel()
                 if outcome == "upstream-lost" and stage > 0:
                     # tell the rest of the route (and so the requester) who vanished
@@ -262,6 +274,8 @@ class StageServer:
             if self.sessions.get(key) is session:
                 del self.sessions[key]
             session.erase()
+            if self.consensus is not None:
+                self.consensus.forget_task(task.task_id)
             end_hops = getattr(self.hop, "end_hops", None)
             if end_hops is not None:  # erase this session's hop keys (in and out)
                 end_hops(task.task_id, stage)
@@ -328,9 +342,24 @@ class StageServer:
                 "message": f"stage {session.stage + 1} dropped its hop from stage {session.stage}"})
             scope.cancel()
 
-    async def _serve_steps(self, session: StageSession, view: LayerSpan, up: Any, down: Any) -> str:
+    async def _read_upstream(self, up: Any, inbox: trio.MemorySendChannel[Any]) -> None:
+        """Hand the upstream hop's messages (or the error that ended it) to the step loop."""
+        async with inbox:
+            while True:
+                try:
+                    msg = await up.recv(expect={"step", "close", "fault"})
+                except (EndOfStream, P2PInferError, OSError) as e:
+                    await inbox.send(e)
+                    return
+                await inbox.send(msg)
+                if msg.t != "step":
+                    return
+
+    async def _serve_steps(self, session: StageSession, view: LayerSpan, up: Any, down: Any,
+                           inbox: trio.MemoryReceiveChannel[Any]) -> str:
         """Run steps until the session ends; returns how it ended: `closed`, `upstream-lost`,
-        `downstream-lost`, `bad-input` or `fault-forwarded`."""
+        `downstream-lost`, `bad-input` or `fault-forwarded`. Steps come from the upstream hop, or
+        (redundant stages) from a majority replica when the own upstream stalled."""
         from p2pinfer.models.checkpoint import dtype_name
 
         info = self.span.info
@@ -338,12 +367,19 @@ class StageServer:
         max_bytes = self.node.config.limits.max_tensor_bytes
         while True:
             try:
-                msg = await up.recv(expect={"step", "close", "fault"})
-            except (EndOfStream, P2PInferError, OSError) as e:
-                if isinstance(e, WireError):  # garbage from upstream
-                    await self._fault(up, session, e.code, str(e))
+                item = await inbox.receive()
+            except trio.EndOfChannel:
+                return "upstream-lost"
+            if isinstance(item, BaseException):
+                if isinstance(item, WireError):  # garbage from upstream
+                    await self._fault(up, session, item.code, str(item))
                     return "bad-input"
                 return "upstream-lost"
+            if not isinstance(item, Message):  # a step fetched from a majority replica
+                msg = Message(1, "step", {"seq": item.seq, "pos": item.pos, "fetched": True})
+                fetched: torch.Tensor | None = item.hidden
+            else:
+                msg, fetched = item, None
             if msg.t == "close":
                 return "closed"
             if msg.t == "fault":  # an upstream stage reports a vanished peer: pass it on
@@ -353,12 +389,18 @@ class StageServer:
             try:
                 seq = msg.get("seq", int)
                 pos = msg.get("pos", int)
+                if seq <= session.last_seq:
+                    continue  # already run (fetched from a majority replica)
+                session.last_seq = seq
                 ctx_in = HopContext(session.task.task_id, session.stage, seq, session.upstream)
                 runner = self.runners[session.task.mode]
-                # a runner may take another wire dtype (critical: fixed-point int64)
-                hidden = await self.hop.unpack(msg.fields, ctx_in, hidden_size=info.hidden_size,
-                                               dtype=getattr(runner, "wire_dtype", dtype),
-                                               max_bytes=max_bytes)
+                if fetched is not None:
+                    hidden = fetched.to(view.dtype)
+                else:  # a runner may take another wire dtype (critical: fixed-point int64)
+                    hidden = await self.hop.unpack(msg.fields, ctx_in,
+                                                   hidden_size=info.hidden_size,
+                                                   dtype=getattr(runner, "wire_dtype", dtype),
+                                                   max_bytes=max_bytes)
                 if hidden.shape[1] + pos > session.task.max_length:
                     raise StageError(f"positions up to {hidden.shape[1] + pos} exceed the task's "
                                      f"max_length {session.task.max_length}")

@@ -1,0 +1,1002 @@
+"""Redundant general-mode inference on the network: claims, votes, fetch, audits, CDV, bans.
+
+Paper, section "Consensus-based verification" (CBV, sharded form; CDV; reputation); DESIGN.md,
+"Flow of a general-mode request", step 4; wire formats in protocols/stage.md ("Redundant
+stages") and protocols/votes.md. The pure pieces (fingerprints, claims, vote, evidence,
+reputation, CDV, audit maths) live in `p2pinfer.consensus`; this module runs them between peers:
+
+- A replica of stage i signs a `FingerprintClaim` of each output, sends it in-band to its own
+  downstream replica (on the hop stream) and out-of-band to every other replica of stage i+1
+  (`/p2pinfer/votes/1.0.0`, message `claim`), and keeps the output a while for `fetch`.
+- A replica of stage i+1 (and the requester, after the last stage) waits until a majority of the
+  m claims agree (bounded wait), checks its own tensor against the majority fingerprint and
+  fetches the tensor from a majority replica when its copy does not match or never came (a
+  stalled upstream must not stall the route). Traffic per hop: m tensors and m^2 small claims.
+- After a short grace for late claims, the voter tallies all claims it holds: agreeing peers gain
+  reputation, missing ones lose some, dissenters whose fault is provable at the network's
+  evidence tolerance are accused with signed `FaultEvidence`. Tallies (those with dissent or
+  missing replicas, and the first of each task and stage) and all evidence go out on the gossip
+  topic `p2pinfer/<net>/votes/1`; every node verifies evidence it hears and bans the accused in
+  its own `ReputationBook`, so bans are network-wide without a coordinator. Planners skip
+  banned peers.
+- With m = 1 the requester audits a random fraction of stages (more for low reputation): it
+  fetches a stage's prefill input and output and has another peer serving those layers re-run
+  them (`audit`); a mismatch becomes fault evidence against the stage (the auditor's claim is
+  the majority of one).
+- `DistributionWatch` keeps per (model, stage) output statistics on the requester and flags a
+  peer whose outputs drift from the reference profile, whatever m is.
+
+`FAULT_KINDS` and `FaultyRunner` are TEST-ONLY dishonest behaviours enabled by the config key
+`serve.fault_injection`; a network marked production refuses them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import trio
+
+from p2pinfer.config import FAULT_INJECTION_KINDS
+from p2pinfer.consensus import (
+    TOLERANCE_BFLOAT16,
+    AuditPolicy,
+    ConsensusError,
+    DriftMonitor,
+    EvidenceError,
+    FaultEvidence,
+    FingerprintClaim,
+    FingerprintContext,
+    FingerprintError,
+    InlinedPeerKeys,
+    MalformedVoteMessage,
+    NoMajorityError,
+    ProfileBuilder,
+    ReputationBook,
+    VoteOutcome,
+    build_fault_evidence,
+    check_tensor,
+    decode_claim,
+    decode_fault_evidence,
+    decode_tally,
+    fingerprint,
+    sign_claim,
+    tally,
+    verify_fault_evidence,
+)
+from p2pinfer.consensus.errors import FingerprintMismatch
+from p2pinfer.errors import P2PInferError, WireError
+from p2pinfer.inference.task import Task, TaskError
+from p2pinfer.wire import Message, encode_message, tensor_from_wire, tensor_to_wire
+
+log = logging.getLogger(__name__)
+
+VOTES_PROTOCOL = "votes"
+VOTES_TOPIC = "votes"
+#: evidence is judged network-wide at the loosest calibrated tolerance, so a verdict never
+#: depends on which precision the task's replicas used
+EVIDENCE_TOLERANCE = TOLERANCE_BFLOAT16
+DEFAULT_TOLERANCE = TOLERANCE_BFLOAT16
+MAX_TOLERANCE = 0.5
+MAX_STORED_OUTPUTS = 256
+MAX_CLAIM_KEYS = 4096
+MAX_REPORTED_TASKS = 256
+
+#: TEST-ONLY dishonest behaviours for adversarial testnets (`serve.fault_injection`)
+FAULT_KINDS = FAULT_INJECTION_KINDS
+
+
+class ConsensusFailure(P2PInferError):
+    """A redundant stage could not be verified (no majority, nothing matching to fetch)."""
+
+    code = "no-majority"
+
+    def __init__(self, stage: int, message: str) -> None:
+        super().__init__(message)
+        self.stage = stage
+
+
+@dataclass
+class VoteTimings:
+    """How long voters wait: for a majority, then for stragglers, then before fetching."""
+
+    #: the most a voter waits for a majority of claims before the step fails
+    majority_timeout_s: float = 10.0
+    #: after a majority agreed, how long the tally waits for the remaining claims
+    late_grace_s: float = 1.0
+    #: a replica whose claim is still absent then is waited for this much longer before it
+    #: counts as missing (slow honest peers must not lose reputation)
+    missing_grace_s: float = 5.0
+    #: a replica whose own upstream has not delivered a step that a majority already claimed
+    #: fetches it from a majority replica after this long
+    stall_grace_s: float = 1.0
+
+
+@dataclass
+class StoredOutput:
+    task: Task
+    stage: int
+    step: int
+    pos: int
+    hidden: torch.Tensor
+    claim: bytes
+
+
+@dataclass
+class FetchedStep:
+    """A step a replica fetched from a majority replica because its own upstream stalled."""
+
+    seq: int
+    pos: int
+    hidden: torch.Tensor
+
+
+@dataclass
+class StageReport:
+    stage: int
+    layers: tuple[int, int]
+    replicas: tuple[str, ...]
+    votes: int = 0
+    agreeing: set[str] = field(default_factory=set)
+    dissenting: set[str] = field(default_factory=set)
+    missing: set[str] = field(default_factory=set)
+    fetches: int = 0
+    audits: int = 0
+    audit_failures: int = 0
+
+
+@dataclass
+class VerificationReport:
+    """What was checked for one request: per stage, the replicas, votes and dissenters; audits
+    (m = 1); peers whose output distribution drifted (CDV); evidence filed and peers banned."""
+
+    mode: str
+    redundancy: int
+    stages: list[StageReport] = field(default_factory=list)
+    evidence: list[str] = field(default_factory=list)
+    banned: list[str] = field(default_factory=list)
+    cdv_flags: list[str] = field(default_factory=list)
+
+    @property
+    def dissenters(self) -> list[str]:
+        return sorted({p for s in self.stages for p in s.dissenting})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "mode": self.mode, "redundancy": self.redundancy,
+            "stages": [{
+                "stage": s.stage, "layers": list(s.layers), "replicas": list(s.replicas),
+                "votes": s.votes, "agreeing": sorted(s.agreeing),
+                "dissenting": sorted(s.dissenting), "missing": sorted(s.missing),
+                "fetches": s.fetches, "audits": s.audits, "audit_failures": s.audit_failures,
+            } for s in self.stages],
+            "dissenters": self.dissenters, "evidence": list(self.evidence),
+            "banned": sorted(set(self.banned)), "cdv_flags": sorted(set(self.cdv_flags)),
+        }
+
+
+def task_tolerance(task: Task) -> float:
+    """The vote tolerance the requester signed into the task (`options.tolerance`)."""
+    value = task.options.get("tolerance", DEFAULT_TOLERANCE)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+            0.0 < float(value) <= MAX_TOLERANCE):
+        raise TaskError(f"task tolerance must be a number in (0, {MAX_TOLERANCE}]")
+    return float(value)
+
+
+def claim_context(task: Task, stage: int, step: int) -> FingerprintContext:
+    return FingerprintContext(task.network_id, task.task_id, stage, step)
+
+
+# -- claims held by a voter ------------------------------------------------------------------
+
+
+class ClaimBox:
+    """Signed claims per (task, stage, step), from hop streams and `claim` messages; bounded.
+
+    Only verified claims are held; `changed(key)` wakes voters waiting for a majority.
+    """
+
+    def __init__(self, keys: Any, limit: int = MAX_CLAIM_KEYS) -> None:
+        self._keys = keys
+        self._limit = limit
+        self._claims: OrderedDict[tuple[bytes, int, int], dict[str, FingerprintClaim]] = \
+            OrderedDict()
+        self._events: dict[tuple[bytes, int, int], trio.Event] = {}
+
+    def add(self, claim: FingerprintClaim, sender: str | None = None) -> None:
+        """Hold a claim whose signature verified (and that `sender` signed, when given)."""
+        if sender is not None and claim.replica != sender:
+            raise MalformedVoteMessage(f"claim by {claim.replica} was sent by {sender}")
+        claim.verify(self._keys)
+        key = (claim.task_id, claim.stage, claim.step)
+        held = self._claims.get(key)
+        if held is None:
+            held = self._claims[key] = {}
+            while len(self._claims) > self._limit:
+                old, _ = self._claims.popitem(last=False)
+                self._events.pop(old, None)
+        if len(held) >= 16 and claim.replica not in held:
+            return
+        held[claim.replica] = claim  # an equivocating replica shows up in the vote
+        event = self._events.pop(key, None)
+        if event is not None:
+            event.set()
+
+    def claims(self, key: tuple[bytes, int, int], replicas: Iterable[str]) -> list[FingerprintClaim]:
+        held = self._claims.get(key, {})
+        return [held[r] for r in replicas if r in held]
+
+    async def changed(self, key: tuple[bytes, int, int]) -> None:
+        event = self._events.get(key)
+        if event is None:
+            event = self._events[key] = trio.Event()
+        await event.wait()
+
+    def forget(self, task_id: bytes) -> None:
+        for key in [k for k in self._claims if k[0] == task_id]:
+            del self._claims[key]
+            self._events.pop(key, None)
+
+
+def try_vote(claims: Sequence[FingerprintClaim], keys: Any, tolerance: float
+             ) -> VoteOutcome | None:
+    """The vote over these claims, or None while no majority exists yet."""
+    if not claims:
+        return None
+    try:
+        return tally(claims, keys, tolerance)
+    except NoMajorityError:
+        return None
+
+
+# -- the test-only dishonest runner -----------------------------------------------------------
+
+
+def corrupt_weights(span: Any, seed: int = 1234) -> None:
+    """TEST-ONLY: replace a span's weights with random ones of the same scale ("another
+    checkpoint")."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in list(span.blocks.parameters()) + list(span.blocks.buffers()):
+            if p.is_floating_point() and p.numel() > 1:
+                noise = torch.randn(p.shape, generator=gen).to(p.dtype)
+                p.copy_(noise * p.float().std().clamp_min(1e-3).to(p.dtype))
+
+
+class FaultyRunner:
+    """TEST-ONLY: a general-mode step runner that cheats in one named way (FAULT_KINDS)."""
+
+    def __init__(self, inner: Any, kind: str, consensus: ConsensusService) -> None:
+        if kind not in FAULT_KINDS:
+            raise ValueError(f"unknown fault kind {kind!r}")
+        self.inner, self.kind, self.consensus = inner, kind, consensus
+        self.refused_copies = 0
+
+    async def run(self, session: Any, view: Any, hidden: torch.Tensor, pos: int,
+                  fields: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
+        kind = self.kind
+        if kind == "stall":
+            await trio.sleep_forever()
+        if kind == "copy":
+            # try to take a fellow replica's answer; the fetch protocol refuses peers that are
+            # not downstream, so the copier falls back to passing its upstream's answer on
+            seq = int(fields.get("seq", 0))
+            for peer in session.task.route[session.stage].replicas:
+                if peer == self.consensus.node.peer_id:
+                    continue
+                try:
+                    out, _ = await self.consensus.fetch(peer, session.task, session.stage, seq)
+                    return out, {}
+                except P2PInferError:
+                    self.refused_copies += 1
+            return hidden.clone(), {}
+        if kind == "skip-layer":
+            if view.num_layers == 1:
+                return hidden.clone(), {}
+            part = view.slice(view.start, view.end - 1)
+            cache = getattr(session, "fault_cache", None)
+            if cache is None and part.info.is_decoder:
+                cache = part.new_cache()
+                session.fault_cache = cache
+            out = await trio.to_thread.run_sync(part.forward, hidden, cache, pos)
+            return out, {}
+        out, extra = await self.inner.run(session, view, hidden, pos, fields)
+        if kind == "random-output":
+            out = torch.randn_like(out) * out.float().std().to(out.dtype)
+        elif kind == "perturb":
+            # 20% RMS noise: small next to the activation, above every calibrated tolerance
+            rms = out.float().pow(2).mean().sqrt()
+            out = out + (0.2 * rms * torch.randn(out.shape)).to(out.dtype)
+        return out, extra
+
+
+class ConsensusRunner:
+    """General-mode step runner with redundancy: votes on the input, claims the output."""
+
+    def __init__(self, inner: Any, consensus: ConsensusService) -> None:
+        self.inner = inner
+        self.consensus = consensus
+
+    @property
+    def busy(self) -> bool:
+        return bool(getattr(self.inner, "busy", False))
+
+    async def run(self, session: Any, view: Any, hidden: torch.Tensor, pos: int,
+                  fields: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
+        task, stage = session.task, session.stage
+        seq = fields.get("seq", 0)
+        if not isinstance(seq, int) or isinstance(seq, bool):
+            raise WireError("step seq must be an integer")
+        if stage > 0 and len(task.route[stage - 1].replicas) > 1 and not fields.get("fetched"):
+            hidden = await self.consensus.verified_input(session, hidden, fields, seq)
+        out, extra = await self.inner.run(session, view, hidden, pos, fields)
+        claim = await self.consensus.claim_output(session, out, seq, pos)
+        extra = {k: v for k, v in extra.items() if k != "claim"}
+        if claim is not None:
+            extra["claim"] = claim
+        return out, extra
+
+
+# -- CDV on the requester ---------------------------------------------------------------------
+
+
+class DistributionWatch:
+    """Per (model, stage) output statistics: a reference profile from verified outputs, then a
+    drift monitor over every peer's outputs (flags work with m = 1 too)."""
+
+    def __init__(self, observations: int = 32, window: int = 4, k: float = 6.0) -> None:
+        self.observations = observations
+        self.window = window
+        self.k = k
+        self._builders: dict[tuple[str, int], ProfileBuilder] = {}
+        self._monitors: dict[tuple[str, int], DriftMonitor] = {}
+
+    def reference(self, model: str, stage: int, activation: torch.Tensor) -> None:
+        """An output known good (it agreed with a majority or passed an audit)."""
+        key = (model, stage)
+        if key in self._monitors:
+            return
+        builder = self._builders.get(key)
+        if builder is None:
+            builder = self._builders[key] = ProfileBuilder(model, stage, window=self.window)
+        builder.add(activation)
+        if len(builder._observations) >= max(self.observations, 8 * self.window):
+            self._monitors[key] = DriftMonitor(builder.build(), k=self.k)
+            del self._builders[key]
+
+    def observe(self, model: str, stage: int, peer: str, activation: torch.Tensor) -> bool:
+        """Whether `peer` is flagged after this output (False while no profile exists)."""
+        monitor = self._monitors.get((model, stage))
+        if monitor is None:
+            return False
+        return monitor.observe(peer, activation).flagged or peer in monitor.flagged_peers()
+
+    def flagged(self) -> list[str]:
+        return sorted({p for m in self._monitors.values() for p in m.flagged_peers()})
+
+    def ready(self, model: str, stage: int) -> bool:
+        return (model, stage) in self._monitors
+
+
+# -- the node's consensus service -------------------------------------------------------------
+
+
+class ConsensusService:
+    """Claims, votes, fetches, audits, evidence and reputation for one node."""
+
+    def __init__(self, node: Any, *, timings: VoteTimings | None = None,
+                 audit: AuditPolicy | None = None) -> None:
+        self.node = node
+        self.keys = InlinedPeerKeys()
+        self.book = ReputationBook(time.monotonic)
+        self.claims = ClaimBox(self.keys)
+        self.outputs: OrderedDict[tuple[bytes, int, int], StoredOutput] = OrderedDict()
+        self.timings = timings or VoteTimings()
+        self.audit_policy = audit or AuditPolicy()
+        self._audit_key = os.urandom(32)
+        self.cdv = DistributionWatch()
+        #: verification reports of tasks this node requested, by task id
+        self.reports: OrderedDict[bytes, VerificationReport] = OrderedDict()
+        self._task_stages: dict[bytes, tuple[Any, ...]] = {}
+        self._published_first: set[tuple[bytes, int]] = set()
+        self._nursery: trio.Nursery | None = None
+        self.counters: dict[str, int] = {
+            "claims_sent": 0, "claims_received": 0, "claims_rejected": 0, "votes": 0,
+            "fetches": 0, "fetches_served": 0, "fetches_refused": 0, "stall_fetches": 0,
+            "tallies_published": 0, "tallies_heard": 0, "evidence_published": 0,
+            "evidence_accepted": 0, "evidence_rejected": 0, "audits": 0, "audits_failed": 0,
+            "audits_served": 0, "timeouts": 0, "dissents": 0,
+        }
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    async def run(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            self.node.set_handler(VOTES_PROTOCOL, self._serve)
+            ready = trio.Event()
+            nursery.start_soon(self._listen, ready)
+            await ready.wait()
+            task_status.started()
+            await trio.sleep_forever()
+
+    def spawn(self, fn: Any, *args: Any) -> None:
+        if self._nursery is not None:
+            self._nursery.start_soon(fn, *args)
+
+    def banned(self) -> set[str]:
+        """Peers this node currently refuses to route to."""
+        return {p for p in list(self.book._peers) if self.book.is_banned(p)}
+
+    def status(self) -> dict[str, Any]:
+        return {**self.counters, "banned": sorted(self.banned()),
+                "cdv_flags": self.cdv.flagged()}
+
+    # -- gossip ------------------------------------------------------------------------------
+    async def _listen(self, ready: trio.Event) -> None:
+        async with self.node.subscribe(VOTES_TOPIC) as messages:
+            ready.set()
+            async for origin, payload in messages:
+                try:
+                    self.accept_gossip(origin, payload)
+                except (P2PInferError, ValueError) as e:
+                    log.debug("votes message from %s dropped: %s", origin, e)
+
+    def accept_gossip(self, origin: str, payload: bytes) -> None:
+        """Handle one votes-topic message: verify evidence (ban) or note a tally."""
+        kind = _message_type(payload)
+        if kind == "fault":
+            self.accept_evidence(decode_fault_evidence(payload))
+        elif kind == "tally":
+            t = decode_tally(payload)
+            t.verify(self.keys)
+            self.counters["tallies_heard"] += 1
+            report = self.reports.get(t.task_id)
+            if report is not None and t.stage < len(report.stages) \
+                    and t.reporter in self._route_peers(t.task_id):
+                rep = report.stages[t.stage]
+                rep.votes += 1
+                rep.agreeing.update(t.agreeing)
+                rep.dissenting.update(t.dissenting)
+                rep.missing.update(t.missing)
+        else:
+            raise MalformedVoteMessage("votes message is neither a tally nor fault evidence")
+
+    def accept_evidence(self, evidence: FaultEvidence) -> bool:
+        """Verify fault evidence and ban the accused; returns whether it was new."""
+        try:
+            accused = verify_fault_evidence(evidence, self.keys, EVIDENCE_TOLERANCE,
+                                            self.node.network_id)
+        except (EvidenceError, ConsensusError):
+            self.counters["evidence_rejected"] += 1
+            raise
+        new = self.book.record_verified_fault(accused, evidence.digest())
+        if new:
+            self.counters["evidence_accepted"] += 1
+            report = self.reports.get(evidence.dissent.task_id)
+            if report is not None:
+                if accused not in report.evidence:
+                    report.evidence.append(accused)
+                    report.banned.append(accused)
+                stage = evidence.dissent.stage
+                if stage < len(report.stages):
+                    report.stages[stage].dissenting.add(accused)
+        return new
+
+    def _route_peers(self, task_id: bytes) -> set[str]:
+        return {p for s in self._task_stages.get(task_id, ()) for p in s.replicas}
+
+    async def _publish(self, payload: bytes) -> None:
+        try:
+            await self.node.publish(VOTES_TOPIC, payload)
+        except (P2PInferError, ValueError, OSError) as e:
+            log.debug("votes publish failed: %s", e)
+
+    # -- the votes request protocol ----------------------------------------------------------
+    async def _serve(self, msg: Message, peer_id: str) -> bytes:
+        if msg.t == "claim":
+            try:
+                claim = decode_claim(msg.get("claim", bytes))
+                self.claims.add(claim, sender=peer_id)
+            except ConsensusError as e:
+                self.counters["claims_rejected"] += 1
+                raise WireError(f"claim rejected: {e}") from None
+            self.counters["claims_received"] += 1
+            return encode_message("ok")
+        if msg.t == "fetch":
+            return self._serve_fetch(msg, peer_id)
+        if msg.t == "audit":
+            return await self._serve_audit(msg, peer_id)
+        raise WireError(f"unexpected votes message {msg.t[:32]!r}")
+
+    def _serve_fetch(self, msg: Message, peer_id: str) -> bytes:
+        key = (msg.get("task", bytes), msg.get("stage", int), msg.get("step", int))
+        stored = self.outputs.get(key)
+        if stored is None:
+            raise WireError("no such output here (never computed or already dropped)")
+        task, stage = stored.task, stored.stage
+        allowed = {task.requester}
+        if stage + 1 < len(task.route):
+            allowed |= set(task.route[stage + 1].replicas)
+        if peer_id not in allowed:
+            self.counters["fetches_refused"] += 1
+            raise TaskError(f"peer {peer_id} is not downstream of stage {stage}")
+        self.counters["fetches_served"] += 1
+        return encode_message("output", {"hidden": tensor_to_wire(stored.hidden),
+                                         "pos": stored.pos, "claim": stored.claim})
+
+    async def _serve_audit(self, msg: Message, peer_id: str) -> bytes:
+        stage_server = getattr(getattr(self.node, "inference", None), "stage", None)
+        if stage_server is None:
+            raise TaskError("this peer serves no layers to audit")
+        task = Task.from_wire(msg.get("task", dict))
+        task.verify(network_id=self.node.network_id)
+        if task.requester != peer_id:
+            raise TaskError("only the task's requester may ask for an audit")
+        stage = msg.get("stage", int)
+        if not 0 <= stage < len(task.route):
+            raise TaskError(f"route has no stage {stage}")
+        plan = task.route[stage]
+        span = stage_server.span
+        if task.model_id != span.info.model_id or not (
+                span.start <= plan.start and plan.end <= span.end):
+            raise TaskError("this peer does not serve the audited layers")
+        from p2pinfer.models.checkpoint import dtype_name
+
+        hidden = tensor_from_wire(msg.get("hidden", dict),
+                                  max_bytes=self.node.config.limits.max_tensor_bytes,
+                                  dtype=dtype_name(span.dtype),
+                                  shape=(1, None, span.info.hidden_size))
+        view = span.slice(plan.start, plan.end)
+        out = await trio.to_thread.run_sync(view.forward, hidden, view.new_cache(), 0)
+        claim = sign_claim(self.node.identity, self.node.peer_id,
+                           claim_context(task, stage, 0), 1, fingerprint(out, claim_context(
+                               task, stage, 0)))
+        self.counters["audits_served"] += 1
+        return encode_message("audited", {"claim": claim.encode()})
+
+    async def fetch(self, peer: str, task: Task, stage: int, step: int
+                    ) -> tuple[torch.Tensor, FingerprintClaim | None]:
+        """Fetch a stage output from the replica `peer` (RemoteError when it refuses)."""
+        from p2pinfer.inference.stage import ensure_connected
+
+        self.counters["fetches"] += 1
+        await ensure_connected(self.node, peer)
+        reply = await self.node.request(peer, VOTES_PROTOCOL, "fetch",
+                                        {"task": task.task_id, "stage": stage, "step": step},
+                                        timeout=10.0, expect={"output"})
+        hidden = tensor_from_wire(reply.get("hidden", dict),
+                                  max_bytes=self.node.config.limits.max_tensor_bytes)
+        claim = None
+        raw = reply.get("claim", bytes, b"")
+        if raw:
+            claim = decode_claim(raw)
+            if claim.replica != peer:
+                raise MalformedVoteMessage("fetched claim is not by the replica that sent it")
+            claim.verify(self.keys)
+        self._last_fetch_pos = reply.get("pos", int, 0)
+        return hidden, claim
+
+    # -- stage side --------------------------------------------------------------------------
+    async def claim_output(self, session: Any, out: torch.Tensor, seq: int, pos: int
+                           ) -> bytes | None:
+        """Sign, keep and fan out the claim for this stage output; None when nobody votes on
+        it (m = 1 past the prefill, where only audits look)."""
+        task, stage = session.task, session.stage
+        m = len(task.route[stage].replicas)
+        if m == 1 and seq != 0:
+            return None
+        ctx = claim_context(task, stage, seq)
+        fp = await trio.to_thread.run_sync(fingerprint, out, ctx)
+        claim = sign_claim(self.node.identity, self.node.peer_id, ctx, m, fp)
+        encoded = claim.encode()
+        self._store(StoredOutput(task, stage, seq, pos, out.detach().clone(), encoded))
+        if m > 1 and stage + 1 < len(task.route):
+            for peer in task.route[stage + 1].replicas:
+                if peer != session.downstream:
+                    self.spawn(self._send_claim, peer, encoded)
+        return encoded
+
+    def _store(self, item: StoredOutput) -> None:
+        self.outputs[(item.task.task_id, item.stage, item.step)] = item
+        while len(self.outputs) > MAX_STORED_OUTPUTS:
+            self.outputs.popitem(last=False)
+
+    def forget_task(self, task_id: bytes) -> None:
+        """A session ended: zero and drop its kept outputs now, its claims once the last
+        tallies ran."""
+        for key in [k for k in self.outputs if k[0] == task_id]:
+            item = self.outputs.pop(key)
+            item.hidden.zero_()
+        if self._nursery is None:
+            self.claims.forget(task_id)
+        else:
+            self.spawn(self._forget_claims_later, task_id)
+
+    async def _forget_claims_later(self, task_id: bytes) -> None:
+        await trio.sleep(self.timings.late_grace_s + self.timings.missing_grace_s + 1.0)
+        self.claims.forget(task_id)
+
+    async def _send_claim(self, peer: str, encoded: bytes) -> None:
+        from p2pinfer.inference.stage import ensure_connected
+
+        try:
+            with trio.fail_after(10):
+                await ensure_connected(self.node, peer)
+                await self.node.request(peer, VOTES_PROTOCOL, "claim", {"claim": encoded},
+                                        timeout=10.0, expect={"ok"})
+            self.counters["claims_sent"] += 1
+        except (P2PInferError, trio.TooSlowError, OSError) as e:
+            log.debug("claim to %s not delivered: %s", peer, e)
+
+    async def verified_input(self, session: Any, hidden: torch.Tensor, fields: dict[str, Any],
+                             seq: int) -> torch.Tensor:
+        """Vote over the upstream claims for this step and return an input that matches the
+        majority: the received tensor, or one fetched from a majority replica."""
+        task, stage = session.task, session.stage
+        raw = fields.get("claim")
+        if isinstance(raw, bytes):
+            try:
+                self.claims.add(decode_claim(raw), sender=session.upstream)
+            except (ConsensusError, WireError) as e:
+                log.debug("in-band claim from %s rejected: %s", session.upstream, e)
+        outcome = await self.await_majority(task, stage - 1, seq)
+        try:
+            await trio.to_thread.run_sync(outcome.check_local, hidden)
+            return hidden
+        except (FingerprintMismatch, FingerprintError):
+            pass
+        hidden, _pos = await self.fetch_majority(task, stage - 1, seq, outcome)
+        session.fetches = getattr(session, "fetches", 0) + 1
+        return hidden
+
+    async def await_majority(self, task: Task, stage: int, seq: int) -> VoteOutcome:
+        """Wait (bounded) until a majority of stage `stage`'s replicas agree on step `seq`;
+        then tally in the background once stragglers had their grace."""
+        replicas = task.route[stage].replicas
+        key = (task.task_id, stage, seq)
+        tolerance = task_tolerance(task)
+        outcome = None
+        with trio.move_on_after(self.timings.majority_timeout_s):
+            while True:
+                outcome = try_vote(self.claims.claims(key, replicas), self.keys, tolerance)
+                if outcome is not None:
+                    break
+                await self.claims.changed(key)
+        if outcome is None:
+            held = self.claims.claims(key, replicas)
+            raise NoMajorityError(stage, seq, _largest_group(held, tolerance), len(replicas))
+        self.counters["votes"] += 1
+        self.spawn(self._final_tally, task, stage, seq)
+        return outcome
+
+    async def fetch_majority(self, task: Task, stage: int, seq: int, outcome: VoteOutcome
+                             ) -> tuple[torch.Tensor, int]:
+        """A tensor from a majority replica that matches the majority fingerprint."""
+        for peer in outcome.agreeing_replicas:
+            if peer == self.node.peer_id:
+                continue
+            try:
+                hidden, _ = await self.fetch(peer, task, stage, seq)
+                await trio.to_thread.run_sync(outcome.check_local, hidden)
+                return hidden, self._last_fetch_pos
+            except (P2PInferError, OSError) as e:
+                log.debug("fetch from %s failed: %s", peer, e)
+        raise ConsensusFailure(stage, f"no majority replica of stage {stage} delivered a "
+                                      f"matching output for step {seq}")
+
+    async def _final_tally(self, task: Task, stage: int, seq: int) -> None:
+        """After the late grace: tally every claim held, reward, penalise, accuse, gossip."""
+        await trio.sleep(self.timings.late_grace_s)
+        replicas = task.route[stage].replicas
+        key = (task.task_id, stage, seq)
+        tolerance = task_tolerance(task)
+        with trio.move_on_after(self.timings.missing_grace_s):
+            while len(self.claims.claims(key, replicas)) < len(replicas):
+                await self.claims.changed(key)
+        claims = self.claims.claims(key, replicas)
+        try:
+            outcome = tally(claims, self.keys, tolerance)
+        except ConsensusError as e:
+            log.debug("late tally of stage %d step %d failed: %s", stage, seq, e)
+            return
+        self.apply_outcome(task, stage, outcome, replicas)
+
+    def apply_outcome(self, task: Task, stage: int, outcome: VoteOutcome,
+                      replicas: Sequence[str]) -> None:
+        """Reputation, report, evidence and gossip for one tallied vote."""
+        me = self.node.peer_id
+        for peer in outcome.agreeing_replicas:
+            self.book.record_agreement(peer)
+        voted = set(outcome.agreeing_replicas) | set(outcome.dissenting_replicas)
+        missing = [p for p in replicas if p not in voted]
+        for peer in missing:
+            self.book.record_timeout(peer)
+            self.counters["timeouts"] += 1
+        report = self.reports.get(task.task_id)
+        if report is not None and stage < len(report.stages):
+            rep = report.stages[stage]
+            rep.votes += 1
+            rep.agreeing.update(outcome.agreeing_replicas)
+            rep.dissenting.update(outcome.dissenting_replicas)
+            rep.missing.update(missing)
+        key = self.node.identity
+        publish_tally = bool(outcome.dissenting or missing) or \
+            (task.task_id, stage) not in self._published_first
+        if publish_tally:
+            self._published_first.add((task.task_id, stage))
+            if len(self._published_first) > 4096:
+                self._published_first.clear()
+            try:
+                signed = outcome.sign_tally(key, me, replicas)
+                self.counters["tallies_published"] += 1
+                self.spawn(self._publish, signed.encode())
+            except ConsensusError as e:
+                log.debug("tally not signed: %s", e)
+        for claim in outcome.dissenting:
+            try:
+                evidence = build_fault_evidence(outcome, claim.replica, me, key, self.keys)
+                verify_fault_evidence(evidence, self.keys, EVIDENCE_TOLERANCE,
+                                      self.node.network_id)
+            except EvidenceError:
+                self.book.record_dissent(claim.replica)
+                self.counters["dissents"] += 1
+                continue
+            self.accept_evidence(evidence)
+            self.counters["evidence_published"] += 1
+            self.spawn(self._publish, evidence.encode())
+
+    async def watch_stalls(self, session: Any, inject: trio.MemorySendChannel[Any]) -> None:
+        """For a replica whose own upstream may stall: once a majority of the upstream stage
+        claimed step s and the step has not come after `stall_grace_s`, fetch it from a majority
+        replica and inject it into the session."""
+        task, stage = session.task, session.stage
+        if stage == 0 or len(task.route[stage - 1].replicas) < 3 or task.mode != "general":
+            return
+        replicas = task.route[stage - 1].replicas
+        tolerance = task_tolerance(task)
+        async with inject:
+            seq = 0
+            while True:
+                seq = max(seq, session.last_seq + 1)
+                key = (task.task_id, stage - 1, seq)
+                while try_vote(self.claims.claims(key, replicas), self.keys, tolerance) is None:
+                    await self.claims.changed(key)
+                    if session.last_seq >= seq:
+                        break
+                if session.last_seq >= seq:
+                    continue
+                with trio.move_on_after(self.timings.stall_grace_s):
+                    while session.last_seq < seq:
+                        await trio.sleep(0.02)
+                if session.last_seq >= seq:
+                    continue
+                outcome = try_vote(self.claims.claims(key, replicas), self.keys, tolerance)
+                assert outcome is not None
+                try:
+                    hidden, pos = await self.fetch_majority(task, stage - 1, seq, outcome)
+                except ConsensusFailure as e:
+                    log.debug("stall fetch failed: %s", e)
+                    seq += 1
+                    continue
+                self.counters["stall_fetches"] += 1
+                self.spawn(self._final_tally, task, stage - 1, seq)
+                await inject.send(FetchedStep(seq, pos, hidden))
+                seq += 1
+
+    # -- requester side ----------------------------------------------------------------------
+    def open_report(self, task: Task, redundancy: int) -> VerificationReport:
+        report = VerificationReport(task.mode, redundancy, [
+            StageReport(i, (s.start, s.end), s.replicas) for i, s in enumerate(task.route)])
+        self.reports[task.task_id] = report
+        self._task_stages[task.task_id] = task.route
+        while len(self.reports) > MAX_REPORTED_TASKS:
+            old, _ = self.reports.popitem(last=False)
+            self._task_stages.pop(old, None)
+        return report
+
+    async def vote_results(self, task: Task, seq: int, results: dict[str, Any],
+                           more: Any) -> torch.Tensor:
+        """The requester's vote over the last stage's answers for step `seq`.
+
+        `results` maps replica -> StepResult received so far; `more()` waits for the next one
+        (and returns False when none will come). Returns a majority tensor; raises
+        NoMajorityError naming the stage when no majority forms in time.
+        """
+        last = len(task.route) - 1
+        replicas = task.route[last].replicas
+        tolerance = task_tolerance(task)
+        key = (task.task_id, last, seq)
+
+        def absorb() -> None:
+            for peer, result in results.items():
+                raw = result.fields.get("claim")
+                if isinstance(raw, bytes) and not getattr(result, "claimed", False):
+                    result.claimed = True
+                    try:
+                        self.claims.add(decode_claim(raw), sender=peer)
+                    except (ConsensusError, WireError) as e:
+                        log.debug("result claim from %s rejected: %s", peer, e)
+
+        outcome = None
+        with trio.move_on_after(self.timings.majority_timeout_s):
+            while True:
+                absorb()
+                outcome = try_vote(self.claims.claims(key, replicas), self.keys, tolerance)
+                if outcome is not None:
+                    break
+                if not await more():
+                    break
+        if outcome is None:
+            held = self.claims.claims(key, replicas)
+            raise NoMajorityError(last, seq, _largest_group(held, tolerance), len(replicas))
+        chosen = None
+        for peer in outcome.agreeing_replicas:
+            result = results.get(peer)
+            if result is None:
+                continue
+            try:
+                check_tensor(result.hidden, outcome.fingerprint, outcome.context, tolerance)
+                chosen = result.hidden
+                break
+            except (FingerprintMismatch, FingerprintError):
+                continue
+        if chosen is None:
+            raise ConsensusFailure(last, f"no answer of stage {last} matched its majority")
+        self.counters["votes"] += 1
+        # stragglers' claims reach the box while later steps run; the full tally waits for them
+        self.spawn(self._final_tally, task, last, seq)
+        return chosen
+
+    def late_result(self, peer: str, fields: dict[str, Any]) -> None:
+        """A last-stage answer that came after its step was decided: keep its claim for the
+        background tally."""
+        raw = fields.get("claim")
+        if isinstance(raw, bytes):
+            try:
+                self.claims.add(decode_claim(raw), sender=peer)
+            except (ConsensusError, WireError) as e:
+                log.debug("late claim from %s rejected: %s", peer, e)
+
+    def observe_result(self, task: Task, peer: str, hidden: torch.Tensor, verified: bool
+                       ) -> None:
+        """CDV on the requester: feed verified outputs to the profile, check every peer."""
+        stage = len(task.route) - 1
+        plan = task.route[stage]
+        model = f"{task.model_id}@{plan.start}-{plan.end}"
+        if verified:
+            self.cdv.reference(model, stage, hidden)
+        if self.cdv.observe(model, stage, peer, hidden):
+            report = self.reports.get(task.task_id)
+            if report is not None and peer not in report.cdv_flags:
+                report.cdv_flags.append(peer)
+
+    async def audit_prefill(self, task: Task, sent: torch.Tensor, candidates: Sequence[Any]
+                            ) -> None:
+        """m = 1: audit each stage's prefill with probability by its peer's reputation."""
+        report = self.reports.get(task.task_id)
+        for stage, plan in enumerate(task.route):
+            if len(plan.replicas) != 1:
+                continue
+            peer = plan.replicas[0]
+            if not self.audit_policy.should_audit(self._audit_key, task.network_id,
+                                                  task.task_id, stage, 0, peer,
+                                                  self.book.score(peer)):
+                continue
+            auditors = [c.peer_id for c in candidates
+                        if c.peer_id not in {r for s in task.route for r in s.replicas}
+                        and c.covers(plan.start, plan.end)
+                        and not self.book.is_banned(c.peer_id)]
+            if not auditors:
+                continue
+            auditors.sort(key=lambda p: (-self.book.score(p), p))
+            ok = await self.audit_stage(task, stage, sent, auditors[:2])
+            if report is not None:
+                report.stages[stage].audits += 1
+                if ok is False:
+                    report.stages[stage].audit_failures += 1
+
+    async def audit_stage(self, task: Task, stage: int, sent: torch.Tensor,
+                          auditors: Sequence[str]) -> bool | None:
+        """Re-run stage `stage`'s prefill on an auditor; True when it matches, False (and fault
+        evidence against the stage) when it does not, None when no audit could be made.
+
+        On a mismatch a second auditor breaks the tie: whoever of the three disagrees with the
+        other two is accused (so a lying auditor is caught, not the stage); without a second
+        auditor the first auditor's claim stands as the majority of one.
+        """
+        self.counters["audits"] += 1
+        peer = task.route[stage].replicas[0]
+        try:
+            if stage == 0:
+                hidden_in = sent
+            else:
+                hidden_in, _ = await self.fetch(task.route[stage - 1].replicas[0], task,
+                                                stage - 1, 0)
+            _, claimed = await self.fetch(peer, task, stage, 0)
+        except (P2PInferError, OSError) as e:
+            log.debug("audit of stage %d not carried out: %s", stage, e)
+            return None
+        ctx = claim_context(task, stage, 0)
+        if claimed is None or claimed.context != ctx:
+            return None
+        tolerance = task_tolerance(task)
+        from p2pinfer.consensus import distance
+
+        votes: list[FingerprintClaim] = []
+        for auditor in auditors:
+            audit_claim = await self._audit_claim(task, stage, hidden_in, auditor, ctx)
+            if audit_claim is None:
+                continue
+            votes.append(audit_claim)
+            if distance(claimed.fingerprint, audit_claim.fingerprint) <= tolerance:
+                self.book.record_agreement(peer)
+                for liar in votes[:-1]:  # an earlier auditor disagreed with both
+                    self._accuse(ctx, liar, (claimed, audit_claim), tolerance)
+                return True
+            if len(votes) == 2:
+                break
+        if not votes:
+            return None
+        self.counters["audits_failed"] += 1
+        self._accuse(ctx, claimed, tuple(votes), tolerance)
+        return False
+
+    async def _audit_claim(self, task: Task, stage: int, hidden_in: torch.Tensor, auditor: str,
+                           ctx: FingerprintContext) -> FingerprintClaim | None:
+        from p2pinfer.inference.stage import ensure_connected
+
+        try:
+            await ensure_connected(self.node, auditor)
+            reply = await self.node.request(auditor, VOTES_PROTOCOL, "audit", {
+                "task": task.to_wire(), "stage": stage, "hidden": tensor_to_wire(hidden_in)},
+                timeout=30.0, expect={"audited"})
+            claim = decode_claim(reply.get("claim", bytes))
+            claim.verify(self.keys)
+        except (P2PInferError, OSError) as e:
+            log.debug("audit by %s failed: %s", auditor, e)
+            return None
+        if claim.replica != auditor or claim.context != ctx or claim.replicas != 1:
+            return None
+        return claim
+
+    def _accuse(self, ctx: FingerprintContext, dissent: FingerprintClaim,
+                majority: tuple[FingerprintClaim, ...], tolerance: float) -> None:
+        """File fault evidence from an audit (claims with m = 1) and gossip it."""
+        outcome = VoteOutcome(ctx, 1, majority[0], majority, (dissent,), tolerance)
+        try:
+            evidence = build_fault_evidence(outcome, dissent.replica, self.node.peer_id,
+                                            self.node.identity, self.keys)
+            verify_fault_evidence(evidence, self.keys, EVIDENCE_TOLERANCE,
+                                  self.node.network_id)
+        except EvidenceError:
+            self.book.record_dissent(dissent.replica)
+            self.counters["dissents"] += 1
+            return
+        self.accept_evidence(evidence)
+        self.counters["evidence_published"] += 1
+        self.spawn(self._publish, evidence.encode())
+
+
+def _largest_group(claims: Sequence[FingerprintClaim], tolerance: float) -> int:
+    from p2pinfer.consensus import distance
+
+    best = 0
+    for a in claims:
+        best = max(best, sum(1 for b in claims
+                             if distance(a.fingerprint, b.fingerprint) <= tolerance))
+    return best
+
+
+def _message_type(payload: bytes) -> str:
+    """The `t` of a canonical votes message (a map starting with `v` = 1, then `t`)."""
+    if len(payload) < 8 or payload[1:6] != b"\xa1v\x01\xa1t" or not 0xa0 <= payload[6] <= 0xbf:
+        raise MalformedVoteMessage("votes message does not start with v = 1 and t")
+    size = payload[6] - 0xa0
+    return payload[7:7 + size].decode("ascii", "replace")

@@ -1,0 +1,120 @@
+"""The integration pieces that need no network: the test-only fault knob, claim intake, the
+votes-topic message type, task tolerances and the requester's distribution watch (CDV)."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from p2pinfer.config import config_from_dict
+from p2pinfer.consensus import (
+    FingerprintContext,
+    InlinedPeerKeys,
+    MalformedVoteMessage,
+    SignatureInvalid,
+    fingerprint,
+    sign_claim,
+)
+from p2pinfer.errors import ConfigError
+from p2pinfer.identity import NodeIdentity
+from p2pinfer.inference.redundancy import (
+    ClaimBox,
+    DistributionWatch,
+    VerificationReport,
+    _message_type,
+    task_tolerance,
+)
+from p2pinfer.inference.task import StagePlan, Task, TaskError
+
+
+def _config(serve, **sections):
+    return config_from_dict({"node": {"data_dir": "/tmp/x"}, "serve": serve, **sections})
+
+
+def test_fault_injection_accepts_only_named_kinds():
+    assert _config({"fault_injection": "stall"}).serve.fault_injection == "stall"
+    with pytest.raises(ConfigError, match="fault_injection"):
+        _config({"fault_injection": "cheat-a-bit"})
+
+
+def test_fault_injection_is_refused_on_a_production_network():
+    with pytest.raises(ConfigError, match="production"):
+        _config({"fault_injection": "perturb"}, trust={"production": True})
+
+
+def _claim(ident, replica=None, stage=0):
+    ctx = FingerprintContext("net", b"t" * 16, stage, 0)
+    return sign_claim(ident, replica or ident.peer_id, ctx, 3, fingerprint(torch.ones(1, 2, 8),
+                                                                          ctx))
+
+
+def test_claim_box_holds_a_verified_claim_from_its_signer():
+    ident = NodeIdentity.generate()
+    box = ClaimBox(InlinedPeerKeys())
+    box.add(_claim(ident), sender=ident.peer_id)
+    assert len(box.claims((b"t" * 16, 0, 0), [ident.peer_id])) == 1
+
+
+def test_claim_box_refuses_a_claim_relayed_by_another_peer():
+    ident, other = NodeIdentity.generate(), NodeIdentity.generate()
+    with pytest.raises(MalformedVoteMessage):
+        ClaimBox(InlinedPeerKeys()).add(_claim(ident), sender=other.peer_id)
+
+
+def test_claim_box_refuses_a_claim_signed_by_someone_else():
+    ident, other = NodeIdentity.generate(), NodeIdentity.generate()
+    forged = _claim(other, replica=ident.peer_id)
+    with pytest.raises(SignatureInvalid):
+        ClaimBox(InlinedPeerKeys()).add(forged, sender=ident.peer_id)
+
+
+def test_claim_box_stays_bounded():
+    ident = NodeIdentity.generate()
+    box = ClaimBox(InlinedPeerKeys(), limit=4)
+    for stage in range(10):
+        box.add(_claim(ident, stage=stage))
+    assert len(box._claims) == 4
+
+
+@settings(deadline=None, max_examples=200)
+@given(st.binary(max_size=64))
+def test_votes_topic_garbage_raises_one_typed_error(data):
+    try:
+        _message_type(data)
+    except MalformedVoteMessage:
+        pass
+
+
+def _task(options):
+    ident = NodeIdentity.generate()
+    return Task.create(ident, network_id="net", model_id="m", requester_addrs=[],
+                       route=[StagePlan(0, 1, (ident.peer_id,))], options=options)
+
+
+def test_task_tolerance_defaults_to_the_bfloat16_one_and_refuses_nonsense():
+    assert task_tolerance(_task({})) == pytest.approx(5e-2)
+    assert task_tolerance(_task({"tolerance": 1e-3})) == pytest.approx(1e-3)
+    for bad in (0.0, -1.0, 2.0, "x", True):
+        with pytest.raises(TaskError):
+            task_tolerance(_task({"tolerance": bad}))
+
+
+def test_distribution_watch_flags_a_drifting_peer_and_not_an_honest_one():
+    gen = torch.Generator().manual_seed(0)
+    watch = DistributionWatch(observations=32, window=4)
+    honest = lambda: torch.randn(1, 6, 64, generator=gen)
+    for _ in range(32):
+        watch.reference("m", 2, honest())
+    assert watch.ready("m", 2)
+    for _ in range(12):
+        assert not watch.observe("m", 2, "honest", honest())
+    flagged = False
+    for _ in range(12):
+        flagged |= watch.observe("m", 2, "drifter", 1.5 * honest() + 0.5)
+    assert flagged
+    assert watch.flagged() == ["drifter"]
+
+
+def test_verification_report_lists_dissenters_once():
+    report = VerificationReport("general", 3)
+    assert report.to_dict()["dissenters"] == []
