@@ -263,7 +263,9 @@ async def _run_infer(args: argparse.Namespace, cfg: NodeConfig) -> int:
         summary = {"prompt": args.prompt, "text": "".join(text_parts), "token_ids": ids,
                    "seconds": round(dt, 3), "tokens_per_s": round(len(ids) / dt, 2) if dt else None,
                    "route": route, "replans": client.replans, "privacy": client.privacy,
-                   "random_weights": random_weights}
+                   "random_weights": random_weights,
+                   "verification": (client.last_report.to_dict()
+                                    if client.last_report is not None else None)}
         if args.json:
             print(json.dumps(summary, indent=2))
         else:
