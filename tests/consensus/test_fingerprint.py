@@ -110,7 +110,7 @@ def test_changed_input_token_never_matches(stages, seed):
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-@pytest.mark.parametrize(("scale", "tolerance"), [(1e-1, TOLERANCE_BFLOAT16),
+@pytest.mark.parametrize(("scale", "tolerance"), [(3e-1, TOLERANCE_BFLOAT16),
                                                    (1e-2, TOLERANCE_FLOAT32)])
 def test_additive_noise_above_the_tolerance_never_matches(stages, seed, scale, tolerance):
     honest = run_prefill(stages[seed]["f32"], _ids(seed))
