@@ -173,6 +173,9 @@ class Node:
         self._synced: dict[str, float] = {}
         self._dial_failed: dict[str, float] = {}
         self._pinged: dict[str, float] = {}
+        self._gossip_repairs: set[str] = set()
+        self._repair_slots = trio.Semaphore(4)
+        self._repaired_at: dict[str, float] = {}
         #: connections the discovery loop aims for
         self.target_peers = TARGET_PEERS
         self._sync_slots = trio.Semaphore(SYNC_CONCURRENCY)
@@ -501,12 +504,34 @@ class Node:
                     self._nursery.start_soon(
                         functools.partial(self._sync_peer, pid, fetch=stale, ping=due_ping)
                     )
+            if self.gossip is not None:
+                for pid in connected:
+                    if (
+                        pid not in self._gossip_repairs
+                        and now - self._repaired_at.get(pid, -REDIAL_BACKOFF_S) >= REDIAL_BACKOFF_S
+                        and not self.gossip.has_peer(pid)
+                    ):
+                        self._gossip_repairs.add(pid)
+                        self._nursery.start_soon(self._repair_gossip, pid)
             for pid in list(self._synced):
                 if pid not in connected and pid not in self.table:
                     del self._synced[pid]
                     self._pinged.pop(pid, None)
+                    self._repaired_at.pop(pid, None)
             self._expire()
             await trio.sleep(0.25)
+
+    async def _repair_gossip(self, peer_id: str) -> None:
+        assert self.gossip is not None
+        try:
+            # give libp2p's own new-peer handling a moment before stepping in
+            await trio.sleep(2.0)
+            async with self._repair_slots:
+                if peer_id in self.host.connected_peers() and not self.gossip.has_peer(peer_id):
+                    self._repaired_at[peer_id] = time.monotonic()
+                    await self.gossip.ensure_peer(peer_id)
+        finally:
+            self._gossip_repairs.discard(peer_id)
 
     async def _dial_found(self, found: dict[str, list[str]], counter: str) -> None:
         """Dial the unconnected peers in `found` (peer id -> addrs), at most `MAX_DIALS_PER_ROUND`

@@ -155,6 +155,24 @@ class Gossip:
         await self.pubsub.publish(self.topic(name, major), payload)
         self.counters["published"] += 1
 
+    def has_peer(self, peer_id: str) -> bool:
+        """Whether pubsub holds a stream to `peer_id`."""
+        try:
+            return ID.from_base58(peer_id) in self.pubsub.peers
+        except Exception:
+            return False
+
+    async def ensure_peer(self, peer_id: str, timeout_s: float = 10.0) -> bool:
+        """(Re)open the pubsub stream to a connected peer. libp2p drops a peer from pubsub when
+        one of two parallel connections to it closes, though the other stays up; under load
+        that left most peers outside every mesh. Returns whether the peer is registered."""
+        self.counters["repairs"] = self.counters.get("repairs", 0) + 1
+        try:
+            return bool(await self.pubsub.ensure_peer_stream(ID.from_base58(peer_id), timeout_s))
+        except Exception as e:  # the peer went away meanwhile
+            log.debug("pubsub stream to %s: %s", peer_id, type(e).__name__)
+            return False
+
     def mesh_size(self, name: str, major: int = 1) -> int:
         return len(self.router.mesh.get(self.topic(name, major), ()))
 

@@ -134,3 +134,17 @@ async def test_bad_adverts_on_gossip_are_dropped_and_counted_by_reason(tmp_path)
         assert z.peer_id not in {p.peer_id for p in y.peers()}
         status = y.status()["counters"]["adverts"]["rejected"]
         assert all(status[r] >= 1 for r in REJECT_REASONS)
+
+
+async def test_a_connected_peer_that_pubsub_forgot_is_registered_again(tmp_path):
+    from libp2p.peer.id import ID
+
+    async with node_runner() as runner:
+        a = await runner.start(node_config(tmp_path, "a", net={"dht": False}))
+        b = await runner.start(node_config(tmp_path, "b", boot=[a.addrs[0]], net={"dht": False}))
+        await b.wait_for_peers(1, timeout=20)
+        await wait_until(lambda: b.gossip.has_peer(a.peer_id), 20)
+        # what libp2p does when one of two parallel connections to a peer closes
+        b.gossip.pubsub._handle_dead_peer(ID.from_base58(a.peer_id))
+        assert not b.gossip.has_peer(a.peer_id) and a.peer_id in b.connected_peers()
+        await wait_until(lambda: b.gossip.has_peer(a.peer_id), 20, "pubsub stream reopened")
