@@ -216,7 +216,7 @@ def decode_tally(data: bytes) -> VoteTally:
     return tally
 
 
-# -- encoding helpers shared with evidence.py -------------------------------------------------
+# -- encoding pieces shared with evidence.py --------------------------------------------------
 
 
 def _claim_body(claim: FingerprintClaim) -> dict[str, Any]:

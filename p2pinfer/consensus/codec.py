@@ -1,4 +1,4 @@
-"""Bounded msgpack codec and signature helpers shared by the vote messages.
+"""Bounded msgpack codec and signature checks shared by the vote messages.
 
 Layouts are in protocols/votes.md. Every decoder here bounds the input before unpacking, limits
 msgpack container sizes, and raises MalformedVoteMessage (a WireError) or UnsupportedVersion.

@@ -22,7 +22,7 @@ from p2pinfer.consensus import (
 )
 from p2pinfer.errors import UnsupportedVersion, WireError
 from tests.consensus.conftest import make_peer
-from tests.consensus.helpers import CONTEXT, activation, honest_claim
+from tests.consensus.replicas import CONTEXT, activation, honest_claim
 
 
 def test_claim_round_trips_and_verifies(peers, keys):

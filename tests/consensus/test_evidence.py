@@ -26,7 +26,7 @@ from p2pinfer.consensus import (
 )
 from p2pinfer.errors import WireError
 from tests.consensus.conftest import NETWORK
-from tests.consensus.helpers import CONTEXT, cheat_claim, honest_claim
+from tests.consensus.replicas import CONTEXT, cheat_claim, honest_claim
 
 TOL = TOLERANCE_FLOAT32
 

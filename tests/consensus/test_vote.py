@@ -22,7 +22,7 @@ from p2pinfer.consensus import (
     sign_claim,
     tally,
 )
-from tests.consensus.helpers import CONTEXT, activation, cheat_claim, honest_claim
+from tests.consensus.replicas import CONTEXT, activation, cheat_claim, honest_claim
 
 TOL = TOLERANCE_FLOAT32
 
