@@ -334,7 +334,7 @@ class CriticalCheck:
 
     def _check(self, task: Task, sent: torch.Tensor, result: Any) -> list[StageProof]:
         n = len(task.route)
-        last_peer = result.peer or task.route[-1].replicas[0]
+        last_peer = getattr(result, "peer", "") or task.route[-1].replicas[0]
         try:
             chain = decode_chain(result.fields, hidden_size=self.hidden_size,
                                  max_bytes=self.max_bytes)
@@ -379,7 +379,9 @@ class CriticalClient(InferenceClient):
             raise InferenceError("critical mode proves every stage; it runs one replica per stage")
         from dataclasses import replace
 
-        super().__init__(node, model_path, replace(s, mode="critical", audits=False), hop=hop)
+        # critical answers are proven: no re-execution audits where the settings have them
+        quiet = {"audits": False} if hasattr(s, "audits") else {}
+        super().__init__(node, model_path, replace(s, mode="critical", **quiet), hop=hop)
         raw = manifest if manifest is not None else load_manifest_bytes(model_path)
         self.manifest = ModelManifest.from_bytes(raw)
         self.manifest_digest = self.manifest.digest()

@@ -1,0 +1,108 @@
+"""Benchmark of critical-mode inference: per-stage proof costs on an in-process testnet.
+
+Two stage nodes serve layers [1, 3) and [3, 5) of the built-in `p2pinfer-zk-mlp` (6 layers of
+256, written and committed on first use under $P2PINFER_HOME, default a temporary directory
+here); a client node runs layers 0 and 5 itself. After one warm-up request, every request is
+timed; the table gives medians per stage: prover time, the next hop's verification, the
+requester's own verification, proof size, and the stage's plain fixed-point forward time as
+the reference (prove / forward ratio). Last line: end-to-end seconds per request.
+
+Usage: python tools/bench_critical.py [--tokens 1 16] [--repeat 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import trio
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from p2pinfer.config import config_from_dict  # noqa: E402
+from p2pinfer.inference import ClientSettings  # noqa: E402
+from p2pinfer.inference.critical import critical_client  # noqa: E402
+from p2pinfer.models.mlp import ZK_MLP, fixed_layers, zk_mlp_path  # noqa: E402
+from p2pinfer.node import Node  # noqa: E402
+
+SPANS = [(1, 3), (3, 5)]
+
+
+def node_cfg(base: Path, name: str, boot: list[str], serve: dict | None = None):
+    data = {
+        "node": {"name": name, "data_dir": str(base / name), "network_id": "bench-critical"},
+        "net": {"bootstrap": boot, "dht": False},
+        "control": {"enabled": False},
+        "gossip": {"advert_interval_s": 1.0},
+        "inference": {"step_timeout_s": 120.0},
+    }
+    if serve:
+        data["serve"] = serve
+    return config_from_dict(data)
+
+
+def forward_ms(path: Path, start: int, end: int, x: np.ndarray, repeat: int) -> float:
+    shard = fixed_layers(path, start, end)
+    times = []
+    for _ in range(max(3, repeat)):
+        t0 = time.perf_counter()
+        shard.forward_fixed(x)
+        times.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(times)
+
+
+async def bench(path: Path, base: Path, tokens: list[int], repeat: int) -> None:
+    async with Node(node_cfg(base, "s0", [], {"model": str(path), "layers": list(SPANS[0])})) \
+            as s0, Node(node_cfg(base, "s1", [s0.addrs[0]],
+                                 {"model": str(path), "layers": list(SPANS[1])})) as s1, \
+            Node(node_cfg(base, "client", [s0.addrs[0]])) as client:
+        await client.wait_for_route(str(path), timeout=60)
+        c = critical_client(client.inference, str(path), ClientSettings(k_head=1, k_tail=1))
+        head = fixed_layers(path, 0, 1)
+        print(f"critical mode, {ZK_MLP} (6 x 256, ReLU), stages {SPANS}, medians of {repeat}")
+        print(f"{'tokens':>6} {'stage':>5} {'layers':>7} {'proof KB':>9} {'prove ms':>9} "
+              f"{'hop verify':>10} {'req verify':>10} {'fwd ms':>7} {'prove/fwd':>9}")
+        for t in tokens:
+            x = np.random.default_rng(t).normal(size=(t, 256))
+            await c.infer(x)  # warm-up: generators, decoded commitments
+            runs, ends = [], []
+            for _ in range(repeat):
+                t0 = time.perf_counter()
+                r = await c.infer(x)
+                ends.append(time.perf_counter() - t0)
+                runs.append(r.proofs)
+            xi = head.forward_fixed(head.quantize(x))
+            for k, (a, b) in enumerate(SPANS):
+                per = [p[k] for p in runs]
+                fwd = forward_ms(path, a, b, xi, repeat)
+                xi = fixed_layers(path, a, b).forward_fixed(xi)
+                prove = statistics.median(p.prove_ms for p in per)
+                hop = statistics.median(p.hop_verify_ms for p in per)
+                print(f"{t:>6} {k:>5} {f'[{a},{b})':>7} {per[0].proof_bytes / 1024:>9.1f} "
+                      f"{prove:>9.1f} {hop if k + 1 < len(SPANS) else float('nan'):>10.1f} "
+                      f"{statistics.median(p.verify_ms for p in per):>10.1f} {fwd:>7.2f} "
+                      f"{prove / fwd:>9.0f}")
+            print(f"{t:>6} end to end: {statistics.median(ends):.2f} s per request")
+        del s1
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tokens", type=int, nargs="+", default=[1, 16])
+    ap.add_argument("--repeat", type=int, default=5)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-critical-") as tmp:
+        home = Path(os.environ["P2PINFER_HOME"]) / "models" if os.environ.get(
+            "P2PINFER_HOME") else Path(tmp) / "models"
+        path = zk_mlp_path(home)
+        trio.run(bench, path, Path(tmp), args.tokens, args.repeat)
+
+
+if __name__ == "__main__":
+    main()
