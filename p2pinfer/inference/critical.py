@@ -389,7 +389,6 @@ class CriticalClient(InferenceClient):
         k, kt = self.settings.k_head, self.settings.k_tail
         self.fixed_head = fixed_layers(model_path, 0, k) if k else None
         self.fixed_tail = fixed_layers(model_path, n - kt, n) if kt else None
-        self._quant = fixed_layers(model_path, 0, 1)  # for the scale
         self.check = CriticalCheck(self.manifest, self.manifest_digest, self.info.hidden_size,
                                    node.config.limits.max_tensor_bytes)
         self.checks["critical"] = self.check
@@ -398,7 +397,12 @@ class CriticalClient(InferenceClient):
         return {"manifest": self.manifest_digest}
 
     def quantize(self, x: np.ndarray) -> np.ndarray:
-        return self._quant.quantize(x)
+        """Float features -> fixed point with the manifest's fractional bits."""
+        return np.rint(np.asarray(x, dtype=np.float64) * (1 << self.manifest.frac_bits)
+                       ).astype(np.int64)
+
+    def dequantize(self, q: np.ndarray) -> np.ndarray:
+        return np.asarray(q, dtype=np.float64) / (1 << self.manifest.frac_bits)
 
     def local_forward(self, x: np.ndarray) -> np.ndarray:
         """The whole model in fixed point on this machine (needs every layer's weights)."""
@@ -461,7 +465,7 @@ class CriticalClient(InferenceClient):
             q = await trio.to_thread.run_sync(self.fixed_tail.forward_fixed, q)
         n = self.info.num_layers
         return CriticalResult(
-            output=self._quant.dequantize(q), output_fixed=q, proofs=proofs,
+            output=self.dequantize(q), output_fixed=q, proofs=proofs,
             manifest_digest=self.manifest_digest.hex(),
             route=[{"layers": [s.start, s.end], "peers": list(s.replicas)}
                    for s in self.last_route],

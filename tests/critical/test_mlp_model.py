@@ -104,3 +104,25 @@ def test_builtin_weights_are_the_same_on_every_machine(tmp_path):
     a = fixed_layers(small_mlp(tmp_path / "a", name="same"), 0, 6)
     b = fixed_layers(small_mlp(tmp_path / "b", name="same"), 0, 6)
     assert a.weights_digest() == b.weights_digest()
+
+
+def test_a_stage_without_the_owners_blindings_does_not_serve_critical_tasks(mlp_dir, tmp_path):
+    from types import SimpleNamespace
+
+    from p2pinfer.inference.critical import install_critical
+
+    bare = tmp_path / "no-blinds"
+    shutil.copytree(mlp_dir, bare)
+    shutil.rmtree(bare / "zk")
+    stage = SimpleNamespace(node=None, span=LayerSpan.load(bare, 1, 3), runners={})
+    assert install_critical(stage, bare) is False and "critical" not in stage.runners
+    stage = SimpleNamespace(node=None, span=LayerSpan.load(mlp_dir, 1, 3), runners={})
+    assert install_critical(stage, mlp_dir) is True and "critical" in stage.runners
+
+
+def test_a_non_provable_model_gets_no_critical_runner(tmp_path):
+    from types import SimpleNamespace
+
+    from p2pinfer.inference.critical import install_critical
+
+    assert install_critical(SimpleNamespace(runners={}), tmp_path) is False
