@@ -38,8 +38,9 @@ def read_features(args: argparse.Namespace, hidden: int) -> np.ndarray:
 
 
 def report_lines(result: Any) -> list[str]:
-    lines = [f"{'stage':>5}  {'peer':<14} {'layers':<9} {'proof KB':>8} {'prove ms':>9} "
-             f"{'verify ms':>9} {'hop verify ms':>13}"]
+    header = (f"{'stage':>5}  {'peer':<14} {'layers':<9} {'proof KB':>8} {'prove ms':>9} "
+              f"{'verify ms':>9} {'hop verify ms':>13}")
+    lines = [header]
     for p in result.proofs:
         span = f"[{p.layers[0]},{p.layers[1]})"
         lines.append(f"{p.stage:>5}  ..{p.peer[-12:]:<12} {span:<9} {p.proof_bytes / 1024:>8.1f} "

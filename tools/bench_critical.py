@@ -25,11 +25,11 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from p2pinfer.config import config_from_dict  # noqa: E402
-from p2pinfer.inference import ClientSettings  # noqa: E402
-from p2pinfer.inference.critical import critical_client  # noqa: E402
-from p2pinfer.models.mlp import ZK_MLP, fixed_layers, zk_mlp_path  # noqa: E402
-from p2pinfer.node import Node  # noqa: E402
+from p2pinfer.config import config_from_dict
+from p2pinfer.inference import ClientSettings
+from p2pinfer.inference.critical import critical_client
+from p2pinfer.models.mlp import ZK_MLP, fixed_layers, zk_mlp_path
+from p2pinfer.node import Node
 
 SPANS = [(1, 3), (3, 5)]
 

@@ -198,8 +198,13 @@ def commit_layers(path: str | Path, start: int, end: int) -> Any:
     in `<path>/zk`; layers whose cache is missing are committed afresh, which only matches the
     manifest if the blindings are the owner's (`CommitmentMismatch` otherwise).
     """
-    from p2pinfer.zk import (CommittedShard, ModelManifest, ProvableMlp, ShardCommitment,
-                             commit_shard)
+    from p2pinfer.zk import (
+        CommittedShard,
+        ModelManifest,
+        ProvableMlp,
+        ShardCommitment,
+        commit_shard,
+    )
 
     mlp = fixed_layers(path, start, end)
     manifest = ModelManifest.from_bytes(load_manifest_bytes(path))
