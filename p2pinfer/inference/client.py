@@ -137,7 +137,18 @@ class RouteSession:
     def route(self) -> tuple[StagePlan, ...]:
         return self.task.route
 
+    @property
+    def redundant(self) -> bool:
+        return any(len(s.replicas) > 1 for s in self.task.route)
+
     def fail(self, stage: int | None, peer_id: str | None, message: str) -> None:
+        if self.redundant and not self.closed:
+            # one replica chain failing is what redundancy absorbs: note it; the votes (and
+            # the step timeout) decide whether the route still has a majority
+            if self.report is not None:
+                self.report.faults.append(f"stage {stage} ({peer_id}): {message}"[:300])
+            log.info("a replica chain reported: stage %s (%s): %s", stage, peer_id, message)
+            return
         try:
             self.result_send.send_nowait(StageFailure(stage, peer_id, message))
         except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):

@@ -106,8 +106,9 @@ class ConsensusFailure(P2PInferError):
 class VoteTimings:
     """How long voters wait: for a majority, then for stragglers, then before fetching."""
 
-    #: the most a voter waits for a majority of claims before the step fails
-    majority_timeout_s: float = 10.0
+    #: the most a stage waits for a majority of claims before the step fails (the requester
+    #: bounds its own vote by its step timeout)
+    majority_timeout_s: float = 30.0
     #: after a majority agreed, how long the tally waits for the remaining claims
     late_grace_s: float = 1.0
     #: a replica whose claim is still absent then is waited for this much longer before it
@@ -162,6 +163,8 @@ class VerificationReport:
     evidence: list[str] = field(default_factory=list)
     banned: list[str] = field(default_factory=list)
     cdv_flags: list[str] = field(default_factory=list)
+    #: failures of single replica chains that the votes absorbed
+    faults: list[str] = field(default_factory=list)
 
     @property
     def dissenters(self) -> list[str]:
@@ -178,6 +181,7 @@ class VerificationReport:
             } for s in self.stages],
             "dissenters": self.dissenters, "evidence": list(self.evidence),
             "banned": sorted(set(self.banned)), "cdv_flags": sorted(set(self.cdv_flags)),
+            "faults": list(self.faults),
         }
 
 
@@ -825,7 +829,7 @@ class ConsensusService:
                         log.debug("result claim from %s rejected: %s", peer, e)
 
         outcome = None
-        with trio.move_on_after(self.timings.majority_timeout_s):
+        with trio.CancelScope():
             while True:
                 absorb()
                 outcome = try_vote(self.claims.claims(key, replicas), self.keys, tolerance)
