@@ -296,9 +296,11 @@ class FaultyRunner:
                 if peer == self.consensus.node.peer_id:
                     continue
                 try:
-                    out, _ = await self.consensus.fetch(peer, session.task, session.stage, seq)
+                    with trio.fail_after(1.0):
+                        out, _ = await self.consensus.fetch(peer, session.task, session.stage,
+                                                            seq)
                     return out, {}
-                except P2PInferError:
+                except (P2PInferError, trio.TooSlowError):
                     self.refused_copies += 1
             return hidden.clone(), {}
         if kind == "skip-layer":

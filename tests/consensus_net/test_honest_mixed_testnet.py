@@ -8,9 +8,8 @@ import pytest
 
 from p2pinfer.models import LocalModel
 from p2pinfer.models.sampling import Sampler
-from p2pinfer.node import Node
 
-from .conftest import PROMPT, client_config, start_testnet, wait_for_servers
+from .conftest import PROMPT, start_testnet, wait_for_servers, with_client
 
 REQUESTS = 10
 TOKENS = 3
@@ -30,7 +29,7 @@ async def test_honest_replicas_on_mixed_thread_counts_are_never_flagged(testnet)
     net, checkpoint, tmp = testnet
     model = LocalModel.load(checkpoint)
     prompts = [PROMPT[: 2 + i % 5] + [i % 97] for i in range(REQUESTS)]
-    async with Node(client_config(net, tmp, "client")) as client:
+    async def body(client):
         await wait_for_servers(client, 9)
         c = client.inference.client(str(checkpoint))
         consensus = client.inference.consensus
@@ -48,3 +47,5 @@ async def test_honest_replicas_on_mixed_thread_counts_are_never_flagged(testnet)
         peers = {p for s in c.last_route for p in s.replicas}
         assert all(consensus.book.score(p) >= 0.5 for p in peers)
         assert heard > 0
+
+    await with_client(net, tmp, "client", body)
