@@ -217,25 +217,14 @@ def _client_config(args: argparse.Namespace) -> NodeConfig:
 
 
 async def _wait_for_route(node: Any, model: str, timeout: float) -> None:
-    import trio
-
     from p2pinfer.inference import NoRouteError
 
-    client = node.inference.client(model)
-    deadline = time.monotonic() + timeout
-    shown = False
-    while True:
-        try:
-            client.plan()
-            return
-        except NoRouteError as e:
-            if time.monotonic() > deadline:
-                raise UsageError(f"{e} after waiting {timeout:.0f}s; are peers serving "
-                                 f"{client.info.model_id} reachable?") from None
-            if not shown:
-                _say(f"waiting for peers serving {client.info.model_id} ...")
-                shown = True
-            await trio.sleep(0.5)
+    _say(f"waiting for peers serving {model} ...")
+    try:
+        await node.wait_for_route(model, timeout=timeout)
+    except NoRouteError as e:
+        raise UsageError(f"{e} after waiting {timeout:.0f}s; are peers serving it reachable?"
+                         ) from None
 
 
 async def _run_infer(args: argparse.Namespace, cfg: NodeConfig) -> int:

@@ -166,6 +166,15 @@ class NodeConfig:
     #: the file this came from, for error messages ("" when built in code)
     source: str = ""
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "") -> NodeConfig:
+        """Build and validate a config from a TOML-like dict (what `p2pinfer.Node` takes)."""
+        return config_from_dict(data, source)
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str]) -> NodeConfig:
+        return load_config(path)
+
     # -- derived paths ---------------------------------------------------------------------
     @property
     def data_dir(self) -> Path:

@@ -25,7 +25,7 @@ import trio
 
 from p2pinfer.errors import P2PInferError, RemoteError
 from p2pinfer.inference.hop import HopCodec, HopContext, PlainHop
-from p2pinfer.inference.planner import Candidate, PlanRequest, plan_route
+from p2pinfer.inference.planner import Candidate, NoRouteError, PlanRequest, plan_route
 from p2pinfer.inference.task import StagePlan, Task
 from p2pinfer.models import ClientHead, ClientTail, KVCache
 from p2pinfer.models.checkpoint import dtype_name
@@ -228,7 +228,16 @@ class InferenceClient:
         req = PlanRequest(start, end, redundancy=s.redundancy,
                           allow=set(s.allow) if s.allow else None, deny=set(s.deny),
                           exclude=exclude, min_tee=self.min_tee())
-        return plan_route(self.candidates(), req)
+        try:
+            return plan_route(self.candidates(), req)
+        except NoRouteError:
+            backing_off = self.backoff.excluded() - (consensus.banned() if consensus else set())
+            if not backing_off:
+                raise
+            # every alternative is backing off after a failure: give those peers another try
+            # rather than fail the request (banned peers stay excluded)
+            req.exclude = exclude - backing_off
+            return plan_route(self.candidates(), req)
 
     @property
     def consensus(self) -> Any:

@@ -175,6 +175,20 @@ class InferenceService:
             self.clients[key] = c
         return self.clients[key]
 
+    async def wait_for_route(self, model: str, timeout: float,
+                             settings: ClientSettings | None = None) -> list[Any]:
+        """Wait until peers serving `model` cover a route; `NoRouteError` after `timeout`."""
+        from p2pinfer.inference.planner import NoRouteError
+
+        client = self.client(model, settings)
+        with trio.move_on_after(timeout):
+            while True:
+                try:
+                    return client.plan()
+                except NoRouteError:
+                    await trio.sleep(0.25)
+        return client.plan()  # raises the NoRouteError that says what is missing
+
     def default_settings(self) -> ClientSettings:
         inf = self.config.inference
         return ClientSettings(
