@@ -25,6 +25,7 @@ _MULTI_PEER_FILES = {
     "test_multiprocess.py",
     "test_secure_inference.py",
     "test_rejected_peer.py",
+    "test_cli_testnet.py",
 }
 
 
