@@ -75,6 +75,10 @@ def tensor_from_wire(
     if not isinstance(data, (bytes, bytearray)):
         raise WireError("tensor data must be bytes")
     itemsize = torch.empty((), dtype=DTYPES[name]).element_size()
+    # an empty tensor may still name absurd dims ([0, 2**40, ...]): bound the shape as if the
+    # zero dims were ones, so strides can never overflow
+    if math.prod(max(d, 1) for d in dims) * itemsize > max_bytes:
+        raise WireError(f"tensor shape {dims} exceeds the limit of {max_bytes} bytes")
     count = math.prod(dims)
     nbytes = count * itemsize
     if nbytes > max_bytes:

@@ -60,6 +60,11 @@ def test_expected_dtype_and_shape_are_enforced():
         tensor_from_wire(wire, shape=(1, None, 16))
 
 
+def test_empty_tensor_with_absurd_dims_is_a_wire_error():
+    with pytest.raises(WireError, match="exceeds"):
+        tensor_from_wire({"dtype": "bfloat16", "shape": [0, 1056027, 1056374, 8267934], "data": b""})
+
+
 def test_size_limit_is_checked_before_allocation():
     with pytest.raises(WireError, match="exceeds"):
         tensor_from_wire({"dtype": "float32", "shape": [1000], "data": b"\0" * 4000}, max_bytes=100)
