@@ -76,3 +76,29 @@ async def test_no_peer_serving_the_middle_layers_is_a_clear_error(tmp_path, chec
         with pytest.raises(NoRouteError, match=r"\[1, 5\)"):
             async for _ in c.generate(PROMPT, 2, Sampler()):
                 pass
+
+
+async def test_auto_serving_takes_the_least_covered_span_and_completes_the_route(tmp_path, checkpoints):
+    import trio
+
+    from p2pinfer.node import Node
+
+    from .conftest import node_config
+
+    path = str(checkpoints["llama"])
+    async with Node(node_config(tmp_path, "fixed", serve={"model": path, "layers": [1, 3]})) as a:
+        boot = [a.addrs[0]]
+        with trio.fail_after(20):
+            while not a.advert.spans:
+                await trio.sleep(0.05)
+        auto = node_config(tmp_path, "auto", boot=boot,
+                           serve={"model": path, "layers": "auto", "span_layers": 2})
+        async with Node(auto) as b, Node(node_config(tmp_path, "client", boot=boot)) as client:
+            with trio.fail_after(30):
+                while not b.advert.spans:
+                    await trio.sleep(0.05)
+            assert b.advert.spans == ((3, 5),)  # layers 3 and 4 were served by nobody
+            await client.wait_for_route(path, timeout=30)
+            c = client.inference.client(path)
+            got = [t async for t in c.generate(PROMPT, 4, Sampler())]
+            assert got == hf_greedy(path, PROMPT, 4)
