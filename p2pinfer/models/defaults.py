@@ -19,6 +19,7 @@ import math
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -177,11 +178,21 @@ def default_model_path(name: str, home: Path | None = None) -> Path:
     if name not in _DECODERS:
         known = ", ".join(m.name for m in default_models())
         raise ModelError(f"unknown default model {name!r} (known: {known})")
+    return write_once(name, home, _FORMAT_VERSION, lambda work: write_random_decoder(
+        work, _DECODERS[name]))
+
+
+def write_once(name: str, home: Path | None, version: int,
+               write: Callable[[Path], None]) -> Path:
+    """`<home>/<name>`, made on first use by `write(directory)`, which must leave a stamp file
+    with `format_version`. It writes into a temporary directory renamed into place, so a
+    concurrent or interrupted first use never leaves a half-written model; a stamp of another
+    version is rewritten."""
     target = (home or models_home()) / name
     stamp = target / _STAMP
     if stamp.is_file():
         try:
-            if json.loads(stamp.read_text()).get("format_version") == _FORMAT_VERSION:
+            if json.loads(stamp.read_text()).get("format_version") == version:
                 return target
         except (OSError, ValueError):
             pass
@@ -189,7 +200,7 @@ def default_model_path(name: str, home: Path | None = None) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=target.parent))
     try:
-        write_random_decoder(work, _DECODERS[name])
+        write(work)
         try:
             os.rename(work, target)
         except OSError:

@@ -23,9 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import shutil
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -277,28 +274,11 @@ def write_random_mlp(directory: str | Path, config: dict[str, Any]) -> None:
 
 def zk_mlp_path(home: Path | None = None, name: str = ZK_MLP) -> Path:
     """Directory of the built-in provable MLP, written and committed on first use."""
-    from p2pinfer.models.defaults import models_home
+    from p2pinfer.models.defaults import write_once
 
-    target = (home or models_home()) / name
-    stamp = target / _STAMP
-    if stamp.is_file():
-        try:
-            if json.loads(stamp.read_text()).get("format_version") == _FORMAT_VERSION:
-                return target
-        except (OSError, ValueError):
-            pass
-        shutil.rmtree(target, ignore_errors=True)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=target.parent))
-    try:
+    def write(work: Path) -> None:
         write_random_mlp(work, zk_mlp_config(name))
         (work / _STAMP).write_text(json.dumps(
             {"format_version": _FORMAT_VERSION, "name": name, "random_weights": True}) + "\n")
-        try:
-            os.rename(work, target)
-        except OSError:
-            if not (target / _STAMP).is_file():
-                raise
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    return target
+
+    return write_once(name, home, _FORMAT_VERSION, write)
