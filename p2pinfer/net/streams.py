@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -200,12 +202,15 @@ class FramedStream:
     def protocol(self) -> str:
         return str(self._raw.get_protocol())
 
-    async def send_bytes(self, data: bytes | bytearray | memoryview) -> None:
+    @contextmanager
+    def _io(self, too_slow: str) -> Iterator[None]:
+        """Run one frame's I/O under the stream timeout and translate what libp2p raises:
+        a timeout becomes `StreamTimeout(too_slow)`, a dead stream `StreamClosedError`."""
         try:
             with trio.fail_after(self.timeout_s):
-                await write_frame(self._raw, data)
+                yield
         except trio.TooSlowError:
-            raise StreamTimeout(f"peer {self.peer_id} did not take a frame in time") from None
+            raise StreamTimeout(too_slow) from None
         except P2PInferError:
             raise
         except Exception as e:
@@ -214,46 +219,26 @@ class FramedStream:
                     f"stream to {self.peer_id} failed: {type(e).__name__}"
                 ) from None
             raise
+
+    async def send_bytes(self, data: bytes | bytearray | memoryview) -> None:
+        with self._io(f"peer {self.peer_id} did not take a frame in time"):
+            await write_frame(self._raw, data)
 
     async def send(self, t: str, fields: dict[str, Any] | None = None) -> None:
         """Send one message; large byte buffers in `fields` are written without a copy."""
         await self._send_parts(encode_message_parts(t, fields))
 
     async def _send_parts(self, parts: list[Any]) -> None:
-        try:
-            with trio.fail_after(self.timeout_s):
-                await write_frame_parts(self._raw, parts)
-        except trio.TooSlowError:
-            raise StreamTimeout(f"peer {self.peer_id} did not take a frame in time") from None
-        except P2PInferError:
-            raise
-        except Exception as e:
-            if _is_io_error(e):
-                raise StreamClosedError(
-                    f"stream to {self.peer_id} failed: {type(e).__name__}"
-                ) from None
-            raise
+        with self._io(f"peer {self.peer_id} did not take a frame in time"):
+            await write_frame_parts(self._raw, parts)
 
     async def send_error(self, code: str, message: str) -> None:
         await self.send_bytes(error_message(code, message))
 
     async def recv_bytes(self) -> bytearray:
         """One frame's payload. Raises `EndOfStream` if the peer closed between frames."""
-        try:
-            with trio.fail_after(self.timeout_s):
-                return await read_frame(self._raw, self.max_frame)
-        except trio.TooSlowError:
-            raise StreamTimeout(
-                f"peer {self.peer_id} sent no frame in {self.timeout_s} s"
-            ) from None
-        except P2PInferError:
-            raise
-        except Exception as e:
-            if _is_io_error(e):
-                raise StreamClosedError(
-                    f"stream to {self.peer_id} failed: {type(e).__name__}"
-                ) from None
-            raise
+        with self._io(f"peer {self.peer_id} sent no frame in {self.timeout_s} s"):
+            return await read_frame(self._raw, self.max_frame)
 
     async def recv(self, expect: set[str] | frozenset[str] | None = None) -> Message:
         """The next message; an error reply raises `RemoteError(code, message)`."""
