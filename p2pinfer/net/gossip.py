@@ -3,10 +3,15 @@
 Settings chosen for 5-20 peers (measured on loopback, see tests/net/test_gossip.py): the mesh
 degree bounds are wide (D=8, D_lo=6, D_hi=24) so a network of up to ~24 peers is never pruned,
 which avoids the GRAFT-after-PRUNE penalties that emptied meshes with libp2p's defaults; the
-heartbeat is `gossip.heartbeat_s`; the per-publisher rate limit is `gossip.max_msgs_per_s`;
-IP-diversity (eclipse) protection is off when every listen address is loopback, where all peers
+heartbeat is `gossip.heartbeat_s`; IP-diversity (eclipse) protection is off when every listen address is loopback, where all peers
 share one IP. Messages are signed by libp2p (strict signing), so the origin peer id is
 authenticated.
+
+Rate limiting is per origin: each topic accepts `gossip.max_msgs_per_s` messages per second
+from one publisher (a token bucket holding two seconds' worth), counted where the message is
+validated, so a flooding publisher is cut off at its first hop. libp2p's own limit is off: it
+counts every message a neighbour relays (all origins together, and our own publishes), so on a
+busy or briefly stalled machine it stopped an honest hub from relaying anything.
 
 Each topic has one dedicated drain task that moves messages from libp2p's subscription queue
 into every local subscriber's queue (32 deep, newest dropped when full, counted), so a slow
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -34,6 +40,8 @@ from .host import Host
 log = logging.getLogger(__name__)
 
 SUBSCRIBER_QUEUE = 32
+#: (topic, origin) rate buckets kept at most; the table is pruned of idle origins beyond this
+MAX_RATE_BUCKETS = 4096
 MAX_GOSSIP_BYTES = 1 << 20
 
 #: validator(origin_peer_id, payload) -> True to accept and relay
@@ -72,7 +80,7 @@ class Gossip:
             heartbeat_initial_delay=0.1,
             heartbeat_interval=max(1, round(cfg.heartbeat_s)),
             prune_back_off=10,
-            max_messages_per_topic_per_second=cfg.max_msgs_per_s,
+            spam_protection_enabled=False,
             eclipse_protection_enabled=not _all_loopback(host.net.listen),
         )
         self.pubsub = Pubsub(
@@ -80,7 +88,10 @@ class Gossip:
         )
         self._subscribers: dict[str, list[trio.MemorySendChannel[tuple[str, bytes]]]] = {}
         self._nursery: trio.Nursery | None = None
-        self.counters: dict[str, int] = {"published": 0, "received": 0, "dropped": 0}
+        self.counters: dict[str, int] = {"published": 0, "received": 0, "dropped": 0,
+                                         "rate_limited": 0}
+        self._buckets: dict[tuple[str, str], tuple[float, float]] = {}
+        self._validators: dict[str, Validator] = {}
 
     def topic(self, name: str, major: int = 1) -> str:
         return topic_name(self.network_id, name, major)
@@ -94,7 +105,14 @@ class Gossip:
                 await trio.sleep_forever()
 
     def set_validator(self, name: str, validator: Validator, major: int = 1) -> None:
-        """Register a synchronous validator; it sees the authenticated origin and the payload."""
+        """Register a synchronous validator; it sees the authenticated origin and the payload.
+        Messages over the origin's rate are refused before the validator runs."""
+        topic = self.topic(name, major)
+        self._validators[topic] = validator
+        self._install_check(topic)
+
+    def _install_check(self, topic: str) -> None:
+        """Every joined topic gets one check: size, origin, rate, then its validator if any."""
 
         def check(forwarder: ID, msg: Any) -> bool:
             if len(msg.data) > MAX_GOSSIP_BYTES:
@@ -103,9 +121,34 @@ class Gossip:
                 origin = ID(msg.from_id).to_base58()
             except Exception:
                 return False
-            return validator(origin, bytes(msg.data))
+            if origin != self.host.peer_id and not self._within_rate(topic, origin):
+                return False
+            validator = self._validators.get(topic)
+            return validator is None or validator(origin, bytes(msg.data))
 
-        self.pubsub.set_topic_validator(self.topic(name, major), check, False)
+        self.pubsub.set_topic_validator(topic, check, False)
+
+    def _within_rate(self, topic: str, origin: str) -> bool:
+        """Take one token from the (topic, origin) bucket; False when it is empty."""
+        rate = self.cfg.max_msgs_per_s
+        capacity = 2.0 * rate
+        now = time.monotonic()
+        key = (topic, origin)
+        tokens, last = self._buckets.get(key, (capacity, now))
+        tokens = min(capacity, tokens + (now - last) * rate)
+        if tokens < 1.0:
+            self._buckets[key] = (tokens, now)
+            self.counters["rate_limited"] += 1
+            return False
+        if key not in self._buckets and len(self._buckets) >= MAX_RATE_BUCKETS:
+            # forget full buckets first: they carry no state worth keeping
+            for k, (t, when) in list(self._buckets.items()):
+                if min(capacity, t + (now - when) * rate) >= capacity:
+                    del self._buckets[k]
+            if len(self._buckets) >= MAX_RATE_BUCKETS:
+                self._buckets.clear()
+        self._buckets[key] = (tokens - 1.0, now)
+        return True
 
     async def join(self, name: str, major: int = 1) -> None:
         """Subscribe at the router level (joins the mesh) and start the topic's drain task."""
@@ -114,6 +157,7 @@ class Gossip:
             return
         assert self._nursery is not None, "Gossip.run() is not running"
         self._subscribers[topic] = []
+        self._install_check(topic)
         sub = await self.pubsub.subscribe(topic)
         self._nursery.start_soon(self._drain, topic, sub)
 

@@ -60,6 +60,46 @@ async def test_a_burst_above_libp2ps_default_rate_limit_reaches_every_peer(tmp_p
             assert sorted(v) == sorted(payloads)
 
 
+async def test_a_flooding_publisher_is_cut_to_its_rate_while_other_publishers_get_through(
+    tmp_path,
+):
+    # the limit is per origin, at the receiving peer: a flood from one publisher is refused past
+    # its bucket (2 s worth), another publisher on the same topic is unaffected, and the
+    # flooder's bucket refills
+    async with node_runner() as runner:
+        a = await runner.start(node_config(tmp_path, "a", net={"dht": False}))
+        b = await runner.start(node_config(tmp_path, "b", boot=[a.addrs[0]], net={"dht": False},
+                                           gossip={"max_msgs_per_s": 5.0}))
+        c = await runner.start(node_config(tmp_path, "c", boot=[b.addrs[0]], net={"dht": False}))
+        await b.wait_for_peers(2, timeout=20)
+        got: list[tuple[str, bytes]] = []
+        async with b.subscribe("news") as msgs:
+            for n in (a, c):
+                await n.gossip.join("news")
+            await wait_until(lambda: b.gossip.topic_peers("news") == 2, 20)
+            await trio.sleep(1.5)
+
+            async def drain(timeout: float) -> None:
+                with trio.move_on_after(timeout):
+                    async for item in msgs:
+                        got.append(item)
+
+            for i in range(40):
+                await a.publish("news", b"flood-%d" % i)
+            await drain(1.0)
+            from_a = [p for o, p in got if o == a.peer_id]
+            assert 10 <= len(from_a) <= 16, len(from_a)
+            assert b.gossip.counters["rate_limited"] >= 40 - len(from_a)
+
+            got.clear()
+            await c.publish("news", b"other")
+            await trio.sleep(1.0)
+            await a.publish("news", b"after")
+            await drain(2.0)
+            assert (c.peer_id, b"other") in got
+            assert (a.peer_id, b"after") in got
+
+
 async def test_a_subscriber_that_does_not_read_loses_only_its_own_messages(tmp_path):
     async with node_runner() as runner:
         a = await runner.start(node_config(tmp_path, "a", net={"dht": False}))
