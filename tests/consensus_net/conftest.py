@@ -23,17 +23,19 @@ SPANS = [[1, 2], [2, 3], [3, 5]]
 PROMPT = [3, 17, 42, 8, 64, 5]
 
 
-def start_testnet(tmp: Path, faults: list[str], threads: list[int] | None = None
-                  ) -> tuple[Testnet, Path]:
-    """Three replicas per span; `faults[i]` is the TEST-ONLY fault of stage i's third peer."""
+def start_testnet(tmp: Path, faults: list[str], threads: list[int] | None = None,
+                  dtypes: list[str] | None = None) -> tuple[Testnet, Path]:
+    """Three replicas per span; `faults[i]` is the TEST-ONLY fault of stage i's third peer;
+    replica j of every stage runs `threads[j]` torch threads in precision `dtypes[j]`."""
     torch.manual_seed(0)
     checkpoint = save_checkpoint("llama", tmp / "llama", seed=3)
     threads = threads or [1, 2, 1]
+    dtypes = dtypes or ["float32"] * 3
 
     def config_for(i: int) -> dict[str, dict[str, Any]]:
         stage, replica = divmod(i, 3)
         serve: dict[str, Any] = {"model": str(checkpoint), "layers": SPANS[stage],
-                                 "threads": threads[replica]}
+                                 "threads": threads[replica], "dtype": dtypes[replica]}
         if replica == 2 and faults[stage]:
             serve["fault_injection"] = faults[stage]
         return {"serve": serve, "gossip": {"advert_interval_s": 1.0}}
@@ -64,6 +66,24 @@ async def wait_for_servers(client: Node, n: int) -> None:
     with trio.fail_after(60):
         while len([p for p in client.peers() if p.spans]) < n:
             await trio.sleep(0.2)
+
+
+async def wait_until_true(cond: Any, timeout: float, what: str, context: Any) -> None:
+    """Poll `cond()` for up to `timeout` s; on timeout fail with `context()` (the consensus
+    state, the report) in the message, so a slow machine's failure says what was missing."""
+    with trio.move_on_after(timeout):
+        while not cond():
+            await trio.sleep(0.1)
+    if not cond():
+        raise AssertionError(f"{what} not within {timeout} s; state: {context()}")
+
+
+def consensus_state(client: Node, request_client: Any = None) -> dict[str, Any]:
+    state: dict[str, Any] = {"consensus": client.inference.consensus.status()}
+    report = getattr(request_client, "last_report", None)
+    if report is not None:
+        state["report"] = report.to_dict()
+    return state
 
 
 def fault_peer(net: Testnet, stage: int) -> str:

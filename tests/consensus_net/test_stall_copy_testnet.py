@@ -10,12 +10,19 @@ are banned on fault evidence, and the staller loses reputation for every missed 
 """
 
 import pytest
-import trio
 
 from p2pinfer.models import LocalModel
 from p2pinfer.models.sampling import Sampler
 
-from .conftest import PROMPT, fault_peer, start_testnet, wait_for_servers, with_client
+from .conftest import (
+    PROMPT,
+    consensus_state,
+    fault_peer,
+    start_testnet,
+    wait_for_servers,
+    wait_until_true,
+    with_client,
+)
 
 FAULTS = ["perturb", "stall", "copy"]
 N = 5
@@ -41,12 +48,15 @@ async def test_majority_wins_past_a_perturbing_a_stalling_and_a_copying_replica(
         got = [t async for t in c.generate(PROMPT, N, Sampler())]
         assert got == reference
         consensus = client.inference.consensus
-        with trio.fail_after(40):
-            while not {perturber, copier} <= consensus.banned():
-                await trio.sleep(0.1)
-        with trio.fail_after(30):  # a missing claim is declared after the tally's grace
-            while staller not in c.last_report.to_dict()["stages"][1]["missing"]:
-                await trio.sleep(0.2)
+        def state():
+            return consensus_state(client, c)
+
+        await wait_until_true(lambda: {perturber, copier} <= consensus.banned(), 90,
+                              "perturber and copier banned", state)
+        # a missing claim is declared after the tally's grace
+        await wait_until_true(
+            lambda: staller in c.last_report.to_dict()["stages"][1]["missing"], 60,
+            "staller reported missing", state)
         report = c.last_report.to_dict()
         assert staller not in consensus.banned() or consensus.book.score(staller) < 0.5
         honest = {p for s in c.last_route for p in s.replicas} - {perturber, staller, copier}
