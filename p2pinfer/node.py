@@ -57,7 +57,9 @@ ADVERT_PROTOCOL = protocol_id("advert")
 PING_PROTOCOL = protocol_id("ping")
 TENSOR_PROTOCOL = protocol_id("tensor")
 #: fields `update_advert` may change
-ADVERT_FIELDS = frozenset({"model", "spans", "throughput", "load", "tee_digest", "roles"})
+ADVERT_FIELDS = frozenset(
+    {"model", "spans", "throughput", "load", "tee_digest", "roles", "precision"}
+)
 #: at most this many stored tensors (one per sender) kept by the tensor protocol
 MAX_STORED_TENSORS = 16
 DHT_SCHEDULE_S = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
@@ -340,7 +342,8 @@ class Node:
         return self._advert
 
     def update_advert(self, **fields: Any) -> None:
-        """Change what we advertise (model, spans, throughput, load, tee_digest, roles).
+        """Change what we advertise (model, spans, throughput, load, tee_digest, roles,
+        precision).
         The new advert is signed and published at once and then periodically."""
         unknown = set(fields) - ADVERT_FIELDS
         if unknown:
@@ -377,6 +380,7 @@ class Node:
             load=float(f["load"]),
             tee_digest=f["tee_digest"],
             software=SOFTWARE,
+            precision=f.get("precision", ""),
         )
         self._advert_raw = sign_advert(advert, self.identity)
         self._advert = advert

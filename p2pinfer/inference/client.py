@@ -28,8 +28,7 @@ from p2pinfer.inference.hop import HopCodec, HopContext, PlainHop
 from p2pinfer.inference.planner import Candidate, NoRouteError, PlanRequest, plan_route
 from p2pinfer.inference.task import StagePlan, Task
 from p2pinfer.models import ClientHead, ClientTail, KVCache
-from p2pinfer.models.checkpoint import dtype_name
-from p2pinfer.wire import EndOfStream
+from p2pinfer.wire import ACTIVATION_DTYPES, EndOfStream
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +68,9 @@ class ClientSettings:
     noise_delta: float = 1e-5
     ban_base_s: float = 10.0
     ban_max_s: float = 600.0
-    #: fingerprint tolerance of the votes (0 = the calibrated bfloat16 one, which also covers
-    #: float32 replicas; see p2pinfer.consensus.fingerprint)
+    #: fingerprint tolerance of the votes; 0 = from the route's advertised precisions (the
+    #: float32 one when every replica computes in float32, else the bfloat16 one; see
+    #: p2pinfer.consensus.fingerprint)
     tolerance: float = 0.0
     #: m = 1: audit a random fraction of stages (p2pinfer.consensus.AuditPolicy)
     audits: bool = True
@@ -244,11 +244,19 @@ class InferenceClient:
         """The node's `ConsensusService` (votes, reputation, audits), if it runs one."""
         return getattr(getattr(self.node, "inference", None), "consensus", None)
 
-    def _task_options(self) -> dict[str, Any]:
-        from p2pinfer.inference.redundancy import DEFAULT_TOLERANCE
+    def _task_options(self, route: Sequence[Any]) -> dict[str, Any]:
+        if self.settings.mode != "general":
+            return {}
+        return {"tolerance": float(self.settings.tolerance or self.route_tolerance(route))}
 
-        tol = self.settings.tolerance or DEFAULT_TOLERANCE
-        return {"tolerance": float(tol)} if self.settings.mode == "general" else {}
+    def route_tolerance(self, route: Sequence[Any]) -> float:
+        """The vote tolerance for a route: the float32 one when every replica advertises
+        float32, else the loosest its replicas' precisions need (a replica that states none,
+        or one not calibrated, gets the bfloat16 tolerance)."""
+        from p2pinfer.inference.redundancy import DEFAULT_TOLERANCE, peer_tolerance
+
+        return max([peer_tolerance(self.node, p) for s in route for p in s.replicas],
+                   default=DEFAULT_TOLERANCE)
 
     def min_tee(self) -> str:
         """The stricter of the request's `min_tee` and the trust policy's minimum for the mode."""
@@ -302,7 +310,8 @@ class InferenceClient:
                     continue
                 seq = msg.get("seq", int)
                 ctx = HopContext(task.task_id, len(task.route), seq, upstream)
-                dtype = "int64" if task.mode == "critical" else dtype_name(self.dtype)
+                # the last stage may compute in another precision; the tail casts
+                dtype = "int64" if task.mode == "critical" else ACTIVATION_DTYPES
                 hidden = await self.hop.unpack(
                     msg.fields, ctx, hidden_size=info.hidden_size, dtype=dtype,
                     max_bytes=self.node.config.limits.max_tensor_bytes)
@@ -582,7 +591,7 @@ class InferenceClient:
                     self.node.identity, network_id=self.node.network_id,
                     model_id=self.info.model_id, requester_addrs=self.node.addrs,
                     route=route, mode=self.settings.mode, max_length=max_length,
-                    options=self._task_options())
+                    options=self._task_options(route))
                 session = await self._open(task)
                 self.last_report = session.report
             pending = list(history)
@@ -634,7 +643,7 @@ class InferenceClient:
                         self.node.identity, network_id=self.node.network_id,
                         model_id=self.info.model_id, requester_addrs=self.node.addrs,
                         route=route, mode=self.settings.mode, max_length=len(ids),
-                        options=self._task_options())
+                        options=self._task_options(route))
                     session = await self._open(task)
                     try:
                         h = await self._step(session, 0, 0, self._protect(h))

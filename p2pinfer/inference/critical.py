@@ -393,7 +393,7 @@ class CriticalClient(InferenceClient):
                                    node.config.limits.max_tensor_bytes)
         self.checks["critical"] = self.check
 
-    def _task_options(self) -> dict[str, Any]:
+    def _task_options(self, route: Any = ()) -> dict[str, Any]:
         return {"manifest": self.manifest_digest}
 
     def quantize(self, x: np.ndarray) -> np.ndarray:
@@ -436,7 +436,7 @@ class CriticalClient(InferenceClient):
             task = Task.create(self.node.identity, network_id=self.node.network_id,
                                model_id=self.info.model_id, requester_addrs=self.node.addrs,
                                route=route, mode="critical", max_length=q.shape[0],
-                               options=self._task_options())
+                               options=self._task_options(route))
             try:
                 session = await self._open(task)
                 try:

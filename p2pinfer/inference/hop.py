@@ -30,7 +30,8 @@ class HopCodec(Protocol):
     async def pack(self, hidden: torch.Tensor, ctx: HopContext) -> dict[str, Any]: ...
 
     async def unpack(
-        self, fields: dict[str, Any], ctx: HopContext, *, hidden_size: int, dtype: str,
+        self, fields: dict[str, Any], ctx: HopContext, *, hidden_size: int,
+        dtype: str | tuple[str, ...],
         max_bytes: int,
     ) -> torch.Tensor: ...
 
@@ -44,7 +45,8 @@ class PlainHop:
         return {"hidden": tensor_to_wire(hidden)}
 
     async def unpack(
-        self, fields: dict[str, Any], ctx: HopContext, *, hidden_size: int, dtype: str,
+        self, fields: dict[str, Any], ctx: HopContext, *, hidden_size: int,
+        dtype: str | tuple[str, ...],
         max_bytes: int,
     ) -> torch.Tensor:
         return tensor_from_wire(

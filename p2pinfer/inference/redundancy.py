@@ -73,7 +73,13 @@ from p2pinfer.consensus import (
 from p2pinfer.consensus.errors import FingerprintMismatch
 from p2pinfer.errors import P2PInferError, WireError
 from p2pinfer.inference.task import Task, TaskError
-from p2pinfer.wire import Message, encode_message, tensor_from_wire, tensor_to_wire
+from p2pinfer.wire import (
+    ACTIVATION_DTYPES,
+    Message,
+    encode_message,
+    tensor_from_wire,
+    tensor_to_wire,
+)
 
 log = logging.getLogger(__name__)
 
@@ -192,6 +198,19 @@ def task_tolerance(task: Task) -> float:
             0.0 < float(value) <= MAX_TOLERANCE):
         raise TaskError(f"task tolerance must be a number in (0, {MAX_TOLERANCE}]")
     return float(value)
+
+
+def peer_tolerance(node: Any, peer_id: str) -> float:
+    """The vote tolerance a peer's advertised compute precision needs; a peer that states
+    none, or one not calibrated, gets the bfloat16 tolerance."""
+    from p2pinfer.consensus.errors import FingerprintError
+    from p2pinfer.consensus.fingerprint import tolerance_for
+
+    row = node.peer(peer_id)
+    try:
+        return tolerance_for([row.advert.precision if row is not None else ""])
+    except FingerprintError:
+        return DEFAULT_TOLERANCE
 
 
 def claim_context(task: Task, stage: int, step: int) -> FingerprintContext:
@@ -553,11 +572,9 @@ class ConsensusService:
         if task.model_id != span.info.model_id or not (
                 span.start <= plan.start and plan.end <= span.end):
             raise TaskError("this peer does not serve the audited layers")
-        from p2pinfer.models.checkpoint import dtype_name
-
         hidden = tensor_from_wire(msg.get("hidden", dict),
                                   max_bytes=self.node.config.limits.max_tensor_bytes,
-                                  dtype=dtype_name(span.dtype),
+                                  dtype=ACTIVATION_DTYPES,
                                   shape=(1, None, span.info.hidden_size))
         view = span.slice(plan.start, plan.end)
         out = await trio.to_thread.run_sync(view.forward, hidden, view.new_cache(), 0)
@@ -578,7 +595,8 @@ class ConsensusService:
                                         {"task": task.task_id, "stage": stage, "step": step},
                                         timeout=10.0, expect={"output"})
         hidden = tensor_from_wire(reply.get("hidden", dict),
-                                  max_bytes=self.node.config.limits.max_tensor_bytes)
+                                  max_bytes=self.node.config.limits.max_tensor_bytes,
+                                  dtype=ACTIVATION_DTYPES)
         claim = None
         raw = reply.get("claim", bytes, b"")
         if raw:
@@ -932,14 +950,16 @@ class ConsensusService:
         ctx = claim_context(task, stage, 0)
         if claimed is None or claimed.context != ctx:
             return None
-        tolerance = task_tolerance(task)
         from p2pinfer.consensus import distance
 
         votes: list[FingerprintClaim] = []
+        tolerance = task_tolerance(task)
         for auditor in auditors:
             audit_claim = await self._audit_claim(task, stage, hidden_in, auditor, ctx)
             if audit_claim is None:
                 continue
+            # an auditor off the route may compute in a coarser precision than the route
+            tolerance = max(tolerance, peer_tolerance(self.node, auditor))
             votes.append(audit_claim)
             if distance(claimed.fingerprint, audit_claim.fingerprint) <= tolerance:
                 self.book.record_agreement(peer)

@@ -225,7 +225,8 @@ class ChannelHop:
             raise SealedRecordRejected("sealed record is bound to another task, stage or kind")
 
     async def unpack(
-        self, fields: dict[str, Any], ctx: HopContext, *, hidden_size: int, dtype: str,
+        self, fields: dict[str, Any], ctx: HopContext, *, hidden_size: int,
+        dtype: str | tuple[str, ...],
         max_bytes: int,
     ) -> torch.Tensor:
         sealed, meta, channel_id, salt = (

@@ -119,7 +119,8 @@ class InferenceService:
 
         await trio.to_thread.run_sync(install_critical, self.stage, path)
         nursery.start_soon(self.stage.run)
-        self.node.update_advert(model=info.model_id, spans=((start, end),), throughput=tput)
+        self.node.update_advert(model=info.model_id, spans=((start, end),), throughput=tput,
+                                precision=serve.dtype)
         nursery.start_soon(self._report_load)
         log.info("serving %s layers [%d, %d) at %.1f tokens/s", info.model_id, start, end, tput)
 

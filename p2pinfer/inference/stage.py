@@ -28,9 +28,9 @@ from typing import Any, Protocol
 import torch
 import trio
 
-from p2pinfer.errors import P2PInferError, RemoteError, WireError
+from p2pinfer.errors import P2PInferError, WireError
 from p2pinfer.inference.hop import HopCodec, HopContext, PlainHop
-from p2pinfer.inference.task import Task, TaskError
+from p2pinfer.inference.task import Task
 from p2pinfer.models import KVCache, LayerSpan
 from p2pinfer.wire import EndOfStream, Message
 
@@ -360,10 +360,9 @@ class StageServer:
         """Run steps until the session ends; returns how it ended: `closed`, `upstream-lost`,
         `downstream-lost`, `bad-input` or `fault-forwarded`. Steps come from the upstream hop, or
         (redundant stages) from a majority replica when the own upstream stalled."""
-        from p2pinfer.models.checkpoint import dtype_name
+        from p2pinfer.wire import ACTIVATION_DTYPES
 
         info = self.span.info
-        dtype = dtype_name(view.dtype)
         max_bytes = self.node.config.limits.max_tensor_bytes
         while True:
             try:
@@ -396,11 +395,12 @@ class StageServer:
                 runner = self.runners[session.task.mode]
                 if fetched is not None:
                     hidden = fetched.to(view.dtype)
-                else:  # a runner may take another wire dtype (critical: fixed-point int64)
-                    hidden = await self.hop.unpack(msg.fields, ctx_in,
-                                                   hidden_size=info.hidden_size,
-                                                   dtype=getattr(runner, "wire_dtype", dtype),
-                                                   max_bytes=max_bytes)
+                else:  # a runner may take another wire dtype (critical: fixed-point int64);
+                    # float activations of any precision are cast by the span
+                    hidden = await self.hop.unpack(
+                        msg.fields, ctx_in, hidden_size=info.hidden_size,
+                        dtype=getattr(runner, "wire_dtype", ACTIVATION_DTYPES),
+                        max_bytes=max_bytes)
                 if hidden.shape[1] + pos > session.task.max_length:
                     raise StageError(f"positions up to {hidden.shape[1] + pos} exceed the task's "
                                      f"max_length {session.task.max_length}")

@@ -26,6 +26,9 @@ from p2pinfer.models.checkpoint import Checkpoint, ModelInfo, dtype_name
 from p2pinfer.models.errors import CacheError, ModelError, SpanInputError
 from p2pinfer.models.sampling import Sampler, generate
 
+#: activation dtypes a span takes from the wire (cast to its own compute dtype)
+ACTIVATION_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
 
 class _Layers:
     """Layers [start, end) of one model, their cache and the checks shared by every piece."""
@@ -107,13 +110,15 @@ class _Layers:
             raise SpanInputError(
                 f"hidden states must have shape [1, T>=1, {h}], got {list(hidden.shape)}"
             )
-        if hidden.dtype != self.dtype:
+        if hidden.dtype not in ACTIVATION_DTYPES:
             raise SpanInputError(
-                f"hidden states must be {dtype_name(self.dtype)}, got {hidden.dtype}"
+                f"hidden states must be {dtype_name(self.dtype)} (or another of "
+                f"{', '.join(dtype_name(d) for d in ACTIVATION_DTYPES)}), got {hidden.dtype}"
             )
         if not bool(torch.isfinite(hidden).all()):
             raise SpanInputError("hidden states contain NaN or infinity")
-        return hidden
+        # a route may mix precisions: an upstream bfloat16 replica feeds a float32 one
+        return hidden if hidden.dtype == self.dtype else hidden.to(self.dtype)
 
     @property
     def param_bytes(self) -> int:

@@ -39,6 +39,7 @@ MAX_ROLES = 8
 MAX_SPANS = 32
 MAX_NAME_CHARS = 128
 MAX_TEE_DIGEST_BYTES = 64
+MAX_PRECISION_CHARS = 16
 
 
 # -- errors ------------------------------------------------------------------------------------
@@ -139,9 +140,12 @@ class Advert:
     #: digest of the TEE evidence the peer presents on a channel; None = no TEE
     tee_digest: bytes | None = None
     software: str = ""
+    #: compute precision of the served layers (`float32`, `bfloat16`, ...); "" = not stated.
+    #: Optional on the wire (absent when ""), so adverts of older peers still verify.
+    precision: str = ""
 
     def body(self) -> dict[str, Any]:
-        return {
+        body = {
             "peer_id": self.peer_id,
             "network_id": self.network_id,
             "seq": self.seq,
@@ -157,6 +161,9 @@ class Advert:
             "tee_digest": self.tee_digest,
             "software": self.software,
         }
+        if self.precision:
+            body["precision"] = self.precision
+        return body
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able view (the TEE digest as hex)."""
@@ -285,6 +292,7 @@ def parse_advert_body(body: Any) -> Advert:
         load=_float(body, "load", 1.0),
         tee_digest=tee,
         software=_str(body, "software", 64),
+        precision=_str(body, "precision", MAX_PRECISION_CHARS) if "precision" in body else "",
     )
 
 

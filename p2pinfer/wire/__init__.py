@@ -20,6 +20,7 @@ from .messages import Message as Message
 from .messages import decode_message as decode_message
 from .messages import encode_message as encode_message
 from .messages import error_message as error_message
+from .tensors import ACTIVATION_DTYPES as ACTIVATION_DTYPES
 from .tensors import DTYPES as DTYPES
 from .tensors import tensor_from_wire as tensor_from_wire
 from .tensors import tensor_to_wire as tensor_to_wire

@@ -45,14 +45,19 @@ def tensor_to_wire(t: torch.Tensor) -> dict[str, Any]:
     return {"dtype": name, "shape": list(t.shape), "data": data}
 
 
+#: dtypes an activation may travel in between stages of mixed precision
+ACTIVATION_DTYPES = ("float32", "bfloat16", "float16")
+
+
 def tensor_from_wire(
     obj: Any,
     *,
     max_bytes: int = DEFAULT_MAX_TENSOR,
-    dtype: str | None = None,
+    dtype: str | tuple[str, ...] | None = None,
     shape: tuple[int | None, ...] | None = None,
 ) -> torch.Tensor:
-    """Decode a tensor map, optionally requiring a dtype name and a shape (None = any size)."""
+    """Decode a tensor map, optionally requiring a dtype name (or one of several) and a shape
+    (None = any size)."""
     if not isinstance(obj, dict):
         raise WireError(f"tensor is a {type(obj).__name__}, expected a map")
     if set(obj) != {"dtype", "shape", "data"}:
@@ -60,8 +65,10 @@ def tensor_from_wire(
     name, dims, data = obj["dtype"], obj["shape"], obj["data"]
     if not isinstance(name, str) or name not in DTYPES:
         raise WireError(f"unknown tensor dtype {name!r}")
-    if dtype is not None and name != dtype:
+    if isinstance(dtype, str) and name != dtype:
         raise WireError(f"tensor dtype is {name}, expected {dtype}")
+    if isinstance(dtype, tuple) and name not in dtype:
+        raise WireError(f"tensor dtype is {name}, expected one of {', '.join(dtype)}")
     if not isinstance(dims, list) or len(dims) > MAX_DIMS:
         raise WireError(f"tensor shape must be a list of at most {MAX_DIMS} dims")
     for d in dims:

@@ -60,14 +60,17 @@ def node_config(tmp: Path, name: str, *, boot: list[str] | None = None,
 
 
 @asynccontextmanager
-async def network(tmp: Path, model: str, spans: list[list[int]], **client_inference: Any):
-    """Stage nodes serving `spans` of `model`, and a client node; yields (client, stages)."""
+async def network(tmp: Path, model: str, spans: list[list[int]], *,
+                  serve: list[dict[str, Any]] | None = None, **client_inference: Any):
+    """Stage nodes serving `spans` of `model` (with `serve[i]`'s extra serve keys), and a
+    client node; yields (client, stages)."""
     async with AsyncExitStack() as stack:
         stages: list[Node] = []
         boot: list[str] = []
         for i, span in enumerate(spans):
             node = await stack.enter_async_context(Node(node_config(
-                tmp, f"stage{i}", boot=boot, serve={"model": model, "layers": span})))
+                tmp, f"stage{i}", boot=boot,
+                serve={"model": model, "layers": span, **(serve[i] if serve else {})})))
             stages.append(node)
             boot = boot or [node.addrs[0]]
         client = await stack.enter_async_context(

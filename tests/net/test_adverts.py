@@ -83,6 +83,23 @@ def test_signing_the_vector_record_reproduces_the_vector_bytes():
     assert signed() == vectors("adverts.md")["advert"]
 
 
+def test_precision_is_optional_on_the_wire_and_signed_when_present():
+    # the spec vector has none (older peers): it decodes as "not stated"
+    assert make_advert().precision == ""
+    assert "precision" not in make_advert().body()
+    raw = signed(precision="bfloat16")
+    assert msgpack.unpackb(msgpack.unpackb(raw)["body"])["precision"] == "bfloat16"
+    v = AdvertValidator(NET)
+    assert v.accept(raw, ALICE.peer_id, now_ms=T0).precision == "bfloat16"
+    env = msgpack.unpackb(raw)
+    body = msgpack.unpackb(env["body"])
+    body["precision"] = "float32"  # a relay cannot upgrade a peer's stated precision
+    env["body"] = msgpack.packb(body, use_bin_type=True)
+    with pytest.raises(AdvertBadSignature):
+        AdvertValidator(NET).accept(msgpack.packb(env, use_bin_type=True), ALICE.peer_id,
+                                    now_ms=T0)
+
+
 # -- validation rules --------------------------------------------------------------------------
 
 
@@ -199,6 +216,9 @@ def test_an_older_or_equal_sequence_number_is_a_replay():
         ("tee_digest", "hex"),
         ("hardware", {"cpu_count": 1}),
         ("model", "m" * 129),
+        ("precision", 32),
+        ("precision", "f" * 17),
+        ("precision", None),
     ],
 )
 def test_record_fields_out_of_type_or_bounds_are_malformed(field, value):

@@ -4,7 +4,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from p2pinfer.errors import WireError
-from p2pinfer.wire import DTYPES, decode_message, encode_message, tensor_from_wire, tensor_to_wire
+from p2pinfer.wire import (
+    ACTIVATION_DTYPES,
+    DTYPES,
+    decode_message,
+    encode_message,
+    tensor_from_wire,
+    tensor_to_wire,
+)
 
 
 @pytest.mark.parametrize("name", sorted(DTYPES))
@@ -58,6 +65,17 @@ def test_expected_dtype_and_shape_are_enforced():
         tensor_from_wire(wire, dtype="float16")
     with pytest.raises(WireError, match="shape"):
         tensor_from_wire(wire, shape=(1, None, 16))
+
+
+def test_an_activation_may_come_in_any_float_precision_but_nothing_else():
+    for dt in (torch.float32, torch.bfloat16, torch.float16):
+        got = tensor_from_wire(tensor_to_wire(torch.ones(1, 2, 8, dtype=dt)),
+                               dtype=ACTIVATION_DTYPES)
+        assert got.dtype == dt
+    for dt in (torch.int64, torch.float64, torch.uint8):
+        with pytest.raises(WireError, match="expected one of"):
+            tensor_from_wire(tensor_to_wire(torch.ones(1, 2, 8, dtype=dt)),
+                             dtype=ACTIVATION_DTYPES)
 
 
 def test_empty_tensor_with_absurd_dims_is_a_wire_error():
