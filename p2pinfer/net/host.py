@@ -154,6 +154,16 @@ class Host:
         info = parse_peer_addr(maddr)
         if str(info.peer_id) == self.peer_id:
             raise DialError("refusing to dial ourselves")
+        if not self.is_connected(str(info.peer_id)):
+            # an explicit address is fresh information. libp2p refuses for a while a peer
+            # whose every address failed (negative cache), and dials only one TCP address per
+            # peer, the oldest it stored; both kept a peer that restarted on a new port (a
+            # requester, say) unreachable. Our callers pace their own re-dials.
+            network = self.lp2p.get_network()
+            unblock = getattr(network, "unblock_peer", None)
+            if unblock is not None:
+                unblock(info.peer_id)
+            self.lp2p.get_peerstore().clear_addrs(info.peer_id)
         await self._dial(info, timeout_s)
         return str(info.peer_id)
 

@@ -6,6 +6,7 @@ of a module; each test runs its own short-lived client node in-process.
 
 from __future__ import annotations
 
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -52,8 +53,10 @@ def start_testnet(tmp: Path, faults: list[str], threads: list[int] | None = None
 
 
 def client_config(net: Testnet, tmp: Path, name: str) -> Any:
+    # a fresh identity per attempt: a rerun must not look like the last attempt's requester
+    data_dir = tmp / f"{name}-{secrets.token_hex(4)}"
     return config_from_dict({
-        "node": {"name": name, "data_dir": str(tmp / name), "network_id": net.network_id,
+        "node": {"name": name, "data_dir": str(data_dir), "network_id": net.network_id,
                  "roles": ["client"]},
         "net": {"bootstrap": [net.peers[0].addrs[0]], "dht": False},
         "control": {"enabled": False},

@@ -11,6 +11,7 @@ from libp2p.discovery.events.peerDiscovery import peerDiscovery
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo as Libp2pPeerInfo
 
+from p2pinfer.net.host import DialError
 from p2pinfer.identity import NodeIdentity
 
 from .conftest import free_port, node_config, node_runner, wait_until
@@ -127,6 +128,25 @@ async def test_peers_find_each_other_again_after_the_bootstrap_peer_restarts(tmp
         # name, may have reconnected first while a dial into the dying peer was timing out)
         assert a.bootstrap is not None
         await wait_until(lambda: a.bootstrap.dials >= 2, 15, "bootstrap re-dial")
+
+
+async def test_a_peer_that_restarted_on_another_port_is_reachable_at_once(tmp_path):
+    # dialing it while it was down put it in libp2p's negative cache; its new address (as a
+    # signed task or an advert names it) must still be dialable straight away
+    ident = NodeIdentity.generate()
+    async with node_runner() as runner:
+        a = await runner.start(node_config(tmp_path, "a", net={"dht": False}))
+        b = await runner.start(node_config(tmp_path, "b", net={"dht": False}), ident)
+        old = b.addrs[0]
+        await a.connect(old)
+        await runner.stop(b)
+        await wait_until(lambda: ident.peer_id not in a.connected_peers(), 10, "disconnect")
+        with pytest.raises(DialError):
+            await a.host.connect(old)
+        b2 = await runner.start(node_config(tmp_path, "b2", net={"dht": False}), ident)
+        assert b2.addrs[0] != old
+        with trio.fail_after(15):
+            assert await a.host.connect(b2.addrs[0]) == ident.peer_id
 
 
 async def test_mdns_discoveries_from_zeroconfs_thread_reach_the_node_and_are_dialed(tmp_path):
