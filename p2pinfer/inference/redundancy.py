@@ -68,6 +68,7 @@ from p2pinfer.consensus import (
     fingerprint,
     sign_claim,
     tally,
+    tolerance_for,
     verify_fault_evidence,
 )
 from p2pinfer.consensus.errors import FingerprintMismatch
@@ -203,9 +204,6 @@ def task_tolerance(task: Task) -> float:
 def peer_tolerance(node: Any, peer_id: str) -> float:
     """The vote tolerance a peer's advertised compute precision needs; a peer that states
     none, or one not calibrated, gets the bfloat16 tolerance."""
-    from p2pinfer.consensus.errors import FingerprintError
-    from p2pinfer.consensus.fingerprint import tolerance_for
-
     row = node.peer(peer_id)
     try:
         return tolerance_for([row.advert.precision if row is not None else ""])

@@ -393,8 +393,8 @@ class StageServer:
                 session.last_seq = seq
                 ctx_in = HopContext(session.task.task_id, session.stage, seq, session.upstream)
                 runner = self.runners[session.task.mode]
-                if fetched is not None:
-                    hidden = fetched.to(view.dtype)
+                if fetched is not None:  # any float precision: the span casts it
+                    hidden = fetched
                 else:  # a runner may take another wire dtype (critical: fixed-point int64);
                     # float activations of any precision are cast by the span
                     hidden = await self.hop.unpack(

@@ -25,9 +25,11 @@ from p2pinfer.models.cache import KVCache
 from p2pinfer.models.checkpoint import Checkpoint, ModelInfo, dtype_name
 from p2pinfer.models.errors import CacheError, ModelError, SpanInputError
 from p2pinfer.models.sampling import Sampler, generate
+from p2pinfer.wire import ACTIVATION_DTYPES as WIRE_ACTIVATION_DTYPES
+from p2pinfer.wire import DTYPES
 
 #: activation dtypes a span takes from the wire (cast to its own compute dtype)
-ACTIVATION_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+ACTIVATION_DTYPES = tuple(DTYPES[name] for name in WIRE_ACTIVATION_DTYPES)
 
 
 class _Layers:

@@ -3,9 +3,9 @@
 Settings chosen for 5-20 peers (measured on loopback, see tests/net/test_gossip.py): the mesh
 degree bounds are wide (D=8, D_lo=6, D_hi=24) so a network of up to ~24 peers is never pruned,
 which avoids the GRAFT-after-PRUNE penalties that emptied meshes with libp2p's defaults; the
-heartbeat is `gossip.heartbeat_s`; IP-diversity (eclipse) protection is off when every listen address is loopback, where all peers
-share one IP. Messages are signed by libp2p (strict signing), so the origin peer id is
-authenticated.
+heartbeat is `gossip.heartbeat_s`; IP-diversity (eclipse) protection is off when every listen
+address is loopback, where all peers share one IP. Messages are signed by libp2p (strict
+signing), so the origin peer id is authenticated.
 
 Rate limiting is per origin: each topic accepts `gossip.max_msgs_per_s` messages per second
 from one publisher (a token bucket holding two seconds' worth), counted where the message is
