@@ -132,6 +132,8 @@ class RouteSession:
         self.result_ready = trio.Event()
         self.report: Any = None
         self.closed = False
+        #: once closed: until when the result hops still wait for late answers
+        self.late_until = 0.0
 
     @property
     def route(self) -> tuple[StagePlan, ...]:
@@ -290,9 +292,13 @@ class InferenceClient:
         try:
             while True:
                 if session.closed:
-                    # the requester is done: wait briefly for the route's own `close` so the
-                    # last stage sees an orderly end, not a vanished requester
-                    up.timeout_s = 2.0
+                    # the requester is done: wait for the route's own `close` so the last
+                    # stage sees an orderly end, not a vanished requester; a replica that lags
+                    # (behind a stalled upstream) may still answer while its claim can count
+                    left = session.late_until - trio.current_time()
+                    if left <= 0:
+                        break
+                    up.timeout_s = left
                 try:
                     msg = await up.recv(expect={"step", "close", "fault"})
                 except EndOfStream:
@@ -405,6 +411,9 @@ class InferenceClient:
 
     async def _close(self, session: RouteSession) -> None:
         session.closed = True
+        consensus = self.consensus
+        window = consensus.tally_window_s if consensus is not None and session.redundant else 0.0
+        session.late_until = trio.current_time() + max(2.0, window)
         self.sessions.pop(session.task.task_id, None)
         end_hops = getattr(self.hop, "end_hops", None)
         if end_hops is not None:  # erase the session's hop keys
@@ -419,8 +428,16 @@ class InferenceClient:
                     pass
                 await up.aclose()
         session.result_send.close()
-        consensus = self.consensus
         if consensus is not None:
+            # answers that came after their step was decided and were not read yet still
+            # count in the background tally
+            while True:
+                try:
+                    item = session.result_recv.receive_nowait()
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+                if isinstance(item, StepResult):
+                    consensus.late_result(item.peer, item.fields)
             consensus.forget_task(session.task.task_id)
 
     async def _blame(self, session: RouteSession, failure: StageFailure) -> str | None:

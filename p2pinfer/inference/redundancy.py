@@ -628,21 +628,35 @@ class ConsensusService:
     def _store(self, item: StoredOutput) -> None:
         self.outputs[(item.task.task_id, item.stage, item.step)] = item
         while len(self.outputs) > MAX_STORED_OUTPUTS:
-            self.outputs.popitem(last=False)
+            _, dropped = self.outputs.popitem(last=False)
+            dropped.hidden.zero_()
 
     def forget_task(self, task_id: bytes) -> None:
-        """A session ended: zero and drop its kept outputs now, its claims once the last
-        tallies ran."""
+        """A session ended. Its kept outputs stay fetchable, and its claims countable, for as
+        long as a late claim can still count in a tally (`tally_window_s`): a replica that lags
+        behind a stalled upstream fetches its input from them after the requester is done, so
+        its claim is tallied instead of being reported missing. Then they are zeroed and
+        dropped."""
+        if self._nursery is None:
+            self._drop_outputs(task_id)
+            self.claims.forget(task_id)
+        else:
+            self.spawn(self._forget_later, task_id)
+
+    @property
+    def tally_window_s(self) -> float:
+        """How long after a majority a late claim still counts in the background tally."""
+        return self.timings.late_grace_s + self.timings.missing_grace_s
+
+    def _drop_outputs(self, task_id: bytes) -> None:
         for key in [k for k in self.outputs if k[0] == task_id]:
             item = self.outputs.pop(key)
             item.hidden.zero_()
-        if self._nursery is None:
-            self.claims.forget(task_id)
-        else:
-            self.spawn(self._forget_claims_later, task_id)
 
-    async def _forget_claims_later(self, task_id: bytes) -> None:
-        await trio.sleep(self.timings.late_grace_s + self.timings.missing_grace_s + 1.0)
+    async def _forget_later(self, task_id: bytes) -> None:
+        await trio.sleep(self.tally_window_s)
+        self._drop_outputs(task_id)
+        await trio.sleep(1.0)
         self.claims.forget(task_id)
 
     async def _send_claim(self, peer: str, encoded: bytes) -> None:
