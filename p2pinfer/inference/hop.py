@@ -26,6 +26,21 @@ class HopContext:
     peer_id: str
 
 
+#: label spaces of one-shot hops (`seal_once`): a stage output fetched by a downstream replica
+#: or the requester, and the input the requester sends an auditor. Route hops use stages below
+#: 2^30, so no one-shot record can pass for a route step or for the other kind.
+SIDE_FETCH = 0x8000_0000
+SIDE_AUDIT = 0xC000_0000
+
+
+def side_label(kind: int, stage: int) -> int:
+    """The record-layer stage index of a one-shot hop about `stage` (kind SIDE_FETCH or
+    SIDE_AUDIT)."""
+    if kind not in (SIDE_FETCH, SIDE_AUDIT) or not 0 <= stage < 1 << 30:
+        raise ValueError("a side label needs SIDE_FETCH or SIDE_AUDIT and a stage below 2^30")
+    return kind | stage
+
+
 class HopCodec(Protocol):
     async def pack(self, hidden: torch.Tensor, ctx: HopContext) -> dict[str, Any]: ...
 

@@ -73,6 +73,7 @@ from p2pinfer.consensus import (
 )
 from p2pinfer.consensus.errors import FingerprintMismatch
 from p2pinfer.errors import P2PInferError, WireError
+from p2pinfer.inference.hop import SIDE_AUDIT, SIDE_FETCH, HopContext, side_label
 from p2pinfer.inference.task import Task, TaskError
 from p2pinfer.wire import (
     ACTIVATION_DTYPES,
@@ -533,12 +534,12 @@ class ConsensusService:
             self.counters["claims_received"] += 1
             return encode_message("ok")
         if msg.t == "fetch":
-            return self._serve_fetch(msg, peer_id)
+            return await self._serve_fetch(msg, peer_id)
         if msg.t == "audit":
             return await self._serve_audit(msg, peer_id)
         raise WireError(f"unexpected votes message {msg.t[:32]!r}")
 
-    def _serve_fetch(self, msg: Message, peer_id: str) -> bytes:
+    async def _serve_fetch(self, msg: Message, peer_id: str) -> bytes:
         key = (msg.get("task", bytes), msg.get("stage", int), msg.get("step", int))
         stored = self.outputs.get(key)
         if stored is None:
@@ -551,8 +552,37 @@ class ConsensusService:
             self.counters["fetches_refused"] += 1
             raise TaskError(f"peer {peer_id} is not downstream of stage {stage}")
         self.counters["fetches_served"] += 1
-        return encode_message("output", {"hidden": tensor_to_wire(stored.hidden),
-                                         "pos": stored.pos, "claim": stored.claim})
+        return encode_message("output", {**await self._tensor_fields(
+            stored.hidden, task, SIDE_FETCH, stage, stored.step, peer_id),
+            "pos": stored.pos, "claim": stored.claim})
+
+    def _channels(self) -> Any:
+        """The node's channel codec when activations must travel sealed, else None."""
+        hop = getattr(getattr(self.node, "inference", None), "hop", None)
+        return hop if getattr(hop, "name", "") == "channel" else None
+
+    async def _tensor_fields(self, hidden: torch.Tensor, task: Task, side: int, stage: int,
+                             step: int, peer: str) -> dict[str, Any]:
+        """An activation for a fetch reply or an audit request: sealed under a one-shot hop
+        of the attested channel to `peer` when channels are required, else in the clear
+        (inside libp2p's Noise stream), as on the route itself."""
+        channels = self._channels()
+        if channels is None:
+            return {"hidden": tensor_to_wire(hidden)}
+        return await channels.seal_once(hidden, HopContext(task.task_id, side_label(side, stage),
+                                                           step, peer))
+
+    async def _tensor_from(self, fields: dict[str, Any], task: Task, side: int, stage: int,
+                           step: int, peer: str, hidden_size: int | None) -> torch.Tensor:
+        max_bytes = self.node.config.limits.max_tensor_bytes
+        channels = self._channels()
+        if channels is None:
+            return tensor_from_wire(fields.get("hidden"), max_bytes=max_bytes,
+                                    dtype=ACTIVATION_DTYPES,
+                                    shape=None if hidden_size is None else (1, None, hidden_size))
+        return await channels.open_once(
+            fields, HopContext(task.task_id, side_label(side, stage), step, peer),
+            hidden_size=hidden_size, dtype=ACTIVATION_DTYPES, max_bytes=max_bytes)
 
     async def _serve_audit(self, msg: Message, peer_id: str) -> bytes:
         stage_server = getattr(getattr(self.node, "inference", None), "stage", None)
@@ -570,10 +600,8 @@ class ConsensusService:
         if task.model_id != span.info.model_id or not (
                 span.start <= plan.start and plan.end <= span.end):
             raise TaskError("this peer does not serve the audited layers")
-        hidden = tensor_from_wire(msg.get("hidden", dict),
-                                  max_bytes=self.node.config.limits.max_tensor_bytes,
-                                  dtype=ACTIVATION_DTYPES,
-                                  shape=(1, None, span.info.hidden_size))
+        hidden = await self._tensor_from(msg.fields, task, SIDE_AUDIT, stage, 0, peer_id,
+                                         span.info.hidden_size)
         view = span.slice(plan.start, plan.end)
         out = await trio.to_thread.run_sync(view.forward, hidden, view.new_cache(), 0)
         claim = sign_claim(self.node.identity, self.node.peer_id,
@@ -582,7 +610,8 @@ class ConsensusService:
         self.counters["audits_served"] += 1
         return encode_message("audited", {"claim": claim.encode()})
 
-    async def fetch(self, peer: str, task: Task, stage: int, step: int
+    async def fetch(self, peer: str, task: Task, stage: int, step: int,
+                    hidden_size: int | None = None
                     ) -> tuple[torch.Tensor, FingerprintClaim | None]:
         """Fetch a stage output from the replica `peer` (RemoteError when it refuses)."""
         from p2pinfer.inference.stage import ensure_connected
@@ -592,9 +621,8 @@ class ConsensusService:
         reply = await self.node.request(peer, VOTES_PROTOCOL, "fetch",
                                         {"task": task.task_id, "stage": stage, "step": step},
                                         timeout=10.0, expect={"output"})
-        hidden = tensor_from_wire(reply.get("hidden", dict),
-                                  max_bytes=self.node.config.limits.max_tensor_bytes,
-                                  dtype=ACTIVATION_DTYPES)
+        hidden = await self._tensor_from(reply.fields, task, SIDE_FETCH, stage, step, peer,
+                                         hidden_size)
         claim = None
         raw = reply.get("claim", bytes, b"")
         if raw:
@@ -992,8 +1020,9 @@ class ConsensusService:
 
         try:
             await ensure_connected(self.node, auditor)
+            fields = await self._tensor_fields(hidden_in, task, SIDE_AUDIT, stage, 0, auditor)
             reply = await self.node.request(auditor, VOTES_PROTOCOL, "audit", {
-                "task": task.to_wire(), "stage": stage, "hidden": tensor_to_wire(hidden_in)},
+                "task": task.to_wire(), "stage": stage, **fields},
                 timeout=30.0, expect={"audited"})
             claim = decode_claim(reply.get("claim", bytes))
             claim.verify(self.keys)

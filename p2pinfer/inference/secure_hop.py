@@ -139,21 +139,37 @@ class ChannelHop:
         hop = self._send.get(key)
         if hop is not None and not hop.pair.closed and not hop.layer.closed:
             return hop
+        fresh = await self._new_send_hop(ctx)
+        if hop is not None:
+            hop.erase()
+        self._send[key] = fresh
+        return fresh
+
+    async def _new_send_hop(self, ctx: HopContext) -> _Hop:
         try:
             pair = await self.attestation.channel_to(ctx.peer_id)
         except (P2PInferError, OSError) as e:
             raise HopRefused(ctx.stage, ctx.peer_id, f"no attested channel to stage "
                              f"{ctx.stage} ({ctx.peer_id}): {e}") from None
         salt = secrets.token_bytes(SALT_BYTES)
-        layer = pair.channel.derive_hop(hop_label(ctx.task_id, ctx.stage), salt)
-        if hop is not None:
-            hop.erase()
-        hop = _Hop(pair, salt, layer)
-        self._send[key] = hop
-        return hop
+        return _Hop(pair, salt, pair.channel.derive_hop(hop_label(ctx.task_id, ctx.stage), salt))
 
     async def pack(self, hidden: torch.Tensor, ctx: HopContext) -> dict[str, Any]:
-        hop = await self._send_hop(ctx)
+        return await self._seal(await self._send_hop(ctx), hidden, ctx)
+
+    async def seal_once(self, hidden: torch.Tensor, ctx: HopContext) -> dict[str, Any]:
+        """Seal one tensor under a hop of its own (fresh salt, erased at once): a fetched
+        output or an audit input, outside the route's step sequence. `ctx.stage` should be a
+        `side_label` (p2pinfer.inference.hop)."""
+        hop = await self._new_send_hop(ctx)
+        try:
+            fields = await self._seal(hop, hidden, ctx)
+            fields["sealed"] = bytes(fields["sealed"])
+            return fields
+        finally:
+            hop.erase()
+
+    async def _seal(self, hop: _Hop, hidden: torch.Tensor, ctx: HopContext) -> dict[str, Any]:
         wire = tensor_wire_view(hidden)
         data = wire["data"]
         layer = hop.layer
@@ -187,6 +203,13 @@ class ChannelHop:
                 and hmac.compare_digest(hop.pair.channel_id, channel_id)
                 and not hop.pair.closed and not hop.layer.closed):
             return hop
+        fresh = self._new_recv_hop(ctx, channel_id, salt)
+        if hop is not None:
+            hop.erase()
+        self._recv[key] = fresh
+        return fresh
+
+    def _new_recv_hop(self, ctx: HopContext, channel_id: bytes, salt: bytes) -> _Hop:
         pair = self.attestation.channel_by_id(channel_id)
         if pair is None:
             raise PeerNotAttested("no attested channel with that id (the sender must open one)")
@@ -199,12 +222,8 @@ class ChannelHop:
             pair.channel.close()
             raise PeerNotAttested("the channel served its last hop; open a new one")
         pair.seen_salts.add(bytes(salt))
-        layer = pair.channel.derive_hop(hop_label(ctx.task_id, ctx.stage), salt)
-        if hop is not None:
-            hop.erase()
-        hop = _Hop(pair, bytes(salt), layer)
-        self._recv[key] = hop
-        return hop
+        return _Hop(pair, bytes(salt), pair.channel.derive_hop(hop_label(ctx.task_id, ctx.stage),
+                                                               salt))
 
     async def _open(self, hop: _Hop, frame: bytes, size: int) -> Any:
         try:
@@ -229,6 +248,19 @@ class ChannelHop:
         dtype: str | tuple[str, ...],
         max_bytes: int,
     ) -> torch.Tensor:
+        return await self._unseal(fields, ctx, hidden_size=hidden_size, dtype=dtype,
+                                  max_bytes=max_bytes, once=False)
+
+    async def open_once(self, fields: dict[str, Any], ctx: HopContext, *, hidden_size: int,
+                        dtype: str | tuple[str, ...], max_bytes: int) -> torch.Tensor:
+        """Open a tensor sealed with `seal_once` (its hop's keys are erased at once; a second
+        use of its salt is refused as a replay)."""
+        return await self._unseal(fields, ctx, hidden_size=hidden_size, dtype=dtype,
+                                  max_bytes=max_bytes, once=True)
+
+    async def _unseal(self, fields: dict[str, Any], ctx: HopContext, *, hidden_size: int,
+                      dtype: str | tuple[str, ...], max_bytes: int, once: bool
+                      ) -> torch.Tensor:
         sealed, meta, channel_id, salt = (
             fields.get(k) for k in ("sealed", "meta", "channel", "hop_salt"))
         if sealed is None:
@@ -245,15 +277,19 @@ class ChannelHop:
         overhead = RecordLayer.frame_size(0, ctx.task_id)
         if len(sealed) > max_bytes + overhead:
             raise WireError(f"sealed activation of {len(sealed)} bytes exceeds the limit")
-        hop = self._recv_hop(ctx, channel_id, salt)
-        record = await self._open(hop, meta, 0)
-        self._check_binding(record, RecordKind.DATA, ctx)
+        hop = (self._new_recv_hop if once else self._recv_hop)(ctx, channel_id, salt)
         try:
-            desc = _read_meta(record.payload, ctx.seq)
+            record = await self._open(hop, meta, 0)
+            self._check_binding(record, RecordKind.DATA, ctx)
+            try:
+                desc = _read_meta(record.payload, ctx.seq)
+            finally:
+                wipe(record.payload)
+            record = await self._open(hop, sealed, len(sealed))
+            self._check_binding(record, RecordKind.TENSOR, ctx)
         finally:
-            wipe(record.payload)
-        record = await self._open(hop, sealed, len(sealed))
-        self._check_binding(record, RecordKind.TENSOR, ctx)
+            if once:
+                hop.erase()
         wire = {"dtype": desc["dtype"], "shape": desc["shape"], "data": record.payload}
         try:
             # the decrypted buffer becomes the tensor's memory: no copy of the plaintext

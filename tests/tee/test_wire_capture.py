@@ -7,6 +7,7 @@ check finds the activations in the stream bytes, which shows the check can fail.
 from __future__ import annotations
 
 import pytest
+import torch
 from libp2p.network.stream.net_stream import NetStream
 
 from p2pinfer.inference.hop import PlainHop
@@ -69,3 +70,48 @@ async def test_stream_bytes_hold_the_activations_without_channels(tmp_path, llam
         await _generate(client, str(llama))
     assert len(activations) == 3 * 4
     assert _found(written, activations) == len(activations)
+
+
+
+async def _fetch_and_audit(client, stages, model, written) -> tuple[bool | None, object, object]:
+    """While a generation's session is open, the requester fetches stage 0's stored prefill
+    output over the votes protocol and audits stage 1 on the spare replica of its span
+    (fetching stage 0's output and stage 1's claim, sending the auditor its input)."""
+    c = client.inference.client(model)
+    result = None
+    async for _ in c.generate([5, 17, 42, 3, 9, 11], 3, Sampler(SamplingParams(temperature=0))):
+        if result is not None:
+            continue
+        stored = next(iter(stages[0].inference.consensus.outputs.values()))
+        consensus = client.inference.consensus
+        written.clear()  # from here on only the fetches and the audit write
+        fetched, claim = await consensus.fetch(stages[0].peer_id, stored.task, 0, 0)
+        assert torch.equal(fetched, stored.hidden) and claim is not None
+        on_route = stored.task.route[1].replicas[0]
+        spare = stages[2] if on_route == stages[1].peer_id else stages[1]
+        ok = await consensus.audit_stage(stored.task, 1, stored.hidden, [spare.peer_id])
+        result = (ok, stored.hidden.clone(), spare)
+        snapshot = list(written)
+    written[:] = snapshot
+    assert result is not None
+    return result
+
+
+async def test_fetched_outputs_and_audit_inputs_are_sealed_too(tmp_path, llama, wire):
+    written, _ = wire
+    spans = [[0, 3], [3, 6], [3, 6]]
+    async with tee_network(tmp_path, str(llama), spans) as (client, stages):
+        ok, hidden, spare = await _fetch_and_audit(client, stages, str(llama), written)
+        assert ok is True
+        assert spare.inference.consensus.counters["audits_served"] == 1
+        assert client.inference.hop.name == "channel"
+    assert _found(written, [hidden.contiguous().numpy().tobytes()]) == 0
+
+
+async def test_fetched_outputs_travel_in_the_clear_without_channels(tmp_path, llama, wire):
+    written, _ = wire
+    spans = [[0, 3], [3, 6], [3, 6]]
+    async with tee_network(tmp_path, str(llama), spans, trust=None) as (client, stages):
+        ok, hidden, _ = await _fetch_and_audit(client, stages, str(llama), written)
+        assert ok is True
+    assert _found(written, [hidden.contiguous().numpy().tobytes()]) == 1
