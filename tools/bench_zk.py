@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import sys
@@ -38,6 +39,7 @@ from p2pinfer.zk.group import pedersen_params
 from p2pinfer.zk.shard import generator_count_for, params_for
 
 FRAC_BITS = 12
+GELU_FRAC_BITS = 8  # GELU tables exist up to f = 10
 EZKL_RECORDED = {"prove": 12.0, "setup": 11.0, "verify": 0.05, "size": 96_000}
 
 
@@ -117,8 +119,10 @@ def float_mlp(rng: np.random.Generator, dims: list[int]) -> list[tuple[np.ndarra
             for a, b in pairwise(dims)]
 
 
-def bench_ours_small(layers, x_float, repeat: int) -> dict:
-    shard = ProvableMlp.from_float(layers, activations="relu", frac_bits=FRAC_BITS)
+def bench_ours_small(layers, x_float, repeat: int, act: str = "relu",
+                     frac_bits: int = FRAC_BITS) -> dict:
+    shard = ProvableMlp.from_float(layers, activations=[act, "identity"] if act == "gelu"
+                                   else act, frac_bits=frac_bits)
     x = shard.quantize(x_float)
     t = time.perf_counter()
     pedersen_params(max(64, generator_count_for(shard.layers, x.shape[0])))
@@ -133,8 +137,12 @@ def bench_ours_small(layers, x_float, repeat: int) -> dict:
     proof = proofs[-1]
     t_verify = median_time(lambda: verify(committed.commitment, x, y, proof, binding), repeat)
     ref = x_float
-    for w, b in layers:
-        ref = np.maximum(ref @ w + b, 0)
+    for k, (w, b) in enumerate(layers):
+        ref = ref @ w + b
+        if act == "relu":
+            ref = np.maximum(ref, 0)
+        elif k == 0:  # gelu, then identity
+            ref = ref * 0.5 * (1 + np.vectorize(math.erf)(ref / math.sqrt(2)))
     err = float(np.abs(shard.dequantize(y) - ref).max())
     return {"prove": t_prove, "verify": t_verify, "size": len(proof.to_bytes()),
             "setup": setup, "generators": gens, "max_abs_err": err}
@@ -217,6 +225,10 @@ def report_small(args) -> None:
     print(f"ours: setup = weight commitment (generator derivation, once per process: "
           f"{fmt_s(ours['generators'])}); fixed point f={FRAC_BITS}, max |error| vs float "
           f"{ours['max_abs_err']:.4f}")
+    gelu = bench_ours_small(layers, x, args.repeat, act="gelu", frac_bits=GELU_FRAC_BITS)
+    print(f"ours with GELU by lookup (256 -> 256 GELU -> 256, f={GELU_FRAC_BITS}): prove {fmt_s(gelu['prove'])}, "
+          f"verify {fmt_s(gelu['verify'])}, proof {gelu['size'] / 1000:.1f} KB, "
+          f"max |error| vs float {gelu['max_abs_err']:.4f} (EZKL not run on this variant)")
     if "logrows" in ref:
         print(f"EZKL: setup = settings + calibration + compile + SRS (2^{ref['logrows']}) + keys;"
               f" proof size = raw halo2 proof bytes (its proof.json file: "

@@ -5,7 +5,7 @@ shape [out, in] as a linear map, `layers.{i}.bias`), and the owner's published m
 `zk-manifest.bin` (p2pinfer.zk.ModelManifest bytes: per-layer Hyrax weight commitments).
 Serving peers also hold `zk/`, the owner's commitment caches with the secret row blindings
 (mode 0600); a requester needs only config.json and the manifest. Every layer maps
-hidden_size -> hidden_size: y = act(x W^T + b) (+ x when residual), act in {relu, identity}.
+hidden_size -> hidden_size: y = act(x W^T + b) (+ x when residual), act in {relu, identity, gelu}.
 
 There are no tokens: the "embedding" is the identity on features [1, T, hidden_size] and the
 output is the last hidden state. In general mode the layers run in float; in critical mode in
@@ -41,7 +41,7 @@ ZK_MLP = "p2pinfer-zk-mlp"
 MANIFEST_FILE = "zk-manifest.bin"
 COMMIT_DIR = "zk"
 MAX_MANIFEST_BYTES = 64 << 20
-_ACTIVATIONS = ("relu", "identity")
+_ACTIVATIONS = ("relu", "identity", "gelu")
 _STAMP = "p2pinfer_default.json"
 _FORMAT_VERSION = 1
 
@@ -72,6 +72,11 @@ class MlpConfig(ArchConfig):
         frac = field(raw, "frac_bits", default=8)
         if not 1 <= frac <= 16:
             raise ModelError("frac_bits must be in 1..16")
+        from p2pinfer.zk.shard import MAX_GELU_FRAC_BITS
+
+        if "gelu" in acts and frac > MAX_GELU_FRAC_BITS:
+            raise ModelError(f"GELU layers need frac_bits <= {MAX_GELU_FRAC_BITS} (the size of "
+                             "their lookup table)")
         return cls(
             model_type=MODEL_TYPE, num_layers=layers, hidden_size=hidden, vocab_size=0,
             max_positions=field(raw, "max_positions", default=1024), num_heads=1,
@@ -105,13 +110,15 @@ class Block(nn.Module):
         super().__init__()
         self.register_buffer("weight", w["weight"])
         self.register_buffer("bias", w["bias"])
-        self.relu = cfg.activations[index] == "relu"
+        self.act = cfg.activations[index]
         self.residual = cfg.residual[index]
 
     def forward(self, x: torch.Tensor, cache: Any, slot: int, start_pos: int) -> torch.Tensor:
         y = F.linear(x, self.weight, self.bias)
-        if self.relu:
+        if self.act == "relu":
             y = F.relu(y)
+        elif self.act == "gelu":
+            y = F.gelu(y)  # exact (erf) GELU, which the fixed-point table rounds
         return y + x if self.residual else y
 
 
@@ -237,14 +244,14 @@ def publish_manifest(path: str | Path, model_id: str | None = None) -> bytes:
 
 # -- the built-in model -----------------------------------------------------------------------
 def zk_mlp_config(name: str = ZK_MLP, layers: int = 6, hidden: int = 256,
-                  frac_bits: int = 8) -> dict[str, Any]:
+                  frac_bits: int = 8, activation: str = "relu") -> dict[str, Any]:
     return {
         "model_type": MODEL_TYPE,
         "p2pinfer_name": name,
         "p2pinfer_random_weights": True,
         "num_layers": layers,
         "hidden_size": hidden,
-        "activations": ["relu"] * (layers - 1) + ["identity"],
+        "activations": [activation] * (layers - 1) + ["identity"],
         "residual": False,
         "frac_bits": frac_bits,
         "max_positions": 1024,

@@ -141,6 +141,25 @@ class ProverLedger:
         self.record.matrices.append(encs)
         return blinds
 
+    def put_int_matrix(self, rows: np.ndarray) -> list[int]:
+        """Commit rows of a small-integer matrix (|v| < 2**62); returns the row blindings."""
+        blinds = [random_scalar() for _ in range(len(rows))]
+        return self._put_rows([self.params.commit_small_ints(r, b)
+                               for r, b in zip(rows, blinds)], blinds)
+
+    def put_field_matrix(self, rows: Sequence[Sequence[int]]) -> list[int]:
+        """Commit rows of a matrix of field elements; returns the row blindings."""
+        blinds = [random_scalar() for _ in range(len(rows))]
+        return self._put_rows([self.params.commit_vec(r, b) for r, b in zip(rows, blinds)],
+                              blinds)
+
+    def _put_rows(self, points: list[G1Point], blinds: list[int]) -> list[int]:
+        encs = [encode_point(c) for c in points]
+        for e in encs:
+            self.t.absorb(b"matrix-row", e)
+        self.record.matrices.append(encs)
+        return blinds
+
     def next_matrix(self) -> list[G1Point]:
         raise NotImplementedError  # verifier-only
 

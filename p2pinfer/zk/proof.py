@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import msgpack
@@ -62,6 +63,7 @@ from .shard import (
     ModelManifest,
     ShardCommitment,
     _layer_matrix,
+    gelu_table,
     generator_count_for,
     hyrax_split,
     log2_exact,
@@ -286,6 +288,10 @@ def _layer(
     ni = nt + no
     nb = ni + 5
     relu = lc.activation == "relu"
+    if lc.activation == "gelu":
+        below = _residual_claims(led, lc, nt, claims, x, wit)
+        rho, z_lin = _gelu_head(led, f, nt, ni, claims, below, wit, name)
+        return _matmul_tail(led, lc, nt, nk, rho, z_lin, below, x, wit, name, rows)
 
     # 1. commit the bits of z + 2**31 (Hyrax rows) before any challenge of this layer
     rows_b, cols_b = hyrax_split(nb, 5)
@@ -298,15 +304,7 @@ def _layer(
 
     # 2. split off the residual (a~(p_k), committed unless a is the public input), then merge
     #    the claims on this layer's output with powers of a challenge
-    below: list[Claim] = []
-    if lc.residual:
-        for p, _, live in claims:
-            if x is not None:  # the padded rows of x are zero: no mask needed
-                lin = Lin(const=int_mle_eval(x, p))
-            else:
-                v = dot(_masked_eq(p, live, nt), _flat(wit.a)) if prover else None
-                lin = Lin.var(led.put(v))
-            below.append((p, lin, live))
+    below = _residual_claims(led, lc, nt, claims, x, wit)
     weights = [1]
     if len(claims) > 1:
         alpha = led.challenge(f"{name}/merge".encode())
@@ -370,8 +368,15 @@ def _layer(
         led.check_product(f"{name}/bit-square", i_beta, i_beta, i_b2)
         led.check_dot(f"{name}/bits-opening", bit_rows, row_w, ys, opened)
     z_lin = Lin.var(i_z) - (1 << (BITS - 1))
+    return _matmul_tail(led, lc, nt, nk, rho, z_lin, below, x, wit, name, rows)
 
-    # 4. bias and matrix product
+
+def _matmul_tail(led, lc: LayerCommitment, nt: int, nk: int, rho: list[int], z_lin: Lin,
+                 below: list[Claim], x: np.ndarray | None, wit: _Witness | None, name: str,
+                 rows: list | None) -> list[Claim]:
+    """4. z~(rho) = b~(rho_out) + sum_k a~(rho_tok, k) W~(k, rho_out): the claim on a~ (or the
+    check against the public x) goes to the layer below."""
+    prover = wit is not None
     rho_tok, rho_out = rho[:nt], rho[nt:]
     if lc.bias_rows is not None:
         i_bias = _open_vector(led, f"{name}/bias-opening", rho_out,
@@ -399,6 +404,238 @@ def _layer(
     else:
         led.check_product(f"{name}/matmul-product", i_a, i_w, i_p)
     return [*below, (a_point, Lin.var(i_a), 1 << nt)]
+
+
+def _residual_claims(led, lc: LayerCommitment, nt: int, claims: list[Claim],
+                     x: np.ndarray | None, wit: _Witness | None) -> list[Claim]:
+    """For a residual layer, a~(p_k) at each claim's point (committed, or computed from x by
+    the verifier at the first layer): split off the output claims, passed to the layer below."""
+    below: list[Claim] = []
+    if lc.residual:
+        for p, _, live in claims:
+            if x is not None:  # the padded rows of x are zero: no mask needed
+                lin = Lin(const=int_mle_eval(x, p))
+            else:
+                v = dot(_masked_eq(p, live, nt), _flat(wit.a)) if wit is not None else None
+                lin = Lin.var(led.put(v))
+            below.append((p, lin, live))
+    return below
+
+
+# --------------------------------------------------------------------------------------------
+# GELU by a committed logUp lookup (Haboeck, "Multivariate lookups based on logarithmic
+# derivatives", 2022): (q_i, y_i) lies in the table {(t, G(t))} iff, for random beta, gamma,
+#     sum_i 1 / (beta - q_i - gamma y_i) = sum_t m_t / (beta - t - gamma G(t))
+# with m_t the multiplicity of t. The prover commits y, m, then (after beta, gamma) the
+# inverses h and g, and proves h_i (beta - q_i - gamma y_i) = 1 and
+# g_t (beta - t - gamma G(t)) = m_t by zero-checks, and sum h = sum g by two openings.
+
+
+def _act_split(ni: int, nt: int) -> tuple[int, int]:
+    """Hyrax (row, column) variables of an activation table: every token variable is a row
+    variable, so a token mask is a mask on row weights."""
+    cols = min((ni + 1) // 2, ni - nt)
+    return ni - cols, cols
+
+
+def _field_vecmat(w: Sequence[int], rows: Sequence[Sequence[int]]) -> list[int]:
+    out = [0] * len(rows[0])
+    for wr, row in zip(w, rows):
+        if wr:
+            out = [(o + wr * v) % P for o, v in zip(out, row)]
+    return out
+
+
+def _batch_inv(values: list[int]) -> list[int]:
+    """Inverses of nonzero field elements with one exponentiation (Montgomery's trick)."""
+    prefix, acc = [], 1
+    for v in values:
+        prefix.append(acc)
+        acc = acc * v % P
+    inv_acc = inv(acc)
+    out = [0] * len(values)
+    for k in range(len(values) - 1, -1, -1):
+        out[k] = inv_acc * prefix[k] % P
+        inv_acc = inv_acc * values[k] % P
+    return out
+
+
+class _Committed:
+    """A committed table on the prover side (values and Hyrax row blindings) or the verifier
+    side (row commitments), with openings at eq points or against arbitrary weights."""
+
+    def __init__(self, led, split: tuple[int, int], *, ints: np.ndarray | None = None,
+                 field: list[int] | None = None) -> None:
+        self.led, (self.nr, self.nc) = led, split
+        self.ints, self.field = ints, field
+        if ints is not None:
+            self.blinds = led.put_int_matrix(ints.reshape(1 << self.nr, 1 << self.nc))
+        elif field is not None:
+            w = 1 << self.nc
+            self.rows = [field[r * w:(r + 1) * w] for r in range(1 << self.nr)]
+            self.blinds = led.put_field_matrix(self.rows)
+        else:
+            self.points = led.next_matrix(1 << self.nr)
+
+    def open(self, check: str, row_w: list[int], col: list[int]) -> int:
+        """Commit <row_w^T M, col> and prove it against the row commitments."""
+        led = self.led
+        if self.ints is not None:
+            u = int_vecmat(row_w, self.ints.reshape(1 << self.nr, 1 << self.nc))
+        elif self.field is not None:
+            u = _field_vecmat(row_w, self.rows)
+        else:
+            idx = led.put()
+            led.check_dot(check, self.points, row_w, [col], [idx])
+            return idx
+        idx = led.put(dot(u, col))
+        led.prove_dot(u, dot(row_w, self.blinds), [col], [idx])
+        return idx
+
+    def open_at(self, check: str, point: list[int]) -> int:
+        return self.open(check, eq_table(point[:self.nr]), eq_table(point[self.nr:]))
+
+    def open_sum(self, check: str) -> int:
+        return self.open(check, [1] * (1 << self.nr), [1] * (1 << self.nc))
+
+
+class _TableOracle:
+    """Round messages of sum_t e(t) (g(t) T(t) - m(t)) (degree 3)."""
+
+    def __init__(self, e: list[int], g: list[int], t: list[int], m: list[int]) -> None:
+        self.e, self.g, self.t, self.m = e, g, t, m
+
+    def evals(self, claim: int) -> list[int]:
+        h = len(self.e) // 2
+        acc = [0, 0, 0]
+        for k in range(h):
+            e0, e1 = self.e[k], self.e[k + h]
+            g0, g1 = self.g[k], self.g[k + h]
+            t0, t1 = self.t[k], self.t[k + h]
+            m0, m1 = self.m[k], self.m[k + h]
+            for slot, x in ((0, 0), (1, 2), (2, 3)):
+                ex, gx = e0 + x * (e1 - e0), g0 + x * (g1 - g0)
+                tx, mx = t0 + x * (t1 - t0), m0 + x * (m1 - m0)
+                acc[slot] += ex * (gx * tx - mx)
+        g0 = acc[0] % P
+        return [g0, (claim - g0) % P, acc[1] % P, acc[2] % P]
+
+    def bind(self, r: int) -> None:
+        self.e = bind_first(self.e, r)
+        self.g = bind_first(self.g, r)
+        self.t = bind_first(self.t, r)
+        self.m = bind_first(self.m, r)
+
+
+def _gelu_head(led, f: int, nt: int, ni: int, claims: list[Claim], below: list[Claim],
+               wit: _Witness | None, name: str) -> tuple[list[int], Lin]:
+    """Steps 1-3 of a GELU layer: returns (rho, z~(rho) as a committed linear form)."""
+    prover = wit is not None
+    nb = ni + 5
+    table = gelu_table(f)
+    kt = log2_exact(len(table), "table")
+    half = len(table) // 2
+    rows_b, cols_b = hyrax_split(nb, 5)
+    split_a = _act_split(ni, nt)
+    split_t = hyrax_split(kt)
+
+    # 1. commit the bits of z + 2**31, the outputs y = G(q) and the multiplicities m
+    if prover:
+        bits = _bit_decomposition(wit.z)
+        bmat = bits.reshape(1 << rows_b, 1 << cols_b)
+        row_blinds = led.put_bit_matrix(bmat)
+        q = wit.z.reshape(-1) >> f
+        y = table[q + half]
+        mult = np.bincount(q + half, minlength=len(table)).astype(np.int64)
+        com_y = _Committed(led, split_a, ints=y)
+        com_m = _Committed(led, split_t, ints=mult)
+    else:
+        bit_rows = led.next_matrix(1 << rows_b)
+        com_y = _Committed(led, split_a)
+        com_m = _Committed(led, split_t)
+
+    # 2. the claims on this layer's output are openings of y (minus the residual part)
+    for k, (p, lin, live) in enumerate(claims):
+        row_w = eq_table(p[:split_a[0]])
+        live_rows = live * (len(row_w) >> nt)
+        row_w[live_rows:] = [0] * (len(row_w) - live_rows)
+        i_y = com_y.open(f"{name}/output-opening", row_w, eq_table(p[split_a[0]:]))
+        rest = lin - below[k][1] if below else lin
+        led.relate(f"{name}/output", rest - Lin.var(i_y))
+
+    # 3. the lookup: inverses h (per element) and g (per table entry), committed
+    beta = led.challenge(f"{name}/lookup/beta".encode())
+    gamma = led.challenge(f"{name}/lookup/gamma".encode())
+    keys = np.arange(-half, half, dtype=np.int64)
+    t_tab = [(beta - int(t) - gamma * int(g)) % P for t, g in zip(keys, table)]
+    if prover:
+        l_tab = [(beta - int(a) - gamma * int(b)) % P for a, b in zip(q, y)]
+        if 0 in l_tab or 0 in t_tab:
+            raise ProofError("lookup", "a lookup denominator vanished (retry the proof)")
+        h_tab = _batch_inv(l_tab)
+        g_tab = [m * v % P for m, v in zip(mult.tolist(), _batch_inv(t_tab))]
+        com_h = _Committed(led, split_a, field=h_tab)
+        com_g = _Committed(led, split_t, field=g_tab)
+    else:
+        com_h = _Committed(led, split_a)
+        com_g = _Committed(led, split_t)
+
+    # 4. one sum-check over (i, j): lambda/32 eq(r_h, i) h(i) l(i) (sums to lambda: h l = 1)
+    #    plus booleanity of the bits; it ends at (rho, sigma)
+    r_h = [led.challenge(f"{name}/lookup/rh/{k}".encode()) for k in range(ni)]
+    lam = led.challenge(f"{name}/lambda".encode())
+    r_bool = [led.challenge(f"{name}/bool/{k}".encode()) for k in range(nb)]
+    oracle = None
+    if prover:
+        oracle = _BitsOracle(eq_table(r_h), h_tab, l_tab,
+                             BooleanityProver(bits.reshape(-1), r_bool, ni), lam, ni, nb)
+    point, final = sumcheck(led, f"{name}/bits", Lin(const=lam), nb, 3, oracle)
+    rho, sigma = point[:ni], point[ni:]
+    lo = eq_table(rho[rows_b:])
+    y_q = [(1 << (j - f)) if j >= f else 0 for j in range(BITS)]
+    ys = [_kron(lo, y_q), _kron(lo, _POW), _kron(lo, eq_table(sigma))]
+    row_w = eq_table(point[:rows_b])
+    u = int_vecmat(row_w, bmat) if prover else None
+    i_q, i_z, i_beta = (led.put(dot(u, yv) if prover else None) for yv in ys)
+    if prover:
+        led.prove_dot(u, dot(row_w, row_blinds), ys, [i_q, i_z, i_beta])
+    else:
+        led.check_dot(f"{name}/bits-opening", bit_rows, row_w, ys, [i_q, i_z, i_beta])
+    i_yr = com_y.open_at(f"{name}/output-opening", rho)
+    i_h = com_h.open_at(f"{name}/lookup-opening", rho)
+    q_lin = Lin.var(i_q) - (1 << (BITS - 1 - f))
+    l_lin = (q_lin + Lin.var(i_yr) * gamma) * (P - 1) + beta
+    i_l = led.put(led.value(l_lin) if prover else None)
+    led.relate(f"{name}/lookup", Lin.var(i_l) - l_lin)
+    i_hl = led.put(led.values[i_h] * led.values[i_l] if prover else None)
+    i_b2 = led.put(led.values[i_beta] ** 2 if prover else None)
+    expect = (Lin.var(i_hl) * (lam * _INV32 % P * eq_eval(r_h, rho) % P)
+              + (Lin.var(i_beta) - Lin.var(i_b2)) * eq_eval(r_bool, point))
+    led.relate(f"{name}/bits-final", final - expect)
+    if prover:
+        led.prove_product(i_h, i_l, i_hl)
+        led.prove_product(i_beta, i_beta, i_b2)
+    else:
+        led.check_product(f"{name}/lookup-product", i_h, i_l, i_hl)
+        led.check_product(f"{name}/bit-square", i_beta, i_beta, i_b2)
+
+    # 5. the table side: sum_t eq(r_g, t) (g_t T_t - m_t) = 0, T public
+    r_g = [led.challenge(f"{name}/lookup/rg/{k}".encode()) for k in range(kt)]
+    oracle_t = None
+    if prover:
+        oracle_t = _TableOracle(eq_table(r_g), g_tab, t_tab, [int(v) for v in mult])
+    pi, final_t = sumcheck(led, f"{name}/table", Lin(), kt, 3, oracle_t)
+    i_g = com_g.open_at(f"{name}/lookup-opening", pi)
+    i_m = com_m.open_at(f"{name}/multiplicity-opening", pi)
+    t_pi = dot(eq_table(pi), t_tab)
+    led.relate(f"{name}/table-final",
+               final_t - (Lin.var(i_g) * t_pi - Lin.var(i_m)) * eq_eval(r_g, pi))
+
+    # 6. sum h = sum g
+    i_hs = com_h.open_sum(f"{name}/lookup-opening")
+    i_gs = com_g.open_sum(f"{name}/lookup-opening")
+    led.relate(f"{name}/lookup-sums", Lin.var(i_hs) - Lin.var(i_gs))
+    return rho, Lin.var(i_z) - (1 << (BITS - 1))
 
 
 def _bit_decomposition(z: np.ndarray) -> np.ndarray:

@@ -20,6 +20,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
+from math import isqrt
 from pathlib import Path
 
 import msgpack
@@ -40,7 +41,11 @@ from .group import (
 BITS = 32  # width of the pre-activation decomposition (rescale remainder + value + sign)
 MAX_WEIGHT = 1 << 15  # |w| < 2**15
 MAX_DIM = 1 << 14
-ACTIVATIONS = ("relu", "identity")
+ACTIVATIONS = ("relu", "identity", "gelu")
+#: a GELU table covers q in [-2**(f + GELU_RANGE_BITS - 1), 2**(f + GELU_RANGE_BITS - 1)), i.e.
+#: real pre-activations in [-32, 32); GELU layers need frac_bits <= MAX_GELU_FRAC_BITS
+GELU_RANGE_BITS = 6
+MAX_GELU_FRAC_BITS = 10
 MANIFEST_VERSION = 1
 
 
@@ -58,7 +63,8 @@ def hyrax_split(num_vars: int, min_col_vars: int = 0) -> tuple[int, int]:
 
 @dataclass(frozen=True)
 class FixedLayer:
-    """One integer layer: y = act(floor((x W + b) / 2**f)) (+ x if residual)."""
+    """One integer layer: y = act(floor((x W + b) / 2**f)) (+ x if residual); act is ReLU,
+    the identity, or GELU by table (`gelu_table`)."""
 
     weight: np.ndarray  # int64 (d_in, d_out), scale 2**f
     bias: np.ndarray | None  # int64 (d_out,), scale 2**(2f)
@@ -128,6 +134,8 @@ class ProvableMlp:
         for prev, nxt in pairwise(layers):
             if prev.d_out != nxt.d_in:
                 raise ValueError("consecutive layers do not chain (d_out != next d_in)")
+        if frac_bits > MAX_GELU_FRAC_BITS and any(la.activation == "gelu" for la in layers):
+            raise ValueError(f"GELU layers need frac_bits <= {MAX_GELU_FRAC_BITS}")
         self.layers = tuple(layers)
         self.frac_bits = frac_bits
         self.in_features = self.layers[0].d_in  # widths before padding (from_float)
@@ -216,7 +224,12 @@ class ProvableMlp:
             if z.min(initial=0) < -half or z.max(initial=0) >= half:
                 raise FixedPointOverflow("a pre-activation is outside [-2**31, 2**31)")
             q = z >> f
-            y = np.maximum(q, 0) if layer.activation == "relu" else q
+            if layer.activation == "relu":
+                y = np.maximum(q, 0)
+            elif layer.activation == "gelu":
+                y = gelu_lookup(q, f)
+            else:
+                y = q
             if layer.residual:
                 y = y + a
                 if np.abs(y).max(initial=0) >= 1 << (BITS - 8):
@@ -239,6 +252,65 @@ class ProvableMlp:
             if layer.bias is not None:
                 h.update(np.ascontiguousarray(layer.bias, dtype="<i8").tobytes())
         return h.digest()
+
+
+def gelu_lookup(q: np.ndarray, frac_bits: int) -> np.ndarray:
+    """GELU of fixed-point values by table; FixedPointOverflow outside the table's range."""
+    table = gelu_table(frac_bits)
+    lo = len(table) // 2
+    if q.size and (q.min() < -lo or q.max() >= lo):
+        raise FixedPointOverflow(f"a GELU input is outside the table's range [-{lo}, {lo}) "
+                                 f"(real [-{lo >> frac_bits}, {lo >> frac_bits}))")
+    return table[q + lo]
+
+
+_GELU_TABLES: dict[int, np.ndarray] = {}
+
+
+def gelu_table(frac_bits: int) -> np.ndarray:
+    """G[t + 2**(K-1)] = round(t * Phi(t / 2**f)) for t in [-2**(K-1), 2**(K-1)), K = f + 6:
+    exact GELU x Phi(x) of x = t / 2**f, rounded half up to 2**-f (read-only int64 array).
+
+    Computed in 128-bit integer arithmetic (pi by Machin's formula, erf by its Taylor series),
+    so every machine derives the same table bit for bit, with no dependence on the platform's
+    libm. For |x| >= 8 the table holds x and 0: GELU differs from them by < 2**-50 there.
+    """
+    if not 1 <= frac_bits <= MAX_GELU_FRAC_BITS:
+        raise ValueError(f"GELU tables exist for frac_bits 1..{MAX_GELU_FRAC_BITS}")
+    cached = _GELU_TABLES.get(frac_bits)
+    if cached is not None:
+        return cached
+    k = frac_bits + GELU_RANGE_BITS
+    half, scale = 1 << (k - 1), 1 << frac_bits
+    one = 1 << 128
+    pi = 16 * _atan_inv(5, one) - 4 * _atan_inv(239, one)
+    sqrt2 = isqrt(2 * one * one)
+    sqrt_pi = isqrt(pi * one)
+    t = np.arange(-half, half, dtype=np.int64)
+    out = np.where(t > 0, t, 0)
+    for ti in range(-8 * scale + 1, 8 * scale):
+        u = ti * one * one // (scale * sqrt2)  # x / sqrt(2), fixed point
+        term, total, n = u, u, 0
+        while term:
+            term = -term * u // one * u // one // (n + 1)
+            n += 1
+            total += term // (2 * n + 1)
+        erf = 2 * total * one // sqrt_pi
+        out[ti + half] = (ti * (one + erf) + one) // (2 * one)
+    out.setflags(write=False)
+    _GELU_TABLES[frac_bits] = out
+    return out
+
+
+def _atan_inv(n: int, one: int) -> int:
+    """atan(1 / n) in fixed point with `one` = 1."""
+    x = total = one // n
+    k, sign, n2 = 1, -1, n * n
+    while x:
+        x //= n2
+        total += sign * (x // (2 * k + 1))
+        sign, k = -sign, k + 1
+    return total
 
 
 # --------------------------------------------------------------------------------------------
@@ -435,6 +507,8 @@ def generator_count_for(layers: Sequence[FixedLayer | LayerCommitment], tokens: 
         if tokens:
             nb = (tokens * layer.d_out * BITS).bit_length() - 1
             need = max(need, 1 << hyrax_split(nb, 5)[1])
+            if layer.activation == "gelu":  # the lookup table's rows
+                need = max(need, 1 << hyrax_split(MAX_GELU_FRAC_BITS + GELU_RANGE_BITS)[1])
     return need
 
 

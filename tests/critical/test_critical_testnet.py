@@ -100,3 +100,29 @@ async def test_a_stage_refuses_a_task_pinned_to_another_manifest(tmp_path, mlp_d
         with pytest.raises(P2PInferError, match="manifest"):
             await c.infer(features())
         assert stages[0].inference.stage.counters["refused"] == 1
+
+
+async def test_a_gelu_mlp_is_proven_by_lookups_and_a_cheat_is_caught(tmp_path):
+    """GELU layers are proven through the lookup argument over the same testnet path, and a
+    stage with other weights is caught."""
+    from p2pinfer.models.mlp import write_random_mlp, zk_mlp_config
+
+    model = tmp_path / "gelu-mlp"
+    model.mkdir()
+    write_random_mlp(model, zk_mlp_config("zk-mlp-gelu", layers=6, hidden=32,
+                                          activation="gelu"))
+    x = features(3)
+    async with network(tmp_path / "honest", str(model), SPANS) as (client, _):
+        result = await infer_critical(client.inference, x, model=str(model),
+                                      settings=settings())
+        local = critical_client(client.inference, str(model), settings()).local_forward(x)
+    assert np.array_equal(result.output_fixed, local)
+    assert [p.stage for p in result.proofs] == [0, 1]
+    async with network(tmp_path / "cheat", str(model), SPANS) as (client, stages):
+        cheat = install(stages[0], WrongWeightsRunner)
+        c = critical_client(client.inference, str(model), settings(max_replans=0))
+        with pytest.raises(P2PInferError, match="proof"):
+            await c.infer(x)
+        assert c.backoff.failures == {stages[0].peer_id: 1}
+        assert stages[1].inference.stage.runners["critical"].counters["rejected"] == 1
+        assert cheat.counters["proved"] == 1
