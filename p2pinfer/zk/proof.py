@@ -34,7 +34,7 @@ import msgpack
 import numpy as np
 
 from .booleanity import BooleanityProver
-from .errors import BindingMismatch, ProofError, ProofFormatError, ShapeMismatch
+from .errors import BindingMismatch, ProofError, ProofFormatError, RelationError, ShapeMismatch
 from .field import (
     P,
     bind_first,
@@ -58,6 +58,7 @@ from .ledger import (
 )
 from .shard import (
     BITS,
+    MAX_GELU_FRAC_BITS,
     CommittedShard,
     LayerCommitment,
     ModelManifest,
@@ -532,6 +533,8 @@ def _gelu_head(led, f: int, nt: int, ni: int, claims: list[Claim], below: list[C
     """Steps 1-3 of a GELU layer: returns (rho, z~(rho) as a committed linear form)."""
     prover = wit is not None
     nb = ni + 5
+    if not 1 <= f <= MAX_GELU_FRAC_BITS:
+        raise ShapeMismatch("shard", f"a GELU layer needs frac_bits <= {MAX_GELU_FRAC_BITS}")
     table = gelu_table(f)
     kt = log2_exact(len(table), "table")
     half = len(table) // 2
@@ -568,10 +571,12 @@ def _gelu_head(led, f: int, nt: int, ni: int, claims: list[Claim], below: list[C
     gamma = led.challenge(f"{name}/lookup/gamma".encode())
     keys = np.arange(-half, half, dtype=np.int64)
     t_tab = [(beta - int(t) - gamma * int(g)) % P for t, g in zip(keys, table)]
+    if 0 in t_tab:  # g_t would be unconstrained there (probability ~2**-238)
+        raise RelationError(f"{name}/lookup", "a table denominator vanished")
     if prover:
         l_tab = [(beta - int(a) - gamma * int(b)) % P for a, b in zip(q, y)]
-        if 0 in l_tab or 0 in t_tab:
-            raise ProofError("lookup", "a lookup denominator vanished (retry the proof)")
+        if 0 in l_tab:  # no inverse: this transcript cannot be proven (probability ~2**-238)
+            raise RelationError(f"{name}/lookup", "a lookup denominator vanished")
         h_tab = _batch_inv(l_tab)
         g_tab = [m * v % P for m, v in zip(mult.tolist(), _batch_inv(t_tab))]
         com_h = _Committed(led, split_a, field=h_tab)

@@ -437,7 +437,10 @@ class ModelManifest:
             raise ProofFormatError("bad generator seed")
         if not isinstance(layers, list) or not 1 <= len(layers) <= 4096:
             raise ProofFormatError("bad layer list")
-        return cls(model, f, seed, tuple(LayerCommitment.from_wire(lc) for lc in layers))
+        decoded = tuple(LayerCommitment.from_wire(lc) for lc in layers)
+        if f > MAX_GELU_FRAC_BITS and any(lc.activation == "gelu" for lc in decoded):
+            raise ProofFormatError(f"GELU layers need frac_bits <= {MAX_GELU_FRAC_BITS}")
+        return cls(model, f, seed, decoded)
 
     @classmethod
     def from_shards(cls, model_id: str, shards: Sequence[CommittedShard]) -> ModelManifest:

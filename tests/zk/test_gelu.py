@@ -18,6 +18,7 @@ from p2pinfer.zk import (
     ProofError,
     ProofFormatError,
     ProvableMlp,
+    ShapeMismatch,
     ShardProof,
     commit_shard,
     prove,
@@ -25,6 +26,7 @@ from p2pinfer.zk import (
 )
 from p2pinfer.zk.field import P
 from p2pinfer.zk.group import encode_scalar
+from p2pinfer.zk.proof import _binding
 from p2pinfer.zk.shard import gelu_table
 
 from .conftest import make_input, make_shard
@@ -177,3 +179,19 @@ def test_the_gelu_proof_carries_no_activation_in_the_clear(gelu_committed):
     for v in chosen:
         assert encode_scalar(int(v) % P) not in blob  # as a field element
         assert int(v).to_bytes(8, "little", signed=True) not in blob
+
+
+def test_a_manifest_with_gelu_at_an_untabled_precision_is_malformed(gelu_committed):
+    import dataclasses
+
+    manifest = ModelManifest.from_shards("m", [gelu_committed])
+    bad = dataclasses.replace(manifest, frac_bits=12)
+    with pytest.raises(ProofFormatError, match="GELU"):
+        ModelManifest.from_bytes(bad.to_bytes())
+    x = make_input(1, 8, vmax=300)
+    y = gelu_committed.forward_fixed(x)
+    proof = prove(gelu_committed, x, y, BINDING)
+    # past the binding check (as if made for that commitment): a typed error, not a ValueError
+    _, forged = _binding(bad.shard(0, 2), x, y, BINDING)
+    with pytest.raises(ShapeMismatch, match="GELU"):
+        verify(bad.shard(0, 2), x, y, dataclasses.replace(proof, binding=forged), BINDING)
