@@ -13,6 +13,7 @@ import time
 import pytest
 
 from p2pinfer.consensus import TOLERANCE_BFLOAT16
+from p2pinfer.inference.planner import NoRouteError
 from p2pinfer.models import LocalModel
 from p2pinfer.models.sampling import Sampler
 
@@ -55,8 +56,15 @@ async def test_honest_replicas_on_mixed_threads_and_dtypes_are_never_flagged(tes
         reports = []
         differing = 0
         t0 = time.monotonic()
-        for prompt, reference in zip(prompts, references, strict=True):
-            got = [t async for t in c.generate(prompt, TOKENS, Sampler())]
+        for i, (prompt, reference) in enumerate(zip(prompts, references, strict=True)):
+            try:
+                got = [t async for t in c.generate(prompt, TOKENS, Sampler())]
+            except NoRouteError as e:  # say which peer dropped out and why
+                raise AssertionError(
+                    f"request {i}: {e}; backed off: {c.backoff.failures}; banned: "
+                    f"{sorted(consensus.banned())}; peers with spans: "
+                    f"{len([p for p in client.peers() if p.spans])}; "
+                    f"state: {consensus_state(client, c)}") from None
             differing += sum(a != b for a, b in zip(got, reference, strict=True))
             report = c.last_report.to_dict()
             assert report["dissenters"] == [] and report["banned"] == [], report
