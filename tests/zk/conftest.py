@@ -7,7 +7,18 @@ from itertools import pairwise
 import numpy as np
 import pytest
 
-from p2pinfer.zk import CommittedShard, FixedLayer, ProofBinding, ProvableMlp, commit_shard
+from p2pinfer.zk import (
+    CommittedShard,
+    FixedLayer,
+    ProofBinding,
+    ProofError,
+    ProofFormatError,
+    ProvableMlp,
+    ShardProof,
+    commit_shard,
+    prove,
+    verify,
+)
 
 
 def make_shard(
@@ -43,3 +54,29 @@ def small_committed() -> CommittedShard:
 @pytest.fixture(scope="session")
 def binding() -> ProofBinding:
     return ProofBinding(task_id=b"task-1", manifest_digest=b"\x11" * 32, context=b"net/stage0")
+
+
+_BLOBS: dict[int, bytes] = {}
+
+
+def cached_proof(committed: CommittedShard, x: np.ndarray, y: np.ndarray,
+                 binding: ProofBinding) -> bytes:
+    """One proof's bytes per shard for the whole session (the mutation tests reuse it)."""
+    key = id(committed)
+    if key not in _BLOBS:
+        _BLOBS[key] = prove(committed, x, y, binding).to_bytes()
+    return _BLOBS[key]
+
+
+def assert_mutation_rejected(committed: CommittedShard, x: np.ndarray, y: np.ndarray,
+                             binding: ProofBinding, pos: int, flip: int) -> None:
+    """Flip bits of one byte of the shard's proof: it must fail to decode with its typed error
+    or fail to verify with a ProofError, never verify and never crash otherwise."""
+    blob = bytearray(cached_proof(committed, x, y, binding))
+    blob[pos % len(blob)] ^= flip
+    try:
+        proof = ShardProof.from_bytes(bytes(blob))
+    except ProofFormatError:
+        return
+    with pytest.raises(ProofError):
+        verify(committed.commitment, x, y, proof, binding)
