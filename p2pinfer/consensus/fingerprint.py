@@ -46,15 +46,17 @@ FLOOR_FRACTION = 1e-3
 # Calibrated with tools/calibrate_fingerprints.py, 300 trials per variation, on random Llama
 # checkpoints (hidden 384, 6 layers, 24 tokens) and on the real all-MiniLM-L6-v2 weights.
 # float32 replicas with other thread counts, batch shapes or KV-cache decode: at most 1.1e-6.
-# bfloat16 against float32: at most 2.2e-2 (Llama) and 4.4e-2 (MiniLM, median 2.2e-2): no
-# false reject at 5e-2 in those trials, but the margin on real weights is thin; deeper models
-# may need 1e-1 (a false reject bans an honest peer). Smallest distances of substitutions over
+# bfloat16 against float32: at most 2.2e-2 (Llama) and 4.4e-2 (MiniLM, median 2.2e-2). Across
+# stages the error compounds: a replica forwards its own output, so a bfloat16 chain of three
+# stages (the honest testnet's checkpoint, 18,000 decode and prefill steps) reached 8.0e-2 at the
+# last stage, 1.3e-3 of its steps above 5e-2. A false reject there is fault evidence that bans
+# an honest peer, so the bfloat16 tolerance is 1e-1. Smallest distances of substitutions over
 # both models: other weights 1.10, one layer skipped 0.44, half the layers 0.67, one input
-# token changed 0.15. int8 weights (1.7e-2 to 0.1), noise of 1% RMS, and noise of 10% RMS on
-# a single token are caught at the float32 tolerance but not reliably at the bfloat16 one:
-# next to bfloat16 rounding they are noise. A stage that must exclude them runs float32.
+# token changed 0.15. int8 weights (1.7e-2 to 0.1), noise of 1% and 10% RMS, and noise of 10%
+# RMS on a single token are caught at the float32 tolerance but not reliably at the bfloat16
+# one: next to bfloat16 rounding they are noise. A stage that must exclude them runs float32.
 TOLERANCE_FLOAT32 = 1e-3
-TOLERANCE_BFLOAT16 = 5e-2
+TOLERANCE_BFLOAT16 = 1e-1
 
 # float16 and TF32 (10-bit mantissas) are not calibrated separately: they take the bfloat16
 # tolerance, which bounds their rounding noise from above.

@@ -6,6 +6,7 @@ import dataclasses
 
 import msgpack
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -194,3 +195,32 @@ def test_any_byte_flip_in_evidence_is_refused(data):
 
 
 _EVIDENCE_CACHE: dict[str, FaultEvidence] = {}
+
+
+def test_a_dissent_honest_rounding_could_explain_is_outvoted_but_bans_nobody(peers, keys):
+    """Between the loosest vote tolerance and the evidence tolerance a replica is outvoted
+    (a dissent that costs reputation) but its fault is not provable network-wide; above the
+    evidence tolerance it is."""
+    from p2pinfer.consensus import TOLERANCE_BFLOAT16, distance, fingerprint, sign_claim
+    from p2pinfer.inference.redundancy import EVIDENCE_TOLERANCE
+    from tests.consensus.replicas import activation
+
+    assert EVIDENCE_TOLERANCE > TOLERANCE_BFLOAT16
+    x = activation()
+    direction = torch.randn(x.shape, generator=torch.Generator().manual_seed(11))
+    direction = direction / direction.norm(dim=-1, keepdim=True) * x.norm(dim=-1, keepdim=True)
+    for scale, provable in [(1.2 * TOLERANCE_BFLOAT16, False), (3 * EVIDENCE_TOLERANCE, True)]:
+        fp = fingerprint(x + scale * direction, CONTEXT)
+        measured = distance(fp, honest_claim(peers[0], 3).fingerprint)
+        assert TOLERANCE_BFLOAT16 < measured
+        assert (measured > EVIDENCE_TOLERANCE) == provable
+        claims = [honest_claim(peers[0], 3), sign_claim(peers[1].key, "peer-1", CONTEXT, 3, fp),
+                  honest_claim(peers[2], 3, 2)]
+        outcome = tally(claims, keys, TOLERANCE_BFLOAT16)
+        assert outcome.dissenting_replicas == ("peer-1",)
+        evidence = build_fault_evidence(outcome, "peer-1", "peer-5", peers[5].key, keys)
+        if provable:
+            assert verify_fault_evidence(evidence, keys, EVIDENCE_TOLERANCE, NETWORK) == "peer-1"
+        else:
+            with pytest.raises(DissentNotProven):
+                verify_fault_evidence(evidence, keys, EVIDENCE_TOLERANCE, NETWORK)

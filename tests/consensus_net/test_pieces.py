@@ -12,6 +12,7 @@ from p2pinfer.consensus import (
     InlinedPeerKeys,
     MalformedVoteMessage,
     SignatureInvalid,
+    TOLERANCE_BFLOAT16,
     fingerprint,
     sign_claim,
 )
@@ -92,7 +93,7 @@ def _task(options):
 
 
 def test_task_tolerance_defaults_to_the_bfloat16_one_and_refuses_nonsense():
-    assert task_tolerance(_task({})) == pytest.approx(5e-2)
+    assert task_tolerance(_task({})) == pytest.approx(TOLERANCE_BFLOAT16)
     assert task_tolerance(_task({"tolerance": 1e-3})) == pytest.approx(1e-3)
     for bad in (0.0, -1.0, 2.0, "x", True):
         with pytest.raises(TaskError):
