@@ -39,7 +39,7 @@ from p2pinfer.zk.group import pedersen_params
 from p2pinfer.zk.shard import generator_count_for, params_for
 
 FRAC_BITS = 12
-GELU_FRAC_BITS = 8  # GELU tables exist up to f = 10
+GELU_FRAC_BITS = 8  # GELU and SiLU tables exist up to f = 10
 EZKL_RECORDED = {"prove": 12.0, "setup": 11.0, "verify": 0.05, "size": 96_000}
 
 
@@ -121,8 +121,9 @@ def float_mlp(rng: np.random.Generator, dims: list[int]) -> list[tuple[np.ndarra
 
 def bench_ours_small(layers, x_float, repeat: int, act: str = "relu",
                      frac_bits: int = FRAC_BITS) -> dict:
-    shard = ProvableMlp.from_float(layers, activations=[act, "identity"] if act == "gelu"
-                                   else act, frac_bits=frac_bits)
+    lookup = act in ("gelu", "silu")
+    shard = ProvableMlp.from_float(layers, activations=[act, "identity"] if lookup else act,
+                                   frac_bits=frac_bits)
     x = shard.quantize(x_float)
     t = time.perf_counter()
     pedersen_params(max(64, generator_count_for(shard.layers, x.shape[0])))
@@ -141,8 +142,10 @@ def bench_ours_small(layers, x_float, repeat: int, act: str = "relu",
         ref = ref @ w + b
         if act == "relu":
             ref = np.maximum(ref, 0)
-        elif k == 0:  # gelu, then identity
+        elif k == 0 and act == "gelu":  # gelu, then identity
             ref = ref * 0.5 * (1 + np.vectorize(math.erf)(ref / math.sqrt(2)))
+        elif k == 0:  # silu, then identity
+            ref = ref / (1 + np.exp(-ref))
     err = float(np.abs(shard.dequantize(y) - ref).max())
     return {"prove": t_prove, "verify": t_verify, "size": len(proof.to_bytes()),
             "setup": setup, "generators": gens, "max_abs_err": err}
@@ -225,10 +228,12 @@ def report_small(args) -> None:
     print(f"ours: setup = weight commitment (generator derivation, once per process: "
           f"{fmt_s(ours['generators'])}); fixed point f={FRAC_BITS}, max |error| vs float "
           f"{ours['max_abs_err']:.4f}")
-    gelu = bench_ours_small(layers, x, args.repeat, act="gelu", frac_bits=GELU_FRAC_BITS)
-    print(f"ours with GELU by lookup (256 -> 256 GELU -> 256, f={GELU_FRAC_BITS}): prove {fmt_s(gelu['prove'])}, "
-          f"verify {fmt_s(gelu['verify'])}, proof {gelu['size'] / 1000:.1f} KB, "
-          f"max |error| vs float {gelu['max_abs_err']:.4f} (EZKL not run on this variant)")
+    for name in ("GELU", "SiLU"):
+        res = bench_ours_small(layers, x, args.repeat, act=name.lower(), frac_bits=GELU_FRAC_BITS)
+        print(f"ours with {name} by lookup (256 -> 256 {name} -> 256, f={GELU_FRAC_BITS}): "
+              f"prove {fmt_s(res['prove'])}, verify {fmt_s(res['verify'])}, proof "
+              f"{res['size'] / 1000:.1f} KB, max |error| vs float {res['max_abs_err']:.4f} "
+              "(EZKL not run on this variant)")
     if "logrows" in ref:
         print(f"EZKL: setup = settings + calibration + compile + SRS (2^{ref['logrows']}) + keys;"
               f" proof size = raw halo2 proof bytes (its proof.json file: "

@@ -5,7 +5,8 @@ shape [out, in] as a linear map, `layers.{i}.bias`), and the owner's published m
 `zk-manifest.bin` (p2pinfer.zk.ModelManifest bytes: per-layer Hyrax weight commitments).
 Serving peers also hold `zk/`, the owner's commitment caches with the secret row blindings
 (mode 0600); a requester needs only config.json and the manifest. Every layer maps
-hidden_size -> hidden_size: y = act(x W^T + b) (+ x when residual), act in {relu, identity, gelu}.
+hidden_size -> hidden_size: y = act(x W^T + b) (+ x when residual), act in {relu, identity,
+gelu, silu}.
 
 There are no tokens: the "embedding" is the identity on features [1, T, hidden_size] and the
 output is the last hidden state. In general mode the layers run in float; in critical mode in
@@ -41,7 +42,7 @@ ZK_MLP = "p2pinfer-zk-mlp"
 MANIFEST_FILE = "zk-manifest.bin"
 COMMIT_DIR = "zk"
 MAX_MANIFEST_BYTES = 64 << 20
-_ACTIVATIONS = ("relu", "identity", "gelu")
+_ACTIVATIONS = ("relu", "identity", "gelu", "silu")
 _STAMP = "p2pinfer_default.json"
 _FORMAT_VERSION = 1
 
@@ -72,11 +73,11 @@ class MlpConfig(ArchConfig):
         frac = field(raw, "frac_bits", default=8)
         if not 1 <= frac <= 16:
             raise ModelError("frac_bits must be in 1..16")
-        from p2pinfer.zk.shard import MAX_GELU_FRAC_BITS
+        from p2pinfer.zk.shard import LOOKUP_ACTIVATIONS, MAX_LOOKUP_FRAC_BITS
 
-        if "gelu" in acts and frac > MAX_GELU_FRAC_BITS:
-            raise ModelError(f"GELU layers need frac_bits <= {MAX_GELU_FRAC_BITS} (the size of "
-                             "their lookup table)")
+        if frac > MAX_LOOKUP_FRAC_BITS and any(a in LOOKUP_ACTIVATIONS for a in acts):
+            raise ModelError(f"GELU and SiLU layers need frac_bits <= {MAX_LOOKUP_FRAC_BITS} "
+                             "(the size of their lookup table)")
         return cls(
             model_type=MODEL_TYPE, num_layers=layers, hidden_size=hidden, vocab_size=0,
             max_positions=field(raw, "max_positions", default=1024), num_heads=1,
@@ -119,6 +120,8 @@ class Block(nn.Module):
             y = F.relu(y)
         elif self.act == "gelu":
             y = F.gelu(y)  # exact (erf) GELU, which the fixed-point table rounds
+        elif self.act == "silu":
+            y = F.silu(y)
         return y + x if self.residual else y
 
 

@@ -57,14 +57,16 @@ from .ledger import (
     sumcheck,
 )
 from .shard import (
+    _LOOKUP_NAMES,
     BITS,
-    MAX_GELU_FRAC_BITS,
+    LOOKUP_ACTIVATIONS,
+    MAX_LOOKUP_FRAC_BITS,
     CommittedShard,
     LayerCommitment,
     ModelManifest,
     ShardCommitment,
     _layer_matrix,
-    gelu_table,
+    activation_table,
     generator_count_for,
     hyrax_split,
     log2_exact,
@@ -289,9 +291,9 @@ def _layer(
     ni = nt + no
     nb = ni + 5
     relu = lc.activation == "relu"
-    if lc.activation == "gelu":
+    if lc.activation in LOOKUP_ACTIVATIONS:
         below = _residual_claims(led, lc, nt, claims, x, wit)
-        rho, z_lin = _gelu_head(led, f, nt, ni, claims, below, wit, name)
+        rho, z_lin = _lookup_head(led, lc.activation, f, nt, ni, claims, below, wit, name)
         return _matmul_tail(led, lc, nt, nk, rho, z_lin, below, x, wit, name, rows)
 
     # 1. commit the bits of z + 2**31 (Hyrax rows) before any challenge of this layer
@@ -424,7 +426,7 @@ def _residual_claims(led, lc: LayerCommitment, nt: int, claims: list[Claim],
 
 
 # --------------------------------------------------------------------------------------------
-# GELU by a committed logUp lookup (Haboeck, "Multivariate lookups based on logarithmic
+# GELU and SiLU by a committed logUp lookup (Haboeck, "Multivariate lookups based on logarithmic
 # derivatives", 2022): (q_i, y_i) lies in the table {(t, G(t))} iff, for random beta, gamma,
 #     sum_i 1 / (beta - q_i - gamma y_i) = sum_t m_t / (beta - t - gamma G(t))
 # with m_t the multiplicity of t. The prover commits y, m, then (after beta, gamma) the
@@ -528,14 +530,15 @@ class _TableOracle:
         self.m = bind_first(self.m, r)
 
 
-def _gelu_head(led, f: int, nt: int, ni: int, claims: list[Claim], below: list[Claim],
-               wit: _Witness | None, name: str) -> tuple[list[int], Lin]:
-    """Steps 1-3 of a GELU layer: returns (rho, z~(rho) as a committed linear form)."""
+def _lookup_head(led, activation: str, f: int, nt: int, ni: int, claims: list[Claim],
+                 below: list[Claim], wit: _Witness | None, name: str) -> tuple[list[int], Lin]:
+    """Steps 1-3 of a GELU or SiLU layer: returns (rho, z~(rho) as a committed linear form)."""
     prover = wit is not None
     nb = ni + 5
-    if not 1 <= f <= MAX_GELU_FRAC_BITS:
-        raise ShapeMismatch("shard", f"a GELU layer needs frac_bits <= {MAX_GELU_FRAC_BITS}")
-    table = gelu_table(f)
+    if not 1 <= f <= MAX_LOOKUP_FRAC_BITS:
+        raise ShapeMismatch("shard", f"a {_LOOKUP_NAMES[activation]} layer needs frac_bits <= "
+                                     f"{MAX_LOOKUP_FRAC_BITS}")
+    table = activation_table(activation, f)
     kt = log2_exact(len(table), "table")
     half = len(table) // 2
     rows_b, cols_b = hyrax_split(nb, 5)

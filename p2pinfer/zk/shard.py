@@ -15,6 +15,7 @@ the weight owner and the provers.
 
 from __future__ import annotations
 
+import decimal
 import hashlib
 import os
 from collections.abc import Sequence
@@ -41,11 +42,16 @@ from .group import (
 BITS = 32  # width of the pre-activation decomposition (rescale remainder + value + sign)
 MAX_WEIGHT = 1 << 15  # |w| < 2**15
 MAX_DIM = 1 << 14
-ACTIVATIONS = ("relu", "identity", "gelu")
-#: a GELU table covers q in [-2**(f + GELU_RANGE_BITS - 1), 2**(f + GELU_RANGE_BITS - 1)), i.e.
-#: real pre-activations in [-32, 32); GELU layers need frac_bits <= MAX_GELU_FRAC_BITS
+ACTIVATIONS = ("relu", "identity", "gelu", "silu")
+#: activations proven by a lookup into a public table (`activation_table`)
+LOOKUP_ACTIVATIONS = ("gelu", "silu")
+#: a lookup table covers q in [-2**(f + GELU_RANGE_BITS - 1), 2**(f + GELU_RANGE_BITS - 1)),
+#: i.e. real pre-activations in [-32, 32); lookup layers need frac_bits <= MAX_GELU_FRAC_BITS
 GELU_RANGE_BITS = 6
 MAX_GELU_FRAC_BITS = 10
+#: the same bounds under the names that say they hold for every lookup activation
+LOOKUP_RANGE_BITS = GELU_RANGE_BITS
+MAX_LOOKUP_FRAC_BITS = MAX_GELU_FRAC_BITS
 MANIFEST_VERSION = 1
 
 
@@ -64,7 +70,7 @@ def hyrax_split(num_vars: int, min_col_vars: int = 0) -> tuple[int, int]:
 @dataclass(frozen=True)
 class FixedLayer:
     """One integer layer: y = act(floor((x W + b) / 2**f)) (+ x if residual); act is ReLU,
-    the identity, or GELU by table (`gelu_table`)."""
+    the identity, or GELU or SiLU by table (`activation_table`)."""
 
     weight: np.ndarray  # int64 (d_in, d_out), scale 2**f
     bias: np.ndarray | None  # int64 (d_out,), scale 2**(2f)
@@ -134,8 +140,9 @@ class ProvableMlp:
         for prev, nxt in pairwise(layers):
             if prev.d_out != nxt.d_in:
                 raise ValueError("consecutive layers do not chain (d_out != next d_in)")
-        if frac_bits > MAX_GELU_FRAC_BITS and any(la.activation == "gelu" for la in layers):
-            raise ValueError(f"GELU layers need frac_bits <= {MAX_GELU_FRAC_BITS}")
+        if frac_bits > MAX_LOOKUP_FRAC_BITS and any(la.activation in LOOKUP_ACTIVATIONS
+                                                    for la in layers):
+            raise ValueError(f"GELU and SiLU layers need frac_bits <= {MAX_LOOKUP_FRAC_BITS}")
         self.layers = tuple(layers)
         self.frac_bits = frac_bits
         self.in_features = self.layers[0].d_in  # widths before padding (from_float)
@@ -226,8 +233,8 @@ class ProvableMlp:
             q = z >> f
             if layer.activation == "relu":
                 y = np.maximum(q, 0)
-            elif layer.activation == "gelu":
-                y = gelu_lookup(q, f)
+            elif layer.activation in LOOKUP_ACTIVATIONS:
+                y = lookup_activation(q, layer.activation, f)
             else:
                 y = q
             if layer.residual:
@@ -254,17 +261,68 @@ class ProvableMlp:
         return h.digest()
 
 
-def gelu_lookup(q: np.ndarray, frac_bits: int) -> np.ndarray:
-    """GELU of fixed-point values by table; FixedPointOverflow outside the table's range."""
-    table = gelu_table(frac_bits)
+_LOOKUP_NAMES = {"gelu": "GELU", "silu": "SiLU"}
+
+
+def activation_table(activation: str, frac_bits: int) -> np.ndarray:
+    """The public lookup table of a lookup activation (`gelu_table`, `silu_table`)."""
+    if activation == "gelu":
+        return gelu_table(frac_bits)
+    if activation == "silu":
+        return silu_table(frac_bits)
+    raise ValueError(f"{activation!r} is not a lookup activation")
+
+
+def lookup_activation(q: np.ndarray, activation: str, frac_bits: int) -> np.ndarray:
+    """A lookup activation of fixed-point values by table; FixedPointOverflow outside the
+    table's range."""
+    table = activation_table(activation, frac_bits)
     lo = len(table) // 2
     if q.size and (q.min() < -lo or q.max() >= lo):
-        raise FixedPointOverflow(f"a GELU input is outside the table's range [-{lo}, {lo}) "
-                                 f"(real [-{lo >> frac_bits}, {lo >> frac_bits}))")
+        raise FixedPointOverflow(f"a {_LOOKUP_NAMES[activation]} input is outside the table's range "
+                                 f"[-{lo}, {lo}) (real [-{lo >> frac_bits}, {lo >> frac_bits}))")
     return table[q + lo]
 
 
+def gelu_lookup(q: np.ndarray, frac_bits: int) -> np.ndarray:
+    """GELU of fixed-point values by table; FixedPointOverflow outside the table's range."""
+    return lookup_activation(q, "gelu", frac_bits)
+
+
 _GELU_TABLES: dict[int, np.ndarray] = {}
+_SILU_TABLES: dict[int, np.ndarray] = {}
+
+
+def silu_table(frac_bits: int) -> np.ndarray:
+    """S[t + 2**(K-1)] = round(t / (1 + exp(-t / 2**f))) for t in [-2**(K-1), 2**(K-1)),
+    K = f + 6: exact SiLU x sigmoid(x) of x = t / 2**f, rounded half up to 2**-f (read-only
+    int64 array).
+
+    exp comes from the decimal module at 40 significant digits: the General Decimal Arithmetic
+    specification makes it correctly rounded, so every machine derives the same table bit for
+    bit, with no dependence on the platform's libm. An entry could differ from the exactly
+    rounded value only if t * sigmoid(x), irrational for t != 0, lay within about 10**-35 of a
+    rounding tie; `tests/zk/test_lookup.py` checks every table against float64 instead.
+    """
+    if not 1 <= frac_bits <= MAX_LOOKUP_FRAC_BITS:
+        raise ValueError(f"SiLU tables exist for frac_bits 1..{MAX_LOOKUP_FRAC_BITS}")
+    cached = _SILU_TABLES.get(frac_bits)
+    if cached is not None:
+        return cached
+    half, scale = 1 << (frac_bits + LOOKUP_RANGE_BITS - 1), 1 << frac_bits
+    ctx = decimal.Context(prec=40, rounding=decimal.ROUND_HALF_EVEN, Emin=-999, Emax=999)
+    one, point_five = decimal.Decimal(1), decimal.Decimal("0.5")
+    out = np.zeros(2 * half, dtype=np.int64)
+    for t in range(-half, 0):
+        d = decimal.Decimal(t)
+        sig = ctx.divide(d, ctx.add(one, ctx.exp(ctx.divide(-d, scale))))
+        out[t + half] = int(ctx.add(sig, point_five).to_integral_value(decimal.ROUND_FLOOR))
+    # SiLU(x) = x + SiLU(-x), and t is an integer, so rounding commutes with adding it
+    pos = np.arange(1, half, dtype=np.int64)
+    out[half + 1:] = pos + out[half - pos]
+    out.setflags(write=False)
+    _SILU_TABLES[frac_bits] = out
+    return out
 
 
 def gelu_table(frac_bits: int) -> np.ndarray:
@@ -438,8 +496,10 @@ class ModelManifest:
         if not isinstance(layers, list) or not 1 <= len(layers) <= 4096:
             raise ProofFormatError("bad layer list")
         decoded = tuple(LayerCommitment.from_wire(lc) for lc in layers)
-        if f > MAX_GELU_FRAC_BITS and any(lc.activation == "gelu" for lc in decoded):
-            raise ProofFormatError(f"GELU layers need frac_bits <= {MAX_GELU_FRAC_BITS}")
+        if f > MAX_LOOKUP_FRAC_BITS and any(lc.activation in LOOKUP_ACTIVATIONS
+                                            for lc in decoded):
+            raise ProofFormatError(f"GELU and SiLU layers need frac_bits <= "
+                                   f"{MAX_LOOKUP_FRAC_BITS}")
         return cls(model, f, seed, decoded)
 
     @classmethod
@@ -510,8 +570,8 @@ def generator_count_for(layers: Sequence[FixedLayer | LayerCommitment], tokens: 
         if tokens:
             nb = (tokens * layer.d_out * BITS).bit_length() - 1
             need = max(need, 1 << hyrax_split(nb, 5)[1])
-            if layer.activation == "gelu":  # the lookup table's rows
-                need = max(need, 1 << hyrax_split(MAX_GELU_FRAC_BITS + GELU_RANGE_BITS)[1])
+            if layer.activation in LOOKUP_ACTIVATIONS:  # the lookup table's rows
+                need = max(need, 1 << hyrax_split(MAX_LOOKUP_FRAC_BITS + LOOKUP_RANGE_BITS)[1])
     return need
 
 

@@ -74,23 +74,24 @@ def test_a_missing_manifest_is_a_model_error(mlp_dir, tmp_path):
         load_manifest_bytes(bare)
 
 
-def test_a_gelu_model_runs_in_float_and_in_fixed_point_alike(tmp_path):
-    gelu = small_mlp(tmp_path / "gelu", name="zk-mlp-gelu-model")
-    cfg = json.loads((gelu / "config.json").read_text())
-    cfg["activations"] = ["gelu"] * 5 + ["identity"]
-    (gelu / "config.json").write_text(json.dumps(cfg))
+@pytest.mark.parametrize("act", ["gelu", "silu"])
+def test_a_lookup_activation_model_runs_in_float_and_in_fixed_point_alike(tmp_path, act):
+    model = small_mlp(tmp_path / act, name="zk-mlp-gelu-model")
+    cfg = json.loads((model / "config.json").read_text())
+    cfg["activations"] = [act] * 5 + ["identity"]
+    (model / "config.json").write_text(json.dumps(cfg))
     x = np.random.default_rng(2).normal(size=(4, 32))
-    fixed = fixed_layers(gelu, 0, 6)
-    assert [layer.activation for layer in fixed.layers] == ["gelu"] * 5 + ["identity"]
+    fixed = fixed_layers(model, 0, 6)
+    assert [layer.activation for layer in fixed.layers] == [act] * 5 + ["identity"]
     y = fixed.dequantize(fixed.forward_fixed(fixed.quantize(x)))
-    ref = LocalModel.load(gelu).forward(torch.from_numpy(x).float()[None])[0].numpy()
+    ref = LocalModel.load(model).forward(torch.from_numpy(x).float()[None])[0].numpy()
     assert np.abs(y - ref).max() < 0.1 * max(1.0, np.abs(ref).max())
     relu = LocalModel.load(small_mlp(tmp_path / "relu", name="zk-mlp-gelu-model"))
     assert not np.allclose(relu.forward(torch.from_numpy(x).float()[None])[0].numpy(), ref)
-    cfg["frac_bits"] = 12  # no GELU table that fine
-    (gelu / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(ModelError, match="GELU"):
-        LayerSpan.load(gelu, 0, 1)
+    cfg["frac_bits"] = 12  # no lookup table that fine
+    (model / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelError, match="GELU and SiLU"):
+        LayerSpan.load(model, 0, 1)
 
 
 def test_a_config_with_the_wrong_number_of_activations_is_refused(mlp_dir, tmp_path):
