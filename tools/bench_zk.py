@@ -121,7 +121,7 @@ def float_mlp(rng: np.random.Generator, dims: list[int]) -> list[tuple[np.ndarra
 
 def bench_ours_small(layers, x_float, repeat: int, act: str = "relu",
                      frac_bits: int = FRAC_BITS) -> dict:
-    lookup = act in ("gelu", "silu")
+    lookup = act in ("gelu", "silu", "swiglu")
     shard = ProvableMlp.from_float(layers, activations=[act, "identity"] if lookup else act,
                                    frac_bits=frac_bits)
     x = shard.quantize(x_float)
@@ -138,7 +138,11 @@ def bench_ours_small(layers, x_float, repeat: int, act: str = "relu",
     proof = proofs[-1]
     t_verify = median_time(lambda: verify(committed.commitment, x, y, proof, binding), repeat)
     ref = x_float
-    for k, (w, b) in enumerate(layers):
+    for k, (w, b, *gate) in enumerate(layers):
+        if gate:  # swiglu: silu(x W_g + b_g) * (x W_u + b_u)
+            zg = ref @ gate[0] + gate[1]
+            ref = zg / (1 + np.exp(-zg)) * (ref @ w + b)
+            continue
         ref = ref @ w + b
         if act == "relu":
             ref = np.maximum(ref, 0)
@@ -228,8 +232,10 @@ def report_small(args) -> None:
     print(f"ours: setup = weight commitment (generator derivation, once per process: "
           f"{fmt_s(ours['generators'])}); fixed point f={FRAC_BITS}, max |error| vs float "
           f"{ours['max_abs_err']:.4f}")
-    for name in ("GELU", "SiLU"):
-        res = bench_ours_small(layers, x, args.repeat, act=name.lower(), frac_bits=GELU_FRAC_BITS)
+    gated = [(*layers[0], *float_mlp(np.random.default_rng(12), [256, 256])[0]), layers[1]]
+    for name in ("GELU", "SiLU", "SwiGLU"):
+        res = bench_ours_small(gated if name == "SwiGLU" else layers, x, args.repeat,
+                               act=name.lower(), frac_bits=GELU_FRAC_BITS)
         print(f"ours with {name} by lookup (256 -> 256 {name} -> 256, f={GELU_FRAC_BITS}): "
               f"prove {fmt_s(res['prove'])}, verify {fmt_s(res['verify'])}, proof "
               f"{res['size'] / 1000:.1f} KB, max |error| vs float {res['max_abs_err']:.4f} "

@@ -25,6 +25,7 @@ Byte layout: protocols/zk-proof.md.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 from collections.abc import Sequence
@@ -59,6 +60,7 @@ from .ledger import (
 from .shard import (
     _LOOKUP_NAMES,
     BITS,
+    GATED_ACTIVATIONS,
     LOOKUP_ACTIVATIONS,
     MAX_LOOKUP_FRAC_BITS,
     CommittedShard,
@@ -70,6 +72,7 @@ from .shard import (
     generator_count_for,
     hyrax_split,
     log2_exact,
+    lookup_activation,
     params_for,
 )
 from .transcript import Transcript, tensor_digest
@@ -235,6 +238,22 @@ class _BitsOracle:
         self.round += 1
 
 
+class _TripleOracle:
+    """Round messages of sum_i e(i) s(i) m(i) (degree 3)."""
+
+    def __init__(self, e: list[int], s: list[int], m: list[int]) -> None:
+        self.e, self.s, self.m = e, s, m
+
+    def evals(self, claim: int) -> list[int]:
+        t0, t2, t3 = _triple_sums(self.e, self.s, self.m)
+        return [t0, (claim - t0) % P, t2, t3]
+
+    def bind(self, r: int) -> None:
+        self.e = bind_first(self.e, r)
+        self.s = bind_first(self.s, r)
+        self.m = bind_first(self.m, r)
+
+
 class _ProductOracle:
     def __init__(self, a: list[int], w: list[int]) -> None:
         self.a, self.w = a, w
@@ -264,6 +283,7 @@ class _Witness:
     z: np.ndarray
     weight_blinds: list[int]
     bias_blinds: list[int] | None
+    zw: np.ndarray | None = None  # a gated layer's matrix product [z_u | z_g]
 
 
 _SIGN = [0] * (BITS - 1) + [1]
@@ -289,17 +309,29 @@ def _layer(
     f = frac_bits
     nk, no = log2_exact(lc.d_in, "d_in"), log2_exact(lc.d_out, "d_out")
     ni = nt + no
-    nb = ni + 5
     relu = lc.activation == "relu"
+    if lc.activation in GATED_ACTIVATIONS:
+        return _gated_layer(led, lc, f, nt, nk, ni, claims, x, wit, name, rows)
     if lc.activation in LOOKUP_ACTIVATIONS:
         below = _residual_claims(led, lc, nt, claims, x, wit)
         rho, z_lin = _lookup_head(led, lc.activation, f, nt, ni, claims, below, wit, name)
         return _matmul_tail(led, lc, nt, nk, rho, z_lin, below, x, wit, name, rows)
+    rho, z_lin, below = _bits_head(led, f, nt, ni, claims, wit.z if prover else None, relu, name,
+                                   lambda: _residual_claims(led, lc, nt, claims, x, wit))
+    return _matmul_tail(led, lc, nt, nk, rho, z_lin, below, x, wit, name, rows)
 
+
+def _bits_head(led, f: int, nt: int, ni: int, claims: list[Claim], z: np.ndarray | None,
+               relu: bool, name: str, split_residual) -> tuple[list[int], Lin, list[Claim]]:
+    """Steps 1-3 of a ReLU or identity rescale: the claims on out = act(floor(z / 2**f)), less
+    the residual parts `split_residual()` splits off, become z~(rho) as a committed linear
+    form. Returns (rho, z~(rho), the residual claims for the layer below)."""
+    prover = z is not None
+    nb = ni + 5
     # 1. commit the bits of z + 2**31 (Hyrax rows) before any challenge of this layer
     rows_b, cols_b = hyrax_split(nb, 5)
     if prover:
-        bits = _bit_decomposition(wit.z)
+        bits = _bit_decomposition(z)
         bmat = bits.reshape(1 << rows_b, 1 << cols_b)
         row_blinds = led.put_bit_matrix(bmat)
     else:
@@ -307,7 +339,7 @@ def _layer(
 
     # 2. split off the residual (a~(p_k), committed unless a is the public input), then merge
     #    the claims on this layer's output with powers of a challenge
-    below = _residual_claims(led, lc, nt, claims, x, wit)
+    below = split_residual()
     weights = [1]
     if len(claims) > 1:
         alpha = led.challenge(f"{name}/merge".encode())
@@ -316,7 +348,7 @@ def _layer(
     total = Lin()
     for k, (w, (_, lin, _)) in enumerate(zip(weights, claims)):
         total = total + lin * w
-        if lc.residual:
+        if below:
             total = total - below[k][1] * w
 
     lam = led.challenge(f"{name}/lambda".encode())
@@ -331,7 +363,7 @@ def _layer(
             m_tab = (bits[:, f:BITS - 1] @ (1 << np.arange(BITS - 1 - f, dtype=np.int64))).tolist()
         else:
             s_tab = [1] * (1 << ni)
-            m_tab = [int(v) % P for v in (wit.z.reshape(-1) >> f)]
+            m_tab = [int(v) % P for v in (z.reshape(-1) >> f)]
         oracle = _BitsOracle(e1, s_tab, m_tab, BooleanityProver(bits.reshape(-1), r_bool, ni),
                              lam, ni, nb)
     point, final = sumcheck(led, f"{name}/bits", total * lam, nb, 3, oracle)
@@ -370,8 +402,51 @@ def _layer(
             led.check_product(f"{name}/relu-product", i_s, i_m, i_sm)
         led.check_product(f"{name}/bit-square", i_beta, i_beta, i_b2)
         led.check_dot(f"{name}/bits-opening", bit_rows, row_w, ys, opened)
-    z_lin = Lin.var(i_z) - (1 << (BITS - 1))
-    return _matmul_tail(led, lc, nt, nk, rho, z_lin, below, x, wit, name, rows)
+    return rho, Lin.var(i_z) - (1 << (BITS - 1)), below
+
+
+def _gated_layer(led, lc: LayerCommitment, f: int, nt: int, nk: int, ni: int,
+                 claims: list[Claim], x: np.ndarray | None, wit: _Witness | None, name: str,
+                 rows: list | None) -> list[Claim]:
+    """A gated layer: out = floor(p / 2**f) (+ a) with p = g * u elementwise, where
+    u = floor(z_u / 2**f), g = G(floor(z_g / 2**f)) and [z_u | z_g] = a [W_u | W_g] + b."""
+    prover = wit is not None
+    d = lc.d_out
+    # 1-3. the output rescale: claims on out become p~(rho)
+    rho, p_lin, below = _bits_head(led, f, nt, ni, claims, wit.z if prover else None, False,
+                                   name, lambda: _residual_claims(led, lc, nt, claims, x, wit))
+    # 4. p~(rho) = sum_i eq(rho, i) g_i u_i: sum-check of degree 3, then g~ and u~ at rho2
+    #    committed, with their product proven
+    oracle = None
+    if prover:
+        q = wit.zw >> f
+        gate = lookup_activation(q[:, d:], GATED_ACTIVATIONS[lc.activation], f)
+        oracle = _TripleOracle(eq_table(rho), _flat(gate), _flat(q[:, :d]))
+    rho2, final = sumcheck(led, f"{name}/gate-product", p_lin, ni, 3, oracle)
+    i_g = led.put(oracle.s[0] if prover else None)
+    i_u = led.put(oracle.m[0] if prover else None)
+    i_gu = led.put(oracle.s[0] * oracle.m[0] % P if prover else None)
+    led.relate(f"{name}/gate-product-final", final - Lin.var(i_gu) * eq_eval(rho, rho2))
+    if prover:
+        led.prove_product(i_g, i_u, i_gu)
+    else:
+        led.check_product(f"{name}/gate-product-mul", i_g, i_u, i_gu)
+    full = 1 << nt
+    # 5. the up half, columns [0, d) of the matrix product: an identity rescale
+    rho_u, zu_lin, _ = _bits_head(led, f, nt, ni, [(rho2, Lin.var(i_u), full)],
+                                  wit.zw[:, :d] if prover else None, False, f"{name}/up",
+                                  list)
+    up = _matmul_tail(led, lc, nt, nk, rho_u[:nt] + [0] + rho_u[nt:], zu_lin, [], x, wit,
+                      f"{name}/up", rows)
+    # 6. the gate half, columns [d, 2d): the lookup of G
+    gate_wit = dataclasses.replace(wit, z=wit.zw[:, d:]) if prover else None
+    rho_g, zg_lin = _lookup_head(led, GATED_ACTIVATIONS[lc.activation], f, nt, ni,
+                                 [(rho2, Lin.var(i_g), full)], [], gate_wit, f"{name}/gate")
+    gate_claims = _matmul_tail(led, lc, nt, nk, rho_g[:nt] + [1] + rho_g[nt:], zg_lin, [], x,
+                               wit, f"{name}/gate", rows)
+    return [*below, *up, *gate_claims]
+
+
 
 
 def _matmul_tail(led, lc: LayerCommitment, nt: int, nk: int, rho: list[int], z_lin: Lin,
@@ -764,7 +839,7 @@ def prove(shard: CommittedShard, x: np.ndarray, y: np.ndarray,
     for k in range(len(c.layers) - 1, -1, -1):
         layer = shard.shard.layers[k]
         wit = _Witness(layer.weight, layer.bias, traces[k].a, traces[k].z,
-                       shard.weight_blinds[k], shard.bias_blinds[k])
+                       shard.weight_blinds[k], shard.bias_blinds[k], traces[k].zw)
         claims = _layer(led, c.layers[k], c.frac_bits, nt, claims, x if k == 0 else None, wit,
                         f"layer{c.first_layer + k}", None)
     return ShardProof(bind, led.finish())

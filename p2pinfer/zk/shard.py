@@ -42,9 +42,13 @@ from .group import (
 BITS = 32  # width of the pre-activation decomposition (rescale remainder + value + sign)
 MAX_WEIGHT = 1 << 15  # |w| < 2**15
 MAX_DIM = 1 << 14
-ACTIVATIONS = ("relu", "identity", "gelu", "silu")
+ACTIVATIONS = ("relu", "identity", "gelu", "silu", "swiglu", "geglu")
 #: activations proven by a lookup into a public table (`activation_table`)
 LOOKUP_ACTIVATIONS = ("gelu", "silu")
+#: gated layers y = floor(act(floor(x W_g + b_g) / 2**f) * floor((x W_u + b_u) / 2**f) / 2**f):
+#: the name and the lookup activation of the gate. The layer's weight is [W_u | W_g]
+#: (d_in, 2 d_out) and its bias [b_u | b_g], committed as one matrix.
+GATED_ACTIVATIONS = {"swiglu": "silu", "geglu": "gelu"}
 #: a lookup table covers q in [-2**(f + GELU_RANGE_BITS - 1), 2**(f + GELU_RANGE_BITS - 1)),
 #: i.e. real pre-activations in [-32, 32); lookup layers need frac_bits <= MAX_GELU_FRAC_BITS
 GELU_RANGE_BITS = 6
@@ -61,6 +65,16 @@ def log2_exact(n: int, what: str) -> int:
     return n.bit_length() - 1
 
 
+def weight_width(activation: str, d_out: int) -> int:
+    """Columns of a layer's weight matrix: 2 d_out for a gated layer ([W_u | W_g])."""
+    return 2 * d_out if activation in GATED_ACTIVATIONS else d_out
+
+
+def uses_table(activation: str) -> bool:
+    """Whether a layer of this activation is proven with a lookup table."""
+    return activation in LOOKUP_ACTIVATIONS or activation in GATED_ACTIVATIONS
+
+
 def hyrax_split(num_vars: int, min_col_vars: int = 0) -> tuple[int, int]:
     """(row variables, column variables) of a table with 2**num_vars entries."""
     col = max((num_vars + 1) // 2, min(min_col_vars, num_vars))
@@ -70,10 +84,12 @@ def hyrax_split(num_vars: int, min_col_vars: int = 0) -> tuple[int, int]:
 @dataclass(frozen=True)
 class FixedLayer:
     """One integer layer: y = act(floor((x W + b) / 2**f)) (+ x if residual); act is ReLU,
-    the identity, or GELU or SiLU by table (`activation_table`)."""
+    the identity, or GELU or SiLU by table (`activation_table`). A gated layer (SwiGLU, GeGLU:
+    GATED_ACTIVATIONS) holds [W_u | W_g] and [b_u | b_g] and computes
+    y = floor(G(floor((x W_g + b_g) / 2**f)) * floor((x W_u + b_u) / 2**f) / 2**f) (+ x)."""
 
-    weight: np.ndarray  # int64 (d_in, d_out), scale 2**f
-    bias: np.ndarray | None  # int64 (d_out,), scale 2**(2f)
+    weight: np.ndarray  # int64 (d_in, d_out) or (d_in, 2 d_out) when gated, scale 2**f
+    bias: np.ndarray | None  # int64 (d_out,) or (2 d_out,) when gated, scale 2**(2f)
     activation: str = "relu"
     residual: bool = False
 
@@ -82,6 +98,10 @@ class FixedLayer:
         if w.ndim != 2 or w.dtype.kind not in "iu":
             raise ValueError("weight must be a 2-D integer array")
         d_in, d_out = w.shape
+        if self.activation in GATED_ACTIVATIONS:
+            if d_out % 2:
+                raise ValueError("a gated layer's weight is [W_u | W_g]: an even width")
+            d_out //= 2
         log2_exact(d_in, "d_in")
         log2_exact(d_out, "d_out")
         if d_in > MAX_DIM or d_out > MAX_DIM:
@@ -90,8 +110,8 @@ class FixedLayer:
             raise FixedPointOverflow("a weight is outside (-2**15, 2**15)")
         if self.bias is not None:
             b = np.asarray(self.bias)
-            if b.shape != (d_out,) or b.dtype.kind not in "iu":
-                raise ValueError("bias must be an integer vector of length d_out")
+            if b.shape != (w.shape[1],) or b.dtype.kind not in "iu":
+                raise ValueError("bias must be an integer vector as wide as the weight")
             if np.abs(b).max(initial=0) >= 1 << (BITS - 2):
                 raise FixedPointOverflow("a bias is outside (-2**30, 2**30)")
         if self.activation not in ACTIVATIONS:
@@ -108,7 +128,27 @@ class FixedLayer:
 
     @property
     def d_out(self) -> int:
-        return int(self.weight.shape[1])
+        return int(self.weight.shape[1]) // (2 if self.gated else 1)
+
+    @property
+    def gated(self) -> bool:
+        return self.activation in GATED_ACTIVATIONS
+
+
+def _quantize(w: np.ndarray, b: np.ndarray | None, frac_bits: int
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """W to 2**-f and b to 2**-2f steps (plus 2**(f-1): the rescale rounds to nearest), both
+    zero-padded to power-of-two widths."""
+    wf = np.asarray(w, dtype=np.float64)
+    if wf.ndim != 2:
+        raise ValueError("a weight must be a 2-D (d_in, d_out) array")
+    d_in, d_out = (1 << (d - 1).bit_length() for d in wf.shape)
+    wq = np.zeros((d_in, d_out), dtype=np.int64)
+    wq[: wf.shape[0], : wf.shape[1]] = np.rint(wf * (1 << frac_bits))
+    bf = np.zeros(d_out)
+    if b is not None:
+        bf[: wf.shape[1]] = np.asarray(b, dtype=np.float64)
+    return wq, np.rint(bf * (1 << 2 * frac_bits)).astype(np.int64) + (1 << (frac_bits - 1))
 
 
 def _matmul_exact(a: np.ndarray, w: np.ndarray) -> np.ndarray:
@@ -122,11 +162,13 @@ def _matmul_exact(a: np.ndarray, w: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class LayerTrace:
-    """What the prover needs from one layer: its input and its pre-activation."""
+    """What the prover needs from one layer: its input and its pre-activation (for a gated
+    layer: the product of gate and up values, and in `zw` the matrix product [z_u | z_g])."""
 
     a: np.ndarray
     z: np.ndarray
     out: np.ndarray
+    zw: np.ndarray | None = None
 
 
 class ProvableMlp:
@@ -140,7 +182,7 @@ class ProvableMlp:
         for prev, nxt in pairwise(layers):
             if prev.d_out != nxt.d_in:
                 raise ValueError("consecutive layers do not chain (d_out != next d_in)")
-        if frac_bits > MAX_LOOKUP_FRAC_BITS and any(la.activation in LOOKUP_ACTIVATIONS
+        if frac_bits > MAX_LOOKUP_FRAC_BITS and any(uses_table(la.activation)
                                                     for la in layers):
             raise ValueError(f"GELU and SiLU layers need frac_bits <= {MAX_LOOKUP_FRAC_BITS}")
         self.layers = tuple(layers)
@@ -159,25 +201,22 @@ class ProvableMlp:
     ) -> ProvableMlp:
         """Quantize float (W (d_in, d_out), b) pairs: W, x to 2**-f and b to 2**-2f steps.
 
-        The bias also carries 2**(f-1), so the floor in the rescale rounds to nearest. Widths
-        that are not powers of two are padded with zero weights; padded features are exactly 0
+        A gated layer (`swiglu`, `geglu`) takes (W_u, b_u, W_g, b_g) instead of a pair. The
+        bias also carries 2**(f-1), so the floor in the rescale rounds to nearest. Widths that
+        are not powers of two are padded with zero weights; padded features are exactly 0
         through every layer, and `pad_features` / `live_features` convert x and y.
         """
         n = len(layers)
         acts = [activations] * n if isinstance(activations, str) else list(activations)
         res = [residual] * n if isinstance(residual, bool) else list(residual)
         out = []
-        for (w, b), act, r in zip(layers, acts, res, strict=True):
-            wf = np.asarray(w, dtype=np.float64)
-            if wf.ndim != 2:
-                raise ValueError("a weight must be a 2-D (d_in, d_out) array")
-            d_in, d_out = (1 << (d - 1).bit_length() for d in wf.shape)
-            wq = np.zeros((d_in, d_out), dtype=np.int64)
-            wq[: wf.shape[0], : wf.shape[1]] = np.rint(wf * (1 << frac_bits))
-            bf = np.zeros(d_out)
-            if b is not None:
-                bf[: wf.shape[1]] = np.asarray(b, dtype=np.float64)
-            bq = np.rint(bf * (1 << 2 * frac_bits)).astype(np.int64) + (1 << (frac_bits - 1))
+        for parts, act, r in zip(layers, acts, res, strict=True):
+            if (len(parts) == 4) != (act in GATED_ACTIVATIONS):
+                raise ValueError("a gated layer takes (W_u, b_u, W_g, b_g), others (W, b)")
+            halves = [_quantize(parts[k], parts[k + 1], frac_bits)
+                      for k in range(0, len(parts), 2)]
+            wq = np.concatenate([h[0] for h in halves], axis=1)
+            bq = np.concatenate([h[1] for h in halves])
             out.append(FixedLayer(wq, bq, act, r))
         shard = cls(out, frac_bits)
         shard.in_features = np.asarray(layers[0][0]).shape[0]
@@ -231,7 +270,15 @@ class ProvableMlp:
             if z.min(initial=0) < -half or z.max(initial=0) >= half:
                 raise FixedPointOverflow("a pre-activation is outside [-2**31, 2**31)")
             q = z >> f
-            if layer.activation == "relu":
+            zw = None
+            if layer.gated:
+                d = layer.d_out
+                gate = lookup_activation(q[:, d:], GATED_ACTIVATIONS[layer.activation], f)
+                zw, z = z, gate * q[:, :d]
+                if z.min(initial=0) < -half or z.max(initial=0) >= half:
+                    raise FixedPointOverflow("a gated product is outside [-2**31, 2**31)")
+                y = z >> f
+            elif layer.activation == "relu":
                 y = np.maximum(q, 0)
             elif layer.activation in LOOKUP_ACTIVATIONS:
                 y = lookup_activation(q, layer.activation, f)
@@ -241,7 +288,7 @@ class ProvableMlp:
                 y = y + a
                 if np.abs(y).max(initial=0) >= 1 << (BITS - 8):
                     raise FixedPointOverflow("a residual sum is outside (-2**24, 2**24)")
-            out.append(LayerTrace(a, z, y))
+            out.append(LayerTrace(a, z, y, zw))
             a = y
         return out
 
@@ -418,8 +465,9 @@ class LayerCommitment:
             raise ProofFormatError("bad layer dimensions")
         if act not in ACTIVATIONS or not isinstance(res, bool):
             raise ProofFormatError("bad activation or residual flag")
-        rows_w, _ = hyrax_split((d_in * d_out).bit_length() - 1)
-        rows_b, _ = hyrax_split(d_out.bit_length() - 1)
+        width = weight_width(act, d_out)
+        rows_w, _ = hyrax_split((d_in * width).bit_length() - 1)
+        rows_b, _ = hyrax_split(width.bit_length() - 1)
         if not _points_list(w, 1 << rows_w):
             raise ProofFormatError("weight commitment has the wrong shape")
         if b is not None and not _points_list(b, 1 << rows_b):
@@ -496,8 +544,7 @@ class ModelManifest:
         if not isinstance(layers, list) or not 1 <= len(layers) <= 4096:
             raise ProofFormatError("bad layer list")
         decoded = tuple(LayerCommitment.from_wire(lc) for lc in layers)
-        if f > MAX_LOOKUP_FRAC_BITS and any(lc.activation in LOOKUP_ACTIVATIONS
-                                            for lc in decoded):
+        if f > MAX_LOOKUP_FRAC_BITS and any(uses_table(lc.activation) for lc in decoded):
             raise ProofFormatError(f"GELU and SiLU layers need frac_bits <= "
                                    f"{MAX_LOOKUP_FRAC_BITS}")
         return cls(model, f, seed, decoded)
@@ -565,12 +612,12 @@ def generator_count_for(layers: Sequence[FixedLayer | LayerCommitment], tokens: 
     """Vector generators needed to commit these layers and prove `tokens` tokens (0: commit)."""
     need = 1
     for layer in layers:
-        nw = (layer.d_in * layer.d_out).bit_length() - 1
+        nw = (layer.d_in * weight_width(layer.activation, layer.d_out)).bit_length() - 1
         need = max(need, 1 << hyrax_split(nw)[1])
         if tokens:
             nb = (tokens * layer.d_out * BITS).bit_length() - 1
             need = max(need, 1 << hyrax_split(nb, 5)[1])
-            if layer.activation in LOOKUP_ACTIVATIONS:  # the lookup table's rows
+            if uses_table(layer.activation):  # the lookup table's rows
                 need = max(need, 1 << hyrax_split(MAX_LOOKUP_FRAC_BITS + LOOKUP_RANGE_BITS)[1])
     return need
 
@@ -659,8 +706,8 @@ def _read_cache(path: Path, key: str, shard: ProvableMlp) -> list | None:
     for layer, c in zip(shard.layers, layers):
         if not isinstance(c, dict):
             raise ProofFormatError("cache layer is not a map")
-        nrow_w = 1 << hyrax_split((layer.d_in * layer.d_out).bit_length() - 1)[0]
-        nrow_b = 1 << hyrax_split(layer.d_out.bit_length() - 1)[0]
+        nrow_w = 1 << hyrax_split(layer.weight.size.bit_length() - 1)[0]
+        nrow_b = 1 << hyrax_split(layer.weight.shape[1].bit_length() - 1)[0]
         w, wb, b, bb = c.get("w"), c.get("wb"), c.get("b"), c.get("bb")
         if not _points_list(w, nrow_w) or not isinstance(wb, list) or len(wb) != nrow_w:
             raise ProofFormatError("cache weight rows have the wrong shape")
