@@ -173,7 +173,7 @@ def embedding_shapes(cfg: BertConfig) -> Shapes:
     }
 
 
-def layer_shapes(cfg: BertConfig) -> Shapes:
+def layer_shapes(cfg: BertConfig, layer: int = 0) -> Shapes:
     h, i = cfg.hidden_size, cfg.intermediate_size
     shapes: Shapes = {}
     for name in ("query", "key", "value"):

@@ -205,7 +205,8 @@ class Checkpoint:
         return self._group("", self.family.embedding_shapes(self.config))
 
     def layer_keys(self, layer: int) -> dict[str, tuple[str, tuple[int, ...]]]:
-        return self._group(self.family.layer_prefix(layer), self.family.layer_shapes(self.config))
+        return self._group(self.family.layer_prefix(layer),
+                           self.family.layer_shapes(self.config, layer))
 
     def output_keys(self) -> dict[str, tuple[str, tuple[int, ...]]]:
         keys = self._group("", self.family.output_shapes(self.config))

@@ -49,7 +49,8 @@ class Family:
     parse_config: Callable[[Mapping[str, Any]], ArchConfig]
     embedding_shapes: Callable[[Any], Shapes]
     layer_prefix: Callable[[int], str]
-    layer_shapes: Callable[[Any], Shapes]
+    #: (config, layer index) -> the layer's tensors and shapes
+    layer_shapes: Callable[[Any, int], Shapes]
     output_shapes: Callable[[Any], Shapes]
     tied_key: str | None
     build_embeddings: Callable[[Any, Weights], nn.Module]

@@ -144,7 +144,7 @@ def embedding_shapes(cfg: GPT2Config) -> Shapes:
     }
 
 
-def layer_shapes(cfg: GPT2Config) -> Shapes:
+def layer_shapes(cfg: GPT2Config, layer: int = 0) -> Shapes:
     h, i = cfg.hidden_size, cfg.inner_size
     return {
         "ln_1.weight": (h,),

@@ -216,7 +216,7 @@ def embedding_shapes(cfg: LlamaConfig) -> Shapes:
     return {"embed_tokens.weight": (cfg.vocab_size, cfg.hidden_size)}
 
 
-def layer_shapes(cfg: LlamaConfig) -> Shapes:
+def layer_shapes(cfg: LlamaConfig, layer: int = 0) -> Shapes:
     h, q, kv, i = (
         cfg.hidden_size,
         cfg.num_heads * cfg.head_dim,

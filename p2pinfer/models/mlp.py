@@ -6,7 +6,8 @@ shape [out, in] as a linear map, `layers.{i}.bias`), and the owner's published m
 Serving peers also hold `zk/`, the owner's commitment caches with the secret row blindings
 (mode 0600); a requester needs only config.json and the manifest. Every layer maps
 hidden_size -> hidden_size: y = act(x W^T + b) (+ x when residual), act in {relu, identity,
-gelu, silu}.
+gelu, silu}; a gated layer (swiglu, geglu) holds `layers.{i}.weight` of shape [2h, h] (the up
+rows, then the gate rows) and a bias of 2h, and computes act(x W_g^T + b_g) * (x W_u^T + b_u).
 
 There are no tokens: the "embedding" is the identity on features [1, T, hidden_size] and the
 output is the last hidden state. In general mode the layers run in float; in critical mode in
@@ -42,7 +43,8 @@ ZK_MLP = "p2pinfer-zk-mlp"
 MANIFEST_FILE = "zk-manifest.bin"
 COMMIT_DIR = "zk"
 MAX_MANIFEST_BYTES = 64 << 20
-_ACTIVATIONS = ("relu", "identity", "gelu", "silu")
+_ACTIVATIONS = ("relu", "identity", "gelu", "silu", "swiglu", "geglu")
+_GATES = {"swiglu": F.silu, "geglu": F.gelu}
 _STAMP = "p2pinfer_default.json"
 _FORMAT_VERSION = 1
 
@@ -73,11 +75,11 @@ class MlpConfig(ArchConfig):
         frac = field(raw, "frac_bits", default=8)
         if not 1 <= frac <= 16:
             raise ModelError("frac_bits must be in 1..16")
-        from p2pinfer.zk.shard import LOOKUP_ACTIVATIONS, MAX_LOOKUP_FRAC_BITS
+        from p2pinfer.zk.shard import MAX_LOOKUP_FRAC_BITS, uses_table
 
-        if frac > MAX_LOOKUP_FRAC_BITS and any(a in LOOKUP_ACTIVATIONS for a in acts):
-            raise ModelError(f"GELU and SiLU layers need frac_bits <= {MAX_LOOKUP_FRAC_BITS} "
-                             "(the size of their lookup table)")
+        if frac > MAX_LOOKUP_FRAC_BITS and any(uses_table(a) for a in acts):
+            raise ModelError(f"GELU, SiLU and gated layers need frac_bits <= "
+                             f"{MAX_LOOKUP_FRAC_BITS} (the size of their lookup table)")
         return cls(
             model_type=MODEL_TYPE, num_layers=layers, hidden_size=hidden, vocab_size=0,
             max_positions=field(raw, "max_positions", default=1024), num_heads=1,
@@ -116,7 +118,11 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, cache: Any, slot: int, start_pos: int) -> torch.Tensor:
         y = F.linear(x, self.weight, self.bias)
-        if self.act == "relu":
+        gate = _GATES.get(self.act)
+        if gate is not None:
+            up, g = y.chunk(2, dim=-1)
+            y = gate(g) * up
+        elif self.act == "relu":
             y = F.relu(y)
         elif self.act == "gelu":
             y = F.gelu(y)  # exact (erf) GELU, which the fixed-point table rounds
@@ -125,9 +131,10 @@ class Block(nn.Module):
         return y + x if self.residual else y
 
 
-def layer_shapes(cfg: MlpConfig) -> Shapes:
+def layer_shapes(cfg: MlpConfig, layer: int = 0) -> Shapes:
     h = cfg.hidden_size
-    return {"weight": (h, h), "bias": (h,)}
+    width = 2 * h if cfg.activations[layer] in _GATES else h
+    return {"weight": (width, h), "bias": (width,)}
 
 
 FAMILY = Family(
@@ -193,7 +200,12 @@ def fixed_layers(path: str | Path, start: int, end: int) -> Any:
     pairs = []
     for i in range(start, end):
         w = ckpt.load(ckpt.layer_keys(i), torch.float64)
-        pairs.append((w["weight"].numpy().T, w["bias"].numpy()))
+        weight, bias = w["weight"].numpy().T, w["bias"].numpy()
+        if cfg.activations[i] in _GATES:  # (W_u, b_u, W_g, b_g)
+            h = cfg.hidden_size
+            pairs.append((weight[:, :h], bias[:h], weight[:, h:], bias[h:]))
+        else:
+            pairs.append((weight, bias))
     return ProvableMlp.from_float(pairs, activations=list(cfg.activations[start:end]),
                                   residual=list(cfg.residual[start:end]), frac_bits=cfg.frac_bits)
 
@@ -264,7 +276,7 @@ def zk_mlp_config(name: str = ZK_MLP, layers: int = 6, hidden: int = 256,
 
 def write_random_mlp(directory: str | Path, config: dict[str, Any]) -> None:
     """Config, seeded random weights (He-scaled, so activations keep their size through ReLU
-    layers), and the committed manifest, into `directory`."""
+    layers; gated layers at std 1/sqrt(h)), and the committed manifest, into `directory`."""
     from safetensors.numpy import save_file
 
     from p2pinfer.models.defaults import _random_uniform
@@ -274,9 +286,15 @@ def write_random_mlp(directory: str | Path, config: dict[str, Any]) -> None:
     seed = int.from_bytes(hashlib.sha256(config["p2pinfer_name"].encode()).digest()[:16], "little")
     rng = np.random.Generator(np.random.PCG64(seed))
     tensors: dict[str, np.ndarray] = {}
+    gated = [a in _GATES for a in config["activations"]] if isinstance(
+        config.get("activations"), list) else [config.get("activations") in _GATES] * n
     for i in range(n):
-        tensors[f"layers.{i}.weight"] = _random_uniform(rng, (h, h), math.sqrt(2.0 / h))
-        tensors[f"layers.{i}.bias"] = _random_uniform(rng, (h,), 0.05)
+        width = 2 * h if gated[i] else h
+        # a gated layer multiplies two pre-activations, so its output grows with their square:
+        # at std 1/sqrt(h) they stay near unit size and the product shrinks a little per layer
+        std = math.sqrt((1.0 if gated[i] else 2.0) / h)
+        tensors[f"layers.{i}.weight"] = _random_uniform(rng, (width, h), std)
+        tensors[f"layers.{i}.bias"] = _random_uniform(rng, (width,), 0.05)
     (directory / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
     publish_manifest(directory, config["p2pinfer_name"])

@@ -102,15 +102,16 @@ async def test_a_stage_refuses_a_task_pinned_to_another_manifest(tmp_path, mlp_d
         assert stages[0].inference.stage.counters["refused"] == 1
 
 
-async def test_a_gelu_mlp_is_proven_by_lookups_and_a_cheat_is_caught(tmp_path):
-    """GELU layers are proven through the lookup argument over the same testnet path, and a
-    stage with other weights is caught."""
+@pytest.mark.parametrize("act", ["gelu", "swiglu"])
+async def test_a_lookup_mlp_is_proven_and_a_cheat_is_caught(tmp_path, act):
+    """GELU layers (the lookup argument) and SwiGLU layers (the gated product and the SiLU
+    lookup) are proven over the same testnet path, and a stage with other weights is caught."""
     from p2pinfer.models.mlp import write_random_mlp, zk_mlp_config
 
-    model = tmp_path / "gelu-mlp"
+    model = tmp_path / f"{act}-mlp"
     model.mkdir()
-    write_random_mlp(model, zk_mlp_config("zk-mlp-gelu", layers=6, hidden=32,
-                                          activation="gelu"))
+    write_random_mlp(model, zk_mlp_config(f"zk-mlp-{act}", layers=6, hidden=32,
+                                          activation=act))
     x = features(3)
     async with network(tmp_path / "honest", str(model), SPANS) as (client, _):
         result = await infer_critical(client.inference, x, model=str(model),

@@ -74,12 +74,14 @@ def test_a_missing_manifest_is_a_model_error(mlp_dir, tmp_path):
         load_manifest_bytes(bare)
 
 
-@pytest.mark.parametrize("act", ["gelu", "silu"])
+@pytest.mark.parametrize("act", ["gelu", "silu", "swiglu", "geglu"])
 def test_a_lookup_activation_model_runs_in_float_and_in_fixed_point_alike(tmp_path, act):
-    model = small_mlp(tmp_path / act, name="zk-mlp-gelu-model")
-    cfg = json.loads((model / "config.json").read_text())
-    cfg["activations"] = [act] * 5 + ["identity"]
-    (model / "config.json").write_text(json.dumps(cfg))
+    from p2pinfer.models.mlp import write_random_mlp, zk_mlp_config
+
+    model = tmp_path / act
+    model.mkdir()
+    write_random_mlp(model, zk_mlp_config("zk-mlp-gelu-model", layers=6, hidden=32,
+                                          activation=act))
     x = np.random.default_rng(2).normal(size=(4, 32))
     fixed = fixed_layers(model, 0, 6)
     assert [layer.activation for layer in fixed.layers] == [act] * 5 + ["identity"]
@@ -88,9 +90,20 @@ def test_a_lookup_activation_model_runs_in_float_and_in_fixed_point_alike(tmp_pa
     assert np.abs(y - ref).max() < 0.1 * max(1.0, np.abs(ref).max())
     relu = LocalModel.load(small_mlp(tmp_path / "relu", name="zk-mlp-gelu-model"))
     assert not np.allclose(relu.forward(torch.from_numpy(x).float()[None])[0].numpy(), ref)
+    cfg = json.loads((model / "config.json").read_text())
     cfg["frac_bits"] = 12  # no lookup table that fine
     (model / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(ModelError, match="GELU and SiLU"):
+    with pytest.raises(ModelError, match="frac_bits <= 10"):
+        LayerSpan.load(model, 0, 1)
+
+
+def test_a_gated_layer_needs_its_double_width_weight(tmp_path):
+    """A config that turns a square layer into a gated one no longer matches the weights."""
+    model = small_mlp(tmp_path / "square", name="zk-mlp-square")
+    cfg = json.loads((model / "config.json").read_text())
+    cfg["activations"] = ["swiglu"] * 5 + ["identity"]
+    (model / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelError, match="does not match the weights"):
         LayerSpan.load(model, 0, 1)
 
 
