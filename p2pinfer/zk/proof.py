@@ -447,8 +447,6 @@ def _gated_layer(led, lc: LayerCommitment, f: int, nt: int, nk: int, ni: int,
     return [*below, *up, *gate_claims]
 
 
-
-
 def _matmul_tail(led, lc: LayerCommitment, nt: int, nk: int, rho: list[int], z_lin: Lin,
                  below: list[Claim], x: np.ndarray | None, wit: _Witness | None, name: str,
                  rows: list | None) -> list[Claim]:

@@ -184,7 +184,8 @@ class ProvableMlp:
                 raise ValueError("consecutive layers do not chain (d_out != next d_in)")
         if frac_bits > MAX_LOOKUP_FRAC_BITS and any(uses_table(la.activation)
                                                     for la in layers):
-            raise ValueError(f"GELU and SiLU layers need frac_bits <= {MAX_LOOKUP_FRAC_BITS}")
+            raise ValueError(f"GELU, SiLU and gated layers need frac_bits <= "
+                             f"{MAX_LOOKUP_FRAC_BITS}")
         self.layers = tuple(layers)
         self.frac_bits = frac_bits
         self.in_features = self.layers[0].d_in  # widths before padding (from_float)
@@ -213,6 +214,8 @@ class ProvableMlp:
         for parts, act, r in zip(layers, acts, res, strict=True):
             if (len(parts) == 4) != (act in GATED_ACTIVATIONS):
                 raise ValueError("a gated layer takes (W_u, b_u, W_g, b_g), others (W, b)")
+            if len(parts) == 4 and np.shape(parts[0]) != np.shape(parts[2]):
+                raise ValueError("a gated layer's W_u and W_g must have one shape")
             halves = [_quantize(parts[k], parts[k + 1], frac_bits)
                       for k in range(0, len(parts), 2)]
             wq = np.concatenate([h[0] for h in halves], axis=1)
@@ -349,7 +352,7 @@ def silu_table(frac_bits: int) -> np.ndarray:
     specification makes it correctly rounded, so every machine derives the same table bit for
     bit, with no dependence on the platform's libm. An entry could differ from the exactly
     rounded value only if t * sigmoid(x), irrational for t != 0, lay within about 10**-35 of a
-    rounding tie; `tests/zk/test_lookup.py` checks every table against float64 instead.
+    rounding tie; `tests/zk/test_silu.py` checks every table (f = 1..10) against float64.
     """
     if not 1 <= frac_bits <= MAX_LOOKUP_FRAC_BITS:
         raise ValueError(f"SiLU tables exist for frac_bits 1..{MAX_LOOKUP_FRAC_BITS}")
@@ -465,6 +468,8 @@ class LayerCommitment:
             raise ProofFormatError("bad layer dimensions")
         if act not in ACTIVATIONS or not isinstance(res, bool):
             raise ProofFormatError("bad activation or residual flag")
+        if res and d_in != d_out:
+            raise ProofFormatError("a residual layer needs d_in == d_out")
         width = weight_width(act, d_out)
         rows_w, _ = hyrax_split((d_in * width).bit_length() - 1)
         rows_b, _ = hyrax_split(width.bit_length() - 1)
@@ -545,7 +550,7 @@ class ModelManifest:
             raise ProofFormatError("bad layer list")
         decoded = tuple(LayerCommitment.from_wire(lc) for lc in layers)
         if f > MAX_LOOKUP_FRAC_BITS and any(uses_table(lc.activation) for lc in decoded):
-            raise ProofFormatError(f"GELU and SiLU layers need frac_bits <= "
+            raise ProofFormatError(f"GELU, SiLU and gated layers need frac_bits <= "
                                    f"{MAX_LOOKUP_FRAC_BITS}")
         return cls(model, f, seed, decoded)
 

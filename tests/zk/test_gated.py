@@ -87,6 +87,8 @@ def test_the_fixed_point_forward_tracks_float_swiglu_and_geglu():
         assert np.abs(got - ref).max() < 0.05, act
     with pytest.raises(ValueError, match="gated"):
         ProvableMlp.from_float([(wu, bu)], activations="swiglu")
+    with pytest.raises(ValueError, match="one shape"):
+        ProvableMlp.from_float([(wu, bu, wg[:, :30], bg[:30])], activations="swiglu")
 
 
 def test_a_gated_layer_refuses_odd_widths_and_overflowing_products():
@@ -215,3 +217,16 @@ def test_mutated_gated_proofs_never_verify(swiglu_committed, data):
     y = swiglu_committed.forward_fixed(x)
     assert_mutation_rejected(swiglu_committed, x, y, BINDING,
                              data.draw(st.integers(0, 1 << 20)), data.draw(st.integers(1, 255)))
+
+
+def test_a_manifest_residual_across_widths_is_malformed_not_a_crash(swiglu_committed):
+    """A residual flag on a layer whose widths differ is refused when the manifest is read, so
+    a verifier never reaches the proof with it (the binding is a public hash: anyone can
+    re-bind a proof to an edited manifest)."""
+    wide = commit_shard(ProvableMlp([gated_layer(4, 8, seed=4)]))
+    entry = wide.commitment.layers[0].to_wire()
+    with pytest.raises(ProofFormatError, match="residual"):
+        LayerCommitment.from_wire({**entry, "res": True})
+    plain = commit_shard(ProvableMlp([plain_layer(4, 8, "relu", 5)])).commitment.layers[0]
+    with pytest.raises(ProofFormatError, match="residual"):
+        LayerCommitment.from_wire({**plain.to_wire(), "res": True})

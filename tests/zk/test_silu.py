@@ -40,7 +40,7 @@ def silu_committed():
     return commit_shard(silu_shard([8, 16, 8], acts=["silu", "identity"]))
 
 
-@pytest.mark.parametrize("f", [1, 4, 8])
+@pytest.mark.parametrize("f", range(1, 11))
 def test_the_table_is_silu_rounded_to_the_fixed_point_grid(f):
     table = silu_table(f)
     assert len(table) == 1 << (f + 6) and not table.flags.writeable
