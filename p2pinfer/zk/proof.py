@@ -304,21 +304,41 @@ def _layer(
     wit: _Witness | None,
     name: str,
     rows: list | None,
+    deferred: list[Claim] | None = None,
+    source: tuple[np.ndarray | None, np.ndarray | None] = (None, None),
 ) -> list[Claim]:
+    """Reduce the claims on this layer's output to claims on its input (returned). The claims
+    of a skip residual (`lc.skip`) on the input of an earlier layer go to `deferred`, with
+    `source` = (that input if it is the public x, else None; its witness on the prover)."""
     prover = wit is not None
     f = frac_bits
     nk, no = log2_exact(lc.d_in, "d_in"), log2_exact(lc.d_out, "d_out")
     ni = nt + no
     relu = lc.activation == "relu"
+    res_x, res_a = source if lc.skip else (x, wit.a if prover else None)
+
+    def split() -> list[Claim]:
+        return _residual_claims(led, lc.residual, nt, claims, res_x, res_a, prover)
+
+    def keep(below: list[Claim]) -> list[Claim]:
+        """The residual claims that go with the claims on this layer's input."""
+        if not lc.skip:
+            return below
+        if deferred is None:
+            raise ShapeMismatch("shard", "a skip residual needs the caller's deferred claims")
+        deferred.extend(below)
+        return []
+
     if lc.activation in GATED_ACTIVATIONS:
-        return _gated_layer(led, lc, f, nt, nk, ni, claims, x, wit, name, rows)
+        below, rest = _gated_layer(led, lc, f, nt, nk, ni, claims, x, wit, name, rows, split)
+        return [*keep(below), *rest]
     if lc.activation in LOOKUP_ACTIVATIONS:
-        below = _residual_claims(led, lc, nt, claims, x, wit)
+        below = split()
         rho, z_lin = _lookup_head(led, lc.activation, f, nt, ni, claims, below, wit, name)
-        return _matmul_tail(led, lc, nt, nk, rho, z_lin, below, x, wit, name, rows)
+        return _matmul_tail(led, lc, nt, nk, rho, z_lin, keep(below), x, wit, name, rows)
     rho, z_lin, below = _bits_head(led, f, nt, ni, claims, wit.z if prover else None, relu, name,
-                                   lambda: _residual_claims(led, lc, nt, claims, x, wit))
-    return _matmul_tail(led, lc, nt, nk, rho, z_lin, below, x, wit, name, rows)
+                                   split)
+    return _matmul_tail(led, lc, nt, nk, rho, z_lin, keep(below), x, wit, name, rows)
 
 
 def _bits_head(led, f: int, nt: int, ni: int, claims: list[Claim], z: np.ndarray | None,
@@ -407,14 +427,15 @@ def _bits_head(led, f: int, nt: int, ni: int, claims: list[Claim], z: np.ndarray
 
 def _gated_layer(led, lc: LayerCommitment, f: int, nt: int, nk: int, ni: int,
                  claims: list[Claim], x: np.ndarray | None, wit: _Witness | None, name: str,
-                 rows: list | None) -> list[Claim]:
+                 rows: list | None, split_residual) -> tuple[list[Claim], list[Claim]]:
     """A gated layer: out = floor(p / 2**f) (+ a) with p = g * u elementwise, where
-    u = floor(z_u / 2**f), g = G(floor(z_g / 2**f)) and [z_u | z_g] = a [W_u | W_g] + b."""
+    u = floor(z_u / 2**f), g = G(floor(z_g / 2**f)) and [z_u | z_g] = a [W_u | W_g] + b.
+    Returns (the residual claims, the claims on a from both halves)."""
     prover = wit is not None
     d = lc.d_out
     # 1-3. the output rescale: claims on out become p~(rho)
     rho, p_lin, below = _bits_head(led, f, nt, ni, claims, wit.z if prover else None, False,
-                                   name, lambda: _residual_claims(led, lc, nt, claims, x, wit))
+                                   name, split_residual)
     # 4. p~(rho) = sum_i eq(rho, i) g_i u_i: sum-check of degree 3, then g~ and u~ at rho2
     #    committed, with their product proven
     oracle = None
@@ -444,7 +465,7 @@ def _gated_layer(led, lc: LayerCommitment, f: int, nt: int, nk: int, ni: int,
                                  [(rho2, Lin.var(i_g), full)], [], gate_wit, f"{name}/gate")
     gate_claims = _matmul_tail(led, lc, nt, nk, rho_g[:nt] + [1] + rho_g[nt:], zg_lin, [], x,
                                wit, f"{name}/gate", rows)
-    return [*below, *up, *gate_claims]
+    return below, [*up, *gate_claims]
 
 
 def _matmul_tail(led, lc: LayerCommitment, nt: int, nk: int, rho: list[int], z_lin: Lin,
@@ -482,17 +503,18 @@ def _matmul_tail(led, lc: LayerCommitment, nt: int, nk: int, rho: list[int], z_l
     return [*below, (a_point, Lin.var(i_a), 1 << nt)]
 
 
-def _residual_claims(led, lc: LayerCommitment, nt: int, claims: list[Claim],
-                     x: np.ndarray | None, wit: _Witness | None) -> list[Claim]:
-    """For a residual layer, a~(p_k) at each claim's point (committed, or computed from x by
-    the verifier at the first layer): split off the output claims, passed to the layer below."""
+def _residual_claims(led, residual: bool, nt: int, claims: list[Claim], x: np.ndarray | None,
+                     a: np.ndarray | None, prover: bool) -> list[Claim]:
+    """For a residual layer, a~(p_k) at each claim's point, a being the residual source
+    (committed, or computed from x by the verifier when the source is the shard's input): split
+    off the output claims, passed on as claims on a."""
     below: list[Claim] = []
-    if lc.residual:
+    if residual:
         for p, _, live in claims:
             if x is not None:  # the padded rows of x are zero: no mask needed
                 lin = Lin(const=int_mle_eval(x, p))
             else:
-                v = dot(_masked_eq(p, live, nt), _flat(wit.a)) if wit is not None else None
+                v = dot(_masked_eq(p, live, nt), _flat(a)) if prover else None
                 lin = Lin.var(led.put(v))
             below.append((p, lin, live))
     return below
@@ -834,12 +856,17 @@ def prove(shard: CommittedShard, x: np.ndarray, y: np.ndarray,
         raise ValueError("y is not this shard's fixed-point output on x")
     led = ProverLedger(_params(c, 1 << nt), t)
     claims = _output_claims(led, y, nt)
+    pending: dict[int, list[Claim]] = {}
     for k in range(len(c.layers) - 1, -1, -1):
         layer = shard.shard.layers[k]
         wit = _Witness(layer.weight, layer.bias, traces[k].a, traces[k].z,
                        shard.weight_blinds[k], shard.bias_blinds[k], traces[k].zw)
+        src = k - layer.skip
+        deferred = pending.setdefault(src, [])
         claims = _layer(led, c.layers[k], c.frac_bits, nt, claims, x if k == 0 else None, wit,
-                        f"layer{c.first_layer + k}", None)
+                        f"layer{c.first_layer + k}", None, deferred,
+                        (x if src == 0 else None, traces[src].a))
+        claims = claims + pending.pop(k, [])
     return ShardProof(bind, led.finish())
 
 
@@ -868,6 +895,11 @@ def verify(commitment: ShardCommitment | ModelManifest, x: np.ndarray, y: np.nda
     for lc, nxt in zip(commitment.layers, commitment.layers[1:]):
         if lc.d_out != nxt.d_in:
             raise ShapeMismatch("shard", "the shard's layers do not chain")
+    for k, lc in enumerate(commitment.layers):
+        if k - lc.skip < 0:
+            raise ShapeMismatch("shard", "a residual reaches back before the shard's first layer")
+        if lc.residual and lc.d_out != commitment.layers[k - lc.skip].d_in:
+            raise ShapeMismatch("shard", "a skip residual's source has another width")
     t, bind = _binding(commitment, x, y, binding)
     if not hmac.compare_digest(bind, proof.binding):
         raise BindingMismatch("binding", "proof was made for another task, manifest, x or y")
@@ -880,10 +912,14 @@ def verify(commitment: ShardCommitment | ModelManifest, x: np.ndarray, y: np.nda
             rows[("b", id(lc.bias_rows))] = b_pts
         led = VerifierLedger(_params(commitment, 1 << nt), t, proof.record)
         claims = _output_claims(led, y, nt)
+        pending: dict[int, list[Claim]] = {}
         for k in range(len(commitment.layers) - 1, -1, -1):
+            src = k - commitment.layers[k].skip
+            deferred = pending.setdefault(src, [])
             claims = _layer(led, commitment.layers[k], commitment.frac_bits, nt, claims,
                             x if k == 0 else None, None, f"layer{commitment.first_layer + k}",
-                            rows)
+                            rows, deferred, (x if src == 0 else None, None))
+            claims = claims + pending.pop(k, [])
         led.finish()
     except ProofFormatError as exc:
         raise MalformedProof("encoding", str(exc)) from None

@@ -57,6 +57,7 @@ MAX_GELU_FRAC_BITS = 10
 LOOKUP_RANGE_BITS = GELU_RANGE_BITS
 MAX_LOOKUP_FRAC_BITS = MAX_GELU_FRAC_BITS
 MANIFEST_VERSION = 1
+MAX_SKIP = 64
 
 
 def log2_exact(n: int, what: str) -> int:
@@ -92,6 +93,9 @@ class FixedLayer:
     bias: np.ndarray | None  # int64 (d_out,) or (2 d_out,) when gated, scale 2**(2f)
     activation: str = "relu"
     residual: bool = False
+    #: a residual adds the input of the layer `skip` layers before this one (0: its own input),
+    #: as a transformer block adds its input after two or more layers
+    skip: int = 0
 
     def __post_init__(self) -> None:
         w = np.asarray(self.weight)
@@ -116,8 +120,11 @@ class FixedLayer:
                 raise FixedPointOverflow("a bias is outside (-2**30, 2**30)")
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {ACTIVATIONS}")
-        if self.residual and d_in != d_out:
+        if self.residual and not self.skip and d_in != d_out:
             raise ValueError("a residual layer needs d_in == d_out")
+        if not isinstance(self.skip, int) or not 0 <= self.skip <= MAX_SKIP or (
+                self.skip and not self.residual):
+            raise ValueError(f"skip must be in 0..{MAX_SKIP}, and non-zero only with residual")
         object.__setattr__(self, "weight", w.astype(np.int64))
         if self.bias is not None:
             object.__setattr__(self, "bias", np.asarray(self.bias).astype(np.int64))
@@ -182,6 +189,11 @@ class ProvableMlp:
         for prev, nxt in pairwise(layers):
             if prev.d_out != nxt.d_in:
                 raise ValueError("consecutive layers do not chain (d_out != next d_in)")
+        for k, layer in enumerate(layers):
+            if k - layer.skip < 0:
+                raise ValueError("a residual reaches back before the shard's first layer")
+            if layer.residual and layer.d_out != layers[k - layer.skip].d_in:
+                raise ValueError("a skip residual's source has another width")
         if frac_bits > MAX_LOOKUP_FRAC_BITS and any(uses_table(la.activation)
                                                     for la in layers):
             raise ValueError(f"GELU, SiLU and gated layers need frac_bits <= "
@@ -198,6 +210,7 @@ class ProvableMlp:
         *,
         activations: Sequence[str] | str = "relu",
         residual: Sequence[bool] | bool = False,
+        skip: Sequence[int] | int = 0,
         frac_bits: int = 8,
     ) -> ProvableMlp:
         """Quantize float (W (d_in, d_out), b) pairs: W, x to 2**-f and b to 2**-2f steps.
@@ -210,8 +223,9 @@ class ProvableMlp:
         n = len(layers)
         acts = [activations] * n if isinstance(activations, str) else list(activations)
         res = [residual] * n if isinstance(residual, bool) else list(residual)
+        skips = [skip] * n if isinstance(skip, int) else list(skip)
         out = []
-        for parts, act, r in zip(layers, acts, res, strict=True):
+        for parts, act, r, back in zip(layers, acts, res, skips, strict=True):
             if (len(parts) == 4) != (act in GATED_ACTIVATIONS):
                 raise ValueError("a gated layer takes (W_u, b_u, W_g, b_g), others (W, b)")
             if len(parts) == 4 and np.shape(parts[0]) != np.shape(parts[2]):
@@ -220,7 +234,7 @@ class ProvableMlp:
                       for k in range(0, len(parts), 2)]
             wq = np.concatenate([h[0] for h in halves], axis=1)
             bq = np.concatenate([h[1] for h in halves])
-            out.append(FixedLayer(wq, bq, act, r))
+            out.append(FixedLayer(wq, bq, act, r, back))
         shard = cls(out, frac_bits)
         shard.in_features = np.asarray(layers[0][0]).shape[0]
         shard.out_features = np.asarray(layers[-1][0]).shape[1]
@@ -267,6 +281,7 @@ class ProvableMlp:
         half = 1 << (BITS - 1)
         out: list[LayerTrace] = []
         for layer in self.layers:
+            source = out[len(out) - layer.skip].a if layer.skip else a
             z = _matmul_exact(a, layer.weight)
             if layer.bias is not None:
                 z = z + layer.bias
@@ -288,7 +303,7 @@ class ProvableMlp:
             else:
                 y = q
             if layer.residual:
-                y = y + a
+                y = y + source
                 if np.abs(y).max(initial=0) >= 1 << (BITS - 8):
                     raise FixedPointOverflow("a residual sum is outside (-2**24, 2**24)")
             out.append(LayerTrace(a, z, y, zw))
@@ -303,7 +318,8 @@ class ProvableMlp:
         h = hashlib.sha256(b"p2pinfer-zk-v1/weights")
         h.update(self.frac_bits.to_bytes(1, "little"))
         for layer in self.layers:
-            h.update(msgpack.packb([layer.d_in, layer.d_out, layer.activation, layer.residual]))
+            h.update(msgpack.packb([layer.d_in, layer.d_out, layer.activation, layer.residual]
+                                   + ([layer.skip] if layer.skip else [])))
             h.update(np.ascontiguousarray(layer.weight, dtype="<i8").tobytes())
             h.update(b"\x01" if layer.bias is not None else b"\x00")
             if layer.bias is not None:
@@ -433,6 +449,7 @@ class LayerCommitment:
     residual: bool
     weight_rows: tuple[bytes, ...]
     bias_rows: tuple[bytes, ...] | None
+    skip: int = 0  # the residual's source: the input of the layer `skip` before this one
 
     def decoded_rows(self) -> tuple[list, list | None]:
         """(weight, bias) row commitments as group elements, decoded once and kept."""
@@ -445,7 +462,7 @@ class LayerCommitment:
         return cached
 
     def to_wire(self) -> dict:
-        return {
+        wire = {
             "d_in": self.d_in,
             "d_out": self.d_out,
             "act": self.activation,
@@ -453,6 +470,9 @@ class LayerCommitment:
             "w": list(self.weight_rows),
             "b": None if self.bias_rows is None else list(self.bias_rows),
         }
+        if self.skip:  # absent when 0, so earlier manifests keep their bytes and digests
+            wire["skip"] = self.skip
+        return wire
 
     @classmethod
     def from_wire(cls, m: object) -> LayerCommitment:
@@ -468,7 +488,12 @@ class LayerCommitment:
             raise ProofFormatError("bad layer dimensions")
         if act not in ACTIVATIONS or not isinstance(res, bool):
             raise ProofFormatError("bad activation or residual flag")
-        if res and d_in != d_out:
+        skip = m.get("skip", 0)
+        if "skip" in m and (type(skip) is not int or not 1 <= skip <= MAX_SKIP or not res):
+            raise ProofFormatError(f"skip must be in 1..{MAX_SKIP} and needs res")
+        if set(m) - {"d_in", "d_out", "act", "res", "w", "b", "skip"}:
+            raise ProofFormatError("a layer commitment has unknown fields")
+        if res and not skip and d_in != d_out:
             raise ProofFormatError("a residual layer needs d_in == d_out")
         width = weight_width(act, d_out)
         rows_w, _ = hyrax_split((d_in * width).bit_length() - 1)
@@ -477,7 +502,7 @@ class LayerCommitment:
             raise ProofFormatError("weight commitment has the wrong shape")
         if b is not None and not _points_list(b, 1 << rows_b):
             raise ProofFormatError("bias commitment has the wrong shape")
-        return cls(d_in, d_out, act, res, tuple(w), None if b is None else tuple(b))
+        return cls(d_in, d_out, act, res, tuple(w), None if b is None else tuple(b), skip)
 
 
 def _points_list(v: object, n: int) -> bool:
@@ -674,7 +699,7 @@ def commit_shard(
             _write_cache(path, key, cached)
     layers = tuple(
         LayerCommitment(l.d_in, l.d_out, l.activation, l.residual, tuple(w),
-                        None if b is None else tuple(b))
+                        None if b is None else tuple(b), l.skip)
         for l, (w, _, b, _) in zip(shard.layers, cached)
     )
     commitment = ShardCommitment(model_id, first_layer, shard.frac_bits, generator_seed, layers)
