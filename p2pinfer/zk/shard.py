@@ -57,6 +57,9 @@ MAX_GELU_FRAC_BITS = 10
 LOOKUP_RANGE_BITS = GELU_RANGE_BITS
 MAX_LOOKUP_FRAC_BITS = MAX_GELU_FRAC_BITS
 MANIFEST_VERSION = 1
+#: a manifest with a skip residual is version 2, so that a verifier that predates `skip` (and
+#: would read the layer as adding its own input) refuses it instead of misreading it
+MANIFEST_VERSION_SKIP = 2
 MAX_SKIP = 64
 
 
@@ -122,7 +125,7 @@ class FixedLayer:
             raise ValueError(f"activation must be one of {ACTIVATIONS}")
         if self.residual and not self.skip and d_in != d_out:
             raise ValueError("a residual layer needs d_in == d_out")
-        if not isinstance(self.skip, int) or not 0 <= self.skip <= MAX_SKIP or (
+        if type(self.skip) is not int or not 0 <= self.skip <= MAX_SKIP or (
                 self.skip and not self.residual):
             raise ValueError(f"skip must be in 0..{MAX_SKIP}, and non-zero only with residual")
         object.__setattr__(self, "weight", w.astype(np.int64))
@@ -549,8 +552,9 @@ class ModelManifest:
                                self.layers[start:stop])
 
     def to_bytes(self) -> bytes:
+        skips = any(lc.skip for lc in self.layers)
         return msgpack.packb({
-            "v": MANIFEST_VERSION,
+            "v": MANIFEST_VERSION_SKIP if skips else MANIFEST_VERSION,
             "t": "zk-manifest",
             "model": self.model_id,
             "f": self.frac_bits,
@@ -563,7 +567,7 @@ class ModelManifest:
 
     @classmethod
     def from_bytes(cls, data: bytes, max_size: int = 64 << 20) -> ModelManifest:
-        m = _unpack(data, max_size, "zk-manifest", MANIFEST_VERSION)
+        m = _unpack(data, max_size, "zk-manifest", (MANIFEST_VERSION, MANIFEST_VERSION_SKIP))
         model, f, seed, layers = m.get("model"), m.get("f"), m.get("seed"), m.get("layers")
         if not isinstance(model, str) or len(model) > 256:
             raise ProofFormatError("bad model id")
@@ -574,6 +578,8 @@ class ModelManifest:
         if not isinstance(layers, list) or not 1 <= len(layers) <= 4096:
             raise ProofFormatError("bad layer list")
         decoded = tuple(LayerCommitment.from_wire(lc) for lc in layers)
+        if (m["v"] == MANIFEST_VERSION_SKIP) != any(lc.skip for lc in decoded):
+            raise ProofFormatError("a manifest is version 2 exactly when a layer has a skip")
         if f > MAX_LOOKUP_FRAC_BITS and any(uses_table(lc.activation) for lc in decoded):
             raise ProofFormatError(f"GELU, SiLU and gated layers need frac_bits <= "
                                    f"{MAX_LOOKUP_FRAC_BITS}")
@@ -594,7 +600,7 @@ class ModelManifest:
         return cls(model_id, f, seed, tuple(layers))
 
 
-def _unpack(data: object, max_size: int, t: str, version: int) -> dict:
+def _unpack(data: object, max_size: int, t: str, version: int | tuple[int, ...]) -> dict:
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise ProofFormatError("expected bytes")
     if len(data) > max_size:
@@ -607,7 +613,8 @@ def _unpack(data: object, max_size: int, t: str, version: int) -> dict:
         raise ProofFormatError(f"{t} does not decode as msgpack") from exc
     if not isinstance(m, dict):
         raise ProofFormatError(f"{t} is not a map")
-    if m.get("v") != version:
+    versions = version if isinstance(version, tuple) else (version,)
+    if type(m.get("v")) is not int or m.get("v") not in versions:
         raise ProofFormatError(f"{t} has unsupported version {m.get('v')!r}")
     if m.get("t") != t:
         raise ProofFormatError(f"expected a {t}, got {m.get('t')!r}")

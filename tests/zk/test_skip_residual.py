@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import msgpack
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -81,6 +82,8 @@ def test_a_skip_must_stay_inside_the_shard_and_match_widths():
         ProvableMlp([_layer(4, 8, "relu", 1), _layer(8, 8, "identity", 2, True, 1)])
     with pytest.raises(ValueError, match="skip"):
         _layer(8, 8, "identity", 1, False, 1)
+    with pytest.raises(ValueError, match="skip"):
+        _layer(8, 8, "identity", 1, True, True)
 
 
 @settings(deadline=None, max_examples=10, suppress_health_check=[HealthCheck.too_slow])
@@ -128,6 +131,14 @@ def test_the_manifest_carries_skip_and_refuses_a_shard_cut_inside_a_block(block_
     assert [lc.skip for lc in manifest.layers] == [0, 0, 1]
     assert ModelManifest.from_bytes(manifest.to_bytes()) == manifest
     assert "skip" not in manifest.layers[0].to_wire()  # earlier manifests keep their bytes
+    # version 2, so a verifier that predates skip refuses it instead of reading a plain residual
+    assert msgpack.unpackb(manifest.to_bytes())["v"] == 2
+    plain = ModelManifest.from_shards("m", [commit_shard(ProvableMlp(mlp_block(8, 8)[:1]))])
+    assert msgpack.unpackb(plain.to_bytes())["v"] == 1
+    for wrong, m in ((1, manifest), (2, plain)):
+        body = msgpack.unpackb(m.to_bytes())
+        with pytest.raises(ProofFormatError, match="version 2"):
+            ModelManifest.from_bytes(msgpack.packb({**body, "v": wrong}))
     x = make_input(2, 8, vmax=300)
     y = block_committed.forward_fixed(x)
     proof = prove(block_committed, x, y, BINDING)
