@@ -6,7 +6,7 @@ commitments; the task carries the manifest digest in `options["manifest"]` and a
 another manifest refuses the task at `open`. Activations cross hops as fixed-point int64.
 
 Stage i receives y_{i-1} and the proof chain; it verifies the last entry (stage i-1's proof for
-(x_{i-1}, y_{i-1}) under manifest.shard(layers of stage i-1), bound to the task, the stage and
+(x_{i-1}, y_{i-1}) under manifest.block_shard(layers of stage i-1), bound to the task, the stage and
 the step), runs its layers in fixed point, proves, and appends its own entry (its input x_i and
 proof). A failed check becomes a `fault` naming the upstream peer. The requester checks that
 entry 0's input is what it sent, that the chain links up, and verifies every proof itself.
@@ -141,7 +141,7 @@ def verify_entry(manifest: Any, digest: bytes, task: Task, seq: int, entry: Chai
     t0 = time.perf_counter()
     try:
         proof = ShardProof.from_bytes(entry.proof, MAX_PROOF_BYTES)
-        verify(manifest.shard(plan.start, plan.end), entry.input, output, proof,
+        verify(manifest.block_shard(plan.start, plan.end), entry.input, output, proof,
                step_binding(task, digest, stage, seq, plan.start, plan.end, peer))
     except ProofError as e:
         raise ProofRejected(stage, peer, f"stage {stage} ({peer}) sent a proof that fails: {e}",

@@ -8,6 +8,9 @@ Serving peers also hold `zk/`, the owner's commitment caches with the secret row
 hidden_size -> hidden_size: y = act(x W^T + b) (+ x when residual), act in {relu, identity,
 gelu, silu}; a gated layer (swiglu, geglu) holds `layers.{i}.weight` of shape [2h, h] (the up
 rows, then the gate rows) and a bias of 2h, and computes act(x W_g^T + b_g) * (x W_u^T + b_u).
+A `swiglu-mlp` layer is a Llama MLP block through `intermediate_size` ff: `weight` [2ff, h] and
+`bias` [2ff] (up, then gate), `down.weight` [h, ff] and `down.bias` [h]; it computes
+down(silu(gate) * up) + x and is proven as two layers (see `_BLOCKS`).
 
 There are no tokens: the "embedding" is the identity on features [1, T, hidden_size] and the
 output is the last hidden state. In general mode the layers run in float; in critical mode in
@@ -43,8 +46,12 @@ ZK_MLP = "p2pinfer-zk-mlp"
 MANIFEST_FILE = "zk-manifest.bin"
 COMMIT_DIR = "zk"
 MAX_MANIFEST_BYTES = 64 << 20
-_ACTIVATIONS = ("relu", "identity", "gelu", "silu", "swiglu", "geglu")
+_ACTIVATIONS = ("relu", "identity", "gelu", "silu", "swiglu", "geglu", "swiglu-mlp")
 _GATES = {"swiglu": F.silu, "geglu": F.gelu}
+#: a Llama MLP block in one layer: down(silu(x W_g^T + b_g) * (x W_u^T + b_u)) + x, through
+#: `intermediate_size`; in fixed point a gated layer and a down projection whose residual
+#: reaches back to the block's input (skip 1), so a layer span never cuts a block
+_BLOCKS = {"swiglu-mlp": "swiglu"}
 _STAMP = "p2pinfer_default.json"
 _FORMAT_VERSION = 1
 
@@ -54,6 +61,7 @@ class MlpConfig(ArchConfig):
     activations: tuple[str, ...]
     residual: tuple[bool, ...]
     frac_bits: int
+    intermediate_size: int
 
     @classmethod
     def from_hf(cls, raw: Mapping[str, Any]) -> MlpConfig:
@@ -72,6 +80,11 @@ class MlpConfig(ArchConfig):
         if not isinstance(res, list) or len(res) != layers or any(
                 not isinstance(r, bool) for r in res):
             raise ModelError(f"residual must be a bool or a list of {layers} bools")
+        if any(r and a in _BLOCKS for a, r in zip(acts, res, strict=True)):
+            raise ModelError("a swiglu-mlp layer adds its input itself: residual must be false")
+        ff = field(raw, "intermediate_size", default=hidden)
+        if not 1 <= ff <= 1 << 14:
+            raise ModelError("intermediate_size must be in 1..16384")
         frac = field(raw, "frac_bits", default=8)
         if not 1 <= frac <= 16:
             raise ModelError("frac_bits must be in 1..16")
@@ -85,6 +98,7 @@ class MlpConfig(ArchConfig):
             max_positions=field(raw, "max_positions", default=1024), num_heads=1,
             num_kv_heads=1, head_dim=hidden, tie_word_embeddings=False,
             activations=tuple(acts), residual=tuple(res), frac_bits=frac,
+            intermediate_size=ff,
         )
 
 
@@ -111,13 +125,19 @@ class Block(nn.Module):
 
     def __init__(self, cfg: MlpConfig, index: int, w: Weights) -> None:
         super().__init__()
-        self.register_buffer("weight", w["weight"])
-        self.register_buffer("bias", w["bias"])
         self.act = cfg.activations[index]
         self.residual = cfg.residual[index]
+        self.register_buffer("weight", w["weight"])
+        self.register_buffer("bias", w["bias"])
+        if self.act in _BLOCKS:
+            self.register_buffer("down_weight", w["down.weight"])
+            self.register_buffer("down_bias", w["down.bias"])
 
     def forward(self, x: torch.Tensor, cache: Any, slot: int, start_pos: int) -> torch.Tensor:
         y = F.linear(x, self.weight, self.bias)
+        if self.act in _BLOCKS:
+            up, g = y.chunk(2, dim=-1)
+            return F.linear(F.silu(g) * up, self.down_weight, self.down_bias) + x
         gate = _GATES.get(self.act)
         if gate is not None:
             up, g = y.chunk(2, dim=-1)
@@ -133,6 +153,10 @@ class Block(nn.Module):
 
 def layer_shapes(cfg: MlpConfig, layer: int = 0) -> Shapes:
     h = cfg.hidden_size
+    if cfg.activations[layer] in _BLOCKS:
+        ff = cfg.intermediate_size
+        return {"weight": (2 * ff, h), "bias": (2 * ff,),  # [up; gate] rows
+                "down.weight": (h, ff), "down.bias": (h,)}
     width = 2 * h if cfg.activations[layer] in _GATES else h
     return {"weight": (width, h), "bias": (width,)}
 
@@ -197,17 +221,43 @@ def fixed_layers(path: str | Path, start: int, end: int) -> Any:
         raise ModelError(f"{path} is not a {MODEL_TYPE} model")
     if not 0 <= start < end <= cfg.num_layers:
         raise ModelError(f"layers [{start}, {end}) are outside the model's {cfg.num_layers}")
-    pairs = []
+    pairs: list[tuple] = []
+    acts: list[str] = []
+    res: list[bool] = []
+    skip: list[int] = []
     for i in range(start, end):
         w = ckpt.load(ckpt.layer_keys(i), torch.float64)
+        act = cfg.activations[i]
+        if act in _BLOCKS:  # (W_u, b_u, W_g, b_g), then the down projection with skip 1
+            ff = cfg.intermediate_size
+            weight, bias = w["weight"].numpy().T, w["bias"].numpy()
+            pairs += [(weight[:, :ff], bias[:ff], weight[:, ff:], bias[ff:]),
+                      (w["down.weight"].numpy().T, w["down.bias"].numpy())]
+            acts += [_BLOCKS[act], "identity"]
+            res += [False, True]
+            skip += [0, 1]
+            continue
         weight, bias = w["weight"].numpy().T, w["bias"].numpy()
-        if cfg.activations[i] in _GATES:  # (W_u, b_u, W_g, b_g)
+        if act in _GATES:  # (W_u, b_u, W_g, b_g)
             h = cfg.hidden_size
             pairs.append((weight[:, :h], bias[:h], weight[:, h:], bias[h:]))
         else:
             pairs.append((weight, bias))
-    return ProvableMlp.from_float(pairs, activations=list(cfg.activations[start:end]),
-                                  residual=list(cfg.residual[start:end]), frac_bits=cfg.frac_bits)
+        acts.append(act)
+        res.append(cfg.residual[i])
+        skip.append(0)
+    return ProvableMlp.from_float(pairs, activations=acts, residual=res, skip=skip,
+                                  frac_bits=cfg.frac_bits)
+
+
+def _fixed_groups(mlp: Any, cfg: MlpConfig, start: int, end: int) -> list[list[Any]]:
+    """The fixed-point layers of config layers [start, end), one list per config layer."""
+    out, k = [], 0
+    for i in range(start, end):
+        n = 2 if cfg.activations[i] in _BLOCKS else 1
+        out.append(list(mlp.layers[k:k + n]))
+        k += n
+    return out
 
 
 def commit_layers(path: str | Path, start: int, end: int) -> Any:
@@ -226,18 +276,22 @@ def commit_layers(path: str | Path, start: int, end: int) -> Any:
     )
 
     mlp = fixed_layers(path, start, end)
+    cfg = _config(Path(path))
     manifest = ModelManifest.from_bytes(load_manifest_bytes(path))
-    if len(manifest.layers) != _config(Path(path)).num_layers:
+    blocks = manifest.blocks()
+    if len(blocks) != cfg.num_layers:
         raise ModelError(f"{path}: the manifest does not describe this model's layers")
     cache = Path(path) / COMMIT_DIR
-    parts = [commit_shard(ProvableMlp([layer], mlp.frac_bits), cache, model_id=manifest.model_id,
-                          first_layer=start + k) for k, layer in enumerate(mlp.layers)]
-    own = ShardCommitment(manifest.model_id, start, mlp.frac_bits,
+    parts = [commit_shard(ProvableMlp(group, mlp.frac_bits), cache, model_id=manifest.model_id,
+                          first_layer=blocks[i][0])
+             for i, group in zip(range(start, end), _fixed_groups(mlp, cfg, start, end),
+                                 strict=True)]
+    own = ShardCommitment(manifest.model_id, blocks[start][0], mlp.frac_bits,
                           parts[0].commitment.generator_seed,
                           tuple(lc for p in parts for lc in p.commitment.layers))
     joined = CommittedShard(mlp, own, [b for p in parts for b in p.weight_blinds],
                             [b for p in parts for b in p.bias_blinds])
-    return joined.bind_to(manifest.shard(start, end))
+    return joined.bind_to(manifest.block_shard(start, end))
 
 
 def publish_manifest(path: str | Path, model_id: str | None = None) -> bytes:
@@ -250,8 +304,11 @@ def publish_manifest(path: str | Path, model_id: str | None = None) -> bytes:
     mlp = fixed_layers(path, 0, cfg.num_layers)
     name = model_id or str(json.loads((path / "config.json").read_text()).get(
         "p2pinfer_name") or path.name)
-    parts = [commit_shard(ProvableMlp([layer], mlp.frac_bits), path / COMMIT_DIR, model_id=name,
-                          first_layer=k) for k, layer in enumerate(mlp.layers)]
+    parts, first = [], 0
+    for group in _fixed_groups(mlp, cfg, 0, cfg.num_layers):
+        parts.append(commit_shard(ProvableMlp(group, mlp.frac_bits), path / COMMIT_DIR,
+                                  model_id=name, first_layer=first))
+        first += len(group)
     data = ModelManifest.from_shards(name, parts).to_bytes()
     (path / MANIFEST_FILE).write_bytes(data)
     return data
@@ -259,8 +316,10 @@ def publish_manifest(path: str | Path, model_id: str | None = None) -> bytes:
 
 # -- the built-in model -----------------------------------------------------------------------
 def zk_mlp_config(name: str = ZK_MLP, layers: int = 6, hidden: int = 256,
-                  frac_bits: int = 8, activation: str = "relu") -> dict[str, Any]:
-    return {
+                  frac_bits: int = 8, activation: str = "relu",
+                  intermediate: int | None = None) -> dict[str, Any]:
+    extra = {"intermediate_size": intermediate} if intermediate else {}
+    return {**extra,
         "model_type": MODEL_TYPE,
         "p2pinfer_name": name,
         "p2pinfer_random_weights": True,
@@ -286,9 +345,19 @@ def write_random_mlp(directory: str | Path, config: dict[str, Any]) -> None:
     seed = int.from_bytes(hashlib.sha256(config["p2pinfer_name"].encode()).digest()[:16], "little")
     rng = np.random.Generator(np.random.PCG64(seed))
     tensors: dict[str, np.ndarray] = {}
-    gated = [a in _GATES for a in config["activations"]] if isinstance(
-        config.get("activations"), list) else [config.get("activations") in _GATES] * n
+    acts = config.get("activations", "relu")
+    acts = acts if isinstance(acts, list) else [acts] * n
+    gated = [a in _GATES for a in acts]
+    ff = int(config.get("intermediate_size", h))
     for i in range(n):
+        if acts[i] in _BLOCKS:
+            # the down projection at a quarter of unit gain, so the residual stream grows slowly
+            tensors[f"layers.{i}.weight"] = _random_uniform(rng, (2 * ff, h), math.sqrt(1.0 / h))
+            tensors[f"layers.{i}.bias"] = _random_uniform(rng, (2 * ff,), 0.05)
+            tensors[f"layers.{i}.down.weight"] = _random_uniform(rng, (h, ff),
+                                                                  0.25 * math.sqrt(1.0 / ff))
+            tensors[f"layers.{i}.down.bias"] = _random_uniform(rng, (h,), 0.05)
+            continue
         width = 2 * h if gated[i] else h
         # a gated layer multiplies two pre-activations, so its output grows with their square:
         # at std 1/sqrt(h) they stay near unit size and the product shrinks a little per layer

@@ -551,6 +551,26 @@ class ModelManifest:
         return ShardCommitment(self.model_id, start, self.frac_bits, self.generator_seed,
                                self.layers[start:stop])
 
+    def blocks(self) -> list[tuple[int, int]]:
+        """The layers grouped into blocks [start, stop): a block ends where no later layer's
+        residual reaches back into it, so a shard of whole blocks never cuts a skip. Without
+        skips every layer is a block of its own."""
+        n = len(self.layers)
+        lowest, reach = [n] * (n + 1), n
+        for k in range(n - 1, -1, -1):
+            reach = min(reach, k - self.layers[k].skip)
+            lowest[k] = reach
+        bounds = [j for j in range(n) if lowest[j] >= j]
+        return list(zip(bounds, [*bounds[1:], n], strict=True))
+
+    def block_shard(self, start: int, stop: int) -> ShardCommitment:
+        """The shard of blocks [start, stop) (see `blocks`): a model's layers as its config
+        counts them, when one config layer is several proven layers."""
+        blocks = self.blocks()
+        if not 0 <= start < stop <= len(blocks):
+            raise ValueError("block span outside the manifest")
+        return self.shard(blocks[start][0], blocks[stop - 1][1])
+
     def to_bytes(self) -> bytes:
         skips = any(lc.skip for lc in self.layers)
         return msgpack.packb({

@@ -102,16 +102,18 @@ async def test_a_stage_refuses_a_task_pinned_to_another_manifest(tmp_path, mlp_d
         assert stages[0].inference.stage.counters["refused"] == 1
 
 
-@pytest.mark.parametrize("act", ["gelu", "swiglu"])
+@pytest.mark.parametrize("act", ["gelu", "swiglu", "swiglu-mlp"])
 async def test_a_lookup_mlp_is_proven_and_a_cheat_is_caught(tmp_path, act):
-    """GELU layers (the lookup argument) and SwiGLU layers (the gated product and the SiLU
-    lookup) are proven over the same testnet path, and a stage with other weights is caught."""
+    """GELU layers (the lookup argument), SwiGLU layers (the gated product and the SiLU
+    lookup) and Llama MLP blocks (32 -> 64 -> 32 plus the block's input: a residual over two
+    proven layers) are proven over the same testnet path, and a stage with other weights is
+    caught."""
     from p2pinfer.models.mlp import write_random_mlp, zk_mlp_config
 
     model = tmp_path / f"{act}-mlp"
     model.mkdir()
     write_random_mlp(model, zk_mlp_config(f"zk-mlp-{act}", layers=6, hidden=32,
-                                          activation=act))
+                                          activation=act, intermediate=64))
     x = features(3)
     async with network(tmp_path / "honest", str(model), SPANS) as (client, _):
         result = await infer_critical(client.inference, x, model=str(model),

@@ -97,6 +97,32 @@ def test_a_lookup_activation_model_runs_in_float_and_in_fixed_point_alike(tmp_pa
         LayerSpan.load(model, 0, 1)
 
 
+def test_a_llama_mlp_block_model_is_two_proven_layers_per_config_layer(tmp_path):
+    from p2pinfer.models.mlp import write_random_mlp, zk_mlp_config
+
+    model = tmp_path / "block"
+    model.mkdir()
+    write_random_mlp(model, zk_mlp_config("zk-mlp-block", layers=4, hidden=32,
+                                          activation="swiglu-mlp", intermediate=64))
+    x = np.random.default_rng(2).normal(size=(3, 32))
+    fixed = fixed_layers(model, 0, 4)
+    assert [(la.activation, la.skip) for la in fixed.layers] == [
+        ("swiglu", 0), ("identity", 1)] * 3 + [("identity", 0)]
+    y = fixed.dequantize(fixed.forward_fixed(fixed.quantize(x)))
+    ref = LocalModel.load(model).forward(torch.from_numpy(x).float()[None])[0].numpy()
+    assert np.abs(y - ref).max() < 0.1 * max(1.0, np.abs(ref).max())
+    manifest = ModelManifest.from_bytes((model / MANIFEST_FILE).read_bytes())
+    assert manifest.blocks() == [(0, 2), (2, 4), (4, 6), (6, 7)]
+    shard = commit_layers(model, 1, 3)  # config layers 1..2: proven layers 2..5
+    assert shard.commitment.first_layer == 2 and len(shard.commitment.layers) == 4
+    assert shard.commitment == manifest.block_shard(1, 3)
+    cfg = json.loads((model / "config.json").read_text())
+    cfg["residual"] = [True, False, False, False]
+    (model / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelError, match="adds its input itself"):
+        LayerSpan.load(model, 0, 1)
+
+
 def test_a_gated_layer_needs_its_double_width_weight(tmp_path):
     """A config that turns a square layer into a gated one no longer matches the weights."""
     model = small_mlp(tmp_path / "square", name="zk-mlp-square")
