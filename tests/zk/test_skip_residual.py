@@ -6,6 +6,7 @@ reaches that input, then join the claims on it."""
 from __future__ import annotations
 
 import dataclasses
+from itertools import pairwise
 
 import msgpack
 import numpy as np
@@ -158,3 +159,19 @@ def test_mutated_block_proofs_never_verify(block_committed, data):
     y = block_committed.forward_fixed(x)
     assert_mutation_rejected(block_committed, x, y, BINDING,
                              data.draw(st.integers(0, 1 << 20)), data.draw(st.integers(1, 255)))
+
+
+@settings(deadline=None, max_examples=300)
+@given(st.lists(st.integers(0, 4), min_size=1, max_size=12))
+def test_manifest_blocks_are_the_finest_grouping_no_skip_crosses(skips):
+    """blocks() cuts between layers exactly where no residual reaches across the cut."""
+    skips = [min(s, k) for k, s in enumerate(skips)]
+    layers = tuple(LayerCommitment(4, 4, "identity", s > 0, (b"\0" * 48,), None, s)
+                   for s in skips)
+    blocks = ModelManifest("m", 8, b"seed", layers).blocks()
+    assert blocks[0][0] == 0 and blocks[-1][1] == len(skips)
+    assert all(a[1] == b[0] and a[0] < a[1] for a, b in pairwise(blocks))
+    cuts = {start for start, _ in blocks[1:]}
+    for j in range(1, len(skips)):
+        crossed = any(k - skips[k] < j <= k for k in range(len(skips)))
+        assert (j in cuts) == (not crossed), (skips, j)
