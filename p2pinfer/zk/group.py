@@ -118,21 +118,32 @@ class PedersenParams:
         acc = G1Point.multiexp_unchecked(list(self.g_vec[: len(values)]), scalars(values))
         return acc + self._h_table.mul(blind)
 
-    def commit_small_ints(self, values: Sequence[int] | np.ndarray, blind: int) -> G1Point:
+    def commit_small_ints(self, values: Sequence[int] | np.ndarray, blind: int,
+                          bits: int | None = None) -> G1Point:
         """Vector commitment of small signed integers (|v| < 2**62).
 
         With o = 2**k > max |v|, sum_i v_i g_i = sum_b 2**b (sum of g_i over bit b of v_i + o)
         - o sum_i g_i: one addition per byte of each bit plane (byte tables), Horner over the
         planes, and a cached multiple of the generators' sum.
+
+        `bits`, a public bound (|v| < 2**bits), makes the work depend on it and the length
+        only: k = bits and every byte is added, zero bytes too (the identity), so the time
+        does not reveal the values' magnitudes (witness commitments pass it; the point
+        arithmetic itself is not constant-time). Without it k follows max |v|.
         """
         v = np.asarray(values, dtype=np.int64).reshape(-1)
         if v.size > self.size:
             raise ValueError("vector longer than the commitment key")
         acc = self._h_table.mul(blind)
         top = int(np.abs(v).max(initial=0))
-        if top == 0:
+        if bits is not None:
+            if not 1 <= bits <= 62 or top >= 1 << bits:
+                raise ValueError(f"a value is outside the public bound 2**{bits}")
+            k = bits
+        elif top == 0:
             return acc
-        k = top.bit_length()
+        else:
+            k = top.bit_length()
         u = (v + (1 << k)).astype(np.uint64)  # in [0, 2**(k+1))
         planes = ((u[None, :] >> np.arange(k, -1, -1, dtype=np.uint64)[:, None]) & 1)
         packed = np.packbits(planes.astype(np.uint8), axis=1, bitorder="little").tolist()
@@ -140,14 +151,19 @@ class PedersenParams:
         total = G1Point.identity()
         for plane in packed:
             total = total + total
-            for table, byte in zip(tables, plane):
-                if byte:
+            if bits is None:
+                for table, byte in zip(tables, plane):
+                    if byte:
+                        total = total + table[byte]
+            else:
+                for table, byte in zip(tables, plane):
                     total = total + table[byte]
         return acc + total - self._key.offset_sum(v.size, k)
 
     def commit_bit_rows(self, rows: np.ndarray, blinds: Sequence[int]) -> list[G1Point]:
         """Vector commitments of the rows of a 0/1 matrix: one addition per byte of bits,
-        from tables of the 256 subset sums of each group of 8 generators."""
+        from tables of the 256 subset sums of each group of 8 generators. Zero bytes are
+        added too (the identity), so the number of additions depends on the shape only."""
         rows = np.asarray(rows, dtype=np.uint8)
         if rows.shape[1] > self.size:
             raise ValueError("rows longer than the commitment key")
@@ -157,8 +173,7 @@ class PedersenParams:
         for row, blind in zip(packed.tolist(), blinds):
             acc = self._h_table.mul(blind)
             for table, byte in zip(tables, row):
-                if byte:
-                    acc = acc + table[byte]
+                acc = acc + table[byte]
             out.append(acc)
         return out
 

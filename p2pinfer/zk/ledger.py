@@ -141,10 +141,11 @@ class ProverLedger:
         self.record.matrices.append(encs)
         return blinds
 
-    def put_int_matrix(self, rows: np.ndarray) -> list[int]:
-        """Commit rows of a small-integer matrix (|v| < 2**62); returns the row blindings."""
+    def put_int_matrix(self, rows: np.ndarray, bits: int) -> list[int]:
+        """Commit rows of a small-integer matrix (|v| < 2**bits, a public bound, so the time
+        taken depends on it, not on the values); returns the row blindings."""
         blinds = [random_scalar() for _ in range(len(rows))]
-        return self._put_rows([self.params.commit_small_ints(r, b)
+        return self._put_rows([self.params.commit_small_ints(r, b, bits)
                                for r, b in zip(rows, blinds)], blinds)
 
     def put_field_matrix(self, rows: Sequence[Sequence[int]]) -> list[int]:

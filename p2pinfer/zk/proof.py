@@ -563,11 +563,11 @@ class _Committed:
     side (row commitments), with openings at eq points or against arbitrary weights."""
 
     def __init__(self, led, split: tuple[int, int], *, ints: np.ndarray | None = None,
-                 field: list[int] | None = None) -> None:
+                 field: list[int] | None = None, bits: int = 62) -> None:
         self.led, (self.nr, self.nc) = led, split
         self.ints, self.field = ints, field
-        if ints is not None:
-            self.blinds = led.put_int_matrix(ints.reshape(1 << self.nr, 1 << self.nc))
+        if ints is not None:  # |ints| < 2**bits, a public bound
+            self.blinds = led.put_int_matrix(ints.reshape(1 << self.nr, 1 << self.nc), bits)
         elif field is not None:
             w = 1 << self.nc
             self.rows = [field[r * w:(r + 1) * w] for r in range(1 << self.nr)]
@@ -648,8 +648,9 @@ def _lookup_head(led, activation: str, f: int, nt: int, ni: int, claims: list[Cl
         q = wit.z.reshape(-1) >> f
         y = table[q + half]
         mult = np.bincount(q + half, minlength=len(table)).astype(np.int64)
-        com_y = _Committed(led, split_a, ints=y)
-        com_m = _Committed(led, split_t, ints=mult)
+        # public bounds: |G(t)| <= |t| <= 2**(kt - 1), and a key is used at most 2**ni times
+        com_y = _Committed(led, split_a, ints=y, bits=kt)
+        com_m = _Committed(led, split_t, ints=mult, bits=ni + 1)
     else:
         bit_rows = led.next_matrix(1 << rows_b)
         com_y = _Committed(led, split_a)

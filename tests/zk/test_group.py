@@ -54,6 +54,47 @@ def test_small_integer_vector_commitment_matches_the_field_one(pp, vals, blind):
     assert pp.commit_small_ints(vals, blind) == pp.commit_vec([v % P for v in vals], blind)
 
 
+@settings(deadline=None, max_examples=60)
+@given(st.lists(st.integers(-(2**20) + 1, 2**20 - 1), min_size=1, max_size=8), felt)
+def test_a_bounded_small_integer_commitment_is_the_same_commitment(pp, vals, blind):
+    """With a public bound the work follows the bound, not the values; the result is equal."""
+    assert pp.commit_small_ints(vals, blind, 20) == pp.commit_vec([v % P for v in vals], blind)
+    assert pp.commit_small_ints([0] * len(vals), blind, 20) == pp.commit_vec(
+        [0] * len(vals), blind)
+    with pytest.raises(ValueError, match="bound"):
+        pp.commit_small_ints([*vals[1:], 2**20], blind, 20)
+
+
+def test_a_bounded_commitment_takes_the_same_additions_for_any_values(pp, monkeypatch):
+    """Counted, not timed: the point additions done for all-zero and for large values under
+    one bound are the same number (the time then depends on the shape, not the values)."""
+    from p2pinfer.zk import group
+
+    counts = []
+    real = group.G1Point
+
+    class Counting:
+        def __init__(self, point):
+            self.point = point
+
+        def __add__(self, other):
+            counts[-1] += 1
+            return Counting(self.point + (other.point if isinstance(other, Counting) else other))
+
+        def __radd__(self, other):
+            return other + self.point
+
+        @staticmethod
+        def identity():
+            return Counting(real.identity())
+
+    monkeypatch.setattr(group, "G1Point", Counting)
+    for vals in ([0] * 8, [2**19 - 1] * 8, list(range(-4, 4))):
+        counts.append(0)
+        pp.commit_small_ints(vals, 1, 20)
+    assert counts[0] == counts[1] == counts[2]
+
+
 def test_bit_vector_commitment_matches_the_field_one(pp):
     bits = [1, 0, 1, 1, 0, 0, 0, 1]
     assert pp.commit_bits(bits, 5) == pp.commit_vec(bits, 5)
