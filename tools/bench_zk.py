@@ -14,6 +14,7 @@ Usage: python tools/bench_zk.py [--no-ezkl] [--no-large] [--repeat N]
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -29,6 +30,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from p2pinfer.zk import (
+    FixedLayer,
     ProofBinding,
     ProvableMlp,
     commit_shard,
@@ -155,9 +157,9 @@ def bench_ours_small(layers, x_float, repeat: int, act: str = "relu",
             "setup": setup, "generators": gens, "max_abs_err": err}
 
 
-def bench_llama_mlp_block(x_float, repeat: int, ff: int = 512) -> dict:
-    """down(silu(x W_g + b_g) * (x W_u + b_u)) + x: the gated layer, then a down projection
-    whose residual reaches back to the block's input (skip = 1)."""
+def bench_llama_mlp_block(x_float, repeat: int, ff: int = 512, norm: bool = False) -> dict:
+    """down(silu(h W_g + b_g) * (h W_u + b_u)) + x with h = x, or h = RMSNorm(x) g: the gated
+    layer, then a down projection whose residual reaches back to the block's input."""
     rng = np.random.default_rng(13)
     d = x_float.shape[1]
     ((wu, bu),), ((wg, bg),) = float_mlp(rng, [d, ff]), float_mlp(rng, [d, ff])
@@ -165,6 +167,12 @@ def bench_llama_mlp_block(x_float, repeat: int, ff: int = 512) -> dict:
     shard = ProvableMlp.from_float([(wu, bu, wg, bg), (wd, bd)], activations=["swiglu",
                                    "identity"], residual=[False, True], skip=[0, 1],
                                    frac_bits=GELU_FRAC_BITS)
+    gain = rng.normal(1, 0.1, d)
+    if norm:
+        g = FixedLayer(np.rint(gain * (1 << GELU_FRAC_BITS)).astype(np.int64)[None], None,
+                       "rmsnorm")
+        gated, down = shard.layers
+        shard = ProvableMlp([g, gated, dataclasses.replace(down, skip=2)], GELU_FRAC_BITS)
     x = shard.quantize(x_float)
     committed = commit_shard(shard)
     y = committed.forward_fixed(x)
@@ -173,8 +181,11 @@ def bench_llama_mlp_block(x_float, repeat: int, ff: int = 512) -> dict:
     t_prove = median_time(lambda: proofs.append(prove(committed, x, y, binding)), repeat)
     t_verify = median_time(lambda: verify(committed.commitment, x, y, proofs[-1], binding),
                            repeat)
-    zg = x_float @ wg + bg
-    ref = (zg / (1 + np.exp(-zg)) * (x_float @ wu + bu)) @ wd + bd + x_float
+    h = x_float
+    if norm:
+        h = x_float / np.sqrt((x_float ** 2).mean(axis=1, keepdims=True) + 2.0 ** -16) * gain
+    zg = h @ wg + bg
+    ref = (zg / (1 + np.exp(-zg)) * (h @ wu + bu)) @ wd + bd + x_float
     return {"prove": t_prove, "verify": t_verify, "size": len(proofs[-1].to_bytes()),
             "max_abs_err": float(np.abs(shard.dequantize(y) - ref).max())}
 
@@ -264,10 +275,13 @@ def report_small(args) -> None:
               f"prove {fmt_s(res['prove'])}, verify {fmt_s(res['verify'])}, proof "
               f"{res['size'] / 1000:.1f} KB, max |error| vs float {res['max_abs_err']:.4f} "
               "(EZKL not run on this variant)")
-    block = bench_llama_mlp_block(x, args.repeat)
-    print(f"ours, a Llama MLP block (256 -> 512 SwiGLU -> 256 + input, f={GELU_FRAC_BITS}): "
-          f"prove {fmt_s(block['prove'])}, verify {fmt_s(block['verify'])}, proof "
-          f"{block['size'] / 1000:.1f} KB, max |error| vs float {block['max_abs_err']:.4f}")
+    for norm in (False, True):
+        block = bench_llama_mlp_block(x, args.repeat, norm=norm)
+        what = "RMSNorm, then " if norm else ""
+        print(f"ours, a Llama MLP block ({what}256 -> 512 SwiGLU -> 256 + input, "
+              f"f={GELU_FRAC_BITS}): prove {fmt_s(block['prove'])}, verify "
+              f"{fmt_s(block['verify'])}, proof {block['size'] / 1000:.1f} KB, max |error| vs "
+              f"float {block['max_abs_err']:.4f}")
     if "logrows" in ref:
         print(f"EZKL: setup = settings + calibration + compile + SRS (2^{ref['logrows']}) + keys;"
               f" proof size = raw halo2 proof bytes (its proof.json file: "

@@ -42,7 +42,15 @@ from .group import (
 BITS = 32  # width of the pre-activation decomposition (rescale remainder + value + sign)
 MAX_WEIGHT = 1 << 15  # |w| < 2**15
 MAX_DIM = 1 << 14
-ACTIVATIONS = ("relu", "identity", "gelu", "silu", "swiglu", "geglu")
+ACTIVATIONS = ("relu", "identity", "gelu", "silu", "swiglu", "geglu", "rmsnorm")
+#: RMSNorm y = x g / sqrt(mean(x^2) + eps) (`rmsnorm_fixed`): the weight is g as (1, d), no
+#: bias; eps is 2**-RMS_EPS_BITS. In fixed point S = sum x^2 + E, R = floor(sqrt(C / S)) with
+#: C = d 2**(4f), so R is 1 / rms at scale 2**f; u = floor(x R / 2**f), y = floor(u g / 2**f).
+RMS_EPS_BITS = 16
+#: bits of the range checks of an RMSNorm layer: C - R^2 S and (R+1)^2 S - C - 1 (80 each: both
+#: stay below 2 S + 2 sqrt(C S) < 2**72), and R (32: R <= 2**(f + 8) or sqrt(C))
+RMS_RANGE_BITS = 80
+RMS_R_BITS = 32
 #: activations proven by a lookup into a public table (`activation_table`)
 LOOKUP_ACTIVATIONS = ("gelu", "silu")
 #: gated layers y = floor(act(floor(x W_g + b_g) / 2**f) * floor((x W_u + b_u) / 2**f) / 2**f):
@@ -72,6 +80,37 @@ def log2_exact(n: int, what: str) -> int:
 def weight_width(activation: str, d_out: int) -> int:
     """Columns of a layer's weight matrix: 2 d_out for a gated layer ([W_u | W_g])."""
     return 2 * d_out if activation in GATED_ACTIVATIONS else d_out
+
+
+def weight_entries(activation: str, d_in: int, d_out: int) -> int:
+    """How many weights a layer commits: d (the gain) for an RMSNorm layer."""
+    return d_out if activation == "rmsnorm" else d_in * weight_width(activation, d_out)
+
+
+def rms_constants(d: int, frac_bits: int) -> tuple[int, int]:
+    """(E, C) of an RMSNorm over d features: E = eps d 2**(2f) (at least 1), C = d 2**(4f)."""
+    return max(1, (d << 2 * frac_bits) >> RMS_EPS_BITS), d << 4 * frac_bits
+
+
+def rmsnorm_fixed(x: np.ndarray, gain: np.ndarray, frac_bits: int) -> dict[str, np.ndarray]:
+    """RMSNorm of integer rows x (scale 2**f) with integer gain (scale 2**f): the output y and
+    every intermediate a proof needs (S, R, w = x R, u, v = u g)."""
+    f = frac_bits
+    d = x.shape[1]
+    e, c = rms_constants(d, f)
+    if np.abs(x).max(initial=0) >= 1 << (BITS - 8):
+        raise FixedPointOverflow("an RMSNorm input is outside (-2**24, 2**24)")
+    s = [int(v) + e for v in (x.astype(object) ** 2).sum(axis=1)]
+    r = np.array([isqrt(c // v) for v in s], dtype=np.int64)
+    w = x * r[:, None]
+    half = 1 << (BITS - 1)
+    if w.min(initial=0) < -half or w.max(initial=0) >= half:
+        raise FixedPointOverflow("an RMSNorm product x R is outside [-2**31, 2**31)")
+    u = w >> f
+    v = u * gain.reshape(1, -1)
+    if v.min(initial=0) < -half or v.max(initial=0) >= half:
+        raise FixedPointOverflow("an RMSNorm product u g is outside [-2**31, 2**31)")
+    return {"s": np.array(s, dtype=np.int64), "r": r, "w": w, "u": u, "v": v, "y": v >> f}
 
 
 def uses_table(activation: str) -> bool:
@@ -105,6 +144,11 @@ class FixedLayer:
         if w.ndim != 2 or w.dtype.kind not in "iu":
             raise ValueError("weight must be a 2-D integer array")
         d_in, d_out = w.shape
+        if self.activation == "rmsnorm":
+            if d_in != 1 or self.bias is not None or self.residual:
+                raise ValueError("an RMSNorm layer holds its gain as a (1, d) weight, without "
+                                 "bias or residual")
+            d_in = d_out
         if self.activation in GATED_ACTIVATIONS:
             if d_out % 2:
                 raise ValueError("a gated layer's weight is [W_u | W_g]: an even width")
@@ -134,6 +178,8 @@ class FixedLayer:
 
     @property
     def d_in(self) -> int:
+        if self.activation == "rmsnorm":
+            return int(self.weight.shape[1])
         return int(self.weight.shape[0])
 
     @property
@@ -285,6 +331,11 @@ class ProvableMlp:
         out: list[LayerTrace] = []
         for layer in self.layers:
             source = out[len(out) - layer.skip].a if layer.skip else a
+            if layer.activation == "rmsnorm":
+                norm = rmsnorm_fixed(a, layer.weight, f)
+                out.append(LayerTrace(a, norm["v"], norm["y"], norm["w"]))
+                a = norm["y"]
+                continue
             z = _matmul_exact(a, layer.weight)
             if layer.bias is not None:
                 z = z + layer.bias
@@ -498,8 +549,10 @@ class LayerCommitment:
             raise ProofFormatError("a layer commitment has unknown fields")
         if res and not skip and d_in != d_out:
             raise ProofFormatError("a residual layer needs d_in == d_out")
+        if act == "rmsnorm" and (d_in != d_out or res or b is not None):
+            raise ProofFormatError("an RMSNorm layer maps d to d, without bias or residual")
         width = weight_width(act, d_out)
-        rows_w, _ = hyrax_split((d_in * width).bit_length() - 1)
+        rows_w, _ = hyrax_split(weight_entries(act, d_in, d_out).bit_length() - 1)
         rows_b, _ = hyrax_split(width.bit_length() - 1)
         if not _points_list(w, 1 << rows_w):
             raise ProofFormatError("weight commitment has the wrong shape")
@@ -669,8 +722,10 @@ def generator_count_for(layers: Sequence[FixedLayer | LayerCommitment], tokens: 
     """Vector generators needed to commit these layers and prove `tokens` tokens (0: commit)."""
     need = 1
     for layer in layers:
-        nw = (layer.d_in * weight_width(layer.activation, layer.d_out)).bit_length() - 1
+        nw = weight_entries(layer.activation, layer.d_in, layer.d_out).bit_length() - 1
         need = max(need, 1 << hyrax_split(nw)[1])
+        if tokens and layer.activation == "rmsnorm":  # the range bits: 256 columns
+            need = max(need, 256, 1 << hyrax_split((tokens - 1).bit_length())[1])
         if tokens:
             nb = (tokens * layer.d_out * BITS).bit_length() - 1
             need = max(need, 1 << hyrax_split(nb, 5)[1])
