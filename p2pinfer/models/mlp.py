@@ -10,7 +10,9 @@ gelu, silu}; a gated layer (swiglu, geglu) holds `layers.{i}.weight` of shape [2
 rows, then the gate rows) and a bias of 2h, and computes act(x W_g^T + b_g) * (x W_u^T + b_u).
 A `swiglu-mlp` layer is a Llama MLP block through `intermediate_size` ff: `weight` [2ff, h] and
 `bias` [2ff] (up, then gate), `down.weight` [h, ff] and `down.bias` [h]; it computes
-down(silu(gate) * up) + x and is proven as two layers (see `_BLOCKS`).
+down(silu(gate) * up) + x and is proven as two layers (see `_BLOCKS`). A `llama-mlp` layer
+adds `norm.weight` [h] and computes x + down(silu(gate(n)) * up(n)) with n = RMSNorm(x) g (eps
+2**-16): the MLP half of a Llama block, proven as three layers.
 
 There are no tokens: the "embedding" is the identity on features [1, T, hidden_size] and the
 output is the last hidden state. In general mode the layers run in float; in critical mode in
@@ -46,12 +48,17 @@ ZK_MLP = "p2pinfer-zk-mlp"
 MANIFEST_FILE = "zk-manifest.bin"
 COMMIT_DIR = "zk"
 MAX_MANIFEST_BYTES = 64 << 20
-_ACTIVATIONS = ("relu", "identity", "gelu", "silu", "swiglu", "geglu", "swiglu-mlp")
+_ACTIVATIONS = ("relu", "identity", "gelu", "silu", "swiglu", "geglu", "swiglu-mlp",
+                "llama-mlp")
 _GATES = {"swiglu": F.silu, "geglu": F.gelu}
 #: a Llama MLP block in one layer: down(silu(x W_g^T + b_g) * (x W_u^T + b_u)) + x, through
 #: `intermediate_size`; in fixed point a gated layer and a down projection whose residual
 #: reaches back to the block's input (skip 1), so a layer span never cuts a block
-_BLOCKS = {"swiglu-mlp": "swiglu"}
+_BLOCKS = {"swiglu-mlp": "swiglu", "llama-mlp": "swiglu"}
+#: `llama-mlp` is the MLP half of a Llama block: x + MLP(RMSNorm(x) g), eps 2**-16, with the
+#: gain g in `norm.weight` [h]; proven as three layers (norm, gated, down with skip 2)
+_NORMED = ("llama-mlp",)
+_RMS_EPS = 2.0 ** -16
 _STAMP = "p2pinfer_default.json"
 _FORMAT_VERSION = 1
 
@@ -132,9 +139,14 @@ class Block(nn.Module):
         if self.act in _BLOCKS:
             self.register_buffer("down_weight", w["down.weight"])
             self.register_buffer("down_bias", w["down.bias"])
+        if self.act in _NORMED:
+            self.register_buffer("norm_weight", w["norm.weight"])
 
     def forward(self, x: torch.Tensor, cache: Any, slot: int, start_pos: int) -> torch.Tensor:
-        y = F.linear(x, self.weight, self.bias)
+        h = x
+        if self.act in _NORMED:
+            h = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + _RMS_EPS) * self.norm_weight
+        y = F.linear(h, self.weight, self.bias)
         if self.act in _BLOCKS:
             up, g = y.chunk(2, dim=-1)
             return F.linear(F.silu(g) * up, self.down_weight, self.down_bias) + x
@@ -155,8 +167,11 @@ def layer_shapes(cfg: MlpConfig, layer: int = 0) -> Shapes:
     h = cfg.hidden_size
     if cfg.activations[layer] in _BLOCKS:
         ff = cfg.intermediate_size
-        return {"weight": (2 * ff, h), "bias": (2 * ff,),  # [up; gate] rows
-                "down.weight": (h, ff), "down.bias": (h,)}
+        shapes = {"weight": (2 * ff, h), "bias": (2 * ff,),  # [up; gate] rows
+                  "down.weight": (h, ff), "down.bias": (h,)}
+        if cfg.activations[layer] in _NORMED:
+            shapes["norm.weight"] = (h,)
+        return shapes
     width = 2 * h if cfg.activations[layer] in _GATES else h
     return {"weight": (width, h), "bias": (width,)}
 
@@ -231,11 +246,17 @@ def fixed_layers(path: str | Path, start: int, end: int) -> Any:
         if act in _BLOCKS:  # (W_u, b_u, W_g, b_g), then the down projection with skip 1
             ff = cfg.intermediate_size
             weight, bias = w["weight"].numpy().T, w["bias"].numpy()
+            normed = act in _NORMED
+            if normed:  # the RMSNorm first; from_float sees its gain as a (1, h) "weight"
+                pairs.append((w["norm.weight"].numpy()[None], None))
+                acts.append("rmsnorm")
+                res.append(False)
+                skip.append(0)
             pairs += [(weight[:, :ff], bias[:ff], weight[:, ff:], bias[ff:]),
                       (w["down.weight"].numpy().T, w["down.bias"].numpy())]
             acts += [_BLOCKS[act], "identity"]
             res += [False, True]
-            skip += [0, 1]
+            skip += [0, 2 if normed else 1]
             continue
         weight, bias = w["weight"].numpy().T, w["bias"].numpy()
         if act in _GATES:  # (W_u, b_u, W_g, b_g)
@@ -254,7 +275,8 @@ def _fixed_groups(mlp: Any, cfg: MlpConfig, start: int, end: int) -> list[list[A
     """The fixed-point layers of config layers [start, end), one list per config layer."""
     out, k = [], 0
     for i in range(start, end):
-        n = 2 if cfg.activations[i] in _BLOCKS else 1
+        act = cfg.activations[i]
+        n = (3 if act in _NORMED else 2) if act in _BLOCKS else 1
         out.append(list(mlp.layers[k:k + n]))
         k += n
     return out
@@ -357,6 +379,8 @@ def write_random_mlp(directory: str | Path, config: dict[str, Any]) -> None:
             tensors[f"layers.{i}.down.weight"] = _random_uniform(rng, (h, ff),
                                                                   0.25 * math.sqrt(1.0 / ff))
             tensors[f"layers.{i}.down.bias"] = _random_uniform(rng, (h,), 0.05)
+            if acts[i] in _NORMED:
+                tensors[f"layers.{i}.norm.weight"] = 1.0 + _random_uniform(rng, (h,), 0.1)
             continue
         width = 2 * h if gated[i] else h
         # a gated layer multiplies two pre-activations, so its output grows with their square:

@@ -275,6 +275,12 @@ class ProvableMlp:
         skips = [skip] * n if isinstance(skip, int) else list(skip)
         out = []
         for parts, act, r, back in zip(layers, acts, res, skips, strict=True):
+            if act == "rmsnorm":  # (gain as (1, d), None); d is not padded (it sets the mean)
+                gain = np.rint(np.asarray(parts[0], dtype=np.float64) * (1 << frac_bits))
+                if parts[1] is not None or gain.ndim != 2 or gain.shape[0] != 1:
+                    raise ValueError("an RMSNorm layer takes (gain of shape (1, d), None)")
+                out.append(FixedLayer(gain.astype(np.int64), None, act, r, back))
+                continue
             if (len(parts) == 4) != (act in GATED_ACTIVATIONS):
                 raise ValueError("a gated layer takes (W_u, b_u, W_g, b_g), others (W, b)")
             if len(parts) == 4 and np.shape(parts[0]) != np.shape(parts[2]):
@@ -285,7 +291,8 @@ class ProvableMlp:
             bq = np.concatenate([h[1] for h in halves])
             out.append(FixedLayer(wq, bq, act, r, back))
         shard = cls(out, frac_bits)
-        shard.in_features = np.asarray(layers[0][0]).shape[0]
+        first = np.asarray(layers[0][0])
+        shard.in_features = first.shape[1] if acts[0] == "rmsnorm" else first.shape[0]
         shard.out_features = np.asarray(layers[-1][0]).shape[1]
         return shard
 

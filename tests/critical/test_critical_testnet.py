@@ -102,12 +102,12 @@ async def test_a_stage_refuses_a_task_pinned_to_another_manifest(tmp_path, mlp_d
         assert stages[0].inference.stage.counters["refused"] == 1
 
 
-@pytest.mark.parametrize("act", ["gelu", "swiglu", "swiglu-mlp"])
+@pytest.mark.parametrize("act", ["gelu", "swiglu", "swiglu-mlp", "llama-mlp"])
 async def test_a_lookup_mlp_is_proven_and_a_cheat_is_caught(tmp_path, act):
     """GELU layers (the lookup argument), SwiGLU layers (the gated product and the SiLU
-    lookup) and Llama MLP blocks (32 -> 64 -> 32 plus the block's input: a residual over two
-    proven layers) are proven over the same testnet path, and a stage with other weights is
-    caught."""
+    lookup), Llama MLP blocks (32 -> 64 -> 32 plus the block's input: a residual over two
+    proven layers) and the MLP half of a Llama block (RMSNorm first, the residual over three)
+    are proven over the same testnet path, and a stage with other weights is caught."""
     from p2pinfer.models.mlp import write_random_mlp, zk_mlp_config
 
     model = tmp_path / f"{act}-mlp"

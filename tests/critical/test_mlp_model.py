@@ -123,6 +123,31 @@ def test_a_llama_mlp_block_model_is_two_proven_layers_per_config_layer(tmp_path)
         LayerSpan.load(model, 0, 1)
 
 
+def test_a_llama_mlp_half_is_norm_gated_and_down_with_the_residual_over_all_three(tmp_path):
+    from p2pinfer.models.mlp import write_random_mlp, zk_mlp_config
+
+    model = tmp_path / "llama-mlp"
+    model.mkdir()
+    write_random_mlp(model, zk_mlp_config("zk-llama-mlp", layers=3, hidden=32,
+                                          activation="llama-mlp", intermediate=64))
+    x = np.random.default_rng(3).normal(size=(3, 32))
+    fixed = fixed_layers(model, 0, 3)
+    assert [(la.activation, la.skip) for la in fixed.layers] == [
+        ("rmsnorm", 0), ("swiglu", 0), ("identity", 2)] * 2 + [("identity", 0)]
+    y = fixed.dequantize(fixed.forward_fixed(fixed.quantize(x)))
+    ref = LocalModel.load(model).forward(torch.from_numpy(x).float()[None])[0].numpy()
+    assert np.abs(y - ref).max() < 0.1 * max(1.0, np.abs(ref).max())
+    manifest = ModelManifest.from_bytes((model / MANIFEST_FILE).read_bytes())
+    assert manifest.blocks() == [(0, 3), (3, 6), (6, 7)]
+    shard = commit_layers(model, 1, 3)
+    assert shard.commitment == manifest.block_shard(1, 3)
+    xq = fixed.quantize(x)
+    binding = ProofBinding(b"t", manifest.digest())
+    inner = fixed_layers(model, 0, 1).forward_fixed(xq)
+    out = shard.forward_fixed(inner)
+    verify(manifest.block_shard(1, 3), inner, out, prove(shard, inner, out, binding), binding)
+
+
 def test_a_gated_layer_needs_its_double_width_weight(tmp_path):
     """A config that turns a square layer into a gated one no longer matches the weights."""
     model = small_mlp(tmp_path / "square", name="zk-mlp-square")
