@@ -70,7 +70,9 @@ from .shard import (
     GATED_ACTIVATIONS,
     LOOKUP_ACTIVATIONS,
     MAX_LOOKUP_FRAC_BITS,
+    MAX_RMS_FRAC_BITS,
     RMS_R_BITS,
+    RMS_R_FRAC,
     RMS_RANGE_BITS,
     CommittedShard,
     LayerCommitment,
@@ -536,6 +538,10 @@ def _norm_layer(led, lc: LayerCommitment, f: int, nt: int, ni: int, claims: list
     is the public x, which the verifier evaluates itself)."""
     prover = wit is not None
     d, full = lc.d_out, 1 << nt
+    if lc.residual or lc.bias_rows is not None or lc.d_in != d or lc.skip:
+        raise ShapeMismatch("shard", "an RMSNorm layer maps d to d, without bias or residual")
+    if not 1 <= f <= MAX_RMS_FRAC_BITS:
+        raise ShapeMismatch("shard", f"an RMSNorm layer needs frac_bits <= {MAX_RMS_FRAC_BITS}")
     e_const, c_const = rms_constants(d, f)
     d1_at, d2_at, r_at = 0, RMS_RANGE_BITS, 2 * RMS_RANGE_BITS
     out: list[Claim] = []
@@ -580,8 +586,8 @@ def _norm_layer(led, lc: LayerCommitment, f: int, nt: int, ni: int, claims: list
     else:
         led.check_product(f"{name}/norm-gain-mul", i_u, i_g, i_ug)
 
-    # 5. u~(rho2) is a claim on the rescale u = floor(w / 2**f) of w = x R
-    rho3, w_lin, _ = _bits_head(led, f, nt, ni, [(rho2, Lin.var(i_u), full)],
+    # 5. u~(rho2) is a claim on the rescale u = floor(w / 2**RMS_R_FRAC) of w = x R
+    rho3, w_lin, _ = _bits_head(led, RMS_R_FRAC, nt, ni, [(rho2, Lin.var(i_u), full)],
                                 wit.zw if prover else None, False, f"{name}/rescale", list)
     # 6. w~(rho3) = sum_i eq(rho3, i) x_i R_(i div d), R opened from the range bits
     oracle = None
@@ -1021,6 +1027,8 @@ def _check_shapes(commitment: ShardCommitment, x: np.ndarray, y: np.ndarray) -> 
         raise ShapeMismatch("shapes", "x or y does not match the shard's dimensions")
     if not 1 <= x.shape[0] <= MAX_TOKENS:
         raise ShapeMismatch("shapes", f"the number of tokens must be in 1..{MAX_TOKENS}")
+    if x.size and int(np.abs(x).max()) >= 1 << (BITS - 8):
+        raise ShapeMismatch("shapes", "an input value is outside (-2**24, 2**24)")
     return (x.shape[0] - 1).bit_length()
 
 

@@ -45,8 +45,12 @@ MAX_DIM = 1 << 14
 ACTIVATIONS = ("relu", "identity", "gelu", "silu", "swiglu", "geglu", "rmsnorm")
 #: RMSNorm y = x g / sqrt(mean(x^2) + eps) (`rmsnorm_fixed`): the weight is g as (1, d), no
 #: bias; eps is 2**-RMS_EPS_BITS. In fixed point S = sum x^2 + E, R = floor(sqrt(C / S)) with
-#: C = d 2**(4f), so R is 1 / rms at scale 2**f; u = floor(x R / 2**f), y = floor(u g / 2**f).
+#: C = d 2**(2f + 2 RMS_R_FRAC), so R is 1 / rms at scale 2**RMS_R_FRAC whatever f is;
+#: u = floor(x R / 2**RMS_R_FRAC) and y = floor(u g / 2**f). x R must stay below 2**31, i.e.
+#: |x| / rms below 2**(15 - f): RMSNorm layers need f <= MAX_RMS_FRAC_BITS.
 RMS_EPS_BITS = 16
+RMS_R_FRAC = 16
+MAX_RMS_FRAC_BITS = 12
 #: bits of the range checks of an RMSNorm layer: C - R^2 S and (R+1)^2 S - C - 1 (80 each: both
 #: stay below 2 S + 2 sqrt(C S) < 2**72), and R (32: R <= 2**(f + 8) or sqrt(C))
 RMS_RANGE_BITS = 80
@@ -88,14 +92,18 @@ def weight_entries(activation: str, d_in: int, d_out: int) -> int:
 
 
 def rms_constants(d: int, frac_bits: int) -> tuple[int, int]:
-    """(E, C) of an RMSNorm over d features: E = eps d 2**(2f) (at least 1), C = d 2**(4f)."""
-    return max(1, (d << 2 * frac_bits) >> RMS_EPS_BITS), d << 4 * frac_bits
+    """(E, C) of an RMSNorm over d features: E = eps d 2**(2f) (at least 1) and
+    C = d 2**(2f + 2 RMS_R_FRAC)."""
+    return (max(1, (d << 2 * frac_bits) >> RMS_EPS_BITS),
+            d << (2 * frac_bits + 2 * RMS_R_FRAC))
 
 
 def rmsnorm_fixed(x: np.ndarray, gain: np.ndarray, frac_bits: int) -> dict[str, np.ndarray]:
     """RMSNorm of integer rows x (scale 2**f) with integer gain (scale 2**f): the output y and
     every intermediate a proof needs (S, R, w = x R, u, v = u g)."""
     f = frac_bits
+    if not 1 <= f <= MAX_RMS_FRAC_BITS:
+        raise ValueError(f"RMSNorm layers need frac_bits in 1..{MAX_RMS_FRAC_BITS}")
     d = x.shape[1]
     e, c = rms_constants(d, f)
     if np.abs(x).max(initial=0) >= 1 << (BITS - 8):
@@ -106,7 +114,7 @@ def rmsnorm_fixed(x: np.ndarray, gain: np.ndarray, frac_bits: int) -> dict[str, 
     half = 1 << (BITS - 1)
     if w.min(initial=0) < -half or w.max(initial=0) >= half:
         raise FixedPointOverflow("an RMSNorm product x R is outside [-2**31, 2**31)")
-    u = w >> f
+    u = w >> RMS_R_FRAC
     v = u * gain.reshape(1, -1)
     if v.min(initial=0) < -half or v.max(initial=0) >= half:
         raise FixedPointOverflow("an RMSNorm product u g is outside [-2**31, 2**31)")
@@ -243,6 +251,8 @@ class ProvableMlp:
                 raise ValueError("a residual reaches back before the shard's first layer")
             if layer.residual and layer.d_out != layers[k - layer.skip].d_in:
                 raise ValueError("a skip residual's source has another width")
+        if frac_bits > MAX_RMS_FRAC_BITS and any(la.activation == "rmsnorm" for la in layers):
+            raise ValueError(f"RMSNorm layers need frac_bits <= {MAX_RMS_FRAC_BITS}")
         if frac_bits > MAX_LOOKUP_FRAC_BITS and any(uses_table(la.activation)
                                                     for la in layers):
             raise ValueError(f"GELU, SiLU and gated layers need frac_bits <= "
@@ -660,6 +670,8 @@ class ModelManifest:
         decoded = tuple(LayerCommitment.from_wire(lc) for lc in layers)
         if (m["v"] == MANIFEST_VERSION_SKIP) != any(lc.skip for lc in decoded):
             raise ProofFormatError("a manifest is version 2 exactly when a layer has a skip")
+        if f > MAX_RMS_FRAC_BITS and any(lc.activation == "rmsnorm" for lc in decoded):
+            raise ProofFormatError(f"RMSNorm layers need frac_bits <= {MAX_RMS_FRAC_BITS}")
         if f > MAX_LOOKUP_FRAC_BITS and any(uses_table(lc.activation) for lc in decoded):
             raise ProofFormatError(f"GELU, SiLU and gated layers need frac_bits <= "
                                    f"{MAX_LOOKUP_FRAC_BITS}")

@@ -62,13 +62,49 @@ def test_the_fixed_point_norm_is_the_formula_and_tracks_float():
                                     "rmsnorm")])
     xq = shard.quantize(x)
     e, c = rms_constants(d, f)
+    assert c == d << (2 * f + 2 * shard_mod.RMS_R_FRAC)
     s = (xq.astype(object) ** 2).sum(axis=1) + e
     r = np.array([isqrt(c // int(v)) for v in s])
     assert all(int(ri) ** 2 * int(si) <= c < (int(ri) + 1) ** 2 * int(si) for ri, si in zip(r, s))
-    expect = ((xq * r[:, None]) >> f) * shard.layers[0].weight >> f
+    expect = ((xq * r[:, None]) >> shard_mod.RMS_R_FRAC) * shard.layers[0].weight >> f
     assert np.array_equal(shard.forward_fixed(xq), expect)
     ref = x / np.sqrt((x ** 2).mean(axis=1, keepdims=True) + 2.0 ** -16) * gain
     assert np.abs(shard.dequantize(shard.forward_fixed(xq)) - ref).max() < 0.03
+    # 1/rms keeps 16 fractional bits whatever f is, so a wide residual stream stays accurate
+    wide = rng.normal(0, 100.0, (3, d))
+    got = shard.dequantize(shard.forward_fixed(shard.quantize(wide)))
+    ref = wide / np.sqrt((wide ** 2).mean(axis=1, keepdims=True)) * gain
+    assert np.abs(got - ref).max() < 0.03
+
+
+def test_norm_layers_refuse_precisions_whose_products_cannot_fit():
+    layer = norm_layer(8)
+    with pytest.raises(ValueError, match="frac_bits"):
+        ProvableMlp([layer], frac_bits=13)
+    manifest = ModelManifest.from_shards("m", [commit_shard(ProvableMlp([layer]))])
+    with pytest.raises(ProofFormatError, match="RMSNorm"):
+        ModelManifest.from_bytes(dataclasses.replace(manifest, frac_bits=13).to_bytes())
+
+
+def test_a_norm_commitment_built_with_a_residual_is_refused_by_the_verifier(norm_committed):
+    """Built in code (not read from bytes, which refuses it): verify raises a typed error."""
+    x = make_input(2, 8, vmax=300)
+    y = norm_committed.forward_fixed(x)
+    proof = prove(norm_committed, x, y, BINDING)
+    c = norm_committed.commitment
+    bad = dataclasses.replace(c, layers=(c.layers[0], dataclasses.replace(c.layers[1],
+                                                                          residual=True)))
+    _, forged = proof_mod._binding(bad, x, y, BINDING)
+    with pytest.raises(ProofError):
+        verify(bad, x, y, dataclasses.replace(proof, binding=forged), BINDING)
+
+
+def test_the_verifier_refuses_an_input_beyond_the_limits(norm_committed):
+    x = make_input(1, 8, vmax=300)
+    y = norm_committed.forward_fixed(x)
+    proof = prove(norm_committed, x, y, BINDING)
+    with pytest.raises(ProofError, match="outside"):
+        verify(norm_committed.commitment, np.full((1, 8), 1 << 24), y, proof, BINDING)
 
 
 def test_a_norm_layer_has_a_gain_only():
