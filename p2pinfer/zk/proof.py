@@ -616,9 +616,8 @@ def _norm_layer(led, lc: LayerCommitment, f: int, nt: int, ni: int, claims: list
                           s_vals, c_const, mu) if prover else None
     pi, final = sumcheck(led, f"{name}/rsqrt", Lin(), nt, 4, oracle)
     row_pi = eq_table(pi)
-    i_d1 = com_b.open(f"{name}/range-opening", row_pi, cols_d1)
-    i_d2 = com_b.open(f"{name}/range-opening", row_pi, cols_d2)
-    i_r = com_b.open(f"{name}/range-opening", row_pi, cols_r)
+    i_d1, i_d2, i_r = com_b.open_many(f"{name}/range-opening", row_pi,
+                                      [cols_d1, cols_d2, cols_r])
     i_s = com_s.open_at(f"{name}/sum-opening", pi)
     vals = led.values if prover else None
     i_rr = led.put(vals[i_r] * vals[i_r] % P if prover else None)
@@ -783,17 +782,21 @@ class _Committed:
 
     def open(self, check: str, row_w: list[int], col: list[int]) -> int:
         """Commit <row_w^T M, col> and prove it against the row commitments."""
+        return self.open_many(check, row_w, [col])[0]
+
+    def open_many(self, check: str, row_w: list[int], cols: list[list[int]]) -> list[int]:
+        """Commit <row_w^T M, c> for each column vector c, with one proof for all of them."""
         led = self.led
         if self.ints is not None:
             u = int_vecmat(row_w, self.ints.reshape(1 << self.nr, 1 << self.nc))
         elif self.field is not None:
             u = _field_vecmat(row_w, self.rows)
         else:
-            idx = led.put()
-            led.check_dot(check, self.points, row_w, [col], [idx])
+            idx = [led.put() for _ in cols]
+            led.check_dot(check, self.points, row_w, cols, idx)
             return idx
-        idx = led.put(dot(u, col))
-        led.prove_dot(u, dot(row_w, self.blinds), [col], [idx])
+        idx = [led.put(dot(u, col)) for col in cols]
+        led.prove_dot(u, dot(row_w, self.blinds), cols, idx)
         return idx
 
     def open_at(self, check: str, point: list[int]) -> int:
