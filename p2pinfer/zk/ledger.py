@@ -165,6 +165,10 @@ class ProverLedger:
         raise NotImplementedError  # verifier-only
 
     # -- products ------------------------------------------------------------------------------
+    def product(self, check: str, a: int, b: int, c: int) -> None:
+        """v_c = v_a v_b: proven here, checked (as `check`) by the verifier's `product`."""
+        self.prove_product(a, b, c)
+
     def prove_product(self, a: int, b: int, c: int) -> None:
         """Committed values a, b, c (indices) with v_c = v_a v_b."""
         pp = self.params
@@ -288,6 +292,10 @@ class VerifierLedger:
         for e in encs:
             self.t.absorb(b"matrix-row", e)
         return pts
+
+    def product(self, check: str, a: int, b: int, c: int) -> None:
+        """The next product proof shows v_c = v_a v_b (see the prover's `product`)."""
+        self.check_product(check, a, b, c)
 
     def check_product(self, check: str, a: int, b: int, c: int) -> None:
         if self._products >= len(self.record.products):

@@ -427,15 +427,12 @@ def _bits_head(led, f: int, nt: int, ni: int, claims: list[Claim], z: np.ndarray
     e2 = eq_eval(r_bool, point)
     expect = act * (lam * _INV32 % P * e1_rho) + (Lin.var(i_beta) - Lin.var(i_b2)) * e2
     led.relate(f"{name}/bits-final", final - expect)
+    if relu:
+        led.product(f"{name}/relu-product", i_s, i_m, i_sm)
+    led.product(f"{name}/bit-square", i_beta, i_beta, i_b2)
     if prover:
-        if relu:
-            led.prove_product(i_s, i_m, i_sm)
-        led.prove_product(i_beta, i_beta, i_b2)
         led.prove_dot(u, dot(row_w, row_blinds), ys, opened)
     else:
-        if relu:
-            led.check_product(f"{name}/relu-product", i_s, i_m, i_sm)
-        led.check_product(f"{name}/bit-square", i_beta, i_beta, i_b2)
         led.check_dot(f"{name}/bits-opening", bit_rows, row_w, ys, opened)
     return rho, Lin.var(i_z) - (1 << (BITS - 1)), below
 
@@ -463,10 +460,7 @@ def _gated_layer(led, lc: LayerCommitment, f: int, nt: int, nk: int, ni: int,
     i_u = led.put(oracle.m[0] if prover else None)
     i_gu = led.put(oracle.s[0] * oracle.m[0] % P if prover else None)
     led.relate(f"{name}/gate-product-final", final - Lin.var(i_gu) * eq_eval(rho, rho2))
-    if prover:
-        led.prove_product(i_g, i_u, i_gu)
-    else:
-        led.check_product(f"{name}/gate-product-mul", i_g, i_u, i_gu)
+    led.product(f"{name}/gate-product-mul", i_g, i_u, i_gu)
     full = 1 << nt
     # 5. the up half, columns [0, d) of the matrix product: an identity rescale
     rho_u, zu_lin, _ = _bits_head(led, f, nt, ni, [(rho2, Lin.var(i_u), full)],
@@ -581,10 +575,7 @@ def _norm_layer(led, lc: LayerCommitment, f: int, nt: int, ni: int, claims: list
                        wit.weight_blinds if prover else None, lc.weight_rows, rows, "w")
     i_ug = led.put(oracle.s[0] * oracle.m[0] % P if prover else None)
     led.relate(f"{name}/norm-gain-final", final - Lin.var(i_ug) * eq_eval(rho, rho2))
-    if prover:
-        led.prove_product(i_u, i_g, i_ug)
-    else:
-        led.check_product(f"{name}/norm-gain-mul", i_u, i_g, i_ug)
+    led.product(f"{name}/norm-gain-mul", i_u, i_g, i_ug)
 
     # 5. u~(rho2) is a claim on the rescale u = floor(w / 2**RMS_R_FRAC) of w = x R
     rho3, w_lin, _ = _bits_head(led, RMS_R_FRAC, nt, ni, [(rho2, Lin.var(i_u), full)],
@@ -603,10 +594,7 @@ def _norm_layer(led, lc: LayerCommitment, f: int, nt: int, ni: int, claims: list
         i_x4 = led.put(oracle.s[0] if prover else None)
         i_xr = led.put(oracle.s[0] * oracle.m[0] % P if prover else None)
         led.relate(f"{name}/norm-mul-final", final - Lin.var(i_xr) * scale4)
-        if prover:
-            led.prove_product(i_x4, i_r4, i_xr)
-        else:
-            led.check_product(f"{name}/norm-mul-product", i_x4, i_r4, i_xr)
+        led.product(f"{name}/norm-mul-product", i_x4, i_r4, i_xr)
         out.append((rho4, Lin.var(i_x4), full))
 
     # 7. R = floor(sqrt(C / S)) for every token
@@ -625,10 +613,7 @@ def _norm_layer(led, lc: LayerCommitment, f: int, nt: int, ni: int, claims: list
     i_rs = led.put(vals[i_r] * vals[i_s] % P if prover else None)
     for a, b, c, check in ((i_r, i_r, i_rr, "rr"), (i_rr, i_s, i_rrs, "rrs"),
                            (i_r, i_s, i_rs, "rs")):
-        if prover:
-            led.prove_product(a, b, c)
-        else:
-            led.check_product(f"{name}/rsqrt-{check}", a, b, c)
+        led.product(f"{name}/rsqrt-{check}", a, b, c)
     rrs, rs, sv = Lin.var(i_rrs), Lin.var(i_rs), Lin.var(i_s)
     expr = (Lin.var(i_d1) + rrs - c_const
             + (Lin.var(i_d2) - rrs - rs * 2 - sv + (c_const + 1)) * mu)
@@ -648,10 +633,7 @@ def _norm_layer(led, lc: LayerCommitment, f: int, nt: int, ni: int, claims: list
         i_x5 = led.put(oracle.s[0] if prover else None)
         i_xx = led.put(oracle.s[0] * oracle.s[0] % P if prover else None)
         led.relate(f"{name}/sum-squares-final", final - Lin.var(i_xx) * scale5)
-        if prover:
-            led.prove_product(i_x5, i_x5, i_xx)
-        else:
-            led.check_product(f"{name}/sum-squares-product", i_x5, i_x5, i_xx)
+        led.product(f"{name}/sum-squares-product", i_x5, i_x5, i_xx)
         out.append((rho5, Lin.var(i_x5), full))
 
     # 9. the range bits are bits: sum over (t, c) of eq(r', (t, c)) B (1 - B) = 0
@@ -664,10 +646,7 @@ def _norm_layer(led, lc: LayerCommitment, f: int, nt: int, ni: int, claims: list
     sig, final = sumcheck(led, f"{name}/range-bits", Lin(), nr, 3, oracle)
     i_b = com_b.open_at(f"{name}/range-opening", sig)
     i_bb = led.put(led.values[i_b] ** 2 % P if prover else None)
-    if prover:
-        led.prove_product(i_b, i_b, i_bb)
-    else:
-        led.check_product(f"{name}/range-bit-square", i_b, i_b, i_bb)
+    led.product(f"{name}/range-bit-square", i_b, i_b, i_bb)
     led.relate(f"{name}/range-bits-final",
                final - (Lin.var(i_b) - Lin.var(i_bb)) * eq_eval(rb, sig))
     return out
@@ -701,10 +680,7 @@ def _matmul_tail(led, lc: LayerCommitment, nt: int, nk: int, rho: list[int], z_l
     i_a = led.put(oracle2.a[0] if prover else None)
     i_p = led.put(oracle2.a[0] * oracle2.w[0] if prover else None)
     led.relate(f"{name}/matmul-final", final - Lin.var(i_p))
-    if prover:
-        led.prove_product(i_a, i_w, i_p)
-    else:
-        led.check_product(f"{name}/matmul-product", i_a, i_w, i_p)
+    led.product(f"{name}/matmul-product", i_a, i_w, i_p)
     return [*below, (a_point, Lin.var(i_a), 1 << nt)]
 
 
@@ -925,12 +901,8 @@ def _lookup_head(led, activation: str, f: int, nt: int, ni: int, claims: list[Cl
     expect = (Lin.var(i_hl) * (lam * _INV32 % P * eq_eval(r_h, rho) % P)
               + (Lin.var(i_beta) - Lin.var(i_b2)) * eq_eval(r_bool, point))
     led.relate(f"{name}/bits-final", final - expect)
-    if prover:
-        led.prove_product(i_h, i_l, i_hl)
-        led.prove_product(i_beta, i_beta, i_b2)
-    else:
-        led.check_product(f"{name}/lookup-product", i_h, i_l, i_hl)
-        led.check_product(f"{name}/bit-square", i_beta, i_beta, i_b2)
+    led.product(f"{name}/lookup-product", i_h, i_l, i_hl)
+    led.product(f"{name}/bit-square", i_beta, i_beta, i_b2)
 
     # 5. the table side: sum_t eq(r_g, t) (g_t T_t - m_t) = 0, T public
     r_g = [led.challenge(f"{name}/lookup/rg/{k}".encode()) for k in range(kt)]

@@ -61,13 +61,10 @@ LOOKUP_ACTIVATIONS = ("gelu", "silu")
 #: the name and the lookup activation of the gate. The layer's weight is [W_u | W_g]
 #: (d_in, 2 d_out) and its bias [b_u | b_g], committed as one matrix.
 GATED_ACTIVATIONS = {"swiglu": "silu", "geglu": "gelu"}
-#: a lookup table covers q in [-2**(f + GELU_RANGE_BITS - 1), 2**(f + GELU_RANGE_BITS - 1)),
-#: i.e. real pre-activations in [-32, 32); lookup layers need frac_bits <= MAX_GELU_FRAC_BITS
-GELU_RANGE_BITS = 6
-MAX_GELU_FRAC_BITS = 10
-#: the same bounds under the names that say they hold for every lookup activation
-LOOKUP_RANGE_BITS = GELU_RANGE_BITS
-MAX_LOOKUP_FRAC_BITS = MAX_GELU_FRAC_BITS
+#: a lookup table covers q in [-2**(f + LOOKUP_RANGE_BITS - 1), 2**(f + LOOKUP_RANGE_BITS - 1)),
+#: i.e. real pre-activations in [-32, 32); lookup layers need frac_bits <= MAX_LOOKUP_FRAC_BITS
+LOOKUP_RANGE_BITS = 6
+MAX_LOOKUP_FRAC_BITS = 10
 MANIFEST_VERSION = 1
 #: a manifest with a skip residual is version 2, so that a verifier that predates `skip` (and
 #: would read the layer as adding its own input) refuses it instead of misreading it
@@ -421,11 +418,6 @@ def lookup_activation(q: np.ndarray, activation: str, frac_bits: int) -> np.ndar
     return table[q + lo]
 
 
-def gelu_lookup(q: np.ndarray, frac_bits: int) -> np.ndarray:
-    """GELU of fixed-point values by table; FixedPointOverflow outside the table's range."""
-    return lookup_activation(q, "gelu", frac_bits)
-
-
 _GELU_TABLES: dict[int, np.ndarray] = {}
 _SILU_TABLES: dict[int, np.ndarray] = {}
 
@@ -470,12 +462,12 @@ def gelu_table(frac_bits: int) -> np.ndarray:
     so every machine derives the same table bit for bit, with no dependence on the platform's
     libm. For |x| >= 8 the table holds x and 0: GELU differs from them by < 2**-50 there.
     """
-    if not 1 <= frac_bits <= MAX_GELU_FRAC_BITS:
-        raise ValueError(f"GELU tables exist for frac_bits 1..{MAX_GELU_FRAC_BITS}")
+    if not 1 <= frac_bits <= MAX_LOOKUP_FRAC_BITS:
+        raise ValueError(f"GELU tables exist for frac_bits 1..{MAX_LOOKUP_FRAC_BITS}")
     cached = _GELU_TABLES.get(frac_bits)
     if cached is not None:
         return cached
-    k = frac_bits + GELU_RANGE_BITS
+    k = frac_bits + LOOKUP_RANGE_BITS
     half, scale = 1 << (k - 1), 1 << frac_bits
     one = 1 << 128
     pi = 16 * _atan_inv(5, one) - 4 * _atan_inv(239, one)

@@ -80,3 +80,17 @@ def assert_mutation_rejected(committed: CommittedShard, x: np.ndarray, y: np.nda
         return
     with pytest.raises(ProofError):
         verify(committed.commitment, x, y, proof, binding)
+
+
+def assert_values_not_in_proof(blob: bytes, values: np.ndarray, count: int) -> None:
+    """The first `count` witness values with |v| > 20 appear in the proof bytes neither as a
+    field element nor as an int64."""
+    from p2pinfer.zk.field import P
+    from p2pinfer.zk.group import encode_scalar
+
+    flat = np.asarray(values).reshape(-1)
+    chosen = flat[np.abs(flat) > 20][:count]
+    assert len(chosen) == count
+    for v in chosen:
+        assert encode_scalar(int(v) % P) not in blob  # as a field element
+        assert int(v).to_bytes(8, "little", signed=True) not in blob
