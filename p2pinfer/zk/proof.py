@@ -28,12 +28,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import hmac
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import msgpack
 import numpy as np
 
+from .attention_proof import attention_layer
 from .booleanity import BooleanityProver
 from .errors import (
     BindingMismatch,
@@ -49,10 +49,27 @@ from .field import (
     dot,
     eq_eval,
     eq_table,
-    int_matvec,
     int_mle_eval,
     int_vecmat,
-    inv,
+)
+from .gadgets import (
+    INV32,
+    POWERS,
+    BitsOracle,
+    Claim,
+    Committed,
+    TableOracle,
+    TripleOracle,
+    Witness,
+    act_split,
+    batch_inv,
+    bit_decomposition,
+    bits_head,
+    flat,
+    kron,
+    masked_eq,
+    matmul_tail,
+    open_vector,
 )
 from .group import PedersenParams, decode_scalar, encode_scalar
 from .ledger import (
@@ -78,7 +95,6 @@ from .shard import (
     LayerCommitment,
     ModelManifest,
     ShardCommitment,
-    _layer_matrix,
     activation_table,
     generator_count_for,
     hyrax_split,
@@ -93,11 +109,8 @@ from .transcript import Transcript, tensor_digest
 PROOF_VERSION = 1
 MAX_TOKENS = 1 << 16
 
-Claim = tuple[list[int], Lin, int]
-"""(point, claimed value, live tokens): sum over live tokens of eq(point, i) out_i = value."""
 DOMAIN = b"p2pinfer/zk-shard-proof/v1"
 DEFAULT_MAX_PROOF = 16 << 20
-_INV32 = inv(BITS)
 
 
 @dataclass(frozen=True)
@@ -201,110 +214,8 @@ def _dot(v: object) -> DotProof:
 # Sum-check oracles (prover side)
 
 
-def _triple_sums(e: list[int], s: list[int], m: list[int]) -> tuple[int, int, int]:
-    """sum over the half-tables of e_t s_t m_t for t = 0, 2, 3."""
-    h = len(e) // 2
-    a0 = a2 = a3 = 0
-    for e0, e1, s0, s1, m0, m1 in zip(e[:h], e[h:], s[:h], s[h:], m[:h], m[h:]):
-        de, ds, dm = e1 - e0, s1 - s0, m1 - m0
-        e2, s2, m2 = e1 + de, s1 + ds, m1 + dm
-        a0 += e0 * s0 % P * m0
-        a2 += e2 * s2 % P * m2
-        a3 += (e2 + de) * (s2 + ds) % P * (m2 + dm)
-    return a0 % P, a2 % P, a3 % P
-
-
-class _BitsOracle:
-    """Round messages of lambda/32 E1 s m + eq(r', .) B (1 - B) over (i, j)."""
-
-    def __init__(self, e1, s, m, boolean: BooleanityProver, lam: int, ni: int, nb: int) -> None:
-        self.e1, self.s, self.m = e1, s, m
-        self.boolean = boolean
-        self.lam, self.ni, self.nb = lam, ni, nb
-        self.round = 0
-        self.const = 0
-        if ni == 0:
-            self._set_const()
-
-    def _set_const(self) -> None:
-        self.const = self.lam * _INV32 % P * self.e1[0] % P * self.s[0] % P * self.m[0] % P
-
-    def evals(self, claim: int) -> list[int]:
-        if self.round < self.ni:
-            t0, t2, t3 = _triple_sums(self.e1, self.s, self.m)
-            g = [self.lam * t0 % P, self.lam * t2 % P, self.lam * t3 % P]
-        else:
-            c = self.const * pow(2, self.nb - self.round - 1, P) % P
-            g = [c, c, c]
-        b0, b2, b3 = self.boolean.evals()
-        g0, g2, g3 = (g[0] + b0) % P, (g[1] + b2) % P, (g[2] + b3) % P
-        return [g0, (claim - g0) % P, g2, g3]
-
-    def bind(self, r: int) -> None:
-        if self.round < self.ni:
-            self.e1 = bind_first(self.e1, r)
-            self.s = bind_first(self.s, r)
-            self.m = bind_first(self.m, r)
-            if self.round == self.ni - 1:
-                self._set_const()
-        self.boolean.bind(r)
-        self.round += 1
-
-
-class _TripleOracle:
-    """Round messages of sum_i e(i) s(i) m(i) (degree 3)."""
-
-    def __init__(self, e: list[int], s: list[int], m: list[int]) -> None:
-        self.e, self.s, self.m = e, s, m
-
-    def evals(self, claim: int) -> list[int]:
-        t0, t2, t3 = _triple_sums(self.e, self.s, self.m)
-        return [t0, (claim - t0) % P, t2, t3]
-
-    def bind(self, r: int) -> None:
-        self.e = bind_first(self.e, r)
-        self.s = bind_first(self.s, r)
-        self.m = bind_first(self.m, r)
-
-
-class _ProductOracle:
-    def __init__(self, a: list[int], w: list[int]) -> None:
-        self.a, self.w = a, w
-
-    def evals(self, claim: int) -> list[int]:
-        h = len(self.a) // 2
-        a, w = self.a, self.w
-        g0 = sum(x * y for x, y in zip(a[:h], w[:h])) % P
-        g2 = sum((2 * x1 - x0) * (2 * y1 - y0)
-                 for x0, x1, y0, y1 in zip(a[:h], a[h:], w[:h], w[h:])) % P
-        return [g0, (claim - g0) % P, g2]
-
-    def bind(self, r: int) -> None:
-        self.a = bind_first(self.a, r)
-        self.w = bind_first(self.w, r)
-
-
 # --------------------------------------------------------------------------------------------
 # One layer, written once for both sides: `wit` is None on the verifier.
-
-
-@dataclass
-class _Witness:
-    weight: np.ndarray
-    bias: np.ndarray | None
-    a: np.ndarray
-    z: np.ndarray
-    weight_blinds: list[int]
-    bias_blinds: list[int] | None
-    zw: np.ndarray | None = None  # a gated layer's matrix product [z_u | z_g]
-
-
-_SIGN = [0] * (BITS - 1) + [1]
-_POW = [1 << j for j in range(BITS)]
-
-
-def _kron(lo: list[int], w: list[int]) -> list[int]:
-    return [a * b % P for a in lo for b in w]
 
 
 def _layer(
@@ -314,7 +225,7 @@ def _layer(
     nt: int,
     claims: list[Claim],
     x: np.ndarray | None,
-    wit: _Witness | None,
+    wit: Witness | None,
     name: str,
     rows: list | None,
     deferred: list[Claim] | None = None,
@@ -344,101 +255,22 @@ def _layer(
 
     if lc.activation == "rmsnorm":
         return _norm_layer(led, lc, f, nt, ni, claims, x, wit, name, rows)
+    if lc.activation == "attention":
+        return attention_layer(led, lc, f, nt, claims, x, wit, name, rows)
     if lc.activation in GATED_ACTIVATIONS:
         below, rest = _gated_layer(led, lc, f, nt, nk, ni, claims, x, wit, name, rows, split)
         return [*keep(below), *rest]
     if lc.activation in LOOKUP_ACTIVATIONS:
         below = split()
         rho, z_lin = _lookup_head(led, lc.activation, f, nt, ni, claims, below, wit, name)
-        return _matmul_tail(led, lc, nt, nk, rho, z_lin, keep(below), x, wit, name, rows)
-    rho, z_lin, below = _bits_head(led, f, nt, ni, claims, wit.z if prover else None, relu, name,
+        return matmul_tail(led, lc, nt, nk, rho, z_lin, keep(below), x, wit, name, rows)
+    rho, z_lin, below = bits_head(led, f, nt, ni, claims, wit.z if prover else None, relu, name,
                                    split)
-    return _matmul_tail(led, lc, nt, nk, rho, z_lin, keep(below), x, wit, name, rows)
-
-
-def _bits_head(led, f: int, nt: int, ni: int, claims: list[Claim], z: np.ndarray | None,
-               relu: bool, name: str, split_residual) -> tuple[list[int], Lin, list[Claim]]:
-    """Steps 1-3 of a ReLU or identity rescale: the claims on out = act(floor(z / 2**f)), less
-    the residual parts `split_residual()` splits off, become z~(rho) as a committed linear
-    form. Returns (rho, z~(rho), the residual claims for the layer below)."""
-    prover = z is not None
-    nb = ni + 5
-    # 1. commit the bits of z + 2**31 (Hyrax rows) before any challenge of this layer
-    rows_b, cols_b = hyrax_split(nb, 5)
-    if prover:
-        bits = _bit_decomposition(z)
-        bmat = bits.reshape(1 << rows_b, 1 << cols_b)
-        row_blinds = led.put_bit_matrix(bmat)
-    else:
-        bit_rows = led.next_matrix(1 << rows_b)
-
-    # 2. split off the residual (a~(p_k), committed unless a is the public input), then merge
-    #    the claims on this layer's output with powers of a challenge
-    below = split_residual()
-    weights = [1]
-    if len(claims) > 1:
-        alpha = led.challenge(f"{name}/merge".encode())
-        for _ in claims[1:]:
-            weights.append(weights[-1] * alpha % P)
-    total = Lin()
-    for k, (w, (_, lin, _)) in enumerate(zip(weights, claims)):
-        total = total + lin * w
-        if below:
-            total = total - below[k][1] * w
-
-    lam = led.challenge(f"{name}/lambda".encode())
-    r_bool = [led.challenge(f"{name}/bool/{k}".encode()) for k in range(nb)]
-    oracle = None
-    if prover:
-        e1 = [0] * (1 << ni)
-        for w, (p, _, live) in zip(weights, claims):
-            e1 = [(u + w * v) % P for u, v in zip(e1, _masked_eq(p, live, nt))]
-        if relu:
-            s_tab = bits[:, BITS - 1].tolist()
-            m_tab = (bits[:, f:BITS - 1] @ (1 << np.arange(BITS - 1 - f, dtype=np.int64))).tolist()
-        else:
-            s_tab = [1] * (1 << ni)
-            m_tab = [int(v) % P for v in (z.reshape(-1) >> f)]
-        oracle = _BitsOracle(e1, s_tab, m_tab, BooleanityProver(bits.reshape(-1), r_bool, ni),
-                             lam, ni, nb)
-    point, final = sumcheck(led, f"{name}/bits", total * lam, nb, 3, oracle)
-    rho, sigma = point[:ni], point[ni:]
-
-    # 3. open B at the final point
-    lo = eq_table(rho[rows_b:])
-    y_m = [(1 << (j - f)) if f <= j < BITS - 1 else 0 for j in range(BITS)]
-    if not relu:
-        y_m = [(1 << (j - f)) if j >= f else 0 for j in range(BITS)]
-    ys = ([_kron(lo, _SIGN)] if relu else []) + [
-        _kron(lo, y_m), _kron(lo, _POW), _kron(lo, eq_table(sigma))]
-    row_w = eq_table(point[:rows_b])
-    u = int_vecmat(row_w, bmat) if prover else None
-    opened = [led.put(dot(u, y) if prover else None) for y in ys]
-    if relu:
-        i_s, i_m, i_z, i_beta = opened
-        i_sm = led.put(led.values[i_s] * led.values[i_m] if prover else None)
-        act = Lin.var(i_sm)
-    else:
-        i_m, i_z, i_beta = opened
-        act = Lin.var(i_m) - (1 << (BITS - 1 - f))
-    i_b2 = led.put(led.values[i_beta] ** 2 if prover else None)
-    e1_rho = sum(w * _masked_eq_eval(p, rho, live, nt)
-                 for w, (p, _, live) in zip(weights, claims)) % P
-    e2 = eq_eval(r_bool, point)
-    expect = act * (lam * _INV32 % P * e1_rho) + (Lin.var(i_beta) - Lin.var(i_b2)) * e2
-    led.relate(f"{name}/bits-final", final - expect)
-    if relu:
-        led.product(f"{name}/relu-product", i_s, i_m, i_sm)
-    led.product(f"{name}/bit-square", i_beta, i_beta, i_b2)
-    if prover:
-        led.prove_dot(u, dot(row_w, row_blinds), ys, opened)
-    else:
-        led.check_dot(f"{name}/bits-opening", bit_rows, row_w, ys, opened)
-    return rho, Lin.var(i_z) - (1 << (BITS - 1)), below
+    return matmul_tail(led, lc, nt, nk, rho, z_lin, keep(below), x, wit, name, rows)
 
 
 def _gated_layer(led, lc: LayerCommitment, f: int, nt: int, nk: int, ni: int,
-                 claims: list[Claim], x: np.ndarray | None, wit: _Witness | None, name: str,
+                 claims: list[Claim], x: np.ndarray | None, wit: Witness | None, name: str,
                  rows: list | None, split_residual) -> tuple[list[Claim], list[Claim]]:
     """A gated layer: out = floor(p / 2**f) (+ a) with p = g * u elementwise, where
     u = floor(z_u / 2**f), g = G(floor(z_g / 2**f)) and [z_u | z_g] = a [W_u | W_g] + b.
@@ -446,7 +278,7 @@ def _gated_layer(led, lc: LayerCommitment, f: int, nt: int, nk: int, ni: int,
     prover = wit is not None
     d = lc.d_out
     # 1-3. the output rescale: claims on out become p~(rho)
-    rho, p_lin, below = _bits_head(led, f, nt, ni, claims, wit.z if prover else None, False,
+    rho, p_lin, below = bits_head(led, f, nt, ni, claims, wit.z if prover else None, False,
                                    name, split_residual)
     # 4. p~(rho) = sum_i eq(rho, i) g_i u_i: sum-check of degree 3, then g~ and u~ at rho2
     #    committed, with their product proven
@@ -454,7 +286,7 @@ def _gated_layer(led, lc: LayerCommitment, f: int, nt: int, nk: int, ni: int,
     if prover:
         q = wit.zw >> f
         gate = lookup_activation(q[:, d:], GATED_ACTIVATIONS[lc.activation], f)
-        oracle = _TripleOracle(eq_table(rho), _flat(gate), _flat(q[:, :d]))
+        oracle = TripleOracle(eq_table(rho), flat(gate), flat(q[:, :d]))
     rho2, final = sumcheck(led, f"{name}/gate-product", p_lin, ni, 3, oracle)
     i_g = led.put(oracle.s[0] if prover else None)
     i_u = led.put(oracle.m[0] if prover else None)
@@ -463,16 +295,16 @@ def _gated_layer(led, lc: LayerCommitment, f: int, nt: int, nk: int, ni: int,
     led.product(f"{name}/gate-product-mul", i_g, i_u, i_gu)
     full = 1 << nt
     # 5. the up half, columns [0, d) of the matrix product: an identity rescale
-    rho_u, zu_lin, _ = _bits_head(led, f, nt, ni, [(rho2, Lin.var(i_u), full)],
+    rho_u, zu_lin, _ = bits_head(led, f, nt, ni, [(rho2, Lin.var(i_u), full)],
                                   wit.zw[:, :d] if prover else None, False, f"{name}/up",
                                   list)
-    up = _matmul_tail(led, lc, nt, nk, rho_u[:nt] + [0] + rho_u[nt:], zu_lin, [], x, wit,
+    up = matmul_tail(led, lc, nt, nk, rho_u[:nt] + [0] + rho_u[nt:], zu_lin, [], x, wit,
                       f"{name}/up", rows)
     # 6. the gate half, columns [d, 2d): the lookup of G
     gate_wit = dataclasses.replace(wit, z=wit.zw[:, d:]) if prover else None
     rho_g, zg_lin = _lookup_head(led, GATED_ACTIVATIONS[lc.activation], f, nt, ni,
                                  [(rho2, Lin.var(i_g), full)], [], gate_wit, f"{name}/gate")
-    gate_claims = _matmul_tail(led, lc, nt, nk, rho_g[:nt] + [1] + rho_g[nt:], zg_lin, [], x,
+    gate_claims = matmul_tail(led, lc, nt, nk, rho_g[:nt] + [1] + rho_g[nt:], zg_lin, [], x,
                                wit, f"{name}/gate", rows)
     return below, [*up, *gate_claims]
 
@@ -526,7 +358,7 @@ def _check_rms_ranges(d1: list[int], d2: list[int], r: list[int]) -> None:
 
 
 def _norm_layer(led, lc: LayerCommitment, f: int, nt: int, ni: int, claims: list[Claim],
-                x: np.ndarray | None, wit: _Witness | None, name: str,
+                x: np.ndarray | None, wit: Witness | None, name: str,
                 rows: list | None) -> list[Claim]:
     """An RMSNorm layer: claims on y become claims on its input (returned; none when the input
     is the public x, which the verifier evaluates itself)."""
@@ -553,37 +385,38 @@ def _norm_layer(led, lc: LayerCommitment, f: int, nt: int, ni: int, claims: list
             for at, value, width in ((d1_at, d1[t], RMS_RANGE_BITS),
                                      (d2_at, d2[t], RMS_RANGE_BITS), (r_at, r_vals[t], RMS_R_BITS)):
                 bits[t, at:at + width] = [(value >> j) & 1 for j in range(width)]
-        com_b = _Committed(led, split_b, ints=bits, bits=1)
-        com_s = _Committed(led, hyrax_split(nt), ints=np.array(s_vals, dtype=np.int64), bits=62)
+        com_b = Committed(led, split_b, ints=bits, bits=1)
+        com_s = Committed(led, hyrax_split(nt), ints=np.array(s_vals, dtype=np.int64), bits=62)
     else:
-        com_b = _Committed(led, split_b)
-        com_s = _Committed(led, hyrax_split(nt))
+        com_b = Committed(led, split_b)
+        com_s = Committed(led, hyrax_split(nt))
     cols_d1, cols_d2 = _range_cols(d1_at, RMS_RANGE_BITS), _range_cols(d2_at, RMS_RANGE_BITS)
     cols_r = _range_cols(r_at, RMS_R_BITS)
 
     # 1-3. the claims on y = floor(v / 2**f) become v~(rho)
-    rho, v_lin, _ = _bits_head(led, f, nt, ni, claims, wit.z if prover else None, False, name,
+    rho, v_lin, _ = bits_head(led, f, nt, ni, claims, wit.z if prover else None, False, name,
                                list)
     # 4. v~(rho) = sum_i eq(rho, i) u_i g_(i mod d), the gain g opened from the manifest
     oracle = None
     if prover:
         gain = [int(v) % P for v in wit.weight.reshape(-1)]
-        oracle = _TripleOracle(eq_table(rho), _flat(norm["u"]), gain * full)
+        oracle = TripleOracle(eq_table(rho), flat(norm["u"]), gain * full)
     rho2, final = sumcheck(led, f"{name}/norm-gain", v_lin, ni, 3, oracle)
     i_u = led.put(oracle.s[0] if prover else None)
-    i_g = _open_vector(led, f"{name}/weight-opening", rho2[nt:], wit.weight if prover else None,
-                       wit.weight_blinds if prover else None, lc.weight_rows, rows, "w")
+    i_g = open_vector(led, f"{name}/weight-opening", rho2[nt:], wit.weight if prover else None,
+                      wit.weight_blinds if prover else None,
+                      None if prover else rows[("w", id(lc.weight_rows))])
     i_ug = led.put(oracle.s[0] * oracle.m[0] % P if prover else None)
     led.relate(f"{name}/norm-gain-final", final - Lin.var(i_ug) * eq_eval(rho, rho2))
     led.product(f"{name}/norm-gain-mul", i_u, i_g, i_ug)
 
     # 5. u~(rho2) is a claim on the rescale u = floor(w / 2**RMS_R_FRAC) of w = x R
-    rho3, w_lin, _ = _bits_head(led, RMS_R_FRAC, nt, ni, [(rho2, Lin.var(i_u), full)],
+    rho3, w_lin, _ = bits_head(led, RMS_R_FRAC, nt, ni, [(rho2, Lin.var(i_u), full)],
                                 wit.zw if prover else None, False, f"{name}/rescale", list)
     # 6. w~(rho3) = sum_i eq(rho3, i) x_i R_(i div d), R opened from the range bits
     oracle = None
     if prover:
-        oracle = _TripleOracle(eq_table(rho3), _flat(wit.a), [r for r in r_vals for _ in range(d)])
+        oracle = TripleOracle(eq_table(rho3), flat(wit.a), [r for r in r_vals for _ in range(d)])
     rho4, final = sumcheck(led, f"{name}/norm-mul", w_lin, ni, 3, oracle)
     i_r4 = com_b.open(f"{name}/range-opening", eq_table(rho4[:nt]), cols_r)
     scale4 = eq_eval(rho3, rho4)
@@ -622,8 +455,8 @@ def _norm_layer(led, lc: LayerCommitment, f: int, nt: int, ni: int, claims: list
     # 8. S~(pi) - E = sum over (t, i) of eq(pi, t) x_(t,i)^2
     oracle = None
     if prover:
-        xs = _flat(wit.a)
-        oracle = _TripleOracle([v for v in row_pi for _ in range(d)], xs, xs)
+        xs = flat(wit.a)
+        oracle = TripleOracle([v for v in row_pi for _ in range(d)], xs, xs)
     rho5, final = sumcheck(led, f"{name}/sum-squares", Lin.var(i_s) - e_const, ni, 3, oracle)
     scale5 = eq_eval(pi, rho5[:nt])
     if x is not None:
@@ -641,8 +474,8 @@ def _norm_layer(led, lc: LayerCommitment, f: int, nt: int, ni: int, claims: list
     rb = [led.challenge(f"{name}/range/bool/{k}".encode()) for k in range(nr)]
     oracle = None
     if prover:
-        flat = bits.reshape(-1).tolist()
-        oracle = _TripleOracle(eq_table(rb), flat, [1 - v for v in flat])
+        flat_bits = bits.reshape(-1).tolist()
+        oracle = TripleOracle(eq_table(rb), flat_bits, [1 - v for v in flat_bits])
     sig, final = sumcheck(led, f"{name}/range-bits", Lin(), nr, 3, oracle)
     i_b = com_b.open_at(f"{name}/range-opening", sig)
     i_bb = led.put(led.values[i_b] ** 2 % P if prover else None)
@@ -650,38 +483,6 @@ def _norm_layer(led, lc: LayerCommitment, f: int, nt: int, ni: int, claims: list
     led.relate(f"{name}/range-bits-final",
                final - (Lin.var(i_b) - Lin.var(i_bb)) * eq_eval(rb, sig))
     return out
-
-
-def _matmul_tail(led, lc: LayerCommitment, nt: int, nk: int, rho: list[int], z_lin: Lin,
-                 below: list[Claim], x: np.ndarray | None, wit: _Witness | None, name: str,
-                 rows: list | None) -> list[Claim]:
-    """4. z~(rho) = b~(rho_out) + sum_k a~(rho_tok, k) W~(k, rho_out): the claim on a~ (or the
-    check against the public x) goes to the layer below."""
-    prover = wit is not None
-    rho_tok, rho_out = rho[:nt], rho[nt:]
-    if lc.bias_rows is not None:
-        i_bias = _open_vector(led, f"{name}/bias-opening", rho_out,
-                              wit.bias if prover else None, wit.bias_blinds if prover else None,
-                              lc.bias_rows, rows, "b")
-        z_lin = z_lin - Lin.var(i_bias)
-    oracle2 = None
-    if prover:
-        oracle2 = _ProductOracle(int_vecmat(eq_table(rho_tok), wit.a),
-                                 int_matvec(wit.weight, eq_table(rho_out)))
-    kappa, final = sumcheck(led, f"{name}/matmul", z_lin, nk, 2, oracle2)
-    i_w = _open_vector(led, f"{name}/weight-opening", kappa + rho_out,
-                       wit.weight if prover else None, wit.weight_blinds if prover else None,
-                       lc.weight_rows, rows, "w")
-    a_point = rho_tok + kappa
-    if x is not None:
-        a_val = int_mle_eval(x, a_point)
-        led.relate(f"{name}/matmul-final", final - Lin.var(i_w) * a_val)
-        return []
-    i_a = led.put(oracle2.a[0] if prover else None)
-    i_p = led.put(oracle2.a[0] * oracle2.w[0] if prover else None)
-    led.relate(f"{name}/matmul-final", final - Lin.var(i_p))
-    led.product(f"{name}/matmul-product", i_a, i_w, i_p)
-    return [*below, (a_point, Lin.var(i_a), 1 << nt)]
 
 
 def _residual_claims(led, residual: bool, nt: int, claims: list[Claim], x: np.ndarray | None,
@@ -695,7 +496,7 @@ def _residual_claims(led, residual: bool, nt: int, claims: list[Claim], x: np.nd
             if x is not None:  # the padded rows of x are zero: no mask needed
                 lin = Lin(const=int_mle_eval(x, p))
             else:
-                v = dot(_masked_eq(p, live, nt), _flat(a)) if prover else None
+                v = dot(masked_eq(p, live, nt), flat(a)) if prover else None
                 lin = Lin.var(led.put(v))
             below.append((p, lin, live))
     return below
@@ -710,108 +511,8 @@ def _residual_claims(led, residual: bool, nt: int, claims: list[Claim], x: np.nd
 # g_t (beta - t - gamma G(t)) = m_t by zero-checks, and sum h = sum g by two openings.
 
 
-def _act_split(ni: int, nt: int) -> tuple[int, int]:
-    """Hyrax (row, column) variables of an activation table: every token variable is a row
-    variable, so a token mask is a mask on row weights."""
-    cols = min((ni + 1) // 2, ni - nt)
-    return ni - cols, cols
-
-
-def _field_vecmat(w: Sequence[int], rows: Sequence[Sequence[int]]) -> list[int]:
-    out = [0] * len(rows[0])
-    for wr, row in zip(w, rows):
-        if wr:
-            out = [(o + wr * v) % P for o, v in zip(out, row)]
-    return out
-
-
-def _batch_inv(values: list[int]) -> list[int]:
-    """Inverses of nonzero field elements with one exponentiation (Montgomery's trick)."""
-    prefix, acc = [], 1
-    for v in values:
-        prefix.append(acc)
-        acc = acc * v % P
-    inv_acc = inv(acc)
-    out = [0] * len(values)
-    for k in range(len(values) - 1, -1, -1):
-        out[k] = inv_acc * prefix[k] % P
-        inv_acc = inv_acc * values[k] % P
-    return out
-
-
-class _Committed:
-    """A committed table on the prover side (values and Hyrax row blindings) or the verifier
-    side (row commitments), with openings at eq points or against arbitrary weights."""
-
-    def __init__(self, led, split: tuple[int, int], *, ints: np.ndarray | None = None,
-                 field: list[int] | None = None, bits: int = 62) -> None:
-        self.led, (self.nr, self.nc) = led, split
-        self.ints, self.field = ints, field
-        if ints is not None:  # |ints| < 2**bits, a public bound
-            self.blinds = led.put_int_matrix(ints.reshape(1 << self.nr, 1 << self.nc), bits)
-        elif field is not None:
-            w = 1 << self.nc
-            self.rows = [field[r * w:(r + 1) * w] for r in range(1 << self.nr)]
-            self.blinds = led.put_field_matrix(self.rows)
-        else:
-            self.points = led.next_matrix(1 << self.nr)
-
-    def open(self, check: str, row_w: list[int], col: list[int]) -> int:
-        """Commit <row_w^T M, col> and prove it against the row commitments."""
-        return self.open_many(check, row_w, [col])[0]
-
-    def open_many(self, check: str, row_w: list[int], cols: list[list[int]]) -> list[int]:
-        """Commit <row_w^T M, c> for each column vector c, with one proof for all of them."""
-        led = self.led
-        if self.ints is not None:
-            u = int_vecmat(row_w, self.ints.reshape(1 << self.nr, 1 << self.nc))
-        elif self.field is not None:
-            u = _field_vecmat(row_w, self.rows)
-        else:
-            idx = [led.put() for _ in cols]
-            led.check_dot(check, self.points, row_w, cols, idx)
-            return idx
-        idx = [led.put(dot(u, col)) for col in cols]
-        led.prove_dot(u, dot(row_w, self.blinds), cols, idx)
-        return idx
-
-    def open_at(self, check: str, point: list[int]) -> int:
-        return self.open(check, eq_table(point[:self.nr]), eq_table(point[self.nr:]))
-
-    def open_sum(self, check: str) -> int:
-        return self.open(check, [1] * (1 << self.nr), [1] * (1 << self.nc))
-
-
-class _TableOracle:
-    """Round messages of sum_t e(t) (g(t) T(t) - m(t)) (degree 3)."""
-
-    def __init__(self, e: list[int], g: list[int], t: list[int], m: list[int]) -> None:
-        self.e, self.g, self.t, self.m = e, g, t, m
-
-    def evals(self, claim: int) -> list[int]:
-        h = len(self.e) // 2
-        acc = [0, 0, 0]
-        for k in range(h):
-            e0, e1 = self.e[k], self.e[k + h]
-            g0, g1 = self.g[k], self.g[k + h]
-            t0, t1 = self.t[k], self.t[k + h]
-            m0, m1 = self.m[k], self.m[k + h]
-            for slot, x in ((0, 0), (1, 2), (2, 3)):
-                ex, gx = e0 + x * (e1 - e0), g0 + x * (g1 - g0)
-                tx, mx = t0 + x * (t1 - t0), m0 + x * (m1 - m0)
-                acc[slot] += ex * (gx * tx - mx)
-        g0 = acc[0] % P
-        return [g0, (claim - g0) % P, acc[1] % P, acc[2] % P]
-
-    def bind(self, r: int) -> None:
-        self.e = bind_first(self.e, r)
-        self.g = bind_first(self.g, r)
-        self.t = bind_first(self.t, r)
-        self.m = bind_first(self.m, r)
-
-
 def _lookup_head(led, activation: str, f: int, nt: int, ni: int, claims: list[Claim],
-                 below: list[Claim], wit: _Witness | None, name: str) -> tuple[list[int], Lin]:
+                 below: list[Claim], wit: Witness | None, name: str) -> tuple[list[int], Lin]:
     """Steps 1-3 of a GELU or SiLU layer: returns (rho, z~(rho) as a committed linear form)."""
     prover = wit is not None
     nb = ni + 5
@@ -822,24 +523,24 @@ def _lookup_head(led, activation: str, f: int, nt: int, ni: int, claims: list[Cl
     kt = log2_exact(len(table), "table")
     half = len(table) // 2
     rows_b, cols_b = hyrax_split(nb, 5)
-    split_a = _act_split(ni, nt)
+    split_a = act_split(ni, nt)
     split_t = hyrax_split(kt)
 
     # 1. commit the bits of z + 2**31, the outputs y = G(q) and the multiplicities m
     if prover:
-        bits = _bit_decomposition(wit.z)
+        bits = bit_decomposition(wit.z)
         bmat = bits.reshape(1 << rows_b, 1 << cols_b)
         row_blinds = led.put_bit_matrix(bmat)
         q = wit.z.reshape(-1) >> f
         y = table[q + half]
         mult = np.bincount(q + half, minlength=len(table)).astype(np.int64)
         # public bounds: |G(t)| <= |t| <= 2**(kt - 1), and a key is used at most 2**ni times
-        com_y = _Committed(led, split_a, ints=y, bits=kt)
-        com_m = _Committed(led, split_t, ints=mult, bits=ni + 1)
+        com_y = Committed(led, split_a, ints=y, bits=kt)
+        com_m = Committed(led, split_t, ints=mult, bits=ni + 1)
     else:
         bit_rows = led.next_matrix(1 << rows_b)
-        com_y = _Committed(led, split_a)
-        com_m = _Committed(led, split_t)
+        com_y = Committed(led, split_a)
+        com_m = Committed(led, split_t)
 
     # 2. the claims on this layer's output are openings of y (minus the residual part)
     for k, (p, lin, live) in enumerate(claims):
@@ -861,13 +562,13 @@ def _lookup_head(led, activation: str, f: int, nt: int, ni: int, claims: list[Cl
         l_tab = [(beta - int(a) - gamma * int(b)) % P for a, b in zip(q, y)]
         if 0 in l_tab:  # no inverse: this transcript cannot be proven (probability ~2**-238)
             raise RelationError(f"{name}/lookup", "a lookup denominator vanished")
-        h_tab = _batch_inv(l_tab)
-        g_tab = [m * v % P for m, v in zip(mult.tolist(), _batch_inv(t_tab))]
-        com_h = _Committed(led, split_a, field=h_tab)
-        com_g = _Committed(led, split_t, field=g_tab)
+        h_tab = batch_inv(l_tab)
+        g_tab = [m * v % P for m, v in zip(mult.tolist(), batch_inv(t_tab))]
+        com_h = Committed(led, split_a, field=h_tab)
+        com_g = Committed(led, split_t, field=g_tab)
     else:
-        com_h = _Committed(led, split_a)
-        com_g = _Committed(led, split_t)
+        com_h = Committed(led, split_a)
+        com_g = Committed(led, split_t)
 
     # 4. one sum-check over (i, j): lambda/32 eq(r_h, i) h(i) l(i) (sums to lambda: h l = 1)
     #    plus booleanity of the bits; it ends at (rho, sigma)
@@ -876,13 +577,13 @@ def _lookup_head(led, activation: str, f: int, nt: int, ni: int, claims: list[Cl
     r_bool = [led.challenge(f"{name}/bool/{k}".encode()) for k in range(nb)]
     oracle = None
     if prover:
-        oracle = _BitsOracle(eq_table(r_h), h_tab, l_tab,
+        oracle = BitsOracle(eq_table(r_h), h_tab, l_tab,
                              BooleanityProver(bits.reshape(-1), r_bool, ni), lam, ni, nb)
     point, final = sumcheck(led, f"{name}/bits", Lin(const=lam), nb, 3, oracle)
     rho, sigma = point[:ni], point[ni:]
     lo = eq_table(rho[rows_b:])
     y_q = [(1 << (j - f)) if j >= f else 0 for j in range(BITS)]
-    ys = [_kron(lo, y_q), _kron(lo, _POW), _kron(lo, eq_table(sigma))]
+    ys = [kron(lo, y_q), kron(lo, POWERS), kron(lo, eq_table(sigma))]
     row_w = eq_table(point[:rows_b])
     u = int_vecmat(row_w, bmat) if prover else None
     i_q, i_z, i_beta = (led.put(dot(u, yv) if prover else None) for yv in ys)
@@ -898,7 +599,7 @@ def _lookup_head(led, activation: str, f: int, nt: int, ni: int, claims: list[Cl
     led.relate(f"{name}/lookup", Lin.var(i_l) - l_lin)
     i_hl = led.put(led.values[i_h] * led.values[i_l] if prover else None)
     i_b2 = led.put(led.values[i_beta] ** 2 if prover else None)
-    expect = (Lin.var(i_hl) * (lam * _INV32 % P * eq_eval(r_h, rho) % P)
+    expect = (Lin.var(i_hl) * (lam * INV32 % P * eq_eval(r_h, rho) % P)
               + (Lin.var(i_beta) - Lin.var(i_b2)) * eq_eval(r_bool, point))
     led.relate(f"{name}/bits-final", final - expect)
     led.product(f"{name}/lookup-product", i_h, i_l, i_hl)
@@ -908,7 +609,7 @@ def _lookup_head(led, activation: str, f: int, nt: int, ni: int, claims: list[Cl
     r_g = [led.challenge(f"{name}/lookup/rg/{k}".encode()) for k in range(kt)]
     oracle_t = None
     if prover:
-        oracle_t = _TableOracle(eq_table(r_g), g_tab, t_tab, [int(v) for v in mult])
+        oracle_t = TableOracle(eq_table(r_g), g_tab, t_tab, [int(v) for v in mult])
     pi, final_t = sumcheck(led, f"{name}/table", Lin(), kt, 3, oracle_t)
     i_g = com_g.open_at(f"{name}/lookup-opening", pi)
     i_m = com_m.open_at(f"{name}/multiplicity-opening", pi)
@@ -921,51 +622,6 @@ def _lookup_head(led, activation: str, f: int, nt: int, ni: int, claims: list[Cl
     i_gs = com_g.open_sum(f"{name}/lookup-opening")
     led.relate(f"{name}/lookup-sums", Lin.var(i_hs) - Lin.var(i_gs))
     return rho, Lin.var(i_z) - (1 << (BITS - 1))
-
-
-def _bit_decomposition(z: np.ndarray) -> np.ndarray:
-    """(elements, 32) bits of z + 2**31, least significant first."""
-    zz = (z.reshape(-1) + (1 << (BITS - 1))).astype(np.uint64)
-    return ((zz[:, None] >> np.arange(BITS, dtype=np.uint64)) & 1).astype(np.int64)
-
-
-def _masked_eq(p: list[int], live: int, nt: int) -> list[int]:
-    """eq(p, i) for i = (token, feature), zero on the padding tokens (token >= live)."""
-    table = eq_table(p)
-    if live < 1 << nt:
-        cut = live * (len(table) >> nt)
-        table[cut:] = [0] * (len(table) - cut)
-    return table
-
-
-def _masked_eq_eval(p: list[int], q: list[int], live: int, nt: int) -> int:
-    """sum over live tokens and all features of eq(p, i) eq(q, i)."""
-    if live == 1 << nt:
-        return eq_eval(p, q)
-    tok = dot(eq_table(p[:nt])[:live], eq_table(q[:nt])[:live])
-    return tok * eq_eval(p[nt:], q[nt:]) % P
-
-
-def _flat(a: np.ndarray) -> list[int]:
-    return [int(v) % P for v in a.reshape(-1)]
-
-
-def _open_vector(led, check, point, values, blinds, enc_rows, rows_cache, kind) -> int:
-    """Commit v = values~(point) and open it against Hyrax row commitments."""
-    n = len(point)
-    rows_n, _ = hyrax_split(n)
-    row_w = eq_table(point[:rows_n])
-    y = eq_table(point[rows_n:])
-    if values is not None:
-        mat = _layer_matrix(np.asarray(values).reshape(-1))
-        u = int_vecmat(row_w, mat)
-        idx = led.put(dot(u, y))
-        led.prove_dot(u, dot(row_w, blinds), [y], [idx])
-    else:
-        idx = led.put()
-        pts = rows_cache[(kind, id(enc_rows))]
-        led.check_dot(check, pts, row_w, [y], [idx])
-    return idx
 
 
 # --------------------------------------------------------------------------------------------
@@ -1043,7 +699,7 @@ def prove(shard: CommittedShard, x: np.ndarray, y: np.ndarray,
     pending: dict[int, list[Claim]] = {}
     for k in range(len(c.layers) - 1, -1, -1):
         layer = shard.shard.layers[k]
-        wit = _Witness(layer.weight, layer.bias, traces[k].a, traces[k].z,
+        wit = Witness(layer.weight, layer.bias, traces[k].a, traces[k].z,
                        shard.weight_blinds[k], shard.bias_blinds[k], traces[k].zw)
         src = k - layer.skip
         deferred = pending.setdefault(src, [])

@@ -27,6 +27,11 @@ from pathlib import Path
 import msgpack
 import numpy as np
 
+from .attention import (
+    EXP_RANGE_BITS,
+    AttentionShape,
+    attention_fixed,
+)
 from .errors import CommitmentMismatch, FixedPointOverflow, ProofFormatError
 from .group import (
     DEFAULT_SEED,
@@ -42,7 +47,7 @@ from .group import (
 BITS = 32  # width of the pre-activation decomposition (rescale remainder + value + sign)
 MAX_WEIGHT = 1 << 15  # |w| < 2**15
 MAX_DIM = 1 << 14
-ACTIVATIONS = ("relu", "identity", "gelu", "silu", "swiglu", "geglu", "rmsnorm")
+ACTIVATIONS = ("relu", "identity", "gelu", "silu", "swiglu", "geglu", "rmsnorm", "attention")
 #: RMSNorm y = x g / sqrt(mean(x^2) + eps) (`rmsnorm_fixed`): the weight is g as (1, d), no
 #: bias; eps is 2**-RMS_EPS_BITS. In fixed point S = sum x^2 + E, R = floor(sqrt(C / S)) with
 #: C = d 2**(2f + 2 RMS_R_FRAC), so R is 1 / rms at scale 2**RMS_R_FRAC whatever f is;
@@ -69,7 +74,15 @@ MANIFEST_VERSION = 1
 #: a manifest with a skip residual is version 2, so that a verifier that predates `skip` (and
 #: would read the layer as adding its own input) refuses it instead of misreading it
 MANIFEST_VERSION_SKIP = 2
+#: a manifest with an attention layer is version 3, refused by verifiers that predate them
+MANIFEST_VERSION_ATTENTION = 3
 MAX_SKIP = 64
+
+
+def manifest_version(layers: Sequence[LayerCommitment]) -> int:
+    if any(lc.activation == "attention" for lc in layers):
+        return MANIFEST_VERSION_ATTENTION
+    return MANIFEST_VERSION_SKIP if any(lc.skip for lc in layers) else MANIFEST_VERSION
 
 
 def log2_exact(n: int, what: str) -> int:
@@ -86,6 +99,32 @@ def weight_width(activation: str, d_out: int) -> int:
 def weight_entries(activation: str, d_in: int, d_out: int) -> int:
     """How many weights a layer commits: d (the gain) for an RMSNorm layer."""
     return d_out if activation == "rmsnorm" else d_in * weight_width(activation, d_out)
+
+
+def attention_shape(layer: FixedLayer | LayerCommitment) -> AttentionShape:
+    return AttentionShape(layer.d_out, layer.heads, layer.kv_heads, layer.rope)
+
+
+def weight_parts(layer: FixedLayer | LayerCommitment) -> list[tuple[int, int]]:
+    """(first column, width) of each separately committed part of a layer's weight: the q, k
+    and v projections of an attention layer, the whole matrix otherwise. Each part is a Hyrax
+    table of its own; the layer's row commitments (and its bias's) are the parts' in order."""
+    if layer.activation == "attention":
+        q, k, _ = attention_shape(layer).parts()
+        return [(0, q), (q, k), (q + k, k)]
+    if layer.activation == "rmsnorm":
+        return [(0, layer.d_out)]
+    return [(0, weight_width(layer.activation, layer.d_out))]
+
+
+def part_row_counts(layer: FixedLayer | LayerCommitment) -> tuple[int, int]:
+    """How many row commitments a layer's weight and its bias have."""
+    rows_w = rows_b = 0
+    d_rows = 1 if layer.activation == "rmsnorm" else layer.d_in
+    for _, width in weight_parts(layer):
+        rows_w += 1 << hyrax_split((d_rows * width).bit_length() - 1)[0]
+        rows_b += 1 << hyrax_split(width.bit_length() - 1)[0]
+    return rows_w, rows_b
 
 
 def rms_constants(d: int, frac_bits: int) -> tuple[int, int]:
@@ -119,8 +158,9 @@ def rmsnorm_fixed(x: np.ndarray, gain: np.ndarray, frac_bits: int) -> dict[str, 
 
 
 def uses_table(activation: str) -> bool:
-    """Whether a layer of this activation is proven with a lookup table."""
-    return activation in LOOKUP_ACTIVATIONS or activation in GATED_ACTIVATIONS
+    """Whether a layer of this activation is proven with a lookup table (attention: exp)."""
+    return (activation in LOOKUP_ACTIVATIONS or activation in GATED_ACTIVATIONS
+            or activation == "attention")
 
 
 def hyrax_split(num_vars: int, min_col_vars: int = 0) -> tuple[int, int]:
@@ -143,12 +183,29 @@ class FixedLayer:
     #: a residual adds the input of the layer `skip` layers before this one (0: its own input),
     #: as a transformer block adds its input after two or more layers
     skip: int = 0
+    #: an attention layer's shape (attention.py): query heads, kv heads, rope theta (0: none)
+    heads: int = 0
+    kv_heads: int = 0
+    rope: int = 0
 
     def __post_init__(self) -> None:
         w = np.asarray(self.weight)
         if w.ndim != 2 or w.dtype.kind not in "iu":
             raise ValueError("weight must be a 2-D integer array")
         d_in, d_out = w.shape
+        if self.activation == "attention":
+            if self.residual or self.skip:
+                raise ValueError("an attention layer has no residual (the output projection "
+                                 "after it adds one)")
+            problem = AttentionShape(d_in, self.heads, self.kv_heads, self.rope).check()
+            if problem:
+                raise ValueError(problem)
+            if d_out != sum(AttentionShape(d_in, self.heads, self.kv_heads, 0).parts()):
+                raise ValueError("an attention layer's weight is [W_q | W_k | W_v]: (d, d + 2 "
+                                 "kv_heads d / heads)")
+            d_out = d_in
+        elif self.heads or self.kv_heads or self.rope:
+            raise ValueError("heads, kv_heads and rope belong to attention layers")
         if self.activation == "rmsnorm":
             if d_in != 1 or self.bias is not None or self.residual:
                 raise ValueError("an RMSNorm layer holds its gain as a (1, d) weight, without "
@@ -189,6 +246,8 @@ class FixedLayer:
 
     @property
     def d_out(self) -> int:
+        if self.activation == "attention":
+            return int(self.weight.shape[0])
         return int(self.weight.shape[1]) // (2 if self.gated else 1)
 
     @property
@@ -210,6 +269,26 @@ def _quantize(w: np.ndarray, b: np.ndarray | None, frac_bits: int
     if b is not None:
         bf[: wf.shape[1]] = np.asarray(b, dtype=np.float64)
     return wq, np.rint(bf * (1 << 2 * frac_bits)).astype(np.int64) + (1 << (frac_bits - 1))
+
+
+def _attention_from_float(parts: Sequence, residual: bool, skip: int,
+                          frac_bits: int) -> FixedLayer:
+    if len(parts) != 7 or not isinstance(parts[6], AttentionShape):
+        raise ValueError("an attention layer takes (W_q, b_q, W_k, b_k, W_v, b_v, "
+                         "AttentionShape)")
+    shape = parts[6]
+    scale = 1.0 / np.sqrt(shape.head_dim)
+    b_q = None if parts[1] is None else np.asarray(parts[1], dtype=np.float64) * scale
+    pairs = [(np.asarray(parts[0], dtype=np.float64) * scale, b_q), (parts[2], parts[3]),
+             (parts[4], parts[5])]
+    quantized = [_quantize(w, b, frac_bits) for w, b in pairs]
+    if [q[0].shape for q in quantized] != [(shape.d, w) for w in shape.parts()] or any(
+            np.shape(w) != q[0].shape for (w, _), q in zip(pairs, quantized)):
+        raise ValueError(f"an attention layer of {shape} takes W_q, W_k, W_v of shapes "
+                         f"{[(shape.d, w) for w in shape.parts()]}")
+    return FixedLayer(np.concatenate([q[0] for q in quantized], axis=1),
+                      np.concatenate([q[1] for q in quantized]), "attention", residual, skip,
+                      shape.heads, shape.kv_heads, shape.rope)
 
 
 def _matmul_exact(a: np.ndarray, w: np.ndarray) -> np.ndarray:
@@ -252,7 +331,7 @@ class ProvableMlp:
             raise ValueError(f"RMSNorm layers need frac_bits <= {MAX_RMS_FRAC_BITS}")
         if frac_bits > MAX_LOOKUP_FRAC_BITS and any(uses_table(la.activation)
                                                     for la in layers):
-            raise ValueError(f"GELU, SiLU and gated layers need frac_bits <= "
+            raise ValueError(f"GELU, SiLU, gated and attention layers need frac_bits <= "
                              f"{MAX_LOOKUP_FRAC_BITS}")
         self.layers = tuple(layers)
         self.frac_bits = frac_bits
@@ -271,7 +350,9 @@ class ProvableMlp:
     ) -> ProvableMlp:
         """Quantize float (W (d_in, d_out), b) pairs: W, x to 2**-f and b to 2**-2f steps.
 
-        A gated layer (`swiglu`, `geglu`) takes (W_u, b_u, W_g, b_g) instead of a pair. The
+        A gated layer (`swiglu`, `geglu`) takes (W_u, b_u, W_g, b_g) instead of a pair, an
+        attention layer (W_q, b_q, W_k, b_k, W_v, b_v, AttentionShape) (W_q and b_q are scaled
+        by 1/sqrt(head width) here; widths must be the shape's, unpadded). The
         bias also carries 2**(f-1), so the floor in the rescale rounds to nearest. Widths that
         are not powers of two are padded with zero weights; padded features are exactly 0
         through every layer, and `pad_features` / `live_features` convert x and y.
@@ -287,6 +368,9 @@ class ProvableMlp:
                 if parts[1] is not None or gain.ndim != 2 or gain.shape[0] != 1:
                     raise ValueError("an RMSNorm layer takes (gain of shape (1, d), None)")
                 out.append(FixedLayer(gain.astype(np.int64), None, act, r, back))
+                continue
+            if act == "attention":
+                out.append(_attention_from_float(parts, r, back, frac_bits))
                 continue
             if (len(parts) == 4) != (act in GATED_ACTIVATIONS):
                 raise ValueError("a gated layer takes (W_u, b_u, W_g, b_g), others (W, b)")
@@ -350,6 +434,11 @@ class ProvableMlp:
                 out.append(LayerTrace(a, norm["v"], norm["y"], norm["w"]))
                 a = norm["y"]
                 continue
+            if layer.activation == "attention":
+                att = attention_fixed(a, layer.weight, layer.bias, attention_shape(layer), f)
+                out.append(LayerTrace(a, att["z"], att["out"]))
+                a = att["out"]
+                continue
             z = _matmul_exact(a, layer.weight)
             if layer.bias is not None:
                 z = z + layer.bias
@@ -387,7 +476,9 @@ class ProvableMlp:
         h.update(self.frac_bits.to_bytes(1, "little"))
         for layer in self.layers:
             h.update(msgpack.packb([layer.d_in, layer.d_out, layer.activation, layer.residual]
-                                   + ([layer.skip] if layer.skip else [])))
+                                   + ([layer.skip] if layer.skip else [])
+                                   + ([layer.heads, layer.kv_heads, layer.rope]
+                                      if layer.activation == "attention" else [])))
             h.update(np.ascontiguousarray(layer.weight, dtype="<i8").tobytes())
             h.update(b"\x01" if layer.bias is not None else b"\x00")
             if layer.bias is not None:
@@ -513,6 +604,9 @@ class LayerCommitment:
     weight_rows: tuple[bytes, ...]
     bias_rows: tuple[bytes, ...] | None
     skip: int = 0  # the residual's source: the input of the layer `skip` before this one
+    heads: int = 0  # attention layers only (FixedLayer)
+    kv_heads: int = 0
+    rope: int = 0
 
     def decoded_rows(self) -> tuple[list, list | None]:
         """(weight, bias) row commitments as group elements, decoded once and kept."""
@@ -535,6 +629,8 @@ class LayerCommitment:
         }
         if self.skip:  # absent when 0, so earlier manifests keep their bytes and digests
             wire["skip"] = self.skip
+        if self.activation == "attention":
+            wire.update(heads=self.heads, kv_heads=self.kv_heads, rope=self.rope)
         return wire
 
     @classmethod
@@ -554,20 +650,31 @@ class LayerCommitment:
         skip = m.get("skip", 0)
         if "skip" in m and (type(skip) is not int or not 1 <= skip <= MAX_SKIP or not res):
             raise ProofFormatError(f"skip must be in 1..{MAX_SKIP} and needs res")
-        if set(m) - {"d_in", "d_out", "act", "res", "w", "b", "skip"}:
+        shape_keys = {"heads", "kv_heads", "rope"}
+        allowed = {"d_in", "d_out", "act", "res", "w", "b", "skip"}
+        if set(m) - allowed - (shape_keys if act == "attention" else set()):
             raise ProofFormatError("a layer commitment has unknown fields")
         if res and not skip and d_in != d_out:
             raise ProofFormatError("a residual layer needs d_in == d_out")
         if act == "rmsnorm" and (d_in != d_out or res or b is not None):
             raise ProofFormatError("an RMSNorm layer maps d to d, without bias or residual")
-        width = weight_width(act, d_out)
-        rows_w, _ = hyrax_split(weight_entries(act, d_in, d_out).bit_length() - 1)
-        rows_b, _ = hyrax_split(width.bit_length() - 1)
-        if not _points_list(w, 1 << rows_w):
+        heads = kv_heads = rope = 0
+        if act == "attention":
+            if not shape_keys <= set(m):
+                raise ProofFormatError("an attention layer needs heads, kv_heads and rope")
+            heads, kv_heads, rope = m["heads"], m["kv_heads"], m["rope"]
+            problem = AttentionShape(d_in, heads, kv_heads, rope).check()
+            if problem or d_in != d_out or res:
+                raise ProofFormatError(problem or "an attention layer maps d to d, without "
+                                                  "residual")
+        lc = cls(d_in, d_out, act, res, (), None, skip, heads, kv_heads, rope)
+        rows_w, rows_b = part_row_counts(lc)
+        if not _points_list(w, rows_w):
             raise ProofFormatError("weight commitment has the wrong shape")
-        if b is not None and not _points_list(b, 1 << rows_b):
+        if b is not None and not _points_list(b, rows_b):
             raise ProofFormatError("bias commitment has the wrong shape")
-        return cls(d_in, d_out, act, res, tuple(w), None if b is None else tuple(b), skip)
+        return cls(d_in, d_out, act, res, tuple(w), None if b is None else tuple(b), skip,
+                   heads, kv_heads, rope)
 
 
 def _points_list(v: object, n: int) -> bool:
@@ -634,9 +741,8 @@ class ModelManifest:
         return self.shard(blocks[start][0], blocks[stop - 1][1])
 
     def to_bytes(self) -> bytes:
-        skips = any(lc.skip for lc in self.layers)
         return msgpack.packb({
-            "v": MANIFEST_VERSION_SKIP if skips else MANIFEST_VERSION,
+            "v": manifest_version(self.layers),
             "t": "zk-manifest",
             "model": self.model_id,
             "f": self.frac_bits,
@@ -649,7 +755,8 @@ class ModelManifest:
 
     @classmethod
     def from_bytes(cls, data: bytes, max_size: int = 64 << 20) -> ModelManifest:
-        m = _unpack(data, max_size, "zk-manifest", (MANIFEST_VERSION, MANIFEST_VERSION_SKIP))
+        m = _unpack(data, max_size, "zk-manifest",
+                    (MANIFEST_VERSION, MANIFEST_VERSION_SKIP, MANIFEST_VERSION_ATTENTION))
         model, f, seed, layers = m.get("model"), m.get("f"), m.get("seed"), m.get("layers")
         if not isinstance(model, str) or len(model) > 256:
             raise ProofFormatError("bad model id")
@@ -660,12 +767,13 @@ class ModelManifest:
         if not isinstance(layers, list) or not 1 <= len(layers) <= 4096:
             raise ProofFormatError("bad layer list")
         decoded = tuple(LayerCommitment.from_wire(lc) for lc in layers)
-        if (m["v"] == MANIFEST_VERSION_SKIP) != any(lc.skip for lc in decoded):
-            raise ProofFormatError("a manifest is version 2 exactly when a layer has a skip")
+        if m["v"] != manifest_version(decoded):
+            raise ProofFormatError("a manifest is version 3 exactly when a layer is attention, "
+                                   "else version 2 exactly when a layer has a skip")
         if f > MAX_RMS_FRAC_BITS and any(lc.activation == "rmsnorm" for lc in decoded):
             raise ProofFormatError(f"RMSNorm layers need frac_bits <= {MAX_RMS_FRAC_BITS}")
         if f > MAX_LOOKUP_FRAC_BITS and any(uses_table(lc.activation) for lc in decoded):
-            raise ProofFormatError(f"GELU, SiLU and gated layers need frac_bits <= "
+            raise ProofFormatError(f"GELU, SiLU, gated and attention layers need frac_bits <= "
                                    f"{MAX_LOOKUP_FRAC_BITS}")
         return cls(model, f, seed, decoded)
 
@@ -733,6 +841,12 @@ def generator_count_for(layers: Sequence[FixedLayer | LayerCommitment], tokens: 
     """Vector generators needed to commit these layers and prove `tokens` tokens (0: commit)."""
     need = 1
     for layer in layers:
+        if layer.activation == "attention":
+            for _, width in weight_parts(layer):
+                need = max(need, 1 << hyrax_split((layer.d_in * width).bit_length() - 1)[1])
+            if tokens:
+                need = max(need, *attention_columns(layer, tokens))
+            continue
         nw = weight_entries(layer.activation, layer.d_in, layer.d_out).bit_length() - 1
         need = max(need, 1 << hyrax_split(nw)[1])
         if tokens and layer.activation == "rmsnorm":  # the range bits: 256 columns
@@ -743,6 +857,20 @@ def generator_count_for(layers: Sequence[FixedLayer | LayerCommitment], tokens: 
             if uses_table(layer.activation):  # the lookup table's rows
                 need = max(need, 1 << hyrax_split(MAX_LOOKUP_FRAC_BITS + LOOKUP_RANGE_BITS)[1])
     return need
+
+
+def attention_columns(layer: FixedLayer | LayerCommitment, tokens: int) -> list[int]:
+    """Hyrax row widths of the tables an attention layer's proof commits (attention_proof.py):
+    the rescale bits of q, k, v; the division bits (4 parts of 32 per output element); the
+    softmax bits (32 per score); the scores' tables; the row maxima; the exp table."""
+    nt = (tokens - 1).bit_length()
+    shape = attention_shape(layer)
+    nd, nh = layer.d_out.bit_length() - 1, shape.heads.bit_length() - 1
+    n_s = 2 * nt + nh
+    sizes = [hyrax_split(nt + (w.bit_length() - 1) + 5, 5) for w in shape.parts()]
+    sizes += [hyrax_split(nt + nd + 2 + 5, 5), hyrax_split(n_s + 5, 5), hyrax_split(n_s),
+              hyrax_split(nt + nh), hyrax_split(MAX_LOOKUP_FRAC_BITS + EXP_RANGE_BITS)]
+    return [1 << c for _, c in sizes]
 
 
 def params_for(size: int, seed: bytes) -> PedersenParams:
@@ -783,16 +911,24 @@ def commit_shard(
         pp = params_for(generator_count_for(shard.layers, 0), generator_seed)
         cached = []
         for layer in shard.layers:
-            w_rows, w_blinds = _commit_rows(pp, _layer_matrix(layer.weight.reshape(-1)))
-            b_rows = b_blinds = None
-            if layer.bias is not None:
-                b_rows, b_blinds = _commit_rows(pp, _layer_matrix(layer.bias))
+            w_rows, w_blinds, b_rows, b_blinds = [], [], [], []
+            for col0, width in weight_parts(layer):
+                rows, blinds = _commit_rows(
+                    pp, _layer_matrix(layer.weight[:, col0:col0 + width].reshape(-1)))
+                w_rows += rows
+                w_blinds += blinds
+                if layer.bias is not None:
+                    rows, blinds = _commit_rows(pp, _layer_matrix(layer.bias[col0:col0 + width]))
+                    b_rows += rows
+                    b_blinds += blinds
+            if layer.bias is None:
+                b_rows = b_blinds = None
             cached.append((w_rows, w_blinds, b_rows, b_blinds))
         if path is not None:
             _write_cache(path, key, cached)
     layers = tuple(
         LayerCommitment(l.d_in, l.d_out, l.activation, l.residual, tuple(w),
-                        None if b is None else tuple(b), l.skip)
+                        None if b is None else tuple(b), l.skip, l.heads, l.kv_heads, l.rope)
         for l, (w, _, b, _) in zip(shard.layers, cached)
     )
     commitment = ShardCommitment(model_id, first_layer, shard.frac_bits, generator_seed, layers)
@@ -829,8 +965,7 @@ def _read_cache(path: Path, key: str, shard: ProvableMlp) -> list | None:
     for layer, c in zip(shard.layers, layers):
         if not isinstance(c, dict):
             raise ProofFormatError("cache layer is not a map")
-        nrow_w = 1 << hyrax_split(layer.weight.size.bit_length() - 1)[0]
-        nrow_b = 1 << hyrax_split(layer.weight.shape[1].bit_length() - 1)[0]
+        nrow_w, nrow_b = part_row_counts(layer)
         w, wb, b, bb = c.get("w"), c.get("wb"), c.get("b"), c.get("bb")
         if not _points_list(w, nrow_w) or not isinstance(wb, list) or len(wb) != nrow_w:
             raise ProofFormatError("cache weight rows have the wrong shape")

@@ -260,9 +260,9 @@ def test_token_counts_need_not_be_powers_of_two(small_committed, binding):
 
 
 def test_a_non_binary_decomposition_fails_the_bit_check(small_committed, binding, monkeypatch):
-    import p2pinfer.zk.proof as proof_mod
+    import p2pinfer.zk.gadgets as gadgets
 
-    honest = proof_mod._bit_decomposition
+    honest = gadgets.bit_decomposition
 
     def cheat(z):
         bits = honest(z)
@@ -282,7 +282,7 @@ def test_a_non_binary_decomposition_fails_the_bit_check(small_committed, binding
 
     from p2pinfer.zk.ledger import ProverLedger
 
-    monkeypatch.setattr(proof_mod, "_bit_decomposition", cheat)
+    monkeypatch.setattr(gadgets, "bit_decomposition", cheat)
     monkeypatch.setattr(ProverLedger, "put_bit_matrix", commit_any_rows)
     x = make_input(2, 8)
     y = small_committed.forward_fixed(x)
