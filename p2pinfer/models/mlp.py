@@ -12,7 +12,14 @@ A `swiglu-mlp` layer is a Llama MLP block through `intermediate_size` ff: `weigh
 `bias` [2ff] (up, then gate), `down.weight` [h, ff] and `down.bias` [h]; it computes
 down(silu(gate) * up) + x and is proven as two layers (see `_BLOCKS`). A `llama-mlp` layer
 adds `norm.weight` [h] and computes x + down(silu(gate(n)) * up(n)) with n = RMSNorm(x) g (eps
-2**-16): the MLP half of a Llama block, proven as three layers.
+2**-16): the MLP half of a Llama block, proven as three layers. A `llama-attn` layer is the
+attention half: `norm.weight` [h], `weight` [h + 2 kv, h] (the q rows, then k, then v; kv =
+num_key_value_heads * h / num_attention_heads), `bias` [h + 2 kv], `o.weight` [h, h] and
+`o.bias` [h]; it
+computes x + o(attention(RMSNorm(x) g)) with causal multi-head attention, rotary positions in
+the rotate-half layout when `rope_theta` > 0, and query head i reading kv head
+i // (heads / kv_heads); proven as three layers (norm, attention, o with skip 2). A Llama
+model is llama-attn and llama-mlp layers in turn.
 
 There are no tokens: the "embedding" is the identity on features [1, T, hidden_size] and the
 output is the last hidden state. In general mode the layers run in float; in critical mode in
@@ -49,7 +56,7 @@ MANIFEST_FILE = "zk-manifest.bin"
 COMMIT_DIR = "zk"
 MAX_MANIFEST_BYTES = 64 << 20
 _ACTIVATIONS = ("relu", "identity", "gelu", "silu", "swiglu", "geglu", "swiglu-mlp",
-                "llama-mlp")
+                "llama-mlp", "llama-attn")
 _GATES = {"swiglu": F.silu, "geglu": F.gelu}
 #: a Llama MLP block in one layer: down(silu(x W_g^T + b_g) * (x W_u^T + b_u)) + x, through
 #: `intermediate_size`; in fixed point a gated layer and a down projection whose residual
@@ -58,6 +65,9 @@ _BLOCKS = {"swiglu-mlp": "swiglu", "llama-mlp": "swiglu"}
 #: `llama-mlp` is the MLP half of a Llama block: x + MLP(RMSNorm(x) g), eps 2**-16, with the
 #: gain g in `norm.weight` [h]; proven as three layers (norm, gated, down with skip 2)
 _NORMED = ("llama-mlp",)
+#: the attention half of a Llama block: x + o(attention(RMSNorm(x) g)); in fixed point an
+#: RMSNorm, an attention layer (W_q | W_k | W_v) and o with skip 2 back to the block's input
+_ATTENTION = "llama-attn"
 _RMS_EPS = 2.0 ** -16
 _STAMP = "p2pinfer_default.json"
 _FORMAT_VERSION = 1
@@ -69,6 +79,7 @@ class MlpConfig(ArchConfig):
     residual: tuple[bool, ...]
     frac_bits: int
     intermediate_size: int
+    rope_theta: int = 0
 
     @classmethod
     def from_hf(cls, raw: Mapping[str, Any]) -> MlpConfig:
@@ -97,15 +108,28 @@ class MlpConfig(ArchConfig):
             raise ModelError("frac_bits must be in 1..16")
         from p2pinfer.zk.shard import MAX_LOOKUP_FRAC_BITS, uses_table
 
-        if frac > MAX_LOOKUP_FRAC_BITS and any(uses_table(a) for a in acts):
-            raise ModelError(f"GELU, SiLU and gated layers need frac_bits <= "
+        if frac > MAX_LOOKUP_FRAC_BITS and any(uses_table(a) or a == _ATTENTION for a in acts):
+            raise ModelError(f"GELU, SiLU, gated and attention layers need frac_bits <= "
                              f"{MAX_LOOKUP_FRAC_BITS} (the size of their lookup table)")
+        heads = field(raw, "num_attention_heads", default=1)
+        kv_heads = field(raw, "num_key_value_heads", default=heads)
+        theta = field(raw, "rope_theta", default=0.0, kind=float)
+        if isinstance(theta, float) and not theta.is_integer():
+            raise ModelError("rope_theta must be a whole number (0 for no rotary positions)")
+        theta = int(theta)
+        if _ATTENTION in acts:
+            from p2pinfer.zk.attention import AttentionShape
+
+            problem = AttentionShape(hidden, heads, kv_heads, theta).check()
+            if problem:
+                raise ModelError(f"llama-attn layers: {problem} (hidden_size {hidden}, "
+                                 f"{heads} heads, {kv_heads} kv heads, rope_theta {theta})")
         return cls(
             model_type=MODEL_TYPE, num_layers=layers, hidden_size=hidden, vocab_size=0,
-            max_positions=field(raw, "max_positions", default=1024), num_heads=1,
-            num_kv_heads=1, head_dim=hidden, tie_word_embeddings=False,
-            activations=tuple(acts), residual=tuple(res), frac_bits=frac,
-            intermediate_size=ff,
+            max_positions=field(raw, "max_positions", default=1024), num_heads=heads,
+            num_kv_heads=kv_heads, head_dim=hidden // heads if hidden % heads == 0 else hidden,
+            tie_word_embeddings=False, activations=tuple(acts), residual=tuple(res),
+            frac_bits=frac, intermediate_size=ff, rope_theta=theta,
         )
 
 
@@ -127,6 +151,45 @@ class Output(nn.Module):
         return x
 
 
+def rope_angles(theta: int, head_dim: int, tokens: int) -> torch.Tensor:
+    """[tokens, head_dim / 2] float64 angles t theta**(-2i / head_dim)."""
+    inv = float(theta) ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+    return torch.arange(tokens, dtype=torch.float64)[:, None] * inv[None, :]
+
+
+class Attention(nn.Module):
+    """x + o(causal attention(RMSNorm(x) g)): the attention half of a Llama block, over every
+    position of the request at once (no cache: a p2pinfer-mlp request is one step)."""
+
+    def __init__(self, cfg: MlpConfig, w: Weights) -> None:
+        super().__init__()
+        self.heads, self.kv_heads, self.theta = cfg.num_heads, cfg.num_kv_heads, cfg.rope_theta
+        self.head_dim = cfg.hidden_size // cfg.num_heads
+        self.kv_width = cfg.num_kv_heads * self.head_dim
+        for name in ("norm.weight", "weight", "bias", "o.weight", "o.bias"):
+            self.register_buffer(name.replace(".", "_"), w[name])
+
+    def _rotate(self, z: torch.Tensor) -> torch.Tensor:
+        ang = rope_angles(self.theta, self.head_dim, z.shape[2]).to(z.dtype)
+        cos, sin = ang.cos(), ang.sin()
+        z1, z2 = z.chunk(2, dim=-1)
+        return torch.cat([z1 * cos - z2 * sin, z2 * cos + z1 * sin], dim=-1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, h = x.shape
+        n = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + _RMS_EPS) * self.norm_weight
+        q, k, v = F.linear(n, self.weight, self.bias).split([h, self.kv_width, self.kv_width], -1)
+        q = q.reshape(b, t, self.heads, -1).transpose(1, 2)
+        k = k.reshape(b, t, self.kv_heads, -1).transpose(1, 2)
+        v = v.reshape(b, t, self.kv_heads, -1).transpose(1, 2)
+        if self.theta:
+            q, k = self._rotate(q), self._rotate(k)
+        group = self.heads // self.kv_heads
+        k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+        o = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return x + F.linear(o.transpose(1, 2).reshape(b, t, h), self.o_weight, self.o_bias)
+
+
 class Block(nn.Module):
     """One float layer y = act(x W^T + b) (+ x); cache and positions are ignored."""
 
@@ -134,6 +197,9 @@ class Block(nn.Module):
         super().__init__()
         self.act = cfg.activations[index]
         self.residual = cfg.residual[index]
+        if self.act == _ATTENTION:
+            self.attention = Attention(cfg, w)
+            return
         self.register_buffer("weight", w["weight"])
         self.register_buffer("bias", w["bias"])
         if self.act in _BLOCKS:
@@ -143,6 +209,8 @@ class Block(nn.Module):
             self.register_buffer("norm_weight", w["norm.weight"])
 
     def forward(self, x: torch.Tensor, cache: Any, slot: int, start_pos: int) -> torch.Tensor:
+        if self.act == _ATTENTION:
+            return self.attention(x)
         h = x
         if self.act in _NORMED:
             h = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + _RMS_EPS) * self.norm_weight
@@ -165,6 +233,10 @@ class Block(nn.Module):
 
 def layer_shapes(cfg: MlpConfig, layer: int = 0) -> Shapes:
     h = cfg.hidden_size
+    if cfg.activations[layer] == _ATTENTION:
+        kv = cfg.num_kv_heads * (h // cfg.num_heads)
+        return {"norm.weight": (h,), "weight": (h + 2 * kv, h), "bias": (h + 2 * kv,),
+                "o.weight": (h, h), "o.bias": (h,)}
     if cfg.activations[layer] in _BLOCKS:
         ff = cfg.intermediate_size
         shapes = {"weight": (2 * ff, h), "bias": (2 * ff,),  # [up; gate] rows
@@ -243,6 +315,21 @@ def fixed_layers(path: str | Path, start: int, end: int) -> Any:
     for i in range(start, end):
         w = ckpt.load(ckpt.layer_keys(i), torch.float64)
         act = cfg.activations[i]
+        if act == _ATTENTION:  # the norm, the attention (q | k | v), then o with skip 2
+            from p2pinfer.zk.attention import AttentionShape
+
+            shape = AttentionShape(cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads,
+                                   cfg.rope_theta)
+            h, kv = cfg.hidden_size, shape.kv_width
+            weight, bias = w["weight"].numpy().T, w["bias"].numpy()
+            pairs += [(w["norm.weight"].numpy()[None], None),
+                      (weight[:, :h], bias[:h], weight[:, h:h + kv], bias[h:h + kv],
+                       weight[:, h + kv:], bias[h + kv:], shape),
+                      (w["o.weight"].numpy().T, w["o.bias"].numpy())]
+            acts += ["rmsnorm", "attention", "identity"]
+            res += [False, False, True]
+            skip += [0, 0, 2]
+            continue
         if act in _BLOCKS:  # (W_u, b_u, W_g, b_g), then the down projection with skip 1
             ff = cfg.intermediate_size
             weight, bias = w["weight"].numpy().T, w["bias"].numpy()
@@ -276,7 +363,7 @@ def _fixed_groups(mlp: Any, cfg: MlpConfig, start: int, end: int) -> list[list[A
     out, k = [], 0
     for i in range(start, end):
         act = cfg.activations[i]
-        n = (3 if act in _NORMED else 2) if act in _BLOCKS else 1
+        n = 3 if act in _NORMED or act == _ATTENTION else 2 if act in _BLOCKS else 1
         out.append(list(mlp.layers[k:k + n]))
         k += n
     return out
@@ -339,15 +426,24 @@ def publish_manifest(path: str | Path, model_id: str | None = None) -> bytes:
 # -- the built-in model -----------------------------------------------------------------------
 def zk_mlp_config(name: str = ZK_MLP, layers: int = 6, hidden: int = 256,
                   frac_bits: int = 8, activation: str = "relu",
-                  intermediate: int | None = None) -> dict[str, Any]:
-    extra = {"intermediate_size": intermediate} if intermediate else {}
+                  intermediate: int | None = None, heads: int = 4, kv_heads: int | None = None,
+                  rope_theta: int = 10000) -> dict[str, Any]:
+    """A config of `layers` layers, the last an identity; `activation` "llama" makes the others
+    llama-attn and llama-mlp in turn (a Llama decoder without embeddings and head)."""
+    extra: dict[str, Any] = {"intermediate_size": intermediate} if intermediate else {}
+    acts = [activation] * (layers - 1)
+    if activation == "llama":
+        acts = [_ATTENTION if i % 2 == 0 else "llama-mlp" for i in range(layers - 1)]
+    if _ATTENTION in acts:
+        extra.update(num_attention_heads=heads, num_key_value_heads=kv_heads or heads,
+                     rope_theta=rope_theta)
     return {**extra,
         "model_type": MODEL_TYPE,
         "p2pinfer_name": name,
         "p2pinfer_random_weights": True,
         "num_layers": layers,
         "hidden_size": hidden,
-        "activations": [activation] * (layers - 1) + ["identity"],
+        "activations": acts + ["identity"],
         "residual": False,
         "frac_bits": frac_bits,
         "max_positions": 1024,
@@ -371,7 +467,17 @@ def write_random_mlp(directory: str | Path, config: dict[str, Any]) -> None:
     acts = acts if isinstance(acts, list) else [acts] * n
     gated = [a in _GATES for a in acts]
     ff = int(config.get("intermediate_size", h))
+    heads = int(config.get("num_attention_heads", 1))
+    kv = int(config.get("num_key_value_heads", heads)) * (h // heads)
     for i in range(n):
+        if acts[i] == _ATTENTION:  # q, k, v at unit gain, o at a quarter, as the MLP blocks
+            tensors[f"layers.{i}.weight"] = _random_uniform(rng, (h + 2 * kv, h),
+                                                            math.sqrt(1.0 / h))
+            tensors[f"layers.{i}.bias"] = _random_uniform(rng, (h + 2 * kv,), 0.05)
+            tensors[f"layers.{i}.o.weight"] = _random_uniform(rng, (h, h), 0.25 * math.sqrt(1 / h))
+            tensors[f"layers.{i}.o.bias"] = _random_uniform(rng, (h,), 0.05)
+            tensors[f"layers.{i}.norm.weight"] = 1.0 + _random_uniform(rng, (h,), 0.1)
+            continue
         if acts[i] in _BLOCKS:
             # the down projection at a quarter of unit gain, so the residual stream grows slowly
             tensors[f"layers.{i}.weight"] = _random_uniform(rng, (2 * ff, h), math.sqrt(1.0 / h))

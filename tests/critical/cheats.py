@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from p2pinfer.inference.critical import ChainEntry, CriticalRunner
@@ -9,15 +11,19 @@ from p2pinfer.zk import ProvableMlp, commit_shard, prove
 
 
 class WrongWeightsRunner(CriticalRunner):
-    """Runs (and honestly proves) layers with one weight changed, under its own commitment."""
+    """Runs (and honestly proves) layers with one weight changed, under its own commitment:
+    in the first layer, or the first of kind `target`."""
+
+    target: str | None = None
 
     def __init__(self, *args, **kw) -> None:
         super().__init__(*args, **kw)
         honest = self.shard(self.start, self.end).shard
         layers = list(honest.layers)
-        w = layers[0].weight.copy()
+        k = next(i for i, la in enumerate(layers) if self.target in (None, la.activation))
+        w = layers[k].weight.copy()
         w[0, 0] += 3
-        layers[0] = type(layers[0])(w, layers[0].bias, layers[0].activation, layers[0].residual)
+        layers[k] = dataclasses.replace(layers[k], weight=w)
         self.fake = commit_shard(ProvableMlp(layers, honest.frac_bits), first_layer=self.start)
 
     def compute(self, shard, x):
@@ -25,6 +31,12 @@ class WrongWeightsRunner(CriticalRunner):
 
     def attest(self, shard, x, y, binding):
         return prove(self.fake, x, y, binding).to_bytes()
+
+
+class WrongQueryWeightsRunner(WrongWeightsRunner):
+    """One query weight of its first attention layer changed."""
+
+    target = "attention"
 
 
 class PerturbedOutputRunner(CriticalRunner):

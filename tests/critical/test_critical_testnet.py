@@ -11,7 +11,13 @@ from p2pinfer.inference.critical import CriticalResult, critical_client, infer_c
 from p2pinfer.models.mlp import MANIFEST_FILE
 
 from ..inference.conftest import network
-from .cheats import PerturbedOutputRunner, ReplayingRunner, WrongWeightsRunner, install
+from .cheats import (
+    PerturbedOutputRunner,
+    ReplayingRunner,
+    WrongQueryWeightsRunner,
+    WrongWeightsRunner,
+    install,
+)
 
 SPANS = [[1, 3], [3, 5]]
 
@@ -102,18 +108,20 @@ async def test_a_stage_refuses_a_task_pinned_to_another_manifest(tmp_path, mlp_d
         assert stages[0].inference.stage.counters["refused"] == 1
 
 
-@pytest.mark.parametrize("act", ["gelu", "swiglu", "swiglu-mlp", "llama-mlp"])
+@pytest.mark.parametrize("act", ["gelu", "swiglu", "swiglu-mlp", "llama-mlp", "llama"])
 async def test_a_lookup_mlp_is_proven_and_a_cheat_is_caught(tmp_path, act):
     """GELU layers (the lookup argument), SwiGLU layers (the gated product and the SiLU
     lookup), Llama MLP blocks (32 -> 64 -> 32 plus the block's input: a residual over two
-    proven layers) and the MLP half of a Llama block (RMSNorm first, the residual over three)
-    are proven over the same testnet path, and a stage with other weights is caught."""
+    proven layers), the MLP half of a Llama block (RMSNorm first, the residual over three) and
+    whole Llama blocks (attention halves with 4 heads, 2 kv heads and rotary positions, then
+    MLP halves) are proven over the same testnet path, and a stage with other weights is
+    caught."""
     from p2pinfer.models.mlp import write_random_mlp, zk_mlp_config
 
     model = tmp_path / f"{act}-mlp"
     model.mkdir()
     write_random_mlp(model, zk_mlp_config(f"zk-mlp-{act}", layers=6, hidden=32,
-                                          activation=act, intermediate=64))
+                                          activation=act, intermediate=64, kv_heads=2))
     x = features(3)
     async with network(tmp_path / "honest", str(model), SPANS) as (client, _):
         result = await infer_critical(client.inference, x, model=str(model),
@@ -126,6 +134,24 @@ async def test_a_lookup_mlp_is_proven_and_a_cheat_is_caught(tmp_path, act):
         c = critical_client(client.inference, str(model), settings(max_replans=0))
         with pytest.raises(P2PInferError, match="proof"):
             await c.infer(x)
+        assert c.backoff.failures == {stages[0].peer_id: 1}
+        assert stages[1].inference.stage.runners["critical"].counters["rejected"] == 1
+        assert cheat.counters["proved"] == 1
+
+
+async def test_a_llama_stage_with_another_query_weight_is_caught(tmp_path):
+    """Stage 0 serves an MLP half and an attention half; one of its W_q weights is changed."""
+    from p2pinfer.models.mlp import write_random_mlp, zk_mlp_config
+
+    model = tmp_path / "llama"
+    model.mkdir()
+    write_random_mlp(model, zk_mlp_config("zk-mlp-llama-q", layers=6, hidden=32,
+                                          activation="llama", intermediate=64, kv_heads=2))
+    async with network(tmp_path / "cheat", str(model), SPANS) as (client, stages):
+        cheat = install(stages[0], WrongQueryWeightsRunner)
+        c = critical_client(client.inference, str(model), settings(max_replans=0))
+        with pytest.raises(P2PInferError, match="proof"):
+            await c.infer(features(4, tokens=5))
         assert c.backoff.failures == {stages[0].peer_id: 1}
         assert stages[1].inference.stage.runners["critical"].counters["rejected"] == 1
         assert cheat.counters["proved"] == 1

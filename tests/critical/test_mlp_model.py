@@ -148,6 +148,56 @@ def test_a_llama_mlp_half_is_norm_gated_and_down_with_the_residual_over_all_thre
     verify(manifest.block_shard(1, 3), inner, out, prove(shard, inner, out, binding), binding)
 
 
+def test_a_llama_model_is_attention_and_mlp_halves_of_three_proven_layers_each(tmp_path):
+    from p2pinfer.models.mlp import write_random_mlp, zk_mlp_config
+
+    model = tmp_path / "llama"
+    model.mkdir()
+    write_random_mlp(model, zk_mlp_config("zk-llama", layers=5, hidden=32, activation="llama",
+                                          intermediate=64, heads=4, kv_heads=2))
+    fixed = fixed_layers(model, 0, 5)
+    assert [(la.activation, la.skip) for la in fixed.layers] == [
+        ("rmsnorm", 0), ("attention", 0), ("identity", 2),
+        ("rmsnorm", 0), ("swiglu", 0), ("identity", 2)] * 2 + [("identity", 0)]
+    attn = fixed.layers[1]
+    assert (attn.heads, attn.kv_heads, attn.rope) == (4, 2, 10000)
+    x = np.random.default_rng(5).normal(size=(6, 32))
+    y = fixed.dequantize(fixed.forward_fixed(fixed.quantize(x)))
+    ref = LocalModel.load(model).forward(torch.from_numpy(x).float()[None])[0].numpy()
+    assert np.abs(y - ref).max() < 0.1 * max(1.0, np.abs(ref).max())
+    # causal: the float model's first tokens do not see the later ones
+    x2 = x.copy()
+    x2[4:] += 1.0
+    ref2 = LocalModel.load(model).forward(torch.from_numpy(x2).float()[None])[0].numpy()
+    assert np.allclose(ref2[:4], ref[:4], atol=1e-5)
+    manifest = ModelManifest.from_bytes((model / MANIFEST_FILE).read_bytes())
+    assert manifest.blocks() == [(0, 3), (3, 6), (6, 9), (9, 12), (12, 13)]
+    shard = commit_layers(model, 2, 4)  # an attention half, then an MLP half
+    assert shard.commitment == manifest.block_shard(2, 4)
+    xq = fixed.quantize(x)
+    inner = fixed_layers(model, 0, 2).forward_fixed(xq)
+    out = shard.forward_fixed(inner)
+    binding = ProofBinding(b"t", manifest.digest())
+    verify(manifest.block_shard(2, 4), inner, out, prove(shard, inner, out, binding), binding)
+
+
+@pytest.mark.parametrize("change, match", [({"num_attention_heads": 3}, "powers of two"),
+                                           ({"num_key_value_heads": 8}, "dividing"),
+                                           ({"rope_theta": 1.5}, "whole number"),
+                                           ({"rope_theta": 1}, "rope")])
+def test_a_llama_config_with_an_unprovable_attention_shape_is_refused(tmp_path, change, match):
+    from p2pinfer.models.mlp import write_random_mlp, zk_mlp_config
+
+    model = tmp_path / "llama"
+    model.mkdir()
+    write_random_mlp(model, zk_mlp_config("zk-llama-bad", layers=2, hidden=16,
+                                          activation="llama", heads=4))
+    cfg = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**cfg, **change}))
+    with pytest.raises(ModelError, match=match):
+        LayerSpan.load(model, 0, 1)
+
+
 def test_a_gated_layer_needs_its_double_width_weight(tmp_path):
     """A config that turns a square layer into a gated one no longer matches the weights."""
     model = small_mlp(tmp_path / "square", name="zk-mlp-square")
