@@ -432,8 +432,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_client_args(p, "all-minilm-l6-v2")
     p.set_defaults(func=cmd_embed)
 
-    p = sub.add_parser("prove-run", help="critical mode: a provable MLP through the network, "
-                       "every stage proven in zero knowledge")
+    p = sub.add_parser("prove-run", help="critical mode: a provable model (MLP or Llama blocks: "
+                       "p2pinfer-zk-llama) through the network, every stage proven in zero "
+                       "knowledge")
     from p2pinfer.prove_run import add_arguments
 
     add_arguments(p)

@@ -1,4 +1,6 @@
-"""`p2pinfer prove-run`: critical-mode inference of a provable MLP from the command line.
+"""`p2pinfer prove-run`: critical-mode inference of a provable model (a p2pinfer-mlp model:
+MLPs and Llama blocks, e.g. the built-in p2pinfer-zk-mlp and p2pinfer-zk-llama) from the
+command line.
 
 Input features come from a `.npy` file (loaded without pickle) or a `.json` list of rows, or
 are drawn at random (`--random-tokens N`, seeded); the output and the per-stage proof report

@@ -373,7 +373,8 @@ class CriticalClient(InferenceClient):
 
         if not is_provable(model_path):
             raise InferenceError(f"{model_path} is not a provable model (critical mode runs "
-                                 "p2pinfer-mlp models, e.g. the built-in p2pinfer-zk-mlp)")
+                                 "p2pinfer-mlp models, e.g. the built-in p2pinfer-zk-mlp or "
+                                 "p2pinfer-zk-llama)")
         s = settings or ClientSettings()
         if s.redundancy != 1:
             raise InferenceError("critical mode proves every stage; it runs one replica per stage")

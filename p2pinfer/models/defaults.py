@@ -148,6 +148,17 @@ def default_models() -> tuple[DefaultModel, ...]:
             random_weights=True,
             num_params=6 * (256 * 256 + 256),
         ),
+        DefaultModel(
+            "p2pinfer-zk-llama",
+            "critical",
+            "mlp",
+            "2 provable Llama blocks (4 heads, 2 kv heads, rotary), width 128, RANDOM weights, "
+            "committed manifest (critical mode)",
+            random_weights=True,
+            # per block: norms, q|k|v + o (with biases), up|gate + down (with biases)
+            num_params=2 * (2 * 128 + (128 * 256 + 256) + (128 * 128 + 128)
+                            + (128 * 512 + 512) + (256 * 128 + 128)) + 128 * 128 + 128,
+        ),
     )
 
 
@@ -171,10 +182,10 @@ def default_model_path(name: str, home: Path | None = None) -> Path:
     """Local directory of a default model, writing a random decoder there on first use."""
     if name == MINILM:
         return minilm_path()
-    if name == "p2pinfer-zk-mlp":
+    if name in ("p2pinfer-zk-mlp", "p2pinfer-zk-llama"):
         from p2pinfer.models.mlp import zk_mlp_path
 
-        return zk_mlp_path(home)
+        return zk_mlp_path(home, name)
     if name not in _DECODERS:
         known = ", ".join(m.name for m in default_models())
         raise ModelError(f"unknown default model {name!r} (known: {known})")

@@ -52,6 +52,9 @@ from p2pinfer.models.family import ArchConfig, Family, Shapes, Weights, field
 
 MODEL_TYPE = "p2pinfer-mlp"
 ZK_MLP = "p2pinfer-zk-mlp"
+#: the built-in provable transformer: two Llama blocks (attention and MLP halves) of width
+#: 128, 4 heads, 2 kv heads, rotary positions, ff 256, then an identity layer
+ZK_LLAMA = "p2pinfer-zk-llama"
 MANIFEST_FILE = "zk-manifest.bin"
 COMMIT_DIR = "zk"
 MAX_MANIFEST_BYTES = 64 << 20
@@ -499,12 +502,18 @@ def write_random_mlp(directory: str | Path, config: dict[str, Any]) -> None:
     publish_manifest(directory, config["p2pinfer_name"])
 
 
+def zk_llama_config(name: str = ZK_LLAMA) -> dict[str, Any]:
+    return zk_mlp_config(name, layers=5, hidden=128, activation="llama", intermediate=256,
+                         heads=4, kv_heads=2, rope_theta=10000)
+
+
 def zk_mlp_path(home: Path | None = None, name: str = ZK_MLP) -> Path:
-    """Directory of the built-in provable MLP, written and committed on first use."""
+    """Directory of a built-in provable model (ZK_MLP, ZK_LLAMA), written and committed on
+    first use."""
     from p2pinfer.models.defaults import write_once
 
     def write(work: Path) -> None:
-        write_random_mlp(work, zk_mlp_config(name))
+        write_random_mlp(work, zk_llama_config(name) if name == ZK_LLAMA else zk_mlp_config(name))
         (work / _STAMP).write_text(json.dumps(
             {"format_version": _FORMAT_VERSION, "name": name, "random_weights": True}) + "\n")
 

@@ -7,15 +7,29 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import trio
 
-from p2pinfer.models.mlp import fixed_layers
+from p2pinfer.models.mlp import fixed_layers, write_random_mlp, zk_mlp_config
 from p2pinfer.testnet import Testnet
 
 
-async def test_prove_run_cli_over_a_multiprocess_testnet(tmp_path, mlp_dir):
+@pytest.fixture(scope="module")
+def llama_dir(tmp_path_factory):
+    model = tmp_path_factory.mktemp("llama") / "model"
+    model.mkdir()
+    write_random_mlp(model, zk_mlp_config("zk-llama-mp", layers=6, hidden=32,
+                                          activation="llama", intermediate=64, kv_heads=2))
+    return model
+
+
+@pytest.mark.parametrize("model", ["mlp_dir", "llama_dir"])
+async def test_prove_run_cli_over_a_multiprocess_testnet(tmp_path, request, model):
+    """The CLI's critical mode over stage processes: an MLP, and Llama blocks (attention and
+    MLP halves)."""
+    mlp_dir = request.getfixturevalue(model)
     spans = [[1, 3], [3, 5]]
-    x = np.random.default_rng(5).normal(size=(2, 32))
+    x = np.random.default_rng(5).normal(size=(3, 32))
     (tmp_path / "x.json").write_text(json.dumps(x.tolist()))
     async with Testnet(2, base_dir=tmp_path / "net", network_id="critical-mp",
                        config_for=lambda i: {"serve": {"model": str(mlp_dir),

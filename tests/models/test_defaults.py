@@ -32,7 +32,8 @@ def tiny(tmp_path_factory):
 
 def test_default_models_say_which_weights_are_random():
     models = {m.name: m for m in default_models()}
-    assert set(models) == {MINILM, TINY_LLAMA, LLAMA_108M, "p2pinfer-zk-mlp"}
+    assert set(models) == {MINILM, TINY_LLAMA, LLAMA_108M, "p2pinfer-zk-mlp",
+                           "p2pinfer-zk-llama"}
     assert models[MINILM].random_weights is False and models[MINILM].task == "embedding"
     assert models[TINY_LLAMA].random_weights is True and models[TINY_LLAMA].task == "generation"
     assert models[LLAMA_108M].random_weights is True
@@ -43,6 +44,16 @@ def test_metadata_parameter_counts_match_the_checkpoints(tiny):
     models = {m.name: m for m in default_models()}
     assert load_model_info(tiny).total_params == models[TINY_LLAMA].num_params
     assert load_model_info(minilm_path()).total_params == models[MINILM].num_params
+
+
+def test_the_provable_llama_is_written_once_with_its_parameter_count(tmp_path):
+    models = {m.name: m for m in default_models()}
+    path = default_model_path("p2pinfer-zk-llama", home=tmp_path)
+    assert load_model_info(path).total_params == models["p2pinfer-zk-llama"].num_params
+    assert models["p2pinfer-zk-llama"].task == "critical"
+    manifest = (path / "zk-manifest.bin").read_bytes()
+    assert default_model_path("p2pinfer-zk-llama", home=tmp_path) == path
+    assert (path / "zk-manifest.bin").read_bytes() == manifest  # not committed again
 
 
 def test_tiny_decoder_weights_are_pinned(tiny):
