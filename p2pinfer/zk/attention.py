@@ -20,9 +20,14 @@ h // (H / Hk)), and the weight [W_q | W_k | W_v] (scale 2**f; W_q and b_q alread
 5. Z[t, h] = sum_j e, O[t, h, c] = sum_j e[t, h, j] v[j, h // G, c] (scale 2**(2f)), and the
    output out = round(O / Z) = floor((2 O + Z) / (2 Z)) (scale 2**f), heads side by side.
 
-Every table is integer arithmetic or decimal arithmetic that the General Decimal Arithmetic
-specification makes correctly rounded, so every machine holds the same tables and the same
-output bit for bit.
+Every table comes from integer arithmetic and decimal operations that the General Decimal
+Arithmetic specification makes deterministic (each one correctly rounded at 80 digits, in a
+local context, whatever the process's own decimal settings), so every machine holds the same
+tables and the same output bit for bit.
+
+Token rows at or beyond `live` are the proof's padding (prove pads x with zero rows to a power
+of two): each of them attends to itself only, so padding never overflows and never reaches a
+live row.
 """
 
 from __future__ import annotations
@@ -113,10 +118,11 @@ def exp_table(frac_bits: int) -> np.ndarray:
     cached = _EXP_TABLES.get(frac_bits)
     if cached is not None:
         return cached
-    ctx = decimal.Context(prec=80, rounding=decimal.ROUND_HALF_EVEN, Emin=-999, Emax=999)
-    step = ctx.exp(ctx.divide(decimal.Decimal(-1), decimal.Decimal(1 << frac_bits)))
+    with decimal.localcontext(_context()) as ctx:
+        step = ctx.exp(ctx.divide(decimal.Decimal(-1), decimal.Decimal(1 << frac_bits)))
+        w = int(ctx.multiply(step, decimal.Decimal(1 << _FIXED)).to_integral_value(
+            decimal.ROUND_FLOOR))
     one = 1 << _FIXED
-    w = int(ctx.multiply(step, decimal.Decimal(one)).to_integral_value(decimal.ROUND_FLOOR))
     out = np.zeros(1 << (frac_bits + EXP_RANGE_BITS), dtype=np.int64)
     acc, half = one, 1 << (_FIXED - 1)
     for u in range(len(out)):
@@ -127,15 +133,22 @@ def exp_table(frac_bits: int) -> np.ndarray:
     return out
 
 
+def _context() -> decimal.Context:
+    """80 significant digits, half-even, no traps: the tables' only decimal context."""
+    return decimal.Context(prec=80, rounding=decimal.ROUND_HALF_EVEN, Emin=-999, Emax=999,
+                           traps=[])
+
+
 def _dec_cos_sin(x: decimal.Decimal, ctx: decimal.Context) -> tuple[decimal.Decimal,
                                                                       decimal.Decimal]:
-    """cos x and sin x for 0 < x <= 1 by their Taylor series."""
+    """cos x and sin x for 0 < x <= 1 by 40 terms of their Taylor series, every operation
+    rounded in ctx: term_n = term_(n-1) (-x^2) / ((2n - 1) 2n) (cosine; sine with 2n (2n + 1))."""
     cos = term_c = decimal.Decimal(1)
     sin = term_s = x
-    x2 = ctx.multiply(x, x)
+    minus_x2 = ctx.minus(ctx.multiply(x, x))
     for n in range(1, 40):  # the 80th term is below 1/80! < 10**-118
-        term_c = ctx.divide(ctx.multiply(-term_c, x2), (2 * n - 1) * (2 * n))
-        term_s = ctx.divide(ctx.multiply(-term_s, x2), (2 * n) * (2 * n + 1))
+        term_c = ctx.divide(ctx.multiply(term_c, minus_x2), (2 * n - 1) * (2 * n))
+        term_s = ctx.divide(ctx.multiply(term_s, minus_x2), (2 * n) * (2 * n + 1))
         cos, sin = ctx.add(cos, term_c), ctx.add(sin, term_s)
     return cos, sin
 
@@ -156,18 +169,20 @@ def rope_tables(theta: int, head_dim: int, tokens: int,
     if cached is not None and cached[0].shape[0] >= tokens:
         return cached[0][:tokens], cached[1][:tokens]
     rows = max(tokens, 1 << max(0, (tokens - 1).bit_length()))
-    ctx = decimal.Context(prec=80, rounding=decimal.ROUND_HALF_EVEN, Emin=-999, Emax=999)
-    ln_theta = ctx.ln(decimal.Decimal(theta))
     half = head_dim // 2
     one, rnd = 1 << _FIXED, 1 << (_FIXED - 1)
     c = np.zeros((rows, half), dtype=np.int64)
     s = np.zeros((rows, half), dtype=np.int64)
-    scale = decimal.Decimal(one)
-    for i in range(half):
-        w = ctx.exp(ctx.divide(ctx.multiply(decimal.Decimal(-2 * i), ln_theta), head_dim))
-        cw, sw = _dec_cos_sin(w, ctx)
-        wc = int(ctx.multiply(cw, scale).to_integral_value(decimal.ROUND_FLOOR))
-        ws = int(ctx.multiply(sw, scale).to_integral_value(decimal.ROUND_FLOOR))
+    rotations = []
+    with decimal.localcontext(_context()) as ctx:
+        ln_theta = ctx.ln(decimal.Decimal(theta))
+        scale = decimal.Decimal(one)
+        for i in range(half):
+            w = ctx.exp(ctx.divide(ctx.multiply(decimal.Decimal(-2 * i), ln_theta), head_dim))
+            cw, sw = _dec_cos_sin(w, ctx)
+            rotations.append([int(ctx.multiply(v, scale).to_integral_value(decimal.ROUND_FLOOR))
+                              for v in (cw, sw)])
+    for i, (wc, ws) in enumerate(rotations):
         re, im = one, 0
         for t in range(rows):
             c[t, i] = ((re << frac_bits) + rnd) >> _FIXED
@@ -179,10 +194,13 @@ def rope_tables(theta: int, head_dim: int, tokens: int,
     return c[:tokens], s[:tokens]
 
 
-def causal_mask(tokens: int) -> np.ndarray:
-    """M[t, j] = 1 for j <= t (bool, tokens x tokens)."""
+def causal_mask(tokens: int, live: int | None = None) -> np.ndarray:
+    """M[t, j] = 1 for j <= t (bool, tokens x tokens); a padding row t >= live has j = t only."""
     idx = np.arange(tokens)
-    return idx[None, :] <= idx[:, None]
+    mask = idx[None, :] <= idx[:, None]
+    if live is not None and live < tokens:
+        mask[live:] = np.eye(tokens, dtype=bool)[live:]
+    return mask
 
 
 # --------------------------------------------------------------------------------------------
@@ -205,9 +223,11 @@ def apply_rope(q: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
 
 
 def attention_fixed(a: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
-                    shape: AttentionShape, frac_bits: int) -> dict[str, np.ndarray]:
+                    shape: AttentionShape, frac_bits: int,
+                    live: int | None = None) -> dict[str, np.ndarray]:
     """Causal attention of integer rows a (tokens x d): the output `out` (tokens x d) and every
-    intermediate a proof needs (shapes in the comments; h is a query head, g = h // G)."""
+    intermediate a proof needs (shapes in the comments; h is a query head, g = h // G). Rows
+    from `live` on are padding (see the module's docstring)."""
     f = frac_bits
     _check_frac(f)
     problem = shape.check()
@@ -240,7 +260,7 @@ def attention_fixed(a: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
         s = s.astype(np.int64)
     else:
         s = np.einsum("thc,jhc->thj", q3, kh)
-    mask = causal_mask(tokens)[:, None, :]  # (T, 1, T)
+    mask = causal_mask(tokens, live)[:, None, :]  # (T, 1, T)
     low = np.iinfo(np.int64).min
     mx = np.where(mask, s, low).max(axis=2)  # (T, H)
     shift = score_shift(f, shape.rope)

@@ -62,14 +62,24 @@ from .shard import BITS, LayerCommitment, attention_shape, hyrax_split, log2_exa
 _HALF = 1 << (BITS - 1)
 
 
-def causal_mask_mle(t: list[int], j: list[int]) -> int:
-    """The multilinear extension of [j <= t] at (t, j): [j = t] + sum over the first differing
-    bit k of [equal before k] t_k (1 - j_k)."""
+def causal_mask_mle(t: list[int], j: list[int], live: int | None = None) -> int:
+    """The multilinear extension of the mask at (t, j): [j <= t] is [j = t] + sum over the
+    first differing bit k of [equal before k] t_k (1 - j_k); padding rows (t >= live) keep
+    only j = t, which takes off sum over those rows of eq(t, row) sum_(j' < row) eq(j, j')."""
     prefix, below = 1, 0
     for a, b in zip(t, j, strict=True):
         below = (below + prefix * a % P * (1 - b)) % P
         prefix = prefix * ((2 * a * b - a - b + 1) % P) % P
-    return (below + prefix) % P
+    value = (below + prefix) % P
+    tokens = 1 << len(t)
+    if live is None or live >= tokens:
+        return value
+    e_t, e_j = eq_table(t), eq_table(j)
+    before = sum(e_j[:live]) % P  # sum over j' < row of eq(j, j'), for row = live
+    for row in range(live, tokens):
+        value = (value - e_t[row] * before) % P
+        before = (before + e_j[row]) % P
+    return value
 
 
 def _broadcast(values: list[int], inner: int) -> list[int]:
@@ -79,9 +89,10 @@ def _broadcast(values: list[int], inner: int) -> list[int]:
 
 def attention_layer(led, lc: LayerCommitment, f: int, nt: int, claims: list[Claim],
                     x: np.ndarray | None, wit: Witness | None, name: str,
-                    rows: dict | None) -> list[Claim]:
+                    rows: dict | None, live: int) -> list[Claim]:
     """Reduce the claims on an attention layer's output to claims on its input (returned;
-    none when the input is the public x, which the verifier evaluates itself)."""
+    none when the input is the public x, which the verifier evaluates itself). Token rows from
+    `live` on are the shard's padding (attention.py)."""
     prover = wit is not None
     shape = attention_shape(lc)
     if lc.residual or lc.skip or lc.d_in != lc.d_out or shape.check():
@@ -101,7 +112,7 @@ def attention_layer(led, lc: LayerCommitment, f: int, nt: int, claims: list[Clai
 
     # 0. commitments, before any challenge of this layer
     if prover:
-        att = attention_fixed(wit.a, wit.weight, wit.bias, shape, f)
+        att = attention_fixed(wit.a, wit.weight, wit.bias, shape, f, live)
         zb = np.repeat(att["zsum"], dh, axis=1).reshape(-1)  # Z over (t, h, c)
         r = att["r"].reshape(-1)
         parts = [r, 2 * zb - 1 - r, att["out"].reshape(-1) + _HALF, np.zeros_like(r)]
@@ -137,8 +148,8 @@ def attention_layer(led, lc: LayerCommitment, f: int, nt: int, claims: list[Clai
     oracle = None
     if prover:
         e1 = [0] * (1 << n_o)
-        for w, (p, _, live) in zip(alphas, claims):
-            e1 = [(u + w * lam * v) % P for u, v in zip(e1, masked_eq(p, live, nt))]
+        for w, (p, _, rows_live) in zip(alphas, claims):
+            e1 = [(u + w * lam * v) % P for u, v in zip(e1, masked_eq(p, rows_live, nt))]
         tabs = {"eq": eq_table(tau), "x1": flat(2 * att["o"].reshape(-1) + zb - r),
                 "out": flat(att["out"]), "z": flat(zb), "e1": e1}
         oracle = ProductSum(tabs, [(1, ["eq", "x1"]), (P - 2, ["eq", "out", "z"]),
@@ -156,8 +167,8 @@ def attention_layer(led, lc: LayerCommitment, f: int, nt: int, claims: list[Clai
     led.product(f"{name}/division-product", i_out, i_z, i_oz)
     led.relate(f"{name}/division-range", Lin.var(i_out) - Lin.var(i_ob) + _HALF)
     led.relate(f"{name}/division-range", Lin.var(i_w) - Lin.var(i_z) * 2 + Lin.var(i_r) + 1)
-    e1_rho = sum(w * lam * masked_eq_eval(p, rho, live, nt)
-                 for w, (p, _, live) in zip(alphas, claims)) % P
+    e1_rho = sum(w * lam * masked_eq_eval(p, rho, rows_live, nt)
+                 for w, (p, _, rows_live) in zip(alphas, claims)) % P
     expect = ((Lin.var(i_o) * 2 + Lin.var(i_z) - Lin.var(i_oz) * 2 - Lin.var(i_r))
               * eq_eval(tau, rho) + Lin.var(i_out) * e1_rho)
     led.relate(f"{name}/division-final", final - expect)
@@ -189,7 +200,8 @@ def attention_layer(led, lc: LayerCommitment, f: int, nt: int, claims: list[Clai
     mu1, mu2, mu3 = (led.challenge(f"{name}/softmax/mu{k}".encode()) for k in (1, 2, 3))
     oracle = None
     if prover:
-        mask = np.broadcast_to(causal_mask(tokens)[:, None, :], att["s"].shape).reshape(-1)
+        mask = np.broadcast_to(causal_mask(tokens, live)[:, None, :], att["s"].shape)
+        mask = mask.reshape(-1)
         rw = (att["delta"].reshape(-1) << shift) + att["rem"].reshape(-1)
         mx = np.repeat(att["mx"].reshape(-1), tokens)
         tabs = {"eq1": eq_table(tau1), "mask": flat(mask.astype(np.int64)),
@@ -200,7 +212,7 @@ def attention_layer(led, lc: LayerCommitment, f: int, nt: int, claims: list[Clai
                                    (mu2, ["eq2", "a", "y"])], 3)
     pi2, final = sumcheck(led, f"{name}/softmax", Lin(const=mu2 * mu3), n_s, 3, oracle)
     pi2_t, pi2_h, pi2_j = pi2[:nt], pi2[nt:n_th], pi2[n_th:]
-    m = causal_mask_mle(pi2_t, pi2_j)
+    m = causal_mask_mle(pi2_t, pi2_j, live)
     i_mx = com_mx.open_at(f"{name}/max-opening", pi2[:n_th])
     i_s = led.put(int_mle_eval(att["s"], pi2) if prover else None)
     i_d = com_delta.open_at(f"{name}/delta-opening", pi2)

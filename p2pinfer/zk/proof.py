@@ -83,9 +83,11 @@ from .ledger import (
 )
 from .shard import (
     _LOOKUP_NAMES,
+    ACTIVATIONS,
     BITS,
     GATED_ACTIVATIONS,
     LOOKUP_ACTIVATIONS,
+    MAX_DIM,
     MAX_LOOKUP_FRAC_BITS,
     MAX_RMS_FRAC_BITS,
     RMS_R_BITS,
@@ -96,6 +98,7 @@ from .shard import (
     ModelManifest,
     ShardCommitment,
     activation_table,
+    attention_shape,
     generator_count_for,
     hyrax_split,
     log2_exact,
@@ -230,6 +233,7 @@ def _layer(
     rows: list | None,
     deferred: list[Claim] | None = None,
     source: tuple[np.ndarray | None, np.ndarray | None] = (None, None),
+    live: int | None = None,
 ) -> list[Claim]:
     """Reduce the claims on this layer's output to claims on its input (returned). The claims
     of a skip residual (`lc.skip`) on the input of an earlier layer go to `deferred`, with
@@ -256,7 +260,8 @@ def _layer(
     if lc.activation == "rmsnorm":
         return _norm_layer(led, lc, f, nt, ni, claims, x, wit, name, rows)
     if lc.activation == "attention":
-        return attention_layer(led, lc, f, nt, claims, x, wit, name, rows)
+        return attention_layer(led, lc, f, nt, claims, x, wit, name, rows,
+                               (1 << nt) if live is None else live)
     if lc.activation in GATED_ACTIVATIONS:
         below, rest = _gated_layer(led, lc, f, nt, nk, ni, claims, x, wit, name, rows, split)
         return [*keep(below), *rest]
@@ -691,7 +696,7 @@ def prove(shard: CommittedShard, x: np.ndarray, y: np.ndarray,
     t, bind = _binding(c, x, y, binding)
     live = x.shape[0]
     x = _pad_tokens(x, nt)
-    traces = shard.shard.trace(x)
+    traces = shard.shard.trace(x, live)
     if not np.array_equal(traces[-1].out[:live], y):
         raise ValueError("y is not this shard's fixed-point output on x")
     led = ProverLedger(_params(c, 1 << nt), t)
@@ -705,7 +710,7 @@ def prove(shard: CommittedShard, x: np.ndarray, y: np.ndarray,
         deferred = pending.setdefault(src, [])
         claims = _layer(led, c.layers[k], c.frac_bits, nt, claims, x if k == 0 else None, wit,
                         f"layer{c.first_layer + k}", None, deferred,
-                        (x if src == 0 else None, traces[src].a))
+                        (x if src == 0 else None, traces[src].a), live)
         claims = claims + pending.pop(k, [])
     return ShardProof(bind, led.finish())
 
@@ -731,18 +736,12 @@ def verify(commitment: ShardCommitment | ModelManifest, x: np.ndarray, y: np.nda
         x, y = _as_int(x, "x"), _as_int(y, "y")
     except ValueError as exc:
         raise ShapeMismatch("shapes", str(exc)) from None
+    _check_commitment(commitment)
     nt = _check_shapes(commitment, x, y)
-    for lc, nxt in zip(commitment.layers, commitment.layers[1:]):
-        if lc.d_out != nxt.d_in:
-            raise ShapeMismatch("shard", "the shard's layers do not chain")
-    for k, lc in enumerate(commitment.layers):
-        if k - lc.skip < 0:
-            raise ShapeMismatch("shard", "a residual reaches back before the shard's first layer")
-        if lc.residual and lc.d_out != commitment.layers[k - lc.skip].d_in:
-            raise ShapeMismatch("shard", "a skip residual's source has another width")
     t, bind = _binding(commitment, x, y, binding)
     if not hmac.compare_digest(bind, proof.binding):
         raise BindingMismatch("binding", "proof was made for another task, manifest, x or y")
+    live = x.shape[0]
     x = _pad_tokens(x, nt)
     try:
         rows = {}
@@ -758,11 +757,37 @@ def verify(commitment: ShardCommitment | ModelManifest, x: np.ndarray, y: np.nda
             deferred = pending.setdefault(src, [])
             claims = _layer(led, commitment.layers[k], commitment.frac_bits, nt, claims,
                             x if k == 0 else None, None, f"layer{commitment.first_layer + k}",
-                            rows, deferred, (x if src == 0 else None, None))
+                            rows, deferred, (x if src == 0 else None, None), live)
             claims = claims + pending.pop(k, [])
         led.finish()
     except ProofFormatError as exc:
         raise MalformedProof("encoding", str(exc)) from None
+
+
+def _check_commitment(c: ShardCommitment) -> None:
+    """What decoding a manifest checks, for a commitment built in code: ShapeMismatch if the
+    shard's structure is not one the proof can be checked against."""
+    def pow2(n: object) -> bool:
+        return type(n) is int and 1 <= n <= MAX_DIM and not n & (n - 1)
+
+    if type(c.frac_bits) is not int or not 1 <= c.frac_bits <= 16 or not c.layers:
+        raise ShapeMismatch("shard", "frac_bits must be an int in 1..16, with at least one layer")
+    for k, lc in enumerate(c.layers):
+        if (lc.activation not in ACTIVATIONS or not pow2(lc.d_in) or not pow2(lc.d_out)
+                or type(lc.residual) is not bool or type(lc.skip) is not int):
+            raise ShapeMismatch("shard", f"layer {k} has a malformed shape or activation")
+        if lc.activation == "attention":
+            problem = attention_shape(lc).check()
+            if problem:
+                raise ShapeMismatch("shard", problem)
+        elif lc.heads or lc.kv_heads or lc.rope:
+            raise ShapeMismatch("shard", "heads, kv_heads and rope belong to attention layers")
+        if not 0 <= k - lc.skip <= k:
+            raise ShapeMismatch("shard", "a residual reaches back before the shard's first layer")
+        if lc.residual and lc.d_out != c.layers[k - lc.skip].d_in:
+            raise ShapeMismatch("shard", "a skip residual's source has another width")
+        if k and c.layers[k - 1].d_out != lc.d_in:
+            raise ShapeMismatch("shard", "the shard's layers do not chain")
 
 
 class MalformedProof(ProofError):

@@ -422,7 +422,9 @@ class ProvableMlp:
             raise FixedPointOverflow("an input value is outside (-2**24, 2**24)")
         return a.astype(np.int64)
 
-    def trace(self, x: np.ndarray) -> list[LayerTrace]:
+    def trace(self, x: np.ndarray, live: int | None = None) -> list[LayerTrace]:
+        """Every layer's input, pre-activation and output; rows from `live` on are a proof's
+        padding (attention layers let them attend to themselves only)."""
         a = self.check_input(x)
         f = self.frac_bits
         half = 1 << (BITS - 1)
@@ -435,7 +437,8 @@ class ProvableMlp:
                 a = norm["y"]
                 continue
             if layer.activation == "attention":
-                att = attention_fixed(a, layer.weight, layer.bias, attention_shape(layer), f)
+                att = attention_fixed(a, layer.weight, layer.bias, attention_shape(layer), f,
+                                      live)
                 out.append(LayerTrace(a, att["z"], att["out"]))
                 a = att["out"]
                 continue
@@ -530,13 +533,15 @@ def silu_table(frac_bits: int) -> np.ndarray:
     if cached is not None:
         return cached
     half, scale = 1 << (frac_bits + LOOKUP_RANGE_BITS - 1), 1 << frac_bits
-    ctx = decimal.Context(prec=40, rounding=decimal.ROUND_HALF_EVEN, Emin=-999, Emax=999)
+    ctx = decimal.Context(prec=40, rounding=decimal.ROUND_HALF_EVEN, Emin=-999, Emax=999,
+                          traps=[])
     one, point_five = decimal.Decimal(1), decimal.Decimal("0.5")
     out = np.zeros(2 * half, dtype=np.int64)
-    for t in range(-half, 0):
-        d = decimal.Decimal(t)
-        sig = ctx.divide(d, ctx.add(one, ctx.exp(ctx.divide(-d, scale))))
-        out[t + half] = int(ctx.add(sig, point_five).to_integral_value(decimal.ROUND_FLOOR))
+    with decimal.localcontext(ctx):  # whatever the process's own decimal settings are
+        for t in range(-half, 0):
+            d = decimal.Decimal(t)
+            sig = ctx.divide(d, ctx.add(one, ctx.exp(ctx.divide(ctx.minus(d), scale))))
+            out[t + half] = int(ctx.add(sig, point_five).to_integral_value(decimal.ROUND_FLOOR))
     # SiLU(x) = x + SiLU(-x), and t is an integer, so rounding commutes with adding it
     pos = np.arange(1, half, dtype=np.int64)
     out[half + 1:] = pos + out[half - pos]

@@ -182,6 +182,51 @@ def test_a_row_whose_logits_span_more_than_the_table_overflows():
     shard.forward_fixed(shard.quantize(x))
 
 
+def test_the_tables_do_not_depend_on_the_process_decimal_context():
+    """A host that lowered decimal's precision or trapped Inexact derives the same tables."""
+    import decimal
+
+    import p2pinfer.zk.attention as attention_mod
+
+    honest = (rope_tables(10000, 16, 64, 10), exp_table(7), shard_mod.silu_table(6))
+    saved = (dict(attention_mod._ROPE_TABLES), dict(attention_mod._EXP_TABLES),
+             dict(shard_mod._SILU_TABLES))
+    try:
+        with decimal.localcontext() as ctx:
+            ctx.prec = 4
+            ctx.traps[decimal.Inexact] = True
+            attention_mod._ROPE_TABLES.clear()
+            attention_mod._EXP_TABLES.clear()
+            shard_mod._SILU_TABLES.clear()
+            again = (rope_tables(10000, 16, 64, 10), exp_table(7), shard_mod.silu_table(6))
+    finally:
+        attention_mod._ROPE_TABLES.update(saved[0])
+        attention_mod._EXP_TABLES.update(saved[1])
+        shard_mod._SILU_TABLES.update(saved[2])
+    for a, b in zip(honest[0], again[0]):
+        assert np.array_equal(a, b)
+    assert np.array_equal(honest[1], again[1]) and np.array_equal(honest[2], again[2])
+
+
+def test_padding_rows_attend_to_themselves_so_they_never_overflow():
+    """A padding row (x = 0, so q = b_q) would see every live key with a wide logit span; it
+    attends to itself only, so 3 live tokens prove as well as 4."""
+    d, f = 8, 8
+    w = np.zeros((d, 3 * d), dtype=np.int64)
+    b = np.zeros(3 * d, dtype=np.int64)
+    w[0, 0], b[0] = -(1 << 12), 1 << 20  # live tokens (x_0 = 1): q = 0; padding: q = 2**12
+    w[0, d] = 1 << 12  # k = 16 x_0
+    w[1, 2 * d] = 1 << 8  # v = x_1
+    committed = commit_shard(ProvableMlp([FixedLayer(w, b, "attention", heads=1, kv_heads=1)]))
+    x = np.zeros((3, d), dtype=np.int64)
+    x[:, 0], x[:, 1] = 256, [10, 20, 30]
+    with pytest.raises(FixedPointOverflow):  # the old padding: every key for the padding row
+        attention_fixed(np.vstack([x, np.zeros((1, d), dtype=np.int64)]), w, b,
+                        AttentionShape(d, 1, 1, 0), f)
+    y = committed.forward_fixed(x)
+    verify(committed.commitment, x, y, prove(committed, x, y, BINDING), BINDING)
+
+
 def test_attention_layers_check_their_shape():
     d = 8
     w = np.zeros((d, 3 * d), dtype=np.int64)
@@ -259,8 +304,8 @@ def _cheat(monkeypatch, committed, x, change, must_differ=True):
     and the prover: its output, trace and proof agree with each other, not with the model."""
     honest = shard_mod.attention_fixed
 
-    def cheat(a, weight, bias, shape, f):
-        return change(honest(a, weight, bias, shape, f), shape, f)
+    def cheat(a, weight, bias, shape, f, live=None):
+        return change(honest(a, weight, bias, shape, f, live), shape, f)
 
     monkeypatch.setattr(shard_mod, "attention_fixed", cheat)
     monkeypatch.setattr(attention_proof, "attention_fixed", cheat)
@@ -353,8 +398,8 @@ def test_other_rotary_positions_are_caught(att_last, monkeypatch):
     x = inputs(att_last.shard, 4)
     honest = shard_mod.attention_fixed
 
-    def other_theta(a, weight, bias, shape, f):
-        return honest(a, weight, bias, dataclasses.replace(shape, rope=2), f)
+    def other_theta(a, weight, bias, shape, f, live=None):
+        return honest(a, weight, bias, dataclasses.replace(shape, rope=2), f, live)
 
     monkeypatch.setattr(shard_mod, "attention_fixed", other_theta)
     monkeypatch.setattr(attention_proof, "attention_fixed", other_theta)
@@ -443,6 +488,22 @@ def test_a_verifier_refuses_an_attention_commitment_reshaped_in_code(att_committ
         _, forged = attention_proof_binding(bad, x, y)
         with pytest.raises(ProofError):
             verify(bad, x, y, dataclasses.replace(proof, binding=forged), BINDING)
+
+
+@pytest.mark.parametrize("change", [{"heads": 0}, {"heads": "2"}, {"heads": 2.0},
+                                    {"heads": np.int64(2)}, {"kv_heads": 3}, {"rope": 2.5},
+                                    {"d_in": 8.0}, {"activation": "softmax"}])
+def test_malformed_commitments_built_in_code_are_typed_errors(att_committed, change):
+    x = inputs(att_committed.shard, 2)
+    y = att_committed.forward_fixed(x)
+    proof = prove(att_committed, x, y, BINDING)
+    c = att_committed.commitment
+    bad = dataclasses.replace(c, layers=(c.layers[0], dataclasses.replace(c.layers[1], **change),
+                                         c.layers[2]))
+    with pytest.raises(ProofError):
+        verify(bad, x, y, proof, BINDING)
+    with pytest.raises(ProofError):
+        verify(dataclasses.replace(c, frac_bits=8.0), x, y, proof, BINDING)
 
 
 def attention_proof_binding(commitment, x, y):

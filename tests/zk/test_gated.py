@@ -121,8 +121,8 @@ def test_a_wrong_gate_product_is_caught(swiglu_committed, monkeypatch):
     x = make_input(3, 8, vmax=300)
     honest_trace = swiglu_committed.shard.trace
 
-    def trace(a):
-        out = honest_trace(a)
+    def trace(a, live=None):
+        out = honest_trace(a, live)
         first = out[0]
         z = first.z.copy()
         z[0, 1] += 40 << 8

@@ -260,7 +260,7 @@ def test_token_counts_need_not_be_powers_of_two(small_committed, binding):
 
 
 def test_a_non_binary_decomposition_fails_the_bit_check(small_committed, binding, monkeypatch):
-    import p2pinfer.zk.gadgets as gadgets
+    from p2pinfer.zk import gadgets
 
     honest = gadgets.bit_decomposition
 
