@@ -6,9 +6,15 @@ Prints three tables (same run; medians):
      ours vs EZKL (PyPI `ezkl`, local SRS from ezkl.gen_srs; if ezkl or onnx is missing, the
      figures recorded on this machine are printed and labelled as recorded);
   3. a 1024-wide MLP block (1024 -> 1024 ReLU -> 1024 residual) at 128 tokens: prover time over
-     the plain fixed-point forward time, and weight-commitment seconds per million weights.
+     the plain fixed-point forward time, and weight-commitment seconds per million weights;
+  4. a Llama block (the built-in model format's llama-attn and llama-mlp halves: RMSNorm,
+     causal attention with 4 heads, 2 kv heads and rotary positions, output projection and
+     residual; RMSNorm, SwiGLU MLP and residual), per half: prove, verify, proof size, prover
+     time over the fixed-point forward, and the fixed-point error against the float model.
+     With `--ezkl-attention`, ours and EZKL on one small attention half (same weights and
+     input, no rotary positions; EZKL's setup and prove take minutes there).
 
-Usage: python tools/bench_zk.py [--no-ezkl] [--no-large] [--repeat N]
+Usage: python tools/bench_zk.py [--no-ezkl] [--no-large] [--no-block] [--repeat N]
 """
 
 from __future__ import annotations
@@ -192,14 +198,11 @@ def bench_llama_mlp_block(x_float, repeat: int, ff: int = 512, norm: bool = Fals
 
 def bench_ezkl(layers, x_float) -> dict | None:
     try:
-        import ezkl
+        import ezkl  # noqa: F401
         import onnx  # noqa: F401
         import torch
     except ImportError:
         return None
-    import ezkl
-
-    d = Path(tempfile.mkdtemp(prefix="bench-ezkl-"))
     mods = []
     for w, b in layers:
         lin = torch.nn.Linear(w.shape[0], w.shape[1])
@@ -208,7 +211,16 @@ def bench_ezkl(layers, x_float) -> dict | None:
             lin.bias.copy_(torch.tensor(b, dtype=torch.float32))
         mods += [lin, torch.nn.ReLU()]
     model = torch.nn.Sequential(*mods).eval()
-    x = torch.tensor(x_float, dtype=torch.float32)
+    return _ezkl_run(model, torch.tensor(x_float, dtype=torch.float32))
+
+
+def _ezkl_run(model, x) -> dict:
+    """EZKL's whole pipeline on one torch module and input: setup (settings, calibration,
+    compile, SRS, keys), prove, verify."""
+    import ezkl
+    import torch
+
+    d = Path(tempfile.mkdtemp(prefix="bench-ezkl-"))
     torch.onnx.export(model, x, d / "m.onnx", dynamo=False, input_names=["input"],
                       output_names=["output"])
     (d / "input.json").write_text(json.dumps({"input_data": [x.reshape(-1).tolist()]}))
@@ -327,18 +339,173 @@ def report_large(args) -> None:
     print(f"generator derivation (once per process): {fmt_s(gens)}")
 
 
+# -- 4. a Llama block -----------------------------------------------------------------------
+
+
+def report_block(args) -> None:
+    import torch
+
+    from p2pinfer.models import LayerSpan
+    from p2pinfer.models.mlp import commit_layers, fixed_layers, load_manifest_bytes
+    from p2pinfer.zk import ModelManifest
+
+    width = args.block_width
+    model = _llama_model(width, "block", 10000)
+    manifest = ModelManifest.from_bytes(load_manifest_bytes(model))
+    halves = [("attention half", 0, commit_layers(model, 0, 1)),
+              ("MLP half", 1, commit_layers(model, 1, 2))]
+    rng = np.random.default_rng(17)
+    rows = []
+    for tokens in args.block_tokens:
+        x_float = rng.normal(0, 1, (tokens, width))
+        x = fixed_layers(model, 0, 1).quantize(x_float)
+        h_float = torch.from_numpy(x_float).float()[None]
+        for name, layer, committed in halves:
+            y = committed.forward_fixed(x)
+            got = measure_shard(committed, manifest.block_shard(layer, layer + 1), x, y,
+                                ProofBinding(b"bench-task", manifest.digest()), args.repeat)
+            ref = LayerSpan.load(model, layer, layer + 1).forward(h_float)
+            err = float(np.abs(committed.shard.dequantize(y) - ref[0].numpy()).max())
+            rows.append([f"{name}, {tokens} tokens", fmt_s(got["prove"]), fmt_s(got["verify"]),
+                         f"{got['size'] / 1000:.1f} KB", fmt_s(got["forward"]),
+                         f"{got['prove'] / got['forward']:.0f}x", f"{err:.3f}"])
+            x, h_float = y, ref
+    table(f"Llama block, width {width} (4 heads, 2 kv heads, rotary; SwiGLU {width} -> "
+          f"{2 * width}), f={GELU_FRAC_BITS}, median of {args.repeat}",
+          ["", "prove", "verify", "proof", "fixed-point forward", "prove / forward",
+           "max |error| vs float"], rows)
+
+
+def _llama_model(width: int, tokens_hint: str, rope: int) -> Path:
+    from p2pinfer.models.mlp import write_random_mlp, zk_mlp_config
+
+    model = Path(tempfile.mkdtemp(prefix=f"bench-llama-{tokens_hint}-")) / "model"
+    model.mkdir()
+    write_random_mlp(model, zk_mlp_config(f"bench-llama-{width}-{rope}", layers=3, hidden=width,
+                                          activation="llama", intermediate=2 * width, heads=4,
+                                          kv_heads=2, rope_theta=rope))
+    return model
+
+
+def report_attention_vs_ezkl(args) -> None:
+    """Ours and EZKL on one attention half (RMSNorm, 4 heads, 2 kv heads, no rotary positions,
+    output projection, residual): same weights, same input."""
+    import torch
+    from safetensors.torch import load_file
+
+    from p2pinfer.models.mlp import commit_layers, fixed_layers, load_manifest_bytes
+    from p2pinfer.zk import ModelManifest
+
+    width, tokens = args.ezkl_width, args.ezkl_tokens
+    model = _llama_model(width, "ezkl", 0)
+    manifest = ModelManifest.from_bytes(load_manifest_bytes(model))
+    x_float = np.random.default_rng(19).normal(0, 1, (tokens, width))
+    t = time.perf_counter()  # the owner's one-time commitment, not its cache
+    commit_shard(fixed_layers(model, 0, 1))
+    setup = time.perf_counter() - t
+    committed = commit_layers(model, 0, 1)
+    x = fixed_layers(model, 0, 1).quantize(x_float)
+    y = committed.forward_fixed(x)
+    ours = measure_shard(committed, manifest.block_shard(0, 1), x, y,
+                         ProofBinding(b"bench-task", manifest.digest()), args.repeat)
+    w = {k.removeprefix("layers.0."): v for k, v in
+         load_file(str(model / "model.safetensors")).items() if k.startswith("layers.0.")}
+    ref = bench_ezkl_attention(width, tokens, w, torch.from_numpy(x_float).float())
+    if ref is None:
+        print("EZKL on the attention half: ezkl or onnx is not installed")
+        return
+    rows = [
+        ["prove", fmt_s(ours["prove"]), fmt_s(ref["prove"]),
+         f"{ref['prove'] / ours['prove']:.0f}x faster"],
+        ["verify", fmt_s(ours["verify"]), fmt_s(ref["verify"]),
+         f"{ours['verify'] / ref['verify']:.2f}x EZKL's time"],
+        ["proof size", f"{ours['size'] / 1000:.1f} KB", f"{ref['size'] / 1000:.1f} KB",
+         f"{ours['size'] / ref['size']:.2f}x"],
+        ["one-time setup", fmt_s(setup), fmt_s(ref["setup"]),
+         f"{ref['setup'] / setup:.0f}x faster"],
+    ]
+    table(f"Attention half, width {width}, {tokens} tokens, 4 heads / 2 kv heads, no rotary "
+          f"(ours vs EZKL {_ezkl_version()}, same weights and input; median of {args.repeat} "
+          f"for ours, one EZKL run, logrows {ref['logrows']})", ["", "ours", "EZKL", "ratio"],
+          rows)
+
+
+def _ezkl_version() -> str:
+    import ezkl
+
+    return str(getattr(ezkl, "__version__", "?"))
+
+
+def measure_shard(committed, entry, x, y, binding, repeat: int) -> dict:
+    """Median prove, verify and fixed-point forward times of one shard, and its proof size."""
+    proofs = []
+    t_prove = median_time(lambda: proofs.append(prove(committed, x, y, binding)), repeat)
+    t_verify = median_time(lambda: verify(entry, x, y, proofs[-1], binding), repeat)
+    t_fwd = median_time(lambda: committed.forward_fixed(x), 20)
+    return {"prove": t_prove, "verify": t_verify, "forward": t_fwd,
+            "size": len(proofs[-1].to_bytes())}
+
+
+def bench_ezkl_attention(width: int, tokens: int, w: dict, x) -> dict | None:
+    """EZKL on x + o(causal attention(RMSNorm(x) g)) with 4 heads, 2 kv heads (no rope), the
+    weights `w` of a llama-attn layer (norm.weight, weight, bias, o.weight, o.bias)."""
+    try:
+        import ezkl  # noqa: F401
+        import onnx  # noqa: F401
+        import torch
+    except ImportError:
+        return None
+    heads, kv, dh = 4, 2, width // 4
+
+    class Half(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            for name in ("norm.weight", "weight", "bias", "o.weight", "o.bias"):
+                self.register_buffer(name.replace(".", "_"), w[name].float())
+            # -30 rather than -inf: exp(-30) is 0 at any fixed-point scale EZKL picks, and a
+            # larger constant would widen its lookup range (2^26 rows at -1e4)
+            self.register_buffer("mask", torch.triu(torch.full((tokens, tokens), -30.0), 1))
+
+        def forward(self, x):
+            n = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 2.0 ** -16) * self.norm_weight
+            q, k, v = torch.nn.functional.linear(n, self.weight, self.bias).split(
+                [width, kv * dh, kv * dh], -1)
+            q = q.reshape(tokens, heads, dh).transpose(0, 1)
+            k = k.reshape(tokens, kv, dh).transpose(0, 1).repeat_interleave(heads // kv, 0)
+            v = v.reshape(tokens, kv, dh).transpose(0, 1).repeat_interleave(heads // kv, 0)
+            a = torch.softmax(q @ k.transpose(1, 2) / dh ** 0.5 + self.mask, dim=-1)
+            o = (a @ v).transpose(0, 1).reshape(tokens, width)
+            return x + torch.nn.functional.linear(o, self.o_weight, self.o_bias)
+
+    return _ezkl_run(Half().eval(), x)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--no-ezkl", action="store_true", help="print recorded EZKL figures")
     ap.add_argument("--no-large", action="store_true", help="skip the 1024-wide block")
     ap.add_argument("--no-groups", action="store_true", help="skip the group table")
+    ap.add_argument("--no-small", action="store_true", help="skip the 256-wide MLP tables")
+    ap.add_argument("--no-block", action="store_true", help="skip the Llama block")
+    ap.add_argument("--block-width", type=int, default=256)
+    ap.add_argument("--block-tokens", type=lambda s: [int(v) for v in s.split(",")],
+                    default=[16, 64], help="comma-separated token counts (default 16,64)")
+    ap.add_argument("--ezkl-attention", action="store_true",
+                    help="also compare with EZKL on an attention half (slow: minutes)")
+    ap.add_argument("--ezkl-width", type=int, default=32)
+    ap.add_argument("--ezkl-tokens", type=int, default=8)
     ap.add_argument("--repeat", type=int, default=5)
     args = ap.parse_args()
     if not args.no_groups:
         bench_groups(args.repeat)
-    report_small(args)
+    if not args.no_small:
+        report_small(args)
     if not args.no_large:
         report_large(args)
+    if not args.no_block:
+        report_block(args)
+    if args.ezkl_attention:
+        report_attention_vs_ezkl(args)
 
 
 if __name__ == "__main__":
