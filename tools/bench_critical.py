@@ -2,12 +2,14 @@
 
 Two stage nodes serve layers [1, 3) and [3, 5) of the built-in `p2pinfer-zk-mlp` (6 layers of
 256, written and committed on first use under $P2PINFER_HOME, default a temporary directory
-here); a client node runs layers 0 and 5 itself. After one warm-up request, every request is
+here); a client node runs layers 0 and 5 itself. With `--model p2pinfer-zk-llama` (two Llama
+blocks of width 128: attention, MLP, attention, MLP halves, then an identity layer) the stages
+serve [1, 3) (an MLP half and an attention half) and [3, 4) (an MLP half). After one warm-up request, every request is
 timed; the table gives medians per stage: prover time, the next hop's verification, the
 requester's own verification, proof size, and the stage's plain fixed-point forward time as
 the reference (prove / forward ratio). Last line: end-to-end seconds per request.
 
-Usage: python tools/bench_critical.py [--tokens 1 16] [--repeat 5]
+Usage: python tools/bench_critical.py [--model p2pinfer-zk-llama] [--tokens 1 16] [--repeat 5]
 """
 
 from __future__ import annotations
@@ -28,10 +30,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from p2pinfer.config import config_from_dict
 from p2pinfer.inference import ClientSettings
 from p2pinfer.inference.critical import critical_client
-from p2pinfer.models.mlp import ZK_MLP, fixed_layers, zk_mlp_path
+from p2pinfer.models.mlp import ZK_LLAMA, ZK_MLP, fixed_layers, zk_mlp_path
 from p2pinfer.node import Node
 
-SPANS = [(1, 3), (3, 5)]
+#: per built-in model: the stages' layer spans, the width, a description
+MODELS = {ZK_MLP: ([(1, 3), (3, 5)], 256, "6 x 256, ReLU"),
+          ZK_LLAMA: ([(1, 3), (3, 4)], 128, "2 Llama blocks of 128, 4 heads, 2 kv heads, rope")}
 
 
 def node_cfg(base: Path, name: str, boot: list[str], serve: dict | None = None):
@@ -57,19 +61,20 @@ def forward_ms(path: Path, start: int, end: int, x: np.ndarray, repeat: int) -> 
     return statistics.median(times)
 
 
-async def bench(path: Path, base: Path, tokens: list[int], repeat: int) -> None:
-    async with Node(node_cfg(base, "s0", [], {"model": str(path), "layers": list(SPANS[0])})) \
+async def bench(name: str, path: Path, base: Path, tokens: list[int], repeat: int) -> None:
+    spans, width, what = MODELS[name]
+    async with Node(node_cfg(base, "s0", [], {"model": str(path), "layers": list(spans[0])})) \
             as s0, Node(node_cfg(base, "s1", [s0.addrs[0]],
-                                 {"model": str(path), "layers": list(SPANS[1])})) as s1, \
+                                 {"model": str(path), "layers": list(spans[1])})) as s1, \
             Node(node_cfg(base, "client", [s0.addrs[0]])) as client:
         await client.wait_for_route(str(path), timeout=60)
         c = critical_client(client.inference, str(path), ClientSettings(k_head=1, k_tail=1))
         head = fixed_layers(path, 0, 1)
-        print(f"critical mode, {ZK_MLP} (6 x 256, ReLU), stages {SPANS}, medians of {repeat}")
+        print(f"critical mode, {name} ({what}), stages {spans}, medians of {repeat}")
         print(f"{'tokens':>6} {'stage':>5} {'layers':>7} {'proof KB':>9} {'prove ms':>9} "
               f"{'hop verify':>10} {'req verify':>10} {'fwd ms':>7} {'prove/fwd':>9}")
         for t in tokens:
-            x = np.random.default_rng(t).normal(size=(t, 256))
+            x = np.random.default_rng(t).normal(size=(t, width))
             await c.infer(x)  # warm-up: generators, decoded commitments
             runs, ends = [], []
             for _ in range(repeat):
@@ -78,14 +83,14 @@ async def bench(path: Path, base: Path, tokens: list[int], repeat: int) -> None:
                 ends.append(time.perf_counter() - t0)
                 runs.append(r.proofs)
             xi = head.forward_fixed(head.quantize(x))
-            for k, (a, b) in enumerate(SPANS):
+            for k, (a, b) in enumerate(spans):
                 per = [p[k] for p in runs]
                 fwd = forward_ms(path, a, b, xi, repeat)
                 xi = fixed_layers(path, a, b).forward_fixed(xi)
                 prove = statistics.median(p.prove_ms for p in per)
                 hop = statistics.median(p.hop_verify_ms for p in per)
                 print(f"{t:>6} {k:>5} {f'[{a},{b})':>7} {per[0].proof_bytes / 1024:>9.1f} "
-                      f"{prove:>9.1f} {hop if k + 1 < len(SPANS) else float('nan'):>10.1f} "
+                      f"{prove:>9.1f} {hop if k + 1 < len(spans) else float('nan'):>10.1f} "
                       f"{statistics.median(p.verify_ms for p in per):>10.1f} {fwd:>7.2f} "
                       f"{prove / fwd:>9.0f}")
             print(f"{t:>6} end to end: {statistics.median(ends):.2f} s per request")
@@ -94,14 +99,15 @@ async def bench(path: Path, base: Path, tokens: list[int], repeat: int) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", choices=list(MODELS), default=ZK_MLP)
     ap.add_argument("--tokens", type=int, nargs="+", default=[1, 16])
     ap.add_argument("--repeat", type=int, default=5)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-critical-") as tmp:
         home = Path(os.environ["P2PINFER_HOME"]) / "models" if os.environ.get(
             "P2PINFER_HOME") else Path(tmp) / "models"
-        path = zk_mlp_path(home)
-        trio.run(bench, path, Path(tmp), args.tokens, args.repeat)
+        path = zk_mlp_path(home, args.model)
+        trio.run(bench, args.model, path, Path(tmp), args.tokens, args.repeat)
 
 
 if __name__ == "__main__":
