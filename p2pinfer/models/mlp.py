@@ -12,7 +12,7 @@ A `swiglu-mlp` layer is a Llama MLP block through `intermediate_size` ff: `weigh
 `bias` [2ff] (up, then gate), `down.weight` [h, ff] and `down.bias` [h]; it computes
 down(silu(gate) * up) + x and is proven as two layers (see `_BLOCKS`). A `llama-mlp` layer
 adds `norm.weight` [h] and computes x + down(silu(gate(n)) * up(n)) with n = RMSNorm(x) g (eps
-2**-16): the MLP half of a Llama block, proven as three layers. A `llama-attn` layer is the
+`rms_norm_eps`, default 2**-16, in [2**-30, 1]): the MLP half of a Llama block, proven as three layers. A `llama-attn` layer is the
 attention half: `norm.weight` [h], `weight` [h + 2 kv, h] (the q rows, then k, then v; kv =
 num_key_value_heads * h / num_attention_heads), `bias` [h + 2 kv], `o.weight` [h, h] and
 `o.bias` [h]; it
@@ -65,13 +65,14 @@ _GATES = {"swiglu": F.silu, "geglu": F.gelu}
 #: `intermediate_size`; in fixed point a gated layer and a down projection whose residual
 #: reaches back to the block's input (skip 1), so a layer span never cuts a block
 _BLOCKS = {"swiglu-mlp": "swiglu", "llama-mlp": "swiglu"}
-#: `llama-mlp` is the MLP half of a Llama block: x + MLP(RMSNorm(x) g), eps 2**-16, with the
-#: gain g in `norm.weight` [h]; proven as three layers (norm, gated, down with skip 2)
+#: `llama-mlp` is the MLP half of a Llama block: x + MLP(RMSNorm(x) g), eps `rms_norm_eps`
+#: (default 2**-16), with the gain g in `norm.weight` [h]; proven as three layers (norm,
+#: gated, down with skip 2)
 _NORMED = ("llama-mlp",)
 #: the attention half of a Llama block: x + o(attention(RMSNorm(x) g)); in fixed point an
 #: RMSNorm, an attention layer (W_q | W_k | W_v) and o with skip 2 back to the block's input
 _ATTENTION = "llama-attn"
-_RMS_EPS = 2.0 ** -16
+_RMS_EPS = 2.0 ** -16  # the default `rms_norm_eps`
 _STAMP = "p2pinfer_default.json"
 _FORMAT_VERSION = 1
 
@@ -83,6 +84,7 @@ class MlpConfig(ArchConfig):
     frac_bits: int
     intermediate_size: int
     rope_theta: int = 0
+    rms_norm_eps: float = _RMS_EPS
 
     @classmethod
     def from_hf(cls, raw: Mapping[str, Any]) -> MlpConfig:
@@ -114,6 +116,13 @@ class MlpConfig(ArchConfig):
         if frac > MAX_LOOKUP_FRAC_BITS and any(uses_table(a) or a == _ATTENTION for a in acts):
             raise ModelError(f"GELU, SiLU, gated and attention layers need frac_bits <= "
                              f"{MAX_LOOKUP_FRAC_BITS} (the size of their lookup table)")
+        eps = field(raw, "rms_norm_eps", default=_RMS_EPS, kind=float)
+        from p2pinfer.zk.shard import rms_eps_units
+
+        try:
+            rms_eps_units(eps)
+        except ValueError as exc:
+            raise ModelError(f"rms_norm_eps: {exc}") from None
         heads = field(raw, "num_attention_heads", default=1)
         kv_heads = field(raw, "num_key_value_heads", default=heads)
         theta = field(raw, "rope_theta", default=0.0, kind=float)
@@ -132,7 +141,7 @@ class MlpConfig(ArchConfig):
             max_positions=field(raw, "max_positions", default=1024), num_heads=heads,
             num_kv_heads=kv_heads, head_dim=hidden // heads if hidden % heads == 0 else hidden,
             tie_word_embeddings=False, activations=tuple(acts), residual=tuple(res),
-            frac_bits=frac, intermediate_size=ff, rope_theta=theta,
+            frac_bits=frac, intermediate_size=ff, rope_theta=theta, rms_norm_eps=eps,
         )
 
 
@@ -167,6 +176,7 @@ class Attention(nn.Module):
     def __init__(self, cfg: MlpConfig, w: Weights) -> None:
         super().__init__()
         self.heads, self.kv_heads, self.theta = cfg.num_heads, cfg.num_kv_heads, cfg.rope_theta
+        self.eps = cfg.rms_norm_eps
         self.head_dim = cfg.hidden_size // cfg.num_heads
         self.kv_width = cfg.num_kv_heads * self.head_dim
         for name in ("norm.weight", "weight", "bias", "o.weight", "o.bias"):
@@ -180,7 +190,7 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, t, h = x.shape
-        n = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + _RMS_EPS) * self.norm_weight
+        n = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.norm_weight
         q, k, v = F.linear(n, self.weight, self.bias).split([h, self.kv_width, self.kv_width], -1)
         q = q.reshape(b, t, self.heads, -1).transpose(1, 2)
         k = k.reshape(b, t, self.kv_heads, -1).transpose(1, 2)
@@ -210,13 +220,14 @@ class Block(nn.Module):
             self.register_buffer("down_bias", w["down.bias"])
         if self.act in _NORMED:
             self.register_buffer("norm_weight", w["norm.weight"])
+            self.eps = cfg.rms_norm_eps
 
     def forward(self, x: torch.Tensor, cache: Any, slot: int, start_pos: int) -> torch.Tensor:
         if self.act == _ATTENTION:
             return self.attention(x)
         h = x
         if self.act in _NORMED:
-            h = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + _RMS_EPS) * self.norm_weight
+            h = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.norm_weight
         y = F.linear(h, self.weight, self.bias)
         if self.act in _BLOCKS:
             up, g = y.chunk(2, dim=-1)
@@ -325,7 +336,7 @@ def fixed_layers(path: str | Path, start: int, end: int) -> Any:
                                    cfg.rope_theta)
             h, kv = cfg.hidden_size, shape.kv_width
             weight, bias = w["weight"].numpy().T, w["bias"].numpy()
-            pairs += [(w["norm.weight"].numpy()[None], None),
+            pairs += [(w["norm.weight"].numpy()[None], None, cfg.rms_norm_eps),
                       (weight[:, :h], bias[:h], weight[:, h:h + kv], bias[h:h + kv],
                        weight[:, h + kv:], bias[h + kv:], shape),
                       (w["o.weight"].numpy().T, w["o.bias"].numpy())]
@@ -338,7 +349,7 @@ def fixed_layers(path: str | Path, start: int, end: int) -> Any:
             weight, bias = w["weight"].numpy().T, w["bias"].numpy()
             normed = act in _NORMED
             if normed:  # the RMSNorm first; from_float sees its gain as a (1, h) "weight"
-                pairs.append((w["norm.weight"].numpy()[None], None))
+                pairs.append((w["norm.weight"].numpy()[None], None, cfg.rms_norm_eps))
                 acts.append("rmsnorm")
                 res.append(False)
                 skip.append(0)

@@ -90,6 +90,9 @@ from .shard import (
     MAX_DIM,
     MAX_LOOKUP_FRAC_BITS,
     MAX_RMS_FRAC_BITS,
+    RMS_EPS_DEFAULT,
+    RMS_EPS_MAX,
+    RMS_EPS_MIN,
     RMS_R_BITS,
     RMS_R_FRAC,
     RMS_RANGE_BITS,
@@ -373,13 +376,13 @@ def _norm_layer(led, lc: LayerCommitment, f: int, nt: int, ni: int, claims: list
         raise ShapeMismatch("shard", "an RMSNorm layer maps d to d, without bias or residual")
     if not 1 <= f <= MAX_RMS_FRAC_BITS:
         raise ShapeMismatch("shard", f"an RMSNorm layer needs frac_bits <= {MAX_RMS_FRAC_BITS}")
-    e_const, c_const = rms_constants(d, f)
+    e_const, c_const = rms_constants(d, f, lc.eps)
     d1_at, d2_at, r_at = 0, RMS_RANGE_BITS, 2 * RMS_RANGE_BITS
     out: list[Claim] = []
     # 0. the range bits (D1 | D2 | R) and S, per token, before any challenge of this layer
     split_b = (nt, _RANGE_COLS.bit_length() - 1)
     if prover:
-        norm = rmsnorm_fixed(wit.a, wit.weight, f)
+        norm = rmsnorm_fixed(wit.a, wit.weight, f, lc.eps)
         s_vals = [int(v) for v in norm["s"]]
         r_vals = [int(v) for v in norm["r"]]
         d1 = [c_const - r * r * sv for r, sv in zip(r_vals, s_vals)]
@@ -782,6 +785,11 @@ def _check_commitment(c: ShardCommitment) -> None:
                 raise ShapeMismatch("shard", problem)
         elif lc.heads or lc.kv_heads or lc.rope:
             raise ShapeMismatch("shard", "heads, kv_heads and rope belong to attention layers")
+        if lc.activation == "rmsnorm":
+            if type(lc.eps) is not int or not RMS_EPS_MIN <= lc.eps <= RMS_EPS_MAX:
+                raise ShapeMismatch("shard", "an RMSNorm eps must be an int in [4, 2**32]")
+        elif lc.eps != RMS_EPS_DEFAULT:
+            raise ShapeMismatch("shard", "eps belongs to RMSNorm layers")
         if not 0 <= k - lc.skip <= k:
             raise ShapeMismatch("shard", "a residual reaches back before the shard's first layer")
         if lc.residual and lc.d_out != c.layers[k - lc.skip].d_in:

@@ -49,11 +49,15 @@ MAX_WEIGHT = 1 << 15  # |w| < 2**15
 MAX_DIM = 1 << 14
 ACTIVATIONS = ("relu", "identity", "gelu", "silu", "swiglu", "geglu", "rmsnorm", "attention")
 #: RMSNorm y = x g / sqrt(mean(x^2) + eps) (`rmsnorm_fixed`): the weight is g as (1, d), no
-#: bias; eps is 2**-RMS_EPS_BITS. In fixed point S = sum x^2 + E, R = floor(sqrt(C / S)) with
+#: bias; eps is a layer's `eps` times 2**-32 (RMS_EPS_DEFAULT: 2**-16; Llama checkpoints use
+#: about 1e-5 or 1e-6). In fixed point S = sum x^2 + E, R = floor(sqrt(C / S)) with
 #: C = d 2**(2f + 2 RMS_R_FRAC), so R is 1 / rms at scale 2**RMS_R_FRAC whatever f is;
 #: u = floor(x R / 2**RMS_R_FRAC) and y = floor(u g / 2**f). x R must stay below 2**31, i.e.
 #: |x| / rms below 2**(15 - f): RMSNorm layers need f <= MAX_RMS_FRAC_BITS.
-RMS_EPS_BITS = 16
+RMS_EPS_SCALE_BITS = 32
+RMS_EPS_DEFAULT = 1 << 16
+#: eps from 2**-30 (so R = floor(sqrt(C / S)) stays below 2**32) to 1
+RMS_EPS_MIN, RMS_EPS_MAX = 4, 1 << RMS_EPS_SCALE_BITS
 RMS_R_FRAC = 16
 MAX_RMS_FRAC_BITS = 12
 #: bits of the range checks of an RMSNorm layer: C - R^2 S and (R+1)^2 S - C - 1 (80 each: both
@@ -127,21 +131,32 @@ def part_row_counts(layer: FixedLayer | LayerCommitment) -> tuple[int, int]:
     return rows_w, rows_b
 
 
-def rms_constants(d: int, frac_bits: int) -> tuple[int, int]:
-    """(E, C) of an RMSNorm over d features: E = eps d 2**(2f) (at least 1) and
+def rms_eps_units(eps: float) -> int:
+    """eps as an RMSNorm layer holds it: round(eps 2**32), refused outside [2**-30, 1]."""
+    units = round(float(eps) * (1 << RMS_EPS_SCALE_BITS))
+    if not RMS_EPS_MIN <= units <= RMS_EPS_MAX:
+        raise ValueError(f"an RMSNorm eps must be in [2**-30, 1], got {eps!r}")
+    return units
+
+
+def rms_constants(d: int, frac_bits: int, eps: int = RMS_EPS_DEFAULT) -> tuple[int, int]:
+    """(E, C) of an RMSNorm over d features: E = floor(eps 2**-32 d 2**(2f)) (at least 1) and
     C = d 2**(2f + 2 RMS_R_FRAC)."""
-    return (max(1, (d << 2 * frac_bits) >> RMS_EPS_BITS),
+    return (max(1, (d * eps << 2 * frac_bits) >> RMS_EPS_SCALE_BITS),
             d << (2 * frac_bits + 2 * RMS_R_FRAC))
 
 
-def rmsnorm_fixed(x: np.ndarray, gain: np.ndarray, frac_bits: int) -> dict[str, np.ndarray]:
-    """RMSNorm of integer rows x (scale 2**f) with integer gain (scale 2**f): the output y and
-    every intermediate a proof needs (S, R, w = x R, u, v = u g)."""
+def rmsnorm_fixed(x: np.ndarray, gain: np.ndarray, frac_bits: int,
+                  eps: int = RMS_EPS_DEFAULT) -> dict[str, np.ndarray]:
+    """RMSNorm of integer rows x (scale 2**f) with integer gain (scale 2**f) and eps in units of
+    2**-32: the output y and every intermediate a proof needs (S, R, w = x R, u, v = u g)."""
     f = frac_bits
     if not 1 <= f <= MAX_RMS_FRAC_BITS:
         raise ValueError(f"RMSNorm layers need frac_bits in 1..{MAX_RMS_FRAC_BITS}")
+    if type(eps) is not int or not RMS_EPS_MIN <= eps <= RMS_EPS_MAX:
+        raise ValueError("an RMSNorm eps (in units of 2**-32) must be an int in [4, 2**32]")
     d = x.shape[1]
-    e, c = rms_constants(d, f)
+    e, c = rms_constants(d, f, eps)
     if np.abs(x).max(initial=0) >= 1 << (BITS - 8):
         raise FixedPointOverflow("an RMSNorm input is outside (-2**24, 2**24)")
     s = [int(v) + e for v in (x.astype(object) ** 2).sum(axis=1)]
@@ -187,6 +202,8 @@ class FixedLayer:
     heads: int = 0
     kv_heads: int = 0
     rope: int = 0
+    #: an RMSNorm layer's eps in units of 2**-32
+    eps: int = RMS_EPS_DEFAULT
 
     def __post_init__(self) -> None:
         w = np.asarray(self.weight)
@@ -210,7 +227,12 @@ class FixedLayer:
             if d_in != 1 or self.bias is not None or self.residual:
                 raise ValueError("an RMSNorm layer holds its gain as a (1, d) weight, without "
                                  "bias or residual")
+            if type(self.eps) is not int or not RMS_EPS_MIN <= self.eps <= RMS_EPS_MAX:
+                raise ValueError("an RMSNorm eps (in units of 2**-32) must be an int in "
+                                 "[4, 2**32]")
             d_in = d_out
+        elif self.eps != RMS_EPS_DEFAULT:
+            raise ValueError("eps belongs to RMSNorm layers")
         if self.activation in GATED_ACTIVATIONS:
             if d_out % 2:
                 raise ValueError("a gated layer's weight is [W_u | W_g]: an even width")
@@ -363,11 +385,14 @@ class ProvableMlp:
         skips = [skip] * n if isinstance(skip, int) else list(skip)
         out = []
         for parts, act, r, back in zip(layers, acts, res, skips, strict=True):
-            if act == "rmsnorm":  # (gain as (1, d), None); d is not padded (it sets the mean)
+            if act == "rmsnorm":  # (gain as (1, d), None[, eps]); d is not padded (it sets the mean)
                 gain = np.rint(np.asarray(parts[0], dtype=np.float64) * (1 << frac_bits))
-                if parts[1] is not None or gain.ndim != 2 or gain.shape[0] != 1:
-                    raise ValueError("an RMSNorm layer takes (gain of shape (1, d), None)")
-                out.append(FixedLayer(gain.astype(np.int64), None, act, r, back))
+                if (len(parts) not in (2, 3) or parts[1] is not None or gain.ndim != 2
+                        or gain.shape[0] != 1):
+                    raise ValueError("an RMSNorm layer takes (gain of shape (1, d), None) or "
+                                     "(gain, None, eps)")
+                eps = rms_eps_units(parts[2]) if len(parts) == 3 else RMS_EPS_DEFAULT
+                out.append(FixedLayer(gain.astype(np.int64), None, act, r, back, eps=eps))
                 continue
             if act == "attention":
                 out.append(_attention_from_float(parts, r, back, frac_bits))
@@ -432,7 +457,7 @@ class ProvableMlp:
         for layer in self.layers:
             source = out[len(out) - layer.skip].a if layer.skip else a
             if layer.activation == "rmsnorm":
-                norm = rmsnorm_fixed(a, layer.weight, f)
+                norm = rmsnorm_fixed(a, layer.weight, f, layer.eps)
                 out.append(LayerTrace(a, norm["v"], norm["y"], norm["w"]))
                 a = norm["y"]
                 continue
@@ -481,7 +506,8 @@ class ProvableMlp:
             h.update(msgpack.packb([layer.d_in, layer.d_out, layer.activation, layer.residual]
                                    + ([layer.skip] if layer.skip else [])
                                    + ([layer.heads, layer.kv_heads, layer.rope]
-                                      if layer.activation == "attention" else [])))
+                                      if layer.activation == "attention" else [])
+                                   + ([layer.eps] if layer.eps != RMS_EPS_DEFAULT else [])))
             h.update(np.ascontiguousarray(layer.weight, dtype="<i8").tobytes())
             h.update(b"\x01" if layer.bias is not None else b"\x00")
             if layer.bias is not None:
@@ -612,6 +638,7 @@ class LayerCommitment:
     heads: int = 0  # attention layers only (FixedLayer)
     kv_heads: int = 0
     rope: int = 0
+    eps: int = RMS_EPS_DEFAULT  # RMSNorm layers only, in units of 2**-32
 
     def decoded_rows(self) -> tuple[list, list | None]:
         """(weight, bias) row commitments as group elements, decoded once and kept."""
@@ -636,6 +663,8 @@ class LayerCommitment:
             wire["skip"] = self.skip
         if self.activation == "attention":
             wire.update(heads=self.heads, kv_heads=self.kv_heads, rope=self.rope)
+        if self.eps != RMS_EPS_DEFAULT:  # absent at the default, so earlier bytes stay
+            wire["eps"] = self.eps
         return wire
 
     @classmethod
@@ -657,8 +686,14 @@ class LayerCommitment:
             raise ProofFormatError(f"skip must be in 1..{MAX_SKIP} and needs res")
         shape_keys = {"heads", "kv_heads", "rope"}
         allowed = {"d_in", "d_out", "act", "res", "w", "b", "skip"}
-        if set(m) - allowed - (shape_keys if act == "attention" else set()):
+        own = shape_keys if act == "attention" else {"eps"} if act == "rmsnorm" else set()
+        if set(m) - allowed - own:
             raise ProofFormatError("a layer commitment has unknown fields")
+        eps = m.get("eps", RMS_EPS_DEFAULT)
+        if "eps" in m and (type(eps) is not int or not RMS_EPS_MIN <= eps <= RMS_EPS_MAX
+                           or eps == RMS_EPS_DEFAULT):
+            raise ProofFormatError("an RMSNorm eps is an int in [4, 2**32], present only when "
+                                   "it is not the default 2**16")
         if res and not skip and d_in != d_out:
             raise ProofFormatError("a residual layer needs d_in == d_out")
         if act == "rmsnorm" and (d_in != d_out or res or b is not None):
@@ -672,14 +707,14 @@ class LayerCommitment:
             if problem or d_in != d_out or res:
                 raise ProofFormatError(problem or "an attention layer maps d to d, without "
                                                   "residual")
-        lc = cls(d_in, d_out, act, res, (), None, skip, heads, kv_heads, rope)
+        lc = cls(d_in, d_out, act, res, (), None, skip, heads, kv_heads, rope, eps)
         rows_w, rows_b = part_row_counts(lc)
         if not _points_list(w, rows_w):
             raise ProofFormatError("weight commitment has the wrong shape")
         if b is not None and not _points_list(b, rows_b):
             raise ProofFormatError("bias commitment has the wrong shape")
         return cls(d_in, d_out, act, res, tuple(w), None if b is None else tuple(b), skip,
-                   heads, kv_heads, rope)
+                   heads, kv_heads, rope, eps)
 
 
 def _points_list(v: object, n: int) -> bool:
@@ -933,7 +968,8 @@ def commit_shard(
             _write_cache(path, key, cached)
     layers = tuple(
         LayerCommitment(l.d_in, l.d_out, l.activation, l.residual, tuple(w),
-                        None if b is None else tuple(b), l.skip, l.heads, l.kv_heads, l.rope)
+                        None if b is None else tuple(b), l.skip, l.heads, l.kv_heads, l.rope,
+                        l.eps)
         for l, (w, _, b, _) in zip(shard.layers, cached)
     )
     commitment = ShardCommitment(model_id, first_layer, shard.frac_bits, generator_seed, layers)

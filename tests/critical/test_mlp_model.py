@@ -181,6 +181,28 @@ def test_a_llama_model_is_attention_and_mlp_halves_of_three_proven_layers_each(t
     verify(manifest.block_shard(2, 4), inner, out, prove(shard, inner, out, binding), binding)
 
 
+def test_a_llama_model_takes_its_rms_norm_eps_in_float_and_in_fixed_point(tmp_path):
+    from p2pinfer.models.mlp import write_random_mlp, zk_mlp_config
+
+    model = tmp_path / "llama-eps"
+    model.mkdir()
+    write_random_mlp(model, {**zk_mlp_config("zk-llama-eps", layers=3, hidden=32,
+                                             activation="llama", intermediate=64),
+                             "rms_norm_eps": 1e-5})
+    fixed = fixed_layers(model, 0, 3)
+    assert [la.eps for la in fixed.layers if la.activation == "rmsnorm"] == [42950, 42950]
+    manifest = ModelManifest.from_bytes((model / MANIFEST_FILE).read_bytes())
+    assert manifest.layers[0].eps == 42950
+    x = np.random.default_rng(6).normal(size=(4, 32))
+    y = fixed.dequantize(fixed.forward_fixed(fixed.quantize(x)))
+    ref = LocalModel.load(model).forward(torch.from_numpy(x).float()[None])[0].numpy()
+    assert np.abs(y - ref).max() < 0.1 * max(1.0, np.abs(ref).max())
+    cfg = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**cfg, "rms_norm_eps": 1e-12}))
+    with pytest.raises(ModelError, match="rms_norm_eps"):
+        LayerSpan.load(model, 0, 1)
+
+
 @pytest.mark.parametrize("change, match", [({"num_attention_heads": 3}, "powers of two"),
                                            ({"num_key_value_heads": 8}, "dividing"),
                                            ({"rope_theta": 1.5}, "whole number"),

@@ -142,8 +142,8 @@ def _cheat(monkeypatch, committed, x, change, must_differ=True):
     prover (and the prover's own range check off): its output, trace and proof agree."""
     honest = shard_mod.rmsnorm_fixed
 
-    def cheat(a, gain, f):
-        return change(honest(a, gain, f), a, gain, f)
+    def cheat(a, gain, f, eps=shard_mod.RMS_EPS_DEFAULT):
+        return change(honest(a, gain, f, eps), a, gain, f)
 
     monkeypatch.setattr(shard_mod, "rmsnorm_fixed", cheat)
     monkeypatch.setattr(proof_mod, "rmsnorm_fixed", cheat)
@@ -229,6 +229,50 @@ def test_mutated_norm_proofs_never_verify(norm_committed, data):
     y = norm_committed.forward_fixed(x)
     assert_mutation_rejected(norm_committed, x, y, BINDING,
                              data.draw(st.integers(0, 1 << 20)), data.draw(st.integers(1, 255)))
+
+
+@pytest.mark.parametrize("eps", [1e-5, 1e-6, 2.0 ** -30, 1.0])
+def test_a_norm_takes_the_checkpoint_eps_and_proves_with_it(eps):
+    """E = floor(eps d 2**(2f)): at eps 1e-5 the fixed-point norm tracks float RMSNorm with
+    that eps, the manifest carries it, and a proof made with another eps fails."""
+    rng = np.random.default_rng(8)
+    d = 16
+    gain = rng.normal(1, 0.2, (1, d))
+    shard = ProvableMlp.from_float([(gain, None, eps)], activations=["rmsnorm"])
+    assert shard.layers[0].eps == round(eps * 2 ** 32)
+    x = rng.normal(0, 0.02, (3, d))  # small inputs, where eps matters
+    got = shard.dequantize(shard.forward_fixed(shard.quantize(x)))
+    xq = shard.dequantize(shard.quantize(x))
+    ref = xq / np.sqrt((xq ** 2).mean(axis=1, keepdims=True) + eps) * gain
+    assert np.abs(got - ref).max() < 0.05 * max(1.0, np.abs(ref).max())
+    committed = commit_shard(shard)
+    manifest = ModelManifest.from_shards("m", [committed])
+    assert ModelManifest.from_bytes(manifest.to_bytes()) == manifest
+    assert manifest.layers[0].eps == shard.layers[0].eps
+    xi = shard.quantize(x)
+    y = committed.forward_fixed(xi)
+    proof = prove(committed, xi, y, BINDING)
+    verify(committed.commitment, xi, y, proof, BINDING)
+    other = dataclasses.replace(committed.commitment, layers=(dataclasses.replace(
+        committed.commitment.layers[0], eps=shard.layers[0].eps * 2),))
+    _, forged = proof_mod._binding(other, xi, y, BINDING)
+    with pytest.raises(ProofError):
+        verify(other, xi, y, dataclasses.replace(proof, binding=forged), BINDING)
+
+
+def test_the_default_eps_keeps_earlier_manifest_bytes_and_others_are_checked(norm_committed):
+    entry = norm_committed.commitment.layers[1].to_wire()
+    assert "eps" not in entry  # 2**-16, as before eps could be set
+    for bad in ({**entry, "eps": 1 << 16}, {**entry, "eps": 3}, {**entry, "eps": 1.5},
+                {**entry, "eps": (1 << 32) + 1}, {**norm_committed.commitment.layers[0]
+                                                  .to_wire(), "eps": 5000}):
+        with pytest.raises(ProofFormatError):
+            LayerCommitment.from_wire(bad)
+    assert LayerCommitment.from_wire({**entry, "eps": 42950}).eps == 42950
+    with pytest.raises(ValueError, match="eps"):
+        ProvableMlp.from_float([(np.ones((1, 4)), None, 1e-12)], activations=["rmsnorm"])
+    with pytest.raises(ValueError, match="eps belongs"):
+        FixedLayer(np.ones((4, 4), dtype=np.int64), None, "identity", eps=5)
 
 
 def test_dataclass_replace_keeps_the_norm_valid():
