@@ -1,11 +1,13 @@
-"""Regenerates the test vectors of protocols/zk-proof.md (manifest, proof, transcript) in place.
+"""Regenerates the test vectors of protocols/zk-proof.md (manifest, proof, transcript, and an
+attention manifest) in place.
 
 Blindings are random, so each run gives new (equally valid) manifest and proof bytes.
-Usage: python tools/zk_vectors.py
+Usage: python tools/zk_vectors.py [--only NAME ...]
 """
 
 from __future__ import annotations
 
+import argparse
 import re
 import sys
 from pathlib import Path
@@ -40,7 +42,31 @@ def replace_vector(text: str, name: str, data: bytes) -> str:
     return pattern.sub(lambda m: m.group(1) + wrap(data) + "\n" + m.group(3), text)
 
 
+def attention_manifest() -> ModelManifest:
+    """One attention layer: d 4, 2 heads, 1 kv head, rope 10000, W = [W_q | W_k | W_v] with
+    W_q = 256 I, W_k and W_v the first and last two columns of 256 I, no bias."""
+    eye = 256 * np.eye(4, dtype=np.int64)
+    w = np.concatenate([eye, eye[:, :2], eye[:, 2:]], axis=1)
+    layer = FixedLayer(w, None, "attention", heads=2, kv_heads=1, rope=10000)
+    return ModelManifest.from_shards("zk-vector-attention",
+                                     [commit_shard(ProvableMlp([layer]), model_id="zk-vector")])
+
+
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", nargs="+", help="regenerate only these vectors")
+    args = ap.parse_args()
+    wanted = set(args.only or ["transcript-challenge", "manifest", "proof",
+                               "manifest-attention"])
+    text = SPEC.read_text()
+    if "manifest-attention" in wanted:
+        att = attention_manifest()
+        text = replace_vector(text, "manifest-attention", att.to_bytes())
+        text = re.sub(r"\(attention digest `[0-9a-f]{64}`\)",
+                      f"(attention digest `{att.digest().hex()}`)", text)
+    if not wanted & {"transcript-challenge", "manifest", "proof"}:
+        SPEC.write_text(text)
+        return
     shard = ProvableMlp([FixedLayer(np.array([[300]]), np.array([-5000]), "relu", False)])
     committed = commit_shard(shard, model_id="zk-vector")
     manifest = ModelManifest.from_shards("zk-vector", [committed])
@@ -52,7 +78,6 @@ def main() -> None:
     verify(manifest.shard(0, 1), x, y, proof, binding)
     t = Transcript(b"p2pinfer/zk-shard-proof/v1")
     t.absorb(b"task", b"abc")
-    text = SPEC.read_text()
     text = replace_vector(text, "transcript-challenge", t.challenge(b"output/0").to_bytes(32, "little"))
     text = replace_vector(text, "manifest", manifest.to_bytes())
     text = replace_vector(text, "proof", proof.to_bytes())

@@ -436,6 +436,7 @@ def test_the_attention_proof_carries_no_activation_in_the_clear(att_committed):
                           shard_mod.attention_shape(layer), 8)
     values = np.concatenate([att[k].reshape(-1) for k in ("q", "k", "v", "s", "mx", "o")])
     assert_values_not_in_proof(blob, values, 24)
+    assert_values_not_in_proof(blob, layer.weight, 24)  # W_q, W_k, W_v
 
 
 @settings(deadline=None, max_examples=30)

@@ -37,3 +37,17 @@ def test_proof_vector_verifies_against_the_manifest_vector():
     verify(m.shard(0, 1), x, y, proof, binding)
     with pytest.raises(BindingMismatch):
         verify(m.shard(0, 1), x, np.array([[801]]), proof, binding)
+
+
+def test_attention_manifest_vector_decodes_at_version_3_with_its_shape():
+    import msgpack
+
+    m = ModelManifest.from_bytes(V["manifest-attention"])
+    (layer,) = m.layers
+    assert (layer.activation, layer.d_in, layer.heads, layer.kv_heads, layer.rope) == (
+        "attention", 4, 2, 1, 10000)
+    assert len(layer.weight_rows) == 4 + 2 + 2 and layer.bias_rows is None  # W_q, W_k, W_v rows
+    assert msgpack.unpackb(V["manifest-attention"])["v"] == 3
+    spec = (Path(__file__).resolve().parents[2] / "protocols" / "zk-proof.md").read_text()
+    assert f"(attention digest `{m.digest().hex()}`)" in spec
+    assert m.to_bytes() == V["manifest-attention"]
