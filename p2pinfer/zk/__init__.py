@@ -1,9 +1,12 @@
 """Zero-knowledge proofs that a shard's output was computed with committed weights (zkDPS).
 
-`shard` holds fixed-point MLP shards, their Hyrax weight commitments and the model manifest;
-`proof` proves and verifies one shard execution GKR-style with committed sum-checks; `ledger`
-has the committed-value arguments (linear relations, products, Hyrax openings) they rest on;
-`field`, `group` and `transcript` are the field, the BLS12-381 Pedersen group and Fiat-Shamir.
+`shard` holds fixed-point shards (MLP layers, RMSNorm, attention), their Hyrax weight
+commitments and the model manifest; `attention` is the fixed-point causal attention and its
+public tables; `proof` proves and verifies one shard execution GKR-style with committed
+sum-checks, layer by layer (`attention_proof` for attention layers, `gadgets` for what layer
+arguments share); `ledger` has the committed-value arguments (linear relations, products,
+Hyrax openings) they rest on; `field`, `group` and `transcript` are the field, the BLS12-381
+Pedersen group and Fiat-Shamir.
 
     shard = ProvableMlp.from_float([(w1, b1), (w2, b2)], activations="relu")
     owner = commit_shard(shard, cache_dir)                    # once per set of weights
