@@ -255,6 +255,20 @@ def _ezkl_run(model, x) -> dict:
             "setup": setup, "logrows": logrows}
 
 
+def ezkl_rows(ours: dict, ref: dict, setup: float) -> list[list[str]]:
+    """Prove, verify, proof size and one-time setup, ours beside EZKL's, with the ratios."""
+    return [
+        ["prove", fmt_s(ours["prove"]), fmt_s(ref["prove"]),
+         f"{ref['prove'] / ours['prove']:.0f}x faster"],
+        ["verify", fmt_s(ours["verify"]), fmt_s(ref["verify"]),
+         f"{ours['verify'] / ref['verify']:.2f}x EZKL's time"],
+        ["proof size", f"{ours['size'] / 1000:.1f} KB", f"{ref['size'] / 1000:.1f} KB",
+         f"{ours['size'] / ref['size']:.2f}x"],
+        ["one-time setup", fmt_s(setup), fmt_s(ref["setup"]),
+         f"{ref['setup'] / setup:.1f}x faster"],
+    ]
+
+
 def report_small(args) -> None:
     rng = np.random.default_rng(7)
     layers = float_mlp(rng, [256, 256, 256])
@@ -264,16 +278,7 @@ def report_small(args) -> None:
     label = "EZKL (measured)"
     if ref is None:
         ref, label = EZKL_RECORDED, "EZKL (recorded here earlier, not measured)"
-    rows = [
-        ["prove", fmt_s(ours["prove"]), fmt_s(ref["prove"]),
-         f"{ref['prove'] / ours['prove']:.0f}x faster"],
-        ["verify", fmt_s(ours["verify"]), fmt_s(ref["verify"]),
-         f"{ours['verify'] / ref['verify']:.2f}x EZKL's time"],
-        ["proof size", f"{ours['size'] / 1000:.1f} KB", f"{ref['size'] / 1000:.1f} KB",
-         f"{ours['size'] / ref['size']:.2f}x"],
-        ["one-time setup", fmt_s(ours["setup"]), fmt_s(ref["setup"]),
-         f"{ref['setup'] / ours['setup']:.1f}x faster"],
-    ]
+    rows = ezkl_rows(ours, ref, ours["setup"])
     table(f"MLP 256 -> 256 -> 256, ReLU, batch 1 (ours vs {label}; median of {args.repeat})",
           ["", "ours", "EZKL", "ratio"], rows)
     print(f"ours: setup = weight commitment (generator derivation, once per process: "
@@ -414,16 +419,7 @@ def report_attention_vs_ezkl(args) -> None:
     if ref is None:
         print("EZKL on the attention half: ezkl or onnx is not installed")
         return
-    rows = [
-        ["prove", fmt_s(ours["prove"]), fmt_s(ref["prove"]),
-         f"{ref['prove'] / ours['prove']:.0f}x faster"],
-        ["verify", fmt_s(ours["verify"]), fmt_s(ref["verify"]),
-         f"{ours['verify'] / ref['verify']:.2f}x EZKL's time"],
-        ["proof size", f"{ours['size'] / 1000:.1f} KB", f"{ref['size'] / 1000:.1f} KB",
-         f"{ours['size'] / ref['size']:.2f}x"],
-        ["one-time setup", fmt_s(setup), fmt_s(ref["setup"]),
-         f"{ref['setup'] / setup:.0f}x faster"],
-    ]
+    rows = ezkl_rows(ours, ref, setup)
     table(f"Attention half, width {width}, {tokens} tokens, 4 heads / 2 kv heads, no rotary "
           f"(ours vs EZKL {_ezkl_version()}, same weights and input; median of {args.repeat} "
           f"for ours, one EZKL run, logrows {ref['logrows']})", ["", "ours", "EZKL", "ratio"],

@@ -38,20 +38,20 @@ from .attention import (
     rope_tables,
     score_shift,
 )
-from .errors import RelationError, ShapeMismatch
-from .field import P, dot, eq_eval, eq_table, int_matvec, int_mle_eval, int_vecmat
+from .errors import ShapeMismatch
+from .field import P, eq_eval, eq_table, int_matvec, int_mle_eval, int_vecmat
 from .gadgets import (
     BitTable,
     Claim,
     Committed,
     ProductSum,
-    TableOracle,
     Witness,
-    batch_inv,
     bit_decomposition,
     bits_head,
     columns,
     flat,
+    lookup_inverses,
+    lookup_table_side,
     masked_eq,
     masked_eq_eval,
     matmul_tail,
@@ -233,30 +233,17 @@ def attention_layer(led, lc: LayerCommitment, f: int, nt: int, claims: list[Clai
     com_sm.prove_boolean(f"{name}/softmax")
 
     # 5. (delta, e) in {(u, E(u))}: logUp with inverses h per score and g per table entry
-    beta = led.challenge(f"{name}/lookup/beta".encode())
-    gamma = led.challenge(f"{name}/lookup/gamma".encode())
-    t_tab = [(beta - u - gamma * int(v)) % P for u, v in enumerate(table)]
-    if 0 in t_tab:  # g_u would be unconstrained there (probability ~2**-238)
-        raise RelationError(f"{name}/lookup", "a table denominator vanished")
-    if prover:
-        l_tab = [(beta - int(a) - gamma * int(b)) % P
-                 for a, b in zip(att["delta"].reshape(-1), att["e"].reshape(-1))]
-        if 0 in l_tab:  # no inverse: this transcript cannot be proven (probability ~2**-238)
-            raise RelationError(f"{name}/lookup", "a lookup denominator vanished")
-        h_tab = batch_inv(l_tab)
-        g_tab = [c * v % P for c, v in zip(mult.tolist(), batch_inv(t_tab))]
-        com_h = Committed(led, hyrax_split(n_s), field=h_tab)
-        com_g = Committed(led, hyrax_split(ke), field=g_tab)
-    else:
-        com_h = Committed(led, hyrax_split(n_s))
-        com_g = Committed(led, hyrax_split(ke))
+    lookup = lookup_inverses(led, name, range(len(table)), table, hyrax_split(n_s),
+                             hyrax_split(ke), (att["delta"].reshape(-1), att["e"].reshape(-1),
+                                               mult) if prover else None)
+    beta, gamma = lookup.beta, lookup.gamma
     r_h = [led.challenge(f"{name}/lookup/rh/{k}".encode()) for k in range(n_s)]
     oracle = None
     if prover:
-        oracle = ProductSum({"eq": eq_table(r_h), "h": h_tab, "l": l_tab},
+        oracle = ProductSum({"eq": eq_table(r_h), "h": lookup.h_tab, "l": lookup.l_tab},
                             [(1, ["eq", "h", "l"])], 3)
     pi3, final = sumcheck(led, f"{name}/lookup", Lin(const=1), n_s, 3, oracle)
-    i_h = com_h.open_at(f"{name}/lookup-opening", pi3)
+    i_h = lookup.com_h.open_at(f"{name}/lookup-opening", pi3)
     i_d3 = com_delta.open_at(f"{name}/delta-opening", pi3)
     i_e3 = com_e.open_at(f"{name}/values-opening", pi3)
     l_lin = (Lin.var(i_d3) + Lin.var(i_e3) * gamma) * (P - 1) + beta
@@ -265,18 +252,7 @@ def attention_layer(led, lc: LayerCommitment, f: int, nt: int, claims: list[Clai
     i_hl = led.put(led.values[i_h] * led.values[i_l] % P if prover else None)
     led.product(f"{name}/lookup-product", i_h, i_l, i_hl)
     led.relate(f"{name}/lookup-final", final - Lin.var(i_hl) * eq_eval(r_h, pi3))
-    r_g = [led.challenge(f"{name}/lookup/rg/{k}".encode()) for k in range(ke)]
-    oracle_t = None
-    if prover:
-        oracle_t = TableOracle(eq_table(r_g), g_tab, t_tab, [int(v) for v in mult])
-    pi4, final_t = sumcheck(led, f"{name}/table", Lin(), ke, 3, oracle_t)
-    i_g = com_g.open_at(f"{name}/lookup-opening", pi4)
-    i_m = com_mult.open_at(f"{name}/multiplicity-opening", pi4)
-    led.relate(f"{name}/table-final", final_t - (Lin.var(i_g) * dot(eq_table(pi4), t_tab)
-                                                  - Lin.var(i_m)) * eq_eval(r_g, pi4))
-    i_hs = com_h.open_sum(f"{name}/lookup-opening")
-    i_gs = com_g.open_sum(f"{name}/lookup-opening")
-    led.relate(f"{name}/lookup-sums", Lin.var(i_hs) - Lin.var(i_gs))
+    lookup_table_side(led, name, lookup, com_mult, mult if prover else None)
 
     # 6. s(pi2) = sum over (h, c) of eq(pi2_h, h) rq(pi2_t, h, c) rk(pi2_j, g, c)
     oracle = None

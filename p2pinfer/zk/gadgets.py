@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .booleanity import BooleanityProver
+from .errors import RelationError
 from .field import (
     P,
     bind_first,
@@ -33,7 +34,7 @@ from .field import (
     inv,
 )
 from .ledger import Lin, sumcheck
-from .shard import BITS, LayerCommitment, _layer_matrix, hyrax_split, weight_parts
+from .shard import BITS, LayerCommitment, _layer_matrix, hyrax_split, part_rows, weight_parts
 
 Claim = tuple[list[int], Lin, int]
 """(point, claimed value, live tokens): sum over live tokens of eq(point, i) out_i = value."""
@@ -230,7 +231,7 @@ def matmul_tail(led, lc: LayerCommitment, nt: int, nk: int, rho: list[int], z_li
     prover = wit is not None
     rho_tok, rho_out = rho[:nt], rho[nt:]
     col0, width = weight_parts(lc)[part]
-    w_rows, b_rows = part_rows(lc, part)
+    w_rows, b_rows = part_rows(lc)[part]
     weight = wit.weight[:, col0:col0 + width] if prover else None
     if lc.bias_rows is not None:
         i_bias = open_vector(led, f"{name}/bias-opening", rho_out,
@@ -256,18 +257,6 @@ def matmul_tail(led, lc: LayerCommitment, nt: int, nk: int, rho: list[int], z_li
     led.relate(f"{name}/matmul-final", final - Lin.var(i_p))
     led.product(f"{name}/matmul-product", i_a, i_w, i_p)
     return [*below, (a_point, Lin.var(i_a), 1 << nt)]
-
-
-def part_rows(lc: LayerCommitment, part: int) -> tuple[slice, slice]:
-    """Where one weight part's row commitments (and its bias's) lie in the layer's lists."""
-    w0 = b0 = 0
-    for k, (_, width) in enumerate(weight_parts(lc)):
-        nw = 1 << hyrax_split((lc.d_in * width).bit_length() - 1)[0]
-        nb = 1 << hyrax_split(width.bit_length() - 1)[0]
-        if k == part:
-            return slice(w0, w0 + nw), slice(b0, b0 + nb)
-        w0, b0 = w0 + nw, b0 + nb
-    raise IndexError(part)
 
 
 def act_split(ni: int, nt: int) -> tuple[int, int]:
@@ -526,8 +515,74 @@ class BitTable:
                    final - (Lin.var(i_b) - Lin.var(i_b2)) * eq_eval(r_bool, point))
 
 
-def columns(offset: int, width: int, step: int = 1) -> list[int]:
-    """A 32-entry column pattern: 2**(j - offset) (j in [offset, offset + width)) times step."""
-    col = [0] * BITS
-    col[offset:offset + width] = [step << j for j in range(width)]
+def columns(offset: int, width: int, size: int = BITS) -> list[int]:
+    """A column pattern of `size` entries: 2**(j - offset) for j in [offset, offset + width),
+    0 elsewhere (the value of a bit field of a committed bit row)."""
+    col = [0] * size
+    col[offset:offset + width] = [1 << j for j in range(width)]
     return col
+
+
+# --------------------------------------------------------------------------------------------
+# logUp (Haboeck, "Multivariate lookups based on logarithmic derivatives", 2022): pairs
+# (key_i, value_i) lie in a public table {(k_u, T_u)} iff, for random beta, gamma,
+#     sum_i 1 / (beta - key_i - gamma value_i) = sum_u m_u / (beta - k_u - gamma T_u)
+# with m_u the multiplicity of entry u. A layer commits the keys, values and multiplicities;
+# `lookup_inverses` commits h_i and g_u, the layer proves h_i (beta - key_i - gamma value_i) = 1
+# in a sum-check of its own, and `lookup_table_side` proves g_u (beta - k_u - gamma T_u) = m_u
+# and sum h = sum g.
+
+
+@dataclass
+class Lookup:
+    beta: int
+    gamma: int
+    t_tab: list[int]  # beta - k_u - gamma T_u, public
+    com_h: Committed
+    com_g: Committed
+    h_tab: list[int] | None = None  # prover only
+    l_tab: list[int] | None = None  # beta - key_i - gamma value_i
+    g_tab: list[int] | None = None
+
+
+def lookup_inverses(led, name: str, table_keys: Sequence[int], table_values: Sequence[int],
+                    split_h: tuple[int, int], split_g: tuple[int, int],
+                    pairs: tuple[Sequence[int], Sequence[int], Sequence[int]] | None = None
+                    ) -> Lookup:
+    """Challenges `name/lookup/beta`, `gamma`, then h (layout split_h) and g (split_g)
+    committed; `pairs` = (keys, values, multiplicities) on the prover."""
+    beta = led.challenge(f"{name}/lookup/beta".encode())
+    gamma = led.challenge(f"{name}/lookup/gamma".encode())
+    t_tab = [(beta - int(k) - gamma * int(v)) % P for k, v in zip(table_keys, table_values)]
+    if 0 in t_tab:  # g_u would be unconstrained there (probability ~2**-238)
+        raise RelationError(f"{name}/lookup", "a table denominator vanished")
+    if pairs is None:
+        return Lookup(beta, gamma, t_tab, Committed(led, split_h), Committed(led, split_g))
+    keys, values, mult = pairs
+    l_tab = [(beta - int(a) - gamma * int(b)) % P for a, b in zip(keys, values)]
+    if 0 in l_tab:  # no inverse: this transcript cannot be proven (probability ~2**-238)
+        raise RelationError(f"{name}/lookup", "a lookup denominator vanished")
+    h_tab = batch_inv(l_tab)
+    g_tab = [int(m) * v % P for m, v in zip(mult, batch_inv(t_tab))]
+    return Lookup(beta, gamma, t_tab, Committed(led, split_h, field=h_tab),
+                  Committed(led, split_g, field=g_tab), h_tab, l_tab, g_tab)
+
+
+def lookup_table_side(led, name: str, lookup: Lookup, com_m: Committed,
+                      mult: Sequence[int] | None) -> None:
+    """sum_u eq(r_g, u) (g_u T_u - m_u) = 0 (`name/table`, T public), then sum h = sum g."""
+    kt = len(lookup.t_tab).bit_length() - 1
+    r_g = [led.challenge(f"{name}/lookup/rg/{k}".encode()) for k in range(kt)]
+    oracle = None
+    if mult is not None:
+        oracle = TableOracle(eq_table(r_g), lookup.g_tab, lookup.t_tab, [int(v) for v in mult])
+    pi, final = sumcheck(led, f"{name}/table", Lin(), kt, 3, oracle)
+    i_g = lookup.com_g.open_at(f"{name}/lookup-opening", pi)
+    i_m = com_m.open_at(f"{name}/multiplicity-opening", pi)
+    t_pi = dot(eq_table(pi), lookup.t_tab)
+    led.relate(f"{name}/table-final",
+               final - (Lin.var(i_g) * t_pi - Lin.var(i_m)) * eq_eval(r_g, pi))
+    i_hs = lookup.com_h.open_sum(f"{name}/lookup-opening")
+    i_gs = lookup.com_g.open_sum(f"{name}/lookup-opening")
+    led.relate(f"{name}/lookup-sums", Lin.var(i_hs) - Lin.var(i_gs))
+

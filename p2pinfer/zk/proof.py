@@ -40,7 +40,6 @@ from .errors import (
     FixedPointOverflow,
     ProofError,
     ProofFormatError,
-    RelationError,
     ShapeMismatch,
 )
 from .field import (
@@ -58,15 +57,16 @@ from .gadgets import (
     BitsOracle,
     Claim,
     Committed,
-    TableOracle,
     TripleOracle,
     Witness,
     act_split,
-    batch_inv,
     bit_decomposition,
     bits_head,
+    columns,
     flat,
     kron,
+    lookup_inverses,
+    lookup_table_side,
     masked_eq,
     matmul_tail,
     open_vector,
@@ -326,12 +326,6 @@ def _gated_layer(led, lc: LayerCommitment, f: int, nt: int, nk: int, ni: int,
 _RANGE_COLS = 256  # per token: D1 bits [0, 80), D2 bits [80, 160), R bits [160, 192), zeros
 
 
-def _range_cols(offset: int, bits: int) -> list[int]:
-    col = [0] * _RANGE_COLS
-    col[offset:offset + bits] = [1 << j for j in range(bits)]
-    return col
-
-
 class _RsqrtOracle:
     """Round messages of sum_t e(t) [D1 + R^2 S - C + mu (D2 - (R+1)^2 S + C + 1)] (degree 4)."""
 
@@ -398,8 +392,9 @@ def _norm_layer(led, lc: LayerCommitment, f: int, nt: int, ni: int, claims: list
     else:
         com_b = Committed(led, split_b)
         com_s = Committed(led, hyrax_split(nt))
-    cols_d1, cols_d2 = _range_cols(d1_at, RMS_RANGE_BITS), _range_cols(d2_at, RMS_RANGE_BITS)
-    cols_r = _range_cols(r_at, RMS_R_BITS)
+    cols_d1 = columns(d1_at, RMS_RANGE_BITS, _RANGE_COLS)
+    cols_d2 = columns(d2_at, RMS_RANGE_BITS, _RANGE_COLS)
+    cols_r = columns(r_at, RMS_R_BITS, _RANGE_COLS)
 
     # 1-3. the claims on y = floor(v / 2**f) become v~(rho)
     rho, v_lin, _ = bits_head(led, f, nt, ni, claims, wit.z if prover else None, False, name,
@@ -560,23 +555,9 @@ def _lookup_head(led, activation: str, f: int, nt: int, ni: int, claims: list[Cl
         led.relate(f"{name}/output", rest - Lin.var(i_y))
 
     # 3. the lookup: inverses h (per element) and g (per table entry), committed
-    beta = led.challenge(f"{name}/lookup/beta".encode())
-    gamma = led.challenge(f"{name}/lookup/gamma".encode())
-    keys = np.arange(-half, half, dtype=np.int64)
-    t_tab = [(beta - int(t) - gamma * int(g)) % P for t, g in zip(keys, table)]
-    if 0 in t_tab:  # g_t would be unconstrained there (probability ~2**-238)
-        raise RelationError(f"{name}/lookup", "a table denominator vanished")
-    if prover:
-        l_tab = [(beta - int(a) - gamma * int(b)) % P for a, b in zip(q, y)]
-        if 0 in l_tab:  # no inverse: this transcript cannot be proven (probability ~2**-238)
-            raise RelationError(f"{name}/lookup", "a lookup denominator vanished")
-        h_tab = batch_inv(l_tab)
-        g_tab = [m * v % P for m, v in zip(mult.tolist(), batch_inv(t_tab))]
-        com_h = Committed(led, split_a, field=h_tab)
-        com_g = Committed(led, split_t, field=g_tab)
-    else:
-        com_h = Committed(led, split_a)
-        com_g = Committed(led, split_t)
+    lookup = lookup_inverses(led, name, range(-half, half), table, split_a, split_t,
+                             (q, y, mult) if prover else None)
+    beta, gamma, com_h = lookup.beta, lookup.gamma, lookup.com_h
 
     # 4. one sum-check over (i, j): lambda/32 eq(r_h, i) h(i) l(i) (sums to lambda: h l = 1)
     #    plus booleanity of the bits; it ends at (rho, sigma)
@@ -585,7 +566,7 @@ def _lookup_head(led, activation: str, f: int, nt: int, ni: int, claims: list[Cl
     r_bool = [led.challenge(f"{name}/bool/{k}".encode()) for k in range(nb)]
     oracle = None
     if prover:
-        oracle = BitsOracle(eq_table(r_h), h_tab, l_tab,
+        oracle = BitsOracle(eq_table(r_h), lookup.h_tab, lookup.l_tab,
                              BooleanityProver(bits.reshape(-1), r_bool, ni), lam, ni, nb)
     point, final = sumcheck(led, f"{name}/bits", Lin(const=lam), nb, 3, oracle)
     rho, sigma = point[:ni], point[ni:]
@@ -613,22 +594,8 @@ def _lookup_head(led, activation: str, f: int, nt: int, ni: int, claims: list[Cl
     led.product(f"{name}/lookup-product", i_h, i_l, i_hl)
     led.product(f"{name}/bit-square", i_beta, i_beta, i_b2)
 
-    # 5. the table side: sum_t eq(r_g, t) (g_t T_t - m_t) = 0, T public
-    r_g = [led.challenge(f"{name}/lookup/rg/{k}".encode()) for k in range(kt)]
-    oracle_t = None
-    if prover:
-        oracle_t = TableOracle(eq_table(r_g), g_tab, t_tab, [int(v) for v in mult])
-    pi, final_t = sumcheck(led, f"{name}/table", Lin(), kt, 3, oracle_t)
-    i_g = com_g.open_at(f"{name}/lookup-opening", pi)
-    i_m = com_m.open_at(f"{name}/multiplicity-opening", pi)
-    t_pi = dot(eq_table(pi), t_tab)
-    led.relate(f"{name}/table-final",
-               final_t - (Lin.var(i_g) * t_pi - Lin.var(i_m)) * eq_eval(r_g, pi))
-
-    # 6. sum h = sum g
-    i_hs = com_h.open_sum(f"{name}/lookup-opening")
-    i_gs = com_g.open_sum(f"{name}/lookup-opening")
-    led.relate(f"{name}/lookup-sums", Lin.var(i_hs) - Lin.var(i_gs))
+    # 5-6. the table side, T public, and sum h = sum g
+    lookup_table_side(led, name, lookup, com_m, mult if prover else None)
     return rho, Lin.var(i_z) - (1 << (BITS - 1))
 
 

@@ -121,14 +121,22 @@ def weight_parts(layer: FixedLayer | LayerCommitment) -> list[tuple[int, int]]:
     return [(0, weight_width(layer.activation, layer.d_out))]
 
 
-def part_row_counts(layer: FixedLayer | LayerCommitment) -> tuple[int, int]:
-    """How many row commitments a layer's weight and its bias have."""
-    rows_w = rows_b = 0
+def part_rows(layer: FixedLayer | LayerCommitment) -> list[tuple[slice, slice]]:
+    """Where each weight part's row commitments (and its bias's) lie in the layer's lists."""
+    out, w0, b0 = [], 0, 0
     d_rows = 1 if layer.activation == "rmsnorm" else layer.d_in
     for _, width in weight_parts(layer):
-        rows_w += 1 << hyrax_split((d_rows * width).bit_length() - 1)[0]
-        rows_b += 1 << hyrax_split(width.bit_length() - 1)[0]
-    return rows_w, rows_b
+        nw = 1 << hyrax_split((d_rows * width).bit_length() - 1)[0]
+        nb = 1 << hyrax_split(width.bit_length() - 1)[0]
+        out.append((slice(w0, w0 + nw), slice(b0, b0 + nb)))
+        w0, b0 = w0 + nw, b0 + nb
+    return out
+
+
+def part_row_counts(layer: FixedLayer | LayerCommitment) -> tuple[int, int]:
+    """How many row commitments a layer's weight and its bias have."""
+    w, b = part_rows(layer)[-1]
+    return w.stop, b.stop
 
 
 def rms_eps_units(eps: float) -> int:
