@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def run(*args: str, timeout: float = 120, env: dict | None = None) -> subprocess.CompletedProcess:
     full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
-    return subprocess.run([sys.executable, "-m", "p2pinfer", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "p2pinfer", *args], check=False, capture_output=True,
                           text=True, timeout=timeout, env=full_env, stdin=subprocess.DEVNULL)
 
 
@@ -45,6 +45,41 @@ def test_debug_shows_the_traceback(tmp_path):
     cfg.write_text("[net]\nlisten = 5\n")
     proc = run("--debug", "node", "--config", str(cfg))
     assert proc.returncode == 2 and "Traceback" in proc.stderr
+
+
+def test_debug_is_accepted_after_the_command_too(tmp_path):
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text("[net]\nlisten = 5\n")
+    proc = run("node", "--config", str(cfg), "--debug")
+    assert proc.returncode == 2 and "Traceback" in proc.stderr
+    quiet = run("node", "--config", str(cfg))
+    assert "Traceback" not in quiet.stderr
+
+
+def test_every_option_of_every_command_has_help_text():
+    from p2pinfer.cli import build_parser
+
+    parser = build_parser()
+    missing = []
+    stack = [("p2pinfer", parser)]
+    while stack:
+        name, p = stack.pop()
+        for action in p._actions:
+            if action.choices and isinstance(action.choices, dict):  # subcommands
+                stack.extend((f"{name} {k}", v) for k, v in action.choices.items())
+            elif action.option_strings and not action.help:
+                missing.append(f"{name} {action.option_strings[0]}")
+    assert not missing, missing
+
+
+def test_keygen_show_prints_the_existing_peer_id_and_never_creates_a_key(tmp_path):
+    key = tmp_path / "id.key"
+    shown = run("keygen", "--show", "--out", str(key))
+    assert shown.returncode == 2 and "no key" in shown.stderr and not key.exists()
+    created = run("keygen", "--out", str(key))
+    shown = run("keygen", "--show", "--out", str(key))
+    assert shown.returncode == 0
+    assert shown.stdout.split()[0] == created.stdout.split()[0]
 
 
 def test_peers_without_a_running_node_is_a_user_error(tmp_path):
@@ -85,7 +120,7 @@ def test_demo_runs_real_inference_through_a_testnet_and_matches_local(tmp_path):
     assert "RANDOM weights" in proc.stdout
 
 
-def test_peers_shows_the_table_of_a_running_node(tmp_path):
+def test_peers_and_status_read_a_running_node(tmp_path):
     import time
 
     cfg = tmp_path / "node.toml"
@@ -105,6 +140,11 @@ def test_peers_shows_the_table_of_a_running_node(tmp_path):
         assert "no peers known yet" in out.stdout
         status = run("peers", "--config", str(cfg), "--json")
         assert json.loads(status.stdout)["peers"] == []
+        counters = run("status", "--config", str(cfg))
+        assert counters.returncode == 0, counters.stderr
+        reply = json.loads(counters.stdout)
+        assert reply["peer_id"] == json.loads(ready.read_text())["peer_id"]
+        assert reply["uptime_s"] > 0 and "streams" in reply["counters"]
     finally:
         proc.send_signal(2)
         assert proc.wait(timeout=30) == 0

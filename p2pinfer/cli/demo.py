@@ -13,12 +13,15 @@ they match.
 
 from __future__ import annotations
 
+import argparse
 import time
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import trio
 
+from p2pinfer.cli.options import say, wait_for_route
 from p2pinfer.config import config_from_dict
 from p2pinfer.testnet import Testnet
 
@@ -71,10 +74,8 @@ async def _demo(peers: int, progress: Callable[[str], None], debug: bool) -> int
             "inference": {"k_head": 1, "k_tail": 1},
         })
         async with Node(cfg) as client:
-            from p2pinfer.cli import _wait_for_route
-
             for model in (EMBED_MODEL, GEN_MODEL):
-                await _wait_for_route(client, model, 120)
+                await wait_for_route(client, model, 120)
             print(f"\nclient {client.peer_id} joined {net.network_id} with {peers} peers")
             for p in net.peers:
                 model, layers = SPANS[p.index % len(SPANS)]
@@ -125,3 +126,14 @@ async def _demo(peers: int, progress: Callable[[str], None], debug: bool) -> int
 
 def run_demo(peers: int = 4, progress: Callable[[str], None] = print, debug: bool = False) -> int:
     return trio.run(_demo, peers, progress, debug)
+
+
+def run(args: argparse.Namespace) -> int:
+    return run_demo(peers=args.peers, progress=say, debug=args.debug)
+
+
+def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("demo", parents=[common],
+                       help="a local multi-peer testnet doing real work, no download")
+    p.add_argument("--peers", type=int, default=4, help="peer processes to start (at least 4)")
+    p.set_defaults(func=run)

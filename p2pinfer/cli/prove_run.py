@@ -15,7 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import trio
 
+from p2pinfer.cli.options import add_client_args, client_config, say, wait_for_route
+from p2pinfer.config import NodeConfig
 from p2pinfer.errors import P2PInferError
 
 
@@ -50,7 +53,7 @@ def report_lines(result: Any) -> list[str]:
     return lines
 
 
-async def run(args: argparse.Namespace, cfg: Any, wait_for_route: Any, say: Any) -> int:
+async def _run(args: argparse.Namespace, cfg: NodeConfig) -> int:
     from p2pinfer.inference.critical import critical_client
     from p2pinfer.node import Node
 
@@ -75,11 +78,21 @@ async def run(args: argparse.Namespace, cfg: Any, wait_for_route: Any, say: Any)
         return 0
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
+def run(args: argparse.Namespace) -> int:
+    return trio.run(_run, args, client_config(args))
+
+
+def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("prove-run", parents=[common],
+                       help="critical mode: a provable model (MLP or Llama blocks: "
+                            "p2pinfer-zk-llama) through the network, every stage proven in zero "
+                            "knowledge")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--input", help=".npy or .json features (tokens, hidden)")
     src.add_argument("--random-tokens", type=int, default=4,
                      help="random input of this many rows (default 4)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random input")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_client_args(p, "p2pinfer-zk-mlp")
+    p.set_defaults(func=run)
 

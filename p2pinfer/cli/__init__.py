@@ -1,0 +1,72 @@
+"""The `p2pinfer` command line: one module per command, each with `add_parser(sub, common)`
+and `run(args)`; `options` holds what they share.
+
+User errors (bad config, bad arguments, a node that cannot be reached) print one line and exit
+with code 2; other failures print one line and exit 1; `--debug`, accepted anywhere on the
+command line, adds the traceback and debug logs. Commands that run a node import libp2p and
+torch when they run, so `p2pinfer --help` stays quick.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import traceback
+from collections.abc import Sequence
+
+from p2pinfer.cli import attest, demo, embed, infer, keygen, node, peers, prove_run, status, testnet
+from p2pinfer.cli.options import EXIT_USER, UsageError
+from p2pinfer.errors import ConfigError, P2PInferError
+
+COMMANDS = (node, keygen, peers, status, testnet, infer, embed, prove_run, attest, demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    # --debug before or after the command: the subcommands' copy must not reset the value
+    # given before the command, hence SUPPRESS as their default
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show tracebacks and debug logs")
+    parser = argparse.ArgumentParser(
+        prog="p2pinfer", description="peer-to-peer inference: run a peer, join a network, ask it")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for command in COMMANDS:
+        command.add_parser(sub, common)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # argparse already printed one usage line
+        return EXIT_USER if e.code not in (0, None) else 0
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_USER
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except (ConfigError, UsageError) as e:
+        if args.debug:
+            traceback.print_exc()
+        print(f"p2pinfer: error: {e}", file=sys.stderr)
+        return EXIT_USER
+    except P2PInferError as e:
+        if args.debug:
+            traceback.print_exc()
+        print(f"p2pinfer: error: {e}", file=sys.stderr)
+        return 1
+    except Exception as e:  # noqa: BLE001 - the last line of defence for a CLI
+        if args.debug:
+            traceback.print_exc()
+        print(f"p2pinfer: error: {type(e).__name__}: {e} (rerun with --debug for details)",
+              file=sys.stderr)
+        return 1

@@ -1,0 +1,76 @@
+"""`p2pinfer infer`: generate text through the network from a short-lived client node."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from typing import Any
+
+import trio
+
+from p2pinfer.cli.options import UsageError, add_client_args, client_config, say, wait_for_route
+from p2pinfer.config import NodeConfig
+
+
+async def _run_infer(args: argparse.Namespace, cfg: NodeConfig) -> int:
+    from p2pinfer.models import default_models
+    from p2pinfer.node import Node
+
+    async with Node(cfg) as node:
+        await wait_for_route(node, args.model, args.wait)
+        t0 = time.perf_counter()
+        ids: list[int] = []
+        text_parts: list[str] = []
+        async for ev in node.generate_stream(
+            args.prompt, model=args.model, max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature, top_p=args.top_p, seed=args.seed,
+        ):
+            ids.append(ev.token_id)
+            text_parts.append(ev.text)
+            if not args.json:
+                print(ev.text, end="", flush=True)
+        dt = time.perf_counter() - t0
+        client = node.inference.client(args.model)
+        route = [{"layers": [s.start, s.end], "peers": list(s.replicas)} for s in client.last_route]
+        random_weights = any(m.name == args.model and m.random_weights for m in default_models())
+        summary = {"prompt": args.prompt, "text": "".join(text_parts), "token_ids": ids,
+                   "seconds": round(dt, 3), "tokens_per_s": round(len(ids) / dt, 2) if dt else None,
+                   "route": route, "replans": client.replans, "privacy": client.privacy,
+                   "random_weights": random_weights,
+                   "verification": (client.last_report.to_dict()
+                                    if client.last_report is not None else None)}
+        if args.json:
+            print(json.dumps(summary, indent=2))
+        else:
+            print()
+            hops = " -> ".join(f"[{r['layers'][0]},{r['layers'][1]})@{r['peers'][0][-6:]}"
+                               for r in route)
+            say(f"{len(ids)} tokens in {dt:.2f}s; route: local[0,{client.middle[0]}) -> {hops} "
+                f"-> local[{client.middle[1]},{client.info.num_layers})")
+            if random_weights:
+                say(f"note: {args.model} has RANDOM weights: the text is meaningless by design")
+        return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.max_new_tokens < 1:
+        raise UsageError("--max-new-tokens must be at least 1")
+    return trio.run(_run_infer, args, client_config(args))
+
+
+def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("infer", parents=[common], help="generate text through the network")
+    p.add_argument("--prompt", required=True, help="the text to continue")
+    p.add_argument("--max-new-tokens", type=int, default=32,
+                   help="stop after this many new tokens (default 32)")
+    p.add_argument("--temperature", type=float, default=0.0,
+                   help="sampling temperature; 0 = greedy (default)")
+    p.add_argument("--top-p", type=float, default=1.0,
+                   help="nucleus sampling: keep the smallest set of tokens with this much "
+                        "probability (default 1.0 = all)")
+    p.add_argument("--seed", type=int, help="seed for sampling (reproducible runs)")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON summary (text, route, verification report)")
+    add_client_args(p, "p2pinfer-tiny-llama")
+    p.set_defaults(func=run)

@@ -1,0 +1,51 @@
+"""`p2pinfer node`: run a peer until Ctrl-C (or SIGTERM)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from p2pinfer.cli.options import node_config
+from p2pinfer.config import NodeConfig
+
+
+def _write_ready(path: Path, info: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(info))
+    os.replace(tmp, path)
+
+
+async def _run_node(cfg: NodeConfig, ready_file: str | None) -> None:
+    from p2pinfer.node import Node  # libp2p and torch: loaded only by commands that run a node
+
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with Node(cfg) as node:
+            print(f"p2pinfer node {node.peer_id} on network {cfg.node.network_id}", flush=True)
+            for addr in node.addrs:
+                print(f"  listening {addr}", flush=True)
+            if ready_file:
+                _write_ready(Path(ready_file), {
+                    "peer_id": node.peer_id, "addrs": node.addrs, "pid": os.getpid(),
+                    "control": str(cfg.control_path) if cfg.control.enabled else "",
+                })
+            async for _ in signals:
+                print("stopping", flush=True)
+                break
+
+
+def run(args: argparse.Namespace) -> int:
+    trio.run(_run_node, node_config(args), args.ready_file)
+    return 0
+
+
+def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("node", parents=[common], help="run a peer until Ctrl-C")
+    p.add_argument("--config", help="node config TOML (see node_configs/)")
+    p.add_argument("--ready-file", help=argparse.SUPPRESS)
+    p.set_defaults(func=run)

@@ -1,0 +1,100 @@
+"""What every command shares: the user-error type, the stderr voice, and how command-line
+options become a node config (a command's own `--config`, or the short-lived client node that
+`infer`, `embed` and `prove-run` start)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from typing import Any
+
+from p2pinfer.config import NodeConfig, load_config, with_overrides
+from p2pinfer.errors import P2PInferError
+
+EXIT_USER = 2
+
+
+class UsageError(P2PInferError):
+    """A command was used wrongly; printed as one line, exit code 2."""
+
+
+def say(msg: str) -> None:
+    """A progress or summary line for the person at the terminal (stderr, so stdout stays
+    the command's result)."""
+    print(msg, file=sys.stderr, flush=True)
+
+
+def node_config(args: argparse.Namespace) -> NodeConfig:
+    if getattr(args, "config", None):
+        return load_config(args.config)
+    return NodeConfig()
+
+
+#: request settings a client command may override: (option dest, help)
+CLIENT_SETTINGS = (
+    ("k_head", "layers run locally before the network (split learning)"),
+    ("k_tail", "layers run locally after the network"),
+    ("redundancy", "peers per stage (general mode); replicas vote on fingerprints"),
+    ("noise_sigma", "Gaussian noise on the outgoing activation (sigma relative to the clip)"),
+    ("noise_clip", "per-token L2 clip norm applied before the noise"),
+    ("step_timeout_s", "re-plan when one step takes longer than this many seconds"),
+)
+
+
+def add_client_args(p: argparse.ArgumentParser, default_model: str) -> None:
+    p.add_argument("--model", default=default_model,
+                   help=f"model directory or built-in name (default {default_model})")
+    p.add_argument("--config", help="client node config TOML")
+    p.add_argument("--bootstrap", action="append", help="a peer to join through, as "
+                   "/ip4/.../tcp/.../p2p/<id> (repeatable)")
+    p.add_argument("--network-id", help="network to join (default: the config's)")
+    p.add_argument("--k-head", type=int, help=CLIENT_SETTINGS[0][1])
+    p.add_argument("--k-tail", type=int, help=CLIENT_SETTINGS[1][1])
+    p.add_argument("--redundancy", type=int, help=CLIENT_SETTINGS[2][1])
+    p.add_argument("--mode", choices=["general", "critical"],
+                   help="general: replicas and votes; critical: every stage proven")
+    p.add_argument("--noise-sigma", type=float, help=CLIENT_SETTINGS[3][1])
+    p.add_argument("--noise-clip", type=float, help=CLIENT_SETTINGS[4][1])
+    p.add_argument("--step-timeout-s", type=float, help=CLIENT_SETTINGS[5][1])
+    p.add_argument("--wait", type=float, default=30.0,
+                   help="seconds to wait for peers covering a route (default 30)")
+
+
+def client_config(args: argparse.Namespace) -> NodeConfig:
+    """The config of the short-lived client node `infer`, `embed` and `prove-run` start."""
+    cfg = node_config(args)
+    overrides: dict[str, dict[str, Any]] = {}
+    if not getattr(args, "config", None):
+        overrides["node"] = {"data_dir": tempfile.mkdtemp(prefix="p2pinfer-client-"),
+                             "roles": ["client"]}
+        overrides["control"] = {"enabled": False}
+        overrides["net"] = {"dht": False}
+    if args.network_id:
+        overrides.setdefault("node", {})["network_id"] = args.network_id
+    if args.bootstrap:
+        overrides.setdefault("net", {})["bootstrap"] = list(args.bootstrap)
+    inf: dict[str, Any] = {}
+    for key in [k for k, _ in CLIENT_SETTINGS] + ["mode"]:
+        value = getattr(args, key, None)
+        if value is not None:
+            inf[key] = value
+    if inf:
+        overrides["inference"] = inf
+    cfg = with_overrides(cfg, **overrides) if overrides else cfg
+    if not cfg.net.bootstrap:
+        raise UsageError("no peers to ask: pass --bootstrap /ip4/.../p2p/<id> or a --config "
+                         "with net.bootstrap")
+    return cfg
+
+
+async def wait_for_route(node: Any, model: str, timeout: float) -> None:
+    """Wait for peers covering a route for `model`; a `UsageError` naming what is missing."""
+    from p2pinfer.inference import NoRouteError
+
+    say(f"waiting for peers serving {model} ...")
+    try:
+        await node.wait_for_route(model, timeout=timeout)
+    except NoRouteError as e:
+        raise UsageError(f"{e} after waiting {timeout:.0f}s; are peers serving it reachable?"
+                         ) from None
