@@ -33,4 +33,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(name)
 
 
-__all__ = ["Node", "NodeConfig", "NodeIdentity", "P2PInferError", "load_config", "__version__"]
+__all__ = ["Node", "NodeConfig", "NodeIdentity", "P2PInferError", "__version__", "load_config"]

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import trio
 
@@ -104,7 +104,7 @@ class Testnet:
         self.peers: list[PeerProcess] = []
 
     # -- lifecycle -----------------------------------------------------------------------------
-    async def __aenter__(self) -> Testnet:
+    async def __aenter__(self) -> Self:
         try:
             await self.start()
         except BaseException:
@@ -134,14 +134,11 @@ class Testnet:
                "--ready-file", str(peer.ready_path)]
         if self.debug:
             cmd.append("--debug")
-        log = open(peer.log_path, "ab")
-        try:
+        with open(peer.log_path, "ab") as log:  # the child keeps its own copy of the descriptor
             peer.proc = subprocess.Popen(
                 cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True,  # a Ctrl-C in the terminal reaches us, and we stop them
             )
-        finally:
-            log.close()
 
     async def _wait_ready(self, peer: PeerProcess, deadline: float) -> None:
         while True:

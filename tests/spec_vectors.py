@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 
 PROTOCOLS = Path(__file__).resolve().parents[1] / "protocols"
-_VECTOR = re.compile(r"<!--\s*vector\s+([\w.-]+)\s*-->\s*```hex\s*\n(.*?)```", re.S)
+_VECTOR = re.compile(r"<!--\s*vector\s+([\w.-]+)\s*-->\s*```hex\s*\n(.*?)```", re.DOTALL)
 
 
 def vectors(spec: str) -> dict[str, bytes]:

@@ -7,7 +7,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _bash_blocks(text: str) -> list[str]:
-    return [b.strip() for b in re.findall(r"```bash\n(.*?)```", text, re.S)]
+    return [b.strip() for b in re.findall(r"```bash\n(.*?)```", text, re.DOTALL)]
 
 
 def test_readme_opens_with_the_demo_and_test_commands():

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import logging
 import statistics
 import sys
 import tempfile
@@ -25,8 +26,8 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from p2pinfer.config import NodeConfig, with_overrides  # noqa: E402
-from p2pinfer.node import Node  # noqa: E402
+from p2pinfer.config import NodeConfig, with_overrides
+from p2pinfer.node import Node
 
 RAW_PROTOCOL = "/p2pinfer-bench/raw/1.0.0"
 CHUNK = 1 << 20
@@ -60,8 +61,8 @@ async def _raw_echo(stream) -> None:
             n = int.from_bytes(header, "big")
             data = await _read_exact(stream.read, n)
             await _write_all(stream.write, bytes(data))
-    except Exception:
-        pass
+    except Exception as e:  # noqa: BLE001 - the benchmark's peer hung up: the echo loop ends
+        logging.getLogger(__name__).debug("echo stream ended: %s", e)
     finally:
         await stream.close()
 

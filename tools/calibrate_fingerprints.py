@@ -44,11 +44,11 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: E402
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from p2pinfer.consensus.audit import detection_probability, simulate_detection  # noqa: E402
-from p2pinfer.consensus.claims import sign_claim  # noqa: E402
-from p2pinfer.consensus.fingerprint import (  # noqa: E402
+from p2pinfer.consensus.audit import detection_probability, simulate_detection
+from p2pinfer.consensus.claims import sign_claim
+from p2pinfer.consensus.fingerprint import (
     TOLERANCE_BFLOAT16,
     TOLERANCE_FLOAT32,
     FingerprintContext,

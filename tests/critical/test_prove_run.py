@@ -8,9 +8,9 @@ import json
 import numpy as np
 import pytest
 
+from p2pinfer.cli.prove_run import read_features, report_lines
 from p2pinfer.errors import P2PInferError
 from p2pinfer.inference.critical import CriticalResult, StageProof
-from p2pinfer.cli.prove_run import read_features, report_lines
 
 
 def args(**kw) -> argparse.Namespace:
