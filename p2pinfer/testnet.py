@@ -7,6 +7,7 @@ SIGKILL after bounded waits. Nothing else is ever signalled.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -21,7 +22,11 @@ from typing import Any, Self
 
 import trio
 
+from p2pinfer.config import NodeSection
 from p2pinfer.errors import P2PInferError
+
+#: the network id every command and config uses unless told otherwise
+DEFAULT_NETWORK_ID = NodeSection.network_id
 
 
 class TestnetError(P2PInferError):
@@ -59,6 +64,36 @@ class PeerProcess:
             return ""
 
 
+def serving_plan(layers: dict[str, int], peers: int, redundancy: int = 1, *, k_head: int = 1,
+                 k_tail: int = 1) -> list[tuple[str, tuple[int, int]]]:
+    """What each of `peers` peers serves so that every model's middle layers
+    [k_head, layers - k_tail) are covered by stages of `redundancy` replicas each.
+
+    Peers are shared out over the models in the order given; a model with p peers gets
+    p // redundancy stages of near-equal length (at most one per layer), and peers beyond
+    stages * redundancy add replicas to the first stages. Entry i is peer i's (model, span)."""
+    if redundancy < 1:
+        raise TestnetError("--redundancy must be at least 1")
+    if not layers:
+        raise TestnetError("no model to serve")
+    need = len(layers) * redundancy
+    if peers < need:
+        raise TestnetError(f"{peers} peers cannot serve {len(layers)} model(s) with {redundancy} "
+                           f"replicas per stage: pass --peers {need} or more")
+    plan: list[tuple[str, tuple[int, int]]] = []
+    for i, (model, total) in enumerate(layers.items()):
+        share = peers // len(layers) + (1 if i < peers % len(layers) else 0)
+        start, end = k_head, total - k_tail
+        if end <= start:
+            raise TestnetError(f"{model} has {total} layers: nothing is left between the "
+                               f"{k_head} local head and {k_tail} local tail layers")
+        stages = min(share // redundancy, end - start)
+        bounds = [start + (end - start) * s // stages for s in range(stages + 1)]
+        spans = list(itertools.pairwise(bounds))
+        plan.extend((model, spans[j % stages]) for j in range(share))
+    return plan
+
+
 def _toml_value(value: Any) -> str:
     return json.dumps(value)  # JSON scalars and lists of strings/ints are valid TOML
 
@@ -82,7 +117,7 @@ class Testnet:
         n: int,
         *,
         base_dir: Path | None = None,
-        network_id: str = "p2pinfer-localnet",
+        network_id: str = DEFAULT_NETWORK_ID,
         config_for: Callable[[int], dict[str, dict[str, Any]]] | None = None,
         start_timeout: float = 60.0,
         progress: Callable[[str], None] | None = None,

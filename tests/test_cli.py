@@ -112,6 +112,39 @@ def test_testnet_of_five_converges_and_prints_a_json_summary(tmp_path):
 
 
 @pytest.mark.slow
+def test_testnet_serving_a_model_prints_a_command_that_runs_with_three_replicas(tmp_path):
+    import shlex
+    import signal
+    import time
+
+    env = {**os.environ, "PYTHONPATH": str(REPO), "P2PINFER_HOME": str(tmp_path / "home")}
+    net = subprocess.Popen([sys.executable, "-m", "p2pinfer", "testnet", "--peers", "6",
+                            "--model", "p2pinfer-tiny-llama", "--redundancy", "3",
+                            "--base-dir", str(tmp_path / "net")],
+                           env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        command, deadline = "", time.monotonic() + 180
+        while not command and time.monotonic() < deadline and net.poll() is None:
+            line = net.stdout.readline().strip()
+            if line.startswith("p2pinfer infer "):
+                command = line
+        assert command, "the testnet printed no infer command"
+        assert "--redundancy 3" in command and "--network-id" not in command
+        argv = shlex.split(command)[1:] + ["--max-new-tokens", "4", "--json", "--wait", "90"]
+        proc = run(*argv, timeout=200, env={"P2PINFER_HOME": str(tmp_path / "home")})
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        out = json.loads(proc.stdout)
+        assert len(out["token_ids"]) == 4
+        assert [len(stage["peers"]) for stage in out["route"]] == [3, 3]
+        report = out["verification"]
+        assert report["redundancy"] == 3 and report["dissenters"] == []
+        assert all(len(s["agreeing"]) == 3 for s in report["stages"])
+    finally:
+        net.send_signal(signal.SIGINT)
+        assert net.wait(timeout=60) == 0
+
+
+@pytest.mark.slow
 def test_demo_runs_real_inference_through_a_testnet_and_matches_local(tmp_path):
     proc = run("demo", timeout=400, env={"P2PINFER_HOME": str(tmp_path / "home")})
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]

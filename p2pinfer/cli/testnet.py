@@ -12,18 +12,75 @@ from typing import Any
 import trio
 
 from p2pinfer.cli.options import UsageError, say
-from p2pinfer.testnet import Testnet
+from p2pinfer.config import InferenceSection
+from p2pinfer.testnet import DEFAULT_NETWORK_ID, Testnet, TestnetError, serving_plan
+
+
+def _model_layers(names: list[str]) -> dict[str, tuple[int, bool]]:
+    """name -> (layers, is_decoder) of each model to serve (a directory or a built-in)."""
+    from p2pinfer.models import default_model_path, load_model_info
+    from p2pinfer.models.errors import ModelError
+
+    out = {}
+    for name in names:
+        try:
+            path = Path(name) if Path(name).is_dir() else default_model_path(name)
+            info = load_model_info(path)
+        except ModelError as e:
+            raise UsageError(f"--model {name}: {e}") from None
+        out[name] = (info.num_layers, info.is_decoder)
+    return out
+
+
+def client_commands(boot: str, network_id: str, models: dict[str, tuple[int, bool]],
+                    redundancy: int) -> list[str]:
+    """The commands that ask this testnet, each ready to paste."""
+    common = f"--bootstrap {boot}"
+    if network_id != DEFAULT_NETWORK_ID:
+        common += f" --network-id {network_id}"
+    lines = []
+    for name, (_, decoder) in models.items():
+        if decoder:
+            extra = f" --mode general --redundancy {redundancy}" if redundancy > 1 else ""
+            lines.append(f'p2pinfer infer {common} --model {name}{extra} --prompt "hello"')
+        else:
+            lines.append(f'p2pinfer embed {common} --model {name} --text "a cat" '
+                         '--text "a kitten"')
+    return lines
 
 
 async def _run_testnet(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
     base = Path(args.base_dir) if args.base_dir else None
+    models = _model_layers(args.model or [])
+    plan: list[tuple[str, tuple[int, int]]] = []
+    if models:
+        inf = InferenceSection()
+        try:
+            plan = serving_plan({m: n for m, (n, _) in models.items()}, args.peers,
+                                args.redundancy, k_head=inf.k_head, k_tail=inf.k_tail)
+        except TestnetError as e:
+            raise UsageError(str(e)) from None
+
+    def config_for(i: int) -> dict[str, dict[str, object]]:
+        if not plan:
+            return {}
+        model, (a, b) = plan[i]
+        return {"serve": {"model": model, "layers": [a, b]}}
+
     async with Testnet(args.peers, base_dir=base, network_id=args.network_id,
-                       progress=say, debug=args.debug) as net:
+                       config_for=config_for, progress=say, debug=args.debug) as net:
         started = time.monotonic() - t0
         if not args.check:
             for p in net.peers:
-                print(f"peer {p.index}: {p.addrs[0] if p.addrs else '?'}  control {p.control_path}")
+                serves = f"  serves {plan[p.index][0]} [{plan[p.index][1][0]}, " \
+                         f"{plan[p.index][1][1]})" if plan else ""
+                print(f"peer {p.index}: {p.addrs[0] if p.addrs else '?'}{serves}")
+            if plan:
+                print("ask it with:")
+                for line in client_commands(net.peers[0].addrs[0], args.network_id, models,
+                                            args.redundancy):
+                    print(f"  {line}")
             print("testnet running; Ctrl-C stops every peer", flush=True)
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 async with trio.open_nursery() as nursery:
@@ -66,6 +123,12 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--check", action="store_true",
                    help="exit 0 once every peer holds every other's advert; print a JSON summary")
     p.add_argument("--timeout", type=float, default=120.0, help="--check gives up after this")
-    p.add_argument("--network-id", default="p2pinfer-localnet", help="the testnet's network id")
+    p.add_argument("--model", action="append",
+                   help="serve this model's middle layers (directory or built-in name; "
+                        "repeatable); peers are shared out over the models")
+    p.add_argument("--redundancy", type=int, default=1,
+                   help="replicas per stage of each served model (default 1)")
+    p.add_argument("--network-id", default=DEFAULT_NETWORK_ID,
+                   help=f"the testnet's network id (default {DEFAULT_NETWORK_ID})")
     p.add_argument("--base-dir", help="keep peers' keys, configs and logs here (default: temp)")
     p.set_defaults(func=run)
