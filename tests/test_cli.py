@@ -181,3 +181,36 @@ def test_peers_and_status_read_a_running_node(tmp_path):
     finally:
         proc.send_signal(2)
         assert proc.wait(timeout=30) == 0
+
+
+BAD_REQUESTS = [
+    (["infer", "--model", "no-such-model", "--prompt", "hi"], "--model no-such-model"),
+    (["infer", "--prompt", "hi", "--temperature", "-1"], "--temperature -1"),
+    (["infer", "--prompt", "hi", "--top-p", "5"], "--top-p 5"),
+    (["infer", "--prompt", "hi", "--k-head", "100"], "--k-head 100"),
+    (["infer", "--prompt", "hi", "--redundancy", "0"], "--redundancy"),
+    (["infer", "--prompt", "hi " * 600], "exceeds p2pinfer-tiny-llama's context"),
+    (["infer", "--prompt", "hi", "--mode", "critical"], "--mode critical"),
+    (["infer", "--model", "all-minilm-l6-v2", "--prompt", "hi"], "use `p2pinfer embed`"),
+    (["embed", "--model", "p2pinfer-tiny-llama", "--text", "hi"], "use `p2pinfer infer`"),
+    (["prove-run", "--model", "p2pinfer-tiny-llama"], "not a provable model"),
+]
+
+
+@pytest.mark.parametrize(("argv", "says"), BAD_REQUESTS, ids=[a[1] for a in BAD_REQUESTS])
+def test_bad_requests_fail_in_one_line_with_exit_2_before_joining(argv, says, capsys,
+                                                                   monkeypatch, tmp_path):
+    import time
+
+    from p2pinfer.cli import main
+    from p2pinfer.identity import NodeIdentity
+
+    monkeypatch.setenv("P2PINFER_HOME", str(tmp_path / "home"))
+    # a well-formed bootstrap nobody listens on: joining would take the whole --wait
+    boot = f"/ip4/127.0.0.1/tcp/9/p2p/{NodeIdentity.generate().peer_id}"
+    t0 = time.monotonic()
+    code = main([*argv, "--bootstrap", boot, "--wait", "60"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2, err
+    assert len(err) == 1 and says in err[0], err
+    assert time.monotonic() - t0 < 30  # refused before any network wait

@@ -8,7 +8,7 @@ from typing import Any
 
 import trio
 
-from p2pinfer.cli.options import add_client_args, client_config, wait_for_route
+from p2pinfer.cli.options import add_client_args, client_config, preflight, wait_for_route
 from p2pinfer.config import NodeConfig
 
 
@@ -28,7 +28,9 @@ async def _run_embed(args: argparse.Namespace, cfg: NodeConfig) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    return trio.run(_run_embed, args, client_config(args))
+    cfg = client_config(args)
+    preflight(args, cfg, task="embedding")
+    return trio.run(_run_embed, args, cfg)
 
 
 def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:

@@ -9,7 +9,13 @@ from typing import Any
 
 import trio
 
-from p2pinfer.cli.options import UsageError, add_client_args, client_config, say, wait_for_route
+from p2pinfer.cli.options import (
+    add_client_args,
+    client_config,
+    preflight,
+    say,
+    wait_for_route,
+)
 from p2pinfer.config import NodeConfig
 
 
@@ -54,9 +60,9 @@ async def _run_infer(args: argparse.Namespace, cfg: NodeConfig) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.max_new_tokens < 1:
-        raise UsageError("--max-new-tokens must be at least 1")
-    return trio.run(_run_infer, args, client_config(args))
+    cfg = client_config(args)
+    preflight(args, cfg, task="generation")
+    return trio.run(_run_infer, args, cfg)
 
 
 def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:

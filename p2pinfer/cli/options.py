@@ -7,10 +7,11 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+from pathlib import Path
 from typing import Any
 
 from p2pinfer.config import NodeConfig, load_config, with_overrides
-from p2pinfer.errors import P2PInferError
+from p2pinfer.errors import ConfigError, P2PInferError
 
 EXIT_USER = 2
 
@@ -81,11 +82,72 @@ def client_config(args: argparse.Namespace) -> NodeConfig:
             inf[key] = value
     if inf:
         overrides["inference"] = inf
-    cfg = with_overrides(cfg, **overrides) if overrides else cfg
+    try:
+        cfg = with_overrides(cfg, **overrides) if overrides else cfg
+    except ConfigError as e:
+        # a value given on the command line is named as the option the user typed
+        msg = str(e)
+        for key in inf:
+            msg = msg.replace(f"<config>: key 'inference.{key}'",
+                              "--" + key.replace("_", "-"))
+        raise UsageError(msg) from None
     if not cfg.net.bootstrap:
         raise UsageError("no peers to ask: pass --bootstrap /ip4/.../p2p/<id> or a --config "
                          "with net.bootstrap")
     return cfg
+
+
+def preflight(args: argparse.Namespace, cfg: NodeConfig, *, task: str) -> None:
+    """Every user error that can be known before joining the network, as a `UsageError`:
+    an unknown model, a model of the wrong kind for the command, local layers the model does
+    not have, sampling values out of range, a prompt over the context. `task` is
+    "generation", "embedding" or "critical"."""
+    from p2pinfer.models import Tokenizer, default_model_path, default_models, load_model_info
+    from p2pinfer.models.errors import ModelError
+
+    name = args.model
+    try:
+        path = Path(name) if Path(name).is_dir() else default_model_path(name)
+        info = load_model_info(path)
+    except ModelError as e:
+        known = ", ".join(m.name for m in default_models())
+        raise UsageError(f"--model {name}: {e} (built-in models: {known}; or a model "
+                         "directory)") from None
+    provable = info.model_type == "p2pinfer-mlp"
+    if task == "critical" and not provable:
+        raise UsageError(f"--model {name} is not a provable model: critical mode needs a "
+                         "p2pinfer-mlp model (e.g. p2pinfer-zk-mlp, p2pinfer-zk-llama)")
+    if task != "critical" and provable:
+        raise UsageError(f"--model {name} is a provable model: run it with `p2pinfer prove-run`")
+    if task == "generation" and not info.is_decoder:
+        raise UsageError(f"--model {name} is an embedding model: use `p2pinfer embed`")
+    if task == "embedding" and info.is_decoder:
+        raise UsageError(f"--model {name} generates text: use `p2pinfer infer`")
+    if task != "critical" and cfg.inference.mode == "critical":
+        raise UsageError(f"--mode critical needs a provable model and `p2pinfer prove-run`; "
+                         f"{name} runs in general mode")
+    inf = cfg.inference
+    if inf.k_head < 0 or inf.k_tail < 0 or inf.k_head + inf.k_tail >= info.num_layers:
+        raise UsageError(f"--k-head {inf.k_head} and --k-tail {inf.k_tail} leave no layer of "
+                         f"{name}'s {info.num_layers} for the network: their sum must be below "
+                         f"{info.num_layers}")
+    if inf.redundancy < 1:
+        raise UsageError("--redundancy must be at least 1")
+    if task != "generation":
+        return
+    if args.temperature < 0:
+        raise UsageError(f"--temperature {args.temperature}: must be 0 (greedy) or more")
+    if not 0 < args.top_p <= 1:
+        raise UsageError(f"--top-p {args.top_p}: must be in (0, 1]")
+    if args.max_new_tokens < 1:
+        raise UsageError("--max-new-tokens must be at least 1")
+    tokens = len(Tokenizer.load(path).encode(args.prompt))
+    if not tokens:
+        raise UsageError("--prompt is empty")
+    if tokens + args.max_new_tokens > info.max_positions:
+        raise UsageError(f"--prompt of {tokens} tokens plus --max-new-tokens "
+                         f"{args.max_new_tokens} exceeds {name}'s context of "
+                         f"{info.max_positions} tokens: shorten one of them")
 
 
 async def wait_for_route(node: Any, model: str, timeout: float) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import trio
 
-from p2pinfer.cli.options import add_client_args, client_config, say, wait_for_route
+from p2pinfer.cli.options import add_client_args, client_config, preflight, say, wait_for_route
 from p2pinfer.config import NodeConfig
 from p2pinfer.errors import P2PInferError
 
@@ -79,7 +79,9 @@ async def _run(args: argparse.Namespace, cfg: NodeConfig) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    return trio.run(_run, args, client_config(args))
+    cfg = client_config(args)
+    preflight(args, cfg, task="critical")
+    return trio.run(_run, args, cfg)
 
 
 def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
