@@ -50,6 +50,7 @@ RMS_R_BITS = 32
 #: the name and the lookup activation of the gate. The layer's weight is [W_u | W_g]
 #: (d_in, 2 d_out) and its bias [b_u | b_g], committed as one matrix.
 GATED_ACTIVATIONS = {"swiglu": "silu", "geglu": "gelu"}
+#: a skip residual adds the input of a layer at most MAX_SKIP layers back
 MAX_SKIP = 64
 
 

@@ -58,14 +58,7 @@ from .gadgets.lookup import lookup_head
 from .gadgets.rmsnorm import norm_layer
 from .group import PedersenParams, decode_scalar, encode_scalar
 from .layout import generator_count_for, params_for
-from .ledger import (
-    DotProof,
-    LedgerRecord,
-    Lin,
-    ProductProof,
-    ProverLedger,
-    VerifierLedger,
-)
+from .ledger import DotProof, LedgerRecord, Lin, ProductProof, ProverLedger, VerifierLedger
 from .manifest import LayerCommitment, ModelManifest, ShardCommitment
 from .tables import LOOKUP_ACTIVATIONS
 from .transcript import Transcript, tensor_digest

@@ -12,17 +12,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..booleanity import BooleanityProver
-from ..field import (
-    P,
-    bind_first,
-    dot,
-    eq_eval,
-    eq_table,
-    int_vecmat,
-)
-from ..fixed import (
-    BITS,
-)
+from ..field import P, bind_first, dot, eq_eval, eq_table, int_vecmat
+from ..fixed import BITS
 from ..layout import hyrax_split
 from ..ledger import Lin, sumcheck
 from .common import (

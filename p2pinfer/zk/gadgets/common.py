@@ -16,20 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..booleanity import BooleanityProver
-from ..field import (
-    P,
-    bind_first,
-    dot,
-    eq_eval,
-    eq_table,
-    int_matvec,
-    int_mle_eval,
-    int_vecmat,
-    inv,
-)
-from ..fixed import (
-    BITS,
-)
+from ..field import P, bind_first, dot, eq_eval, eq_table, int_matvec, int_mle_eval, int_vecmat, inv
+from ..fixed import BITS
 from ..layout import hyrax_matrix, hyrax_split, part_rows, weight_parts
 from ..ledger import Lin, sumcheck
 from ..manifest import LayerCommitment

@@ -13,14 +13,8 @@ import dataclasses
 
 import numpy as np
 
-from ..field import (
-    P,
-    eq_eval,
-    eq_table,
-)
-from ..fixed import (
-    GATED_ACTIVATIONS,
-)
+from ..field import P, eq_eval, eq_table
+from ..fixed import GATED_ACTIVATIONS
 from ..ledger import Lin, sumcheck
 from ..manifest import LayerCommitment
 from ..tables import lookup_activation

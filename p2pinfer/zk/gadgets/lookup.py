@@ -15,17 +15,8 @@ import numpy as np
 
 from ..booleanity import BooleanityProver
 from ..errors import RelationError, ShapeMismatch
-from ..field import (
-    P,
-    dot,
-    eq_eval,
-    eq_table,
-    int_vecmat,
-)
-from ..fixed import (
-    BITS,
-    log2_exact,
-)
+from ..field import P, dot, eq_eval, eq_table, int_vecmat
+from ..fixed import BITS, log2_exact
 from ..layout import hyrax_split
 from ..ledger import Lin, sumcheck
 from ..tables import LOOKUP_NAMES, MAX_LOOKUP_FRAC_BITS, activation_table
@@ -51,7 +42,6 @@ from .common import (
 # `lookup_inverses` commits h_i and g_u, the layer proves h_i (beta - key_i - gamma value_i) = 1
 # in a sum-check of its own, and `lookup_table_side` proves g_u (beta - k_u - gamma T_u) = m_u
 # and sum h = sum g.
-
 
 
 @dataclass

@@ -11,13 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import FixedPointOverflow, ShapeMismatch
-from ..field import (
-    P,
-    bind_first,
-    eq_eval,
-    eq_table,
-    int_mle_eval,
-)
+from ..field import P, bind_first, eq_eval, eq_table, int_mle_eval
 from ..fixed import (
     MAX_RMS_FRAC_BITS,
     RMS_R_BITS,
