@@ -22,7 +22,7 @@ from p2pinfer.models import (
     minilm_path,
     mlp,
 )
-from p2pinfer.models.mlp import ZK_LLAMA, ZK_MLP
+from p2pinfer.models.mlp import ZK_LLAMA, ZK_MLP, zk_mlp_config
 from p2pinfer.zk import CommitmentMismatch, ModelManifest, ProofBinding, prove, verify
 from p2pinfer.zk.attention import AttentionShape
 from p2pinfer.zk.checkpoint import (
@@ -32,6 +32,7 @@ from p2pinfer.zk.checkpoint import (
     fixed_layers,
     is_provable,
     load_manifest_bytes,
+    write_committed_mlp,
 )
 from p2pinfer.zk.fixed import (
     ACTIVATIONS,
@@ -98,9 +99,6 @@ def test_a_missing_manifest_is_a_model_error(mlp_dir, tmp_path):
 
 @pytest.mark.parametrize("act", ["gelu", "silu", "swiglu", "geglu"])
 def test_a_lookup_activation_model_runs_in_float_and_in_fixed_point_alike(tmp_path, act):
-    from p2pinfer.models.mlp import zk_mlp_config
-    from p2pinfer.zk.checkpoint import write_committed_mlp
-
     model = tmp_path / act
     model.mkdir()
     write_committed_mlp(model, zk_mlp_config("zk-mlp-gelu-model", layers=6, hidden=32,
@@ -121,9 +119,6 @@ def test_a_lookup_activation_model_runs_in_float_and_in_fixed_point_alike(tmp_pa
 
 
 def test_a_llama_mlp_block_model_is_two_proven_layers_per_config_layer(tmp_path):
-    from p2pinfer.models.mlp import zk_mlp_config
-    from p2pinfer.zk.checkpoint import write_committed_mlp
-
     model = tmp_path / "block"
     model.mkdir()
     write_committed_mlp(model, zk_mlp_config("zk-mlp-block", layers=4, hidden=32,
@@ -148,9 +143,6 @@ def test_a_llama_mlp_block_model_is_two_proven_layers_per_config_layer(tmp_path)
 
 
 def test_a_llama_mlp_half_is_norm_gated_and_down_with_the_residual_over_all_three(tmp_path):
-    from p2pinfer.models.mlp import zk_mlp_config
-    from p2pinfer.zk.checkpoint import write_committed_mlp
-
     model = tmp_path / "llama-mlp"
     model.mkdir()
     write_committed_mlp(model, zk_mlp_config("zk-llama-mlp", layers=3, hidden=32,
@@ -174,9 +166,6 @@ def test_a_llama_mlp_half_is_norm_gated_and_down_with_the_residual_over_all_thre
 
 
 def test_a_llama_model_is_attention_and_mlp_halves_of_three_proven_layers_each(tmp_path):
-    from p2pinfer.models.mlp import zk_mlp_config
-    from p2pinfer.zk.checkpoint import write_committed_mlp
-
     model = tmp_path / "llama"
     model.mkdir()
     write_committed_mlp(model, zk_mlp_config("zk-llama", layers=5, hidden=32, activation="llama",
@@ -208,9 +197,6 @@ def test_a_llama_model_is_attention_and_mlp_halves_of_three_proven_layers_each(t
 
 
 def test_a_llama_model_takes_its_rms_norm_eps_in_float_and_in_fixed_point(tmp_path):
-    from p2pinfer.models.mlp import zk_mlp_config
-    from p2pinfer.zk.checkpoint import write_committed_mlp
-
     model = tmp_path / "llama-eps"
     model.mkdir()
     write_committed_mlp(model, {**zk_mlp_config("zk-llama-eps", layers=3, hidden=32,
@@ -235,9 +221,6 @@ def test_a_llama_model_takes_its_rms_norm_eps_in_float_and_in_fixed_point(tmp_pa
                                            ({"rope_theta": 1.5}, "whole number"),
                                            ({"rope_theta": 1}, "rope")])
 def test_a_llama_config_with_an_unprovable_attention_shape_is_refused(tmp_path, change, match):
-    from p2pinfer.models.mlp import zk_mlp_config
-    from p2pinfer.zk.checkpoint import write_committed_mlp
-
     model = tmp_path / "llama"
     model.mkdir()
     write_committed_mlp(model, zk_mlp_config("zk-llama-bad", layers=2, hidden=16,
