@@ -30,8 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from p2pinfer.config import config_from_dict
 from p2pinfer.inference import ClientSettings
 from p2pinfer.inference.critical import critical_client
-from p2pinfer.models.mlp import ZK_LLAMA, ZK_MLP, fixed_layers, zk_mlp_path
+from p2pinfer.models.mlp import ZK_LLAMA, ZK_MLP
 from p2pinfer.node import Node
+from p2pinfer.zk.checkpoint import builtin_model_path, fixed_layers
 
 #: per built-in model: the stages' layer spans, the width, a description
 MODELS = {ZK_MLP: ([(1, 3), (3, 5)], 256, "6 x 256, ReLU"),
@@ -106,7 +107,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-critical-") as tmp:
         home = Path(os.environ["P2PINFER_HOME"]) / "models" if os.environ.get(
             "P2PINFER_HOME") else Path(tmp) / "models"
-        path = zk_mlp_path(home, args.model)
+        path = builtin_model_path(args.model, home)
         trio.run(bench, args.model, path, Path(tmp), args.tokens, args.repeat)
 
 

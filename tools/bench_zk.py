@@ -44,7 +44,7 @@ from p2pinfer.zk import (
     verify,
 )
 from p2pinfer.zk.group import pedersen_params
-from p2pinfer.zk.shard import generator_count_for, params_for
+from p2pinfer.zk.layout import generator_count_for, params_for
 
 FRAC_BITS = 12
 GELU_FRAC_BITS = 8  # GELU and SiLU tables exist up to f = 10
@@ -351,8 +351,8 @@ def report_block(args) -> None:
     import torch
 
     from p2pinfer.models import LayerSpan
-    from p2pinfer.models.mlp import commit_layers, fixed_layers, load_manifest_bytes
     from p2pinfer.zk import ModelManifest
+    from p2pinfer.zk.checkpoint import commit_layers, fixed_layers, load_manifest_bytes
 
     width = args.block_width
     model = _llama_model(width, "block", 10000)
@@ -382,13 +382,15 @@ def report_block(args) -> None:
 
 
 def _llama_model(width: int, tokens_hint: str, rope: int) -> Path:
-    from p2pinfer.models.mlp import write_random_mlp, zk_mlp_config
+    from p2pinfer.models.mlp import zk_mlp_config
+    from p2pinfer.zk.checkpoint import write_committed_mlp
 
     model = Path(tempfile.mkdtemp(prefix=f"bench-llama-{tokens_hint}-")) / "model"
     model.mkdir()
-    write_random_mlp(model, zk_mlp_config(f"bench-llama-{width}-{rope}", layers=3, hidden=width,
-                                          activation="llama", intermediate=2 * width, heads=4,
-                                          kv_heads=2, rope_theta=rope))
+    write_committed_mlp(model, zk_mlp_config(f"bench-llama-{width}-{rope}", layers=3,
+                                             hidden=width, activation="llama",
+                                             intermediate=2 * width, heads=4, kv_heads=2,
+                                             rope_theta=rope))
     return model
 
 
@@ -398,8 +400,8 @@ def report_attention_vs_ezkl(args) -> None:
     import torch
     from safetensors.torch import load_file
 
-    from p2pinfer.models.mlp import commit_layers, fixed_layers, load_manifest_bytes
     from p2pinfer.zk import ModelManifest
+    from p2pinfer.zk.checkpoint import commit_layers, fixed_layers, load_manifest_bytes
 
     width, tokens = args.ezkl_width, args.ezkl_tokens
     model = _llama_model(width, "ezkl", 0)

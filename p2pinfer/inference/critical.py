@@ -163,8 +163,8 @@ class CriticalRunner:
     wire_dtype = "int64"
 
     def __init__(self, node: Any, model_path: str | Path, start: int, end: int) -> None:
-        from p2pinfer.models.mlp import commit_layers, load_manifest_bytes
         from p2pinfer.zk import ModelManifest
+        from p2pinfer.zk.checkpoint import commit_layers, load_manifest_bytes
 
         self.node = node
         self.path = Path(model_path)
@@ -188,7 +188,7 @@ class CriticalRunner:
     def shard(self, start: int, end: int) -> Any:
         key = (start, end)
         if key not in self._shards:
-            from p2pinfer.models.mlp import commit_layers
+            from p2pinfer.zk.checkpoint import commit_layers
 
             self._shards[key] = commit_layers(self.path, start, end)
         return self._shards[key]
@@ -266,8 +266,8 @@ def install_critical(stage_server: Any, model_path: str | Path) -> bool:
     """Register the `critical` runner on a stage serving a provable MLP with a manifest and the
     owner's commitment caches. Returns whether it did (other models: nothing happens)."""
     from p2pinfer.models.errors import ModelError
-    from p2pinfer.models.mlp import is_provable
     from p2pinfer.zk import ZkError
+    from p2pinfer.zk.checkpoint import is_provable
 
     if not is_provable(model_path):
         return False
@@ -368,8 +368,8 @@ class CriticalClient(InferenceClient):
 
     def __init__(self, node: Any, model_path: str, settings: ClientSettings | None = None, *,
                  hop: Any = None, manifest: bytes | None = None) -> None:
-        from p2pinfer.models.mlp import fixed_layers, is_provable, load_manifest_bytes
         from p2pinfer.zk import ModelManifest
+        from p2pinfer.zk.checkpoint import fixed_layers, is_provable, load_manifest_bytes
 
         if not is_provable(model_path):
             raise InferenceError(f"{model_path} is not a provable model (critical mode runs "
@@ -407,7 +407,7 @@ class CriticalClient(InferenceClient):
 
     def local_forward(self, x: np.ndarray) -> np.ndarray:
         """The whole model in fixed point on this machine (needs every layer's weights)."""
-        from p2pinfer.models.mlp import fixed_layers
+        from p2pinfer.zk.checkpoint import fixed_layers
 
         return fixed_layers(self.head_path, 0, self.info.num_layers).forward_fixed(
             self.quantize(x))

@@ -36,11 +36,12 @@ def resolve_model(name_or_path: str) -> Path:
     p = Path(name_or_path).expanduser()
     if p.is_dir():
         return p
-    from p2pinfer.models import default_model_path, default_models
+    from p2pinfer.models import default_models
+    from p2pinfer.zk.checkpoint import builtin_model_path
 
     names = {m.name for m in default_models()}
     if name_or_path in names:
-        return default_model_path(name_or_path)
+        return builtin_model_path(name_or_path)
     raise ModelError(f"model {name_or_path!r} is neither a directory nor a built-in model "
                      f"({', '.join(sorted(names))})")
 

@@ -22,11 +22,15 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
-from p2pinfer.models import bert, gpt2, llama, mlp
+from p2pinfer.models.bert import FAMILY as BERT
+from p2pinfer.models.bert import read_pooling
 from p2pinfer.models.errors import ModelError
 from p2pinfer.models.family import LM_HEAD_KEY, ArchConfig, Family, Shapes
+from p2pinfer.models.gpt2 import FAMILY as GPT2
+from p2pinfer.models.llama import FAMILY as LLAMA
+from p2pinfer.models.mlp import FAMILY as MLP
 
-FAMILIES: tuple[Family, ...] = (llama.FAMILY, gpt2.FAMILY, bert.FAMILY, mlp.FAMILY)
+FAMILIES: tuple[Family, ...] = (LLAMA, GPT2, BERT, MLP)
 
 _DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
 _DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
@@ -144,8 +148,8 @@ class Checkpoint:
         self.raw_config: dict[str, Any] = raw
         self.family = family_for(raw["model_type"])
         parse_input = dict(raw)
-        if self.family is bert.FAMILY:
-            parse_input["p2pinfer_pooling"] = bert.read_pooling(self.path)
+        if self.family is BERT:
+            parse_input["p2pinfer_pooling"] = read_pooling(self.path)
         try:
             self.config: ArchConfig = self.family.parse_config(parse_input)
         except ModelError as exc:

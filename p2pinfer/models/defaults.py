@@ -32,8 +32,11 @@ from p2pinfer.models.errors import ModelError
 MINILM = "all-minilm-l6-v2"
 TINY_LLAMA = "p2pinfer-tiny-llama"
 LLAMA_108M = "p2pinfer-llama-108m"
+#: the provable built-ins (p2pinfer-mlp models with a committed manifest): listed here, written
+#: by p2pinfer.zk.checkpoint.builtin_model_path (models does not commit weights)
+PROVABLE = ("p2pinfer-zk-mlp", "p2pinfer-zk-llama")
 _FORMAT_VERSION = 2
-_STAMP = "p2pinfer_default.json"
+STAMP_FILE = "p2pinfer_default.json"
 #: weight scale of the random decoders: at 0.02 the tied embeddings dominate the residual stream
 #: and greedy decoding repeats one token forever; 0.06 gives varied (still meaningless) text, so a
 #: wrong layer or a lost cache shows up as different tokens
@@ -182,10 +185,9 @@ def default_model_path(name: str, home: Path | None = None) -> Path:
     """Local directory of a default model, writing a random decoder there on first use."""
     if name == MINILM:
         return minilm_path()
-    if name in ("p2pinfer-zk-mlp", "p2pinfer-zk-llama"):
-        from p2pinfer.models.mlp import zk_mlp_path
-
-        return zk_mlp_path(home, name)
+    if name in PROVABLE:
+        raise ModelError(f"{name} is a provable built-in: its directory holds the owner's "
+                         "manifest too, which p2pinfer.zk.checkpoint.builtin_model_path writes")
     if name not in _DECODERS:
         known = ", ".join(m.name for m in default_models())
         raise ModelError(f"unknown default model {name!r} (known: {known})")
@@ -200,7 +202,7 @@ def write_once(name: str, home: Path | None, version: int,
     concurrent or interrupted first use never leaves a half-written model; a stamp of another
     version is rewritten."""
     target = (home or models_home()) / name
-    stamp = target / _STAMP
+    stamp = target / STAMP_FILE
     if stamp.is_file():
         try:
             if json.loads(stamp.read_text()).get("format_version") == version:
@@ -215,14 +217,14 @@ def write_once(name: str, home: Path | None, version: int,
         try:
             os.rename(work, target)
         except OSError:
-            if not (target / _STAMP).is_file():
+            if not (target / STAMP_FILE).is_file():
                 raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return target
 
 
-def _random_uniform(rng: np.random.Generator, shape: tuple[int, ...], std: float) -> np.ndarray:
+def random_uniform(rng: np.random.Generator, shape: tuple[int, ...], std: float) -> np.ndarray:
     """Uniform(-a, a) with standard deviation `std`, from the top 24 bits of each raw draw."""
     raw = rng.bit_generator.random_raw(math.prod(shape))
     unit = (raw >> np.uint64(40)).astype(np.float32) * np.float32(2.0**-24)
@@ -250,7 +252,7 @@ def write_random_decoder(directory: Path, config: dict[str, Any]) -> None:
         if key.endswith("norm.weight"):
             tensors[key] = np.ones(shape, dtype=np.float32)
         else:
-            tensors[key] = _random_uniform(rng, shape, _INIT_STD)
+            tensors[key] = random_uniform(rng, shape, _INIT_STD)
     (directory / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
     tokenizer = json.loads((minilm_path() / "tokenizer.json").read_text(encoding="utf-8"))
@@ -268,4 +270,4 @@ def write_random_decoder(directory: Path, config: dict[str, Any]) -> None:
         "sha256": digests,
         "weights_sha256": weights_digest(tensors),
     }
-    (directory / _STAMP).write_text(json.dumps(stamp, indent=2, sort_keys=True) + "\n")
+    (directory / STAMP_FILE).write_text(json.dumps(stamp, indent=2, sort_keys=True) + "\n")

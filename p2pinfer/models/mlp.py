@@ -1,16 +1,15 @@
 """Provable MLP models (`model_type: "p2pinfer-mlp"`), the models critical mode runs.
 
-A directory holds `config.json`, the weights in `model.safetensors` (`layers.{i}.weight` of
-shape [out, in] as a linear map, `layers.{i}.bias`), and the owner's published manifest
-`zk-manifest.bin` (p2pinfer.zk.ModelManifest bytes: per-layer Hyrax weight commitments).
-Serving peers also hold `zk/`, the owner's commitment caches with the secret row blindings
-(mode 0600); a requester needs only config.json and the manifest. Every layer maps
+A directory holds `config.json` and the weights in `model.safetensors` (`layers.{i}.weight`
+of shape [out, in] as a linear map, `layers.{i}.bias`); for critical mode also the owner's
+published manifest and commitment caches, which p2pinfer.zk.checkpoint reads and writes (this
+module is the float model only and does not import p2pinfer.zk). Every layer maps
 hidden_size -> hidden_size: y = act(x W^T + b) (+ x when residual), act in {relu, identity,
 gelu, silu}; a gated layer (swiglu, geglu) holds `layers.{i}.weight` of shape [2h, h] (the up
 rows, then the gate rows) and a bias of 2h, and computes act(x W_g^T + b_g) * (x W_u^T + b_u).
 A `swiglu-mlp` layer is a Llama MLP block through `intermediate_size` ff: `weight` [2ff, h] and
 `bias` [2ff] (up, then gate), `down.weight` [h, ff] and `down.bias` [h]; it computes
-down(silu(gate) * up) + x and is proven as two layers (see `_BLOCKS`). A `llama-mlp` layer
+down(silu(gate) * up) + x and is proven as two layers (see `BLOCKS`). A `llama-mlp` layer
 adds `norm.weight` [h] and computes x + down(silu(gate(n)) * up(n)) with n = RMSNorm(x) g (eps
 `rms_norm_eps`, default 2**-16, in [2**-30, 1]): the MLP half of a Llama block, proven as three layers. A `llama-attn` layer is the
 attention half: `norm.weight` [h], `weight` [h + 2 kv, h] (the q rows, then k, then v; kv =
@@ -23,13 +22,13 @@ model is llama-attn and llama-mlp layers in turn.
 
 There are no tokens: the "embedding" is the identity on features [1, T, hidden_size] and the
 output is the last hidden state. In general mode the layers run in float; in critical mode in
-fixed point (`frac_bits` fractional bits, p2pinfer.zk.shard), bit-for-bit on every machine.
+fixed point (`frac_bits` fractional bits, p2pinfer.zk.fixed), bit-for-bit on every machine.
+The config refuses what fixed point cannot represent (TABLE_MAX_FRAC_BITS and the limits
+after it).
 
-The built-in `p2pinfer-zk-mlp` (6 layers of 256, ReLU but the last) has seeded random weights,
-written and committed on first use into `$P2PINFER_HOME/models/p2pinfer-zk-mlp`. The weights
-are the same on every machine; the commitments' blindings come from the OS CSPRNG, so each
-machine that writes the model publishes its own manifest (peers of one network share the
-directory, as they would share a real owner's release).
+The built-ins `p2pinfer-zk-mlp` (6 layers of 256, ReLU but the last) and `p2pinfer-zk-llama`
+have seeded random weights (`zk_mlp_config`, `zk_llama_config`, `write_random_mlp`), the same on
+every machine; p2pinfer.zk.checkpoint writes them with their manifest on first use.
 """
 
 from __future__ import annotations
@@ -45,8 +44,10 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.numpy import save_file
 from torch import nn
 
+from p2pinfer.models.defaults import random_uniform
 from p2pinfer.models.errors import ModelError
 from p2pinfer.models.family import ArchConfig, Family, Shapes, Weights, field
 
@@ -55,26 +56,32 @@ ZK_MLP = "p2pinfer-zk-mlp"
 #: the built-in provable transformer: two Llama blocks (attention and MLP halves) of width
 #: 128, 4 heads, 2 kv heads, rotary positions, ff 256, then an identity layer
 ZK_LLAMA = "p2pinfer-zk-llama"
-MANIFEST_FILE = "zk-manifest.bin"
-COMMIT_DIR = "zk"
-MAX_MANIFEST_BYTES = 64 << 20
 _ACTIVATIONS = ("relu", "identity", "gelu", "silu", "swiglu", "geglu", "swiglu-mlp",
                 "llama-mlp", "llama-attn")
-_GATES = {"swiglu": F.silu, "geglu": F.gelu}
+GATES = {"swiglu": F.silu, "geglu": F.gelu}
 #: a Llama MLP block in one layer: down(silu(x W_g^T + b_g) * (x W_u^T + b_u)) + x, through
 #: `intermediate_size`; in fixed point a gated layer and a down projection whose residual
 #: reaches back to the block's input (skip 1), so a layer span never cuts a block
-_BLOCKS = {"swiglu-mlp": "swiglu", "llama-mlp": "swiglu"}
+BLOCKS = {"swiglu-mlp": "swiglu", "llama-mlp": "swiglu"}
 #: `llama-mlp` is the MLP half of a Llama block: x + MLP(RMSNorm(x) g), eps `rms_norm_eps`
 #: (default 2**-16), with the gain g in `norm.weight` [h]; proven as three layers (norm,
 #: gated, down with skip 2)
-_NORMED = ("llama-mlp",)
+NORMED = ("llama-mlp",)
 #: the attention half of a Llama block: x + o(attention(RMSNorm(x) g)); in fixed point an
 #: RMSNorm, an attention layer (W_q | W_k | W_v) and o with skip 2 back to the block's input
-_ATTENTION = "llama-attn"
+ATTENTION = "llama-attn"
 _RMS_EPS = 2.0 ** -16  # the default `rms_norm_eps`
-_STAMP = "p2pinfer_default.json"
-_FORMAT_VERSION = 1
+#: What fixed point can represent, so a config that no proof could check is refused on load
+#: (pure numbers; p2pinfer.zk holds the same limits, and tests/critical checks they agree):
+#: layers proven with a lookup table (GELU, SiLU, the gated gate, attention's exp) need
+#: frac_bits <= TABLE_MAX_FRAC_BITS (the table has 2**(frac_bits + 6) entries)
+TABLE_MAX_FRAC_BITS = 10
+TABLE_ACTIVATIONS = ("gelu", "silu", "swiglu", "geglu", ATTENTION)
+#: rms_norm_eps in [2**-30, 1] after rounding to a multiple of 2**-32 (RMS_EPS_UNITS_BITS)
+RMS_EPS_UNITS_BITS = 32
+RMS_EPS_UNITS_MIN, RMS_EPS_UNITS_MAX = 4, 1 << RMS_EPS_UNITS_BITS
+#: a rope theta is 0 (none) or an integer in [2, MAX_ROPE_THETA)
+MAX_ROPE_THETA = 1 << 32
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -103,7 +110,7 @@ class MlpConfig(ArchConfig):
         if not isinstance(res, list) or len(res) != layers or any(
                 not isinstance(r, bool) for r in res):
             raise ModelError(f"residual must be a bool or a list of {layers} bools")
-        if any(r and a in _BLOCKS for a, r in zip(acts, res, strict=True)):
+        if any(r and a in BLOCKS for a, r in zip(acts, res, strict=True)):
             raise ModelError("a swiglu-mlp layer adds its input itself: residual must be false")
         ff = field(raw, "intermediate_size", default=hidden)
         if not 1 <= ff <= 1 << 14:
@@ -111,28 +118,21 @@ class MlpConfig(ArchConfig):
         frac = field(raw, "frac_bits", default=8)
         if not 1 <= frac <= 16:
             raise ModelError("frac_bits must be in 1..16")
-        from p2pinfer.zk.shard import MAX_LOOKUP_FRAC_BITS, uses_table
-
-        if frac > MAX_LOOKUP_FRAC_BITS and any(uses_table(a) or a == _ATTENTION for a in acts):
+        if frac > TABLE_MAX_FRAC_BITS and any(a in TABLE_ACTIVATIONS for a in acts):
             raise ModelError(f"GELU, SiLU, gated and attention layers need frac_bits <= "
-                             f"{MAX_LOOKUP_FRAC_BITS} (the size of their lookup table)")
+                             f"{TABLE_MAX_FRAC_BITS} (the size of their lookup table)")
         eps = field(raw, "rms_norm_eps", default=_RMS_EPS, kind=float)
-        from p2pinfer.zk.shard import rms_eps_units
-
-        try:
-            rms_eps_units(eps)
-        except ValueError as exc:
-            raise ModelError(f"rms_norm_eps: {exc}") from None
+        units = round(float(eps) * (1 << RMS_EPS_UNITS_BITS))
+        if not RMS_EPS_UNITS_MIN <= units <= RMS_EPS_UNITS_MAX:
+            raise ModelError(f"rms_norm_eps: an RMSNorm eps must be in [2**-30, 1], got {eps!r}")
         heads = field(raw, "num_attention_heads", default=1)
         kv_heads = field(raw, "num_key_value_heads", default=heads)
         theta = field(raw, "rope_theta", default=0.0, kind=float)
         if isinstance(theta, float) and not theta.is_integer():
             raise ModelError("rope_theta must be a whole number (0 for no rotary positions)")
         theta = int(theta)
-        if _ATTENTION in acts:
-            from p2pinfer.zk.attention import AttentionShape
-
-            problem = AttentionShape(hidden, heads, kv_heads, theta).check()
+        if ATTENTION in acts:
+            problem = attention_shape_problem(hidden, heads, kv_heads, theta)
             if problem:
                 raise ModelError(f"llama-attn layers: {problem} (hidden_size {hidden}, "
                                  f"{heads} heads, {kv_heads} kv heads, rope_theta {theta})")
@@ -143,6 +143,24 @@ class MlpConfig(ArchConfig):
             tie_word_embeddings=False, activations=tuple(acts), residual=tuple(res),
             frac_bits=frac, intermediate_size=ff, rope_theta=theta, rms_norm_eps=eps,
         )
+
+
+def attention_shape_problem(d: int, heads: int, kv_heads: int, theta: int) -> str | None:
+    """What keeps attention of this shape from fixed point, or None: width, heads and kv heads
+    powers of two, heads <= d, kv_heads dividing heads, theta 0 or in [2, 2**32), and heads of
+    width 2 or more with rotary positions."""
+    def pow2(n: int) -> bool:
+        return type(n) is int and n >= 1 and not n & (n - 1)
+
+    if not (pow2(d) and pow2(heads) and pow2(kv_heads)):
+        return "an attention layer's width, heads and kv_heads must be powers of two"
+    if heads > d or heads % kv_heads:
+        return "an attention layer needs heads <= d and kv_heads dividing heads"
+    if type(theta) is not int or not (theta == 0 or 2 <= theta < MAX_ROPE_THETA):
+        return f"rope must be 0 (none) or a theta in [2, {MAX_ROPE_THETA})"
+    if theta and d // heads < 2:
+        return "rotary positions need heads of width 2 or more"
+    return None
 
 
 class Features(nn.Module):
@@ -210,29 +228,29 @@ class Block(nn.Module):
         super().__init__()
         self.act = cfg.activations[index]
         self.residual = cfg.residual[index]
-        if self.act == _ATTENTION:
+        if self.act == ATTENTION:
             self.attention = Attention(cfg, w)
             return
         self.register_buffer("weight", w["weight"])
         self.register_buffer("bias", w["bias"])
-        if self.act in _BLOCKS:
+        if self.act in BLOCKS:
             self.register_buffer("down_weight", w["down.weight"])
             self.register_buffer("down_bias", w["down.bias"])
-        if self.act in _NORMED:
+        if self.act in NORMED:
             self.register_buffer("norm_weight", w["norm.weight"])
             self.eps = cfg.rms_norm_eps
 
     def forward(self, x: torch.Tensor, cache: Any, slot: int, start_pos: int) -> torch.Tensor:
-        if self.act == _ATTENTION:
+        if self.act == ATTENTION:
             return self.attention(x)
         h = x
-        if self.act in _NORMED:
+        if self.act in NORMED:
             h = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.norm_weight
         y = F.linear(h, self.weight, self.bias)
-        if self.act in _BLOCKS:
+        if self.act in BLOCKS:
             up, g = y.chunk(2, dim=-1)
             return F.linear(F.silu(g) * up, self.down_weight, self.down_bias) + x
-        gate = _GATES.get(self.act)
+        gate = GATES.get(self.act)
         if gate is not None:
             up, g = y.chunk(2, dim=-1)
             y = gate(g) * up
@@ -247,18 +265,18 @@ class Block(nn.Module):
 
 def layer_shapes(cfg: MlpConfig, layer: int = 0) -> Shapes:
     h = cfg.hidden_size
-    if cfg.activations[layer] == _ATTENTION:
+    if cfg.activations[layer] == ATTENTION:
         kv = cfg.num_kv_heads * (h // cfg.num_heads)
         return {"norm.weight": (h,), "weight": (h + 2 * kv, h), "bias": (h + 2 * kv,),
                 "o.weight": (h, h), "o.bias": (h,)}
-    if cfg.activations[layer] in _BLOCKS:
+    if cfg.activations[layer] in BLOCKS:
         ff = cfg.intermediate_size
         shapes = {"weight": (2 * ff, h), "bias": (2 * ff,),  # [up; gate] rows
                   "down.weight": (h, ff), "down.bias": (h,)}
-        if cfg.activations[layer] in _NORMED:
+        if cfg.activations[layer] in NORMED:
             shapes["norm.weight"] = (h,)
         return shapes
-    width = 2 * h if cfg.activations[layer] in _GATES else h
+    width = 2 * h if cfg.activations[layer] in GATES else h
     return {"weight": (width, h), "bias": (width,)}
 
 
@@ -280,163 +298,6 @@ FAMILY = Family(
 )
 
 
-# -- the provable side ------------------------------------------------------------------------
-def is_provable(path: str | Path) -> bool:
-    """Whether `path` holds a p2pinfer-mlp model (config only; nothing is loaded)."""
-    try:
-        raw = json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(raw, dict) and raw.get("model_type") == MODEL_TYPE
-
-
-def load_manifest_bytes(path: str | Path) -> bytes:
-    """The owner's published manifest of the model at `path` (raw bytes)."""
-    file = Path(path) / MANIFEST_FILE
-    try:
-        if file.stat().st_size > MAX_MANIFEST_BYTES:
-            raise ModelError(f"{file} is larger than {MAX_MANIFEST_BYTES} bytes")
-        return file.read_bytes()
-    except FileNotFoundError:
-        raise ModelError(f"{path}: no {MANIFEST_FILE}: the model owner's manifest is missing "
-                         "(critical mode needs it)") from None
-
-
-def _config(path: Path) -> MlpConfig:
-    from p2pinfer.models.checkpoint import Checkpoint
-
-    cfg = Checkpoint(path).config
-    if not isinstance(cfg, MlpConfig):
-        raise ModelError(f"{path} is not a {MODEL_TYPE} model")
-    return cfg
-
-
-def fixed_layers(path: str | Path, start: int, end: int) -> Any:
-    """Layers [start, end) of the model at `path` as a fixed-point `p2pinfer.zk.ProvableMlp`."""
-    from p2pinfer.models.checkpoint import Checkpoint
-    from p2pinfer.zk import ProvableMlp
-
-    ckpt = Checkpoint(path)
-    cfg = ckpt.config
-    if not isinstance(cfg, MlpConfig):
-        raise ModelError(f"{path} is not a {MODEL_TYPE} model")
-    if not 0 <= start < end <= cfg.num_layers:
-        raise ModelError(f"layers [{start}, {end}) are outside the model's {cfg.num_layers}")
-    pairs: list[tuple] = []
-    acts: list[str] = []
-    res: list[bool] = []
-    skip: list[int] = []
-    for i in range(start, end):
-        w = ckpt.load(ckpt.layer_keys(i), torch.float64)
-        act = cfg.activations[i]
-        if act == _ATTENTION:  # the norm, the attention (q | k | v), then o with skip 2
-            from p2pinfer.zk.attention import AttentionShape
-
-            shape = AttentionShape(cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads,
-                                   cfg.rope_theta)
-            h, kv = cfg.hidden_size, shape.kv_width
-            weight, bias = w["weight"].numpy().T, w["bias"].numpy()
-            pairs += [(w["norm.weight"].numpy()[None], None, cfg.rms_norm_eps),
-                      (weight[:, :h], bias[:h], weight[:, h:h + kv], bias[h:h + kv],
-                       weight[:, h + kv:], bias[h + kv:], shape),
-                      (w["o.weight"].numpy().T, w["o.bias"].numpy())]
-            acts += ["rmsnorm", "attention", "identity"]
-            res += [False, False, True]
-            skip += [0, 0, 2]
-            continue
-        if act in _BLOCKS:  # (W_u, b_u, W_g, b_g), then the down projection with skip 1
-            ff = cfg.intermediate_size
-            weight, bias = w["weight"].numpy().T, w["bias"].numpy()
-            normed = act in _NORMED
-            if normed:  # the RMSNorm first; from_float sees its gain as a (1, h) "weight"
-                pairs.append((w["norm.weight"].numpy()[None], None, cfg.rms_norm_eps))
-                acts.append("rmsnorm")
-                res.append(False)
-                skip.append(0)
-            pairs += [(weight[:, :ff], bias[:ff], weight[:, ff:], bias[ff:]),
-                      (w["down.weight"].numpy().T, w["down.bias"].numpy())]
-            acts += [_BLOCKS[act], "identity"]
-            res += [False, True]
-            skip += [0, 2 if normed else 1]
-            continue
-        weight, bias = w["weight"].numpy().T, w["bias"].numpy()
-        if act in _GATES:  # (W_u, b_u, W_g, b_g)
-            h = cfg.hidden_size
-            pairs.append((weight[:, :h], bias[:h], weight[:, h:], bias[h:]))
-        else:
-            pairs.append((weight, bias))
-        acts.append(act)
-        res.append(cfg.residual[i])
-        skip.append(0)
-    return ProvableMlp.from_float(pairs, activations=acts, residual=res, skip=skip,
-                                  frac_bits=cfg.frac_bits)
-
-
-def _fixed_groups(mlp: Any, cfg: MlpConfig, start: int, end: int) -> list[list[Any]]:
-    """The fixed-point layers of config layers [start, end), one list per config layer."""
-    out, k = [], 0
-    for i in range(start, end):
-        act = cfg.activations[i]
-        n = 3 if act in _NORMED or act == _ATTENTION else 2 if act in _BLOCKS else 1
-        out.append(list(mlp.layers[k:k + n]))
-        k += n
-    return out
-
-
-def commit_layers(path: str | Path, start: int, end: int) -> Any:
-    """Layers [start, end) as a `p2pinfer.zk.CommittedShard` bound to the model's manifest.
-
-    Each layer is committed on its own (so any sub-span can be proven) from the owner's caches
-    in `<path>/zk`; layers whose cache is missing are committed afresh, which only matches the
-    manifest if the blindings are the owner's (`CommitmentMismatch` otherwise).
-    """
-    from p2pinfer.zk import (
-        CommittedShard,
-        ModelManifest,
-        ProvableMlp,
-        ShardCommitment,
-        commit_shard,
-    )
-
-    mlp = fixed_layers(path, start, end)
-    cfg = _config(Path(path))
-    manifest = ModelManifest.from_bytes(load_manifest_bytes(path))
-    blocks = manifest.blocks()
-    if len(blocks) != cfg.num_layers:
-        raise ModelError(f"{path}: the manifest does not describe this model's layers")
-    cache = Path(path) / COMMIT_DIR
-    parts = [commit_shard(ProvableMlp(group, mlp.frac_bits), cache, model_id=manifest.model_id,
-                          first_layer=blocks[i][0])
-             for i, group in zip(range(start, end), _fixed_groups(mlp, cfg, start, end),
-                                 strict=True)]
-    own = ShardCommitment(manifest.model_id, blocks[start][0], mlp.frac_bits,
-                          parts[0].commitment.generator_seed,
-                          tuple(lc for p in parts for lc in p.commitment.layers))
-    joined = CommittedShard(mlp, own, [b for p in parts for b in p.weight_blinds],
-                            [b for p in parts for b in p.bias_blinds])
-    return joined.bind_to(manifest.block_shard(start, end))
-
-
-def publish_manifest(path: str | Path, model_id: str | None = None) -> bytes:
-    """The model owner's step: commit every layer (caches in `<path>/zk`, mode 0600) and write
-    `<path>/zk-manifest.bin`. Returns the manifest bytes."""
-    from p2pinfer.zk import ModelManifest, ProvableMlp, commit_shard
-
-    path = Path(path)
-    cfg = _config(path)
-    mlp = fixed_layers(path, 0, cfg.num_layers)
-    name = model_id or str(json.loads((path / "config.json").read_text()).get(
-        "p2pinfer_name") or path.name)
-    parts, first = [], 0
-    for group in _fixed_groups(mlp, cfg, 0, cfg.num_layers):
-        parts.append(commit_shard(ProvableMlp(group, mlp.frac_bits), path / COMMIT_DIR,
-                                  model_id=name, first_layer=first))
-        first += len(group)
-    data = ModelManifest.from_shards(name, parts).to_bytes()
-    (path / MANIFEST_FILE).write_bytes(data)
-    return data
-
-
 # -- the built-in model -----------------------------------------------------------------------
 def zk_mlp_config(name: str = ZK_MLP, layers: int = 6, hidden: int = 256,
                   frac_bits: int = 8, activation: str = "relu",
@@ -447,8 +308,8 @@ def zk_mlp_config(name: str = ZK_MLP, layers: int = 6, hidden: int = 256,
     extra: dict[str, Any] = {"intermediate_size": intermediate} if intermediate else {}
     acts = [activation] * (layers - 1)
     if activation == "llama":
-        acts = [_ATTENTION if i % 2 == 0 else "llama-mlp" for i in range(layers - 1)]
-    if _ATTENTION in acts:
+        acts = [ATTENTION if i % 2 == 0 else "llama-mlp" for i in range(layers - 1)]
+    if ATTENTION in acts:
         extra.update(num_attention_heads=heads, num_key_value_heads=kv_heads or heads,
                      rope_theta=rope_theta)
     return {**extra,
@@ -466,12 +327,9 @@ def zk_mlp_config(name: str = ZK_MLP, layers: int = 6, hidden: int = 256,
 
 
 def write_random_mlp(directory: str | Path, config: dict[str, Any]) -> None:
-    """Config, seeded random weights (He-scaled, so activations keep their size through ReLU
-    layers; gated layers at std 1/sqrt(h)), and the committed manifest, into `directory`."""
-    from safetensors.numpy import save_file
-
-    from p2pinfer.models.defaults import _random_uniform
-
+    """Config and seeded random weights (He-scaled, so activations keep their size through ReLU
+    layers; gated layers at std 1/sqrt(h)) into `directory`: the float checkpoint, without a
+    manifest (p2pinfer.zk.checkpoint.publish_manifest commits it)."""
     directory = Path(directory)
     h, n = int(config["hidden_size"]), int(config["num_layers"])
     seed = int.from_bytes(hashlib.sha256(config["p2pinfer_name"].encode()).digest()[:16], "little")
@@ -479,53 +337,39 @@ def write_random_mlp(directory: str | Path, config: dict[str, Any]) -> None:
     tensors: dict[str, np.ndarray] = {}
     acts = config.get("activations", "relu")
     acts = acts if isinstance(acts, list) else [acts] * n
-    gated = [a in _GATES for a in acts]
+    gated = [a in GATES for a in acts]
     ff = int(config.get("intermediate_size", h))
     heads = int(config.get("num_attention_heads", 1))
     kv = int(config.get("num_key_value_heads", heads)) * (h // heads)
     for i in range(n):
-        if acts[i] == _ATTENTION:  # q, k, v at unit gain, o at a quarter, as the MLP blocks
-            tensors[f"layers.{i}.weight"] = _random_uniform(rng, (h + 2 * kv, h),
+        if acts[i] == ATTENTION:  # q, k, v at unit gain, o at a quarter, as the MLP blocks
+            tensors[f"layers.{i}.weight"] = random_uniform(rng, (h + 2 * kv, h),
                                                             math.sqrt(1.0 / h))
-            tensors[f"layers.{i}.bias"] = _random_uniform(rng, (h + 2 * kv,), 0.05)
-            tensors[f"layers.{i}.o.weight"] = _random_uniform(rng, (h, h), 0.25 * math.sqrt(1 / h))
-            tensors[f"layers.{i}.o.bias"] = _random_uniform(rng, (h,), 0.05)
-            tensors[f"layers.{i}.norm.weight"] = 1.0 + _random_uniform(rng, (h,), 0.1)
+            tensors[f"layers.{i}.bias"] = random_uniform(rng, (h + 2 * kv,), 0.05)
+            tensors[f"layers.{i}.o.weight"] = random_uniform(rng, (h, h), 0.25 * math.sqrt(1 / h))
+            tensors[f"layers.{i}.o.bias"] = random_uniform(rng, (h,), 0.05)
+            tensors[f"layers.{i}.norm.weight"] = 1.0 + random_uniform(rng, (h,), 0.1)
             continue
-        if acts[i] in _BLOCKS:
+        if acts[i] in BLOCKS:
             # the down projection at a quarter of unit gain, so the residual stream grows slowly
-            tensors[f"layers.{i}.weight"] = _random_uniform(rng, (2 * ff, h), math.sqrt(1.0 / h))
-            tensors[f"layers.{i}.bias"] = _random_uniform(rng, (2 * ff,), 0.05)
-            tensors[f"layers.{i}.down.weight"] = _random_uniform(rng, (h, ff),
+            tensors[f"layers.{i}.weight"] = random_uniform(rng, (2 * ff, h), math.sqrt(1.0 / h))
+            tensors[f"layers.{i}.bias"] = random_uniform(rng, (2 * ff,), 0.05)
+            tensors[f"layers.{i}.down.weight"] = random_uniform(rng, (h, ff),
                                                                   0.25 * math.sqrt(1.0 / ff))
-            tensors[f"layers.{i}.down.bias"] = _random_uniform(rng, (h,), 0.05)
-            if acts[i] in _NORMED:
-                tensors[f"layers.{i}.norm.weight"] = 1.0 + _random_uniform(rng, (h,), 0.1)
+            tensors[f"layers.{i}.down.bias"] = random_uniform(rng, (h,), 0.05)
+            if acts[i] in NORMED:
+                tensors[f"layers.{i}.norm.weight"] = 1.0 + random_uniform(rng, (h,), 0.1)
             continue
         width = 2 * h if gated[i] else h
         # a gated layer multiplies two pre-activations, so its output grows with their square:
         # at std 1/sqrt(h) they stay near unit size and the product shrinks a little per layer
         std = math.sqrt((1.0 if gated[i] else 2.0) / h)
-        tensors[f"layers.{i}.weight"] = _random_uniform(rng, (width, h), std)
-        tensors[f"layers.{i}.bias"] = _random_uniform(rng, (width,), 0.05)
+        tensors[f"layers.{i}.weight"] = random_uniform(rng, (width, h), std)
+        tensors[f"layers.{i}.bias"] = random_uniform(rng, (width,), 0.05)
     (directory / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
-    publish_manifest(directory, config["p2pinfer_name"])
 
 
 def zk_llama_config(name: str = ZK_LLAMA) -> dict[str, Any]:
     return zk_mlp_config(name, layers=5, hidden=128, activation="llama", intermediate=256,
                          heads=4, kv_heads=2, rope_theta=10000)
-
-
-def zk_mlp_path(home: Path | None = None, name: str = ZK_MLP) -> Path:
-    """Directory of a built-in provable model (ZK_MLP, ZK_LLAMA), written and committed on
-    first use."""
-    from p2pinfer.models.defaults import write_once
-
-    def write(work: Path) -> None:
-        write_random_mlp(work, zk_llama_config(name) if name == ZK_LLAMA else zk_mlp_config(name))
-        (work / _STAMP).write_text(json.dumps(
-            {"format_version": _FORMAT_VERSION, "name": name, "random_weights": True}) + "\n")
-
-    return write_once(name, home, _FORMAT_VERSION, write)

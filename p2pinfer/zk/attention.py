@@ -1,6 +1,6 @@
 """Fixed-point causal self-attention: multi-head, grouped-query, rotary positions.
 
-The integer attention a critical-mode stage runs and proves (the proof: attention_proof.py;
+The integer attention a critical-mode stage runs and proves (the proof: gadgets/attention.py;
 bytes: protocols/zk-proof.md, "Attention layers"). With x the layer input (tokens x d, scale
 2**f), heads H of width dh = d / H, kv_heads Hk dividing H (query head h reads kv head
 h // (H / Hk)), and the weight [W_q | W_k | W_v] (scale 2**f; W_q and b_q already carry

@@ -167,7 +167,3 @@ def int_mle_eval(values: np.ndarray, point: Sequence[int]) -> int:
     mat = flat.reshape(1 << split, 1 << (m - split))
     inner = int_matvec(mat, eq_table(point[split:]))
     return dot(eq_table(point[:split]), inner)
-
-
-def to_field(v: int) -> int:
-    return v % P

@@ -20,12 +20,15 @@ Per layer, with i = (token, out) and j the 32 bits of the pre-activation z:
 
 All round polynomials and evaluations are committed (p2pinfer.zk.ledger); the transcript binds
 the task, the manifest digest, the shard commitment and digests of input and output.
-Byte layout: protocols/zk-proof.md.
+Byte layout: protocols/zk-proof.md ("Proof", "Transcript").
+
+This module holds the proof's format, the binding and the walk over the layers; the argument
+of each kind of layer is a gadget (gadgets/: bits, lookup, gated, rmsnorm, attention), picked
+per layer by `_layer`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import hmac
 from dataclasses import dataclass
@@ -33,83 +36,31 @@ from dataclasses import dataclass
 import msgpack
 import numpy as np
 
-from .attention_proof import attention_layer
-from .booleanity import BooleanityProver
-from .errors import (
-    BindingMismatch,
-    FixedPointOverflow,
-    ProofError,
-    ProofFormatError,
-    ShapeMismatch,
-)
-from .field import (
-    P,
-    bind_first,
-    dot,
-    eq_eval,
-    eq_table,
-    int_mle_eval,
-    int_vecmat,
-)
-from .gadgets import (
-    INV32,
-    POWERS,
-    BitsOracle,
-    Claim,
-    Committed,
-    TripleOracle,
-    Witness,
-    act_split,
-    bit_decomposition,
-    bits_head,
-    columns,
-    flat,
-    kron,
-    lookup_inverses,
-    lookup_table_side,
-    masked_eq,
-    matmul_tail,
-    open_vector,
-)
-from .group import PedersenParams, decode_scalar, encode_scalar
-from .ledger import (
-    DotProof,
-    LedgerRecord,
-    Lin,
-    ProductProof,
-    ProverLedger,
-    VerifierLedger,
-    sumcheck,
-)
-from .shard import (
-    _LOOKUP_NAMES,
+from .commitment import CommittedShard
+from .errors import BindingMismatch, ProofError, ProofFormatError, ShapeMismatch
+from .field import int_mle_eval
+from .fixed import (
     ACTIVATIONS,
     BITS,
     GATED_ACTIVATIONS,
-    LOOKUP_ACTIVATIONS,
     MAX_DIM,
-    MAX_LOOKUP_FRAC_BITS,
-    MAX_RMS_FRAC_BITS,
     RMS_EPS_DEFAULT,
     RMS_EPS_MAX,
     RMS_EPS_MIN,
-    RMS_R_BITS,
-    RMS_R_FRAC,
-    RMS_RANGE_BITS,
-    CommittedShard,
-    LayerCommitment,
-    ModelManifest,
-    ShardCommitment,
-    activation_table,
     attention_shape,
-    generator_count_for,
-    hyrax_split,
     log2_exact,
-    lookup_activation,
-    params_for,
-    rms_constants,
-    rmsnorm_fixed,
 )
+from .gadgets.attention import attention_layer
+from .gadgets.bits import bits_head
+from .gadgets.common import Claim, Witness, matmul_tail, residual_claims
+from .gadgets.gated import gated_layer
+from .gadgets.lookup import lookup_head
+from .gadgets.rmsnorm import norm_layer
+from .group import PedersenParams, decode_scalar, encode_scalar
+from .layout import generator_count_for, params_for
+from .ledger import DotProof, LedgerRecord, Lin, ProductProof, ProverLedger, VerifierLedger
+from .manifest import LayerCommitment, ModelManifest, ShardCommitment
+from .tables import LOOKUP_ACTIVATIONS
 from .transcript import Transcript, tensor_digest
 
 PROOF_VERSION = 1
@@ -217,11 +168,8 @@ def _dot(v: object) -> DotProof:
 
 
 # --------------------------------------------------------------------------------------------
-# Sum-check oracles (prover side)
-
-
-# --------------------------------------------------------------------------------------------
-# One layer, written once for both sides: `wit` is None on the verifier.
+# One layer: the dispatch to its gadget, written once for both sides (`wit` is None on the
+# verifier).
 
 
 def _layer(
@@ -249,7 +197,7 @@ def _layer(
     res_x, res_a = source if lc.skip else (x, wit.a if prover else None)
 
     def split() -> list[Claim]:
-        return _residual_claims(led, lc.residual, nt, claims, res_x, res_a, prover)
+        return residual_claims(led, lc.residual, nt, claims, res_x, res_a, prover)
 
     def keep(below: list[Claim]) -> list[Claim]:
         """The residual claims that go with the claims on this layer's input."""
@@ -261,342 +209,20 @@ def _layer(
         return []
 
     if lc.activation == "rmsnorm":
-        return _norm_layer(led, lc, f, nt, ni, claims, x, wit, name, rows)
+        return norm_layer(led, lc, f, nt, ni, claims, x, wit, name, rows)
     if lc.activation == "attention":
         return attention_layer(led, lc, f, nt, claims, x, wit, name, rows,
                                (1 << nt) if live is None else live)
     if lc.activation in GATED_ACTIVATIONS:
-        below, rest = _gated_layer(led, lc, f, nt, nk, ni, claims, x, wit, name, rows, split)
+        below, rest = gated_layer(led, lc, f, nt, nk, ni, claims, x, wit, name, rows, split)
         return [*keep(below), *rest]
     if lc.activation in LOOKUP_ACTIVATIONS:
         below = split()
-        rho, z_lin = _lookup_head(led, lc.activation, f, nt, ni, claims, below, wit, name)
+        rho, z_lin = lookup_head(led, lc.activation, f, nt, ni, claims, below, wit, name)
         return matmul_tail(led, lc, nt, nk, rho, z_lin, keep(below), x, wit, name, rows)
     rho, z_lin, below = bits_head(led, f, nt, ni, claims, wit.z if prover else None, relu, name,
                                    split)
     return matmul_tail(led, lc, nt, nk, rho, z_lin, keep(below), x, wit, name, rows)
-
-
-def _gated_layer(led, lc: LayerCommitment, f: int, nt: int, nk: int, ni: int,
-                 claims: list[Claim], x: np.ndarray | None, wit: Witness | None, name: str,
-                 rows: list | None, split_residual) -> tuple[list[Claim], list[Claim]]:
-    """A gated layer: out = floor(p / 2**f) (+ a) with p = g * u elementwise, where
-    u = floor(z_u / 2**f), g = G(floor(z_g / 2**f)) and [z_u | z_g] = a [W_u | W_g] + b.
-    Returns (the residual claims, the claims on a from both halves)."""
-    prover = wit is not None
-    d = lc.d_out
-    # 1-3. the output rescale: claims on out become p~(rho)
-    rho, p_lin, below = bits_head(led, f, nt, ni, claims, wit.z if prover else None, False,
-                                   name, split_residual)
-    # 4. p~(rho) = sum_i eq(rho, i) g_i u_i: sum-check of degree 3, then g~ and u~ at rho2
-    #    committed, with their product proven
-    oracle = None
-    if prover:
-        q = wit.zw >> f
-        gate = lookup_activation(q[:, d:], GATED_ACTIVATIONS[lc.activation], f)
-        oracle = TripleOracle(eq_table(rho), flat(gate), flat(q[:, :d]))
-    rho2, final = sumcheck(led, f"{name}/gate-product", p_lin, ni, 3, oracle)
-    i_g = led.put(oracle.s[0] if prover else None)
-    i_u = led.put(oracle.m[0] if prover else None)
-    i_gu = led.put(oracle.s[0] * oracle.m[0] % P if prover else None)
-    led.relate(f"{name}/gate-product-final", final - Lin.var(i_gu) * eq_eval(rho, rho2))
-    led.product(f"{name}/gate-product-mul", i_g, i_u, i_gu)
-    full = 1 << nt
-    # 5. the up half, columns [0, d) of the matrix product: an identity rescale
-    rho_u, zu_lin, _ = bits_head(led, f, nt, ni, [(rho2, Lin.var(i_u), full)],
-                                  wit.zw[:, :d] if prover else None, False, f"{name}/up",
-                                  list)
-    up = matmul_tail(led, lc, nt, nk, rho_u[:nt] + [0] + rho_u[nt:], zu_lin, [], x, wit,
-                      f"{name}/up", rows)
-    # 6. the gate half, columns [d, 2d): the lookup of G
-    gate_wit = dataclasses.replace(wit, z=wit.zw[:, d:]) if prover else None
-    rho_g, zg_lin = _lookup_head(led, GATED_ACTIVATIONS[lc.activation], f, nt, ni,
-                                 [(rho2, Lin.var(i_g), full)], [], gate_wit, f"{name}/gate")
-    gate_claims = matmul_tail(led, lc, nt, nk, rho_g[:nt] + [1] + rho_g[nt:], zg_lin, [], x,
-                               wit, f"{name}/gate", rows)
-    return below, [*up, *gate_claims]
-
-
-# --------------------------------------------------------------------------------------------
-# RMSNorm (shard.rmsnorm_fixed): the rescales by bits, the broadcast products by sum-checks,
-# and R = floor(sqrt(C / S)) by two range checks: 0 <= C - R^2 S and 0 <= (R+1)^2 S - C - 1,
-# both below 2**80, with R below 2**32 and S = sum x^2 + E tied to x by a sum-check. All of
-# them are integers far below the field's size, so the field equations are integer ones.
-
-_RANGE_COLS = 256  # per token: D1 bits [0, 80), D2 bits [80, 160), R bits [160, 192), zeros
-
-
-class _RsqrtOracle:
-    """Round messages of sum_t e(t) [D1 + R^2 S - C + mu (D2 - (R+1)^2 S + C + 1)] (degree 4)."""
-
-    def __init__(self, e, d1, d2, r, s, c: int, mu: int) -> None:
-        self.tabs = [e, d1, d2, r, s]
-        self.c, self.mu = c, mu
-
-    def _term(self, e, d1, d2, r, s) -> int:
-        rrs = r * r % P * s
-        rp1 = (r + 1) * (r + 1) % P * s
-        return e * ((d1 + rrs - self.c + self.mu * (d2 - rp1 + self.c + 1)) % P)
-
-    def evals(self, claim: int) -> list[int]:
-        h = len(self.tabs[0]) // 2
-        acc = [0, 0, 0, 0]
-        for k in range(h):
-            lo = [t[k] for t in self.tabs]
-            hi = [t[k + h] for t in self.tabs]
-            for slot, x in enumerate((0, 2, 3, 4)):
-                acc[slot] += self._term(*(a + x * (b - a) for a, b in zip(lo, hi)))
-        g0 = acc[0] % P
-        return [g0, (claim - g0) % P, acc[1] % P, acc[2] % P, acc[3] % P]
-
-    def bind(self, r: int) -> None:
-        self.tabs = [bind_first(t, r) for t in self.tabs]
-
-
-def _check_rms_ranges(d1: list[int], d2: list[int], r: list[int]) -> None:
-    """The prover's own check that its range values fit their bits (an honest R always does)."""
-    if min(d1 + d2) < 0 or max(d1 + d2) >> RMS_RANGE_BITS or max(r) >> RMS_R_BITS:
-        raise FixedPointOverflow("an RMSNorm range check is outside its bits")
-
-
-def _norm_layer(led, lc: LayerCommitment, f: int, nt: int, ni: int, claims: list[Claim],
-                x: np.ndarray | None, wit: Witness | None, name: str,
-                rows: list | None) -> list[Claim]:
-    """An RMSNorm layer: claims on y become claims on its input (returned; none when the input
-    is the public x, which the verifier evaluates itself)."""
-    prover = wit is not None
-    d, full = lc.d_out, 1 << nt
-    if lc.residual or lc.bias_rows is not None or lc.d_in != d or lc.skip:
-        raise ShapeMismatch("shard", "an RMSNorm layer maps d to d, without bias or residual")
-    if not 1 <= f <= MAX_RMS_FRAC_BITS:
-        raise ShapeMismatch("shard", f"an RMSNorm layer needs frac_bits <= {MAX_RMS_FRAC_BITS}")
-    e_const, c_const = rms_constants(d, f, lc.eps)
-    d1_at, d2_at, r_at = 0, RMS_RANGE_BITS, 2 * RMS_RANGE_BITS
-    out: list[Claim] = []
-    # 0. the range bits (D1 | D2 | R) and S, per token, before any challenge of this layer
-    split_b = (nt, _RANGE_COLS.bit_length() - 1)
-    if prover:
-        norm = rmsnorm_fixed(wit.a, wit.weight, f, lc.eps)
-        s_vals = [int(v) for v in norm["s"]]
-        r_vals = [int(v) for v in norm["r"]]
-        d1 = [c_const - r * r * sv for r, sv in zip(r_vals, s_vals)]
-        d2 = [(r + 1) * (r + 1) * sv - c_const - 1 for r, sv in zip(r_vals, s_vals)]
-        _check_rms_ranges(d1, d2, r_vals)
-        bits = np.zeros((full, _RANGE_COLS), dtype=np.int64)
-        for t in range(full):
-            for at, value, width in ((d1_at, d1[t], RMS_RANGE_BITS),
-                                     (d2_at, d2[t], RMS_RANGE_BITS), (r_at, r_vals[t], RMS_R_BITS)):
-                bits[t, at:at + width] = [(value >> j) & 1 for j in range(width)]
-        com_b = Committed(led, split_b, ints=bits, bits=1)
-        com_s = Committed(led, hyrax_split(nt), ints=np.array(s_vals, dtype=np.int64), bits=62)
-    else:
-        com_b = Committed(led, split_b)
-        com_s = Committed(led, hyrax_split(nt))
-    cols_d1 = columns(d1_at, RMS_RANGE_BITS, _RANGE_COLS)
-    cols_d2 = columns(d2_at, RMS_RANGE_BITS, _RANGE_COLS)
-    cols_r = columns(r_at, RMS_R_BITS, _RANGE_COLS)
-
-    # 1-3. the claims on y = floor(v / 2**f) become v~(rho)
-    rho, v_lin, _ = bits_head(led, f, nt, ni, claims, wit.z if prover else None, False, name,
-                               list)
-    # 4. v~(rho) = sum_i eq(rho, i) u_i g_(i mod d), the gain g opened from the manifest
-    oracle = None
-    if prover:
-        gain = [int(v) % P for v in wit.weight.reshape(-1)]
-        oracle = TripleOracle(eq_table(rho), flat(norm["u"]), gain * full)
-    rho2, final = sumcheck(led, f"{name}/norm-gain", v_lin, ni, 3, oracle)
-    i_u = led.put(oracle.s[0] if prover else None)
-    i_g = open_vector(led, f"{name}/weight-opening", rho2[nt:], wit.weight if prover else None,
-                      wit.weight_blinds if prover else None,
-                      None if prover else rows[("w", id(lc.weight_rows))])
-    i_ug = led.put(oracle.s[0] * oracle.m[0] % P if prover else None)
-    led.relate(f"{name}/norm-gain-final", final - Lin.var(i_ug) * eq_eval(rho, rho2))
-    led.product(f"{name}/norm-gain-mul", i_u, i_g, i_ug)
-
-    # 5. u~(rho2) is a claim on the rescale u = floor(w / 2**RMS_R_FRAC) of w = x R
-    rho3, w_lin, _ = bits_head(led, RMS_R_FRAC, nt, ni, [(rho2, Lin.var(i_u), full)],
-                                wit.zw if prover else None, False, f"{name}/rescale", list)
-    # 6. w~(rho3) = sum_i eq(rho3, i) x_i R_(i div d), R opened from the range bits
-    oracle = None
-    if prover:
-        oracle = TripleOracle(eq_table(rho3), flat(wit.a), [r for r in r_vals for _ in range(d)])
-    rho4, final = sumcheck(led, f"{name}/norm-mul", w_lin, ni, 3, oracle)
-    i_r4 = com_b.open(f"{name}/range-opening", eq_table(rho4[:nt]), cols_r)
-    scale4 = eq_eval(rho3, rho4)
-    if x is not None:
-        led.relate(f"{name}/norm-mul-final",
-                   final - Lin.var(i_r4) * (scale4 * int_mle_eval(x, rho4) % P))
-    else:
-        i_x4 = led.put(oracle.s[0] if prover else None)
-        i_xr = led.put(oracle.s[0] * oracle.m[0] % P if prover else None)
-        led.relate(f"{name}/norm-mul-final", final - Lin.var(i_xr) * scale4)
-        led.product(f"{name}/norm-mul-product", i_x4, i_r4, i_xr)
-        out.append((rho4, Lin.var(i_x4), full))
-
-    # 7. R = floor(sqrt(C / S)) for every token
-    tau = [led.challenge(f"{name}/rsqrt/tau/{k}".encode()) for k in range(nt)]
-    mu = led.challenge(f"{name}/rsqrt/mu".encode())
-    oracle = _RsqrtOracle(eq_table(tau), [v % P for v in d1], [v % P for v in d2], r_vals,
-                          s_vals, c_const, mu) if prover else None
-    pi, final = sumcheck(led, f"{name}/rsqrt", Lin(), nt, 4, oracle)
-    row_pi = eq_table(pi)
-    i_d1, i_d2, i_r = com_b.open_many(f"{name}/range-opening", row_pi,
-                                      [cols_d1, cols_d2, cols_r])
-    i_s = com_s.open_at(f"{name}/sum-opening", pi)
-    vals = led.values if prover else None
-    i_rr = led.put(vals[i_r] * vals[i_r] % P if prover else None)
-    i_rrs = led.put(vals[i_rr] * vals[i_s] % P if prover else None)
-    i_rs = led.put(vals[i_r] * vals[i_s] % P if prover else None)
-    for a, b, c, check in ((i_r, i_r, i_rr, "rr"), (i_rr, i_s, i_rrs, "rrs"),
-                           (i_r, i_s, i_rs, "rs")):
-        led.product(f"{name}/rsqrt-{check}", a, b, c)
-    rrs, rs, sv = Lin.var(i_rrs), Lin.var(i_rs), Lin.var(i_s)
-    expr = (Lin.var(i_d1) + rrs - c_const
-            + (Lin.var(i_d2) - rrs - rs * 2 - sv + (c_const + 1)) * mu)
-    led.relate(f"{name}/rsqrt-final", final - expr * eq_eval(tau, pi))
-
-    # 8. S~(pi) - E = sum over (t, i) of eq(pi, t) x_(t,i)^2
-    oracle = None
-    if prover:
-        xs = flat(wit.a)
-        oracle = TripleOracle([v for v in row_pi for _ in range(d)], xs, xs)
-    rho5, final = sumcheck(led, f"{name}/sum-squares", Lin.var(i_s) - e_const, ni, 3, oracle)
-    scale5 = eq_eval(pi, rho5[:nt])
-    if x is not None:
-        x5 = int_mle_eval(x, rho5)
-        led.relate(f"{name}/sum-squares-final", final - Lin(const=scale5 * x5 % P * x5 % P))
-    else:
-        i_x5 = led.put(oracle.s[0] if prover else None)
-        i_xx = led.put(oracle.s[0] * oracle.s[0] % P if prover else None)
-        led.relate(f"{name}/sum-squares-final", final - Lin.var(i_xx) * scale5)
-        led.product(f"{name}/sum-squares-product", i_x5, i_x5, i_xx)
-        out.append((rho5, Lin.var(i_x5), full))
-
-    # 9. the range bits are bits: sum over (t, c) of eq(r', (t, c)) B (1 - B) = 0
-    nr = nt + split_b[1]
-    rb = [led.challenge(f"{name}/range/bool/{k}".encode()) for k in range(nr)]
-    oracle = None
-    if prover:
-        flat_bits = bits.reshape(-1).tolist()
-        oracle = TripleOracle(eq_table(rb), flat_bits, [1 - v for v in flat_bits])
-    sig, final = sumcheck(led, f"{name}/range-bits", Lin(), nr, 3, oracle)
-    i_b = com_b.open_at(f"{name}/range-opening", sig)
-    i_bb = led.put(led.values[i_b] ** 2 % P if prover else None)
-    led.product(f"{name}/range-bit-square", i_b, i_b, i_bb)
-    led.relate(f"{name}/range-bits-final",
-               final - (Lin.var(i_b) - Lin.var(i_bb)) * eq_eval(rb, sig))
-    return out
-
-
-def _residual_claims(led, residual: bool, nt: int, claims: list[Claim], x: np.ndarray | None,
-                     a: np.ndarray | None, prover: bool) -> list[Claim]:
-    """For a residual layer, a~(p_k) at each claim's point, a being the residual source
-    (committed, or computed from x by the verifier when the source is the shard's input): split
-    off the output claims, passed on as claims on a."""
-    below: list[Claim] = []
-    if residual:
-        for p, _, live in claims:
-            if x is not None:  # the padded rows of x are zero: no mask needed
-                lin = Lin(const=int_mle_eval(x, p))
-            else:
-                v = dot(masked_eq(p, live, nt), flat(a)) if prover else None
-                lin = Lin.var(led.put(v))
-            below.append((p, lin, live))
-    return below
-
-
-# --------------------------------------------------------------------------------------------
-# GELU and SiLU by a committed logUp lookup (Haboeck, "Multivariate lookups based on logarithmic
-# derivatives", 2022): (q_i, y_i) lies in the table {(t, G(t))} iff, for random beta, gamma,
-#     sum_i 1 / (beta - q_i - gamma y_i) = sum_t m_t / (beta - t - gamma G(t))
-# with m_t the multiplicity of t. The prover commits y, m, then (after beta, gamma) the
-# inverses h and g, and proves h_i (beta - q_i - gamma y_i) = 1 and
-# g_t (beta - t - gamma G(t)) = m_t by zero-checks, and sum h = sum g by two openings.
-
-
-def _lookup_head(led, activation: str, f: int, nt: int, ni: int, claims: list[Claim],
-                 below: list[Claim], wit: Witness | None, name: str) -> tuple[list[int], Lin]:
-    """Steps 1-3 of a GELU or SiLU layer: returns (rho, z~(rho) as a committed linear form)."""
-    prover = wit is not None
-    nb = ni + 5
-    if not 1 <= f <= MAX_LOOKUP_FRAC_BITS:
-        raise ShapeMismatch("shard", f"a {_LOOKUP_NAMES[activation]} layer needs frac_bits <= "
-                                     f"{MAX_LOOKUP_FRAC_BITS}")
-    table = activation_table(activation, f)
-    kt = log2_exact(len(table), "table")
-    half = len(table) // 2
-    rows_b, cols_b = hyrax_split(nb, 5)
-    split_a = act_split(ni, nt)
-    split_t = hyrax_split(kt)
-
-    # 1. commit the bits of z + 2**31, the outputs y = G(q) and the multiplicities m
-    if prover:
-        bits = bit_decomposition(wit.z)
-        bmat = bits.reshape(1 << rows_b, 1 << cols_b)
-        row_blinds = led.put_bit_matrix(bmat)
-        q = wit.z.reshape(-1) >> f
-        y = table[q + half]
-        mult = np.bincount(q + half, minlength=len(table)).astype(np.int64)
-        # public bounds: |G(t)| <= |t| <= 2**(kt - 1), and a key is used at most 2**ni times
-        com_y = Committed(led, split_a, ints=y, bits=kt)
-        com_m = Committed(led, split_t, ints=mult, bits=ni + 1)
-    else:
-        bit_rows = led.next_matrix(1 << rows_b)
-        com_y = Committed(led, split_a)
-        com_m = Committed(led, split_t)
-
-    # 2. the claims on this layer's output are openings of y (minus the residual part)
-    for k, (p, lin, live) in enumerate(claims):
-        row_w = eq_table(p[:split_a[0]])
-        live_rows = live * (len(row_w) >> nt)
-        row_w[live_rows:] = [0] * (len(row_w) - live_rows)
-        i_y = com_y.open(f"{name}/output-opening", row_w, eq_table(p[split_a[0]:]))
-        rest = lin - below[k][1] if below else lin
-        led.relate(f"{name}/output", rest - Lin.var(i_y))
-
-    # 3. the lookup: inverses h (per element) and g (per table entry), committed
-    lookup = lookup_inverses(led, name, range(-half, half), table, split_a, split_t,
-                             (q, y, mult) if prover else None)
-    beta, gamma, com_h = lookup.beta, lookup.gamma, lookup.com_h
-
-    # 4. one sum-check over (i, j): lambda/32 eq(r_h, i) h(i) l(i) (sums to lambda: h l = 1)
-    #    plus booleanity of the bits; it ends at (rho, sigma)
-    r_h = [led.challenge(f"{name}/lookup/rh/{k}".encode()) for k in range(ni)]
-    lam = led.challenge(f"{name}/lambda".encode())
-    r_bool = [led.challenge(f"{name}/bool/{k}".encode()) for k in range(nb)]
-    oracle = None
-    if prover:
-        oracle = BitsOracle(eq_table(r_h), lookup.h_tab, lookup.l_tab,
-                             BooleanityProver(bits.reshape(-1), r_bool, ni), lam, ni, nb)
-    point, final = sumcheck(led, f"{name}/bits", Lin(const=lam), nb, 3, oracle)
-    rho, sigma = point[:ni], point[ni:]
-    lo = eq_table(rho[rows_b:])
-    y_q = [(1 << (j - f)) if j >= f else 0 for j in range(BITS)]
-    ys = [kron(lo, y_q), kron(lo, POWERS), kron(lo, eq_table(sigma))]
-    row_w = eq_table(point[:rows_b])
-    u = int_vecmat(row_w, bmat) if prover else None
-    i_q, i_z, i_beta = (led.put(dot(u, yv) if prover else None) for yv in ys)
-    if prover:
-        led.prove_dot(u, dot(row_w, row_blinds), ys, [i_q, i_z, i_beta])
-    else:
-        led.check_dot(f"{name}/bits-opening", bit_rows, row_w, ys, [i_q, i_z, i_beta])
-    i_yr = com_y.open_at(f"{name}/output-opening", rho)
-    i_h = com_h.open_at(f"{name}/lookup-opening", rho)
-    q_lin = Lin.var(i_q) - (1 << (BITS - 1 - f))
-    l_lin = (q_lin + Lin.var(i_yr) * gamma) * (P - 1) + beta
-    i_l = led.put(led.value(l_lin) if prover else None)
-    led.relate(f"{name}/lookup", Lin.var(i_l) - l_lin)
-    i_hl = led.put(led.values[i_h] * led.values[i_l] if prover else None)
-    i_b2 = led.put(led.values[i_beta] ** 2 if prover else None)
-    expect = (Lin.var(i_hl) * (lam * INV32 % P * eq_eval(r_h, rho) % P)
-              + (Lin.var(i_beta) - Lin.var(i_b2)) * eq_eval(r_bool, point))
-    led.relate(f"{name}/bits-final", final - expect)
-    led.product(f"{name}/lookup-product", i_h, i_l, i_hl)
-    led.product(f"{name}/bit-square", i_beta, i_beta, i_b2)
-
-    # 5-6. the table side, T public, and sum h = sum g
-    lookup_table_side(led, name, lookup, com_m, mult if prover else None)
-    return rho, Lin.var(i_z) - (1 << (BITS - 1))
 
 
 # --------------------------------------------------------------------------------------------

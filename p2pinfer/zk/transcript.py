@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 
+import numpy as np
+
 from .field import P
 
 PERSON = b"p2pinfer-zk-v1"  # BLAKE2b personalisation (at most 16 bytes)
@@ -27,9 +29,6 @@ class Transcript:
     def absorb(self, label: bytes, data: bytes) -> None:
         self._state.update(_frame(label, data))
 
-    def absorb_int(self, label: bytes, v: int) -> None:
-        self.absorb(label, (v % P).to_bytes(32, "little"))
-
     def challenge(self, label: bytes) -> int:
         fork = self._state.copy()
         fork.update(_frame(b"challenge", label))
@@ -43,8 +42,6 @@ class Transcript:
 
 def tensor_digest(values: object) -> bytes:
     """SHA-256 over dtype, shape and raw little-endian bytes of an integer tensor."""
-    import numpy as np
-
     arr = np.ascontiguousarray(np.asarray(values, dtype="<i8"))
     h = hashlib.sha256(b"p2pinfer-zk-v1/tensor")
     h.update(len(arr.shape).to_bytes(8, "little"))

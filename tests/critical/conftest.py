@@ -6,13 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from p2pinfer.models.mlp import write_random_mlp, zk_mlp_config
+from p2pinfer.models.mlp import zk_mlp_config
+from p2pinfer.zk.checkpoint import write_committed_mlp
 
 
 def small_mlp(directory: Path, name: str = "zk-mlp-test", layers: int = 6,
               hidden: int = 32) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
-    write_random_mlp(directory, zk_mlp_config(name, layers=layers, hidden=hidden))
+    write_committed_mlp(directory, zk_mlp_config(name, layers=layers, hidden=hidden))
     return directory
 
 

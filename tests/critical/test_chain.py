@@ -18,8 +18,8 @@ from p2pinfer.inference.critical import (
     verify_entry,
 )
 from p2pinfer.inference.task import StagePlan, Task
-from p2pinfer.models.mlp import commit_layers, fixed_layers, load_manifest_bytes
 from p2pinfer.zk import ModelManifest, prove
+from p2pinfer.zk.checkpoint import commit_layers, fixed_layers, load_manifest_bytes
 
 PEER = "12D3KooWPeerA"
 

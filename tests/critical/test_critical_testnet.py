@@ -8,7 +8,7 @@ import pytest
 from p2pinfer.errors import P2PInferError
 from p2pinfer.inference import ClientSettings
 from p2pinfer.inference.critical import CriticalResult, critical_client, infer_critical
-from p2pinfer.models.mlp import MANIFEST_FILE
+from p2pinfer.zk.checkpoint import MANIFEST_FILE
 
 from ..inference.conftest import network
 from .cheats import (
@@ -116,12 +116,13 @@ async def test_a_lookup_mlp_is_proven_and_a_cheat_is_caught(tmp_path, act):
     whole Llama blocks (attention halves with 4 heads, 2 kv heads and rotary positions, then
     MLP halves) are proven over the same testnet path, and a stage with other weights is
     caught."""
-    from p2pinfer.models.mlp import write_random_mlp, zk_mlp_config
+    from p2pinfer.models.mlp import zk_mlp_config
+    from p2pinfer.zk.checkpoint import write_committed_mlp
 
     model = tmp_path / f"{act}-mlp"
     model.mkdir()
-    write_random_mlp(model, zk_mlp_config(f"zk-mlp-{act}", layers=6, hidden=32,
-                                          activation=act, intermediate=64, kv_heads=2))
+    write_committed_mlp(model, zk_mlp_config(f"zk-mlp-{act}", layers=6, hidden=32,
+                                             activation=act, intermediate=64, kv_heads=2))
     x = features(3)
     async with network(tmp_path / "honest", str(model), SPANS) as (client, _):
         result = await infer_critical(client.inference, x, model=str(model),
@@ -141,12 +142,13 @@ async def test_a_lookup_mlp_is_proven_and_a_cheat_is_caught(tmp_path, act):
 
 async def test_a_llama_stage_with_another_query_weight_is_caught(tmp_path):
     """Stage 0 serves an MLP half and an attention half; one of its W_q weights is changed."""
-    from p2pinfer.models.mlp import write_random_mlp, zk_mlp_config
+    from p2pinfer.models.mlp import zk_mlp_config
+    from p2pinfer.zk.checkpoint import write_committed_mlp
 
     model = tmp_path / "llama"
     model.mkdir()
-    write_random_mlp(model, zk_mlp_config("zk-mlp-llama-q", layers=6, hidden=32,
-                                          activation="llama", intermediate=64, kv_heads=2))
+    write_committed_mlp(model, zk_mlp_config("zk-mlp-llama-q", layers=6, hidden=32,
+                                             activation="llama", intermediate=64, kv_heads=2))
     async with network(tmp_path / "cheat", str(model), SPANS) as (client, stages):
         cheat = install(stages[0], WrongQueryWeightsRunner)
         c = critical_client(client.inference, str(model), settings(max_replans=0))

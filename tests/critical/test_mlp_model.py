@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 
@@ -9,17 +10,39 @@ import numpy as np
 import pytest
 import torch
 
-from p2pinfer.models import ClientHead, ClientTail, LayerSpan, LocalModel, ModelError
-from p2pinfer.models.defaults import default_model_path
-from p2pinfer.models.mlp import (
+from p2pinfer.models import (
+    MINILM,
+    ClientHead,
+    ClientTail,
+    LayerSpan,
+    LocalModel,
+    ModelError,
+    default_models,
+    load_model_info,
+    minilm_path,
+    mlp,
+)
+from p2pinfer.models.mlp import ZK_LLAMA, ZK_MLP, zk_mlp_config
+from p2pinfer.zk import CommitmentMismatch, ModelManifest, ProofBinding, prove, verify
+from p2pinfer.zk.attention import AttentionShape
+from p2pinfer.zk.checkpoint import (
     MANIFEST_FILE,
-    ZK_MLP,
+    builtin_model_path,
     commit_layers,
     fixed_layers,
     is_provable,
     load_manifest_bytes,
+    write_committed_mlp,
 )
-from p2pinfer.zk import CommitmentMismatch, ModelManifest, ProofBinding, prove, verify
+from p2pinfer.zk.fixed import (
+    ACTIVATIONS,
+    RMS_EPS_MAX,
+    RMS_EPS_MIN,
+    RMS_EPS_SCALE_BITS,
+    rms_eps_units,
+    uses_table,
+)
+from p2pinfer.zk.tables import MAX_LOOKUP_FRAC_BITS
 
 from .conftest import small_mlp
 
@@ -76,12 +99,10 @@ def test_a_missing_manifest_is_a_model_error(mlp_dir, tmp_path):
 
 @pytest.mark.parametrize("act", ["gelu", "silu", "swiglu", "geglu"])
 def test_a_lookup_activation_model_runs_in_float_and_in_fixed_point_alike(tmp_path, act):
-    from p2pinfer.models.mlp import write_random_mlp, zk_mlp_config
-
     model = tmp_path / act
     model.mkdir()
-    write_random_mlp(model, zk_mlp_config("zk-mlp-gelu-model", layers=6, hidden=32,
-                                          activation=act))
+    write_committed_mlp(model, zk_mlp_config("zk-mlp-gelu-model", layers=6, hidden=32,
+                                             activation=act))
     x = np.random.default_rng(2).normal(size=(4, 32))
     fixed = fixed_layers(model, 0, 6)
     assert [layer.activation for layer in fixed.layers] == [act] * 5 + ["identity"]
@@ -98,12 +119,10 @@ def test_a_lookup_activation_model_runs_in_float_and_in_fixed_point_alike(tmp_pa
 
 
 def test_a_llama_mlp_block_model_is_two_proven_layers_per_config_layer(tmp_path):
-    from p2pinfer.models.mlp import write_random_mlp, zk_mlp_config
-
     model = tmp_path / "block"
     model.mkdir()
-    write_random_mlp(model, zk_mlp_config("zk-mlp-block", layers=4, hidden=32,
-                                          activation="swiglu-mlp", intermediate=64))
+    write_committed_mlp(model, zk_mlp_config("zk-mlp-block", layers=4, hidden=32,
+                                             activation="swiglu-mlp", intermediate=64))
     x = np.random.default_rng(2).normal(size=(3, 32))
     fixed = fixed_layers(model, 0, 4)
     assert [(la.activation, la.skip) for la in fixed.layers] == [
@@ -124,12 +143,10 @@ def test_a_llama_mlp_block_model_is_two_proven_layers_per_config_layer(tmp_path)
 
 
 def test_a_llama_mlp_half_is_norm_gated_and_down_with_the_residual_over_all_three(tmp_path):
-    from p2pinfer.models.mlp import write_random_mlp, zk_mlp_config
-
     model = tmp_path / "llama-mlp"
     model.mkdir()
-    write_random_mlp(model, zk_mlp_config("zk-llama-mlp", layers=3, hidden=32,
-                                          activation="llama-mlp", intermediate=64))
+    write_committed_mlp(model, zk_mlp_config("zk-llama-mlp", layers=3, hidden=32,
+                                             activation="llama-mlp", intermediate=64))
     x = np.random.default_rng(3).normal(size=(3, 32))
     fixed = fixed_layers(model, 0, 3)
     assert [(la.activation, la.skip) for la in fixed.layers] == [
@@ -149,12 +166,10 @@ def test_a_llama_mlp_half_is_norm_gated_and_down_with_the_residual_over_all_thre
 
 
 def test_a_llama_model_is_attention_and_mlp_halves_of_three_proven_layers_each(tmp_path):
-    from p2pinfer.models.mlp import write_random_mlp, zk_mlp_config
-
     model = tmp_path / "llama"
     model.mkdir()
-    write_random_mlp(model, zk_mlp_config("zk-llama", layers=5, hidden=32, activation="llama",
-                                          intermediate=64, heads=4, kv_heads=2))
+    write_committed_mlp(model, zk_mlp_config("zk-llama", layers=5, hidden=32, activation="llama",
+                                             intermediate=64, heads=4, kv_heads=2))
     fixed = fixed_layers(model, 0, 5)
     assert [(la.activation, la.skip) for la in fixed.layers] == [
         ("rmsnorm", 0), ("attention", 0), ("identity", 2),
@@ -182,13 +197,11 @@ def test_a_llama_model_is_attention_and_mlp_halves_of_three_proven_layers_each(t
 
 
 def test_a_llama_model_takes_its_rms_norm_eps_in_float_and_in_fixed_point(tmp_path):
-    from p2pinfer.models.mlp import write_random_mlp, zk_mlp_config
-
     model = tmp_path / "llama-eps"
     model.mkdir()
-    write_random_mlp(model, {**zk_mlp_config("zk-llama-eps", layers=3, hidden=32,
-                                             activation="llama", intermediate=64),
-                             "rms_norm_eps": 1e-5})
+    write_committed_mlp(model, {**zk_mlp_config("zk-llama-eps", layers=3, hidden=32,
+                                                activation="llama", intermediate=64),
+                                "rms_norm_eps": 1e-5})
     fixed = fixed_layers(model, 0, 3)
     assert [la.eps for la in fixed.layers if la.activation == "rmsnorm"] == [42950, 42950]
     manifest = ModelManifest.from_bytes((model / MANIFEST_FILE).read_bytes())
@@ -208,12 +221,10 @@ def test_a_llama_model_takes_its_rms_norm_eps_in_float_and_in_fixed_point(tmp_pa
                                            ({"rope_theta": 1.5}, "whole number"),
                                            ({"rope_theta": 1}, "rope")])
 def test_a_llama_config_with_an_unprovable_attention_shape_is_refused(tmp_path, change, match):
-    from p2pinfer.models.mlp import write_random_mlp, zk_mlp_config
-
     model = tmp_path / "llama"
     model.mkdir()
-    write_random_mlp(model, zk_mlp_config("zk-llama-bad", layers=2, hidden=16,
-                                          activation="llama", heads=4))
+    write_committed_mlp(model, zk_mlp_config("zk-llama-bad", layers=2, hidden=16,
+                                             activation="llama", heads=4))
     cfg = json.loads((model / "config.json").read_text())
     (model / "config.json").write_text(json.dumps({**cfg, **change}))
     with pytest.raises(ModelError, match=match):
@@ -245,10 +256,47 @@ def test_is_provable_tells_mlp_models_from_others(mlp_dir, tmp_path):
     assert not is_provable(tmp_path)
 
 
+def test_the_provable_llama_is_written_once_with_its_parameter_count(tmp_path):
+    models = {m.name: m for m in default_models()}
+    path = builtin_model_path(ZK_LLAMA, home=tmp_path)
+    assert load_model_info(path).total_params == models[ZK_LLAMA].num_params
+    assert models[ZK_LLAMA].task == "critical"
+    manifest = (path / MANIFEST_FILE).read_bytes()
+    assert builtin_model_path(ZK_LLAMA, home=tmp_path) == path
+    assert (path / MANIFEST_FILE).read_bytes() == manifest  # not committed again
+
+
+def test_other_builtins_resolve_as_models_resolves_them():
+    assert builtin_model_path(MINILM) == minilm_path()
+    with pytest.raises(ModelError, match="unknown default model"):
+        builtin_model_path("gpt-5")
+
+
+def test_the_model_formats_fixed_point_limits_are_zks():
+    """models/mlp.py refuses on load what zk cannot prove, with its own copy of zk's limits."""
+    assert mlp.TABLE_MAX_FRAC_BITS == MAX_LOOKUP_FRAC_BITS
+    assert {a for a in mlp.TABLE_ACTIVATIONS if a != mlp.ATTENTION} == {
+        a for a in ACTIVATIONS if uses_table(a) and a != "attention"}
+    assert (mlp.RMS_EPS_UNITS_BITS, mlp.RMS_EPS_UNITS_MIN, mlp.RMS_EPS_UNITS_MAX) == (
+        RMS_EPS_SCALE_BITS, RMS_EPS_MIN, RMS_EPS_MAX)
+    for eps in (2.0 ** -31, 2.0 ** -30, 1e-6, 1.0, 1.5):
+        try:
+            rms_eps_units(eps)
+            ok = True
+        except ValueError:
+            ok = False
+        units = round(eps * (1 << mlp.RMS_EPS_UNITS_BITS))
+        assert ok == (mlp.RMS_EPS_UNITS_MIN <= units <= mlp.RMS_EPS_UNITS_MAX)
+    for d, heads, kv, theta in itertools.product((1, 2, 12, 16), (1, 2, 3, 4, 32), (1, 2, 4),
+                                                (0, 1, 2, 10000, 1 << 32)):
+        assert mlp.attention_shape_problem(d, heads, kv, theta) == AttentionShape(
+            d, heads, kv, theta).check()
+
+
 def test_builtin_zk_mlp_is_written_once_with_its_manifest(tmp_path):
-    path = default_model_path(ZK_MLP, home=tmp_path)
+    path = builtin_model_path(ZK_MLP, home=tmp_path)
     digest = ModelManifest.from_bytes(load_manifest_bytes(path)).digest()
-    assert default_model_path(ZK_MLP, home=tmp_path) == path
+    assert builtin_model_path(ZK_MLP, home=tmp_path) == path
     assert ModelManifest.from_bytes(load_manifest_bytes(path)).digest() == digest
     span = LayerSpan.load(path, 0, 6)
     assert (span.info.num_layers, span.info.hidden_size) == (6, 256)

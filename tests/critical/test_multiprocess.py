@@ -10,16 +10,17 @@ import numpy as np
 import pytest
 import trio
 
-from p2pinfer.models.mlp import fixed_layers, write_random_mlp, zk_mlp_config
+from p2pinfer.models.mlp import zk_mlp_config
 from p2pinfer.testnet import Testnet
+from p2pinfer.zk.checkpoint import fixed_layers, write_committed_mlp
 
 
 @pytest.fixture(scope="module")
 def llama_dir(tmp_path_factory):
     model = tmp_path_factory.mktemp("llama") / "model"
     model.mkdir()
-    write_random_mlp(model, zk_mlp_config("zk-llama-mp", layers=6, hidden=32,
-                                          activation="llama", intermediate=64, kv_heads=2))
+    write_committed_mlp(model, zk_mlp_config("zk-llama-mp", layers=6, hidden=32,
+                                             activation="llama", intermediate=64, kv_heads=2))
     return model
 
 

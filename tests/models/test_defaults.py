@@ -46,14 +46,14 @@ def test_metadata_parameter_counts_match_the_checkpoints(tiny):
     assert load_model_info(minilm_path()).total_params == models[MINILM].num_params
 
 
-def test_the_provable_llama_is_written_once_with_its_parameter_count(tmp_path):
-    models = {m.name: m for m in default_models()}
-    path = default_model_path("p2pinfer-zk-llama", home=tmp_path)
-    assert load_model_info(path).total_params == models["p2pinfer-zk-llama"].num_params
-    assert models["p2pinfer-zk-llama"].task == "critical"
-    manifest = (path / "zk-manifest.bin").read_bytes()
-    assert default_model_path("p2pinfer-zk-llama", home=tmp_path) == path
-    assert (path / "zk-manifest.bin").read_bytes() == manifest  # not committed again
+@pytest.mark.parametrize("name", ["p2pinfer-zk-mlp", "p2pinfer-zk-llama"])
+def test_a_provable_builtin_is_listed_but_written_by_zk(tmp_path, name):
+    """models lists the provable built-ins; their directory holds a committed manifest, which
+    p2pinfer.zk.checkpoint writes (tests/critical/test_mlp_model.py), so models refuses them."""
+    assert {m.name: m for m in default_models()}[name].task == "critical"
+    with pytest.raises(ModelError, match="p2pinfer.zk.checkpoint.builtin_model_path"):
+        default_model_path(name, home=tmp_path)
+    assert not (tmp_path / name).exists()
 
 
 def test_tiny_decoder_weights_are_pinned(tiny):

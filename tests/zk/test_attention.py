@@ -12,7 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import p2pinfer.zk.shard as shard_mod
+import p2pinfer.zk.fixed as fixed_mod
+import p2pinfer.zk.tables as tables_mod
 from p2pinfer.zk import (
     FixedLayer,
     FixedPointOverflow,
@@ -22,7 +23,6 @@ from p2pinfer.zk import (
     ProofFormatError,
     ProvableMlp,
     ShardProof,
-    attention_proof,
     commit_shard,
     prove,
     verify,
@@ -35,9 +35,10 @@ from p2pinfer.zk.attention import (
     rope_tables,
     score_shift,
 )
-from p2pinfer.zk.attention_proof import causal_mask_mle
 from p2pinfer.zk.field import P, mle_eval
-from p2pinfer.zk.shard import LayerCommitment
+from p2pinfer.zk.gadgets import attention as attention_gadget
+from p2pinfer.zk.gadgets.attention import causal_mask_mle
+from p2pinfer.zk.manifest import LayerCommitment
 
 from .conftest import assert_mutation_rejected, assert_values_not_in_proof
 
@@ -188,21 +189,21 @@ def test_the_tables_do_not_depend_on_the_process_decimal_context():
 
     import p2pinfer.zk.attention as attention_mod
 
-    honest = (rope_tables(10000, 16, 64, 10), exp_table(7), shard_mod.silu_table(6))
+    honest = (rope_tables(10000, 16, 64, 10), exp_table(7), tables_mod.silu_table(6))
     saved = (dict(attention_mod._ROPE_TABLES), dict(attention_mod._EXP_TABLES),
-             dict(shard_mod._SILU_TABLES))
+             dict(tables_mod._SILU_TABLES))
     try:
         with decimal.localcontext() as ctx:
             ctx.prec = 4
             ctx.traps[decimal.Inexact] = True
             attention_mod._ROPE_TABLES.clear()
             attention_mod._EXP_TABLES.clear()
-            shard_mod._SILU_TABLES.clear()
-            again = (rope_tables(10000, 16, 64, 10), exp_table(7), shard_mod.silu_table(6))
+            tables_mod._SILU_TABLES.clear()
+            again = (rope_tables(10000, 16, 64, 10), exp_table(7), tables_mod.silu_table(6))
     finally:
         attention_mod._ROPE_TABLES.update(saved[0])
         attention_mod._EXP_TABLES.update(saved[1])
-        shard_mod._SILU_TABLES.update(saved[2])
+        tables_mod._SILU_TABLES.update(saved[2])
     for a, b in zip(honest[0], again[0]):
         assert np.array_equal(a, b)
     assert np.array_equal(honest[1], again[1]) and np.array_equal(honest[2], again[2])
@@ -302,13 +303,13 @@ def _recompute(att: dict, e: np.ndarray, shape: AttentionShape) -> dict:
 def _cheat(monkeypatch, committed, x, change, must_differ=True):
     """Prove with `attention_fixed` replaced by `change(honest, shape, f)` in both the trace
     and the prover: its output, trace and proof agree with each other, not with the model."""
-    honest = shard_mod.attention_fixed
+    honest = fixed_mod.attention_fixed
 
     def cheat(a, weight, bias, shape, f, live=None):
         return change(honest(a, weight, bias, shape, f, live), shape, f)
 
-    monkeypatch.setattr(shard_mod, "attention_fixed", cheat)
-    monkeypatch.setattr(attention_proof, "attention_fixed", cheat)
+    monkeypatch.setattr(fixed_mod, "attention_fixed", cheat)
+    monkeypatch.setattr(attention_gadget, "attention_fixed", cheat)
     y = committed.forward_fixed(x)
     proof = prove(committed, x, y, BINDING)
     monkeypatch.undo()
@@ -396,13 +397,13 @@ def test_a_wrongly_rounded_division_is_caught(att_last, monkeypatch, offset):
 def test_other_rotary_positions_are_caught(att_last, monkeypatch):
     """The prover rotates with theta 2 instead of the manifest's 10000."""
     x = inputs(att_last.shard, 4)
-    honest = shard_mod.attention_fixed
+    honest = fixed_mod.attention_fixed
 
     def other_theta(a, weight, bias, shape, f, live=None):
         return honest(a, weight, bias, dataclasses.replace(shape, rope=2), f, live)
 
-    monkeypatch.setattr(shard_mod, "attention_fixed", other_theta)
-    monkeypatch.setattr(attention_proof, "attention_fixed", other_theta)
+    monkeypatch.setattr(fixed_mod, "attention_fixed", other_theta)
+    monkeypatch.setattr(attention_gadget, "attention_fixed", other_theta)
     y = att_last.forward_fixed(x)
     proof = prove(att_last, x, y, BINDING)
     monkeypatch.undo()
@@ -433,7 +434,7 @@ def test_the_attention_proof_carries_no_activation_in_the_clear(att_committed):
     blob = prove(att_committed, x, trace[-1].out, BINDING).to_bytes()
     layer = att_committed.shard.layers[1]
     att = attention_fixed(trace[1].a, layer.weight, layer.bias,
-                          shard_mod.attention_shape(layer), 8)
+                          fixed_mod.attention_shape(layer), 8)
     values = np.concatenate([att[k].reshape(-1) for k in ("q", "k", "v", "s", "mx", "o")])
     assert_values_not_in_proof(blob, values, 24)
     assert_values_not_in_proof(blob, layer.weight, 24)  # W_q, W_k, W_v

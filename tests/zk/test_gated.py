@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import p2pinfer.zk.shard as shard_mod
+import p2pinfer.zk.tables as tables_mod
 from p2pinfer.zk import (
     FixedLayer,
     FixedPointOverflow,
@@ -25,7 +25,8 @@ from p2pinfer.zk import (
     prove,
     verify,
 )
-from p2pinfer.zk.shard import LayerCommitment, silu_table
+from p2pinfer.zk.manifest import LayerCommitment
+from p2pinfer.zk.tables import silu_table
 
 from .conftest import assert_mutation_rejected, assert_values_not_in_proof, make_input
 
@@ -149,10 +150,10 @@ def test_a_wrong_gate_value_is_caught_by_the_lookup(swiglu_committed, monkeypatc
     cheat = honest.copy()
     cheat[int(zw[0, 8] >> 8) + len(honest) // 2] += 40
     cheat.setflags(write=False)
-    monkeypatch.setitem(shard_mod._SILU_TABLES, 8, cheat)
+    monkeypatch.setitem(tables_mod._SILU_TABLES, 8, cheat)
     y = swiglu_committed.forward_fixed(x)
     proof = prove(swiglu_committed, x, y, BINDING)
-    monkeypatch.setitem(shard_mod._SILU_TABLES, 8, honest)
+    monkeypatch.setitem(tables_mod._SILU_TABLES, 8, honest)
     assert not np.array_equal(y, swiglu_committed.forward_fixed(x))
     with pytest.raises(ProofError) as exc:
         verify(swiglu_committed.commitment, x, y, proof, BINDING)

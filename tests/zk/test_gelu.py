@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import p2pinfer.zk.shard as shard_mod
+import p2pinfer.zk.tables as tables_mod
 from p2pinfer.zk import (
     FixedLayer,
     FixedPointOverflow,
@@ -25,7 +25,7 @@ from p2pinfer.zk import (
     verify,
 )
 from p2pinfer.zk.proof import _binding
-from p2pinfer.zk.shard import gelu_table
+from p2pinfer.zk.tables import gelu_table
 
 from .conftest import (
     assert_mutation_rejected,
@@ -114,10 +114,10 @@ def test_a_wrong_gelu_value_is_caught_by_the_lookup(gelu_committed, monkeypatch)
     cheat = honest.copy()
     cheat[int(q[0]) + len(honest) // 2] += 3
     cheat.setflags(write=False)
-    monkeypatch.setitem(shard_mod._GELU_TABLES, 8, cheat)
+    monkeypatch.setitem(tables_mod._GELU_TABLES, 8, cheat)
     y = gelu_committed.forward_fixed(x)
     proof = prove(gelu_committed, x, y, BINDING)
-    monkeypatch.setitem(shard_mod._GELU_TABLES, 8, honest)
+    monkeypatch.setitem(tables_mod._GELU_TABLES, 8, honest)
     assert not np.array_equal(y, gelu_committed.forward_fixed(x))
     with pytest.raises(ProofError) as exc:
         verify(gelu_committed.commitment, x, y, proof, BINDING)
@@ -129,7 +129,7 @@ def test_an_output_off_the_table_is_caught_by_the_lookup(gelu_committed, monkeyp
     x = make_input(2, 8, vmax=300)
     relu = np.maximum(np.arange(-8192, 8192), 0)
     relu.setflags(write=False)
-    monkeypatch.setitem(shard_mod._GELU_TABLES, 8, relu)
+    monkeypatch.setitem(tables_mod._GELU_TABLES, 8, relu)
     y = gelu_committed.forward_fixed(x)
     proof = prove(gelu_committed, x, y, BINDING)
     monkeypatch.undo()

@@ -260,9 +260,9 @@ def test_token_counts_need_not_be_powers_of_two(small_committed, binding):
 
 
 def test_a_non_binary_decomposition_fails_the_bit_check(small_committed, binding, monkeypatch):
-    from p2pinfer.zk import gadgets
+    from p2pinfer.zk.gadgets import bits
 
-    honest = gadgets.bit_decomposition
+    honest = bits.bit_decomposition
 
     def cheat(z):
         bits = honest(z)
@@ -282,7 +282,7 @@ def test_a_non_binary_decomposition_fails_the_bit_check(small_committed, binding
 
     from p2pinfer.zk.ledger import ProverLedger
 
-    monkeypatch.setattr(gadgets, "bit_decomposition", cheat)
+    monkeypatch.setattr(bits, "bit_decomposition", cheat)
     monkeypatch.setattr(ProverLedger, "put_bit_matrix", commit_any_rows)
     x = make_input(2, 8)
     y = small_committed.forward_fixed(x)

@@ -12,8 +12,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import p2pinfer.zk.fixed as fixed_mod
+import p2pinfer.zk.gadgets.rmsnorm as rmsnorm_gadget
 import p2pinfer.zk.proof as proof_mod
-import p2pinfer.zk.shard as shard_mod
 from p2pinfer.zk import (
     FixedLayer,
     FixedPointOverflow,
@@ -27,7 +28,8 @@ from p2pinfer.zk import (
     prove,
     verify,
 )
-from p2pinfer.zk.shard import LayerCommitment, rms_constants, rmsnorm_fixed
+from p2pinfer.zk.fixed import rms_constants, rmsnorm_fixed
+from p2pinfer.zk.manifest import LayerCommitment
 
 from .conftest import assert_mutation_rejected, assert_values_not_in_proof, make_input
 
@@ -60,11 +62,11 @@ def test_the_fixed_point_norm_is_the_formula_and_tracks_float():
                                     "rmsnorm")])
     xq = shard.quantize(x)
     e, c = rms_constants(d, f)
-    assert c == d << (2 * f + 2 * shard_mod.RMS_R_FRAC)
+    assert c == d << (2 * f + 2 * fixed_mod.RMS_R_FRAC)
     s = (xq.astype(object) ** 2).sum(axis=1) + e
     r = np.array([isqrt(c // int(v)) for v in s])
     assert all(int(ri) ** 2 * int(si) <= c < (int(ri) + 1) ** 2 * int(si) for ri, si in zip(r, s))
-    expect = ((xq * r[:, None]) >> shard_mod.RMS_R_FRAC) * shard.layers[0].weight >> f
+    expect = ((xq * r[:, None]) >> fixed_mod.RMS_R_FRAC) * shard.layers[0].weight >> f
     assert np.array_equal(shard.forward_fixed(xq), expect)
     ref = x / np.sqrt((x ** 2).mean(axis=1, keepdims=True) + 2.0 ** -16) * gain
     assert np.abs(shard.dequantize(shard.forward_fixed(xq)) - ref).max() < 0.03
@@ -140,14 +142,14 @@ def test_norm_proofs_are_complete_on_random_shapes(tokens, d, before, after, sca
 def _cheat(monkeypatch, committed, x, change, must_differ=True):
     """Prove with `rmsnorm_fixed` replaced by `change(honest)` in both the trace and the
     prover (and the prover's own range check off): its output, trace and proof agree."""
-    honest = shard_mod.rmsnorm_fixed
+    honest = fixed_mod.rmsnorm_fixed
 
-    def cheat(a, gain, f, eps=shard_mod.RMS_EPS_DEFAULT):
+    def cheat(a, gain, f, eps=fixed_mod.RMS_EPS_DEFAULT):
         return change(honest(a, gain, f, eps), a, gain, f)
 
-    monkeypatch.setattr(shard_mod, "rmsnorm_fixed", cheat)
-    monkeypatch.setattr(proof_mod, "rmsnorm_fixed", cheat)
-    monkeypatch.setattr(proof_mod, "_check_rms_ranges", lambda *a: None)
+    monkeypatch.setattr(fixed_mod, "rmsnorm_fixed", cheat)
+    monkeypatch.setattr(rmsnorm_gadget, "rmsnorm_fixed", cheat)
+    monkeypatch.setattr(rmsnorm_gadget, "_check_rms_ranges", lambda *a: None)
     y = committed.forward_fixed(x)
     proof = prove(committed, x, y, BINDING)
     monkeypatch.undo()

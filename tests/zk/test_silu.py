@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import p2pinfer.zk.shard as shard_mod
+import p2pinfer.zk.tables as tables_mod
 from p2pinfer.zk import (
     FixedLayer,
     FixedPointOverflow,
@@ -22,7 +22,7 @@ from p2pinfer.zk import (
     prove,
     verify,
 )
-from p2pinfer.zk.shard import activation_table, gelu_table, silu_table
+from p2pinfer.zk.tables import activation_table, gelu_table, silu_table
 
 from .conftest import assert_mutation_rejected, make_input, make_shard
 
@@ -108,10 +108,10 @@ def test_a_wrong_silu_value_is_caught_by_the_lookup(silu_committed, monkeypatch)
     cheat = honest.copy()
     cheat[int(q[0]) + len(honest) // 2] -= 2
     cheat.setflags(write=False)
-    monkeypatch.setitem(shard_mod._SILU_TABLES, 8, cheat)
+    monkeypatch.setitem(tables_mod._SILU_TABLES, 8, cheat)
     y = silu_committed.forward_fixed(x)
     proof = prove(silu_committed, x, y, BINDING)
-    monkeypatch.setitem(shard_mod._SILU_TABLES, 8, honest)
+    monkeypatch.setitem(tables_mod._SILU_TABLES, 8, honest)
     assert not np.array_equal(y, silu_committed.forward_fixed(x))
     with pytest.raises(ProofError) as exc:
         verify(silu_committed.commitment, x, y, proof, BINDING)

@@ -27,7 +27,7 @@ from p2pinfer.zk import (
     prove,
     verify,
 )
-from p2pinfer.zk.shard import LayerCommitment
+from p2pinfer.zk.manifest import LayerCommitment
 
 from .conftest import assert_mutation_rejected, make_input
 

@@ -1,5 +1,6 @@
-"""The argument of an attention layer (attention.py): claims on its output become claims on
-its input. Spec: protocols/zk-proof.md, "Attention layers".
+"""The attention gadget: the argument of an attention layer (fixed point: zk/attention.py),
+claims on its output become claims on its input. Spec: protocols/zk-proof.md, "Attention
+layers".
 
 Index spaces (most significant variable first): out, O, r: (t, h, c) over tokens x d; scores,
 delta, e, softmax bits: (t, h, j) over tokens x heads x tokens; M, Z: (t, h); q: (t, h, c);
@@ -30,7 +31,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .attention import (
+from ..attention import (
     MAX_ATTENTION_FRAC_BITS,
     attention_fixed,
     causal_mask,
@@ -38,26 +39,26 @@ from .attention import (
     rope_tables,
     score_shift,
 )
-from .errors import ShapeMismatch
-from .field import P, eq_eval, eq_table, int_matvec, int_mle_eval, int_vecmat
-from .gadgets import (
-    BitTable,
+from ..errors import ShapeMismatch
+from ..field import P, eq_eval, eq_table, int_matvec, int_mle_eval, int_vecmat
+from ..fixed import BITS, attention_shape, log2_exact
+from ..layout import hyrax_split
+from ..ledger import Lin, sumcheck
+from ..manifest import LayerCommitment
+from .bits import BitTable, bits_head
+from .common import (
     Claim,
     Committed,
     ProductSum,
     Witness,
     bit_decomposition,
-    bits_head,
     columns,
     flat,
-    lookup_inverses,
-    lookup_table_side,
     masked_eq,
     masked_eq_eval,
     matmul_tail,
 )
-from .ledger import Lin, sumcheck
-from .shard import BITS, LayerCommitment, attention_shape, hyrax_split, log2_exact
+from .lookup import lookup_inverses, lookup_table_side
 
 _HALF = 1 << (BITS - 1)
 
