@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
@@ -122,7 +122,10 @@ class Testnet:
         start_timeout: float = 60.0,
         progress: Callable[[str], None] | None = None,
         debug: bool = False,
+        wrap: Sequence[str] = (),
     ) -> None:
+        """`wrap` is put before every peer's command line, e.g. `("ip", "netns", "exec",
+        "ns1")` to run the peers inside a network namespace."""
         if n < 1:
             raise TestnetError("a testnet needs at least one peer")
         self.n = n
@@ -136,6 +139,7 @@ class Testnet:
         self.start_timeout = start_timeout
         self.progress = progress or (lambda s: None)
         self.debug = debug
+        self.wrap = list(wrap)
         self.peers: list[PeerProcess] = []
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -165,7 +169,8 @@ class Testnet:
             sections.setdefault(section, {}).update(values)
         write_config(peer.config_path, sections)
         peer.ready_path.unlink(missing_ok=True)
-        cmd = [sys.executable, "-m", "p2pinfer", "node", "--config", str(peer.config_path),
+        cmd = [*self.wrap, sys.executable, "-m", "p2pinfer", "node", "--config",
+               str(peer.config_path),
                "--ready-file", str(peer.ready_path)]
         if self.debug:
             cmd.append("--debug")

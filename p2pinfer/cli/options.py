@@ -70,7 +70,9 @@ def client_config(args: argparse.Namespace) -> NodeConfig:
         overrides["node"] = {"data_dir": tempfile.mkdtemp(prefix="p2pinfer-client-"),
                              "roles": ["client"]}
         overrides["control"] = {"enabled": False}
-        overrides["net"] = {"dht": False}
+        # the last stage of a route dials the requester back: listen where it can reach us
+        # (every interface, announced one address per interface), not on loopback only
+        overrides["net"] = {"dht": False, "listen": ["/ip4/0.0.0.0/tcp/0"]}
     if args.network_id:
         overrides.setdefault("node", {})["network_id"] = args.network_id
     if args.bootstrap:
@@ -102,12 +104,13 @@ def preflight(args: argparse.Namespace, cfg: NodeConfig, *, task: str) -> None:
     an unknown model, a model of the wrong kind for the command, local layers the model does
     not have, sampling values out of range, a prompt over the context. `task` is
     "generation", "embedding" or "critical"."""
-    from p2pinfer.models import Tokenizer, default_model_path, default_models, load_model_info
+    from p2pinfer.models import Tokenizer, default_models, load_model_info
     from p2pinfer.models.errors import ModelError
+    from p2pinfer.zk.checkpoint import builtin_model_path
 
     name = args.model
     try:
-        path = Path(name) if Path(name).is_dir() else default_model_path(name)
+        path = Path(name) if Path(name).is_dir() else builtin_model_path(name)
         info = load_model_info(path)
     except ModelError as e:
         known = ", ".join(m.name for m in default_models())

@@ -18,13 +18,14 @@ from p2pinfer.testnet import DEFAULT_NETWORK_ID, Testnet, TestnetError, serving_
 
 def _model_layers(names: list[str]) -> dict[str, tuple[int, bool]]:
     """name -> (layers, is_decoder) of each model to serve (a directory or a built-in)."""
-    from p2pinfer.models import default_model_path, load_model_info
+    from p2pinfer.models import load_model_info
     from p2pinfer.models.errors import ModelError
+    from p2pinfer.zk.checkpoint import builtin_model_path
 
     out = {}
     for name in names:
         try:
-            path = Path(name) if Path(name).is_dir() else default_model_path(name)
+            path = Path(name) if Path(name).is_dir() else builtin_model_path(name)
             info = load_model_info(path)
         except ModelError as e:
             raise UsageError(f"--model {name}: {e}") from None

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import multiaddr
+import psutil
 import trio
 from libp2p import new_host
 from libp2p.crypto.ed25519 import create_new_key_pair
@@ -106,7 +107,7 @@ def parse_peer_addr(maddr: str) -> Any:
     """A libp2p PeerInfo from `/ip4/.../tcp/.../p2p/<id>`; `DialError` if it is not one."""
     try:
         return info_from_p2p_addr(multiaddr.Multiaddr(maddr))
-    except Exception as e:  # multiaddr raises several unrelated types
+    except Exception as e:  # noqa: BLE001 - multiaddr raises several unrelated types
         raise DialError(
             f"{maddr!r} is not a multiaddr with /p2p/<peer id> ({type(e).__name__})"
         ) from None
@@ -120,6 +121,20 @@ def noise_only(key_pair: Any) -> dict[TProtocol, Any]:
     }
 
 
+WILDCARD_IP4 = "/ip4/0.0.0.0"
+
+
+def interface_ipv4s() -> list[str]:
+    """IPv4 addresses of the interfaces that are up: others first, then loopback."""
+    stats = psutil.net_if_stats()
+    found: list[str] = []
+    for name, addrs in psutil.net_if_addrs().items():
+        if name in stats and not stats[name].isup:
+            continue
+        found.extend(a.address for a in addrs if a.family == socket.AF_INET)
+    return sorted(set(found), key=lambda ip: (ip.startswith("127."), ip))
+
+
 class Host:
     """A running libp2p host bound to this node's identity. Create with `open_host`."""
 
@@ -131,8 +146,17 @@ class Host:
 
     @property
     def addrs(self) -> list[str]:
-        """Listen (or announce) addresses with `/p2p/<peer id>`."""
-        return [str(a) for a in self.lp2p.get_addrs()]
+        """Listen (or announce) addresses with `/p2p/<peer id>`. A wildcard listener
+        (`/ip4/0.0.0.0/...`) is given as one address per local IPv4 interface that is up,
+        other interfaces before loopback, since nobody can dial 0.0.0.0."""
+        out: list[str] = []
+        for a in (str(a) for a in self.lp2p.get_addrs()):
+            if a.startswith(WILDCARD_IP4 + "/"):
+                rest = a[len(WILDCARD_IP4):]
+                out.extend(f"/ip4/{ip}{rest}" for ip in interface_ipv4s())
+            else:
+                out.append(a)
+        return list(dict.fromkeys(out))
 
     def connected_peers(self) -> list[str]:
         return [str(p) for p in self.lp2p.get_connected_peers()]
@@ -140,13 +164,13 @@ class Host:
     def is_connected(self, peer_id: str) -> bool:
         try:
             return bool(self.lp2p.get_network().connections.get(ID.from_base58(peer_id)))
-        except Exception:
+        except Exception:  # noqa: BLE001 - libp2p and multiaddr raise assorted types
             return False
 
     def known_addrs(self, peer_id: str) -> list[str]:
         try:
             return [str(a) for a in self.lp2p.get_peerstore().addrs(ID.from_base58(peer_id))]
-        except Exception:
+        except Exception:  # noqa: BLE001 - libp2p and multiaddr raise assorted types
             return []
 
     async def connect(self, maddr: str, *, timeout_s: float | None = None) -> str:
@@ -177,7 +201,7 @@ class Host:
                 await self.lp2p.connect(info)
         except trio.TooSlowError:
             raise DialError(f"dialing {info.peer_id} timed out") from None
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - libp2p and multiaddr raise assorted types
             raise DialError(
                 f"dialing {info.peer_id} failed: {type(e).__name__}: {e}"[:300]
             ) from None
@@ -200,20 +224,20 @@ class Host:
     async def disconnect(self, peer_id: str) -> None:
         try:
             await self.lp2p.disconnect(ID.from_base58(peer_id))
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - libp2p and multiaddr raise assorted types
             log.debug("disconnect %s: %s", peer_id, type(e).__name__)
 
     async def new_stream(self, peer_id: str, protocol: str, *, timeout_s: float) -> Any:
         try:
             pid = ID.from_base58(peer_id)
-        except Exception:
+        except Exception:  # noqa: BLE001 - libp2p and multiaddr raise assorted types
             raise DialError(f"{peer_id[:60]!r} is not a peer id") from None
         try:
             with trio.fail_after(timeout_s):
                 return await self.lp2p.new_stream(pid, [TProtocol(protocol)])
         except trio.TooSlowError:
             raise DialError(f"opening {protocol} to {peer_id} timed out") from None
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - libp2p and multiaddr raise assorted types
             raise DialError(f"opening {protocol} to {peer_id} failed: {type(e).__name__}") from None
 
     def set_stream_handler(self, protocol: str, handler: Any) -> None:
@@ -229,7 +253,7 @@ async def open_host(identity: NodeIdentity, net: NetSection) -> AsyncIterator[Ho
     try:
         listen = [multiaddr.Multiaddr(a) for a in net.listen]
         announce = [multiaddr.Multiaddr(a) for a in net.announce] or None
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - libp2p and multiaddr raise assorted types
         raise ConfigError(f"net.listen/net.announce: bad multiaddr ({e})") from None
     lp2p = new_host(
         key_pair=key_pair,
@@ -267,7 +291,7 @@ async def _close_listeners(host: Host) -> None:
     for listener in list(listeners.values()):
         try:
             await listener.close()
-        except Exception as e:  # closing is best effort: the process may be going away
+        except Exception as e:  # noqa: BLE001 - best effort: the process may be going away
             log.debug("closing listener: %s", type(e).__name__)
 
 
