@@ -19,6 +19,9 @@ from p2pinfer.cli import attest, demo, embed, infer, keygen, node, peers, prove_
 from p2pinfer.cli.options import EXIT_USER, UsageError
 from p2pinfer.errors import ConfigError, P2PInferError
 
+#: loggers of libraries whose messages only --debug shows
+LIBRARY_LOGGERS = ("libp2p", "multiaddr", "zeroconf", "async_service")
+
 COMMANDS = (node, keygen, peers, status, testnet, infer, embed, prove_run, attest, demo)
 
 
@@ -50,6 +53,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.debug else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not args.debug:
+        # libp2p logs ordinary events of an open network (a departed peer's refused dial, a
+        # handshake cut short) as warnings and errors; what matters of them reaches the user
+        # through p2pinfer's own errors and counters, the rest is for --debug
+        for name in LIBRARY_LOGGERS:
+            logging.getLogger(name).setLevel(logging.CRITICAL)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
