@@ -178,6 +178,24 @@ def test_peers_and_status_read_a_running_node(tmp_path):
         reply = json.loads(counters.stdout)
         assert reply["peer_id"] == json.loads(ready.read_text())["peer_id"]
         assert reply["uptime_s"] > 0 and "streams" in reply["counters"]
+
+        # a client on another network is told so by name, at once
+        addr = json.loads(ready.read_text())["addrs"][0]
+        t0 = time.monotonic()
+        other = run("infer", "--bootstrap", addr, "--network-id", "someone-elses-net",
+                    "--prompt", "hi", "--wait", "60")
+        assert other.returncode == 2
+        lines = other.stderr.strip().splitlines()
+        assert "is on network 'p2pinfer-devnet', you asked for 'someone-elses-net'" in lines[-1]
+        assert time.monotonic() - t0 < 45
+        # the right address with another peer's id: the handshake fails, one line, exit 2
+        from p2pinfer.identity import NodeIdentity
+
+        wrong = addr.rsplit("/p2p/", 1)[0] + "/p2p/" + NodeIdentity.generate().peer_id
+        wrong_id = run("infer", "--bootstrap", wrong, "--prompt", "hi", "--wait", "60")
+        assert wrong_id.returncode == 2
+        assert wrong_id.stderr.strip().splitlines()[-1].startswith(
+            "p2pinfer: error: cannot reach any bootstrap peer")
     finally:
         proc.send_signal(2)
         assert proc.wait(timeout=30) == 0

@@ -10,6 +10,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import trio
+
 from p2pinfer.config import NodeConfig, load_config, with_overrides
 from p2pinfer.errors import ConfigError, P2PInferError
 
@@ -154,12 +156,38 @@ def preflight(args: argparse.Namespace, cfg: NodeConfig, *, task: str) -> None:
 
 
 async def wait_for_route(node: Any, model: str, timeout: float) -> None:
-    """Wait for peers covering a route for `model`; a `UsageError` naming what is missing."""
+    """Wait for peers covering a route for `model`. A `UsageError` naming the cause when no
+    bootstrap peer answered, when a bootstrap peer is on another network, or when the wait
+    ends without a route (what is missing)."""
     from p2pinfer.inference import NoRouteError
 
+    boot_ids = {a.rsplit("/p2p/", 1)[-1]: a for a in node.config.net.bootstrap}
+    if boot_ids and not set(boot_ids) & set(node.connected_peers()):
+        errors = node.bootstrap.errors if node.bootstrap is not None else {}
+        why = "; ".join(f"{a}: {e}" for a, e in errors.items()) or "no answer"
+        raise UsageError(f"cannot reach any bootstrap peer ({why[:400]}); is it running, and "
+                         "is the /p2p/ id the one it prints at start-up?")
     say(f"waiting for peers serving {model} ...")
+
+    def foreign() -> str | None:
+        seen = node.status()["counters"]["adverts"].get("foreign_networks", {})
+        for pid in boot_ids:
+            if pid in seen:
+                return (f"peer {pid} is on network {seen[pid]!r}, you asked for "
+                        f"{node.network_id!r}: pass --network-id {seen[pid]}")
+        return None
+
+    with trio.move_on_after(timeout):
+        while (wrong := foreign()) is None:
+            try:
+                with trio.move_on_after(0.5):
+                    await node.wait_for_route(model, timeout=timeout)
+                    return
+            except NoRouteError:
+                pass
+        raise UsageError(wrong)
     try:
-        await node.wait_for_route(model, timeout=timeout)
+        await node.wait_for_route(model, timeout=0)
     except NoRouteError as e:
         raise UsageError(f"{e} after waiting {timeout:.0f}s; are peers serving it reachable?"
                          ) from None

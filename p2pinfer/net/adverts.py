@@ -327,6 +327,10 @@ def decode_advert(
     return advert, body, sig
 
 
+#: at most this many peers of other networks are remembered (for the user's error message)
+MAX_FOREIGN_PEERS = 64
+
+
 class AdvertValidator:
     """Validates adverts for one network and remembers the last sequence number per peer.
 
@@ -342,11 +346,14 @@ class AdvertValidator:
         self.accepted = 0
         self.duplicates = 0
         self._last: dict[str, tuple[int, bytes]] = {}
+        #: peers whose signed advert names another network: peer id -> that network id
+        self.foreign: dict[str, str] = {}
 
     def check(self, data: bytes, origin: str | None, *, now_ms: int | None = None) -> Advert:
         """All checks except the sequence number; does not change state."""
         advert, body, sig = decode_advert(data, max_bytes=self.max_bytes)
-        if advert.network_id != self.network_id:
+        foreign = advert.network_id != self.network_id
+        if foreign and (origin is None or advert.peer_id != origin):
             raise AdvertForeignNetwork(
                 f"advert is for network {advert.network_id!r}, this is {self.network_id!r}"
             )
@@ -356,6 +363,14 @@ class AdvertValidator:
             verify_peer_signature(advert.peer_id, SIGNING_TAG + body, sig)
         except IdentityError:
             raise AdvertBadSignature("advert signature does not verify under its peer id") from None
+        if foreign:
+            # signed by the peer that sent it: worth telling a user who joined the wrong network
+            if advert.peer_id not in self.foreign and len(self.foreign) >= MAX_FOREIGN_PEERS:
+                self.foreign.pop(next(iter(self.foreign)))
+            self.foreign[advert.peer_id] = advert.network_id
+            raise AdvertForeignNetwork(
+                f"advert is for network {advert.network_id!r}, this is {self.network_id!r}"
+            )
         now = int(time.time() * 1000) if now_ms is None else now_ms
         if advert.expires_ms <= now:
             raise AdvertExpired("advert has expired")
@@ -399,4 +414,5 @@ class AdvertValidator:
             "accepted": self.accepted,
             "duplicates": self.duplicates,
             "rejected": dict(self.rejected),
+            "foreign_networks": dict(self.foreign),
         }

@@ -60,6 +60,8 @@ class BootstrapDialer:
                 self.targets.append((addr, pid))
         self.dials = 0
         self.failures = 0
+        #: why the last dial of each unreachable target failed: address -> one line
+        self.errors: dict[str, str] = {}
 
     async def dial_missing(self) -> int:
         """Dial the targets that are not connected; returns how many connected now."""
@@ -72,8 +74,10 @@ class BootstrapDialer:
             self.dials += 1
             if isinstance(res, DialError):
                 self.failures += 1
+                self.errors[addr] = str(res)
                 log.debug("bootstrap %s: %s", addr, res)
                 continue
+            self.errors.pop(addr, None)
             ok += 1
             if self.on_connected is not None:
                 await self.on_connected(res)
@@ -114,7 +118,7 @@ class DhtDiscovery:
     async def add_peer(self, peer_id: str) -> None:
         try:
             await self.dht.add_peer(ID.from_base58(peer_id), skip_server_mode_check=True)
-        except Exception as e:  # a dead peer or a table full of fresher ones
+        except Exception as e:  # noqa: BLE001 - a dead peer or a table full of fresher ones
             log.debug("DHT add_peer %s: %s", peer_id, type(e).__name__)
 
     def routing_table_peers(self) -> list[str]:
@@ -131,7 +135,7 @@ class DhtDiscovery:
             try:
                 await self.dht.provide(self.key)
                 providers = await self.dht.find_providers(self.key, count=64)
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - the DHT raises assorted types
                 log.debug("DHT lookup failed: %s", type(e).__name__)
                 return found
             self.lookups += 1

@@ -300,3 +300,19 @@ def test_valid_adverts_round_trip_through_sign_and_decode(seq, spans, load, tee)
     )
     decoded, _, _ = decode_advert(sign_advert(advert, ALICE))
     assert decoded == dataclasses.replace(advert)
+
+
+def test_a_peer_on_another_network_is_remembered_only_from_its_own_signed_advert():
+    v = AdvertValidator(NET)
+    with pytest.raises(AdvertForeignNetwork):
+        v.accept(signed(network_id="p2pinfer-mainnet"), ALICE.peer_id, now_ms=T0)
+    assert v.counters()["foreign_networks"] == {ALICE.peer_id: "p2pinfer-mainnet"}
+    # relayed by someone else, or with a broken signature: rejected, and not believed
+    v = AdvertValidator(NET)
+    with pytest.raises(AdvertForeignNetwork):
+        v.accept(signed(network_id="p2pinfer-mainnet"), MALLORY.peer_id, now_ms=T0)
+    forged = msgpack.unpackb(signed(network_id="p2pinfer-mainnet"))
+    forged["sig"] = bytes(64)
+    with pytest.raises(AdvertBadSignature):
+        v.accept(msgpack.packb(forged), ALICE.peer_id, now_ms=T0)
+    assert v.counters()["foreign_networks"] == {}
