@@ -72,6 +72,17 @@ def test_every_option_of_every_command_has_help_text():
     assert not missing, missing
 
 
+def test_a_node_serving_an_unknown_model_says_so_in_one_line_with_exit_2(tmp_path):
+    cfg = tmp_path / "node.toml"
+    cfg.write_text(f'[node]\ndata_dir = "{tmp_path / "d"}"\n[net]\ndht = false\n'
+                   '[serve]\nmodel = "no-such-model"\n')
+    proc = run("node", "--config", str(cfg), timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "no-such-model" in last and "ExceptionGroup" not in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 def test_keygen_show_prints_the_existing_peer_id_and_never_creates_a_key(tmp_path):
     key = tmp_path / "id.key"
     shown = run("keygen", "--show", "--out", str(key))

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from p2pinfer.cli import attest, demo, embed, infer, keygen, node, peers, prove_run, status, testnet
 from p2pinfer.cli.options import EXIT_USER, UsageError
 from p2pinfer.errors import ConfigError, P2PInferError
+from p2pinfer.models.errors import CacheError, ModelError, SpanInputError
 
 #: loggers of libraries whose messages only --debug shows
 LIBRARY_LOGGERS = ("libp2p", "multiaddr", "zeroconf", "async_service")
@@ -61,21 +62,33 @@ def main(argv: Sequence[str] | None = None) -> int:
             logging.getLogger(name).setLevel(logging.CRITICAL)
     try:
         return int(args.func(args) or 0)
-    except KeyboardInterrupt:
+    except BaseException as e:  # noqa: BLE001 - the last line of defence for a CLI
+        return _report(_single_cause(e), args.debug)
+
+
+def _single_cause(e: BaseException) -> BaseException:
+    """The one error inside nested exception groups of one member each (a trio nursery that
+    failed for one reason), else `e` itself."""
+    while isinstance(e, BaseExceptionGroup) and len(e.exceptions) == 1:
+        e = e.exceptions[0]
+    return e
+
+
+def _report(e: BaseException, debug: bool) -> int:
+    """Print `e` as one line (and the trace with --debug); the exit code it deserves."""
+    if isinstance(e, KeyboardInterrupt):
         return 130
-    except (ConfigError, UsageError) as e:
-        if args.debug:
-            traceback.print_exc()
+    if isinstance(e, SystemExit):
+        return e.code if isinstance(e.code, int) else 1
+    if debug:
+        traceback.print_exception(e)
+    bad_model = isinstance(e, ModelError) and not isinstance(e, (SpanInputError, CacheError))
+    if isinstance(e, (ConfigError, UsageError)) or bad_model:
         print(f"p2pinfer: error: {e}", file=sys.stderr)
         return EXIT_USER
-    except P2PInferError as e:
-        if args.debug:
-            traceback.print_exc()
+    if isinstance(e, P2PInferError):
         print(f"p2pinfer: error: {e}", file=sys.stderr)
         return 1
-    except Exception as e:  # noqa: BLE001 - the last line of defence for a CLI
-        if args.debug:
-            traceback.print_exc()
-        print(f"p2pinfer: error: {type(e).__name__}: {e} (rerun with --debug for details)",
-              file=sys.stderr)
-        return 1
+    print(f"p2pinfer: error: {type(e).__name__}: {e} (rerun with --debug for details)",
+          file=sys.stderr)
+    return 1
