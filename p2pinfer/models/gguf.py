@@ -21,7 +21,9 @@ the list of what is supported, as are MoE files and Llama 3.1 `rope_freqs` scali
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +39,7 @@ from p2pinfer.models.family import LM_HEAD_KEY, ArchConfig, Family
 from p2pinfer.models.info import ModelInfo, safe_name
 
 SUFFIX = ".gguf"
+_GGUF_VERSION = importlib.metadata.version("gguf")
 _MAGIC = b"GGUF"
 #: GGUF architectures we load, and the family that runs them
 ARCHITECTURES: dict[str, Family] = {"llama": llama.FAMILY}
@@ -93,8 +96,10 @@ def gguf_file(path: Path) -> Path | None:
 def _problem(exc: Exception) -> str:
     """One line for an error of the `gguf` reader on a damaged file."""
     text = str(exc)
-    if "is not a valid GGMLQuantizationType" in text:
-        return f"unknown tensor type {text.split()[0]} (damaged file, or a newer GGUF type)"
+    unknown = re.search(r"(\d+)\)? is not a valid GGMLQuantizationType", text)
+    if unknown:
+        return f"unknown tensor type {unknown.group(1)} (a damaged file, or a GGUF type newer " \
+               f"than gguf {_GGUF_VERSION})"
     if "magic" in text:
         return "not a GGUF file (bad magic number)"
     if "version" in text:
@@ -181,7 +186,7 @@ class GGUFCheckpoint:
         except ModelError:
             raise
         except Exception as exc:
-            raise ModelError(f"{file}: {_problem(exc)}") from exc
+            raise ModelError(f"{file}: {_problem(exc)} ({size} bytes)") from exc
         self.header_bytes = int(reader.data_offset)
         try:
             #: metadata without its arrays (the tokenizer's arrays: `read_arrays`)
