@@ -5,8 +5,9 @@ tensors, many of them block-quantized (Q4_1, Q8_0, ...). `GGUFCheckpoint` offers
 as the safetensors `Checkpoint`: it maps the file's tensor names onto the Hugging Face layout of
 the Llama family (`blk.3.attn_q.weight` -> `layers.3.self_attn.q_proj.weight`), checks every
 shape against the metadata before anything is loaded, and `load` dequantizes exactly the tensors
-asked for to the span's compute dtype. The file is memory-mapped (`gguf.GGUFReader`), so a span
-touches its own layers' bytes and nothing else.
+asked for to the span's compute dtype. The file is memory-mapped: we parse its header here
+(skipping the metadata arrays, i.e. the vocabulary), the tensors are views of the map, and
+`gguf.quants` dequantizes them, so a span touches its own layers' bytes and nothing else.
 
 llama.cpp stores the rows of `attn_q` and `attn_k` permuted so that its rotary embedding can
 rotate adjacent pairs; the Hugging Face layout (and ours, `llama.py`) rotates halves. Within each
@@ -23,7 +24,9 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
+import math
 import re
+import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,19 +119,6 @@ def _field_value(field: Any) -> Any:
         raise ModelError(f"metadata key {field.name} is unreadable: {exc}") from exc
 
 
-def read_metadata(reader: gguf.GGUFReader) -> dict[str, Any]:
-    """Every metadata value except arrays, which are replaced by their length."""
-    out: dict[str, Any] = {}
-    for key, field in reader.fields.items():
-        if key.startswith("GGUF."):
-            continue
-        if field.types and field.types[0] == gguf.GGUFValueType.ARRAY:
-            out[key] = len(field.data)
-        else:
-            out[key] = _field_value(field)
-    return out
-
-
 def read_arrays(file: Path, keys: tuple[str, ...]) -> dict[str, list[Any]]:
     """The named metadata arrays of a GGUF file (absent keys are left out)."""
     try:
@@ -144,6 +134,133 @@ def read_arrays(file: Path, keys: tuple[str, ...]) -> dict[str, list[Any]]:
                 raise ModelError(f"{file}: metadata key {key} should be an array")
             out[key] = value
     return out
+
+
+_V = gguf.GGUFValueType
+_SCALARS = {
+    _V.UINT8: "<B", _V.INT8: "<b", _V.UINT16: "<H", _V.INT16: "<h", _V.UINT32: "<I",
+    _V.INT32: "<i", _V.FLOAT32: "<f", _V.BOOL: "<?", _V.UINT64: "<Q", _V.INT64: "<q",
+    _V.FLOAT64: "<d",
+}
+_U64 = struct.Struct("<Q")
+_MAX_COUNT = 1 << 24  # metadata keys, tensors, array elements: far above any real file
+_MAX_DIMS = 4  # GGML_MAX_DIMS
+_DEFAULT_ALIGNMENT = 32
+
+
+class _Truncated(Exception):
+    pass
+
+
+class _HeaderParser:
+    """GGUF header (metadata and tensor index) from a memory map, reading no tensor data.
+
+    Arrays in the metadata (a tokenizer's vocabulary and merges) are skipped and recorded by
+    length, so opening a file costs milliseconds and no memory beyond its index; the tokenizer
+    conversion reads them with `gguf.GGUFReader` once (`read_arrays`).
+    """
+
+    def __init__(self, data: np.ndarray) -> None:
+        self.data, self.size, self.pos = data, int(data.shape[0]), 0
+        self.view = memoryview(data)
+
+    def take(self, n: int) -> int:
+        if n < 0 or self.pos + n > self.size:
+            raise _Truncated
+        start, self.pos = self.pos, self.pos + n
+        return start
+
+    def scalar(self, kind: gguf.GGUFValueType) -> Any:
+        fmt = _SCALARS[kind]
+        return struct.unpack_from(fmt, self.view, self.take(struct.calcsize(fmt)))[0]
+
+    def count(self, what: str) -> int:
+        n = self.scalar(_V.UINT64)
+        if n > _MAX_COUNT:
+            raise ModelError(f"{what} count {n} is implausibly large (damaged file)")
+        return int(n)
+
+    def string(self) -> str:
+        n = self.scalar(_V.UINT64)
+        start = self.take(int(n))
+        try:
+            return bytes(self.data[start:start + n]).decode("utf-8")
+        except UnicodeDecodeError:
+            raise ModelError(f"a metadata string at byte {start} is not UTF-8") from None
+
+    def value_kind(self) -> gguf.GGUFValueType:
+        raw = self.scalar(_V.UINT32)
+        try:
+            return _V(raw)
+        except ValueError:
+            raise ModelError(f"unknown metadata value type {raw} (damaged file)") from None
+
+    def value(self, kind: gguf.GGUFValueType) -> Any:
+        """A scalar or string; an array becomes its length (its elements are skipped)."""
+        if kind == _V.STRING:
+            return self.string()
+        if kind != _V.ARRAY:
+            return self.scalar(kind)
+        inner = self.value_kind()
+        n = self.count("array element")
+        if inner in _SCALARS:
+            self.take(n * struct.calcsize(_SCALARS[inner]))
+        elif inner == _V.STRING:  # the vocabulary: skip 100k strings in a tight loop
+            length, buf, pos = _U64.unpack_from, self.view, self.pos
+            for _ in range(n):
+                if pos + 8 > self.size:
+                    raise _Truncated
+                pos += 8 + length(buf, pos)[0]
+            self.take(pos - self.pos)
+        else:
+            for _ in range(n):
+                self.value(inner)
+        return n
+
+
+def _parse_header(file: Path, data: np.ndarray) -> tuple[dict[str, Any], list[tuple], int]:
+    """(metadata, [(name, type, HF shape, absolute offset, bytes)], header length)."""
+    p = _HeaderParser(data)
+    if bytes(data[:4]) != _MAGIC:
+        raise ModelError(f"{file}: not a GGUF file (bad magic number)")
+    p.pos = 4
+    version = p.scalar(_V.UINT32)
+    if version & 0xFFFF == 0:
+        raise ModelError(f"{file}: big-endian GGUF files are not supported")
+    if version not in (2, 3):
+        raise ModelError(f"{file}: GGUF version {version} is not supported (2 and 3 are)")
+    n_tensors, n_kv = p.count("tensor"), p.count("metadata key")
+    meta: dict[str, Any] = {}
+    for _ in range(n_kv):
+        key = p.string()
+        meta[key] = p.value(p.value_kind())
+    infos = []
+    for _ in range(n_tensors):
+        name = p.string()
+        n_dims = p.scalar(_V.UINT32)
+        if not 1 <= n_dims <= _MAX_DIMS:
+            raise ModelError(f"{file}: tensor {name} has {n_dims} dimensions")
+        dims = [p.scalar(_V.UINT64) for _ in range(n_dims)]
+        raw = p.scalar(_V.UINT32)
+        offset = p.scalar(_V.UINT64)
+        try:
+            kind = gguf.GGMLQuantizationType(raw)
+        except ValueError:
+            raise ModelError(
+                f"{file}: tensor {name} has unknown tensor type {raw} (a damaged file, or a "
+                f"GGUF type newer than gguf {_GGUF_VERSION})"
+            ) from None
+        block, type_size = gguf.GGML_QUANT_SIZES[kind]
+        if dims[0] % block or any(d > _MAX_COUNT * 64 for d in dims):
+            raise ModelError(f"{file}: tensor {name} has shape {dims[::-1]}, impossible for "
+                             f"type {kind.name}")
+        n_bytes = math.prod(dims) // block * type_size
+        infos.append((name, kind, tuple(int(d) for d in reversed(dims)), offset, n_bytes))
+    alignment = meta.get("general.alignment", _DEFAULT_ALIGNMENT)
+    if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
+        raise ModelError(f"{file}: general.alignment {alignment!r} is not a power of two")
+    header = -(-p.pos // alignment) * alignment
+    return meta, [(n, k, s, header + o, b) for n, k, s, o, b in infos], header
 
 
 @dataclass(frozen=True)
@@ -181,18 +298,17 @@ class GGUFCheckpoint:
         self.file = file
         self._where = str(file)
         size = file.stat().st_size
+        if size == 0:
+            raise ModelError(f"{file}: empty file, not a GGUF file")
         try:
-            reader = gguf.GGUFReader(file)
-        except ModelError:
-            raise
-        except Exception as exc:
-            raise ModelError(f"{file}: {_problem(exc)} ({size} bytes)") from exc
-        self.header_bytes = int(reader.data_offset)
+            data = np.memmap(file, dtype=np.uint8, mode="r")
+        except (OSError, ValueError) as exc:
+            raise ModelError(f"{file}: cannot map the file: {exc}") from exc
         try:
-            #: metadata without its arrays (the tokenizer's arrays: `read_arrays`)
-            self.meta: dict[str, Any] = read_metadata(reader)
-        except ModelError as exc:
-            raise ModelError(f"{file}: {exc}") from None
+            #: metadata; arrays (the tokenizer's) are given by length, see `read_arrays`
+            self.meta, infos, self.header_bytes = _parse_header(file, data)
+        except _Truncated:
+            raise ModelError(f"{file}: truncated: the header ends early ({size} bytes)") from None
         arch = self.meta.get("general.architecture")
         if arch is None:
             raise ModelError(f"{file}: metadata key general.architecture is missing")
@@ -204,15 +320,20 @@ class GGUFCheckpoint:
         self.architecture: str = arch
         self.family: Family = ARCHITECTURES[arch]
         self.tensors: dict[str, GGUFTensor] = {}
-        for t in reader.tensors:
-            shape = tuple(int(d) for d in reversed(t.shape.tolist()))
-            end = int(t.data_offset) + int(t.n_bytes)
-            if end > size:
-                raise ModelError(
-                    f"{file}: truncated: tensor {t.name} ends at byte {end}, the file has {size}"
-                )
-            self.tensors[t.name] = GGUFTensor(t.name, t.tensor_type, shape, t.data)
-        # the reader goes here: its parsed fields weigh ~100 MB for a 49k-token vocabulary
+        for name, kind, shape, offset, n_bytes in infos:
+            if offset + n_bytes > size:
+                raise ModelError(f"{file}: truncated: tensor {name} ends at byte "
+                                 f"{offset + n_bytes}, the file has {size}")
+            if name in self.tensors:
+                raise ModelError(f"{file}: tensor {name} appears twice")
+            raw = data[offset:offset + n_bytes]
+            if kind == _Q.F32:
+                raw = raw.view(np.float32).reshape(shape)
+            elif kind == _Q.F16:
+                raw = raw.view(np.float16).reshape(shape)
+            elif kind in SUPPORTED_TYPES:
+                raw = raw.reshape(gguf.quants.quant_shape_to_byte_shape(shape, kind))
+            self.tensors[name] = GGUFTensor(name, kind, shape, raw)
         try:
             self.raw_config = self._hf_config()
             self.config: ArchConfig = self.family.parse_config(self.raw_config)
