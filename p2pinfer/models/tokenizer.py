@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -168,6 +169,7 @@ class Tokenizer:
                 trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols]
             )
             env.globals["raise_exception"] = _raise_template_error
+            env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(str(fmt))
             try:
                 self._template = env.from_string(self.chat_template)
             except jinja2.TemplateError as exc:

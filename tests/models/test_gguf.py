@@ -37,6 +37,7 @@ from p2pinfer.models import (
     weights_digest,
 )
 from p2pinfer.models.defaults import SMOLLM2_INSTALL, models_home
+from p2pinfer.models.gguf import SUPPORTED_TYPES as GGUF_TYPES
 from tests.models.tiny_checkpoints import build, random_ids
 
 transformers = pytest.importorskip("transformers")
@@ -342,6 +343,10 @@ def test_a_tiny_gguf_computes_what_transformers_computes(tiny):
     span = LayerSpan.load(path, 1, 3)
     logits = ClientTail.load(path, 1).forward(span.forward(head.forward(ids)))[0]
     assert torch.allclose(logits, expected, atol=1e-4, rtol=1e-4)
+    half = LayerSpan.load(path, 1, 3, torch.bfloat16)
+    assert half.blocks[0].self_attn.q_proj.weight.dtype == torch.bfloat16
+    out = half.forward(head.forward(ids).to(torch.bfloat16)).float()
+    assert torch.allclose(out, span.forward(head.forward(ids)), atol=0.1)
     info = load_model_info(path)
     assert (info.format, info.quantization, info.num_layers) == ("gguf", "F32", 4)
 
@@ -374,6 +379,15 @@ def test_weights_digest_tracks_the_stored_bytes(tiny, tmp_path):
     del reader
     assert weights_digest(copy, 0, 1) == weights_digest(path, 0, 1)  # layer 0 untouched
     assert weights_digest(copy, 0, 2) != weights_digest(path, 0, 2)
+
+
+def test_every_supported_tensor_type_has_a_dequantizer():
+    for kind in GGUF_TYPES:
+        block, size = gguf.GGML_QUANT_SIZES[kind]
+        raw = np.zeros((2, size * (256 // block)), dtype=np.uint8)
+        if kind in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16):
+            raw = raw.view(np.float32 if kind == gguf.GGMLQuantizationType.F32 else np.float16)
+        assert gguf.quants.dequantize(raw, kind).shape == (2, 256), kind.name
 
 
 def _one_line_error(path: Path, *words: str) -> str:
