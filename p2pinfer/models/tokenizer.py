@@ -193,6 +193,29 @@ class Tokenizer:
                            add_special_tokens=False)
 
 
+    def chat_delta(
+        self, cached: Sequence[int], messages: Sequence[Mapping[str, str]]
+    ) -> tuple[int, list[int]]:
+        """What to run for the next turn of a conversation whose first tokens are cached.
+
+        `cached` are the ids already in the KV caches (earlier prompts and answers, the stop
+        token usually not among them); `messages` the whole conversation so far, ending with
+        the new user message. Returns `(keep, ids)`: keep the first `keep` cached positions
+        (truncate the caches to `keep` if it is less than `len(cached)`) and feed `ids` from
+        position `keep`. With a template that renders earlier turns unchanged (ChatML does),
+        `keep == len(cached)` and `ids` is only the new turn.
+        """
+        full = self.apply_chat_template(messages)
+        keep = 0
+        for a, b in zip(cached, full, strict=False):
+            if a != b:
+                break
+            keep += 1
+        if keep == len(full):  # at least one token must run to get the next logits
+            keep -= 1
+        return keep, full[keep:]
+
+
 def _raise_template_error(message: str) -> None:
     raise ModelError(f"chat template: {message}")
 

@@ -195,6 +195,22 @@ def test_tokenizer_and_chat_template_equal_transformers(tok, reference):
     assert rendered.endswith("<|im_start|>assistant\n") and "SmolLM" in rendered
 
 
+def test_a_next_turn_feeds_only_the_new_tokens(tok):
+    first = tok.apply_chat_template(THREE_TURNS[:2])
+    answer = tok.encode("Blue.")  # generated; the stop token itself was never fed
+    cached = first + answer
+    keep, ids = tok.chat_delta(cached, THREE_TURNS)
+    assert keep == len(cached)
+    assert ids == tok.encode("<|im_end|>\n<|im_start|>user\nAnd another one?<|im_end|>\n"
+                             "<|im_start|>assistant\n")
+    assert cached + ids == tok.apply_chat_template(THREE_TURNS)
+    edited = [*THREE_TURNS[:1], {"role": "user", "content": "Name a shape."}, *THREE_TURNS[2:]]
+    keep, ids = tok.chat_delta(cached, edited)  # an earlier turn changed: replay from there
+    assert keep < len(first) and cached[:keep] + ids == tok.apply_chat_template(edited)
+    keep, ids = tok.chat_delta(first, THREE_TURNS[:2])  # nothing new: rerun the last token
+    assert (keep, ids) == (len(first) - 1, first[-1:])
+
+
 def test_streamed_pieces_concatenate_to_the_decoded_text(tok):
     ids = tok.encode("Paris, Köln, 東京 and 🤖 robots.")
     stream = tok.stream()
