@@ -25,7 +25,6 @@ import hashlib
 import importlib.metadata
 import json
 import math
-import re
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -96,22 +95,6 @@ def gguf_file(path: Path) -> Path | None:
         return None
 
 
-def _problem(exc: Exception) -> str:
-    """One line for an error of the `gguf` reader on a damaged file."""
-    text = str(exc)
-    unknown = re.search(r"(\d+)\)? is not a valid GGMLQuantizationType", text)
-    if unknown:
-        return f"unknown tensor type {unknown.group(1)} (a damaged file, or a GGUF type newer " \
-               f"than gguf {_GGUF_VERSION})"
-    if "magic" in text:
-        return "not a GGUF file (bad magic number)"
-    if "version" in text:
-        return f"unsupported GGUF version: {text}"
-    if isinstance(exc, (IndexError, OverflowError)) or "reshape" in text or "size" in text:
-        return "truncated or corrupt file (the header or tensor data ends early)"
-    return f"unreadable GGUF file: {type(exc).__name__}: {text}"
-
-
 def _field_value(field: Any) -> Any:
     try:
         return field.contents()
@@ -124,7 +107,8 @@ def read_arrays(file: Path, keys: tuple[str, ...]) -> dict[str, list[Any]]:
     try:
         reader = gguf.GGUFReader(file)
     except Exception as exc:
-        raise ModelError(f"{file}: {_problem(exc)}") from exc
+        raise ModelError(f"{file}: unreadable GGUF metadata: {type(exc).__name__}: {exc}"
+                         ) from exc
     out: dict[str, list[Any]] = {}
     for key in keys:
         field = reader.get_field(key)
@@ -152,6 +136,10 @@ class _Truncated(Exception):
     pass
 
 
+class _Damaged(Exception):
+    """A header that cannot be a valid GGUF file (the message names what, not the file)."""
+
+
 class _HeaderParser:
     """GGUF header (metadata and tensor index) from a memory map, reading no tensor data.
 
@@ -177,7 +165,7 @@ class _HeaderParser:
     def count(self, what: str) -> int:
         n = self.scalar(_V.UINT64)
         if n > _MAX_COUNT:
-            raise ModelError(f"{what} count {n} is implausibly large (damaged file)")
+            raise _Damaged(f"{what} count {n} is implausibly large (damaged file)")
         return int(n)
 
     def string(self) -> str:
@@ -186,14 +174,14 @@ class _HeaderParser:
         try:
             return bytes(self.data[start:start + n]).decode("utf-8")
         except UnicodeDecodeError:
-            raise ModelError(f"a metadata string at byte {start} is not UTF-8") from None
+            raise _Damaged(f"a metadata string at byte {start} is not UTF-8") from None
 
     def value_kind(self) -> gguf.GGUFValueType:
         raw = self.scalar(_V.UINT32)
         try:
             return _V(raw)
         except ValueError:
-            raise ModelError(f"unknown metadata value type {raw} (damaged file)") from None
+            raise _Damaged(f"unknown metadata value type {raw} (damaged file)") from None
 
     def value(self, kind: gguf.GGUFValueType) -> Any:
         """A scalar or string; an array becomes its length (its elements are skipped)."""
@@ -222,13 +210,13 @@ def _parse_header(file: Path, data: np.ndarray) -> tuple[dict[str, Any], list[tu
     """(metadata, [(name, type, HF shape, absolute offset, bytes)], header length)."""
     p = _HeaderParser(data)
     if bytes(data[:4]) != _MAGIC:
-        raise ModelError(f"{file}: not a GGUF file (bad magic number)")
+        raise _Damaged("not a GGUF file (bad magic number)")
     p.pos = 4
     version = p.scalar(_V.UINT32)
     if version & 0xFFFF == 0:
-        raise ModelError(f"{file}: big-endian GGUF files are not supported")
+        raise _Damaged("big-endian GGUF files are not supported")
     if version not in (2, 3):
-        raise ModelError(f"{file}: GGUF version {version} is not supported (2 and 3 are)")
+        raise _Damaged(f"GGUF version {version} is not supported (2 and 3 are)")
     n_tensors, n_kv = p.count("tensor"), p.count("metadata key")
     meta: dict[str, Any] = {}
     for _ in range(n_kv):
@@ -239,26 +227,26 @@ def _parse_header(file: Path, data: np.ndarray) -> tuple[dict[str, Any], list[tu
         name = p.string()
         n_dims = p.scalar(_V.UINT32)
         if not 1 <= n_dims <= _MAX_DIMS:
-            raise ModelError(f"{file}: tensor {name} has {n_dims} dimensions")
+            raise _Damaged(f"tensor {name} has {n_dims} dimensions")
         dims = [p.scalar(_V.UINT64) for _ in range(n_dims)]
         raw = p.scalar(_V.UINT32)
         offset = p.scalar(_V.UINT64)
         try:
             kind = gguf.GGMLQuantizationType(raw)
         except ValueError:
-            raise ModelError(
-                f"{file}: tensor {name} has unknown tensor type {raw} (a damaged file, or a "
+            raise _Damaged(
+                f"tensor {name} has unknown tensor type {raw} (a damaged file, or a "
                 f"GGUF type newer than gguf {_GGUF_VERSION})"
             ) from None
         block, type_size = gguf.GGML_QUANT_SIZES[kind]
-        if dims[0] % block or any(d > _MAX_COUNT * 64 for d in dims):
-            raise ModelError(f"{file}: tensor {name} has shape {dims[::-1]}, impossible for "
+        if dims[0] % block:
+            raise _Damaged(f"tensor {name} has shape {dims[::-1]}, impossible for "
                              f"type {kind.name}")
         n_bytes = math.prod(dims) // block * type_size
         infos.append((name, kind, tuple(int(d) for d in reversed(dims)), offset, n_bytes))
     alignment = meta.get("general.alignment", _DEFAULT_ALIGNMENT)
     if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
-        raise ModelError(f"{file}: general.alignment {alignment!r} is not a power of two")
+        raise _Damaged(f"general.alignment {alignment!r} is not a power of two")
     header = -(-p.pos // alignment) * alignment
     return meta, [(n, k, s, header + o, b) for n, k, s, o, b in infos], header
 
@@ -309,6 +297,8 @@ class GGUFCheckpoint:
             self.meta, infos, self.header_bytes = _parse_header(file, data)
         except _Truncated:
             raise ModelError(f"{file}: truncated: the header ends early ({size} bytes)") from None
+        except _Damaged as exc:
+            raise ModelError(f"{file}: {exc}") from None
         arch = self.meta.get("general.architecture")
         if arch is None:
             raise ModelError(f"{file}: metadata key general.architecture is missing")
@@ -339,6 +329,8 @@ class GGUFCheckpoint:
             self.config: ArchConfig = self.family.parse_config(self.raw_config)
         except ModelError as exc:
             raise ModelError(f"{file}: {exc}") from None
+        except (TypeError, ValueError, ArithmeticError) as exc:
+            raise ModelError(f"{file}: a metadata value has the wrong type: {exc}") from None
         if self.config.num_layers <= 0 or self.config.hidden_size <= 0:
             raise ModelError(f"{file}: layer count and hidden size must be > 0")
         self.loaded_keys: list[str] = []
@@ -365,6 +357,10 @@ class GGUFCheckpoint:
             raise ModelError("mixture-of-experts GGUF files are not supported")
         if "rope_freqs.weight" in self.tensors:
             raise ModelError("per-frequency RoPE factors (rope_freqs) are not supported")
+        layers = get("block_count")
+        if not isinstance(layers, int) or not 0 < layers <= len(self.tensors):
+            raise ModelError(f"{a}.block_count {layers!r} does not fit the file's "
+                             f"{len(self.tensors)} tensors")
         heads = get("attention.head_count")
         hidden = get("embedding_length")
         if not isinstance(heads, int) or heads <= 0:
@@ -390,7 +386,7 @@ class GGUFCheckpoint:
             "model_type": a,
             "hidden_size": hidden,
             "intermediate_size": get("feed_forward_length"),
-            "num_hidden_layers": get("block_count"),
+            "num_hidden_layers": layers,
             "num_attention_heads": heads,
             "num_key_value_heads": get("attention.head_count_kv", heads),
             "head_dim": head_dim,

