@@ -258,8 +258,7 @@ class Checkpoint:
 
     def info(self) -> ModelInfo:
         cfg = self.config
-        canonical = {k: v for k, v in self.raw_config.items() if k not in _VOLATILE_CONFIG_KEYS}
-        digest = hashlib.sha256(json.dumps(canonical, sort_keys=True).encode())
+        digest = hashlib.sha256(self._canonical_config().encode())
         for key in sorted(self.entries):
             e = self.entries[key]
             digest.update(f"\n{key} {e.dtype} {list(e.shape)}".encode())
