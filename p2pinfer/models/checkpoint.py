@@ -8,6 +8,7 @@ shape, and afterwards load exactly the tensors a caller asks for with `safe_open
 
 Safetensors format: https://github.com/huggingface/safetensors (8-byte header length, JSON
 header, raw little-endian data). Nothing is downloaded; `pytorch_model.bin` (pickle) is refused.
+GGUF files are read by `gguf.py` with the same calls; `open_checkpoint` picks the reader.
 """
 
 from __future__ import annotations
@@ -26,16 +27,18 @@ from p2pinfer.models.bert import FAMILY as BERT
 from p2pinfer.models.bert import read_pooling
 from p2pinfer.models.errors import ModelError
 from p2pinfer.models.family import LM_HEAD_KEY, ArchConfig, Family, Shapes
+from p2pinfer.models.gguf import GGUFCheckpoint, is_gguf
 from p2pinfer.models.gpt2 import FAMILY as GPT2
+from p2pinfer.models.info import DTYPE_NAMES, ModelInfo, safe_name
 from p2pinfer.models.llama import FAMILY as LLAMA
 from p2pinfer.models.mlp import FAMILY as MLP
 
 FAMILIES: tuple[Family, ...] = (LLAMA, GPT2, BERT, MLP)
 
 _DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
-_DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 _MAX_JSON_BYTES = 64 << 20
 _VOLATILE_CONFIG_KEYS = {"transformers_version", "_name_or_path", "_commit_hash"}
+_DIGEST_VERSION = "p2pinfer-safetensors-weights-v1"
 
 
 def family_for(model_type: str) -> Family:
@@ -44,12 +47,6 @@ def family_for(model_type: str) -> Family:
             return fam
     known = ", ".join(t for f in FAMILIES for t in f.model_types)
     raise ModelError(f"model type {model_type!r} is not supported (supported: {known})")
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    if dtype not in _DTYPE_NAMES:
-        raise ModelError(f"dtype {dtype} is not supported (use float32, float16 or bfloat16)")
-    return _DTYPE_NAMES[dtype]
 
 
 @dataclass(frozen=True)
@@ -64,50 +61,6 @@ class TensorEntry:
         for d in self.shape:
             n *= d
         return n
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """What a peer needs to know about a model to plan, advertise and estimate costs.
-
-    `model_id` is `<name>-<12 hex>`: SHA-256 over the canonical config and the weight index
-    (names, dtypes, shapes). It names an architecture and layout, not weight values; peers that
-    must agree on values use the weight commitments of the model manifest.
-    """
-
-    model_id: str
-    name: str
-    family: str
-    model_type: str
-    path: Path
-    is_decoder: bool
-    num_layers: int
-    hidden_size: int
-    vocab_size: int
-    max_positions: int
-    num_heads: int
-    num_kv_heads: int
-    head_dim: int
-    dtype: str
-    embedding_params: int
-    layer_params: tuple[int, ...]
-    output_params: int
-
-    @property
-    def total_params(self) -> int:
-        return self.embedding_params + sum(self.layer_params) + self.output_params
-
-    def span_params(self, start: int, end: int) -> int:
-        return sum(self.layer_params[start:end])
-
-    def kv_bytes_per_token(self, num_layers: int = 1, dtype: torch.dtype = torch.float32) -> int:
-        """KV-cache bytes one position costs across `num_layers` layers (0 for encoders)."""
-        if not self.is_decoder:
-            return 0
-        per_layer = (
-            2 * self.num_kv_heads * self.head_dim * torch.tensor([], dtype=dtype).element_size()
-        )
-        return per_layer * num_layers
 
 
 def _read_json(path: Path, what: str) -> Any:
@@ -282,10 +235,34 @@ class Checkpoint:
                 raise ModelError(f"{file}: failed to read weights: {exc}") from exc
         return out
 
+    def weights_digest(self, start: int, end: int) -> str:
+        """See `weights_digest` (module level): layers [start, end) of this checkpoint."""
+        if not (isinstance(start, int) and isinstance(end, int)) or not (
+            0 <= start < end <= self.config.num_layers
+        ):
+            raise ModelError(f"span [{start}, {end}) is outside the model's "
+                             f"{self.config.num_layers} layers")
+        h = hashlib.sha256(f"{_DIGEST_VERSION}\n{self._canonical_config()}\n{start} {end}".encode())
+        for i in range(start, end):
+            for key, _shape in sorted(self.layer_keys(i).values()):
+                entry = self.entries[key]
+                try:
+                    with safe_open(str(entry.file), framework="pt") as f:
+                        tensor = f.get_tensor(key).contiguous()
+                except Exception as exc:
+                    raise ModelError(f"{entry.file}: failed to read weights: {exc}") from exc
+                data = tensor.view(torch.uint8).numpy() if tensor.numel() else b""
+                h.update(f"\n{key} {entry.dtype} {list(entry.shape)} {len(data)}\n".encode())
+                h.update(memoryview(data).cast("B") if len(data) else b"")
+        return "sha256:" + h.hexdigest()
+
+    def _canonical_config(self) -> str:
+        canonical = {k: v for k, v in self.raw_config.items() if k not in _VOLATILE_CONFIG_KEYS}
+        return json.dumps(canonical, sort_keys=True)
+
     def info(self) -> ModelInfo:
         cfg = self.config
-        canonical = {k: v for k, v in self.raw_config.items() if k not in _VOLATILE_CONFIG_KEYS}
-        digest = hashlib.sha256(json.dumps(canonical, sort_keys=True).encode())
+        digest = hashlib.sha256(self._canonical_config().encode())
         for key in sorted(self.entries):
             e = self.entries[key]
             digest.update(f"\n{key} {e.dtype} {list(e.shape)}".encode())
@@ -294,7 +271,7 @@ class Checkpoint:
             or str(self.raw_config.get("_name_or_path") or "").rstrip("/").split("/")[-1]
             or cfg.model_type
         )
-        name = re.sub(r"[^A-Za-z0-9._-]", "_", name)[:64]
+        name = safe_name(name)
         emb_key = self.base + self.family.probe_key
 
         def count(group: dict[str, tuple[str, tuple[int, ...]]]) -> int:
@@ -326,12 +303,28 @@ class Checkpoint:
 
     def _dtype(self) -> str:
         declared = self.raw_config.get("dtype") or self.raw_config.get("torch_dtype")
-        if isinstance(declared, str) and declared in _DTYPE_NAMES.values():
+        if isinstance(declared, str) and declared in DTYPE_NAMES.values():
             return declared
         entry = self.entries[self.base + self.family.probe_key]
         return {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}.get(entry.dtype, "float32")
 
 
+#: either checkpoint format; both offer the calls `span.py` and `tokenizer.py` use
+AnyCheckpoint = Checkpoint | GGUFCheckpoint
+
+
+def open_checkpoint(path: str | Path) -> AnyCheckpoint:
+    """A safetensors directory, a `.gguf` file, or a directory holding one `.gguf` file."""
+    return GGUFCheckpoint(path) if is_gguf(path) else Checkpoint(path)
+
+
 def load_model_info(path: str | Path) -> ModelInfo:
     """Read config and weight headers of a local checkpoint (no tensor data) and describe it."""
-    return Checkpoint(path).info()
+    return open_checkpoint(path).info()
+
+
+def weights_digest(path: str | Path, start: int, end: int) -> str:
+    """`sha256:<hex>` of the weights layers [start, end) of the checkpoint at `path` serve:
+    their stored bytes, names, types and shapes, and the architecture config. Reads only those
+    layers. Two peers with equal digests serve bit-identical stored weights."""
+    return open_checkpoint(path).weights_digest(start, end)

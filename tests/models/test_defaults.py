@@ -11,6 +11,7 @@ import torch
 from p2pinfer.models import (
     LLAMA_108M,
     MINILM,
+    SMOLLM2,
     TINY_LLAMA,
     LocalModel,
     ModelError,
@@ -32,8 +33,9 @@ def tiny(tmp_path_factory):
 
 def test_default_models_say_which_weights_are_random():
     models = {m.name: m for m in default_models()}
-    assert set(models) == {MINILM, TINY_LLAMA, LLAMA_108M, "p2pinfer-zk-mlp",
+    assert set(models) == {MINILM, SMOLLM2, TINY_LLAMA, LLAMA_108M, "p2pinfer-zk-mlp",
                            "p2pinfer-zk-llama"}
+    assert models[SMOLLM2].random_weights is False and models[SMOLLM2].task == "generation"
     assert models[MINILM].random_weights is False and models[MINILM].task == "embedding"
     assert models[TINY_LLAMA].random_weights is True and models[TINY_LLAMA].task == "generation"
     assert models[LLAMA_108M].random_weights is True
