@@ -112,7 +112,7 @@ def preflight(args: argparse.Namespace, cfg: NodeConfig, *, task: str) -> None:
 
     name = args.model
     try:
-        path = Path(name) if Path(name).is_dir() else builtin_model_path(name)
+        path = Path(name) if Path(name).exists() else builtin_model_path(name)
         info = load_model_info(path)
     except ModelError as e:
         known = ", ".join(m.name for m in default_models())

@@ -25,7 +25,7 @@ def _model_layers(names: list[str]) -> dict[str, tuple[int, bool]]:
     out = {}
     for name in names:
         try:
-            path = Path(name) if Path(name).is_dir() else builtin_model_path(name)
+            path = Path(name) if Path(name).exists() else builtin_model_path(name)
             info = load_model_info(path)
         except ModelError as e:
             raise UsageError(f"--model {name}: {e}") from None
