@@ -400,11 +400,10 @@ class FramedStream:
 
         On a budgeted (inbound) stream the frame's bytes count against the node's frame
         budget until the next `recv_bytes` or the stream's close."""
-        self._release_held()
-        if self._pushback is not None:
+        if self._pushback is not None:  # its budget bytes are still held: hand them on
             frame, self._pushback = self._pushback, None
-            self._held = len(frame) if self._budget is not None else 0
             return frame
+        self._release_held()
         source: Any = self._raw
         if self._first_timeout is not None or self._min_rate:
             first = self._frames == 0 and self._first_timeout is not None
