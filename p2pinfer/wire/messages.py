@@ -8,10 +8,11 @@ reads `msg.get("shape", list)` instead of trusting the peer.
 
 Decoding cost is bounded before it starts: `DecodeLimits` (one per protocol or message kind)
 sets msgpack's own length limits (strings, byte strings, arrays, maps), a cap on the number of
-elements held by all arrays and maps together (counted while decoding, so a frame of a million
-empty arrays stops after `max_items`) and a nesting depth. A message then costs at most its own
-size, plus about 80 bytes per counted element (a Python object and its slot), plus a small
-per-kind constant.
+elements held by all arrays and maps together and on the number of arrays and maps (a fixed
+allowance plus one per `bytes_per_container` bytes), both counted while decoding, so a frame of
+a million empty arrays stops early, and a nesting depth. An array or map costs ~130 bytes
+decoded for 1 byte encoded, a scalar at most ~20x its encoding, so a message costs at most
+about 20x its size plus ~130 bytes per allowed container: a small per-kind constant.
 """
 
 from __future__ import annotations
@@ -42,13 +43,20 @@ class DecodeLimits:
     max_map_len: int = 256
     #: elements of all arrays plus keys and values of all maps, together
     max_items: int = 1 << 17
+    #: arrays and maps (each costs ~130 bytes decoded for 1 byte encoded): this many, plus
+    #: one per `bytes_per_container` bytes of the message
+    max_containers: int = 1024
+    bytes_per_container: int = 64
     #: arrays and maps inside each other; the envelope map is depth 1
-    max_depth: int = 8
+    max_depth: int = 32
 
     def __post_init__(self) -> None:
-        for name in ("max_str_len", "max_bin_len", "max_array_len", "max_map_len", "max_items"):
+        for name in ("max_str_len", "max_bin_len", "max_array_len", "max_map_len", "max_items",
+                     "max_containers"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
+        if self.bytes_per_container < 1:
+            raise ValueError("bytes_per_container must be >= 1")
         if not 1 <= self.max_depth <= MSGPACK_MAX_DEPTH:
             raise ValueError(f"max_depth must be within 1..{MSGPACK_MAX_DEPTH}")
 
@@ -58,7 +66,7 @@ DEFAULT_DECODE_LIMITS = DecodeLimits()
 #: small control messages (ping, advert requests, error replies)
 SMALL_DECODE_LIMITS = DecodeLimits(
     max_str_len=4096, max_bin_len=64 * 1024, max_array_len=256, max_map_len=64,
-    max_items=1024, max_depth=4,
+    max_items=1024, max_containers=64, max_depth=4,
 )
 _RESERVED = ("v", "t")
 _MISSING = object()
@@ -117,24 +125,29 @@ def _kind_name(kind: type | tuple[type, ...]) -> str:
 
 
 class _ItemCount:
-    """msgpack hooks that count the elements of every finished array and map, and stop the
-    decoder (by raising) once the total passes the limit."""
+    """msgpack hooks that count every finished array and map and their elements, and stop the
+    decoder (by raising) once either total passes its limit."""
 
-    __slots__ = ("left",)
+    __slots__ = ("containers", "items")
 
-    def __init__(self, max_items: int) -> None:
-        self.left = max_items
+    def __init__(self, items: int, containers: int) -> None:
+        self.items = items
+        self.containers = containers
+
+    def _count(self, elements: int) -> None:
+        self.items -= elements
+        self.containers -= 1
+        if self.items < 0:
+            raise WireError("message holds too many array and map elements")
+        if self.containers < 0:
+            raise WireError("message holds too many arrays and maps for its size")
 
     def on_list(self, value: list[Any]) -> list[Any]:
-        self.left -= len(value)
-        if self.left < 0:
-            raise WireError("message holds too many array and map elements")
+        self._count(len(value))
         return value
 
     def on_map(self, value: dict[Any, Any]) -> dict[Any, Any]:
-        self.left -= 2 * len(value)
-        if self.left < 0:
-            raise WireError("message holds too many array and map elements")
+        self._count(2 * len(value))
         return value
 
 
@@ -155,7 +168,9 @@ def _depth_exceeds(obj: Any, max_depth: int) -> bool:
 def unpack_limited(data: bytes | bytearray | memoryview, limits: DecodeLimits) -> Any:
     """One msgpack value decoded under `limits` (no extension types, string map keys);
     every problem is a `WireError`."""
-    count = _ItemCount(limits.max_items)
+    count = _ItemCount(
+        limits.max_items, limits.max_containers + len(data) // limits.bytes_per_container
+    )
     try:
         obj = msgpack.unpackb(
             data, raw=False, strict_map_key=True, ext_hook=_reject_ext, timestamp=0,
