@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -622,7 +623,7 @@ class InboundGuard:
         out: dict[str, Any] = dict(self.counters)
         out["slots_in_use"] = self._in_use
         out["open_streams"] = sum(self._open.values())
-        now = trio.current_time()
+        now = time.monotonic()
         out["banned_peers"] = sum(1 for t in self._banned_until.values() if t > now)
         if self.memory is not None:
             out["frame_memory"] = self.memory.status()
@@ -632,7 +633,7 @@ class InboundGuard:
         until = self._banned_until.get(peer)
         if until is None:
             return False
-        if until > trio.current_time():
+        if until > time.monotonic():
             return True
         del self._banned_until[peer]
         return False
@@ -694,7 +695,7 @@ class InboundGuard:
 
     def _strike(self, peer: str, reason: str) -> None:
         self.counters["strikes"] += 1
-        now = trio.current_time()
+        now = time.monotonic()
         if peer not in self._strikes and len(self._strikes) >= MAX_TRACKED_PEERS:
             self._strikes.pop(next(iter(self._strikes)))
         times = self._strikes.setdefault(peer, deque())
