@@ -400,7 +400,13 @@ class FramedStream:
         """One frame's payload. Raises `EndOfStream` if the peer closed between frames.
 
         On a budgeted (inbound) stream the frame's bytes count against the node's frame
-        budget until the next `recv_bytes` or the stream's close."""
+        budget while it is read; the returned buffer is the caller's."""
+        frame = await self._read_frame()
+        self._release_held()
+        return frame
+
+    async def _read_frame(self) -> bytearray:
+        """The next frame, its budget bytes still held (`decode` or the next read frees them)."""
         if self._pushback is not None:  # its budget bytes are still held: hand them on
             frame, self._pushback = self._pushback, None
             return frame
@@ -419,7 +425,7 @@ class FramedStream:
         return frame
 
     def push_back(self, frame: bytearray) -> None:
-        """Make `frame` (just read with `recv_bytes`) the next frame `recv_bytes` returns."""
+        """Make `frame` (just read, its budget bytes held) the next frame read returns."""
         if self._pushback is not None:
             raise RuntimeError("one frame is already pushed back")
         self._pushback = frame
@@ -437,7 +443,7 @@ class FramedStream:
 
     async def recv(self, expect: set[str] | frozenset[str] | None = None) -> Message:
         """The next message; an error reply raises `RemoteError(code, message)`."""
-        frame = await self.recv_bytes()
+        frame = await self._read_frame()
         msg = self.decode(frame, expect)
         if msg.t == "error":
             raise RemoteError(
@@ -764,7 +770,7 @@ class InboundGuard:
         try:
             if hold:
                 try:
-                    frame = await fs.recv_bytes()
+                    frame = await fs._read_frame()
                 except EndOfStream:
                     return
                 fs.push_back(frame)
@@ -824,7 +830,7 @@ class InboundGuard:
         name = protocol_name(fs.protocol)
         while True:
             try:
-                frame = await fs.recv_bytes()
+                frame = await fs._read_frame()
             except EndOfStream:
                 return
             except StreamTimeout as e:
