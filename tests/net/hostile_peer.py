@@ -117,9 +117,9 @@ async def idle_streams(atk: Attacker) -> None:
 
 
 async def max_frames(atk: Attacker) -> None:
-    """200 streams announcing the maximum frame; each sends 1 MiB of it, then stalls."""
+    """200 streams announcing the maximum frame; each sends 64 KiB of it, then stalls."""
     async def some_data(s: Any) -> None:
-        await s.write(bytes(MIB))
+        await s.write(bytes(64 * 1024))
 
     async with trio.open_nursery() as n:
         for i in range(200):
