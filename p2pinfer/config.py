@@ -71,11 +71,35 @@ class ControlSection:
 
 @dataclass
 class LimitsSection:
+    """What one node accepts from the network (protocols/wire.md, "Inbound limits")."""
+
     max_frame_bytes: int = 80 * 1024 * 1024
     max_tensor_bytes: int = 64 * 1024 * 1024 + 1024
     max_advert_bytes: int = 16 * 1024
+    #: longest wait for a frame (or to write one) once a stream is under way
     stream_timeout_s: float = 60.0
-    max_inbound_streams: int = 64
+    #: inbound streams served at once by the whole node ...
+    max_inbound_streams: int = 128
+    #: ... by one protocol (one protocol cannot starve the others) ...
+    max_inbound_per_protocol: int = 64
+    #: ... and for one remote peer (one peer cannot starve the others)
+    max_inbound_per_peer: int = 48
+    #: inbound streams one peer may hold open in any state (waiting, idle, served)
+    max_open_streams_per_peer: int = 128
+    #: a new inbound stream must deliver its first frame header within this many seconds
+    first_frame_timeout_s: float = 5.0
+    #: after that grace, a frame must keep arriving at least this fast (bytes/s): slowloris
+    min_frame_rate_bytes_s: int = 64 * 1024
+    #: inbound frame bytes being read or decoded, node-wide and per remote peer
+    frame_budget_bytes: int = 1024 * 1024 * 1024
+    frame_budget_per_peer_bytes: int = 256 * 1024 * 1024
+    #: how long a frame may wait for budget before it is refused as busy
+    budget_wait_s: float = 2.0
+    #: a peer exceeding limits this many times within strike_window_s is disconnected and
+    #: refused for ban_s
+    strikes_to_ban: int = 8
+    strike_window_s: float = 60.0
+    ban_s: float = 60.0
 
 
 @dataclass
@@ -269,9 +293,22 @@ class NodeConfig:
             ("limits.stream_timeout_s", self.limits.stream_timeout_s),
             ("limits.max_inbound_streams", self.limits.max_inbound_streams),
         ]
+        lim = self.limits
+        positive += [(f"limits.{k}", getattr(lim, k)) for k in (
+            "max_inbound_per_protocol", "max_inbound_per_peer", "max_open_streams_per_peer",
+            "first_frame_timeout_s", "min_frame_rate_bytes_s", "frame_budget_bytes",
+            "frame_budget_per_peer_bytes", "strikes_to_ban", "strike_window_s", "ban_s")]
         for key, value in positive:
             if value <= 0:
                 raise ConfigError(f"{where}: key '{key}': must be positive, got {value!r}")
+        if lim.budget_wait_s < 0:
+            raise ConfigError(f"{where}: key 'limits.budget_wait_s': must be >= 0")
+        if lim.frame_budget_per_peer_bytes > lim.frame_budget_bytes:
+            raise ConfigError(f"{where}: key 'limits.frame_budget_per_peer_bytes': must not "
+                              "exceed limits.frame_budget_bytes")
+        if lim.frame_budget_per_peer_bytes < lim.max_frame_bytes:
+            raise ConfigError(f"{where}: key 'limits.frame_budget_per_peer_bytes': must hold "
+                              f"one frame of limits.max_frame_bytes ({lim.max_frame_bytes})")
 
 
     def _validate_trust(self, where: str) -> None:

@@ -151,11 +151,7 @@ class Node:
         lim = config.limits
         self.table = PeerTable(ttl_s=config.gossip.advert_ttl_s)
         self.validator = AdvertValidator(self.network_id, max_bytes=lim.max_advert_bytes)
-        self.guard = InboundGuard(
-            max_frame=lim.max_frame_bytes,
-            timeout_s=lim.stream_timeout_s,
-            max_inbound=lim.max_inbound_streams,
-        )
+        self.guard = InboundGuard.from_limits(lim)
         self.started_at = 0.0
         self.stored_tensors: dict[str, Any] = {}
         self._advert_fields: dict[str, Any] = {
@@ -792,7 +788,7 @@ class Node:
         """A JSON-able summary: identity, addresses, counters (rejected adverts by reason...)."""
         counters: dict[str, Any] = dict(self.counters)
         counters["adverts"] = self.validator.counters()
-        counters["streams"] = dict(self.guard.counters)
+        counters["streams"] = self.guard.status()
         if self.gossip is not None:
             counters["gossip"] = dict(self.gossip.counters)
         if self.bootstrap is not None:

@@ -13,11 +13,15 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from p2pinfer.consensus.errors import MalformedVoteMessage, SignatureInvalid, UnknownPeer
-from p2pinfer.errors import UnsupportedVersion
+from p2pinfer.errors import UnsupportedVersion, WireError
 from p2pinfer.identity import IdentityError, public_key_from_peer_id
+from p2pinfer.wire.messages import DecodeLimits, unpack_limited
 
 VERSION = 1
 MAX_REPLICAS = 16
+#: array and map elements one vote message may hold in all (decoded under this bound, so a
+#: message of nested empty arrays costs a small constant times its size)
+MAX_VOTE_ITEMS = 8192
 
 
 
@@ -60,14 +64,13 @@ def unpack_map(data: bytes, limit: int, what: str) -> dict[str, Any]:
         raise MalformedVoteMessage(f"{what} is not bytes")
     if len(data) > limit:
         raise MalformedVoteMessage(f"{what} of {len(data)} bytes is over the {limit} byte limit")
+    limits = DecodeLimits(
+        max_str_len=limit, max_bin_len=limit, max_array_len=4 * MAX_REPLICAS + 4,
+        max_map_len=32, max_items=MAX_VOTE_ITEMS, max_depth=8,
+    )
     try:
-        value = msgpack.unpackb(
-            bytes(data), raw=False, strict_map_key=True, use_list=True,
-            max_bin_len=limit, max_str_len=limit, max_array_len=4 * MAX_REPLICAS + 4,
-            max_map_len=32, max_ext_len=0,
-        )
-    except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError,
-            msgpack.StackError, UnicodeDecodeError) as exc:
+        value = unpack_limited(data, limits)
+    except WireError as exc:
         raise MalformedVoteMessage(f"{what} is not valid msgpack: {exc}") from None
     if not isinstance(value, dict):
         raise MalformedVoteMessage(f"{what} is not a msgpack map")

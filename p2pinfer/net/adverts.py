@@ -23,6 +23,7 @@ import msgpack
 
 from p2pinfer.errors import P2PInferError, WireError
 from p2pinfer.identity import IdentityError, NodeIdentity, verify_peer_signature
+from p2pinfer.wire.messages import DecodeLimits, unpack_limited
 
 ADVERT_VERSION = 1
 SIGNING_TAG = b"p2pinfer/advert/v1\x00"
@@ -191,25 +192,18 @@ def sign_advert(advert: Advert, identity: NodeIdentity) -> bytes:
 # -- decoding ----------------------------------------------------------------------------------
 
 
+#: what an advert envelope or body may hold, enforced while decoding (adverts are <= 16 KiB)
+ADVERT_DECODE_LIMITS = DecodeLimits(
+    max_str_len=1024, max_bin_len=64 * 1024, max_array_len=64, max_map_len=32,
+    max_items=2048, max_containers=256, max_depth=6,
+)
+
+
 def _unpack(data: bytes, what: str) -> Any:
     try:
-        return msgpack.unpackb(
-            data,
-            raw=False,
-            strict_map_key=True,
-            ext_hook=_no_ext,
-            timestamp=0,
-        )
-    except AdvertMalformed:
-        raise
-    except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError):
-        raise AdvertMalformed(f"{what} is not msgpack") from None
-    except RecursionError:
-        raise AdvertMalformed(f"{what} nests too deep") from None
-
-
-def _no_ext(code: int, data: bytes) -> Any:
-    raise AdvertMalformed("msgpack extension types are not allowed")
+        return unpack_limited(data, ADVERT_DECODE_LIMITS)
+    except WireError as e:
+        raise AdvertMalformed(f"{what}: {e}") from None
 
 
 def _int(body: dict[str, Any], key: str, lo: int = 0, hi: int = 2**63 - 1) -> int:

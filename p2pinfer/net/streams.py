@@ -4,6 +4,16 @@ Protocol ids are `/p2pinfer/<name>/<major>.<minor>.<patch>`. On a stream each si
 frames (p2pinfer.wire.framing: 4-byte big-endian length, then a msgpack envelope). Every read is
 bounded by `limits.max_frame_bytes` and `limits.stream_timeout_s`.
 
+Inbound streams run under an `InboundGuard` (protocols/wire.md, "Inbound limits"): a stream must
+send its first frame header within `first_frame_timeout_s`, and every frame must keep arriving
+at `min_frame_rate_bytes_s` after that grace (slowloris); a stream holds a slot only while a
+request (or, on a streaming protocol, the whole conversation after its first frame) is served,
+and slots are bounded node-wide, per protocol and per remote peer; frame bytes being read or
+decoded come out of a node-wide `FrameMemory` budget with a per-peer share; each protocol has
+its own maximum frame and msgpack decode limits. A peer that exceeds its own limits collects
+strikes; too many within a window and it is disconnected and refused for a while. Every refusal
+is counted by reason.
+
 Request/response: the client opens a stream, writes one request frame and reads one reply
 frame; the server loops answering requests until the client closes its side. A handler that
 raises a `P2PInferError` becomes a typed error reply (`t = "error"`, `code`, `message`); any
@@ -16,14 +26,17 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterator
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from collections.abc import Awaitable, Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Self
 
 import msgpack
 import trio
 
+from p2pinfer.config import LimitsSection
 from p2pinfer.errors import FrameTooLarge, P2PInferError, RemoteError, WireError
 from p2pinfer.wire import (
     WIRE_VERSION,
@@ -34,6 +47,8 @@ from p2pinfer.wire import (
     read_frame,
     write_frame,
 )
+from p2pinfer.wire.framing import HEADER_BYTES
+from p2pinfer.wire.messages import DEFAULT_DECODE_LIMITS, SMALL_DECODE_LIMITS, DecodeLimits
 
 MAX_FRAME_FORMAT = 2**32 - 1
 
@@ -159,6 +174,128 @@ class Busy(P2PInferError):
     code = "busy"
 
 
+class FirstFrameTimeout(StreamTimeout):
+    """A new inbound stream sent no frame header within the first-frame timeout."""
+
+
+class SlowFrame(StreamTimeout):
+    """A frame arrived slower than the minimum rate (a slowloris peer)."""
+
+
+class FrameBudgetExceeded(Busy):
+    """No inbound frame memory is free (node-wide, or this peer's share) within the wait."""
+
+    def __init__(self, message: str, *, own_share: bool) -> None:
+        super().__init__(message)
+        #: True when the peer's own share was full (its fault), False when the node's was
+        self.own_share = own_share
+
+
+class FrameMemory:
+    """The node-wide budget for inbound frame bytes being read or decoded, with a per-peer
+    share. `reserve` waits up to `wait_s` for room, then raises `FrameBudgetExceeded`."""
+
+    def __init__(self, total: int, per_peer: int, wait_s: float) -> None:
+        if total <= 0 or per_peer <= 0 or per_peer > total or wait_s < 0:
+            raise ValueError("frame budget: need 0 < per_peer <= total and wait_s >= 0")
+        self.total = total
+        self.per_peer = per_peer
+        self.wait_s = wait_s
+        self.used = 0
+        self.peak = 0
+        self._by_peer: dict[str, int] = {}
+        self._freed = trio.Event()
+
+    def for_peer(self, peer: str) -> _PeerBudget:
+        return _PeerBudget(self, peer)
+
+    def _fits(self, peer: str, n: int) -> bool:
+        return self.used + n <= self.total and self._by_peer.get(peer, 0) + n <= self.per_peer
+
+    async def reserve(self, peer: str, n: int) -> None:
+        if n > self.per_peer:
+            raise FrameBudgetExceeded(f"{n} frame bytes exceed a peer's budget", own_share=True)
+        deadline = trio.current_time() + self.wait_s
+        while not self._fits(peer, n):
+            with trio.move_on_at(deadline) as waited:
+                await self._freed.wait()
+            if waited.cancelled_caught and not self._fits(peer, n):
+                own = self._by_peer.get(peer, 0) + n > self.per_peer
+                raise FrameBudgetExceeded(
+                    "this peer's inbound frame budget is in use" if own
+                    else "the node's inbound frame budget is in use", own_share=own)
+        self.used += n
+        self._by_peer[peer] = self._by_peer.get(peer, 0) + n
+        self.peak = max(self.peak, self.used)
+
+    def release(self, peer: str, n: int) -> None:
+        if n <= 0:
+            return
+        self.used -= n
+        left = self._by_peer.get(peer, 0) - n
+        if left > 0:
+            self._by_peer[peer] = left
+        else:
+            self._by_peer.pop(peer, None)
+        self._freed.set()
+        self._freed = trio.Event()
+
+    def status(self) -> dict[str, int]:
+        return {"budget_bytes": self.total, "in_use_bytes": self.used, "peak_bytes": self.peak}
+
+
+class _PeerBudget:
+    """One peer's view of a `FrameMemory` (the `FrameBudget` read_frame takes)."""
+
+    __slots__ = ("memory", "peer")
+
+    def __init__(self, memory: FrameMemory, peer: str) -> None:
+        self.memory = memory
+        self.peer = peer
+
+    async def reserve(self, n: int) -> None:
+        await self.memory.reserve(self.peer, n)
+
+    def release(self, n: int) -> None:
+        self.memory.release(self.peer, n)
+
+
+class _Paced:
+    """A raw stream whose reads enforce a frame's deadlines: the header by `header_deadline`,
+    then the body at `min_rate` bytes/s after `grace_s` (the caller's overall timeout still
+    applies on top)."""
+
+    __slots__ = ("body_start", "first", "got", "grace_s", "header_deadline", "min_rate", "raw")
+
+    def __init__(self, raw: Any, header_deadline: float, grace_s: float, min_rate: int,
+                 first: bool) -> None:
+        self.raw = raw
+        self.header_deadline = header_deadline
+        self.grace_s = grace_s
+        self.min_rate = min_rate
+        self.first = first
+        self.got = 0
+        self.body_start = 0.0
+
+    async def read(self, n: int) -> bytes:
+        if self.got < HEADER_BYTES:
+            deadline = self.header_deadline
+        else:
+            deadline = self.body_start + self.grace_s + (self.got - HEADER_BYTES) / self.min_rate
+        with trio.move_on_at(deadline) as late:
+            data = await self.raw.read(n)
+        if late.cancelled_caught:
+            if self.got >= HEADER_BYTES:
+                raise SlowFrame(f"a frame arrived slower than {self.min_rate} bytes/s")
+            if self.first:
+                raise FirstFrameTimeout("no frame arrived in time on a new stream")
+            raise StreamTimeout("no frame arrived in time")
+        if self.got < HEADER_BYTES <= self.got + len(data):
+            self.body_start = trio.current_time()
+        self.got += len(data)
+        return data
+
+
 def protocol_id(name: str, version: str = "1.0.0") -> str:
     """`/p2pinfer/<name>/<version>`; the name is lowercase letters, digits, `-` and `_`."""
     if not _NAME_RE.match(name):
@@ -185,14 +322,33 @@ class FramedStream:
     the stream died.
     """
 
-    def __init__(self, raw: Any, peer_id: str, *, max_frame: int, timeout_s: float) -> None:
+    def __init__(
+        self,
+        raw: Any,
+        peer_id: str,
+        *,
+        max_frame: int,
+        timeout_s: float,
+        decode_limits: DecodeLimits | None = None,
+        budget: FrameMemory | None = None,
+        first_frame_timeout_s: float | None = None,
+        min_rate: int = 0,
+    ) -> None:
         self._raw = raw
         self.peer_id = peer_id
         self.max_frame = max_frame
         self.timeout_s = timeout_s
+        #: msgpack limits `recv` decodes under (the protocol's, on inbound streams)
+        self.decode_limits = decode_limits or DEFAULT_DECODE_LIMITS
+        self._budget = budget.for_peer(peer_id) if budget is not None else None
+        self._held = 0  # budget bytes held by the last frame handed out by recv_bytes
+        self._first_timeout = first_frame_timeout_s
+        self._min_rate = min_rate
+        self._frames = 0
+        self._pushback: bytearray | None = None
         self._closed = False
 
-    async def __aenter__(self) -> FramedStream:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -235,15 +391,60 @@ class FramedStream:
     async def send_error(self, code: str, message: str) -> None:
         await self.send_bytes(error_message(code, message))
 
+    def _release_held(self) -> None:
+        if self._held and self._budget is not None:
+            self._budget.release(self._held)
+        self._held = 0
+
     async def recv_bytes(self) -> bytearray:
-        """One frame's payload. Raises `EndOfStream` if the peer closed between frames."""
+        """One frame's payload. Raises `EndOfStream` if the peer closed between frames.
+
+        On a budgeted (inbound) stream the frame's bytes count against the node's frame
+        budget while it is read; the returned buffer is the caller's."""
+        frame = await self._read_frame()
+        self._release_held()
+        return frame
+
+    async def _read_frame(self) -> bytearray:
+        """The next frame, its budget bytes still held (`decode` or the next read frees them)."""
+        if self._pushback is not None:  # its budget bytes are still held: hand them on
+            frame, self._pushback = self._pushback, None
+            return frame
+        self._release_held()
+        source: Any = self._raw
+        if self._first_timeout is not None or self._min_rate:
+            first = self._frames == 0 and self._first_timeout is not None
+            wait = min(self._first_timeout, self.timeout_s) if first else self.timeout_s
+            grace = self._first_timeout if self._first_timeout is not None else self.timeout_s
+            source = _Paced(self._raw, trio.current_time() + wait, grace,
+                            self._min_rate or 1, first)
         with self._io(f"peer {self.peer_id} sent no frame in {self.timeout_s} s"):
-            return await read_frame(self._raw, self.max_frame)
+            frame = await read_frame(source, self.max_frame, budget=self._budget)
+        self._frames += 1
+        self._held = len(frame) if self._budget is not None else 0
+        return frame
+
+    def push_back(self, frame: bytearray) -> None:
+        """Make `frame` (just read, its budget bytes held) the next frame read returns."""
+        if self._pushback is not None:
+            raise RuntimeError("one frame is already pushed back")
+        self._pushback = frame
+
+    def decode(
+        self, frame: bytearray, expect: set[str] | frozenset[str] | None = None
+    ) -> Message:
+        """Decode a frame under this stream's limits; its budget bytes are handed back."""
+        try:
+            return decode_message(
+                frame, expect=expect, max_size=self.max_frame, limits=self.decode_limits
+            )
+        finally:
+            self._release_held()
 
     async def recv(self, expect: set[str] | frozenset[str] | None = None) -> Message:
         """The next message; an error reply raises `RemoteError(code, message)`."""
-        frame = await self.recv_bytes()
-        msg = decode_message(frame, expect=expect, max_size=self.max_frame)
+        frame = await self._read_frame()
+        msg = self.decode(frame, expect)
         if msg.t == "error":
             raise RemoteError(
                 str(msg.fields.get("code", "error"))[:64], str(msg.fields.get("message", ""))[:512]
@@ -259,6 +460,8 @@ class FramedStream:
                 raise
 
     async def aclose(self) -> None:
+        self._pushback = None
+        self._release_held()
         if self._closed:
             return
         self._closed = True
@@ -271,6 +474,8 @@ class FramedStream:
                     raise
 
     async def reset(self) -> None:
+        self._pushback = None
+        self._release_held()
         self._closed = True
         with trio.CancelScope(shield=True):
             try:
@@ -285,59 +490,308 @@ def _error_code(e: BaseException) -> str:
     return code if isinstance(code, str) and code else "failed"
 
 
-class InboundGuard:
-    """Runs inbound handlers: caps concurrent inbound streams and turns failures into replies.
+@dataclass(frozen=True)
+class ProtocolLimits:
+    """What one inbound protocol accepts: its largest frame and its msgpack decode limits."""
 
-    `served`/`errors` count handled streams and error replies; `garbage` counts streams closed
-    because the peer sent something malformed.
+    max_frame: int
+    decode: DecodeLimits = DEFAULT_DECODE_LIMITS
+
+
+#: protocols whose inbound requests are small control messages
+SMALL_PROTOCOLS = frozenset({"ping", "advert"})
+SMALL_FRAME = 64 * 1024
+#: strikes and bans remembered at most for this many peers (oldest forgotten first)
+MAX_TRACKED_PEERS = 4096
+
+#: reasons an inbound stream or request is refused or closed; each is a counter
+REFUSAL_REASONS = (
+    "busy_node", "busy_protocol", "busy_peer", "too_many_open", "budget",
+    "first_frame_timeout", "slow_frame", "timeout", "oversize", "malformed", "refused_banned",
+)
+#: the reasons that count as a strike against the peer
+STRIKE_REASONS = frozenset(
+    {"too_many_open", "first_frame_timeout", "slow_frame", "oversize", "malformed"}
+)
+
+
+def protocol_name(pid: str) -> str:
+    """`/p2pinfer/<name>/<version>` -> `<name>`; any other id is returned unchanged."""
+    if pid.startswith(PROTOCOL_PREFIX):
+        return pid[len(PROTOCOL_PREFIX):].split("/", 1)[0]
+    return pid
+
+
+def _reason(e: BaseException) -> str:
+    """The refusal reason an error on an inbound stream counts under."""
+    if isinstance(e, FirstFrameTimeout):
+        return "first_frame_timeout"
+    if isinstance(e, SlowFrame):
+        return "slow_frame"
+    if isinstance(e, StreamTimeout):
+        return "timeout"
+    if isinstance(e, FrameTooLarge):
+        return "oversize"
+    return "malformed"
+
+
+class InboundGuard:
+    """Runs inbound handlers under the node's inbound limits and turns failures into replies.
+
+    Slots: a request holds one while its handler runs; a streaming conversation holds one from
+    its first frame to its end. Slots are bounded node-wide (`max_inbound`), per protocol and
+    per remote peer; a stream waiting for its first frame, or idle between requests, holds
+    none. `counters` counts streams, error replies, garbage (malformed or silent streams),
+    busy refusals, and every refusal by reason (`REFUSAL_REASONS`), strikes, bans and
+    disconnects.
     """
 
-    def __init__(self, *, max_frame: int, timeout_s: float, max_inbound: int) -> None:
+    def __init__(
+        self,
+        *,
+        max_frame: int,
+        timeout_s: float,
+        max_inbound: int,
+        max_per_protocol: int | None = None,
+        max_per_peer: int | None = None,
+        max_open_per_peer: int | None = None,
+        first_frame_timeout_s: float | None = None,
+        min_frame_rate: int = 0,
+        memory: FrameMemory | None = None,
+        strikes_to_ban: int = 8,
+        strike_window_s: float = 60.0,
+        ban_s: float = 60.0,
+        protocol_limits: dict[str, ProtocolLimits] | None = None,
+    ) -> None:
         self.max_frame = max_frame
         self.timeout_s = timeout_s
-        self._slots = trio.Semaphore(max_inbound)
-        self.counters: dict[str, int] = {"streams": 0, "error_replies": 0, "garbage": 0, "busy": 0}
+        self.max_inbound = max_inbound
+        self.max_per_protocol = max_per_protocol or max_inbound
+        self.max_per_peer = max_per_peer or max_inbound
+        self.max_open_per_peer = max_open_per_peer or 4 * max_inbound
+        self.first_frame_timeout_s = first_frame_timeout_s
+        self.min_frame_rate = min_frame_rate
+        self.memory = memory
+        self.strikes_to_ban = strikes_to_ban
+        self.strike_window_s = strike_window_s
+        self.ban_s = ban_s
+        small = ProtocolLimits(min(SMALL_FRAME, max_frame), SMALL_DECODE_LIMITS)
+        self.protocol_limits: dict[str, ProtocolLimits] = {
+            name: small for name in SMALL_PROTOCOLS
+        }
+        self.protocol_limits.update(protocol_limits or {})
+        self._default_limits = ProtocolLimits(max_frame)
+        self._in_use = 0
+        self._by_protocol: dict[str, int] = {}
+        self._by_peer: dict[str, int] = {}
+        self._open: dict[str, int] = {}
+        self._strikes: dict[str, deque[float]] = {}
+        self._banned_until: dict[str, float] = {}
+        self._to_disconnect: set[str] = set()
+        self.counters: dict[str, int] = {
+            "streams": 0, "error_replies": 0, "garbage": 0, "busy": 0,
+            **{r: 0 for r in REFUSAL_REASONS},
+            "strikes": 0, "bans": 0, "disconnected": 0,
+        }
 
-    def request_handler(self, handler: RequestHandler) -> Callable[[Any], Awaitable[None]]:
+    @classmethod
+    def from_limits(cls, lim: LimitsSection) -> InboundGuard:
+        """The guard a node's `[limits]` section describes."""
+        return cls(
+            max_frame=lim.max_frame_bytes,
+            timeout_s=lim.stream_timeout_s,
+            max_inbound=lim.max_inbound_streams,
+            max_per_protocol=lim.max_inbound_per_protocol,
+            max_per_peer=lim.max_inbound_per_peer,
+            max_open_per_peer=lim.max_open_streams_per_peer,
+            first_frame_timeout_s=lim.first_frame_timeout_s,
+            min_frame_rate=lim.min_frame_rate_bytes_s,
+            memory=FrameMemory(
+                lim.frame_budget_bytes, lim.frame_budget_per_peer_bytes, lim.budget_wait_s
+            ),
+            strikes_to_ban=lim.strikes_to_ban,
+            strike_window_s=lim.strike_window_s,
+            ban_s=lim.ban_s,
+            protocol_limits={
+                "advert": ProtocolLimits(
+                    min(lim.max_frame_bytes, max(SMALL_FRAME, 2 * lim.max_advert_bytes)),
+                    SMALL_DECODE_LIMITS,
+                ),
+            },
+        )
+
+    def limits_for(self, protocol: str) -> ProtocolLimits:
+        """The frame and decode limits of a protocol, by name or full id."""
+        return self.protocol_limits.get(protocol_name(protocol), self._default_limits)
+
+    def status(self) -> dict[str, Any]:
+        """Counters plus what is in use now (for the node's `status()`)."""
+        out: dict[str, Any] = dict(self.counters)
+        out["slots_in_use"] = self._in_use
+        out["open_streams"] = sum(self._open.values())
+        now = time.monotonic()
+        out["banned_peers"] = sum(1 for t in self._banned_until.values() if t > now)
+        if self.memory is not None:
+            out["frame_memory"] = self.memory.status()
+        return out
+
+    def is_banned(self, peer: str) -> bool:
+        until = self._banned_until.get(peer)
+        if until is None:
+            return False
+        if until > time.monotonic():
+            return True
+        del self._banned_until[peer]
+        return False
+
+    # -- handler wrappers --------------------------------------------------------------------
+    def request_handler(
+        self, handler: RequestHandler, *, protocol: str | None = None
+    ) -> Callable[[Any], Awaitable[None]]:
+        """Serve request/response streams with `handler`; `protocol` (name or id) picks the
+        limits, otherwise the stream's negotiated protocol does."""
+
         async def on_stream(raw: Any) -> None:
-            await self._guarded(raw, lambda fs: self._answer_requests(fs, handler), hold=False)
+            await self._guarded(
+                raw, lambda fs: self._answer_requests(fs, handler), hold=False, protocol=protocol
+            )
 
         return on_stream
 
     def stream_handler(
-        self, handler: Callable[[FramedStream, str], Awaitable[None]]
+        self,
+        handler: Callable[[FramedStream, str], Awaitable[None]],
+        *,
+        protocol: str | None = None,
     ) -> Callable[[Any], Awaitable[None]]:
+        """Serve streaming conversations with `handler`, which owns the stream until it
+        returns. The client speaks first: the guard waits for the first frame (under the
+        first-frame timeout) before it takes a slot and calls the handler."""
+
         async def on_stream(raw: Any) -> None:
-            await self._guarded(raw, lambda fs: handler(fs, fs.peer_id))
+            await self._guarded(raw, lambda fs: handler(fs, fs.peer_id), protocol=protocol)
 
         return on_stream
 
+    # -- slots, strikes ----------------------------------------------------------------------
+    def _take_slot(self, name: str, peer: str) -> str | None:
+        """Take a slot, or return the refusal reason."""
+        if self._in_use >= self.max_inbound:
+            return "busy_node"
+        if self._by_protocol.get(name, 0) >= self.max_per_protocol:
+            return "busy_protocol"
+        if self._by_peer.get(peer, 0) >= self.max_per_peer:
+            return "busy_peer"
+        self._in_use += 1
+        self._by_protocol[name] = self._by_protocol.get(name, 0) + 1
+        self._by_peer[peer] = self._by_peer.get(peer, 0) + 1
+        return None
+
+    def _free_slot(self, name: str, peer: str) -> None:
+        self._in_use -= 1
+        _decrement(self._by_protocol, name)
+        _decrement(self._by_peer, peer)
+
+    def _refused(self, peer: str, reason: str) -> None:
+        self.counters[reason] += 1
+        if reason.startswith("busy") or reason in ("too_many_open", "budget"):
+            self.counters["busy"] += 1
+        if reason in STRIKE_REASONS:
+            self._strike(peer, reason)
+
+    def _strike(self, peer: str, reason: str) -> None:
+        self.counters["strikes"] += 1
+        now = time.monotonic()
+        if peer not in self._strikes and len(self._strikes) >= MAX_TRACKED_PEERS:
+            self._strikes.pop(next(iter(self._strikes)))
+        times = self._strikes.setdefault(peer, deque())
+        times.append(now)
+        while times and times[0] < now - self.strike_window_s:
+            times.popleft()
+        if len(times) >= self.strikes_to_ban and not self.is_banned(peer):
+            del self._strikes[peer]
+            if len(self._banned_until) >= MAX_TRACKED_PEERS:
+                self._banned_until.pop(next(iter(self._banned_until)))
+            self._banned_until[peer] = now + self.ban_s
+            self._to_disconnect.add(peer)
+            self.counters["bans"] += 1
+            log.info("peer %s exceeded inbound limits %d times (last: %s): disconnecting it "
+                     "and refusing it for %s s", peer, len(times), reason, self.ban_s)
+
+    async def _hang_up(self, raw: Any) -> None:
+        """Close the connection `raw` runs on (all of the peer's streams on it)."""
+        conn = getattr(raw, "swarm_conn", None) or getattr(raw, "muxed_conn", None)
+        if conn is None:
+            return
+        with trio.CancelScope(shield=True), trio.move_on_after(2):
+            try:
+                await conn.close()
+            except Exception as e:
+                if not _is_io_error(e):
+                    raise
+
+    # -- the guarded stream ------------------------------------------------------------------
     async def _guarded(
-        self, raw: Any, body: Callable[[FramedStream], Awaitable[None]], *, hold: bool = True
+        self,
+        raw: Any,
+        body: Callable[[FramedStream], Awaitable[None]],
+        *,
+        hold: bool = True,
+        protocol: str | None = None,
     ) -> None:
-        """Run `body` on the stream; with `hold`, one inbound slot is held for its duration
-        (request streams take a slot per request instead, so idle kept-alive streams hold
-        none)."""
+        """Run `body` on the stream; with `hold`, one slot is held from the first frame to the
+        end (request streams take a slot per request instead)."""
         peer = str(raw.muxed_conn.peer_id)
-        fs = FramedStream(raw, peer, max_frame=self.max_frame, timeout_s=self.timeout_s)
+        name = protocol_name(protocol or str(raw.get_protocol()))
+        limits = self.limits_for(name)
         self.counters["streams"] += 1
+        if self.is_banned(peer):
+            self.counters["refused_banned"] += 1
+            with trio.CancelScope(shield=True):
+                try:
+                    await raw.reset()
+                except Exception as e:
+                    if not _is_io_error(e):
+                        raise
+            await self._hang_up(raw)
+            return
+        fs = FramedStream(
+            raw, peer, max_frame=limits.max_frame, timeout_s=self.timeout_s,
+            decode_limits=limits.decode, budget=self.memory,
+            first_frame_timeout_s=self.first_frame_timeout_s, min_rate=self.min_frame_rate,
+        )
+        if self._open.get(peer, 0) >= self.max_open_per_peer:
+            self._refused(peer, "too_many_open")
+            await self._reply_error(fs, Busy("too many open streams from this peer"))
+            await fs.aclose()
+            await self._disconnect_if_banned(peer, raw)
+            return
+        self._open[peer] = self._open.get(peer, 0) + 1
         try:
             if hold:
                 try:
-                    self._slots.acquire_nowait()
-                except trio.WouldBlock:
-                    self.counters["busy"] += 1
+                    frame = await fs._read_frame()
+                except EndOfStream:
+                    return
+                fs.push_back(frame)
+                reason = self._take_slot(name, peer)
+                if reason is not None:
+                    self._refused(peer, reason)
                     await self._reply_error(fs, Busy("too many inbound streams"))
                     return
                 try:
                     await body(fs)
                 finally:
-                    self._slots.release()
+                    self._free_slot(name, peer)
             else:
                 await body(fs)
+        except FrameBudgetExceeded as e:
+            self._refused(peer, "budget")
+            await self._reply_error(fs, e)
         except (WireError, StreamTimeout) as e:
             # the peer sent garbage, an oversized length, or nothing: tell it once, then close
             self.counters["garbage"] += 1
+            self._refused(peer, _reason(e))
             log.debug("closing stream from %s: %s", peer, e)
             await self._reply_error(fs, e)
         except StreamClosedError as e:
@@ -351,7 +805,15 @@ class InboundGuard:
                 log.exception("stream handler for %s failed", fs.protocol)
                 await self._reply_error(fs, P2PInferError("internal error"), code="internal")
         finally:
+            _decrement(self._open, peer)
             await fs.aclose()
+            await self._disconnect_if_banned(peer, raw)
+
+    async def _disconnect_if_banned(self, peer: str, raw: Any) -> None:
+        if peer in self._to_disconnect:
+            self._to_disconnect.discard(peer)
+            self.counters["disconnected"] += 1
+            await self._hang_up(raw)
 
     async def _reply_error(
         self, fs: FramedStream, e: BaseException, code: str | None = None
@@ -365,20 +827,21 @@ class InboundGuard:
 
     async def _answer_requests(self, fs: FramedStream, handler: RequestHandler) -> None:
         served = 0
+        name = protocol_name(fs.protocol)
         while True:
             try:
-                frame = await fs.recv_bytes()
+                frame = await fs._read_frame()
             except EndOfStream:
                 return
-            except StreamTimeout:
-                if served:  # an idle kept-alive stream: close it quietly
-                    return
+            except StreamTimeout as e:
+                if served and not isinstance(e, SlowFrame):
+                    return  # an idle kept-alive stream: close it quietly
                 raise
-            msg = decode_message(frame, max_size=self.max_frame)  # WireError: garbage, close
-            try:
-                self._slots.acquire_nowait()
-            except trio.WouldBlock:
-                self.counters["busy"] += 1
+            msg = fs.decode(frame)  # WireError: garbage, close; the frame's budget is freed
+            del frame
+            reason = self._take_slot(name, fs.peer_id)
+            if reason is not None:
+                self._refused(fs.peer_id, reason)
                 self.counters["error_replies"] += 1
                 await fs.send_bytes(error_message("busy", "too many requests in progress"))
                 served += 1
@@ -397,7 +860,7 @@ class InboundGuard:
                 self.counters["error_replies"] += 1
                 reply = error_message("internal", "the handler failed")
             finally:
-                self._slots.release()
+                self._free_slot(name, fs.peer_id)
             if isinstance(reply, EncodedReply):
                 await fs._send_parts(reply.parts)
             elif isinstance(reply, (bytes, bytearray)):
@@ -408,6 +871,14 @@ class InboundGuard:
                 )
                 await fs.send_bytes(error_message("internal", "the handler returned no reply"))
             served += 1
+
+
+def _decrement(counts: dict[str, int], key: str) -> None:
+    left = counts.get(key, 0) - 1
+    if left > 0:
+        counts[key] = left
+    else:
+        counts.pop(key, None)
 
 
 class StreamPool:

@@ -1,9 +1,11 @@
 """Length-prefixed frames over a byte stream.
 
 Layout (protocols/framing.md): a 4-byte big-endian unsigned length N, then N payload bytes.
-The receiver checks N against its limit before allocating anything, then fills one preallocated
-buffer in a loop whose every iteration consumes at least one byte, so the loop is bounded by N.
-A deadline is the caller's business (wrap the call in `trio.fail_after`).
+The receiver checks N against its limit, then grows its buffer only as bytes arrive (a header
+announcing 80 MiB costs nothing until 80 MiB come), in a loop whose every iteration consumes at
+least one byte, so the loop is bounded by N. Before each chunk joins the buffer the receiver may
+take its size from a `FrameBudget` (a node-wide bound on in-flight inbound frame memory); the
+owner of the frame hands it back once the frame is decoded. A deadline is the caller's business (wrap the call in `trio.fail_after`, or give the stream a deadline).
 
 Why our own: the readers shipped with libp2p 0.8.1 give up after ~100 partial reads (see
 shared notes), which truncates anything above a few MiB on yamux.
@@ -26,6 +28,15 @@ class ByteStream(Protocol):
     async def read(self, n: int) -> bytes: ...
 
     async def write(self, data: bytes) -> None: ...
+
+
+class FrameBudget(Protocol):
+    """Accounts for inbound frame memory: `reserve(n)` returns once `n` more bytes may be held
+    (or raises a typed error); `release(n)` hands them back."""
+
+    async def reserve(self, n: int) -> None: ...
+
+    def release(self, n: int) -> None: ...
 
 
 class EndOfStream(WireError):
@@ -56,12 +67,18 @@ async def _read_some(stream: ByteStream, n: int) -> bytes:
         return b""
 
 
-async def read_frame(stream: ByteStream, max_size: int = DEFAULT_MAX_FRAME) -> bytearray:
-    """Read one frame of at most `max_size` payload bytes, returned as a bytearray (no copy).
+async def read_frame(
+    stream: ByteStream, max_size: int = DEFAULT_MAX_FRAME, *, budget: FrameBudget | None = None
+) -> bytearray:
+    """Read one frame of at most `max_size` payload bytes, returned as a bytearray.
 
     Raises `EndOfStream` if the stream ends before a frame starts, `FrameTooLarge` if the
-    announced length exceeds `max_size` (nothing is allocated), and `WireError` if the stream
-    ends inside a frame.
+    announced length exceeds `max_size`, and `WireError` if the stream ends inside a frame.
+    Nothing is allocated ahead of the data: the buffer grows by at most `READ_CHUNK` per read.
+    With `budget`, every chunk (at most `READ_CHUNK`) reserves its size there before it
+    joins the buffer, so a stream that announces a frame and sends nothing holds no budget; on
+    success the caller owns `len(result)` reserved bytes and must release them; on any error
+    nothing stays reserved.
     """
     header = bytearray()
     while len(header) < HEADER_BYTES:
@@ -74,15 +91,20 @@ async def read_frame(stream: ByteStream, max_size: int = DEFAULT_MAX_FRAME) -> b
     n = int.from_bytes(header, "big")
     if n > max_size:
         raise FrameTooLarge(f"frame of {n} bytes exceeds the limit of {max_size} bytes")
-    buf = bytearray(n)
-    view = memoryview(buf)
-    got = 0
-    while got < n:  # each pass consumes >= 1 byte or exits: at most n passes
-        chunk = await _read_some(stream, min(n - got, READ_CHUNK))
-        if not chunk:
-            raise WireError(f"stream ended after {got} of {n} frame bytes")
-        if len(chunk) > n - got:
-            raise WireError("stream returned more bytes than requested")
-        view[got : got + len(chunk)] = chunk
-        got += len(chunk)
+    buf = bytearray()
+    try:
+        while len(buf) < n:  # each pass consumes >= 1 byte or exits: at most n passes
+            want = min(n - len(buf), READ_CHUNK)
+            chunk = await _read_some(stream, want)
+            if not chunk:
+                raise WireError(f"stream ended after {len(buf)} of {n} frame bytes")
+            if len(chunk) > want:
+                raise WireError("stream returned more bytes than requested")
+            if budget is not None:  # only bytes that arrived count; the wait bounds growth
+                await budget.reserve(len(chunk))
+            buf += chunk
+    except BaseException:
+        if budget is not None and buf:
+            budget.release(len(buf))
+        raise
     return buf

@@ -138,13 +138,13 @@ async def test_bad_adverts_on_gossip_are_dropped_and_counted_by_reason(tmp_path)
         z = NodeIdentity.generate()
 
         def advert_of(ident: NodeIdentity, **over) -> Advert:
-            base = dict(
-                peer_id=ident.peer_id,
-                network_id=NETWORK,
-                seq=now,
-                issued_ms=now,
-                expires_ms=now + 60_000,
-            )
+            base = {
+                "peer_id": ident.peer_id,
+                "network_id": NETWORK,
+                "seq": now,
+                "issued_ms": now,
+                "expires_ms": now + 60_000,
+            }
             base.update(over)
             return Advert(**base)
 
@@ -188,3 +188,17 @@ async def test_a_connected_peer_that_pubsub_forgot_is_registered_again(tmp_path)
         b.gossip.pubsub._handle_dead_peer(ID.from_base58(a.peer_id))
         assert not b.gossip.has_peer(a.peer_id) and a.peer_id in b.connected_peers()
         await wait_until(lambda: b.gossip.has_peer(a.peer_id), 20, "pubsub stream reopened")
+
+
+async def test_the_heartbeat_stays_at_the_configured_interval_in_a_small_network(tmp_path):
+    # libp2p's adaptive gossip scores a mesh against D = 8 every 30 s and, in any network of
+    # fewer than ~9 peers, rewrites the heartbeat to 30 s or 60 s. Each router's 30-s health
+    # clock is moved back so its own heartbeat loop takes that step now, not half a minute on.
+    async with node_runner() as runner:
+        nodes = await _mesh(runner, tmp_path, 3)
+        configured = nodes[0].config.gossip.heartbeat_s
+        assert [n.gossip.router.heartbeat_interval for n in nodes] == [configured] * 3
+        for n in nodes:
+            n.gossip.router.last_health_update -= 3600
+        await trio.sleep(3 * configured + 0.5)  # three heartbeats of each router
+        assert [n.gossip.router.heartbeat_interval for n in nodes] == [configured] * 3

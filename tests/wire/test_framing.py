@@ -1,4 +1,5 @@
 import random
+import tracemalloc
 
 import pytest
 import trio
@@ -108,3 +109,56 @@ def test_arbitrary_bytes_give_a_frame_or_a_wire_error(data):
             pass
 
     trio.run(run)
+
+
+class CountingBudget:
+    """A frame budget of `total` bytes that records what is held; it refuses past the total."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.held = 0
+        self.peak = 0
+
+    async def reserve(self, n: int) -> None:
+        if self.held + n > self.total:
+            raise FrameTooLarge("budget exhausted")
+        self.held += n
+        self.peak = max(self.peak, self.held)
+
+    def release(self, n: int) -> None:
+        self.held -= n
+        assert self.held >= 0
+
+
+async def test_a_frame_announced_but_not_sent_allocates_nothing():
+    # 80 MiB announced, 10 bytes sent: the reader never holds more than what arrived
+    pipe = ChunkyPipe((80 << 20).to_bytes(4, "big") + b"0123456789")
+    budget = CountingBudget(1 << 30)
+    tracemalloc.start()
+    try:
+        with pytest.raises(WireError, match="after 10 of"):
+            await read_frame(pipe, max_size=100 << 20, budget=budget)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 256 * 1024
+    assert budget.peak == 10 and budget.held == 0
+
+
+async def test_a_frame_holds_its_size_in_the_budget_until_released():
+    payload = random.randbytes(3 << 20)
+    pipe = ChunkyPipe(seed=4)
+    await write_frame(pipe, payload)
+    budget = CountingBudget(4 << 20)
+    got = await read_frame(pipe, budget=budget)
+    assert got == payload and budget.held == len(payload)
+    budget.release(len(got))
+
+
+async def test_a_frame_over_the_budget_is_refused_and_holds_nothing():
+    pipe = ChunkyPipe(seed=5)
+    await write_frame(pipe, random.randbytes(3 << 20))
+    budget = CountingBudget(2 << 20)
+    with pytest.raises(FrameTooLarge, match="budget"):
+        await read_frame(pipe, budget=budget)
+    assert budget.held == 0 and budget.peak <= 2 << 20

@@ -1,3 +1,5 @@
+import tracemalloc
+
 import msgpack
 import pytest
 from hypothesis import given, settings
@@ -5,6 +7,7 @@ from hypothesis import strategies as st
 
 from p2pinfer.errors import UnsupportedVersion, WireError
 from p2pinfer.wire import Message, decode_message, encode_message, error_message
+from p2pinfer.wire.messages import DEFAULT_DECODE_LIMITS, SMALL_DECODE_LIMITS, DecodeLimits
 
 
 def test_envelope_round_trip_keeps_type_version_and_fields():
@@ -106,3 +109,90 @@ _values = st.recursive(
 def test_any_encodable_message_round_trips(t, fields):
     msg = decode_message(encode_message(t, fields))
     assert msg.t == t and msg.fields == fields
+
+
+# -- decode limits: no message costs more than a small constant times its size ---------------
+def _peak_decode_bytes(raw: bytes, limits: DecodeLimits | None = None) -> int:
+    """Peak memory Python allocated while decoding `raw` (WireError or not)."""
+    tracemalloc.start()
+    try:
+        try:
+            decode_message(raw, limits=limits)
+        except WireError:
+            pass
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def _envelope_with(value_bytes: bytes) -> bytes:
+    """{"v": 1, "t": "x", "x": <value>} with the value given as raw msgpack."""
+    return b"\x83\xa1v\x01\xa1t\xa1x\xa1x" + value_bytes
+
+
+def test_an_array_announcing_more_entries_than_allowed_is_refused_at_its_header():
+    bomb = _envelope_with(b"\xdd" + (8 << 20).to_bytes(4, "big") + b"\x90" * (8 << 20))
+    with pytest.raises(WireError, match="max_array_len"):
+        decode_message(bomb)
+    assert _peak_decode_bytes(bomb) < 64 * 1024
+
+
+def test_a_bomb_of_empty_arrays_stops_early():
+    # 1,000 arrays of 1,000 empty arrays: 1 MB that would decode into ~1M lists (~130 MB)
+    bomb = _envelope_with(b"\xdc\x03\xe8" + (b"\xdc\x03\xe8" + b"\x90" * 1000) * 1000)
+    with pytest.raises(WireError, match="too many arrays and maps"):
+        decode_message(bomb)
+    assert _peak_decode_bytes(bomb) < 2 * len(bomb)
+    # with room for the containers, the element count stops it
+    many = DecodeLimits(max_items=10_000, max_containers=10_000)
+    with pytest.raises(WireError, match="too many array and map elements"):
+        decode_message(bomb, limits=many)
+    assert _peak_decode_bytes(bomb, many) < 2 * len(bomb) + 160 * 10_000
+
+
+def test_hostile_messages_cost_a_small_constant_times_their_size():
+    bombs = [
+        _envelope_with(b"\xdc\xff\xff" + b"\x90" * 0xFFFF),  # one array of 65535 empty arrays
+        _envelope_with(b"\xdc\xff\xff" + b"\x80" * 0xFFFF),  # ... of empty maps
+        _envelope_with(b"\xdc\xff\xff" + b"\xa2ab" * 0xFFFF),  # ... of 2-char strings
+        _envelope_with(b"\xdc\xff\xff" + b"\xcd\x12\x34" * 0xFFFF),  # ... of ints
+        _envelope_with(b"\xdc\xff\xff" + b"\xc0" * 0xFFFF),  # ... of nils
+        _envelope_with(b"\xdc\x03\xe8" + (b"\xdc\x03\xe8" + b"\x90" * 1000) * 1000),
+        b"\x91" * 200_000 + b"\x90",  # nesting
+    ]
+    allowance = 160 * DEFAULT_DECODE_LIMITS.max_containers  # the containers every message may hold
+    for raw in bombs:
+        assert _peak_decode_bytes(raw) < 24 * len(raw) + allowance
+
+
+def test_nesting_deeper_than_the_limit_is_a_wire_error():
+    deep = encode_message("x", {"a": [[[["leaf"]]]]})  # the envelope map is depth 1
+    assert decode_message(deep, limits=DecodeLimits(max_depth=5)).fields["a"] == [[[["leaf"]]]]
+    with pytest.raises(WireError, match="deeper"):
+        decode_message(deep, limits=DecodeLimits(max_depth=4))
+
+
+@pytest.mark.parametrize(("field", "value", "limits"), [
+    ("s", "x" * 101, DecodeLimits(max_str_len=100)),
+    ("b", b"x" * 101, DecodeLimits(max_bin_len=100)),
+    ("a", list(range(11)), DecodeLimits(max_array_len=10)),
+    ("m", {str(i): i for i in range(11)}, DecodeLimits(max_map_len=10)),
+])
+def test_each_msgpack_length_limit_is_applied(field, value, limits):
+    raw = encode_message("x", {field: value})
+    with pytest.raises(WireError):
+        decode_message(raw, limits=limits)
+    assert decode_message(raw).fields[field] == value
+
+
+def test_small_control_limits_admit_a_ping_and_refuse_a_tensor():
+    assert decode_message(encode_message("ping", {"n": 1}), limits=SMALL_DECODE_LIMITS).t == "ping"
+    with pytest.raises(WireError):
+        decode_message(encode_message("x", {"b": bytes(1 << 20)}), limits=SMALL_DECODE_LIMITS)
+
+
+def test_decode_limits_reject_nonsense():
+    with pytest.raises(ValueError):
+        DecodeLimits(max_items=-1)
+    with pytest.raises(ValueError):
+        DecodeLimits(max_depth=0)
