@@ -74,11 +74,10 @@ def tensor_from_wire(
     for d in dims:
         if not isinstance(d, int) or isinstance(d, bool) or d < 0:
             raise WireError("tensor dims must be non-negative integers")
-    if shape is not None:
-        if len(shape) != len(dims) or any(
-            want is not None and want != got for want, got in zip(shape, dims)
-        ):
-            raise WireError(f"tensor shape {dims} does not match the expected {list(shape)}")
+    if shape is not None and (len(shape) != len(dims) or any(
+        want is not None and want != got for want, got in zip(shape, dims)
+    )):
+        raise WireError(f"tensor shape {dims} does not match the expected {list(shape)}")
     if not isinstance(data, (bytes, bytearray)):
         raise WireError("tensor data must be bytes")
     itemsize = torch.empty((), dtype=DTYPES[name]).element_size()

@@ -37,22 +37,22 @@ MALLORY = NodeIdentity.from_seed(bytes(32))
 
 
 def make_advert(ident: NodeIdentity = ALICE, **over) -> Advert:
-    fields = dict(
-        peer_id=ident.peer_id,
-        network_id=NET,
-        seq=T0,
-        issued_ms=T0,
-        expires_ms=T0 + 60_000,
-        addrs=(f"/ip4/127.0.0.1/tcp/4001/p2p/{ident.peer_id}",),
-        roles=("stage", "client"),
-        model="gpt2",
-        spans=((0, 6),),
-        hardware=Hardware(8, "x86_64", "", 16 << 30),
-        throughput=42.5,
-        load=0.25,
-        tee_digest=None,
-        software="p2pinfer/0.1.0",
-    )
+    fields = {
+        "peer_id": ident.peer_id,
+        "network_id": NET,
+        "seq": T0,
+        "issued_ms": T0,
+        "expires_ms": T0 + 60_000,
+        "addrs": (f"/ip4/127.0.0.1/tcp/4001/p2p/{ident.peer_id}",),
+        "roles": ("stage", "client"),
+        "model": "gpt2",
+        "spans": ((0, 6),),
+        "hardware": Hardware(8, "x86_64", "", 16 << 30),
+        "throughput": 42.5,
+        "load": 0.25,
+        "tee_digest": None,
+        "software": "p2pinfer/0.1.0",
+    }
     fields.update(over)
     return Advert(**fields)
 

@@ -11,8 +11,8 @@ from libp2p.discovery.events.peerDiscovery import peerDiscovery
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo as Libp2pPeerInfo
 
-from p2pinfer.net.host import DialError
 from p2pinfer.identity import NodeIdentity
+from p2pinfer.net.host import DialError
 
 from .conftest import free_port, node_config, node_runner, wait_until
 
@@ -173,5 +173,5 @@ async def test_the_dht_refuses_values_in_our_record_namespace(tmp_path):
         a = await runner.start(node_config(tmp_path, "a"))
         assert a.dht is not None
         assert a.dht.key == f"/p2pinfer/{a.network_id}/peers"
-        with trio.fail_after(10), pytest.raises(Exception, match="stores no DHT values"):  # noqa: B017
+        with trio.fail_after(10), pytest.raises(Exception, match="stores no DHT values"):
             await a.dht.dht.put_value(f"/p2pinfer/{a.network_id}/x", b"anything")
