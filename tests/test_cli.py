@@ -150,9 +150,15 @@ def test_testnet_serving_a_model_prints_a_command_that_runs_with_three_replicas(
         report = out["verification"]
         assert report["redundancy"] == 3 and report["dissenters"] == []
         assert all(len(s["agreeing"]) == 3 for s in report["stages"])
+        # the client has gone; peers that dial its stale advert stay quiet about it
+        time.sleep(6)
     finally:
         net.send_signal(signal.SIGINT)
         assert net.wait(timeout=60) == 0
+    for log in sorted((tmp_path / "net").glob("peer-*/node.log")):
+        lines = log.read_text(errors="replace").splitlines()
+        noisy = [ln for ln in lines if "Failed" in ln or "failed to" in ln or "Traceback" in ln]
+        assert not noisy, f"{log}: {noisy[:5]}"
 
 
 @pytest.mark.slow

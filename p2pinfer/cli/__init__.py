@@ -21,7 +21,7 @@ from p2pinfer.errors import ConfigError, P2PInferError
 from p2pinfer.models.errors import CacheError, ModelError, SpanInputError
 
 #: loggers of libraries whose messages only --debug shows
-LIBRARY_LOGGERS = ("libp2p", "multiaddr", "zeroconf", "async_service")
+LIBRARY_LOGGERS = ("multiaddr", "zeroconf", "async_service")
 
 COMMANDS = (node, keygen, peers, status, testnet, infer, embed, prove_run, attest, demo)
 
@@ -55,9 +55,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     if not args.debug:
-        # libp2p logs ordinary events of an open network (a departed peer's refused dial, a
-        # handshake cut short) as warnings and errors; what matters of them reaches the user
-        # through p2pinfer's own errors and counters, the rest is for --debug
+        # ordinary events of an open network, logged by libraries as warnings (libp2p's own
+        # logger is routed by p2pinfer.net.host when a node starts): only with --debug
         for name in LIBRARY_LOGGERS:
             logging.getLogger(name).setLevel(logging.CRITICAL)
     try:

@@ -11,6 +11,7 @@ network service, so no lifecycle noise or ExceptionGroup escapes to the caller.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import socket
 from collections.abc import AsyncIterator, Sequence
@@ -45,47 +46,20 @@ class DialError(P2PInferError):
     code = "dial-failed"
 
 
-class _KnownNoise(logging.Filter):
-    """Drops libp2p warnings that describe normal events (a peer closing a DHT stream, a
-    connection torn down during shutdown) unless debug logging is on."""
-
-    PATTERNS = (
-        "Failed to read DHT message from stream",
-        "Incomplete DHT message from stream",
-        # identify or a DHT query racing a peer that is going away (shutdown, restart)
-        "Failed to open stream to peer",
-        "Failed to open stream to ",
-        "MultiselectClient handshake: read failed",
-        "Failed to send ADD_PROVIDER to ",
-        "Error sending ADD_PROVIDER to ",
-    )
-    LOGGERS = (
-        "libp2p.kad_dht.kad_dht",
-        "libp2p.kad_dht.peer_routing",
-        "libp2p.kad_dht.provider_store",
-        "libp2p.host.basic_host",
-        "libp2p.network.swarm",
-        "libp2p.protocol_muxer.multiselect_client",
-    )
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if logging.getLogger("p2pinfer").isEnabledFor(logging.DEBUG):
-            return True
-        msg = record.msg if isinstance(record.msg, str) else ""
-        if msg.startswith("[ADDCONN_FAIL]"):
-            # a connection that completed its handshake after the swarm stopped: shutdown race
-            return not any(type(a).__name__ == "LifecycleError" for a in record.args or ())
-        return not any(msg.startswith(p) for p in self.PATTERNS)
-
-
-_NOISE_FILTER = _KnownNoise()
-
-
-def _quiet_known_noise() -> None:
-    for name in _KnownNoise.LOGGERS:
-        lg = logging.getLogger(name)
-        if _NOISE_FILTER not in lg.filters:
-            lg.addFilter(_NOISE_FILTER)
+def _route_library_logs() -> None:
+    """libp2p logs ordinary events of an open network (a departed peer's refused dial, a
+    handshake cut short, a DHT stream closed early) as warnings and errors, on a logger it
+    detaches from the root at import. p2pinfer reports what matters of them through its own
+    errors and counters, so they are shown only when p2pinfer's debug logging is on (then
+    through the application's handlers); LIBP2P_DEBUG, libp2p's own switch, wins."""
+    if os.environ.get("LIBP2P_DEBUG"):
+        return
+    lg = logging.getLogger("libp2p")
+    if logging.getLogger("p2pinfer").isEnabledFor(logging.DEBUG):
+        lg.setLevel(logging.DEBUG)
+        lg.propagate = True
+    else:
+        lg.setLevel(logging.CRITICAL)
 
 
 def load_psk(path: str | Path) -> str:
@@ -247,7 +221,7 @@ class Host:
 @asynccontextmanager
 async def open_host(identity: NodeIdentity, net: NetSection) -> AsyncIterator[Host]:
     """Start a host listening on `net.listen`; on exit close every connection, then the host."""
-    _quiet_known_noise()
+    _route_library_logs()
     key_pair = create_new_key_pair(identity.seed())
     psk = load_psk(net.psk_file) if net.psk_file else None
     try:
