@@ -6,7 +6,7 @@
 - `requests`: the one adapter between the API and the node's per-request results.
 - `receipt`: signed verification receipts, checkable offline (pure; protocols/receipt.md).
 - `metrics`: Prometheus series in a registry per app.
-"""
 
-from p2pinfer.api.app import build_app as build_app
-from p2pinfer.api.app import serve_api as serve_api
+Nothing is imported here, so that `p2pinfer.api.receipt` loads without the web stack (the CLI's
+offline `receipt verify`); the server is `p2pinfer.api.app.serve_api`.
+"""

@@ -284,7 +284,6 @@ class Completion:
     async def start(self) -> Any:
         """Check the model and its context; returns the generation, not started yet."""
         st, req = self.st, self.req
-        st.offered(req.model)
         info = st.requester.model_info(req.model)
         max_tokens = req.max_tokens
         if max_tokens is None:
@@ -449,6 +448,7 @@ async def _completion(request: Request, kind: str) -> Response:
     st.check_key(request)
     raw = await read_json(request, st.settings.max_body_bytes)
     req = parse_chat(raw) if kind == "chat" else parse_completion(raw)
+    st.offered(req.model)  # before any series is labelled with the name
     st.admit()
     c = Completion(st, req, raw, kind)
     st.live[c.request_id] = c.live
