@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import hmac
 import json
+import logging
 import secrets
 import struct
 import time
@@ -57,6 +58,8 @@ from p2pinfer.api.schema import (
 from p2pinfer.config import ApiSection, is_loopback_host
 from p2pinfer.errors import ConfigError
 from p2pinfer.node import Node
+
+log = logging.getLogger(__name__)
 
 #: the default number of new tokens of a chat completion without max_tokens (bounded by the
 #: model's context)
@@ -174,6 +177,9 @@ def endpoint(handler: Callable[[Request], Awaitable[Response]]) -> Callable[...,
             if isinstance(e, Unauthorized):
                 _state(request).metrics.rejected.labels("unauthorized").inc()
             return _error_response(e)
+        except Exception:  # a bug must not take the server down with it
+            log.exception("internal error answering %s %s", request.method, request.url.path)
+            return _error_response(ApiError("internal error; see the node's log"))
 
     return wrapped
 
