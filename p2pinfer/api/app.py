@@ -588,8 +588,9 @@ async def method_not_allowed(request: Request, exc: Exception) -> Response:
 
 def build_app(node: Node, settings: ApiSection) -> Starlette:
     """The API's ASGI app for `node` (not yet listening)."""
+    requester = Requester(node)
     metrics_collector = ApiMetrics()
-    metrics_collector.watch_node(node.peers, node.status)
+    metrics_collector.watch_node(node.peers, node.status, requester.open_sessions)
     routes = [Route("/metrics", metrics, methods=["GET"]),
               Route("/", status_page, methods=["GET"]),
               Route("/api/status", status_json, methods=["GET"])]
@@ -602,7 +603,7 @@ def build_app(node: Node, settings: ApiSection) -> Starlette:
         ]
     app = Starlette(routes=routes, exception_handlers={404: not_found, 405: method_not_allowed})
     app.state.api = ApiState(
-        node=node, settings=settings, requester=Requester(node), metrics=metrics_collector,
+        node=node, settings=settings, requester=requester, metrics=metrics_collector,
         recent=deque(maxlen=settings.recent_requests),
         keys=tuple(k.encode() for k in settings.keys))
     return app

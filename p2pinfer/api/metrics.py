@@ -32,9 +32,10 @@ class NodeCollector(Collector):
     """Per-peer RTT and load from the peer table, and every numeric counter of `status()`."""
 
     def __init__(self, peers: Callable[[], list[PeerInfo]],
-                 status: Callable[[], dict[str, Any]]) -> None:
+                 status: Callable[[], dict[str, Any]], sessions: Callable[[], int]) -> None:
         self.peers = peers
         self.status = status
+        self.sessions = sessions
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         rtt = GaugeMetricFamily("p2pinfer_peer_rtt_ms", "Smoothed ping round trip per peer",
@@ -58,7 +59,10 @@ class NodeCollector(Collector):
             counters.add_metric([name], value)
         uptime = GaugeMetricFamily("p2pinfer_uptime_seconds", "Seconds since the node started")
         uptime.add_metric([], float(status.get("uptime_s", 0.0)))
-        yield from (rtt, load, known, counters, uptime)
+        sessions = GaugeMetricFamily("p2pinfer_requester_open_sessions",
+                                     "Route sessions this node holds open as a requester")
+        sessions.add_metric([], float(self.sessions()))
+        yield from (rtt, load, known, counters, uptime, sessions)
 
 
 class ApiMetrics:
@@ -92,8 +96,8 @@ class ApiMetrics:
                                 ["reason"], registry=r)
 
     def watch_node(self, peers: Callable[[], list[PeerInfo]],
-                   status: Callable[[], dict[str, Any]]) -> None:
-        self.registry.register(NodeCollector(peers, status))
+                   status: Callable[[], dict[str, Any]], sessions: Callable[[], int]) -> None:
+        self.registry.register(NodeCollector(peers, status, sessions))
 
     def count_verification(self, report: dict[str, Any] | None) -> None:
         if not report:

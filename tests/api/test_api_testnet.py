@@ -280,13 +280,14 @@ async def test_sixteen_concurrent_streams_a_cancelled_stream_and_metrics(env):
         assert last["outcome"] == "cancelled" and last["tokens"] < 50
         values = await metric_values(url)
         assert total(values, "p2pinfer_api_requests_total", outcome="cancelled") == 1
+        assert total(values, "p2pinfer_requester_open_sessions") == 0
 
 
 async def test_errors_come_in_the_openai_shape_with_their_statuses(env):
     with pytest.raises(ConfigError, match="without a key"):
         check_listen(ApiSection(listen="0.0.0.0:8000"))
     async with api_node(env, "api-c", keys=["k-right"], max_concurrent=1, max_body_bytes=4096,
-                        models=[env.gpt, env.bert, env.llama]) as (_node, url):
+                        models=[env.gpt, env.bert, env.llama]) as (node, url):
         auth = {"Authorization": "Bearer k-right"}
         ok = {"model": env.gpt, "prompt": "w5 w9", "max_tokens": 2, "temperature": 0}
         async with httpx.AsyncClient(base_url=url, timeout=60) as h:
@@ -332,3 +333,12 @@ async def test_errors_come_in_the_openai_shape_with_their_statuses(env):
         assert info.value.code == "model_not_found"
         with pytest.raises(openai.AuthenticationError):
             await trio.to_thread.run_sync(lambda: client(url, "k-wrong").models.list())
+
+        # a serving peer's endpoint: metrics and status only
+        async with trio.open_nursery() as nursery:
+            only = await nursery.start(partial(serve_api, node, ApiSection(
+                listen="127.0.0.1:0", metrics_only=True)))
+            async with httpx.AsyncClient(base_url=only, timeout=60) as h:
+                assert (await h.get("/v1/models")).status_code == 404
+                assert "p2pinfer_peer_rtt_ms" in (await h.get("/metrics")).text
+            nursery.cancel_scope.cancel()
