@@ -18,6 +18,8 @@ from p2pinfer.config import TEE_LEVELS
 MODES = ("general", "critical")
 MAX_STOP = 4
 MAX_EMBED_INPUTS = 64
+#: the largest vote tolerance a task may carry (the runtime refuses larger ones)
+MAX_TOLERANCE = 0.5
 
 
 @dataclass(frozen=True)
@@ -54,25 +56,26 @@ class EmbeddingRequest:
     options: P2PInferOptions = field(default_factory=P2PInferOptions)
 
 
-def _num(body: dict[str, Any], key: str, default: float, lo: float, hi: float) -> float:
-    value = body.get(key)
+def _num(body: dict[str, Any], key: str, default: float, lo: float, hi: float,
+         prefix: str = "") -> float:
+    value, name = body.get(key), prefix + key
     if value is None:
         return default
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise BadRequest(f"'{key}' must be a number", param=key)
+        raise BadRequest(f"'{name}' must be a number", param=name)
     if not lo <= value <= hi:
-        raise BadRequest(f"'{key}' must be between {lo} and {hi}, got {value}", param=key)
+        raise BadRequest(f"'{name}' must be between {lo} and {hi}, got {value}", param=name)
     return float(value)
 
 
-def _int(body: dict[str, Any], key: str, lo: int, hi: int) -> int | None:
-    value = body.get(key)
+def _int(body: dict[str, Any], key: str, lo: int, hi: int, prefix: str = "") -> int | None:
+    value, name = body.get(key), prefix + key
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int):
-        raise BadRequest(f"'{key}' must be an integer", param=key)
+        raise BadRequest(f"'{name}' must be an integer", param=name)
     if not lo <= value <= hi:
-        raise BadRequest(f"'{key}' must be between {lo} and {hi}, got {value}", param=key)
+        raise BadRequest(f"'{name}' must be between {lo} and {hi}, got {value}", param=name)
     return value
 
 
@@ -129,10 +132,10 @@ def _options(body: dict[str, Any]) -> P2PInferOptions:
     if min_tee is not None and min_tee not in TEE_LEVELS:
         raise BadRequest(f"'p2pinfer.min_tee' must be one of {', '.join(TEE_LEVELS)}",
                          param="p2pinfer.min_tee")
-    redundancy = _int(raw, "redundancy", 1, 9)
+    redundancy = _int(raw, "redundancy", 1, 9, "p2pinfer.")
     tolerance = raw.get("tolerance")
     if tolerance is not None:
-        tolerance = _num(raw, "tolerance", 0.0, 0.0, 1.0)
+        tolerance = _num(raw, "tolerance", 0.0, 0.0, MAX_TOLERANCE, "p2pinfer.")
         if tolerance <= 0:
             raise BadRequest("'p2pinfer.tolerance' must be positive", param="p2pinfer.tolerance")
     return P2PInferOptions(mode=mode, redundancy=redundancy, min_tee=min_tee, tolerance=tolerance)

@@ -27,8 +27,7 @@ async def _run_api(cfg: NodeConfig, ready_file: str | None) -> None:
             print(f"p2pinfer node {node.peer_id} on network {cfg.node.network_id}", flush=True)
             print(f"  API on {url}/v1 (status page {url}/, metrics {url}/metrics)", flush=True)
             if not cfg.api.keys:
-                say("note: no API keys set; the API answers anyone who can reach "
-                    f"{cfg.api.listen}")
+                say(f"note: no API keys set; anyone who can reach {url} may use it")
             if ready_file:
                 tmp = Path(ready_file).with_suffix(".tmp")
                 tmp.write_text(json.dumps({"peer_id": node.peer_id, "addrs": node.addrs,
