@@ -158,11 +158,15 @@ async def test_openai_client_models_chat_stream_completion_embeddings_receipts_a
 
         # embeddings (the client asks for base64 and decodes it)
         texts = ["w5 w9 w13", "w2 w7"]
-        emb = await trio.to_thread.run_sync(
-            lambda: c.embeddings.create(model=env.bert, input=texts))
-        got = torch.tensor([d.embedding for d in emb.data])
+        raw_emb = await trio.to_thread.run_sync(
+            lambda: c.embeddings.with_raw_response.create(model=env.bert, input=texts))
+        got = torch.tensor([d.embedding for d in raw_emb.parse().data])
         torch.testing.assert_close(got, await node.embed(texts, model=env.bert),
                                    atol=1e-5, rtol=1e-5)
+        emb_body = json.loads(raw_emb.http_response.text)
+        sent = json.loads(raw_emb.http_response.request.content)
+        assert sent["encoding_format"] == "base64"  # what the official client asks for
+        verify_receipt(emb_body["p2pinfer"]["receipt"], request=sent, response=emb_body)
 
         await _receipt_cli_checks(tmp_path, request, body, node.peer_id)
         await _status_page_check(env, url, receipt)
