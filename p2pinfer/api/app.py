@@ -186,35 +186,44 @@ def endpoint(handler: Callable[[Request], Awaitable[Response]]) -> Callable[...,
 
 # -- server-sent events --------------------------------------------------------------------------
 class EventStream(StreamingResponse):
-    """A text/event-stream response that cancels its producer when the client disconnects and
-    always closes the producer's iterator."""
+    """A text/event-stream response that cancels its producer when the client disconnects,
+    always closes the producer's iterator, and then runs `cleanup` (shielded), even when the
+    client was gone before the first event."""
 
-    def __init__(self, events: AsyncIterator[bytes]) -> None:
+    def __init__(self, events: AsyncIterator[bytes],
+                 cleanup: Callable[[], Awaitable[None]]) -> None:
         super().__init__(events, media_type="text/event-stream",
                          headers={"cache-control": "no-cache"})
         self.events = events
+        self.cleanup = cleanup
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send({"type": "http.response.start", "status": self.status_code,
-                    "headers": self.raw_headers})
-        async with trio.open_nursery() as nursery:
-            async def watch() -> None:
-                while True:
-                    message = await receive()
-                    if message["type"] == "http.disconnect":
-                        nursery.cancel_scope.cancel()
-                        return
+        try:
+            async with trio.open_nursery() as nursery:
+                async def watch() -> None:
+                    while True:
+                        message = await receive()
+                        if message["type"] == "http.disconnect":
+                            nursery.cancel_scope.cancel()
+                            return
 
-            nursery.start_soon(watch)
-            try:
-                async with aclosing(self.events) as events:
-                    async for chunk in events:
-                        await send({"type": "http.response.body", "body": chunk,
-                                    "more_body": True})
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
-            except OSError:
-                pass  # the client went away between events
-            nursery.cancel_scope.cancel()
+                nursery.start_soon(watch)
+                try:
+                    await send({"type": "http.response.start", "status": self.status_code,
+                                "headers": self.raw_headers})
+                    async with aclosing(self.events) as events:
+                        async for chunk in events:
+                            await send({"type": "http.response.body", "body": chunk,
+                                        "more_body": True})
+                    await send({"type": "http.response.body", "body": b"",
+                                "more_body": False})
+                except OSError:
+                    pass  # the client went away between events
+                nursery.cancel_scope.cancel()
+        finally:
+            with trio.move_on_after(5) as cleanup_scope:
+                cleanup_scope.shield = True
+                await self.cleanup()
 
 
 def sse(data: Any) -> bytes:
@@ -282,6 +291,7 @@ class Completion:
         self.last: float | None = None
         self.scanner = StopScanner(req.stop)
         self.outcome = "error"
+        self.closed = False
 
     @property
     def mode(self) -> str:
@@ -361,11 +371,22 @@ class Completion:
                 "model": self.req.model, "choices": [choice]}
 
     def close(self, receipt: dict[str, Any] | None, result: RequestResult | None) -> None:
+        if self.closed:
+            return
+        self.closed = True
         st = self.st
         st.live.pop(self.request_id, None)
         st.metrics.open_requests.set(len(st.live))
         st.metrics.requests.labels(self.kind, self.req.model, self.mode, self.outcome).inc()
         _record(st, self.live, self.outcome, receipt, self.timings(result))
+
+    async def abandon(self, pieces: AsyncIterator[Any]) -> None:
+        """After a stream, however it ended: the generation is closed (its route sessions
+        end) and the request is recorded, also when no event was ever sent."""
+        await pieces.aclose()  # type: ignore[attr-defined]
+        if not self.closed:
+            self.outcome = "cancelled"
+            self.close(None, None)
 
     # -- answers ---------------------------------------------------------------------------
     async def answer(self, generation: Any) -> Response:
@@ -478,7 +499,7 @@ async def _completion(request: Request, kind: str) -> Response:
                 await pieces.aclose()
             raise
         handed_over = True  # the stream closes the request when it ends
-        return EventStream(c.stream(generation, pieces, first))
+        return EventStream(c.stream(generation, pieces, first), partial(c.abandon, pieces))
     finally:
         if not handed_over:
             c.close(None, None)
