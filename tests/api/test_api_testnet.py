@@ -34,7 +34,6 @@ from p2pinfer.errors import ConfigError
 from p2pinfer.node import Node
 from p2pinfer.testnet import Testnet
 
-from ..consensus_net.conftest import _only_libp2p_teardown_race
 from ..inference.conftest import node_config, save_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
@@ -71,6 +70,15 @@ def env(tmp_path_factory):
         yield SimpleNamespace(net=net, tmp=tmp, gpt=str(gpt), bert=str(bert), llama=str(llama))
     finally:
         net.stop()
+
+
+def _only_libp2p_teardown_race(error: BaseException) -> bool:
+    """py-libp2p 0.8.1 can raise "Nursery is closed to new arrivals" out of a node's teardown
+    (notes/py-libp2p.md); that says nothing about the API. Goes once the node's exit no longer
+    lets it out."""
+    if isinstance(error, BaseExceptionGroup):
+        return all(_only_libp2p_teardown_race(e) for e in error.exceptions)
+    return isinstance(error, RuntimeError) and "closed to new arrivals" in str(error)
 
 
 @asynccontextmanager
