@@ -100,6 +100,8 @@ class Requester:
 
     def __init__(self, node: Node) -> None:
         self.node = node
+        #: tokenizers by model directory, loaded once (prompt and usage counts)
+        self._tokenizers: dict[str, Tokenizer] = {}
 
     # -- models ----------------------------------------------------------------------------
     def _settings(self, options: P2PInferOptions) -> ClientSettings:
@@ -137,10 +139,14 @@ class Requester:
             raise NoRouteAvailable(str(e)) from None
         return [RouteHop((s.start, s.end), tuple(s.replicas)) for s in plan]
 
+    async def tokenizer(self, model: str) -> Tokenizer:
+        path = self._client(model, P2PInferOptions()).head_path
+        if path not in self._tokenizers:
+            self._tokenizers[path] = await trio.to_thread.run_sync(Tokenizer.load, path)
+        return self._tokenizers[path]
+
     async def count_tokens(self, model: str, text: str) -> int:
-        client = self._client(model, P2PInferOptions())
-        tok = await trio.to_thread.run_sync(Tokenizer.load, client.head_path)
-        return len(tok.encode(text))
+        return len((await self.tokenizer(model)).encode(text))
 
     def open_sessions(self) -> int:
         """Route sessions the requester holds open now (all models)."""
@@ -175,7 +181,7 @@ class Requester:
             raise NoRouteAvailable(str(e)) from None
         except P2PInferError as e:
             raise GenerationFailed(str(e)) from None
-        tok = await trio.to_thread.run_sync(Tokenizer.load, client.head_path)
+        tok = await self.tokenizer(model)
         used = sum(len(tok.encode(t)) for t in texts)
         rows = [[float(x) for x in row] for row in vectors.tolist()]
         return rows, self._result(client, used, [])
