@@ -9,6 +9,7 @@ See node_configs/*.toml for commented examples.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 import tomllib
@@ -178,6 +179,28 @@ class TrustSection:
 
 
 @dataclass
+class ApiSection:
+    """The OpenAI-compatible HTTP API, metrics and status page (p2pinfer.api), off by default."""
+
+    enabled: bool = False
+    #: host:port to listen on; anything but loopback needs at least one key
+    listen: str = "127.0.0.1:8000"
+    #: bearer keys a client must send (`Authorization: Bearer KEY`); empty = no key asked
+    keys: list[str] = field(default_factory=list)
+    #: the models offered (built-in names or directories); `GET /v1/models` lists those with a
+    #: complete route
+    models: list[str] = field(default_factory=lambda: ["p2pinfer-tiny-llama", "all-minilm-l6-v2"])
+    #: request bodies larger than this are refused before they are parsed
+    max_body_bytes: int = 1024 * 1024
+    #: requests served at once; more get 429
+    max_concurrent: int = 16
+    #: serve only /metrics (and the status page): for serving peers that answer no requests
+    metrics_only: bool = False
+    #: completed requests (with their receipts) the status page keeps
+    recent_requests: int = 50
+
+
+@dataclass
 class NodeConfig:
     node: NodeSection = field(default_factory=NodeSection)
     net: NetSection = field(default_factory=NetSection)
@@ -187,6 +210,7 @@ class NodeConfig:
     serve: ServeSection = field(default_factory=ServeSection)
     inference: InferenceSection = field(default_factory=InferenceSection)
     trust: TrustSection = field(default_factory=TrustSection)
+    api: ApiSection = field(default_factory=ApiSection)
     #: the file this came from, for error messages ("" when built in code)
     source: str = ""
 
@@ -266,6 +290,7 @@ class NodeConfig:
             raise ConfigError(f"{where}: key 'inference.noise_clip': noise needs a positive "
                               "clip norm")
         self._validate_trust(where)
+        self._validate_api(where)
         fault = self.serve.fault_injection
         if fault and fault not in FAULT_INJECTION_KINDS:
             raise ConfigError(f"{where}: key 'serve.fault_injection': {fault!r} is not one of "
@@ -311,6 +336,23 @@ class NodeConfig:
                               f"one frame of limits.max_frame_bytes ({lim.max_frame_bytes})")
 
 
+    def _validate_api(self, where: str) -> None:
+        api = self.api
+        host, sep, port = api.listen.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ConfigError(f"{where}: key 'api.listen': expected host:port, got "
+                              f"{api.listen!r}")
+        if any(not k or k != k.strip() for k in api.keys):
+            raise ConfigError(f"{where}: key 'api.keys': keys must be non-empty and carry no "
+                              "surrounding spaces")
+        if api.enabled and not api.keys and not is_loopback_host(host):
+            raise ConfigError(f"{where}: key 'api.listen': refusing to serve the API on "
+                              f"{host} without a key; set api.keys or listen on 127.0.0.1")
+        for key in ("max_body_bytes", "max_concurrent", "recent_requests"):
+            if getattr(api, key) <= 0:
+                raise ConfigError(f"{where}: key 'api.{key}': must be positive, got "
+                                  f"{getattr(api, key)!r}")
+
     def _validate_trust(self, where: str) -> None:
         tr = self.trust
         if tr.attester not in TRUST_ATTESTERS:
@@ -335,6 +377,17 @@ class NodeConfig:
             raise ConfigError(f"{where}: key 'trust.policy': {tr.policy!r} refuses the "
                               "simulated evidence trust.attester = 'simulated' makes; use "
                               "'testnet'")
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether an API listen host is a loopback name or address."""
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 # -- loading -----------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ _MULTI_PEER_FILES = {
     "test_rejected_peer.py",
     "test_cli_testnet.py",
     "test_namespaces.py",
+    "test_api_testnet.py",
 }
 
 

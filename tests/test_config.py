@@ -1,3 +1,5 @@
+import os
+
 import pytest
 
 from p2pinfer.config import NodeConfig, config_from_dict, load_config, with_overrides
@@ -86,3 +88,36 @@ def test_example_configs_in_the_repository_load(tmp_path):
     assert len(files) >= 4
     for f in files:
         load_config(f)
+
+
+# -- [api] -----------------------------------------------------------------------------------------
+def test_api_section_defaults_to_off_on_loopback():
+    cfg = config_from_dict({})
+    assert cfg.api.enabled is False and cfg.api.listen == "127.0.0.1:8000"
+
+
+def test_api_on_a_public_address_without_a_key_is_refused_in_one_line():
+    with pytest.raises(ConfigError, match="without a key"):
+        config_from_dict({"api": {"enabled": True, "listen": "0.0.0.0:8000"}})
+    cfg = config_from_dict({"api": {"enabled": True, "listen": "0.0.0.0:8000", "keys": ["k1"]}})
+    assert cfg.api.keys == ["k1"]
+    config_from_dict({"api": {"enabled": True, "listen": "[::1]:8000"}})  # loopback v6
+
+
+@pytest.mark.parametrize("api, message", [
+    ({"listen": "8000"}, "expected host:port"),
+    ({"listen": "localhost:http"}, "expected host:port"),
+    ({"keys": [" padded "]}, "surrounding spaces"),
+    ({"max_body_bytes": 0}, "must be positive"),
+    ({"max_concurrent": -1}, "must be positive"),
+    ({"keys": "secret"}, "expected a list of strings"),
+])
+def test_bad_api_settings_name_the_key(api, message):
+    with pytest.raises(ConfigError, match=message):
+        config_from_dict({"api": api})
+
+
+def test_the_api_example_config_loads():
+    cfg = load_config(
+        os.path.join(os.path.dirname(__file__), "..", "node_configs", "api-gateway.toml"))
+    assert cfg.api.enabled and cfg.api.models

@@ -15,7 +15,20 @@ import sys
 import traceback
 from collections.abc import Sequence
 
-from p2pinfer.cli import attest, demo, embed, infer, keygen, node, peers, prove_run, status, testnet
+from p2pinfer.cli import (
+    api,
+    attest,
+    demo,
+    embed,
+    infer,
+    keygen,
+    node,
+    peers,
+    prove_run,
+    receipt,
+    status,
+    testnet,
+)
 from p2pinfer.cli.options import EXIT_USER, UsageError
 from p2pinfer.errors import ConfigError, P2PInferError
 from p2pinfer.models.errors import CacheError, ModelError, SpanInputError
@@ -23,7 +36,8 @@ from p2pinfer.models.errors import CacheError, ModelError, SpanInputError
 #: loggers of libraries whose messages only --debug shows
 LIBRARY_LOGGERS = ("multiaddr", "zeroconf", "async_service")
 
-COMMANDS = (node, keygen, peers, status, testnet, infer, embed, prove_run, attest, demo)
+COMMANDS = (node, keygen, peers, status, testnet, infer, embed, prove_run, attest, demo, api,
+            receipt)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,57 @@
+"""`p2pinfer api`: run a node with the HTTP API on (OpenAI-compatible /v1, /metrics, status
+page) until Ctrl-C."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from p2pinfer.cli.options import node_config, say
+from p2pinfer.config import NodeConfig, with_overrides
+
+
+async def _run_api(cfg: NodeConfig, ready_file: str | None) -> None:
+    from p2pinfer.api.app import serve_api  # starlette, libp2p and torch: loaded when it runs
+    from p2pinfer.node import Node
+
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with Node(cfg) as node, trio.open_nursery() as nursery:
+            url = await nursery.start(partial(serve_api, node, cfg.api))
+            print(f"p2pinfer node {node.peer_id} on network {cfg.node.network_id}", flush=True)
+            print(f"  API on {url}/v1 (status page {url}/, metrics {url}/metrics)", flush=True)
+            if not cfg.api.keys:
+                say(f"note: no API keys set; anyone who can reach {url} may use it")
+            if ready_file:
+                tmp = Path(ready_file).with_suffix(".tmp")
+                tmp.write_text(json.dumps({"peer_id": node.peer_id, "addrs": node.addrs,
+                                           "pid": os.getpid(), "api": url}))
+                os.replace(tmp, ready_file)
+            async for _ in signals:
+                print("stopping", flush=True)
+                break
+            nursery.cancel_scope.cancel()
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = node_config(args)
+    api: dict[str, Any] = {"enabled": True}
+    if args.listen:
+        api["listen"] = args.listen
+    trio.run(_run_api, with_overrides(cfg, api=api), args.ready_file)
+    return 0
+
+
+def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("api", parents=[common],
+                       help="run a node serving the OpenAI-compatible HTTP API")
+    p.add_argument("--config", help="node config TOML with an [api] section (see node_configs/)")
+    p.add_argument("--listen", help="host:port for the API (default: the config's api.listen)")
+    p.add_argument("--ready-file", help=argparse.SUPPRESS)
+    p.set_defaults(func=run)
