@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .config import NodeConfig as NodeConfig
+from .config import RequestSettings as RequestSettings
 from .config import load_config as load_config
 from .errors import P2PInferError as P2PInferError
 from .identity import NodeIdentity as NodeIdentity
@@ -33,4 +34,12 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(name)
 
 
-__all__ = ["Node", "NodeConfig", "NodeIdentity", "P2PInferError", "load_config", "__version__"]
+__all__ = [
+    "Node",
+    "NodeConfig",
+    "NodeIdentity",
+    "P2PInferError",
+    "RequestSettings",
+    "__version__",
+    "load_config",
+]

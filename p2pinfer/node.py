@@ -754,7 +754,8 @@ class Node:
 
     # -- inference (p2pinfer.inference.service) ----------------------------------------------
     def generate_stream(self, prompt: str, *, model: str, **kw: Any) -> AsyncIterator[Any]:
-        """Stream the tokens of a distributed generation (`TokenEvent`s)."""
+        """Stream the tokens of a distributed generation (`TokenEvent`s); once the iteration
+        ended, the stream's `result` is the whole `Generation` (route, verification, timings)."""
         from p2pinfer.inference.service import generate_stream
 
         return generate_stream(self._inference_service(), prompt, model=model, **kw)
@@ -767,6 +768,11 @@ class Node:
 
     async def embed(self, texts: str | list[str], *, model: str, **kw: Any) -> Any:
         """Sentence embeddings [n, H] of `texts`, computed through the network."""
+        return (await self.embeddings(texts, model=model, **kw)).vectors
+
+    async def embeddings(self, texts: str | list[str], *, model: str, **kw: Any) -> Any:
+        """Sentence embeddings of `texts` and how each was made (`Embeddings`: routes,
+        verification, re-plans, timings)."""
         from p2pinfer.inference.service import embed
 
         return await embed(self._inference_service(), texts, model=model, **kw)
@@ -807,6 +813,7 @@ class Node:
             }
         if self.attestation is not None:
             counters["attestation"] = self.attestation.status()
+        inference = self.inference.status() if self.inference is not None else None
         return {
             "peer_id": self.peer_id,
             "addrs": self.addrs,
@@ -817,4 +824,5 @@ class Node:
             "uptime_s": round(time.time() - self.started_at, 3) if self.started_at else 0.0,
             "software": SOFTWARE,
             "counters": counters,
+            "inference": inference,
         }

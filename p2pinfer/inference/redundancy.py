@@ -141,6 +141,16 @@ class StoredOutput:
 
 
 @dataclass
+class FetchedOutput:
+    """A stage output fetched from one replica: the tensor, that replica's claim on it (if
+    any) and the KV position it was computed at, all from the same reply."""
+
+    hidden: torch.Tensor
+    claim: FingerprintClaim | None
+    pos: int
+
+
+@dataclass
 class FetchedStep:
     """A step a replica fetched from a majority replica because its own upstream stalled."""
 
@@ -318,9 +328,9 @@ class FaultyRunner:
                     continue
                 try:
                     with trio.fail_after(1.0):
-                        out, _ = await self.consensus.fetch(peer, session.task, session.stage,
-                                                            seq)
-                    return out, {}
+                        got = await self.consensus.fetch(peer, session.task, session.stage,
+                                                         seq)
+                    return got.hidden, {}
                 except (P2PInferError, trio.TooSlowError):
                     self.refused_copies += 1
             return hidden.clone(), {}
@@ -614,8 +624,7 @@ class ConsensusService:
         return encode_message("audited", {"claim": claim.encode()})
 
     async def fetch(self, peer: str, task: Task, stage: int, step: int,
-                    hidden_size: int | None = None
-                    ) -> tuple[torch.Tensor, FingerprintClaim | None]:
+                    hidden_size: int | None = None) -> FetchedOutput:
         """Fetch a stage output from the replica `peer` (RemoteError when it refuses)."""
         from p2pinfer.inference.stage import ensure_connected
 
@@ -633,8 +642,7 @@ class ConsensusService:
             if claim.replica != peer:
                 raise MalformedVoteMessage("fetched claim is not by the replica that sent it")
             claim.verify(self.keys)
-        self._last_fetch_pos = reply.get("pos", int, 0)
-        return hidden, claim
+        return FetchedOutput(hidden, claim, reply.get("pos", int, 0))
 
     # -- stage side --------------------------------------------------------------------------
     async def claim_output(self, session: Any, out: torch.Tensor, seq: int, pos: int
@@ -750,9 +758,9 @@ class ConsensusService:
             if peer == self.node.peer_id:
                 continue
             try:
-                hidden, _ = await self.fetch(peer, task, stage, seq)
-                await trio.to_thread.run_sync(outcome.check_local, hidden)
-                return hidden, self._last_fetch_pos
+                got = await self.fetch(peer, task, stage, seq)
+                await trio.to_thread.run_sync(outcome.check_local, got.hidden)
+                return got.hidden, got.pos
             except (P2PInferError, OSError) as e:
                 log.debug("fetch from %s failed: %s", peer, e)
         raise ConsensusFailure(stage, f"no majority replica of stage {stage} delivered a "
@@ -858,6 +866,13 @@ class ConsensusService:
                 seq += 1
 
     # -- requester side ----------------------------------------------------------------------
+    def route_tolerance(self, route: Sequence[Any]) -> float:
+        """The vote tolerance for a route: the float32 one when every replica advertises
+        float32, else the loosest its replicas' precisions need (a replica that states none,
+        or one not calibrated, gets the bfloat16 tolerance)."""
+        return max([peer_tolerance(self.node, p) for s in route for p in s.replicas],
+                   default=DEFAULT_TOLERANCE)
+
     def open_report(self, task: Task, redundancy: int) -> VerificationReport:
         report = VerificationReport(task.mode, redundancy, [
             StageReport(i, (s.start, s.end), s.replicas) for i, s in enumerate(task.route)])
@@ -984,9 +999,9 @@ class ConsensusService:
             if stage == 0:
                 hidden_in = sent
             else:
-                hidden_in, _ = await self.fetch(task.route[stage - 1].replicas[0], task,
-                                                stage - 1, 0)
-            _, claimed = await self.fetch(peer, task, stage, 0)
+                hidden_in = (await self.fetch(task.route[stage - 1].replicas[0], task,
+                                              stage - 1, 0)).hidden
+            claimed = (await self.fetch(peer, task, stage, 0)).claim
         except (P2PInferError, OSError) as e:
             log.debug("audit of stage %d not carried out: %s", stage, e)
             return None

@@ -81,11 +81,11 @@ async def wait_until_true(cond: Any, timeout: float, what: str, context: Any) ->
         raise AssertionError(f"{what} not within {timeout} s; state: {context()}")
 
 
-def consensus_state(client: Node, request_client: Any = None) -> dict[str, Any]:
+def consensus_state(client: Node, outcome: Any = None) -> dict[str, Any]:
+    """The consensus service's state and, given a request's `RequestOutcome`, its report."""
     state: dict[str, Any] = {"consensus": client.inference.consensus.status()}
-    report = getattr(request_client, "last_report", None)
-    if report is not None:
-        state["report"] = report.to_dict()
+    if outcome is not None and outcome.report is not None:
+        state["report"] = outcome.verification()
     return state
 
 

@@ -54,6 +54,7 @@ async def test_one_bfloat16_stage_loosens_the_route_to_the_bfloat16_tolerance(tm
         pinned = client.inference.client(str(ckpt), replace(c.settings, tolerance=0.02))
         assert _signed_tolerance(pinned) == 0.02
         # the bfloat16 stage really serves: its tokens are those of a bfloat16 span
-        got = [t async for t in c.generate(PROMPT, 4, Sampler())]
+        run = c.generate(PROMPT, 4, Sampler())
+        got = [t async for t in run]
         assert len(got) == 4 and all(0 <= t < 97 for t in got)
-        assert c.last_report.to_dict()["dissenters"] == []
+        assert run.outcome.verification()["dissenters"] == []

@@ -29,8 +29,9 @@ async def test_greedy_generation_over_two_stages_equals_transformers(tmp_path, c
     path = str(checkpoints[family])
     async with network(tmp_path, path, [[1, 3], [3, 5]]) as (client, stages):
         c = client.inference.client(path)
-        got = [t async for t in c.generate(PROMPT, 12, Sampler(SamplingParams()))]
-        assert [(s.start, s.end) for s in c.last_route] == [(1, 3), (3, 5)]
+        run = c.generate(PROMPT, 12, Sampler(SamplingParams()))
+        got = [t async for t in run]
+        assert [(s.start, s.end) for s in run.outcome.route] == [(1, 3), (3, 5)]
         assert all(st.inference.stage.counters["steps"] == 12 for st in stages)
     want = hf_greedy(path, PROMPT, 12)
     assert got == want
@@ -41,7 +42,7 @@ async def test_encoder_embedding_over_the_network_equals_transformers(tmp_path, 
     path = str(checkpoints["bert"])
     ids = [2, 11, 23, 5, 7, 9]
     async with network(tmp_path, path, [[1, 4], [4, 5]]) as (client, _):
-        vec = await client.inference.client(path).embed(ids)
+        vec = (await client.inference.client(path).embed(ids)).vector
     model = tf.AutoModel.from_pretrained(path).eval()
     with torch.no_grad():
         hidden = model(torch.tensor([ids])).last_hidden_state

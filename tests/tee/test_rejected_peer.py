@@ -61,9 +61,10 @@ async def test_a_peer_with_forged_evidence_is_never_routed_to(tmp_path, llama, f
         c = client.inference.client(str(llama))
         assert forger not in {cand.peer_id for cand in c.candidates()}
         for _ in range(2):
-            got = [t async for t in c.generate(prompt, 4, Sampler(SamplingParams(temperature=0)))]
+            run = c.generate(prompt, 4, Sampler(SamplingParams(temperature=0)))
+            got = [t async for t in run]
             assert got == reference
-            assert forger not in {p for s in c.last_route for p in s.replicas}
+            assert forger not in {p for s in run.outcome.route for p in s.replicas}
         # `p2pinfer peers` shows the check through the control endpoint
         reply = _answer(client, json.dumps({"cmd": "peers"}).encode())
         rows = {p["peer_id"]: p for p in reply["peers"]}
