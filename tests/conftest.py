@@ -34,6 +34,7 @@ _MULTI_PEER_FILES = {
     "test_secure_inference.py",
     "test_rejected_peer.py",
     "test_cli_testnet.py",
+    "test_concurrency_testnet.py",
 }
 
 
