@@ -24,7 +24,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import trio
@@ -48,6 +48,10 @@ from p2pinfer.net.streams import (
     reply_message,
 )
 from p2pinfer.wire import DTYPES, EndOfStream, Message, encode_message, tensor_from_wire
+
+if TYPE_CHECKING:
+    from p2pinfer.attestation import NodeAttestation
+    from p2pinfer.inference.service import InferenceService
 
 log = logging.getLogger(__name__)
 
@@ -190,10 +194,10 @@ class Node:
         self.bootstrap: BootstrapDialer | None = None
         self.mdns: MdnsDiscovery | None = None
         #: the inference service (stage server when `serve.model` is set, requester clients)
-        self.inference: Any = None
+        self.inference: InferenceService | None = None
         #: attestation and attested channels (`p2pinfer.attestation`), when `trust.attester`
         #: is set
-        self.attestation: Any = None
+        self.attestation: NodeAttestation | None = None
         self.counters: dict[str, int] = {
             "advert_fetches": 0,
             "advert_fetch_failures": 0,
@@ -282,7 +286,7 @@ class Node:
                 hop = ChannelHop(self.attestation)
         from p2pinfer.inference.service import InferenceService
 
-        self.inference = InferenceService(self, hop=hop)
+        self.inference = InferenceService(self, hop=hop, trust=self.attestation)
         await nursery.start(self.inference.run)
         if self.config.control.enabled:
             from p2pinfer.control import serve_control
@@ -326,6 +330,10 @@ class Node:
         for pid in self.table.expire():
             self.validator.forget(pid)
             self._synced.pop(pid, None)
+
+    async def dial(self, maddr: str) -> str:
+        """Connect to a multiaddr with /p2p/<id> (no advert fetch); returns the peer id."""
+        return await self.host.connect(maddr)
 
     async def connect(self, maddr: str) -> str:
         """Dial a peer by multiaddr (with /p2p/<id>) and fetch its advert; returns its id."""

@@ -35,8 +35,10 @@ from p2pinfer.config import RequestSettings
 from p2pinfer.errors import ConfigError, P2PInferError, RemoteError
 from p2pinfer.inference.hop import HopCodec, HopContext, PlainHop
 from p2pinfer.inference.planner import TEE_ORDER, Candidate, NoRouteError, PlanRequest, plan_route
+from p2pinfer.inference.stage import ensure_connected
 from p2pinfer.inference.task import StagePlan, Task
 from p2pinfer.models import ClientHead, ClientTail, KVCache
+from p2pinfer.net.boundary import PeerNetwork
 from p2pinfer.wire import ACTIVATION_DTYPES, EndOfStream
 
 log = logging.getLogger(__name__)
@@ -161,6 +163,15 @@ class ConsensusSide(Protocol):
     async def audit_prefill(self, task: Task, sent: torch.Tensor,
                             candidates: Sequence[Candidate]) -> None: ...
     def route_tolerance(self, route: Sequence[StagePlan]) -> float: ...
+
+
+class RouteTrust(Protocol):
+    """What the planner needs of the node's attestation service: verified TEE levels only;
+    rejected peers are never candidates."""
+
+    def routable(self, peer_id: str) -> bool: ...
+    def tee_level(self, peer_id: str) -> str: ...
+    def min_level(self, mode: str) -> str: ...
 
 
 class ModeStrategy(Protocol):
@@ -292,13 +303,14 @@ class InferenceClient:
 
     def __init__(
         self,
-        node: Any,
+        node: PeerNetwork,
         model_path: str,
         settings: RequestSettings | None = None,
         *,
         hop: HopCodec | None = None,
         dtype: torch.dtype = torch.float32,
         consensus: ConsensusSide | None = None,
+        trust: RouteTrust | None = None,
         sessions: dict[bytes, RouteSession] | None = None,
         backoff: Backoff | None = None,
         spawn: Callable[..., None] = _no_spawn,
@@ -316,6 +328,7 @@ class InferenceClient:
                 f"model's {self.info.num_layers} layers")
         self.dtype = dtype
         self.consensus = consensus
+        self.trust = trust
         #: the requester's open sessions by task id (shared with the node's result-hop handler)
         self.sessions = sessions if sessions is not None else {}
         self.backoff = backoff or Backoff(self.settings.ban_base_s, self.settings.ban_max_s)
@@ -345,7 +358,7 @@ class InferenceClient:
     def candidates(self) -> list[Candidate]:
         out = []
         # TEE levels come from verified claims only; rejected peers are never candidates
-        att = getattr(self.node, "attestation", None)
+        att = self.trust
         for p in self.node.peers():
             if p.model != self.info.model_id or not p.spans or p.peer_id == self.node.peer_id:
                 continue
@@ -390,9 +403,8 @@ class InferenceClient:
         """The stricter of the request's `min_tee` and the trust policy's minimum for the mode."""
         s = settings or self.settings
         levels = [s.min_tee]
-        att = getattr(self.node, "attestation", None)
-        if att is not None:
-            levels.append(att.min_level(s.mode))
+        if self.trust is not None:
+            levels.append(self.trust.min_level(s.mode))
         return max(levels, key=lambda lv: TEE_ORDER.index(lv) if lv in TEE_ORDER else 0)
 
     # -- hops ----------------------------------------------------------------------------------
@@ -473,8 +485,6 @@ class InferenceClient:
 
     async def _open_first(self, session: RouteSession, first: str) -> Any:
         """The hop to one replica of stage 0, once the chain below it answered `ready`."""
-        from p2pinfer.inference.stage import ensure_connected
-
         task = session.task
         await ensure_connected(self.node, first)
         up = await self.node.open_stream(first, "stage")
@@ -538,9 +548,7 @@ class InferenceClient:
         window = consensus.tally_window_s if consensus is not None and session.redundant else 0.0
         session.late_until = trio.current_time() + max(2.0, window)
         self.sessions.pop(session.task.task_id, None)
-        end_hops = getattr(self.hop, "end_hops", None)
-        if end_hops is not None:  # erase the session's hop keys
-            end_hops(session.task.task_id)
+        self.hop.end_hops(session.task.task_id)  # erase the session's hop keys
         ups = session.ups or ([session.up] if session.up is not None else [])
         with trio.move_on_after(2) as scope:
             scope.shield = True

@@ -36,8 +36,10 @@ from p2pinfer.inference.client import (
     StageFailure,
     StepResult,
 )
-from p2pinfer.inference.stage import StageError, StageSession
+from p2pinfer.inference.stage import StageError, StageSession, StepRunner, UpstreamRejected
 from p2pinfer.inference.task import Task
+from p2pinfer.models import LayerSpan
+from p2pinfer.net.boundary import PeerNetwork
 from p2pinfer.wire import tensor_from_wire, tensor_to_wire
 
 log = logging.getLogger(__name__)
@@ -54,14 +56,13 @@ class ManifestMismatch(StageError):
     code = "wrong-manifest"
 
 
-class ProofRejected(StageError):
+class ProofRejected(UpstreamRejected):
     """An upstream stage's proof failed; `blame` is (stage, peer) of the stage that made it."""
 
     code = "proof-rejected"
 
     def __init__(self, stage: int, peer: str, message: str, check: str = "") -> None:
-        super().__init__(message)
-        self.blame = (stage, peer)
+        super().__init__(stage, peer, message)
         self.check = check
 
 
@@ -168,9 +169,10 @@ class CriticalRunner:
     `entry_for`; the honest runner never deviates.
     """
 
-    wire_dtype = "int64"
+    wire_dtype: str | tuple[str, ...] = "int64"
 
-    def __init__(self, node: Any, model_path: str | Path, start: int, end: int) -> None:
+    def __init__(self, node: PeerNetwork | None, model_path: str | Path, start: int,
+                 end: int) -> None:
         from p2pinfer.models.mlp import commit_layers, load_manifest_bytes
         from p2pinfer.zk import ModelManifest
 
@@ -183,6 +185,16 @@ class CriticalRunner:
         self._shards: dict[tuple[int, int], Any] = {(start, end): self._full}
         self._lock = trio.Lock()
         self.counters = {"proved": 0, "verified": 0, "rejected": 0}
+
+    @property
+    def busy(self) -> bool:
+        return self._lock.locked()
+
+    @property
+    def _node(self) -> PeerNetwork:
+        if self.node is None:
+            raise StageError("this critical runner is not attached to a node")
+        return self.node
 
     def admit(self, task: Task, start: int, end: int) -> None:
         """At `open`: refuse a task pinned to another manifest."""
@@ -221,7 +233,7 @@ class CriticalRunner:
         info = view.info
         try:
             chain = decode_chain(fields, hidden_size=info.hidden_size,
-                                 max_bytes=self.node.config.limits.max_tensor_bytes)
+                                 max_bytes=self._node.config.limits.max_tensor_bytes)
         except WireError as e:
             if stage == 0:
                 raise
@@ -244,13 +256,13 @@ class CriticalRunner:
                 log.warning("task %s: rejecting stage %d (%s): %s", task.short_id, stage - 1,
                             session.upstream, e)
                 raise
-            last.verified_by, last.hop_verify_ms = self.node.peer_id, ms
+            last.verified_by, last.hop_verify_ms = self._node.peer_id, ms
             self.counters["verified"] += 1
         elif chain:
             raise StageError("the requester sent proofs to stage 0")
         shard = self.shard(session.start, session.end)
         binding = step_binding(task, self.digest, stage, seq, session.start, session.end,
-                               self.node.peer_id)
+                               self._node.peer_id)
 
         def work() -> tuple[np.ndarray, bytes, float]:
             t0 = time.perf_counter()
@@ -263,32 +275,31 @@ class CriticalRunner:
                 y, proof, ms = await trio.to_thread.run_sync(work)
             except (ValueError, P2PInferError) as e:
                 raise StageError(f"could not prove stage {stage}: {e}") from None
-        mine = ChainEntry(stage, self.node.peer_id, session.start, session.end, x, proof, ms)
+        mine = ChainEntry(stage, self._node.peer_id, session.start, session.end, x, proof, ms)
         mine, y = self.entry_for(mine, y, session, seq)
         self.counters["proved"] += 1
         out = torch.from_numpy(np.ascontiguousarray(y, dtype=np.int64)).unsqueeze(0)
         return out, {"zk": [e.to_wire() for e in [*chain, mine]]}
 
 
-def install_critical(stage_server: Any, model_path: str | Path) -> bool:
-    """Register the `critical` runner on a stage serving a provable MLP with a manifest and the
-    owner's commitment caches. Returns whether it did (other models: nothing happens)."""
+def critical_runner(node: PeerNetwork | None, span: LayerSpan, model_path: str | Path
+                    ) -> StepRunner | None:
+    """The `critical` runner for a stage serving `span` of a provable MLP with a manifest and
+    the owner's commitment caches; None for other models (they serve no critical tasks)."""
     from p2pinfer.models.errors import ModelError
     from p2pinfer.models.mlp import is_provable
     from p2pinfer.zk import ZkError
 
     if not is_provable(model_path):
-        return False
-    span = stage_server.span
+        return None
     try:
-        runner = CriticalRunner(stage_server.node, model_path, span.start, span.end)
+        runner = CriticalRunner(node, model_path, span.start, span.end)
     except (ModelError, ZkError) as e:
         log.warning("not serving critical tasks: %s", e)
-        return False
-    stage_server.runners["critical"] = runner
+        return None
     log.info("serving critical tasks for layers [%d, %d) under manifest %s", span.start,
              span.end, runner.digest.hex()[:16])
-    return True
+    return runner
 
 
 # -- the requester side --------------------------------------------------------------------------

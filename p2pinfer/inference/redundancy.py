@@ -36,7 +36,7 @@ import logging
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,14 +73,22 @@ from p2pinfer.consensus import (
 )
 from p2pinfer.consensus.errors import FingerprintMismatch
 from p2pinfer.errors import P2PInferError, WireError
-from p2pinfer.inference.hop import SIDE_AUDIT, SIDE_FETCH, HopContext, side_label
+from p2pinfer.inference.hop import (
+    SIDE_AUDIT,
+    SIDE_FETCH,
+    HopCodec,
+    HopContext,
+    PlainHop,
+    side_label,
+)
+from p2pinfer.inference.stage import StepRunner, ensure_connected
 from p2pinfer.inference.task import Task, TaskError
+from p2pinfer.models import LayerSpan
+from p2pinfer.net.boundary import PeerNetwork
 from p2pinfer.wire import (
     ACTIVATION_DTYPES,
     Message,
     encode_message,
-    tensor_from_wire,
-    tensor_to_wire,
 )
 
 log = logging.getLogger(__name__)
@@ -215,7 +223,7 @@ def task_tolerance(task: Task) -> float:
     return float(value)
 
 
-def peer_tolerance(node: Any, peer_id: str) -> float:
+def peer_tolerance(node: PeerNetwork, peer_id: str) -> float:
     """The vote tolerance a peer's advertised compute precision needs; a peer that states
     none, or one not calibrated, gets the bfloat16 tolerance."""
     row = node.peer(peer_id)
@@ -308,11 +316,19 @@ def corrupt_weights(span: Any, seed: int = 1234) -> None:
 class FaultyRunner:
     """TEST-ONLY: a general-mode step runner that cheats in one named way (FAULT_KINDS)."""
 
-    def __init__(self, inner: Any, kind: str, consensus: ConsensusService) -> None:
+    def __init__(self, inner: StepRunner, kind: str, consensus: ConsensusService) -> None:
         if kind not in FAULT_KINDS:
             raise ValueError(f"unknown fault kind {kind!r}")
         self.inner, self.kind, self.consensus = inner, kind, consensus
+        self.wire_dtype = inner.wire_dtype
         self.refused_copies = 0
+
+    @property
+    def busy(self) -> bool:
+        return self.inner.busy
+
+    def admit(self, task: Task, start: int, end: int) -> None:
+        self.inner.admit(task, start, end)
 
     async def run(self, session: Any, view: Any, hidden: torch.Tensor, pos: int,
                   fields: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -357,13 +373,17 @@ class FaultyRunner:
 class ConsensusRunner:
     """General-mode step runner with redundancy: votes on the input, claims the output."""
 
-    def __init__(self, inner: Any, consensus: ConsensusService) -> None:
+    def __init__(self, inner: StepRunner, consensus: ConsensusService) -> None:
         self.inner = inner
         self.consensus = consensus
+        self.wire_dtype = inner.wire_dtype
 
     @property
     def busy(self) -> bool:
-        return bool(getattr(self.inner, "busy", False))
+        return self.inner.busy
+
+    def admit(self, task: Task, start: int, end: int) -> None:
+        self.inner.admit(task, start, end)
 
     async def run(self, session: Any, view: Any, hidden: torch.Tensor, pos: int,
                   fields: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -428,9 +448,14 @@ class DistributionWatch:
 class ConsensusService:
     """Claims, votes, fetches, audits, evidence and reputation for one node."""
 
-    def __init__(self, node: Any, *, timings: VoteTimings | None = None,
-                 audit: AuditPolicy | None = None) -> None:
+    def __init__(self, node: PeerNetwork, *, hop: HopCodec | None = None,
+                 served_span: Callable[[], LayerSpan | None] = lambda: None,
+                 timings: VoteTimings | None = None, audit: AuditPolicy | None = None) -> None:
         self.node = node
+        #: how activations of fetch replies and audit requests travel (as on the route)
+        self.hop: HopCodec = hop or PlainHop()
+        #: the layers this node serves, if any (audits re-run them)
+        self.served_span = served_span
         self.keys = InlinedPeerKeys()
         self.book = ReputationBook(time.monotonic)
         self.claims = ClaimBox(self.keys)
@@ -569,37 +594,24 @@ class ConsensusService:
             stored.hidden, task, SIDE_FETCH, stage, stored.step, peer_id),
             "pos": stored.pos, "claim": stored.claim})
 
-    def _channels(self) -> Any:
-        """The node's channel codec when activations must travel sealed, else None."""
-        hop = getattr(getattr(self.node, "inference", None), "hop", None)
-        return hop if getattr(hop, "name", "") == "channel" else None
-
     async def _tensor_fields(self, hidden: torch.Tensor, task: Task, side: int, stage: int,
                              step: int, peer: str) -> dict[str, Any]:
         """An activation for a fetch reply or an audit request: sealed under a one-shot hop
         of the attested channel to `peer` when channels are required, else in the clear
         (inside libp2p's Noise stream), as on the route itself."""
-        channels = self._channels()
-        if channels is None:
-            return {"hidden": tensor_to_wire(hidden)}
-        return await channels.seal_once(hidden, HopContext(task.task_id, side_label(side, stage),
+        return await self.hop.seal_once(hidden, HopContext(task.task_id, side_label(side, stage),
                                                            step, peer))
 
     async def _tensor_from(self, fields: dict[str, Any], task: Task, side: int, stage: int,
                            step: int, peer: str, hidden_size: int | None) -> torch.Tensor:
         max_bytes = self.node.config.limits.max_tensor_bytes
-        channels = self._channels()
-        if channels is None:
-            return tensor_from_wire(fields.get("hidden"), max_bytes=max_bytes,
-                                    dtype=ACTIVATION_DTYPES,
-                                    shape=None if hidden_size is None else (1, None, hidden_size))
-        return await channels.open_once(
+        return await self.hop.open_once(
             fields, HopContext(task.task_id, side_label(side, stage), step, peer),
             hidden_size=hidden_size, dtype=ACTIVATION_DTYPES, max_bytes=max_bytes)
 
     async def _serve_audit(self, msg: Message, peer_id: str) -> bytes:
-        stage_server = getattr(getattr(self.node, "inference", None), "stage", None)
-        if stage_server is None:
+        span = self.served_span()
+        if span is None:
             raise TaskError("this peer serves no layers to audit")
         task = Task.from_wire(msg.get("task", dict))
         task.verify(network_id=self.node.network_id)
@@ -609,7 +621,6 @@ class ConsensusService:
         if not 0 <= stage < len(task.route):
             raise TaskError(f"route has no stage {stage}")
         plan = task.route[stage]
-        span = stage_server.span
         if task.model_id != span.info.model_id or not (
                 span.start <= plan.start and plan.end <= span.end):
             raise TaskError("this peer does not serve the audited layers")
@@ -626,8 +637,6 @@ class ConsensusService:
     async def fetch(self, peer: str, task: Task, stage: int, step: int,
                     hidden_size: int | None = None) -> FetchedOutput:
         """Fetch a stage output from the replica `peer` (RemoteError when it refuses)."""
-        from p2pinfer.inference.stage import ensure_connected
-
         self.counters["fetches"] += 1
         await ensure_connected(self.node, peer)
         reply = await self.node.request(peer, VOTES_PROTOCOL, "fetch",
@@ -699,8 +708,6 @@ class ConsensusService:
         self.claims.forget(task_id)
 
     async def _send_claim(self, peer: str, encoded: bytes) -> None:
-        from p2pinfer.inference.stage import ensure_connected
-
         try:
             with trio.fail_after(10):
                 await ensure_connected(self.node, peer)
@@ -1034,8 +1041,6 @@ class ConsensusService:
 
     async def _audit_claim(self, task: Task, stage: int, hidden_in: torch.Tensor, auditor: str,
                            ctx: FingerprintContext) -> FingerprintClaim | None:
-        from p2pinfer.inference.stage import ensure_connected
-
         try:
             await ensure_connected(self.node, auditor)
             fields = await self._tensor_fields(hidden_in, task, SIDE_AUDIT, stage, 0, auditor)

@@ -251,14 +251,14 @@ class ChannelHop:
         return await self._unseal(fields, ctx, hidden_size=hidden_size, dtype=dtype,
                                   max_bytes=max_bytes, once=False)
 
-    async def open_once(self, fields: dict[str, Any], ctx: HopContext, *, hidden_size: int,
+    async def open_once(self, fields: dict[str, Any], ctx: HopContext, *, hidden_size: int | None,
                         dtype: str | tuple[str, ...], max_bytes: int) -> torch.Tensor:
         """Open a tensor sealed with `seal_once` (its hop's keys are erased at once; a second
         use of its salt is refused as a replay)."""
         return await self._unseal(fields, ctx, hidden_size=hidden_size, dtype=dtype,
                                   max_bytes=max_bytes, once=True)
 
-    async def _unseal(self, fields: dict[str, Any], ctx: HopContext, *, hidden_size: int,
+    async def _unseal(self, fields: dict[str, Any], ctx: HopContext, *, hidden_size: int | None,
                       dtype: str | tuple[str, ...], max_bytes: int, once: bool
                       ) -> torch.Tensor:
         sealed, meta, channel_id, salt = (

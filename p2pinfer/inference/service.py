@@ -24,15 +24,30 @@ from p2pinfer.inference.client import (
     InferenceClient,
     InferenceError,
     RouteSession,
+    RouteTrust,
     check_settings,
     settings_with,
 )
+from p2pinfer.inference.critical import CriticalClient, critical_runner
 from p2pinfer.inference.hop import HopCodec, PlainHop
 from p2pinfer.inference.planner import least_covered_span
-from p2pinfer.inference.stage import STAGE_PROTOCOL, StageServer, StageSettings
+from p2pinfer.inference.redundancy import (
+    ConsensusRunner,
+    ConsensusService,
+    FaultyRunner,
+    corrupt_weights,
+)
+from p2pinfer.inference.stage import (
+    STAGE_PROTOCOL,
+    FloatRunner,
+    StageServer,
+    StageSettings,
+    StepRunner,
+)
 from p2pinfer.inference.task import Task, TaskError
 from p2pinfer.models import LayerSpan, load_model_info
 from p2pinfer.models.errors import ModelError
+from p2pinfer.net.boundary import PeerNetwork
 
 log = logging.getLogger(__name__)
 
@@ -69,10 +84,13 @@ def measure_throughput(span: LayerSpan, tokens: int = 8, repeats: int = 3) -> fl
 
 
 class InferenceService:
-    def __init__(self, node: Any, *, hop: HopCodec | None = None) -> None:
+    def __init__(self, node: PeerNetwork, *, hop: HopCodec | None = None,
+                 trust: RouteTrust | None = None) -> None:
         self.node = node
         self.config = node.config
-        self.hop = hop or PlainHop()
+        self.hop: HopCodec = hop or PlainHop()
+        #: verified TEE levels and rejected peers (attestation), when the node runs it
+        self.trust = trust
         self.stage: StageServer | None = None
         #: requester clients, one per model and settings (shared by concurrent requests)
         self.clients: dict[str, InferenceClient] = {}
@@ -82,10 +100,11 @@ class InferenceService:
         #: peers that failed a request of this node, backed off for all its requests
         self.backoff = Backoff(defaults.ban_base_s, defaults.ban_max_s)
         self._nursery: trio.Nursery | None = None
-        from p2pinfer.inference.redundancy import ConsensusService
-
         #: votes, fetches, audits, CDV and reputation (redundant general-mode tasks)
-        self.consensus = ConsensusService(node)
+        self.consensus = ConsensusService(node, hop=self.hop, served_span=self._served_span)
+
+    def _served_span(self) -> LayerSpan | None:
+        return self.stage.span if self.stage is not None else None
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def run(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
@@ -120,33 +139,29 @@ class InferenceService:
             torch.set_num_threads(serve.threads)
         span = await trio.to_thread.run_sync(LayerSpan.load, path, start, end, DTYPES[serve.dtype])
         if serve.fault_injection == "wrong-weights":  # TEST-ONLY (refused in production)
-            from p2pinfer.inference.redundancy import corrupt_weights
-
             corrupt_weights(span)
         tput = await trio.to_thread.run_sync(measure_throughput, span)
+        runners = {"general": self._general_runner(serve.fault_injection)}
+        critical = await trio.to_thread.run_sync(critical_runner, self.node, span, path)
+        if critical is not None:
+            runners["critical"] = critical
         self.stage = StageServer(self.node, span, hop=self.hop, settings=StageSettings(
-            session_ttl_s=serve.session_ttl_s, max_sessions=serve.max_sessions))
-        self._install_consensus(self.stage, serve.fault_injection)
-        from p2pinfer.inference.critical import install_critical
-
-        await trio.to_thread.run_sync(install_critical, self.stage, path)
+            session_ttl_s=serve.session_ttl_s, max_sessions=serve.max_sessions),
+            runners=runners, consensus=self.consensus)
         nursery.start_soon(self.stage.run)
         self.node.update_advert(model=info.model_id, spans=((start, end),), throughput=tput,
                                 precision=serve.dtype)
         nursery.start_soon(self._report_load)
         log.info("serving %s layers [%d, %d) at %.1f tokens/s", info.model_id, start, end, tput)
 
-    def _install_consensus(self, stage: StageServer, fault: str) -> None:
-        """General mode runs through the consensus runner (claims, votes on the input); a
-        TEST-ONLY fault kind wraps the float layers in a runner that cheats that way."""
-        from p2pinfer.inference.redundancy import ConsensusRunner, FaultyRunner
-
-        inner = stage.runners["general"]
+    def _general_runner(self, fault: str) -> StepRunner:
+        """General mode runs the float layers through the consensus runner (claims, votes on
+        the input); a TEST-ONLY fault kind wraps them in a runner that cheats that way."""
+        inner: StepRunner = FloatRunner()
         if fault and fault != "wrong-weights":
             log.warning("TEST-ONLY fault injection %r: this peer cheats on purpose", fault)
             inner = FaultyRunner(inner, fault, self.consensus)
-        stage.runners["general"] = ConsensusRunner(inner, self.consensus)
-        stage.consensus = self.consensus
+        return ConsensusRunner(inner, self.consensus)
 
     async def _report_load(self) -> None:
         last = -1.0
@@ -159,11 +174,10 @@ class InferenceService:
     def status(self) -> dict[str, Any]:
         """Open sessions on both sides and live hop keys (zero when nothing is in flight: no
         leaked caches or channel keys), and the stage's counters."""
-        live = getattr(self.hop, "live_hops", None)
         out: dict[str, Any] = {
             "requester_sessions": len(self.sessions),
             "stage_sessions": len(self.stage.sessions) if self.stage is not None else 0,
-            "hop_keys": int(live) if isinstance(live, int) else 0,
+            "hop_keys": self.hop.live_hops,
         }
         if self.stage is not None:
             out["stage"] = {"layers": [self.stage.span.start, self.stage.span.end],
@@ -195,8 +209,9 @@ class InferenceService:
     def _collaborators(self) -> dict[str, Any]:
         if self._nursery is None:
             raise P2PInferError("the inference service is not running")
-        return {"hop": self.hop, "consensus": self.consensus, "sessions": self.sessions,
-                "backoff": self.backoff, "spawn": self._nursery.start_soon}
+        return {"hop": self.hop, "consensus": self.consensus, "trust": self.trust,
+                "sessions": self.sessions, "backoff": self.backoff,
+                "spawn": self._nursery.start_soon}
 
     def client(self, model: str, settings: RequestSettings | None = None) -> InferenceClient:
         """An inference client for `model` (a directory or built-in name) with `settings` as
@@ -213,8 +228,6 @@ class InferenceService:
                         manifest: bytes | None = None) -> InferenceClient:
         """A critical-mode client for a provable `model`, cached per model, settings and
         manifest."""
-        from p2pinfer.inference.critical import CriticalClient
-
         collaborators = self._collaborators()
         path = str(resolve_model(model))
         settings = check_settings(settings or self.default_settings())
