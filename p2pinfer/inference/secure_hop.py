@@ -32,14 +32,14 @@ import msgpack
 import torch
 import trio
 
-from p2pinfer.attestation import MAX_SEEN_SALTS, NodeAttestation, PairChannel, PeerNotAttested
 from p2pinfer.channel import ChannelError, RecordKind, RecordLayer, RecordRejected
 from p2pinfer.channel.errors import DecryptError, ReplayError
 from p2pinfer.channel.keys import wipe
 from p2pinfer.errors import P2PInferError, WireError
 from p2pinfer.inference.client import StageFailure
 from p2pinfer.inference.hop import HopContext
-from p2pinfer.node import tensor_wire_view
+from p2pinfer.services.attest import MAX_SEEN_SALTS, NodeAttestation, PairChannel, PeerNotAttested
+from p2pinfer.services.tensor import tensor_wire_view
 from p2pinfer.wire import tensor_from_wire
 
 SALT_BYTES = 16

@@ -22,7 +22,7 @@ def _signed_tolerance(c) -> float:
     route = c.plan()
     task = Task.create(c.node.identity, network_id=c.node.network_id, model_id=c.info.model_id,
                        requester_addrs=c.node.addrs, route=route, mode="general",
-                       max_length=8, options=c._task_options(route))
+                       max_length=8, options=c.strategy(c.settings).task_options(route))
     return task_tolerance(Task.from_wire(task.to_wire()))
 
 

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from p2pinfer import attestation
+from p2pinfer.services import attest as attestation
 from p2pinfer.control import _answer
 from p2pinfer.identity import NodeIdentity
 from p2pinfer.inference.hop import HopContext
