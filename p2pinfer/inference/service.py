@@ -181,8 +181,7 @@ class InferenceService:
         }
         if self.stage is not None:
             out["stage"] = {"layers": [self.stage.span.start, self.stage.span.end],
-                            "cache_bytes": sum(s.cache.nbytes for s in self.stage.sessions.values()
-                                               if s.cache is not None),
+                            "cache_bytes": self.stage.cache_bytes(),
                             "counters": dict(self.stage.counters)}
         return out
 

@@ -322,15 +322,6 @@ class NodeAttestation:
     def min_level(self, mode: str) -> str:
         return self.policy.min_level.get(mode, TeeLevel.NONE).label
 
-    def peer_rows(self) -> dict[str, dict[str, Any]]:
-        out = {}
-        for pid, entry in self.peers.items():
-            if entry.error is not None:
-                out[pid] = {"tee_error": entry.error}
-            elif self.claims_of(pid) is not None:
-                out[pid] = {"tee_level": self.tee_level(pid)}
-        return out
-
     def status(self) -> dict[str, Any]:
         return {
             "attester": self.attester.kind if self.attester is not None else "none",
