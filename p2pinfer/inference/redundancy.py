@@ -26,8 +26,8 @@ reputation, CDV, audit maths) live in `p2pinfer.consensus`; this module runs the
 - `DistributionWatch` keeps per (model, stage) output statistics on the requester and flags a
   peer whose outputs drift from the reference profile, whatever m is.
 
-`FAULT_KINDS` and `FaultyRunner` are TEST-ONLY dishonest behaviours enabled by the config key
-`serve.fault_injection`; a network marked production refuses them.
+The claim box, the report and the distribution watch are pure (`p2pinfer.consensus`); the
+TEST-ONLY cheating runners live in `p2pinfer.testing`.
 """
 
 from __future__ import annotations
@@ -36,19 +36,17 @@ import logging
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import trio
 
-from p2pinfer.config import FAULT_INJECTION_KINDS
 from p2pinfer.consensus import (
     TOLERANCE_BFLOAT16,
     AuditPolicy,
     ConsensusError,
-    DriftMonitor,
     EvidenceError,
     FaultEvidence,
     FingerprintClaim,
@@ -57,7 +55,6 @@ from p2pinfer.consensus import (
     InlinedPeerKeys,
     MalformedVoteMessage,
     NoMajorityError,
-    ProfileBuilder,
     ReputationBook,
     VoteOutcome,
     build_fault_evidence,
@@ -71,7 +68,10 @@ from p2pinfer.consensus import (
     tolerance_for,
     verify_fault_evidence,
 )
+from p2pinfer.consensus.claimbox import ClaimBox, largest_group, try_vote
 from p2pinfer.consensus.errors import FingerprintMismatch
+from p2pinfer.consensus.report import StageReport, VerificationReport
+from p2pinfer.consensus.watch import DistributionWatch
 from p2pinfer.errors import P2PInferError, WireError
 from p2pinfer.inference.hop import (
     SIDE_AUDIT,
@@ -104,11 +104,7 @@ EVIDENCE_TOLERANCE = EVIDENCE_MARGIN * TOLERANCE_BFLOAT16
 DEFAULT_TOLERANCE = TOLERANCE_BFLOAT16
 MAX_TOLERANCE = 0.5
 MAX_STORED_OUTPUTS = 256
-MAX_CLAIM_KEYS = 4096
 MAX_REPORTED_TASKS = 256
-
-#: TEST-ONLY dishonest behaviours for adversarial testnets (`serve.fault_injection`)
-FAULT_KINDS = FAULT_INJECTION_KINDS
 
 
 class ConsensusFailure(P2PInferError):
@@ -167,53 +163,6 @@ class FetchedStep:
     hidden: torch.Tensor
 
 
-@dataclass
-class StageReport:
-    stage: int
-    layers: tuple[int, int]
-    replicas: tuple[str, ...]
-    votes: int = 0
-    agreeing: set[str] = field(default_factory=set)
-    dissenting: set[str] = field(default_factory=set)
-    missing: set[str] = field(default_factory=set)
-    fetches: int = 0
-    audits: int = 0
-    audit_failures: int = 0
-
-
-@dataclass
-class VerificationReport:
-    """What was checked for one request: per stage, the replicas, votes and dissenters; audits
-    (m = 1); peers whose output distribution drifted (CDV); evidence filed and peers banned."""
-
-    mode: str
-    redundancy: int
-    stages: list[StageReport] = field(default_factory=list)
-    evidence: list[str] = field(default_factory=list)
-    banned: list[str] = field(default_factory=list)
-    cdv_flags: list[str] = field(default_factory=list)
-    #: failures of single replica chains that the votes absorbed
-    faults: list[str] = field(default_factory=list)
-
-    @property
-    def dissenters(self) -> list[str]:
-        return sorted({p for s in self.stages for p in s.dissenting})
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "mode": self.mode, "redundancy": self.redundancy,
-            "stages": [{
-                "stage": s.stage, "layers": list(s.layers), "replicas": list(s.replicas),
-                "votes": s.votes, "agreeing": sorted(s.agreeing),
-                "dissenting": sorted(s.dissenting), "missing": sorted(s.missing),
-                "fetches": s.fetches, "audits": s.audits, "audit_failures": s.audit_failures,
-            } for s in self.stages],
-            "dissenters": self.dissenters, "evidence": list(self.evidence),
-            "banned": sorted(set(self.banned)), "cdv_flags": sorted(set(self.cdv_flags)),
-            "faults": list(self.faults),
-        }
-
-
 def task_tolerance(task: Task) -> float:
     """The vote tolerance the requester signed into the task (`options.tolerance`)."""
     value = task.options.get("tolerance", DEFAULT_TOLERANCE)
@@ -235,139 +184,6 @@ def peer_tolerance(node: PeerNetwork, peer_id: str) -> float:
 
 def claim_context(task: Task, stage: int, step: int) -> FingerprintContext:
     return FingerprintContext(task.network_id, task.task_id, stage, step)
-
-
-# -- claims held by a voter ------------------------------------------------------------------
-
-
-class ClaimBox:
-    """Signed claims per (task, stage, step), from hop streams and `claim` messages; bounded.
-
-    Only verified claims are held; `changed(key)` wakes voters waiting for a majority.
-    """
-
-    def __init__(self, keys: Any, limit: int = MAX_CLAIM_KEYS) -> None:
-        self._keys = keys
-        self._limit = limit
-        self._claims: OrderedDict[tuple[bytes, int, int], dict[str, FingerprintClaim]] = \
-            OrderedDict()
-        self._events: dict[tuple[bytes, int, int], trio.Event] = {}
-
-    def add(self, claim: FingerprintClaim, sender: str | None = None) -> None:
-        """Hold a claim whose signature verified (and that `sender` signed, when given)."""
-        if sender is not None and claim.replica != sender:
-            raise MalformedVoteMessage(f"claim by {claim.replica} was sent by {sender}")
-        claim.verify(self._keys)
-        key = (claim.task_id, claim.stage, claim.step)
-        held = self._claims.get(key)
-        if held is None:
-            held = self._claims[key] = {}
-            while len(self._claims) > self._limit:
-                old, _ = self._claims.popitem(last=False)
-                self._events.pop(old, None)
-        if len(held) >= 16 and claim.replica not in held:
-            return
-        held[claim.replica] = claim  # an equivocating replica shows up in the vote
-        event = self._events.pop(key, None)
-        if event is not None:
-            event.set()
-
-    def claims(self, key: tuple[bytes, int, int], replicas: Iterable[str]) -> list[FingerprintClaim]:
-        held = self._claims.get(key, {})
-        return [held[r] for r in replicas if r in held]
-
-    async def changed(self, key: tuple[bytes, int, int]) -> None:
-        event = self._events.get(key)
-        if event is None:
-            event = self._events[key] = trio.Event()
-        await event.wait()
-
-    def forget(self, task_id: bytes) -> None:
-        for key in [k for k in self._claims if k[0] == task_id]:
-            del self._claims[key]
-            self._events.pop(key, None)
-
-
-def try_vote(claims: Sequence[FingerprintClaim], keys: Any, tolerance: float
-             ) -> VoteOutcome | None:
-    """The vote over these claims, or None while no majority exists yet."""
-    if not claims:
-        return None
-    try:
-        return tally(claims, keys, tolerance)
-    except NoMajorityError:
-        return None
-
-
-# -- the test-only dishonest runner -----------------------------------------------------------
-
-
-def corrupt_weights(span: Any, seed: int = 1234) -> None:
-    """TEST-ONLY: replace a span's weights with random ones of the same scale ("another
-    checkpoint")."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in list(span.blocks.parameters()) + list(span.blocks.buffers()):
-            if p.is_floating_point() and p.numel() > 1:
-                noise = torch.randn(p.shape, generator=gen).to(p.dtype)
-                p.copy_(noise * p.float().std().clamp_min(1e-3).to(p.dtype))
-
-
-class FaultyRunner:
-    """TEST-ONLY: a general-mode step runner that cheats in one named way (FAULT_KINDS)."""
-
-    def __init__(self, inner: StepRunner, kind: str, consensus: ConsensusService) -> None:
-        if kind not in FAULT_KINDS:
-            raise ValueError(f"unknown fault kind {kind!r}")
-        self.inner, self.kind, self.consensus = inner, kind, consensus
-        self.wire_dtype = inner.wire_dtype
-        self.refused_copies = 0
-
-    @property
-    def busy(self) -> bool:
-        return self.inner.busy
-
-    def admit(self, task: Task, start: int, end: int) -> None:
-        self.inner.admit(task, start, end)
-
-    async def run(self, session: Any, view: Any, hidden: torch.Tensor, pos: int,
-                  fields: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
-        kind = self.kind
-        if kind == "stall":
-            await trio.sleep_forever()
-        if kind == "copy":
-            # try to take a fellow replica's answer; the fetch protocol refuses peers that are
-            # not downstream, so the copier falls back to passing its upstream's answer on
-            seq = int(fields.get("seq", 0))
-            for peer in session.task.route[session.stage].replicas:
-                if peer == self.consensus.node.peer_id:
-                    continue
-                try:
-                    with trio.fail_after(1.0):
-                        got = await self.consensus.fetch(peer, session.task, session.stage,
-                                                         seq)
-                    return got.hidden, {}
-                except (P2PInferError, trio.TooSlowError):
-                    self.refused_copies += 1
-            return hidden.clone(), {}
-        if kind == "skip-layer":
-            if view.num_layers == 1:
-                return hidden.clone(), {}
-            part = view.slice(view.start, view.end - 1)
-            cache = getattr(session, "fault_cache", None)
-            if cache is None and part.info.is_decoder:
-                cache = part.new_cache()
-                session.fault_cache = cache
-            out = await trio.to_thread.run_sync(part.forward, hidden, cache, pos)
-            return out, {}
-        out, extra = await self.inner.run(session, view, hidden, pos, fields)
-        if kind == "random-output":
-            out = torch.randn_like(out) * out.float().std().to(out.dtype)
-        elif kind == "perturb":
-            # 20% RMS noise: small next to the activation, above every calibrated tolerance
-            rms = out.float().pow(2).mean().sqrt()
-            out = out + (0.2 * rms * torch.randn(out.shape)).to(out.dtype)
-        return out, extra
 
 
 class ConsensusRunner:
@@ -399,50 +215,6 @@ class ConsensusRunner:
         if claim is not None:
             extra["claim"] = claim
         return out, extra
-
-
-# -- CDV on the requester ---------------------------------------------------------------------
-
-
-class DistributionWatch:
-    """Per (model, stage) output statistics: a reference profile from verified outputs, then a
-    drift monitor over every peer's outputs (flags work with m = 1 too)."""
-
-    def __init__(self, observations: int = 32, window: int = 4, k: float = 6.0) -> None:
-        self.observations = observations
-        self.window = window
-        self.k = k
-        self._builders: dict[tuple[str, int], ProfileBuilder] = {}
-        self._monitors: dict[tuple[str, int], DriftMonitor] = {}
-
-    def reference(self, model: str, stage: int, activation: torch.Tensor) -> None:
-        """An output known good (it agreed with a majority or passed an audit)."""
-        key = (model, stage)
-        if key in self._monitors:
-            return
-        builder = self._builders.get(key)
-        if builder is None:
-            builder = self._builders[key] = ProfileBuilder(model, stage, window=self.window)
-        builder.add(activation)
-        if len(builder._observations) >= max(self.observations, 8 * self.window):
-            self._monitors[key] = DriftMonitor(builder.build(), k=self.k)
-            del self._builders[key]
-
-    def observe(self, model: str, stage: int, peer: str, activation: torch.Tensor) -> bool:
-        """Whether `peer` is flagged after this output (False while no profile exists)."""
-        monitor = self._monitors.get((model, stage))
-        if monitor is None:
-            return False
-        return monitor.observe(peer, activation).flagged or peer in monitor.flagged_peers()
-
-    def flagged(self) -> list[str]:
-        return sorted({p for m in self._monitors.values() for p in m.flagged_peers()})
-
-    def ready(self, model: str, stage: int) -> bool:
-        return (model, stage) in self._monitors
-
-
-# -- the node's consensus service -------------------------------------------------------------
 
 
 class ConsensusService:
@@ -753,7 +525,7 @@ class ConsensusService:
                 await self.claims.changed(key)
         if outcome is None:
             held = self.claims.claims(key, replicas)
-            raise NoMajorityError(stage, seq, _largest_group(held, tolerance), len(replicas))
+            raise NoMajorityError(stage, seq, largest_group(held, tolerance), len(replicas))
         self.counters["votes"] += 1
         self.spawn(self._final_tally, task, stage, seq)
         return outcome
@@ -924,7 +696,7 @@ class ConsensusService:
                     break
         if outcome is None:
             held = self.claims.claims(key, replicas)
-            raise NoMajorityError(last, seq, _largest_group(held, tolerance), len(replicas))
+            raise NoMajorityError(last, seq, largest_group(held, tolerance), len(replicas))
         chosen = None
         for peer in outcome.agreeing_replicas:
             result = results.get(peer)
@@ -1072,16 +844,6 @@ class ConsensusService:
         self.accept_evidence(evidence)
         self.counters["evidence_published"] += 1
         self.spawn(self._publish, evidence.encode())
-
-
-def _largest_group(claims: Sequence[FingerprintClaim], tolerance: float) -> int:
-    from p2pinfer.consensus import distance
-
-    best = 0
-    for a in claims:
-        best = max(best, sum(1 for b in claims
-                             if distance(a.fingerprint, b.fingerprint) <= tolerance))
-    return best
 
 
 def _message_type(payload: bytes) -> str:

@@ -31,12 +31,7 @@ from p2pinfer.inference.client import (
 from p2pinfer.inference.critical import CriticalClient, critical_runner
 from p2pinfer.inference.hop import HopCodec, PlainHop
 from p2pinfer.inference.planner import least_covered_span
-from p2pinfer.inference.redundancy import (
-    ConsensusRunner,
-    ConsensusService,
-    FaultyRunner,
-    corrupt_weights,
-)
+from p2pinfer.inference.redundancy import ConsensusRunner, ConsensusService
 from p2pinfer.inference.stage import (
     STAGE_PROTOCOL,
     FloatRunner,
@@ -48,6 +43,7 @@ from p2pinfer.inference.task import Task, TaskError
 from p2pinfer.models import LayerSpan, load_model_info
 from p2pinfer.models.errors import ModelError
 from p2pinfer.net.boundary import PeerNetwork
+from p2pinfer.testing import FaultyRunner, corrupt_weights
 
 log = logging.getLogger(__name__)
 
