@@ -2,9 +2,10 @@
 
 Layout, bottom to top (each layer imports only those below it):
 `wire/` message, frame and tensor codecs; `config`, `identity`; `net/` libp2p host, discovery,
-gossip, streams; `models/` checkpoints and layer spans; `trust/` attestation and `channel/`
-attested AES-GCM sessions; `consensus/` and `zk/` integrity; `inference/` requester and stage
-sides; `node` the composition root; `cli` the command line.
+gossip, streams and `net.boundary.PeerNetwork`, the interface the layers above use; `models/`
+checkpoints and layer spans; `trust/` attestation and `channel/` attested AES-GCM sessions;
+`consensus/` and `zk/` integrity; `services/` one module per wire protocol; `inference/`
+requester and stage sides; `node` the composition root; `cli` the command line.
 
 The public API is what this module re-exports; everything else may change.
 """
