@@ -75,7 +75,7 @@ class FaultyRunner:
             if view.num_layers == 1:
                 return hidden.clone(), {}
             part = view.slice(view.start, view.end - 1)
-            cache = getattr(session, "fault_cache", None)
+            cache = session.fault_cache
             if cache is None and part.info.is_decoder:
                 cache = part.new_cache()
                 session.fault_cache = cache

@@ -39,6 +39,7 @@ from p2pinfer.inference.stage import ensure_connected
 from p2pinfer.inference.task import StagePlan, Task
 from p2pinfer.models import ClientHead, ClientTail, KVCache
 from p2pinfer.net.boundary import PeerNetwork
+from p2pinfer.net.streams import FramedStream
 from p2pinfer.wire import ACTIVATION_DTYPES, EndOfStream
 
 log = logging.getLogger(__name__)
@@ -232,9 +233,9 @@ class RouteSession:
         self.settings = settings
         self.strategy = strategy
         self.outcome = outcome
-        self.up: Any = None
+        self.up: FramedStream | None = None
         #: one hop per replica of stage 0 (`up` is the first)
-        self.ups: list[Any] = []
+        self.ups: list[FramedStream] = []
         self.result_send, self.result_recv = trio.open_memory_channel[Any](16)
         self.result_peer: str | None = None
         self.result_peers: set[str] = set()
@@ -408,7 +409,7 @@ class InferenceClient:
         return max(levels, key=lambda lv: TEE_ORDER.index(lv) if lv in TEE_ORDER else 0)
 
     # -- hops ----------------------------------------------------------------------------------
-    async def accept_result_hop(self, up: Any, upstream: str, task: Task) -> None:
+    async def accept_result_hop(self, up: FramedStream, upstream: str, task: Task) -> None:
         """The last stage opened its hop to us: deliver its steps to the waiting session."""
         session = self.sessions.get(task.task_id)
         if session is None or task.requester != self.node.peer_id:
@@ -466,7 +467,7 @@ class InferenceClient:
             if not session.closed:  # no attribution: the requester probes the route
                 session.fail(None, None, "the route's result hop closed")
 
-    async def _watch_up(self, session: RouteSession, up: Any, first: str) -> None:
+    async def _watch_up(self, session: RouteSession, up: FramedStream, first: str) -> None:
         """Faults relayed from the route arrive on the hops to stage 0."""
         try:
             while True:
@@ -483,7 +484,7 @@ class InferenceClient:
             if not session.closed:
                 session.fail(0, first, f"hop to stage 0 failed: {e}")
 
-    async def _open_first(self, session: RouteSession, first: str) -> Any:
+    async def _open_first(self, session: RouteSession, first: str) -> FramedStream:
         """The hop to one replica of stage 0, once the chain below it answered `ready`."""
         task = session.task
         await ensure_connected(self.node, first)

@@ -19,7 +19,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import msgpack
 import numpy as np
@@ -399,7 +399,7 @@ class CriticalClient(InferenceClient):
     """Requests critical-mode inference of a provable MLP; runs its head and tail layers in
     fixed point itself and accepts only answers whose every stage proof verifies."""
 
-    def __init__(self, node: Any, model_path: str, settings: RequestSettings | None = None, *,
+    def __init__(self, node: PeerNetwork, model_path: str, settings: RequestSettings | None = None, *,
                  manifest: bytes | None = None, **collaborators: Any) -> None:
         from p2pinfer.models.mlp import fixed_layers, is_provable, load_manifest_bytes
         from p2pinfer.zk import ModelManifest
@@ -493,7 +493,15 @@ class CriticalClient(InferenceClient):
             local_layers=((0, start), (end, n)), timings=outcome.timings())
 
 
-def critical_client(service: Any, model: str, settings: RequestSettings | None = None, *,
+class CriticalClients(Protocol):
+    """Where critical clients come from (the node's inference service)."""
+
+    def critical_client(self, model: str, settings: RequestSettings | None = None, *,
+                        manifest: bytes | None = None) -> InferenceClient: ...
+
+
+def critical_client(service: CriticalClients, model: str,
+                    settings: RequestSettings | None = None, *,
                     manifest: bytes | None = None) -> CriticalClient:
     """A critical client for `model` (directory or built-in name) on a running service."""
     client = service.critical_client(model, settings, manifest=manifest)
@@ -501,7 +509,7 @@ def critical_client(service: Any, model: str, settings: RequestSettings | None =
     return client
 
 
-async def infer_critical(service: Any, features: np.ndarray | torch.Tensor | Sequence[Any], *,
+async def infer_critical(service: CriticalClients, features: np.ndarray | torch.Tensor | Sequence[Any], *,
                          model: str, settings: RequestSettings | None = None,
                          manifest: bytes | None = None) -> CriticalResult:
     """Critical-mode inference of `features` (tokens, hidden) through the network."""

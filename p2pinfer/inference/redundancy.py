@@ -36,7 +36,7 @@ import logging
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,6 +73,7 @@ from p2pinfer.consensus.errors import FingerprintMismatch
 from p2pinfer.consensus.report import StageReport, VerificationReport
 from p2pinfer.consensus.watch import DistributionWatch
 from p2pinfer.errors import P2PInferError, WireError
+from p2pinfer.inference.client import StepResult
 from p2pinfer.inference.hop import (
     SIDE_AUDIT,
     SIDE_FETCH,
@@ -507,7 +508,7 @@ class ConsensusService:
         except (FingerprintMismatch, FingerprintError):
             pass
         hidden, _pos = await self.fetch_majority(task, stage - 1, seq, outcome)
-        session.fetches = getattr(session, "fetches", 0) + 1
+        session.fetches += 1
         return hidden
 
     async def await_majority(self, task: Task, stage: int, seq: int) -> VoteOutcome:
@@ -662,8 +663,8 @@ class ConsensusService:
             self._task_stages.pop(old, None)
         return report
 
-    async def vote_results(self, task: Task, seq: int, results: dict[str, Any],
-                           more: Any) -> torch.Tensor:
+    async def vote_results(self, task: Task, seq: int, results: dict[str, StepResult],
+                           more: Callable[[], Awaitable[bool]]) -> torch.Tensor:
         """The requester's vote over the last stage's answers for step `seq`.
 
         `results` maps replica -> StepResult received so far; `more()` waits for the next one
@@ -678,7 +679,7 @@ class ConsensusService:
         def absorb() -> None:
             for peer, result in results.items():
                 raw = result.fields.get("claim")
-                if isinstance(raw, bytes) and not getattr(result, "claimed", False):
+                if isinstance(raw, bytes) and not result.claimed:
                     result.claimed = True
                     try:
                         self.claims.add(decode_claim(raw), sender=peer)

@@ -43,6 +43,7 @@ from p2pinfer.inference.task import Task, TaskError
 from p2pinfer.models import LayerSpan, load_model_info
 from p2pinfer.models.errors import ModelError
 from p2pinfer.net.boundary import PeerNetwork
+from p2pinfer.net.streams import FramedStream
 from p2pinfer.testing import FaultyRunner, corrupt_weights
 
 log = logging.getLogger(__name__)
@@ -182,7 +183,7 @@ class InferenceService:
         return out
 
     # -- the stage protocol --------------------------------------------------------------------
-    async def handle(self, up: Any, upstream: str) -> None:
+    async def handle(self, up: FramedStream, upstream: str) -> None:
         msg = await up.recv(expect={"open"})
         task = Task.from_wire(msg.get("task", dict))
         stage = msg.get("stage", int)

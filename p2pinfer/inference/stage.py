@@ -33,6 +33,7 @@ from p2pinfer.inference.hop import HopCodec, HopContext, PlainHop
 from p2pinfer.inference.task import Task
 from p2pinfer.models import KVCache, LayerSpan
 from p2pinfer.net.boundary import PeerNetwork
+from p2pinfer.net.streams import FramedStream
 from p2pinfer.wire import ACTIVATION_DTYPES, EndOfStream, Message
 
 log = logging.getLogger(__name__)
@@ -93,10 +94,15 @@ class StageSession:
     #: upstream's late copy of a step already fetched from a majority replica)
     last_seq: int = -1
     erased: bool = False
+    #: inputs fetched from a majority replica instead of the own upstream's copy
+    fetches: int = 0
+    #: TEST-ONLY: the cache of a `skip-layer` cheat's shorter span (p2pinfer.testing)
+    fault_cache: KVCache | None = None
 
     def erase(self) -> None:
-        if self.cache is not None:
-            self.cache.erase()
+        for cache in (self.cache, self.fault_cache):
+            if cache is not None:
+                cache.erase()
         self.erased = True
 
 
@@ -263,7 +269,7 @@ class StageServer:
             downstream = task.requester
         return plan.start, plan.end, downstream
 
-    async def handle(self, up: Any, upstream: str, task: Task, stage: int) -> None:
+    async def handle(self, up: FramedStream, upstream: str, task: Task, stage: int) -> None:
         """Owns one inbound hop stream (whose `open` was read) for the life of a session."""
         up.timeout_s = self.settings.session_ttl_s
         try:
@@ -326,12 +332,12 @@ class StageServer:
             except (P2PInferError, OSError):
                 pass
 
-    async def _fault(self, up: Any, session: StageSession, code: str, message: str) -> None:
+    async def _fault(self, up: FramedStream, session: StageSession, code: str, message: str) -> None:
         self.counters["faults"] += 1
         await self._send_up(up, {"stage": session.stage, "peer_id": self.node.peer_id,
                                  "code": code, "message": message})
 
-    async def _open_downstream(self, session: StageSession, up: Any) -> Any:
+    async def _open_downstream(self, session: StageSession, up: FramedStream) -> FramedStream:
         nxt = session.stage + 1
         down = None
         try:
@@ -358,10 +364,10 @@ class StageServer:
         down.timeout_s = self.settings.session_ttl_s
         return down
 
-    async def _send_up(self, up: Any, fault: dict[str, Any]) -> None:
+    async def _send_up(self, up: FramedStream, fault: dict[str, Any]) -> None:
         await self._send(up, "fault", fault)
 
-    async def _watch_downstream(self, session: StageSession, down: Any, up: Any,
+    async def _watch_downstream(self, session: StageSession, down: FramedStream, up: FramedStream,
                                 scope: trio.CancelScope) -> None:
         """Relay `fault`s from downstream to upstream. If the downstream hop dies, report that
         peer upstream and end the session."""
@@ -377,7 +383,7 @@ class StageServer:
                 "message": f"stage {session.stage + 1} dropped its hop from stage {session.stage}"})
             scope.cancel()
 
-    async def _read_upstream(self, up: Any, inbox: trio.MemorySendChannel[Any]) -> None:
+    async def _read_upstream(self, up: FramedStream, inbox: trio.MemorySendChannel[Any]) -> None:
         """Hand the upstream hop's messages (or the error that ended it) to the step loop."""
         async with inbox:
             while True:
@@ -390,7 +396,7 @@ class StageServer:
                 if msg.t != "step":
                     return
 
-    async def _serve_steps(self, session: StageSession, view: LayerSpan, up: Any, down: Any,
+    async def _serve_steps(self, session: StageSession, view: LayerSpan, up: FramedStream, down: FramedStream,
                            inbox: trio.MemoryReceiveChannel[Any]) -> str:
         """Run steps until the session ends; returns how it ended: `closed`, `upstream-lost`,
         `downstream-lost`, `bad-input` or `fault-forwarded`. Steps come from the upstream hop, or
