@@ -595,17 +595,7 @@ class ConsensusService:
             except ConsensusError as e:
                 log.debug("tally not signed: %s", e)
         for claim in outcome.dissenting:
-            try:
-                evidence = build_fault_evidence(outcome, claim.replica, me, key, self.keys)
-                verify_fault_evidence(evidence, self.keys, EVIDENCE_TOLERANCE,
-                                      self.node.network_id)
-            except EvidenceError:
-                self.book.record_dissent(claim.replica)
-                self.counters["dissents"] += 1
-                continue
-            self.accept_evidence(evidence)
-            self.counters["evidence_published"] += 1
-            self.spawn(self._publish, evidence.encode())
+            self._accuse(outcome, claim.replica)
 
     async def watch_stalls(self, session: Any, inject: trio.MemorySendChannel[Any]) -> None:
         """For a replica whose own upstream may stall: once a majority of the upstream stage
@@ -802,14 +792,15 @@ class ConsensusService:
             if distance(claimed.fingerprint, audit_claim.fingerprint) <= tolerance:
                 self.book.record_agreement(peer)
                 for liar in votes[:-1]:  # an earlier auditor disagreed with both
-                    self._accuse(ctx, liar, (claimed, audit_claim), tolerance)
+                    self._accuse(_audit_outcome(ctx, liar, (claimed, audit_claim), tolerance),
+                                 liar.replica)
                 return True
             if len(votes) == 2:
                 break
         if not votes:
             return None
         self.counters["audits_failed"] += 1
-        self._accuse(ctx, claimed, tuple(votes), tolerance)
+        self._accuse(_audit_outcome(ctx, claimed, tuple(votes), tolerance), claimed.replica)
         return False
 
     async def _audit_claim(self, task: Task, stage: int, hidden_in: torch.Tensor, auditor: str,
@@ -829,22 +820,28 @@ class ConsensusService:
             return None
         return claim
 
-    def _accuse(self, ctx: FingerprintContext, dissent: FingerprintClaim,
-                majority: tuple[FingerprintClaim, ...], tolerance: float) -> None:
-        """File fault evidence from an audit (claims with m = 1) and gossip it."""
-        outcome = VoteOutcome(ctx, 1, majority[0], majority, (dissent,), tolerance)
+    def _accuse(self, outcome: VoteOutcome, replica: str) -> None:
+        """The one accusation path (tallied votes and audits): file fault evidence against
+        `replica` from `outcome`, check it as every peer will, accept and gossip it; a dissent
+        the evidence tolerance does not prove costs reputation only."""
         try:
-            evidence = build_fault_evidence(outcome, dissent.replica, self.node.peer_id,
+            evidence = build_fault_evidence(outcome, replica, self.node.peer_id,
                                             self.node.identity, self.keys)
             verify_fault_evidence(evidence, self.keys, EVIDENCE_TOLERANCE,
                                   self.node.network_id)
         except EvidenceError:
-            self.book.record_dissent(dissent.replica)
+            self.book.record_dissent(replica)
             self.counters["dissents"] += 1
             return
         self.accept_evidence(evidence)
         self.counters["evidence_published"] += 1
         self.spawn(self._publish, evidence.encode())
+
+
+def _audit_outcome(ctx: FingerprintContext, dissent: FingerprintClaim,
+                   majority: tuple[FingerprintClaim, ...], tolerance: float) -> VoteOutcome:
+    """An audit's verdict as a vote outcome: the agreeing claims (m = 1) against `dissent`."""
+    return VoteOutcome(ctx, 1, majority[0], majority, (dissent,), tolerance)
 
 
 def _message_type(payload: bytes) -> str:
