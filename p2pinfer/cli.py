@@ -147,18 +147,18 @@ async def _run_testnet(args: argparse.Namespace) -> int:
             for p in net.peers:
                 print(f"peer {p.index}: {p.addrs[0] if p.addrs else '?'}  control {p.control_path}")
             print("testnet running; Ctrl-C stops every peer", flush=True)
-            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                with trio.CancelScope() as scope:
-                    async def watch() -> None:
-                        while net.alive():
-                            await trio.sleep(0.5)
-                        _say("every peer has exited")
-                        scope.cancel()
-                    async with trio.open_nursery() as nursery:
-                        nursery.start_soon(watch)
-                        async for _ in signals:
-                            break
-                        nursery.cancel_scope.cancel()
+            with (trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals,
+                  trio.CancelScope() as scope):
+                async def watch() -> None:
+                    while net.alive():
+                        await trio.sleep(0.5)
+                    _say("every peer has exited")
+                    scope.cancel()
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(watch)
+                    async for _ in signals:
+                        break
+                    nursery.cancel_scope.cancel()
             _say("stopping peers")
             return 0
         converge_s = await net.wait_converged(args.timeout)
@@ -341,9 +341,9 @@ def cmd_attest_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_attest_show(args: argparse.Namespace) -> int:
-    from p2pinfer.services.attest import load_trust_policy, make_attester, peer_id_bytes
     from p2pinfer.channel import ChannelKeyPair
     from p2pinfer.identity import NodeIdentity
+    from p2pinfer.services.attest import load_trust_policy, make_attester, peer_id_bytes
     from p2pinfer.trust import AttestationError, ChannelAttestation, TeeUnavailable, describe_local
     from p2pinfer.trust import report_data as binding
 

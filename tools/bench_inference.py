@@ -25,11 +25,11 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from p2pinfer.config import config_from_dict  # noqa: E402
-from p2pinfer.models import LLAMA_108M, LocalModel, default_model_path, load_model_info  # noqa: E402
-from p2pinfer.models.sampling import Sampler  # noqa: E402
-from p2pinfer.node import Node  # noqa: E402
-from p2pinfer.testnet import Testnet  # noqa: E402
+from p2pinfer.config import config_from_dict
+from p2pinfer.models import LLAMA_108M, LocalModel, default_model_path, load_model_info
+from p2pinfer.models.sampling import Sampler
+from p2pinfer.node import Node
+from p2pinfer.testnet import Testnet
 
 SPANS = [[1, 4], [4, 6], [6, 9], [9, 11]]
 
@@ -57,7 +57,7 @@ def local_run(model: LocalModel, prompt: list[int], decode: int) -> tuple[float,
 
 
 async def distributed_timings(path: Path, prompt: list[int], decode: int, repeats: int):
-    config_for = lambda i: {"serve": {"model": str(path), "layers": SPANS[i]}}  # noqa: E731
+    config_for = lambda i: {"serve": {"model": str(path), "layers": SPANS[i]}}
     async with Testnet(len(SPANS), config_for=config_for, progress=lambda s: None) as net:
         await net.wait_converged(timeout=120)
         cfg = config_from_dict({

@@ -43,7 +43,7 @@ def client_config(net, tmp_path):
 async def test_generation_survives_a_killed_and_a_stalled_peer(tmp_path, checkpoint):
     reference = LocalModel.load(checkpoint).generate(PROMPT, N)
     assert len(set(reference)) > 2
-    config_for = lambda i: {"serve": {"model": str(checkpoint), "layers": SPANS[i]},  # noqa: E731
+    config_for = lambda i: {"serve": {"model": str(checkpoint), "layers": SPANS[i]},
                             "gossip": {"advert_interval_s": 1.0}}
     stopped: list[int] = []
     async with Testnet(4, base_dir=tmp_path / "net", config_for=config_for) as net:

@@ -7,13 +7,13 @@ import json
 import pytest
 import torch
 
-from p2pinfer.services import attest as attestation
 from p2pinfer.control import _answer
 from p2pinfer.identity import NodeIdentity
 from p2pinfer.inference.hop import HopContext
 from p2pinfer.inference.secure_hop import HopRefused
 from p2pinfer.models import LocalModel
 from p2pinfer.models.sampling import Sampler, SamplingParams
+from p2pinfer.services import attest as attestation
 from p2pinfer.trust import Attester, EvidenceBundle
 
 from .conftest import tee_network
