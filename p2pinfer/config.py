@@ -129,8 +129,10 @@ FAULT_INJECTION_KINDS = ("wrong-weights", "random-output", "skip-layer", "pertur
 
 
 @dataclass
-class InferenceSection:
-    """Requester-side defaults; each request may override them."""
+class RequestSettings:
+    """How one request runs: the `[inference]` section gives a node's defaults, and the CLI,
+    `p2pinfer.Node` and the HTTP API override them per request (`dataclasses.replace`, then
+    `validate()`)."""
 
     #: layers the requester runs itself before the network (split learning; >= 1 keeps raw
     #: token embeddings off the network) and after it (>= 1 keeps the logits local)
@@ -138,16 +140,59 @@ class InferenceSection:
     k_tail: int = 1
     #: peers per stage (m); > 1 runs every stage redundantly
     redundancy: int = 1
+    #: "general" (votes, audits) or "critical" (a zero-knowledge proof per stage)
     mode: str = "general"
     step_timeout_s: float = 30.0
+    open_timeout_s: float = 30.0
     max_replans: int = 4
     #: if non-empty, only these peer ids may be routed to
     allow: list[str] = field(default_factory=list)
     deny: list[str] = field(default_factory=list)
     min_tee: str = "none"
-    #: Gaussian noise on the outgoing activation (0 = off) and its per-token L2 clip norm
+    #: Gaussian noise on the outgoing activation (0 = off), its per-token L2 clip norm and delta
     noise_sigma: float = 0.0
     noise_clip: float = 0.0
+    noise_delta: float = 1e-5
+    #: a failing peer is avoided for ban_base_s * 2^(failures-1) seconds, at most ban_max_s
+    ban_base_s: float = 10.0
+    ban_max_s: float = 600.0
+    #: fingerprint tolerance of the votes; 0 = from the route's advertised precisions (the
+    #: float32 one when every replica computes in float32, else the bfloat16 one; see
+    #: p2pinfer.consensus.fingerprint)
+    tolerance: float = 0.0
+    #: m = 1: audit a random fraction of stages (p2pinfer.consensus.AuditPolicy)
+    audits: bool = True
+
+    def validate(self, where: str = "<request>", prefix: str = "inference") -> RequestSettings:
+        """Raise `ConfigError` naming the first bad key; returns self."""
+        if self.mode not in ("general", "critical"):
+            raise ConfigError(f"{where}: key '{prefix}.mode': {self.mode!r} is not "
+                              "'general' or 'critical'")
+        if self.min_tee not in TEE_LEVELS:
+            raise ConfigError(f"{where}: key '{prefix}.min_tee': {self.min_tee!r} is not one "
+                              f"of {', '.join(TEE_LEVELS)}")
+        for key in ("k_head", "k_tail", "max_replans"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{where}: key '{prefix}.{key}': must be >= 0")
+        if not 1 <= self.redundancy <= 9:
+            raise ConfigError(f"{where}: key '{prefix}.redundancy': must be between 1 and 9 "
+                              "peers per stage")
+        for key in ("step_timeout_s", "open_timeout_s", "ban_base_s", "ban_max_s"):
+            if not getattr(self, key) > 0:
+                raise ConfigError(f"{where}: key '{prefix}.{key}': must be positive")
+        if self.noise_sigma < 0 or self.noise_clip < 0 or self.tolerance < 0:
+            raise ConfigError(f"{where}: key '{prefix}.noise_sigma': noise settings and the "
+                              "tolerance must be >= 0")
+        if self.noise_sigma > 0 and self.noise_clip <= 0:
+            raise ConfigError(f"{where}: key '{prefix}.noise_clip': noise needs a positive "
+                              "clip norm")
+        if not 0 < self.noise_delta < 1:
+            raise ConfigError(f"{where}: key '{prefix}.noise_delta': must be in (0, 1)")
+        return self
+
+
+#: the `[inference]` section is the node's default request settings
+InferenceSection = RequestSettings
 
 
 TRUST_ATTESTERS = ("none", "simulated", "amd-sev-snp", "intel-tdx", "auto")
@@ -208,7 +253,7 @@ class NodeConfig:
     control: ControlSection = field(default_factory=ControlSection)
     limits: LimitsSection = field(default_factory=LimitsSection)
     serve: ServeSection = field(default_factory=ServeSection)
-    inference: InferenceSection = field(default_factory=InferenceSection)
+    inference: RequestSettings = field(default_factory=RequestSettings)
     trust: TrustSection = field(default_factory=TrustSection)
     api: ApiSection = field(default_factory=ApiSection)
     #: the file this came from, for error messages ("" when built in code)
@@ -273,22 +318,9 @@ class NodeConfig:
                 f"0 <= start < end, got {layers!r}"
             )
         inf = self.inference
-        if inf.mode not in ("general", "critical"):
-            raise ConfigError(f"{where}: key 'inference.mode': {inf.mode!r} is not "
-                              "'general' or 'critical'")
-        if inf.min_tee not in TEE_LEVELS:
-            raise ConfigError(f"{where}: key 'inference.min_tee': {inf.min_tee!r} is not one "
-                              f"of {', '.join(TEE_LEVELS)}")
-        for key in ("k_head", "k_tail", "span_layers"):
-            section = self.serve if key == "span_layers" else inf
-            if getattr(section, key) < 0:
-                name = "serve" if key == "span_layers" else "inference"
-                raise ConfigError(f"{where}: key '{name}.{key}': must be >= 0")
-        if inf.noise_sigma < 0 or inf.noise_clip < 0:
-            raise ConfigError(f"{where}: key 'inference.noise_sigma': noise settings must be >= 0")
-        if inf.noise_sigma > 0 and inf.noise_clip <= 0:
-            raise ConfigError(f"{where}: key 'inference.noise_clip': noise needs a positive "
-                              "clip norm")
+        inf.validate(where)
+        if self.serve.span_layers < 0:
+            raise ConfigError(f"{where}: key 'serve.span_layers': must be >= 0")
         self._validate_trust(where)
         self._validate_api(where)
         fault = self.serve.fault_injection
@@ -302,8 +334,6 @@ class NodeConfig:
             raise ConfigError(f"{where}: key 'serve.threads': must be >= 0")
         positive = [
             ("trust.claims_ttl_s", self.trust.claims_ttl_s),
-            ("inference.redundancy", inf.redundancy),
-            ("inference.step_timeout_s", inf.step_timeout_s),
             ("serve.session_ttl_s", self.serve.session_ttl_s),
             ("serve.max_sessions", self.serve.max_sessions),
             ("gossip.heartbeat_s", self.gossip.heartbeat_s),

@@ -5,8 +5,11 @@ down on exit or cancellation: background tasks first, then every connection, the
 Built-in protocols (specs in protocols/):
 
 - `/p2pinfer/advert/1.0.0`   fetch a peer's signed capability advert (adverts.md)
-- `/p2pinfer/ping/1.0.0`     round-trip time, kept per peer in the peer table
-- `/p2pinfer/tensor/1.0.0`   send a tensor; the receiver echoes or stores it (tensor-transfer.md)
+- `/p2pinfer/ping/1.0.0`     round-trip time, kept per peer in the peer table (services/ping.py)
+- `/p2pinfer/tensor/1.0.0`   send a tensor; the receiver echoes or stores it (tensor-transfer.md,
+  services/tensor.py)
+- attestation and attested channels (attest.md, channel.md; services/attest.py), the stage
+  and votes protocols (stage.md, votes.md; p2pinfer.inference)
 
 and the gossip topic `p2pinfer/<network-id>/adverts/1`. A peer's advert is fetched directly as
 soon as we are connected to it and again every `gossip.advert_interval_s`, so the peer table
@@ -16,23 +19,25 @@ converges even when gossip drops messages.
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
 import os
 import platform
-import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import Any
+from typing import Any, Self
 
-import torch
 import trio
 
 from p2pinfer.config import NodeConfig
+from p2pinfer.control import serve_control
 from p2pinfer.errors import P2PInferError, RemoteError, WireError
 from p2pinfer.identity import NodeIdentity
+from p2pinfer.inference.critical import infer_critical
+from p2pinfer.inference.secure_hop import ChannelHop
+from p2pinfer.inference.service import InferenceService, embed, generate, generate_stream
 from p2pinfer.net.adverts import Advert, AdvertRejected, AdvertValidator, Hardware, sign_advert
+from p2pinfer.net.boundary import StreamingHandler
 from p2pinfer.net.discovery import BootstrapDialer, DhtDiscovery, MdnsDiscovery
 from p2pinfer.net.gossip import Gossip
 from p2pinfer.net.host import DialError, Host, open_host
@@ -45,23 +50,23 @@ from p2pinfer.net.streams import (
     StreamPool,
     StreamTimeout,
     protocol_id,
-    reply_message,
 )
-from p2pinfer.wire import DTYPES, EndOfStream, Message, encode_message, tensor_from_wire
+from p2pinfer.services.attest import NodeAttestation
+from p2pinfer.services.ping import PING_PROTOCOL, serve_ping
+from p2pinfer.services.ping import ping as ping_peer
+from p2pinfer.services.tensor import TENSOR_PROTOCOL, TensorService
+from p2pinfer.wire import EndOfStream, Message, encode_message
 
 log = logging.getLogger(__name__)
 
 SOFTWARE = "p2pinfer/0.1.0"
 ADVERT_TOPIC = "adverts"
 ADVERT_PROTOCOL = protocol_id("advert")
-PING_PROTOCOL = protocol_id("ping")
-TENSOR_PROTOCOL = protocol_id("tensor")
 #: fields `update_advert` may change
 ADVERT_FIELDS = frozenset(
     {"model", "spans", "throughput", "load", "tee_digest", "roles", "precision"}
 )
 #: at most this many stored tensors (one per sender) kept by the tensor protocol
-MAX_STORED_TENSORS = 16
 DHT_SCHEDULE_S = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
 #: the node dials peers it learns of (DHT, adverts) until it has this many connections
 TARGET_PEERS = 16
@@ -69,44 +74,20 @@ MAX_DIALS_PER_ROUND = 8
 REDIAL_BACKOFF_S = 30.0
 SYNC_CONCURRENCY = 8
 
-StreamingHandler = Callable[[FramedStream, str], Awaitable[None]]
 
 
-_DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+def _is_teardown_race(error: BaseException) -> bool:
+    return isinstance(error, RuntimeError) and "closed to new arrivals" in str(error)
 
 
-def tensor_wire_view(t: Any) -> dict[str, Any]:
-    """Like `tensor_to_wire`, but `data` is a view of the tensor's memory (no copy). The
-    tensor must stay unchanged until the message is written."""
-    name = _DTYPE_NAMES.get(t.dtype)
-    if name is None:
-        raise ValueError(f"dtype {t.dtype} has no wire name")
-    t = t.detach().to("cpu").contiguous()
-    data: Any = memoryview(t.view(-1).view(torch.uint8).numpy()) if t.numel() else b""
-    return {"dtype": name, "shape": list(t.shape), "data": data}
-
-
-def check_tensor_map(obj: Any, *, max_bytes: int) -> None:
-    """The checks of `tensor_from_wire` without building the tensor (used to echo one)."""
-    if not isinstance(obj, dict) or set(obj) != {"dtype", "shape", "data"}:
-        raise WireError("tensor map must have exactly the keys dtype, shape, data")
-    name, dims, data = obj["dtype"], obj["shape"], obj["data"]
-    if not isinstance(name, str) or name not in DTYPES:
-        raise WireError(f"unknown tensor dtype {name!r}")
-    if not isinstance(dims, list) or len(dims) > 8:
-        raise WireError("tensor shape must be a list of at most 8 dims")
-    count = 1
-    for d in dims:
-        if not isinstance(d, int) or isinstance(d, bool) or d < 0:
-            raise WireError("tensor dims must be non-negative integers")
-        count *= d
-    if not isinstance(data, bytes):
-        raise WireError("tensor data must be bytes")
-    nbytes = count * torch.empty((), dtype=DTYPES[name]).element_size()
-    if nbytes > max_bytes:
-        raise WireError(f"tensor of {nbytes} bytes exceeds the limit of {max_bytes}")
-    if nbytes != len(data):
-        raise WireError(f"tensor data has {len(data)} bytes, shape and dtype need {nbytes}")
+def without_teardown_race(error: BaseException) -> BaseException | None:
+    """`error` without py-libp2p 0.8.1's teardown race (a pubsub stream that arrives while the
+    host's nursery closes raises "Nursery is closed to new arrivals"; notes/py-libp2p.md):
+    None when nothing else is left, else the rest (a group keeps its other members)."""
+    if isinstance(error, BaseExceptionGroup):
+        _, rest = error.split(_is_teardown_race)
+        return rest
+    return None if _is_teardown_race(error) else error
 
 
 class PeerWaitTimeout(P2PInferError):
@@ -127,7 +108,7 @@ def _hardware() -> Hardware:
 
         if torch.cuda.is_available():
             gpu = torch.cuda.get_device_name(0)[:128]
-    except Exception:
+    except Exception:  # noqa: BLE001 - a broken driver must not stop the node
         gpu = ""
     return Hardware(
         cpu_count=os.cpu_count() or 0,
@@ -153,7 +134,8 @@ class Node:
         self.validator = AdvertValidator(self.network_id, max_bytes=lim.max_advert_bytes)
         self.guard = InboundGuard.from_limits(lim)
         self.started_at = 0.0
-        self.stored_tensors: dict[str, Any] = {}
+        #: the tensor protocol (echo and store; demo and benchmarks)
+        self.tensors = TensorService(self)
         self._advert_fields: dict[str, Any] = {
             "roles": tuple(config.node.roles),
             "model": "",
@@ -186,10 +168,10 @@ class Node:
         self.bootstrap: BootstrapDialer | None = None
         self.mdns: MdnsDiscovery | None = None
         #: the inference service (stage server when `serve.model` is set, requester clients)
-        self.inference: Any = None
-        #: attestation and attested channels (`p2pinfer.attestation`), when `trust.attester`
+        self.inference: InferenceService | None = None
+        #: attestation and attested channels (`p2pinfer.services.attest`), when `trust.attester`
         #: is set
-        self.attestation: Any = None
+        self.attestation: NodeAttestation | None = None
         self.counters: dict[str, int] = {
             "advert_fetches": 0,
             "advert_fetch_failures": 0,
@@ -203,7 +185,7 @@ class Node:
         return f"Node(peer_id={self.peer_id}, network={self.network_id})"
 
     # -- lifecycle ---------------------------------------------------------------------------
-    async def __aenter__(self) -> Node:
+    async def __aenter__(self) -> Self:
         stack = AsyncExitStack()
         await stack.__aenter__()
         try:
@@ -229,7 +211,13 @@ class Node:
         self._nursery.cancel_scope.cancel()
         with trio.CancelScope(shield=True):
             await self._pool.aclose()
-        await stack.aclose()
+        try:
+            await stack.aclose()
+        except BaseException as e:  # noqa: BLE001 - filtered and re-raised below
+            rest = without_teardown_race(e)
+            if rest is not None:
+                raise rest from None
+            log.debug("libp2p scheduled work on its closing nursery during teardown (ignored)")
 
     @property
     def host(self) -> Host:
@@ -241,8 +229,8 @@ class Node:
         host = self.host
         g = self.guard
         host.set_stream_handler(ADVERT_PROTOCOL, g.request_handler(self._serve_advert))
-        host.set_stream_handler(PING_PROTOCOL, g.request_handler(self._serve_ping))
-        host.set_stream_handler(TENSOR_PROTOCOL, g.request_handler(self._serve_tensor))
+        self.set_handler(PING_PROTOCOL, serve_ping)
+        self.set_handler(TENSOR_PROTOCOL, self.tensors.serve)
 
         self.gossip = Gossip(host, self.network_id, self.config.gossip)
         await nursery.start(self.gossip.run)
@@ -268,21 +256,13 @@ class Node:
             nursery.start_soon(self.bootstrap.run)
         hop = None
         if self.config.trust.attester != "none":
-            from p2pinfer.attestation import NodeAttestation
-
             self.attestation = NodeAttestation(self)
             await nursery.start(self.attestation.run)
             if self.config.trust.channels_required:
-                from p2pinfer.inference.secure_hop import ChannelHop
-
                 hop = ChannelHop(self.attestation)
-        from p2pinfer.inference.service import InferenceService
-
-        self.inference = InferenceService(self, hop=hop)
+        self.inference = InferenceService(self, hop=hop, trust=self.attestation)
         await nursery.start(self.inference.run)
         if self.config.control.enabled:
-            from p2pinfer.control import serve_control
-
             await nursery.start(serve_control, self, self.config.control_path)
 
     # -- identity and peers ------------------------------------------------------------------
@@ -322,6 +302,10 @@ class Node:
         for pid in self.table.expire():
             self.validator.forget(pid)
             self._synced.pop(pid, None)
+
+    async def dial(self, maddr: str) -> str:
+        """Connect to a multiaddr with /p2p/<id> (no advert fetch); returns the peer id."""
+        return await self.host.connect(maddr)
 
     async def connect(self, maddr: str) -> str:
         """Dial a peer by multiaddr (with /p2p/<id>) and fetch its advert; returns its id."""
@@ -396,7 +380,7 @@ class Node:
             if self._advert_raw is not None and self.gossip.topic_peers(ADVERT_TOPIC):
                 try:
                     await self.gossip.publish(ADVERT_TOPIC, self._advert_raw)
-                except Exception as e:
+                except Exception as e:  # noqa: BLE001 - gossip is best effort; logged
                     log.debug("advert publish failed: %s", type(e).__name__)
             await trio.sleep(0.2)  # stays far below the gossip rate limit
 
@@ -432,28 +416,10 @@ class Node:
         self._accept_advert(reply.get("record", bytes), peer_id)
         return self.table.get(peer_id)
 
-    # -- ping --------------------------------------------------------------------------------
-    async def _serve_ping(self, msg: Message, peer_id: str) -> bytes:
-        if msg.t != "ping":
-            raise WireError(f"unexpected message type {msg.t!r}")
-        nonce = msg.get("nonce", bytes)
-        if len(nonce) > 32:
-            raise WireError("ping nonce is longer than 32 bytes")
-        return encode_message("pong", {"nonce": nonce})
-
+    # -- ping (p2pinfer.services.ping) -----------------------------------------------------
     async def ping(self, peer_id: str, *, count: int = 2) -> float:
         """Round-trip time in ms over one ping stream (the first exchange warms it up)."""
-        best = float("inf")
-        async with await self.open_stream(peer_id, "ping") as s:
-            for _ in range(count):
-                nonce = secrets.token_bytes(8)
-                t0 = time.perf_counter()
-                await s.send("ping", {"nonce": nonce})
-                reply = await s.recv(expect={"pong"})
-                rtt = (time.perf_counter() - t0) * 1000
-                if reply.get("nonce", bytes) != nonce:
-                    raise WireError("pong carries another nonce")
-                best = rtt
+        best = await ping_peer(self, peer_id, count=count)
         self.counters["pings"] += 1
         self.table.record_rtt(peer_id, best)
         return best
@@ -699,79 +665,44 @@ class Node:
             if not (reusable and self._pool.give(stream, proto)):
                 await stream.aclose()
 
-    # -- tensors (demo and benchmark) ------------------------------------------------------
-    async def _serve_tensor(self, msg: Message, peer_id: str) -> bytes:
-        if msg.t != "tensor":
-            raise WireError(f"unexpected message type {msg.t!r}")
-        mode = msg.get("mode", str, "echo")
-        wire = msg.get("tensor", dict)
-        if mode == "echo":
-            check_tensor_map(wire, max_bytes=self.config.limits.max_tensor_bytes)
-            return reply_message("tensor", {"tensor": wire})
-        if mode == "store":
-            tensor = tensor_from_wire(wire, max_bytes=self.config.limits.max_tensor_bytes)
-            if (
-                peer_id not in self.stored_tensors
-                and len(self.stored_tensors) >= MAX_STORED_TENSORS
-            ):
-                self.stored_tensors.pop(next(iter(self.stored_tensors)))
-            self.stored_tensors[peer_id] = tensor
-            digest = hashlib.sha256(wire["data"]).digest()
-            return encode_message("stored", {"sha256": digest, "nbytes": len(wire["data"])})
-        raise WireError(f"unknown tensor mode {mode[:32]!r}")
+    # -- tensors (p2pinfer.services.tensor; demo and benchmark) ----------------------------
+    @property
+    def stored_tensors(self) -> dict[str, Any]:
+        """The last tensor each peer asked this node to store."""
+        return self.tensors.stored
 
     async def send_tensor(self, peer_id: str, tensor: Any, *, timeout: float | None = None) -> Any:
         """Send `tensor` over `/p2pinfer/tensor/1.0.0` and return the echoed copy."""
-        reply = await self.request(
-            peer_id,
-            "tensor",
-            "tensor",
-            {"tensor": tensor_wire_view(tensor), "mode": "echo"},
-            timeout=timeout,
-            expect={"tensor"},
-        )
-        return tensor_from_wire(
-            reply.get("tensor", dict), max_bytes=self.config.limits.max_tensor_bytes
-        )
+        return await self.tensors.send(peer_id, tensor, timeout=timeout)
 
     async def store_tensor(
         self, peer_id: str, tensor: Any, *, timeout: float | None = None
     ) -> bytes:
         """Send `tensor` to be stored by the peer; returns the SHA-256 it computed."""
-        reply = await self.request(
-            peer_id,
-            "tensor",
-            "tensor",
-            {"tensor": tensor_wire_view(tensor), "mode": "store"},
-            timeout=timeout,
-            expect={"stored"},
-        )
-        return reply.get("sha256", bytes)
+        return await self.tensors.store(peer_id, tensor, timeout=timeout)
 
     # -- inference (p2pinfer.inference.service) ----------------------------------------------
     def generate_stream(self, prompt: str, *, model: str, **kw: Any) -> AsyncIterator[Any]:
-        """Stream the tokens of a distributed generation (`TokenEvent`s)."""
-        from p2pinfer.inference.service import generate_stream
-
+        """Stream the tokens of a distributed generation (`TokenEvent`s); once the iteration
+        ended, the stream's `result` is the whole `Generation` (route, verification, timings)."""
         return generate_stream(self._inference_service(), prompt, model=model, **kw)
 
     async def generate(self, prompt: str, *, model: str, **kw: Any) -> Any:
         """Run a whole distributed generation; returns a `Generation`."""
-        from p2pinfer.inference.service import generate
-
         return await generate(self._inference_service(), prompt, model=model, **kw)
 
     async def embed(self, texts: str | list[str], *, model: str, **kw: Any) -> Any:
         """Sentence embeddings [n, H] of `texts`, computed through the network."""
-        from p2pinfer.inference.service import embed
+        return (await self.embeddings(texts, model=model, **kw)).vectors
 
+    async def embeddings(self, texts: str | list[str], *, model: str, **kw: Any) -> Any:
+        """Sentence embeddings of `texts` and how each was made (`Embeddings`: routes,
+        verification, re-plans, timings)."""
         return await embed(self._inference_service(), texts, model=model, **kw)
 
     async def infer_critical(self, features: Any, *, model: str, **kw: Any) -> Any:
         """Critical-mode inference of a provable MLP: features (tokens, hidden) in, a
         `CriticalResult` out (the output and every stage's verified proof)."""
-        from p2pinfer.inference.critical import infer_critical
-
         return await infer_critical(self._inference_service(), features, model=model, **kw)
 
     async def wait_for_route(self, model: str, *, timeout: float = 30.0) -> Any:
@@ -803,6 +734,7 @@ class Node:
             }
         if self.attestation is not None:
             counters["attestation"] = self.attestation.status()
+        inference = self.inference.status() if self.inference is not None else None
         return {
             "peer_id": self.peer_id,
             "addrs": self.addrs,
@@ -813,4 +745,5 @@ class Node:
             "uptime_s": round(time.time() - self.started_at, 3) if self.started_at else 0.0,
             "software": SOFTWARE,
             "counters": counters,
+            "inference": inference,
         }

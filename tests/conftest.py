@@ -36,6 +36,7 @@ _MULTI_PEER_FILES = {
     "test_cli_testnet.py",
     "test_namespaces.py",
     "test_api_testnet.py",
+    "test_concurrency_testnet.py",
 }
 
 

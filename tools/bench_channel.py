@@ -331,7 +331,8 @@ async def node_bench(sizes: list[int], trials: int) -> None:
     from p2pinfer.config import config_from_dict
     from p2pinfer.inference.hop import HopContext, PlainHop
     from p2pinfer.inference.secure_hop import ChannelHop
-    from p2pinfer.node import Node, tensor_wire_view
+    from p2pinfer.node import Node
+    from p2pinfer.services.tensor import tensor_wire_view
 
     hidden = 1024
     tmp = Path(tempfile.mkdtemp(prefix="bench-channel-"))

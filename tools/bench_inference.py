@@ -80,7 +80,8 @@ async def distributed_timings(path: Path, prompt: list[int], decode: int, repeat
                 lp, ld = local_run(local, prompt, decode)
                 stamps = []
                 t0 = time.perf_counter()
-                async for _ in c.generate(prompt, decode + 1, Sampler()):
+                run = c.generate(prompt, decode + 1, Sampler())
+                async for _ in run:
                     stamps.append(time.perf_counter())
                 if r == 0:
                     continue
@@ -88,7 +89,7 @@ async def distributed_timings(path: Path, prompt: list[int], decode: int, repeat
                 times["ld"].append(ld)
                 times["dp"].append(stamps[0] - t0)
                 times["dd"].append((stamps[-1] - stamps[0]) / decode)
-            route = [(s.start, s.end) for s in c.last_route]
+            route = [(s.start, s.end) for s in run.outcome.route]
         rss = [peak_rss_mib(p.proc.pid) for p in net.peers]
     med = {k: statistics.median(v) for k, v in times.items()}
     return med, route, rss

@@ -25,9 +25,9 @@ def run_verify(args: argparse.Namespace) -> int:
 
 
 def run_show(args: argparse.Namespace) -> int:
-    from p2pinfer.attestation import load_trust_policy, make_attester, peer_id_bytes
     from p2pinfer.channel import ChannelKeyPair
     from p2pinfer.identity import NodeIdentity
+    from p2pinfer.services.attest import load_trust_policy, make_attester, peer_id_bytes
     from p2pinfer.trust import AttestationError, ChannelAttestation, TeeUnavailable, describe_local
     from p2pinfer.trust import report_data as binding
 

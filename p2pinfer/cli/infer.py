@@ -20,41 +20,39 @@ from p2pinfer.config import NodeConfig
 
 
 async def _run_infer(args: argparse.Namespace, cfg: NodeConfig) -> int:
-    from p2pinfer.models import default_models
     from p2pinfer.node import Node
 
     async with Node(cfg) as node:
         await wait_for_route(node, args.model, args.wait)
         t0 = time.perf_counter()
-        ids: list[int] = []
         text_parts: list[str] = []
-        async for ev in node.generate_stream(
+        stream = node.generate_stream(
             args.prompt, model=args.model, max_new_tokens=args.max_new_tokens,
             temperature=args.temperature, top_p=args.top_p, seed=args.seed,
-        ):
-            ids.append(ev.token_id)
+        )
+        async for ev in stream:
             text_parts.append(ev.text)
             if not args.json:
                 print(ev.text, end="", flush=True)
         dt = time.perf_counter() - t0
-        client = node.inference.client(args.model)
-        route = [{"layers": [s.start, s.end], "peers": list(s.replicas)} for s in client.last_route]
-        random_weights = any(m.name == args.model and m.random_weights for m in default_models())
+        gen = stream.result
+        assert gen is not None  # set once the stream ended
+        ids, route = gen.token_ids, gen.route
         summary = {"prompt": args.prompt, "text": "".join(text_parts), "token_ids": ids,
                    "seconds": round(dt, 3), "tokens_per_s": round(len(ids) / dt, 2) if dt else None,
-                   "route": route, "replans": client.replans, "privacy": client.privacy,
-                   "random_weights": random_weights,
-                   "verification": (client.last_report.to_dict()
-                                    if client.last_report is not None else None)}
+                   "route": route, "replans": gen.replans, "privacy": gen.privacy,
+                   "random_weights": gen.random_weights, "verification": gen.verification,
+                   "timings": gen.timings}
         if args.json:
             print(json.dumps(summary, indent=2))
         else:
             print()
             hops = " -> ".join(f"[{r['layers'][0]},{r['layers'][1]})@{r['peers'][0][-6:]}"
                                for r in route)
-            say(f"{len(ids)} tokens in {dt:.2f}s; route: local[0,{client.middle[0]}) -> {hops} "
-                f"-> local[{client.middle[1]},{client.info.num_layers})")
-            if random_weights:
+            (_, head_end), (tail_start, layers) = gen.local_layers
+            say(f"{len(ids)} tokens in {dt:.2f}s; route: local[0,{head_end}) -> {hops} "
+                f"-> local[{tail_start},{layers})")
+            if gen.random_weights:
                 say(f"note: {args.model} has RANDOM weights: the text is meaningless by design")
         return 0
 

@@ -4,7 +4,10 @@
 `claims` signs fingerprints and vote tallies; `vote` takes the majority of m claims;
 `evidence` turns a dissent into signed fault evidence any peer can verify; `reputation` scores
 and bans peers; `cdv` checks output distributions even with one replica; `audit` decides random
-audits. Wire formats: protocols/votes.md.
+audits; `claimbox` holds a voter's claims and runs one majority check; `report` is what one
+request's verification found; `watch` is the requester's per-stage distribution watch. The
+votes/fetch/audit protocol that runs them between peers is `p2pinfer.inference.redundancy`.
+Wire formats: protocols/votes.md.
 """
 
 from p2pinfer.consensus.audit import AuditPolicy as AuditPolicy

@@ -158,7 +158,7 @@ class ProfileBuilder:
         counts = sum(_histogram(a, edges) for a in reference)
         probabilities = tuple(float(c) for c in (counts + 0.5) / (counts + 0.5).sum())
         divergences = []
-        for start in range(0, len(held_out) - self.window + 1):
+        for start in range(len(held_out) - self.window + 1):
             window = sum(_histogram(a, edges) for a in held_out[start:start + self.window])
             divergences.append(jensen_shannon(window + 0.5, np.array(probabilities)))
         m = self._moments

@@ -5,6 +5,13 @@ last `k_tail` layers with the LM head (or pooling) itself, so raw tokens and out
 leave it; peers only see boundary activations. Per token the requester pushes one activation to
 stage 0 and receives the last stage's output on its result hop.
 
+One attempt loop serves every kind of request (generation, embedding, critical inference):
+plan, sign, open, step, blame, close, back off, re-plan, replay. What differs between task modes
+(the task's options, the dtype on the wire, how an answer is checked, what runs locally) is a
+`ModeStrategy`. Everything a request learns (its route, verification report, proofs, privacy
+cost, re-plans, timings) lives in its own `RequestOutcome`; the client itself is shared by
+concurrent requests and holds nothing per request.
+
 Fault tolerance: a `fault` relayed from the route, a dead hop, or a step that misses its deadline
 marks the faulty peer (found by the fault's attribution, or by pinging every peer of the route);
 that peer is backed off with exponential delay, the middle layers are re-planned without it, and
@@ -16,21 +23,29 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import torch
 import trio
 
-from p2pinfer.errors import P2PInferError, RemoteError
+from p2pinfer.config import RequestSettings
+from p2pinfer.errors import ConfigError, P2PInferError, RemoteError
 from p2pinfer.inference.hop import HopCodec, HopContext, PlainHop
-from p2pinfer.inference.planner import Candidate, NoRouteError, PlanRequest, plan_route
+from p2pinfer.inference.planner import TEE_ORDER, Candidate, NoRouteError, PlanRequest, plan_route
+from p2pinfer.inference.stage import ensure_connected
 from p2pinfer.inference.task import StagePlan, Task
 from p2pinfer.models import ClientHead, ClientTail, KVCache
+from p2pinfer.net.boundary import PeerNetwork
+from p2pinfer.net.streams import FramedStream
 from p2pinfer.wire import ACTIVATION_DTYPES, EndOfStream
 
 log = logging.getLogger(__name__)
+
+#: the request settings under their older name
+ClientSettings = RequestSettings
 
 
 class InferenceError(P2PInferError):
@@ -50,34 +65,17 @@ class StageFailure(InferenceError):
         self.peer_id = peer_id
 
 
-@dataclass
-class ClientSettings:
-    k_head: int = 1
-    k_tail: int = 1
-    redundancy: int = 1
-    mode: str = "general"
-    step_timeout_s: float = 30.0
-    open_timeout_s: float = 30.0
-    max_replans: int = 4
-    allow: list[str] | None = None
-    deny: list[str] = field(default_factory=list)
-    min_tee: str = "none"
-    #: Gaussian noise on the outgoing activation (0 = off), per-token L2 clip norm
-    noise_sigma: float = 0.0
-    noise_clip: float = 0.0
-    noise_delta: float = 1e-5
-    ban_base_s: float = 10.0
-    ban_max_s: float = 600.0
-    #: fingerprint tolerance of the votes; 0 = from the route's advertised precisions (the
-    #: float32 one when every replica computes in float32, else the bfloat16 one; see
-    #: p2pinfer.consensus.fingerprint)
-    tolerance: float = 0.0
-    #: m = 1: audit a random fraction of stages (p2pinfer.consensus.AuditPolicy)
-    audits: bool = True
+def check_settings(settings: RequestSettings) -> RequestSettings:
+    """The settings, validated; a bad value is an `InferenceError` naming the key."""
+    try:
+        return settings.validate("request", "settings")
+    except ConfigError as e:
+        raise InferenceError(str(e)) from None
 
 
 class Backoff:
-    """Failing peers are excluded for base * 2^(failures-1) seconds, capped."""
+    """Failing peers are excluded for base * 2^(failures-1) seconds, capped; a success forgets
+    a peer's failures."""
 
     def __init__(self, base_s: float, max_s: float, clock: Callable[[], float] = time.monotonic):
         self.base_s, self.max_s, self.clock = base_s, max_s, clock
@@ -93,10 +91,50 @@ class Backoff:
 
     def succeed(self, peer_id: str) -> None:
         self.failures.pop(peer_id, None)
+        self.until.pop(peer_id, None)
 
     def excluded(self) -> set[str]:
         now = self.clock()
         return {p for p, t in self.until.items() if t > now}
+
+
+# -- what one request returns ---------------------------------------------------------------------
+@dataclass
+class RequestOutcome:
+    """Everything one request learned on the way, owned by that request alone."""
+
+    mode: str
+    #: the route of the attempt that produced the answer (empty when every layer ran locally)
+    route: list[StagePlan] = field(default_factory=list)
+    #: general mode: the `VerificationReport` of that attempt (votes, audits, CDV, bans)
+    report: Any = None
+    #: critical mode: one verified `StageProof` per stage
+    proofs: list[Any] = field(default_factory=list)
+    replans: int = 0
+    #: the (epsilon, delta) cost of boundary noise, when noise is on
+    privacy: dict[str, float] | None = None
+    #: failures that cost a re-plan, one line each
+    failures: list[str] = field(default_factory=list)
+    started: float = field(default_factory=time.perf_counter)
+    seconds: float = 0.0
+    #: seconds from the start to the first result (first token)
+    first_s: float | None = None
+    #: seconds per network step (one per token for a generation)
+    step_s: list[float] = field(default_factory=list)
+
+    def route_dicts(self) -> list[dict[str, Any]]:
+        return [{"layers": [s.start, s.end], "peers": list(s.replicas)} for s in self.route]
+
+    def verification(self) -> dict[str, Any] | None:
+        return self.report.to_dict() if self.report is not None else None
+
+    def timings(self) -> dict[str, Any]:
+        return {"seconds": round(self.seconds, 4),
+                "first_s": round(self.first_s, 4) if self.first_s is not None else None,
+                "step_s": [round(s, 4) for s in self.step_s]}
+
+    def finish(self) -> None:
+        self.seconds = time.perf_counter() - self.started
 
 
 @dataclass
@@ -110,22 +148,94 @@ class StepResult:
     claimed: bool = False
 
 
-class ResultCheck(Protocol):
-    """Checks the route's answer before the requester uses it, for tasks of one mode.
-    Raises a `P2PInferError` (ideally a `StageFailure` naming the peer) to reject it."""
+class ConsensusSide(Protocol):
+    """What the requester needs of the node's consensus service (votes, audits, CDV)."""
 
-    async def check(self, session: RouteSession, sent: torch.Tensor, result: StepResult) -> None: ...
+    tally_window_s: float
+
+    def banned(self) -> set[str]: ...
+    def open_report(self, task: Task, redundancy: int) -> Any: ...
+    def forget_task(self, task_id: bytes) -> None: ...
+    def late_result(self, peer: str, fields: dict[str, Any]) -> None: ...
+    async def vote_results(self, task: Task, seq: int, results: dict[str, Any],
+                           more: Callable[[], Awaitable[bool]]) -> torch.Tensor: ...
+    def observe_result(self, task: Task, peer: str, hidden: torch.Tensor,
+                       verified: bool) -> None: ...
+    async def audit_prefill(self, task: Task, sent: torch.Tensor,
+                            candidates: Sequence[Candidate]) -> None: ...
+    def route_tolerance(self, route: Sequence[StagePlan]) -> float: ...
+
+
+class RouteTrust(Protocol):
+    """What the planner needs of the node's attestation service: verified TEE levels only;
+    rejected peers are never candidates."""
+
+    def routable(self, peer_id: str) -> bool: ...
+    def tee_level(self, peer_id: str) -> str: ...
+    def min_level(self, mode: str) -> str: ...
+
+
+class ModeStrategy(Protocol):
+    """What differs between task modes on the requester."""
+
+    mode: str
+    #: what the last stage sends back (a dtype name or a tuple of accepted names)
+    wire_dtype: str | tuple[str, ...]
+
+    def task_options(self, route: Sequence[StagePlan]) -> dict[str, Any]: ...
+
+    async def check(self, session: RouteSession, sent: torch.Tensor, result: StepResult) -> None:
+        """Check the route's answer before use; raise `StageFailure` naming the peer to reject
+        it; record what was verified in `session.outcome`."""
+
+    async def after_prefill(self, session: RouteSession, sent: torch.Tensor,
+                            result: torch.Tensor) -> None: ...
+
+
+class GeneralStrategy:
+    """General mode: redundant stages vote (the client's voted step); with one replica, CDV and
+    random audits after the prefill."""
+
+    mode = "general"
+    wire_dtype: str | tuple[str, ...] = ACTIVATION_DTYPES
+
+    def __init__(self, client: InferenceClient, settings: RequestSettings) -> None:
+        self.client, self.settings = client, settings
+
+    def task_options(self, route: Sequence[StagePlan]) -> dict[str, Any]:
+        consensus = self.client.consensus
+        tol = self.settings.tolerance or (
+            consensus.route_tolerance(route) if consensus is not None else 0.0)
+        return {"tolerance": float(tol)} if tol else {}
+
+    async def check(self, session: RouteSession, sent: torch.Tensor, result: StepResult) -> None:
+        return None
+
+    async def after_prefill(self, session: RouteSession, sent: torch.Tensor,
+                            result: torch.Tensor) -> None:
+        consensus = self.client.consensus
+        if consensus is None:
+            return
+        task = session.task
+        if len(task.route[-1].replicas) == 1:
+            consensus.observe_result(task, task.route[-1].replicas[0], result, False)
+        if self.settings.audits and any(len(s.replicas) == 1 for s in task.route):
+            await consensus.audit_prefill(task, sent, self.client.candidates())
 
 
 class RouteSession:
-    """One task's chain of hops, seen from the requester."""
+    """One attempt's chain of hops, seen from the requester."""
 
-    def __init__(self, client: InferenceClient, task: Task) -> None:
+    def __init__(self, client: InferenceClient, task: Task, settings: RequestSettings,
+                 strategy: ModeStrategy, outcome: RequestOutcome) -> None:
         self.client = client
         self.task = task
-        self.up: Any = None
+        self.settings = settings
+        self.strategy = strategy
+        self.outcome = outcome
+        self.up: FramedStream | None = None
         #: one hop per replica of stage 0 (`up` is the first)
-        self.ups: list[Any] = []
+        self.ups: list[FramedStream] = []
         self.result_send, self.result_recv = trio.open_memory_channel[Any](16)
         self.result_peer: str | None = None
         self.result_peers: set[str] = set()
@@ -161,20 +271,53 @@ def _no_spawn(*args: Any) -> None:
     raise InferenceError("the inference client is not attached to a running node")
 
 
+class TokenStream:
+    """The tokens of one generation as they come; `outcome` describes the request (final once
+    the iteration ended)."""
+
+    def __init__(self, tokens: AsyncIterator[int], outcome: RequestOutcome) -> None:
+        self._tokens = tokens
+        self.outcome = outcome
+
+    def __aiter__(self) -> TokenStream:
+        return self
+
+    async def __anext__(self) -> int:
+        return await self._tokens.__anext__()
+
+    async def aclose(self) -> None:
+        await self._tokens.aclose()  # type: ignore[attr-defined]
+
+
+@dataclass
+class Embedded:
+    """One embedding request's answer: the sentence vector [1, H] and how it was made."""
+
+    vector: torch.Tensor
+    outcome: RequestOutcome
+
+
 class InferenceClient:
-    """Requests inference from the network through a node. Usually reached via `Node`."""
+    """Requests inference of one model from the network through a node; shared by concurrent
+    requests (per-request state lives in each request's `RequestOutcome` and `RouteSession`).
+    Usually reached via `Node`."""
 
     def __init__(
         self,
-        node: Any,
+        node: PeerNetwork,
         model_path: str,
-        settings: ClientSettings | None = None,
+        settings: RequestSettings | None = None,
         *,
         hop: HopCodec | None = None,
         dtype: torch.dtype = torch.float32,
+        consensus: ConsensusSide | None = None,
+        trust: RouteTrust | None = None,
+        sessions: dict[bytes, RouteSession] | None = None,
+        backoff: Backoff | None = None,
+        spawn: Callable[..., None] = _no_spawn,
     ) -> None:
         self.node = node
-        self.settings = settings or ClientSettings()
+        self.settings = check_settings(settings or RequestSettings())
         self.hop = hop or PlainHop()
         self.head_path = model_path
         self.head = ClientHead.load(model_path, self.settings.k_head, dtype)
@@ -185,27 +328,38 @@ class InferenceClient:
                 f"k_head + k_tail = {self.settings.k_head + self.settings.k_tail} exceeds the "
                 f"model's {self.info.num_layers} layers")
         self.dtype = dtype
-        self.backoff = Backoff(self.settings.ban_base_s, self.settings.ban_max_s)
-        self.sessions: dict[bytes, RouteSession] = {}
-        self.last_route: list[StagePlan] = []
-        #: the verification report of the last request (`VerificationReport`), if any
-        self.last_report: Any = None
-        self.replans = 0
-        self.privacy: dict[str, float] | None = None
-        #: per task mode, how the route's answers are checked before use (none for general)
-        self.checks: dict[str, ResultCheck] = {}
-        #: starts a background task that outlives one call (set by the owning service)
-        self.spawn: Callable[..., None] = _no_spawn
+        self.consensus = consensus
+        self.trust = trust
+        #: the requester's open sessions by task id (shared with the node's result-hop handler)
+        self.sessions = sessions if sessions is not None else {}
+        self.backoff = backoff or Backoff(self.settings.ban_base_s, self.settings.ban_max_s)
+        #: starts a background task that outlives one call (the owning service's nursery)
+        self.spawn = spawn
 
     @property
     def middle(self) -> tuple[int, int]:
         return self.settings.k_head, self.info.num_layers - self.settings.k_tail
 
+    def _settings(self, override: RequestSettings | None) -> RequestSettings:
+        if override is None:
+            return self.settings
+        s = check_settings(override)
+        if (s.k_head, s.k_tail) != (self.settings.k_head, self.settings.k_tail):
+            raise InferenceError("k_head and k_tail are fixed per client; ask the service for "
+                                 "a client with those settings")
+        return s
+
+    def strategy(self, settings: RequestSettings) -> ModeStrategy:
+        if settings.mode != "general":
+            raise InferenceError(f"this client runs general-mode tasks, not {settings.mode!r} "
+                                 "(critical mode needs a provable model and its client)")
+        return GeneralStrategy(self, settings)
+
     # -- planning ------------------------------------------------------------------------------
     def candidates(self) -> list[Candidate]:
         out = []
         # TEE levels come from verified claims only; rejected peers are never candidates
-        att = getattr(self.node, "attestation", None)
+        att = self.trust
         for p in self.node.peers():
             if p.model != self.info.model_id or not p.spans or p.peer_id == self.node.peer_id:
                 continue
@@ -220,20 +374,19 @@ class InferenceClient:
             ))
         return out
 
-    def plan(self) -> list[StagePlan]:
+    def plan(self, settings: RequestSettings | None = None) -> list[StagePlan]:
+        s = self._settings(settings)
         start, end = self.middle
-        s = self.settings
         exclude = self.backoff.excluded()
-        consensus = self.consensus
-        if consensus is not None:  # banned on verified fault evidence or low reputation
-            exclude |= consensus.banned()
+        banned = self.consensus.banned() if self.consensus is not None else set()
+        exclude |= banned  # banned on verified fault evidence or low reputation
         req = PlanRequest(start, end, redundancy=s.redundancy,
                           allow=set(s.allow) if s.allow else None, deny=set(s.deny),
-                          exclude=exclude, min_tee=self.min_tee())
+                          exclude=exclude, min_tee=self.min_tee(s))
         try:
             return plan_route(self.candidates(), req)
         except NoRouteError:
-            backing_off = self.backoff.excluded() - (consensus.banned() if consensus else set())
+            backing_off = self.backoff.excluded() - banned
             if not backing_off:
                 raise
             # every alternative is backing off after a failure: give those peers another try
@@ -241,37 +394,22 @@ class InferenceClient:
             req.exclude = exclude - backing_off
             return plan_route(self.candidates(), req)
 
-    @property
-    def consensus(self) -> Any:
-        """The node's `ConsensusService` (votes, reputation, audits), if it runs one."""
-        return getattr(getattr(self.node, "inference", None), "consensus", None)
+    def route_tolerance(self, route: Sequence[StagePlan]) -> float:
+        """The vote tolerance for a route (see `ConsensusService.route_tolerance`)."""
+        if self.consensus is None:
+            return 0.0
+        return self.consensus.route_tolerance(route)
 
-    def _task_options(self, route: Sequence[Any]) -> dict[str, Any]:
-        if self.settings.mode != "general":
-            return {}
-        return {"tolerance": float(self.settings.tolerance or self.route_tolerance(route))}
-
-    def route_tolerance(self, route: Sequence[Any]) -> float:
-        """The vote tolerance for a route: the float32 one when every replica advertises
-        float32, else the loosest its replicas' precisions need (a replica that states none,
-        or one not calibrated, gets the bfloat16 tolerance)."""
-        from p2pinfer.inference.redundancy import DEFAULT_TOLERANCE, peer_tolerance
-
-        return max([peer_tolerance(self.node, p) for s in route for p in s.replicas],
-                   default=DEFAULT_TOLERANCE)
-
-    def min_tee(self) -> str:
+    def min_tee(self, settings: RequestSettings | None = None) -> str:
         """The stricter of the request's `min_tee` and the trust policy's minimum for the mode."""
-        from p2pinfer.inference.planner import TEE_ORDER
-
-        levels = [self.settings.min_tee]
-        att = getattr(self.node, "attestation", None)
-        if att is not None:
-            levels.append(att.min_level(self.settings.mode))
+        s = settings or self.settings
+        levels = [s.min_tee]
+        if self.trust is not None:
+            levels.append(self.trust.min_level(s.mode))
         return max(levels, key=lambda lv: TEE_ORDER.index(lv) if lv in TEE_ORDER else 0)
 
     # -- hops ----------------------------------------------------------------------------------
-    async def accept_result_hop(self, up: Any, upstream: str, task: Task) -> None:
+    async def accept_result_hop(self, up: FramedStream, upstream: str, task: Task) -> None:
         """The last stage opened its hop to us: deliver its steps to the waiting session."""
         session = self.sessions.get(task.task_id)
         if session is None or task.requester != self.node.peer_id:
@@ -284,7 +422,7 @@ class InferenceClient:
             raise InferenceError("the result hop is already open")
         session.result_peers.add(upstream)
         session.result_peer = session.result_peer or upstream
-        up.timeout_s = max(self.settings.step_timeout_s * 4, 60.0)
+        up.timeout_s = max(session.settings.step_timeout_s * 4, 60.0)
         await up.send("ready", {"stage": len(task.route)})
         if len(session.result_peers) == len(task.route[-1].replicas):
             session.result_ready.set()
@@ -317,9 +455,9 @@ class InferenceClient:
                 seq = msg.get("seq", int)
                 ctx = HopContext(task.task_id, len(task.route), seq, upstream)
                 # the last stage may compute in another precision; the tail casts
-                dtype = "int64" if task.mode == "critical" else ACTIVATION_DTYPES
                 hidden = await self.hop.unpack(
-                    msg.fields, ctx, hidden_size=info.hidden_size, dtype=dtype,
+                    msg.fields, ctx, hidden_size=info.hidden_size,
+                    dtype=session.strategy.wire_dtype,
                     max_bytes=self.node.config.limits.max_tensor_bytes)
                 await session.result_send.send(
                     StepResult(seq, hidden, dict(msg.fields), peer=upstream))
@@ -329,10 +467,8 @@ class InferenceClient:
             if not session.closed:  # no attribution: the requester probes the route
                 session.fail(None, None, "the route's result hop closed")
 
-    async def _watch_up(self, session: RouteSession, up: Any = None) -> None:
+    async def _watch_up(self, session: RouteSession, up: FramedStream, first: str) -> None:
         """Faults relayed from the route arrive on the hops to stage 0."""
-        up = up if up is not None else session.up
-        first = up.peer_id if hasattr(up, "peer_id") else session.route[0].replicas[0]
         try:
             while True:
                 msg = await up.recv(expect={"fault"})
@@ -348,16 +484,14 @@ class InferenceClient:
             if not session.closed:
                 session.fail(0, first, f"hop to stage 0 failed: {e}")
 
-    async def _open_first(self, session: RouteSession, first: str) -> Any:
+    async def _open_first(self, session: RouteSession, first: str) -> FramedStream:
         """The hop to one replica of stage 0, once the chain below it answered `ready`."""
-        from p2pinfer.inference.stage import ensure_connected
-
         task = session.task
         await ensure_connected(self.node, first)
         up = await self.node.open_stream(first, "stage")
         session.ups.append(up)
         await up.send("open", {"task": task.to_wire(), "stage": 0})
-        up.timeout_s = self.settings.open_timeout_s
+        up.timeout_s = session.settings.open_timeout_s
         reply = await up.recv(expect={"ready", "fault"})
         if reply.t == "fault":
             stage = reply.get("stage", int, None)
@@ -366,15 +500,16 @@ class InferenceClient:
                                f"{reply.get('message', str, '')}")
         return up
 
-    async def _open(self, task: Task) -> RouteSession:
-        session = RouteSession(self, task)
+    async def _open(self, session: RouteSession) -> None:
+        task = session.task
         self.sessions[task.task_id] = session
-        consensus = self.consensus
-        if consensus is not None:
-            session.report = consensus.open_report(task, max(len(s.replicas) for s in task.route))
+        if self.consensus is not None and task.mode == "general":
+            session.report = self.consensus.open_report(
+                task, max(len(s.replicas) for s in task.route))
+            session.outcome.report = session.report
         first = task.route[0].replicas[0]
         try:
-            with trio.fail_after(self.settings.open_timeout_s):
+            with trio.fail_after(session.settings.open_timeout_s):
                 session.up = await self._open_first(session, first)
                 if len(task.route[0].replicas) > 1:  # every replica of stage 0 gets the input
                     errors: list[BaseException] = []
@@ -404,10 +539,9 @@ class InferenceClient:
         except (P2PInferError, OSError) as e:
             await self._close(session)
             raise StageFailure(0, first, f"could not reach stage 0: {e}") from None
-        for up in session.ups:  # the watchers wait for faults for the whole session
-            up.timeout_s = 24 * 3600.0
-            self.spawn(self._watch_up, session, up)
-        return session
+        for up, peer in zip(session.ups, task.route[0].replicas):
+            up.timeout_s = 24 * 3600.0  # the watchers wait for faults for the whole session
+            self.spawn(self._watch_up, session, up, peer)
 
     async def _close(self, session: RouteSession) -> None:
         session.closed = True
@@ -415,9 +549,7 @@ class InferenceClient:
         window = consensus.tally_window_s if consensus is not None and session.redundant else 0.0
         session.late_until = trio.current_time() + max(2.0, window)
         self.sessions.pop(session.task.task_id, None)
-        end_hops = getattr(self.hop, "end_hops", None)
-        if end_hops is not None:  # erase the session's hop keys
-            end_hops(session.task.task_id)
+        self.hop.end_hops(session.task.task_id)  # erase the session's hop keys
         ups = session.ups or ([session.up] if session.up is not None else [])
         with trio.move_on_after(2) as scope:
             scope.shield = True
@@ -459,8 +591,61 @@ class InferenceClient:
                 n.start_soon(probe, pid)
         return dead[0] if dead else None
 
+    # -- the attempt loop ----------------------------------------------------------------------
+    @asynccontextmanager
+    async def _route(self, outcome: RequestOutcome, settings: RequestSettings,
+                     strategy: ModeStrategy, max_length: int) -> AsyncIterator[RouteSession]:
+        """One attempt's route: planned, signed and open; closed on the way out. A failure in
+        the body that names no peer gets one (the route is probed)."""
+        route = self.plan(settings)
+        outcome.route = route
+        outcome.report = None
+        task = Task.create(
+            self.node.identity, network_id=self.node.network_id, model_id=self.info.model_id,
+            requester_addrs=self.node.addrs, route=route, mode=strategy.mode,
+            max_length=max_length, options=strategy.task_options(route))
+        session = RouteSession(self, task, settings, strategy, outcome)
+        await self._open(session)
+        try:
+            yield session
+        except StageFailure as failure:
+            if failure.peer_id is None:
+                failure.peer_id = await self._blame(session, failure)
+            raise
+        finally:
+            await self._close(session)
+
+    async def _attempts(self, outcome: RequestOutcome, settings: RequestSettings,
+                        attempt: Callable[[], AsyncIterator[Any]]) -> AsyncIterator[Any]:
+        """Run `attempt` until it completes: a `StageFailure` backs the blamed peer off and
+        runs it again on a new route (at most `max_replans` times). `attempt` resumes where
+        the last one stopped (it replays what was already produced)."""
+        failures = 0
+        try:
+            while True:
+                try:
+                    async for item in attempt():
+                        yield item
+                    for peer in {p for s in outcome.route for p in s.replicas}:
+                        self.backoff.succeed(peer)
+                    return
+                except StageFailure as failure:
+                    failures += 1
+                    outcome.failures.append(str(failure)[:300])
+                    log.warning("route failed (%s); re-planning, attempt %d", failure, failures)
+                    if failure.peer_id and failure.peer_id != self.node.peer_id:
+                        self.backoff.fail(failure.peer_id)
+                    if failures > settings.max_replans:
+                        raise InferenceError(f"gave up after {failures - 1} re-plans; last "
+                                             f"failure: {failure}") from None
+                    outcome.replans += 1
+        finally:
+            outcome.finish()
+
     async def _step(self, session: RouteSession, seq: int, pos: int, hidden: torch.Tensor
                     ) -> torch.Tensor:
+        """One step through the route: the answer, checked by the mode's strategy."""
+        t0 = time.perf_counter()
         ups = session.ups or [session.up]
         for up, first in zip(ups, session.route[0].replicas):
             fields = await self.hop.pack(hidden, HopContext(session.task.task_id, 0, seq, first))
@@ -469,8 +654,16 @@ class InferenceClient:
             except (P2PInferError, OSError) as e:
                 raise StageFailure(0, first, f"could not send to stage 0: {e}") from None
         if len(session.route[-1].replicas) > 1:
-            return await self._voted_step(session, seq)
-        with trio.move_on_after(self.settings.step_timeout_s):
+            out = await self._voted_step(session, seq)
+        else:
+            out = await self._single_step(session, seq, hidden)
+        session.outcome.step_s.append(time.perf_counter() - t0)
+        return out
+
+    async def _single_step(self, session: RouteSession, seq: int, sent: torch.Tensor
+                           ) -> torch.Tensor:
+        timeout = session.settings.step_timeout_s
+        with trio.move_on_after(timeout):
             while True:
                 try:
                     item = await session.result_recv.receive()
@@ -479,11 +672,9 @@ class InferenceClient:
                 if isinstance(item, StageFailure):
                     raise item
                 if item.seq == seq:
-                    check = self.checks.get(session.task.mode)
-                    if check is not None:
-                        await check.check(session, hidden, item)
+                    await session.strategy.check(session, sent, item)
                     return item.hidden
-        raise StageFailure(None, None, f"step {seq} got no answer in {self.settings.step_timeout_s} s")
+        raise StageFailure(None, None, f"step {seq} got no answer in {timeout} s")
 
     async def _voted_step(self, session: RouteSession, seq: int) -> torch.Tensor:
         """Redundant last stage: vote over the replicas' answers (majority, bounded wait)."""
@@ -508,175 +699,159 @@ class InferenceClient:
                     return True
                 consensus.late_result(item.peer, item.fields)
 
+        timeout = session.settings.step_timeout_s
         try:
-            with trio.fail_after(self.settings.step_timeout_s):
+            with trio.fail_after(timeout):
                 chosen = await consensus.vote_results(session.task, seq, results, more)
         except trio.TooSlowError:
             raise StageFailure(last, None, f"step {seq}: no majority of stage {last} answered "
-                               f"in {self.settings.step_timeout_s} s") from None
+                               f"in {timeout} s") from None
         except NoMajorityError as e:
             raise InferenceError(f"task failed: {e}") from None
         for peer, result in results.items():
             consensus.observe_result(session.task, peer, result.hidden, result.hidden is chosen)
         return chosen
 
-    async def _audit(self, session: RouteSession, sent: torch.Tensor, result: torch.Tensor
-                     ) -> None:
-        """After a prefill: CDV on the answer and, for stages with one replica, random audits
-        (re-execution on another peer serving the same layers)."""
-        consensus = self.consensus
-        if consensus is None or session.task.mode != "general":
-            return
-        task = session.task
-        if len(task.route[-1].replicas) == 1:
-            consensus.observe_result(task, task.route[-1].replicas[0], result, False)
-        if self.settings.audits and any(len(s.replicas) == 1 for s in task.route):
-            await consensus.audit_prefill(task, sent, self.candidates())
-
     # -- noise ---------------------------------------------------------------------------------
-    def _protect(self, hidden: torch.Tensor) -> torch.Tensor:
+    def _protect(self, hidden: torch.Tensor, settings: RequestSettings,
+                 outcome: RequestOutcome) -> torch.Tensor:
         """Clip and add Gaussian noise to the outgoing activation when configured (noise from
-        the OS CSPRNG); the (epsilon, delta) of the last query is kept in `self.privacy`."""
-        s = self.settings
-        if s.noise_sigma <= 0:
+        the OS CSPRNG); the (epsilon, delta) of the query goes into the request's outcome."""
+        if settings.noise_sigma <= 0:
             return hidden
         from p2pinfer.models.noise import BoundaryNoise
 
-        out, cost = BoundaryNoise(s.noise_clip, s.noise_sigma, s.noise_delta).apply(hidden)
-        self.privacy = {"epsilon_per_token": cost.epsilon, "epsilon_sequence": cost.epsilon_sequence,
-                        "delta": cost.delta, "sigma": cost.sigma, "clip_norm": s.noise_clip}
+        out, cost = BoundaryNoise(settings.noise_clip, settings.noise_sigma,
+                                  settings.noise_delta).apply(hidden)
+        outcome.privacy = {"epsilon_per_token": cost.epsilon,
+                           "epsilon_sequence": cost.epsilon_sequence, "delta": cost.delta,
+                           "sigma": cost.sigma, "clip_norm": settings.noise_clip}
         return out
 
     # -- public calls --------------------------------------------------------------------------
-    async def generate(
+    def generate(
         self,
         prompt_ids: Sequence[int],
         max_new_tokens: int,
         sample: Callable[[torch.Tensor], int],
         *,
         stop_ids: Sequence[int] = (),
-    ) -> AsyncIterator[int]:
-        """Yield new token ids as they are produced (decoder models)."""
+        settings: RequestSettings | None = None,
+    ) -> TokenStream:
+        """New token ids as they are produced (decoder models); the stream's `outcome` says
+        how they were made."""
+        s = self._settings(settings)
+        outcome = RequestOutcome(s.mode)
+        return TokenStream(self._generate(list(prompt_ids), max_new_tokens, sample,
+                                          tuple(stop_ids), s, outcome), outcome)
+
+    async def _generate(self, prompt: list[int], max_new_tokens: int,
+                        sample: Callable[[torch.Tensor], int], stop_ids: tuple[int, ...],
+                        settings: RequestSettings, outcome: RequestOutcome
+                        ) -> AsyncIterator[int]:
         if not self.info.is_decoder:
             raise InferenceError("generation needs a decoder model; use embed() for encoders")
-        prompt = list(prompt_ids)
         if not prompt:
             raise InferenceError("the prompt is empty")
+        if max_new_tokens < 1:
+            raise InferenceError("max_new_tokens must be at least 1")
         if len(prompt) + max_new_tokens > self.info.max_positions:
             raise PromptTooLong(
                 f"prompt of {len(prompt)} tokens plus {max_new_tokens} new tokens exceeds the "
                 f"model's context of {self.info.max_positions} tokens")
+        strategy = self.strategy(settings)
         history = list(prompt)
-        produced = 0
-        attempts = 0
-        while True:
-            try:
-                async for tok in self._run_route(history, len(prompt) + max_new_tokens,
-                                                 max_new_tokens - produced, sample, stop_ids):
-                    history.append(tok)
-                    produced += 1
-                    yield tok
+
+        async def attempt() -> AsyncIterator[int]:
+            budget = len(prompt) + max_new_tokens - len(history)
+            if budget <= 0 or (len(history) > len(prompt) and history[-1] in stop_ids):
                 return
-            except StageFailure as failure:
-                attempts += 1
-                peer = failure.peer_id
-                log.warning("route failed (%s); re-planning, attempt %d", failure, attempts)
-                if attempts > self.settings.max_replans:
-                    raise InferenceError(
-                        f"gave up after {attempts - 1} re-plans; last failure: {failure}") from None
-                if peer:
-                    self.backoff.fail(peer)
-                self.replans += 1
-                if history and history[-1] in stop_ids:
-                    return
+            async for tok in self._run_route(history, len(prompt) + max_new_tokens, budget,
+                                             sample, stop_ids, settings, strategy, outcome):
+                history.append(tok)
+                if outcome.first_s is None:
+                    outcome.first_s = time.perf_counter() - outcome.started
+                yield tok
+
+        async for tok in self._attempts(outcome, settings, attempt):
+            yield tok
 
     async def _run_route(self, history: list[int], max_length: int, budget: int,
                          sample: Callable[[torch.Tensor], int], stop_ids: Sequence[int],
-                         ) -> AsyncIterator[int]:
-        if budget <= 0:
-            return
+                         settings: RequestSettings, strategy: ModeStrategy,
+                         outcome: RequestOutcome) -> AsyncIterator[int]:
         head_cache = self.head.new_cache()
         tail_cache = self.tail.new_cache()
         start, end = self.middle
-        local_only = start >= end
-        route = [] if local_only else self.plan()
-        self.last_route = route
-        session = None
         try:
-            if route:
-                task = Task.create(
-                    self.node.identity, network_id=self.node.network_id,
-                    model_id=self.info.model_id, requester_addrs=self.node.addrs,
-                    route=route, mode=self.settings.mode, max_length=max_length,
-                    options=self._task_options(route))
-                session = await self._open(task)
-                self.last_report = session.report
-            pending = list(history)
-            pos = 0
-            for i in range(budget):
-                h = await trio.to_thread.run_sync(self.head.forward, pending, head_cache, pos)
-                if session is not None:
-                    h = self._protect(h)
-                    sent = h
-                    try:
-                        h = await self._step(session, i, pos, h)
-                    except StageFailure as failure:
-                        if failure.peer_id is None:
-                            failure.peer_id = await self._blame(session, failure)
-                        raise
-                    if i == 0:
-                        await self._audit(session, sent, h)
-                logits = await trio.to_thread.run_sync(
-                    lambda: self.tail.forward(h, tail_cache, pos, last_only=True))
-                tok = int(sample(logits[0, -1]))
-                pos += len(pending)
-                pending = [tok]
-                yield tok
-                if tok in stop_ids:
-                    break
+            if start >= end:  # every layer runs here
+                outcome.route = []
+                async for tok in self._decode(None, history, budget, sample, stop_ids,
+                                              head_cache, tail_cache):
+                    yield tok
+                return
+            async with self._route(outcome, settings, strategy, max_length) as session:
+                async for tok in self._decode(session, history, budget, sample, stop_ids,
+                                              head_cache, tail_cache):
+                    yield tok
         finally:
-            if session is not None:
-                await self._close(session)
             for c in (head_cache, tail_cache):
                 if isinstance(c, KVCache):
                     c.erase()
 
-    async def embed(self, ids: Sequence[int]) -> torch.Tensor:
-        """The sentence embedding of one token sequence (encoder models)."""
+    async def _decode(self, session: RouteSession | None, history: list[int], budget: int,
+                      sample: Callable[[torch.Tensor], int], stop_ids: Sequence[int],
+                      head_cache: Any, tail_cache: Any) -> AsyncIterator[int]:
+        pending = list(history)
+        pos = 0
+        for i in range(budget):
+            h = await trio.to_thread.run_sync(self.head.forward, pending, head_cache, pos)
+            if session is not None:
+                sent = self._protect(h, session.settings, session.outcome)
+                h = await self._step(session, i, pos, sent)
+                if i == 0:
+                    await session.strategy.after_prefill(session, sent, h)
+            logits = await trio.to_thread.run_sync(self._tail_last, h, tail_cache, pos)
+            tok = int(sample(logits[0, -1]))
+            pos += len(pending)
+            pending = [tok]
+            yield tok
+            if tok in stop_ids:
+                break
+
+    def _tail_last(self, hidden: torch.Tensor, cache: Any, pos: int) -> torch.Tensor:
+        return self.tail.forward(hidden, cache, pos, last_only=True)
+
+    async def embed(self, ids: Sequence[int], *, settings: RequestSettings | None = None
+                    ) -> Embedded:
+        """The sentence embedding of one token sequence (encoder models) and its outcome."""
+        s = self._settings(settings)
+        outcome = RequestOutcome(s.mode)
         if self.info.is_decoder:
             raise InferenceError("embed() needs an encoder model; use generate() for decoders")
+        if not ids:
+            raise InferenceError("nothing to embed")
         if len(ids) > self.info.max_positions:
             raise PromptTooLong(f"input of {len(ids)} tokens exceeds the model's "
                                 f"{self.info.max_positions}")
-        attempts = 0
-        while True:
-            try:
-                h = await trio.to_thread.run_sync(self.head.forward, list(ids))
-                start, end = self.middle
-                if start < end:
-                    route = self.plan()
-                    self.last_route = route
-                    task = Task.create(
-                        self.node.identity, network_id=self.node.network_id,
-                        model_id=self.info.model_id, requester_addrs=self.node.addrs,
-                        route=route, mode=self.settings.mode, max_length=len(ids),
-                        options=self._task_options(route))
-                    session = await self._open(task)
-                    try:
-                        h = await self._step(session, 0, 0, self._protect(h))
-                    except StageFailure as failure:
-                        if failure.peer_id is None:
-                            failure.peer_id = await self._blame(session, failure)
-                        raise
-                    finally:
-                        await self._close(session)
-                return await trio.to_thread.run_sync(self.tail.forward, h)
-            except StageFailure as failure:
-                attempts += 1
-                if attempts > self.settings.max_replans:
-                    raise InferenceError(f"gave up after {attempts - 1} re-plans: {failure}") from None
-                if failure.peer_id:
-                    self.backoff.fail(failure.peer_id)
-                self.replans += 1
+        strategy = self.strategy(s)
+
+        async def attempt() -> AsyncIterator[torch.Tensor]:
+            h = await trio.to_thread.run_sync(self.head.forward, list(ids))
+            start, end = self.middle
+            if start < end:
+                async with self._route(outcome, s, strategy, len(ids)) as session:
+                    h = await self._step(session, 0, 0, self._protect(h, s, outcome))
+            yield await trio.to_thread.run_sync(self.tail.forward, h)
+
+        vector: torch.Tensor | None = None
+        async for vector in self._attempts(outcome, s, attempt):
+            outcome.first_s = time.perf_counter() - outcome.started
+        assert vector is not None
+        return Embedded(vector, outcome)
 
 
+def settings_with(base: RequestSettings, **overrides: Any) -> RequestSettings:
+    """`base` with the given keys replaced (None leaves a key as it is), validated."""
+    changes = {k: v for k, v in overrides.items() if v is not None}
+    return check_settings(replace(base, **changes)) if changes else base

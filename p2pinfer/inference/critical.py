@@ -16,20 +16,30 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import msgpack
 import numpy as np
 import torch
 import trio
 
+from p2pinfer.config import RequestSettings
 from p2pinfer.errors import P2PInferError, WireError
-from p2pinfer.inference.client import ClientSettings, InferenceClient, InferenceError, StageFailure
-from p2pinfer.inference.stage import StageError, StageSession
+from p2pinfer.inference.client import (
+    InferenceClient,
+    InferenceError,
+    RequestOutcome,
+    RouteSession,
+    StageFailure,
+    StepResult,
+)
+from p2pinfer.inference.stage import StageError, StageSession, StepRunner, UpstreamRejected
 from p2pinfer.inference.task import Task
+from p2pinfer.models import LayerSpan
+from p2pinfer.net.boundary import PeerNetwork
 from p2pinfer.wire import tensor_from_wire, tensor_to_wire
 
 log = logging.getLogger(__name__)
@@ -46,14 +56,13 @@ class ManifestMismatch(StageError):
     code = "wrong-manifest"
 
 
-class ProofRejected(StageError):
+class ProofRejected(UpstreamRejected):
     """An upstream stage's proof failed; `blame` is (stage, peer) of the stage that made it."""
 
     code = "proof-rejected"
 
     def __init__(self, stage: int, peer: str, message: str, check: str = "") -> None:
-        super().__init__(message)
-        self.blame = (stage, peer)
+        super().__init__(stage, peer, message)
         self.check = check
 
 
@@ -160,9 +169,10 @@ class CriticalRunner:
     `entry_for`; the honest runner never deviates.
     """
 
-    wire_dtype = "int64"
+    wire_dtype: str | tuple[str, ...] = "int64"
 
-    def __init__(self, node: Any, model_path: str | Path, start: int, end: int) -> None:
+    def __init__(self, node: PeerNetwork | None, model_path: str | Path, start: int,
+                 end: int) -> None:
         from p2pinfer.zk import ModelManifest
         from p2pinfer.zk.checkpoint import commit_layers, load_manifest_bytes
 
@@ -175,6 +185,16 @@ class CriticalRunner:
         self._shards: dict[tuple[int, int], Any] = {(start, end): self._full}
         self._lock = trio.Lock()
         self.counters = {"proved": 0, "verified": 0, "rejected": 0}
+
+    @property
+    def busy(self) -> bool:
+        return self._lock.locked()
+
+    @property
+    def _node(self) -> PeerNetwork:
+        if self.node is None:
+            raise StageError("this critical runner is not attached to a node")
+        return self.node
 
     def admit(self, task: Task, start: int, end: int) -> None:
         """At `open`: refuse a task pinned to another manifest."""
@@ -213,7 +233,7 @@ class CriticalRunner:
         info = view.info
         try:
             chain = decode_chain(fields, hidden_size=info.hidden_size,
-                                 max_bytes=self.node.config.limits.max_tensor_bytes)
+                                 max_bytes=self._node.config.limits.max_tensor_bytes)
         except WireError as e:
             if stage == 0:
                 raise
@@ -236,13 +256,13 @@ class CriticalRunner:
                 log.warning("task %s: rejecting stage %d (%s): %s", task.short_id, stage - 1,
                             session.upstream, e)
                 raise
-            last.verified_by, last.hop_verify_ms = self.node.peer_id, ms
+            last.verified_by, last.hop_verify_ms = self._node.peer_id, ms
             self.counters["verified"] += 1
         elif chain:
             raise StageError("the requester sent proofs to stage 0")
         shard = self.shard(session.start, session.end)
         binding = step_binding(task, self.digest, stage, seq, session.start, session.end,
-                               self.node.peer_id)
+                               self._node.peer_id)
 
         def work() -> tuple[np.ndarray, bytes, float]:
             t0 = time.perf_counter()
@@ -255,32 +275,31 @@ class CriticalRunner:
                 y, proof, ms = await trio.to_thread.run_sync(work)
             except (ValueError, P2PInferError) as e:
                 raise StageError(f"could not prove stage {stage}: {e}") from None
-        mine = ChainEntry(stage, self.node.peer_id, session.start, session.end, x, proof, ms)
+        mine = ChainEntry(stage, self._node.peer_id, session.start, session.end, x, proof, ms)
         mine, y = self.entry_for(mine, y, session, seq)
         self.counters["proved"] += 1
         out = torch.from_numpy(np.ascontiguousarray(y, dtype=np.int64)).unsqueeze(0)
         return out, {"zk": [e.to_wire() for e in [*chain, mine]]}
 
 
-def install_critical(stage_server: Any, model_path: str | Path) -> bool:
-    """Register the `critical` runner on a stage serving a provable MLP with a manifest and the
-    owner's commitment caches. Returns whether it did (other models: nothing happens)."""
+def critical_runner(node: PeerNetwork | None, span: LayerSpan, model_path: str | Path
+                    ) -> StepRunner | None:
+    """The `critical` runner for a stage serving `span` of a provable MLP with a manifest and
+    the owner's commitment caches; None for other models (they serve no critical tasks)."""
     from p2pinfer.models.errors import ModelError
     from p2pinfer.zk import ZkError
     from p2pinfer.zk.checkpoint import is_provable
 
     if not is_provable(model_path):
-        return False
-    span = stage_server.span
+        return None
     try:
-        runner = CriticalRunner(stage_server.node, model_path, span.start, span.end)
+        runner = CriticalRunner(node, model_path, span.start, span.end)
     except (ModelError, ZkError) as e:
         log.warning("not serving critical tasks: %s", e)
-        return False
-    stage_server.runners["critical"] = runner
+        return None
     log.info("serving critical tasks for layers [%d, %d) under manifest %s", span.start,
              span.end, runner.digest.hex()[:16])
-    return True
+    return runner
 
 
 # -- the requester side --------------------------------------------------------------------------
@@ -313,6 +332,9 @@ class CriticalResult:
     seconds: float
     local_layers: tuple[tuple[int, int], tuple[int, int]] = ((0, 0), (0, 0))
     extra: dict[str, Any] = field(default_factory=dict)
+    #: seconds in all, to the answer, per network step
+    timings: dict[str, Any] = field(default_factory=dict)
+    mode: str = "critical"
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -321,20 +343,31 @@ class CriticalResult:
         return d
 
 
-class CriticalCheck:
-    """The requester's `ResultCheck` for critical tasks: the whole proof chain, verified."""
+class CriticalStrategy:
+    """The requester's strategy for critical tasks: the manifest pinned in the task, int64 on
+    the wire, and the whole proof chain verified before the answer is used."""
+
+    mode = "critical"
+    wire_dtype: str | tuple[str, ...] = "int64"
 
     def __init__(self, manifest: Any, digest: bytes, hidden_size: int, max_bytes: int) -> None:
         self.manifest, self.digest = manifest, digest
         self.hidden_size, self.max_bytes = hidden_size, max_bytes
-        self.last: list[StageProof] = []
 
-    async def check(self, session: Any, sent: torch.Tensor, result: Any) -> None:
-        self.last = await trio.to_thread.run_sync(self._check, session.task, sent, result)
+    def task_options(self, route: Sequence[Any]) -> dict[str, Any]:
+        return {"manifest": self.digest}
 
-    def _check(self, task: Task, sent: torch.Tensor, result: Any) -> list[StageProof]:
+    async def check(self, session: RouteSession, sent: torch.Tensor, result: StepResult) -> None:
+        session.outcome.proofs = await trio.to_thread.run_sync(
+            self.verify_chain, session.task, sent, result)
+
+    async def after_prefill(self, session: RouteSession, sent: torch.Tensor,
+                            result: torch.Tensor) -> None:
+        return None  # proven answers need no re-execution audits
+
+    def verify_chain(self, task: Task, sent: torch.Tensor, result: StepResult) -> list[StageProof]:
         n = len(task.route)
-        last_peer = getattr(result, "peer", "") or task.route[-1].replicas[0]
+        last_peer = result.peer or task.route[-1].replicas[0]
         try:
             chain = decode_chain(result.fields, hidden_size=self.hidden_size,
                                  max_bytes=self.max_bytes)
@@ -366,8 +399,8 @@ class CriticalClient(InferenceClient):
     """Requests critical-mode inference of a provable MLP; runs its head and tail layers in
     fixed point itself and accepts only answers whose every stage proof verifies."""
 
-    def __init__(self, node: Any, model_path: str, settings: ClientSettings | None = None, *,
-                 hop: Any = None, manifest: bytes | None = None) -> None:
+    def __init__(self, node: PeerNetwork, model_path: str, settings: RequestSettings | None = None, *,
+                 manifest: bytes | None = None, **collaborators: Any) -> None:
         from p2pinfer.zk import ModelManifest
         from p2pinfer.zk.checkpoint import fixed_layers, is_provable, load_manifest_bytes
 
@@ -375,14 +408,12 @@ class CriticalClient(InferenceClient):
             raise InferenceError(f"{model_path} is not a provable model (critical mode runs "
                                  "p2pinfer-mlp models, e.g. the built-in p2pinfer-zk-mlp or "
                                  "p2pinfer-zk-llama)")
-        s = settings or ClientSettings()
+        s = settings or RequestSettings()
         if s.redundancy != 1:
             raise InferenceError("critical mode proves every stage; it runs one replica per stage")
-        from dataclasses import replace
-
-        # critical answers are proven: no re-execution audits where the settings have them
-        quiet = {"audits": False} if hasattr(s, "audits") else {}
-        super().__init__(node, model_path, replace(s, mode="critical", **quiet), hop=hop)
+        # critical answers are proven: no re-execution audits
+        super().__init__(node, model_path, replace(s, mode="critical", audits=False),
+                         **collaborators)
         raw = manifest if manifest is not None else load_manifest_bytes(model_path)
         self.manifest = ModelManifest.from_bytes(raw)
         self.manifest_digest = self.manifest.digest()
@@ -390,12 +421,19 @@ class CriticalClient(InferenceClient):
         k, kt = self.settings.k_head, self.settings.k_tail
         self.fixed_head = fixed_layers(model_path, 0, k) if k else None
         self.fixed_tail = fixed_layers(model_path, n - kt, n) if kt else None
-        self.check = CriticalCheck(self.manifest, self.manifest_digest, self.info.hidden_size,
-                                   node.config.limits.max_tensor_bytes)
-        self.checks["critical"] = self.check
+        self.critical = CriticalStrategy(self.manifest, self.manifest_digest,
+                                         self.info.hidden_size,
+                                         node.config.limits.max_tensor_bytes)
 
-    def _task_options(self, route: Any = ()) -> dict[str, Any]:
-        return {"manifest": self.manifest_digest}
+    def strategy(self, settings: RequestSettings) -> CriticalStrategy:
+        if settings.redundancy != 1:
+            raise InferenceError("critical mode proves every stage; it runs one replica per stage")
+        return self.critical
+
+    def _settings(self, override: RequestSettings | None) -> RequestSettings:
+        if override is None:
+            return self.settings
+        return super()._settings(replace(override, mode="critical", audits=False))
 
     def quantize(self, x: np.ndarray) -> np.ndarray:
         """Float features -> fixed point with the manifest's fractional bits."""
@@ -412,9 +450,11 @@ class CriticalClient(InferenceClient):
         return fixed_layers(self.head_path, 0, self.info.num_layers).forward_fixed(
             self.quantize(x))
 
-    async def infer(self, features: np.ndarray | torch.Tensor) -> CriticalResult:
+    async def infer(self, features: np.ndarray | torch.Tensor, *,
+                    settings: RequestSettings | None = None) -> CriticalResult:
         """Features (tokens, hidden) -> the model's output, every remote stage proven."""
-        t0 = time.perf_counter()
+        s = self._settings(settings)
+        outcome = RequestOutcome("critical")
         x = np.asarray(features.detach().cpu() if isinstance(features, torch.Tensor) else features,
                        dtype=np.float64)
         if x.ndim == 3 and x.shape[0] == 1:
@@ -428,74 +468,49 @@ class CriticalClient(InferenceClient):
         if self.fixed_head is not None:
             q = await trio.to_thread.run_sync(self.fixed_head.forward_fixed, q)
         start, end = self.middle
-        replans0 = self.replans
-        attempts = 0
-        proofs: list[StageProof] = []
-        while start < end:
-            route = self.plan()
-            self.last_route = route
-            task = Task.create(self.node.identity, network_id=self.node.network_id,
-                               model_id=self.info.model_id, requester_addrs=self.node.addrs,
-                               route=route, mode="critical", max_length=q.shape[0],
-                               options=self._task_options(route))
-            try:
-                session = await self._open(task)
-                try:
-                    sent = torch.from_numpy(np.ascontiguousarray(q)).unsqueeze(0)
-                    try:
-                        out = await self._step(session, 0, 0, sent)
-                    except StageFailure as failure:
-                        if failure.peer_id is None:
-                            failure.peer_id = await self._blame(session, failure)
-                        raise
-                finally:
-                    await self._close(session)
-                q = out[0].numpy().astype(np.int64)
-                proofs = self.check.last
-                break
-            except StageFailure as failure:
-                attempts += 1
-                log.warning("critical route failed (%s); re-planning", failure)
-                if failure.peer_id:
-                    self.backoff.fail(failure.peer_id)
-                if attempts > self.settings.max_replans:
-                    raise InferenceError(f"gave up after {attempts - 1} re-plans: {failure}"
-                                         ) from None
-                self.replans += 1
+        strategy = self.strategy(s)
+
+        async def attempt() -> AsyncIterator[np.ndarray]:
+            if start >= end:
+                yield q
+                return
+            async with self._route(outcome, s, strategy, q.shape[0]) as session:
+                sent = torch.from_numpy(np.ascontiguousarray(q)).unsqueeze(0)
+                out = await self._step(session, 0, 0, sent)
+            yield out[0].numpy().astype(np.int64)
+
+        y = q
+        async for y in self._attempts(outcome, s, attempt):
+            pass
         if self.fixed_tail is not None:
-            q = await trio.to_thread.run_sync(self.fixed_tail.forward_fixed, q)
+            y = await trio.to_thread.run_sync(self.fixed_tail.forward_fixed, y)
+        outcome.finish()
         n = self.info.num_layers
         return CriticalResult(
-            output=self.dequantize(q), output_fixed=q, proofs=proofs,
-            manifest_digest=self.manifest_digest.hex(),
-            route=[{"layers": [s.start, s.end], "peers": list(s.replicas)}
-                   for s in self.last_route],
-            replans=self.replans - replans0, seconds=time.perf_counter() - t0,
-            local_layers=((0, start), (end, n)))
+            output=self.dequantize(y), output_fixed=y, proofs=list(outcome.proofs),
+            manifest_digest=self.manifest_digest.hex(), route=outcome.route_dicts(),
+            replans=outcome.replans, seconds=outcome.seconds,
+            local_layers=((0, start), (end, n)), timings=outcome.timings())
 
 
-def critical_client(service: Any, model: str, settings: ClientSettings | None = None, *,
+class CriticalClients(Protocol):
+    """Where critical clients come from (the node's inference service)."""
+
+    def critical_client(self, model: str, settings: RequestSettings | None = None, *,
+                        manifest: bytes | None = None) -> InferenceClient: ...
+
+
+def critical_client(service: CriticalClients, model: str,
+                    settings: RequestSettings | None = None, *,
                     manifest: bytes | None = None) -> CriticalClient:
-    """A critical client for `model` (directory or built-in name) on a running service; its
-    result hops are routed to it like any client's."""
-    from p2pinfer.inference.service import resolve_model
-
-    nursery = getattr(service, "_nursery", None)
-    if nursery is None:
-        raise P2PInferError("the inference service is not running")
-    path = str(resolve_model(model))
-    key = f"critical|{path}|{settings!r}|{manifest.hex() if manifest else ''}"
-    client = service.clients.get(key)
-    if client is None:
-        client = CriticalClient(service.node, path, settings or service.default_settings(),
-                                hop=service.hop, manifest=manifest)
-        client.spawn = nursery.start_soon
-        service.clients[key] = client
+    """A critical client for `model` (directory or built-in name) on a running service."""
+    client = service.critical_client(model, settings, manifest=manifest)
+    assert isinstance(client, CriticalClient)
     return client
 
 
-async def infer_critical(service: Any, features: np.ndarray | torch.Tensor | Sequence[Any], *,
-                         model: str, settings: ClientSettings | None = None,
+async def infer_critical(service: CriticalClients, features: np.ndarray | torch.Tensor | Sequence[Any], *,
+                         model: str, settings: RequestSettings | None = None,
                          manifest: bytes | None = None) -> CriticalResult:
     """Critical-mode inference of `features` (tokens, hidden) through the network."""
     client = critical_client(service, model, settings, manifest=manifest)

@@ -42,6 +42,12 @@ def side_label(kind: int, stage: int) -> int:
 
 
 class HopCodec(Protocol):
+    """How an activation crosses one hop: in the clear inside libp2p's Noise stream
+    (`PlainHop`) or sealed under an attested channel (`secure_hop.ChannelHop`)."""
+
+    #: "plain" or "channel"
+    name: str
+
     async def pack(self, hidden: torch.Tensor, ctx: HopContext) -> dict[str, Any]: ...
 
     async def unpack(
@@ -49,6 +55,23 @@ class HopCodec(Protocol):
         dtype: str | tuple[str, ...],
         max_bytes: int,
     ) -> torch.Tensor: ...
+
+    async def seal_once(self, hidden: torch.Tensor, ctx: HopContext) -> dict[str, Any]:
+        """A tensor for a one-shot exchange (a fetch reply, an audit request)."""
+        ...
+
+    async def open_once(self, fields: dict[str, Any], ctx: HopContext, *,
+                        hidden_size: int | None, dtype: str | tuple[str, ...],
+                        max_bytes: int) -> torch.Tensor: ...
+
+    def end_hops(self, task_id: bytes, stage: int | None = None) -> int:
+        """Erase the keys of a task's hops (of one stage, or all); returns how many."""
+        ...
+
+    @property
+    def live_hops(self) -> int:
+        """Hops whose keys are held now."""
+        ...
 
 
 class PlainHop:
@@ -67,3 +90,19 @@ class PlainHop:
         return tensor_from_wire(
             fields.get("hidden"), max_bytes=max_bytes, dtype=dtype, shape=(1, None, hidden_size)
         )
+
+    async def seal_once(self, hidden: torch.Tensor, ctx: HopContext) -> dict[str, Any]:
+        return {"hidden": tensor_to_wire(hidden)}
+
+    async def open_once(self, fields: dict[str, Any], ctx: HopContext, *,
+                        hidden_size: int | None, dtype: str | tuple[str, ...],
+                        max_bytes: int) -> torch.Tensor:
+        return tensor_from_wire(fields.get("hidden"), max_bytes=max_bytes, dtype=dtype,
+                                shape=None if hidden_size is None else (1, None, hidden_size))
+
+    def end_hops(self, task_id: bytes, stage: int | None = None) -> int:
+        return 0  # no keys
+
+    @property
+    def live_hops(self) -> int:
+        return 0

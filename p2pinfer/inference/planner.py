@@ -156,7 +156,7 @@ def least_covered_span(
         for i in range(max(0, s), min(e, num_layers)):
             cover[i] += 1
     best = None
-    for a in range(0, num_layers - span_len + 1):
+    for a in range(num_layers - span_len + 1):
         window = cover[a:a + span_len]
         key = (min(window), sum(window), a)
         if best is None or key < best[0]:

@@ -26,8 +26,8 @@ reputation, CDV, audit maths) live in `p2pinfer.consensus`; this module runs the
 - `DistributionWatch` keeps per (model, stage) output statistics on the requester and flags a
   peer whose outputs drift from the reference profile, whatever m is.
 
-`FAULT_KINDS` and `FaultyRunner` are TEST-ONLY dishonest behaviours enabled by the config key
-`serve.fault_injection`; a network marked production refuses them.
+The claim box, the report and the distribution watch are pure (`p2pinfer.consensus`); the
+TEST-ONLY cheating runners live in `p2pinfer.testing`.
 """
 
 from __future__ import annotations
@@ -36,19 +36,17 @@ import logging
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import trio
 
-from p2pinfer.config import FAULT_INJECTION_KINDS
 from p2pinfer.consensus import (
     TOLERANCE_BFLOAT16,
     AuditPolicy,
     ConsensusError,
-    DriftMonitor,
     EvidenceError,
     FaultEvidence,
     FingerprintClaim,
@@ -57,7 +55,6 @@ from p2pinfer.consensus import (
     InlinedPeerKeys,
     MalformedVoteMessage,
     NoMajorityError,
-    ProfileBuilder,
     ReputationBook,
     VoteOutcome,
     build_fault_evidence,
@@ -71,16 +68,28 @@ from p2pinfer.consensus import (
     tolerance_for,
     verify_fault_evidence,
 )
+from p2pinfer.consensus.claimbox import ClaimBox, largest_group, try_vote
 from p2pinfer.consensus.errors import FingerprintMismatch
+from p2pinfer.consensus.report import StageReport, VerificationReport
+from p2pinfer.consensus.watch import DistributionWatch
 from p2pinfer.errors import P2PInferError, WireError
-from p2pinfer.inference.hop import SIDE_AUDIT, SIDE_FETCH, HopContext, side_label
+from p2pinfer.inference.client import StepResult
+from p2pinfer.inference.hop import (
+    SIDE_AUDIT,
+    SIDE_FETCH,
+    HopCodec,
+    HopContext,
+    PlainHop,
+    side_label,
+)
+from p2pinfer.inference.stage import StepRunner, ensure_connected
 from p2pinfer.inference.task import Task, TaskError
+from p2pinfer.models import LayerSpan
+from p2pinfer.net.boundary import PeerNetwork
 from p2pinfer.wire import (
     ACTIVATION_DTYPES,
     Message,
     encode_message,
-    tensor_from_wire,
-    tensor_to_wire,
 )
 
 log = logging.getLogger(__name__)
@@ -96,11 +105,7 @@ EVIDENCE_TOLERANCE = EVIDENCE_MARGIN * TOLERANCE_BFLOAT16
 DEFAULT_TOLERANCE = TOLERANCE_BFLOAT16
 MAX_TOLERANCE = 0.5
 MAX_STORED_OUTPUTS = 256
-MAX_CLAIM_KEYS = 4096
 MAX_REPORTED_TASKS = 256
-
-#: TEST-ONLY dishonest behaviours for adversarial testnets (`serve.fault_injection`)
-FAULT_KINDS = FAULT_INJECTION_KINDS
 
 
 class ConsensusFailure(P2PInferError):
@@ -141,59 +146,22 @@ class StoredOutput:
 
 
 @dataclass
+class FetchedOutput:
+    """A stage output fetched from one replica: the tensor, that replica's claim on it (if
+    any) and the KV position it was computed at, all from the same reply."""
+
+    hidden: torch.Tensor
+    claim: FingerprintClaim | None
+    pos: int
+
+
+@dataclass
 class FetchedStep:
     """A step a replica fetched from a majority replica because its own upstream stalled."""
 
     seq: int
     pos: int
     hidden: torch.Tensor
-
-
-@dataclass
-class StageReport:
-    stage: int
-    layers: tuple[int, int]
-    replicas: tuple[str, ...]
-    votes: int = 0
-    agreeing: set[str] = field(default_factory=set)
-    dissenting: set[str] = field(default_factory=set)
-    missing: set[str] = field(default_factory=set)
-    fetches: int = 0
-    audits: int = 0
-    audit_failures: int = 0
-
-
-@dataclass
-class VerificationReport:
-    """What was checked for one request: per stage, the replicas, votes and dissenters; audits
-    (m = 1); peers whose output distribution drifted (CDV); evidence filed and peers banned."""
-
-    mode: str
-    redundancy: int
-    stages: list[StageReport] = field(default_factory=list)
-    evidence: list[str] = field(default_factory=list)
-    banned: list[str] = field(default_factory=list)
-    cdv_flags: list[str] = field(default_factory=list)
-    #: failures of single replica chains that the votes absorbed
-    faults: list[str] = field(default_factory=list)
-
-    @property
-    def dissenters(self) -> list[str]:
-        return sorted({p for s in self.stages for p in s.dissenting})
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "mode": self.mode, "redundancy": self.redundancy,
-            "stages": [{
-                "stage": s.stage, "layers": list(s.layers), "replicas": list(s.replicas),
-                "votes": s.votes, "agreeing": sorted(s.agreeing),
-                "dissenting": sorted(s.dissenting), "missing": sorted(s.missing),
-                "fetches": s.fetches, "audits": s.audits, "audit_failures": s.audit_failures,
-            } for s in self.stages],
-            "dissenters": self.dissenters, "evidence": list(self.evidence),
-            "banned": sorted(set(self.banned)), "cdv_flags": sorted(set(self.cdv_flags)),
-            "faults": list(self.faults),
-        }
 
 
 def task_tolerance(task: Task) -> float:
@@ -205,7 +173,7 @@ def task_tolerance(task: Task) -> float:
     return float(value)
 
 
-def peer_tolerance(node: Any, peer_id: str) -> float:
+def peer_tolerance(node: PeerNetwork, peer_id: str) -> float:
     """The vote tolerance a peer's advertised compute precision needs; a peer that states
     none, or one not calibrated, gets the bfloat16 tolerance."""
     row = node.peer(peer_id)
@@ -219,141 +187,20 @@ def claim_context(task: Task, stage: int, step: int) -> FingerprintContext:
     return FingerprintContext(task.network_id, task.task_id, stage, step)
 
 
-# -- claims held by a voter ------------------------------------------------------------------
-
-
-class ClaimBox:
-    """Signed claims per (task, stage, step), from hop streams and `claim` messages; bounded.
-
-    Only verified claims are held; `changed(key)` wakes voters waiting for a majority.
-    """
-
-    def __init__(self, keys: Any, limit: int = MAX_CLAIM_KEYS) -> None:
-        self._keys = keys
-        self._limit = limit
-        self._claims: OrderedDict[tuple[bytes, int, int], dict[str, FingerprintClaim]] = \
-            OrderedDict()
-        self._events: dict[tuple[bytes, int, int], trio.Event] = {}
-
-    def add(self, claim: FingerprintClaim, sender: str | None = None) -> None:
-        """Hold a claim whose signature verified (and that `sender` signed, when given)."""
-        if sender is not None and claim.replica != sender:
-            raise MalformedVoteMessage(f"claim by {claim.replica} was sent by {sender}")
-        claim.verify(self._keys)
-        key = (claim.task_id, claim.stage, claim.step)
-        held = self._claims.get(key)
-        if held is None:
-            held = self._claims[key] = {}
-            while len(self._claims) > self._limit:
-                old, _ = self._claims.popitem(last=False)
-                self._events.pop(old, None)
-        if len(held) >= 16 and claim.replica not in held:
-            return
-        held[claim.replica] = claim  # an equivocating replica shows up in the vote
-        event = self._events.pop(key, None)
-        if event is not None:
-            event.set()
-
-    def claims(self, key: tuple[bytes, int, int], replicas: Iterable[str]) -> list[FingerprintClaim]:
-        held = self._claims.get(key, {})
-        return [held[r] for r in replicas if r in held]
-
-    async def changed(self, key: tuple[bytes, int, int]) -> None:
-        event = self._events.get(key)
-        if event is None:
-            event = self._events[key] = trio.Event()
-        await event.wait()
-
-    def forget(self, task_id: bytes) -> None:
-        for key in [k for k in self._claims if k[0] == task_id]:
-            del self._claims[key]
-            self._events.pop(key, None)
-
-
-def try_vote(claims: Sequence[FingerprintClaim], keys: Any, tolerance: float
-             ) -> VoteOutcome | None:
-    """The vote over these claims, or None while no majority exists yet."""
-    if not claims:
-        return None
-    try:
-        return tally(claims, keys, tolerance)
-    except NoMajorityError:
-        return None
-
-
-# -- the test-only dishonest runner -----------------------------------------------------------
-
-
-def corrupt_weights(span: Any, seed: int = 1234) -> None:
-    """TEST-ONLY: replace a span's weights with random ones of the same scale ("another
-    checkpoint")."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in list(span.blocks.parameters()) + list(span.blocks.buffers()):
-            if p.is_floating_point() and p.numel() > 1:
-                noise = torch.randn(p.shape, generator=gen).to(p.dtype)
-                p.copy_(noise * p.float().std().clamp_min(1e-3).to(p.dtype))
-
-
-class FaultyRunner:
-    """TEST-ONLY: a general-mode step runner that cheats in one named way (FAULT_KINDS)."""
-
-    def __init__(self, inner: Any, kind: str, consensus: ConsensusService) -> None:
-        if kind not in FAULT_KINDS:
-            raise ValueError(f"unknown fault kind {kind!r}")
-        self.inner, self.kind, self.consensus = inner, kind, consensus
-        self.refused_copies = 0
-
-    async def run(self, session: Any, view: Any, hidden: torch.Tensor, pos: int,
-                  fields: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
-        kind = self.kind
-        if kind == "stall":
-            await trio.sleep_forever()
-        if kind == "copy":
-            # try to take a fellow replica's answer; the fetch protocol refuses peers that are
-            # not downstream, so the copier falls back to passing its upstream's answer on
-            seq = int(fields.get("seq", 0))
-            for peer in session.task.route[session.stage].replicas:
-                if peer == self.consensus.node.peer_id:
-                    continue
-                try:
-                    with trio.fail_after(1.0):
-                        out, _ = await self.consensus.fetch(peer, session.task, session.stage,
-                                                            seq)
-                    return out, {}
-                except (P2PInferError, trio.TooSlowError):
-                    self.refused_copies += 1
-            return hidden.clone(), {}
-        if kind == "skip-layer":
-            if view.num_layers == 1:
-                return hidden.clone(), {}
-            part = view.slice(view.start, view.end - 1)
-            cache = getattr(session, "fault_cache", None)
-            if cache is None and part.info.is_decoder:
-                cache = part.new_cache()
-                session.fault_cache = cache
-            out = await trio.to_thread.run_sync(part.forward, hidden, cache, pos)
-            return out, {}
-        out, extra = await self.inner.run(session, view, hidden, pos, fields)
-        if kind == "random-output":
-            out = torch.randn_like(out) * out.float().std().to(out.dtype)
-        elif kind == "perturb":
-            # 20% RMS noise: small next to the activation, above every calibrated tolerance
-            rms = out.float().pow(2).mean().sqrt()
-            out = out + (0.2 * rms * torch.randn(out.shape)).to(out.dtype)
-        return out, extra
-
-
 class ConsensusRunner:
     """General-mode step runner with redundancy: votes on the input, claims the output."""
 
-    def __init__(self, inner: Any, consensus: ConsensusService) -> None:
+    def __init__(self, inner: StepRunner, consensus: ConsensusService) -> None:
         self.inner = inner
         self.consensus = consensus
+        self.wire_dtype = inner.wire_dtype
 
     @property
     def busy(self) -> bool:
-        return bool(getattr(self.inner, "busy", False))
+        return self.inner.busy
+
+    def admit(self, task: Task, start: int, end: int) -> None:
+        self.inner.admit(task, start, end)
 
     async def run(self, session: Any, view: Any, hidden: torch.Tensor, pos: int,
                   fields: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -371,56 +218,17 @@ class ConsensusRunner:
         return out, extra
 
 
-# -- CDV on the requester ---------------------------------------------------------------------
-
-
-class DistributionWatch:
-    """Per (model, stage) output statistics: a reference profile from verified outputs, then a
-    drift monitor over every peer's outputs (flags work with m = 1 too)."""
-
-    def __init__(self, observations: int = 32, window: int = 4, k: float = 6.0) -> None:
-        self.observations = observations
-        self.window = window
-        self.k = k
-        self._builders: dict[tuple[str, int], ProfileBuilder] = {}
-        self._monitors: dict[tuple[str, int], DriftMonitor] = {}
-
-    def reference(self, model: str, stage: int, activation: torch.Tensor) -> None:
-        """An output known good (it agreed with a majority or passed an audit)."""
-        key = (model, stage)
-        if key in self._monitors:
-            return
-        builder = self._builders.get(key)
-        if builder is None:
-            builder = self._builders[key] = ProfileBuilder(model, stage, window=self.window)
-        builder.add(activation)
-        if len(builder._observations) >= max(self.observations, 8 * self.window):
-            self._monitors[key] = DriftMonitor(builder.build(), k=self.k)
-            del self._builders[key]
-
-    def observe(self, model: str, stage: int, peer: str, activation: torch.Tensor) -> bool:
-        """Whether `peer` is flagged after this output (False while no profile exists)."""
-        monitor = self._monitors.get((model, stage))
-        if monitor is None:
-            return False
-        return monitor.observe(peer, activation).flagged or peer in monitor.flagged_peers()
-
-    def flagged(self) -> list[str]:
-        return sorted({p for m in self._monitors.values() for p in m.flagged_peers()})
-
-    def ready(self, model: str, stage: int) -> bool:
-        return (model, stage) in self._monitors
-
-
-# -- the node's consensus service -------------------------------------------------------------
-
-
 class ConsensusService:
     """Claims, votes, fetches, audits, evidence and reputation for one node."""
 
-    def __init__(self, node: Any, *, timings: VoteTimings | None = None,
-                 audit: AuditPolicy | None = None) -> None:
+    def __init__(self, node: PeerNetwork, *, hop: HopCodec | None = None,
+                 served_span: Callable[[], LayerSpan | None] = lambda: None,
+                 timings: VoteTimings | None = None, audit: AuditPolicy | None = None) -> None:
         self.node = node
+        #: how activations of fetch replies and audit requests travel (as on the route)
+        self.hop: HopCodec = hop or PlainHop()
+        #: the layers this node serves, if any (audits re-run them)
+        self.served_span = served_span
         self.keys = InlinedPeerKeys()
         self.book = ReputationBook(time.monotonic)
         self.claims = ClaimBox(self.keys)
@@ -559,37 +367,24 @@ class ConsensusService:
             stored.hidden, task, SIDE_FETCH, stage, stored.step, peer_id),
             "pos": stored.pos, "claim": stored.claim})
 
-    def _channels(self) -> Any:
-        """The node's channel codec when activations must travel sealed, else None."""
-        hop = getattr(getattr(self.node, "inference", None), "hop", None)
-        return hop if getattr(hop, "name", "") == "channel" else None
-
     async def _tensor_fields(self, hidden: torch.Tensor, task: Task, side: int, stage: int,
                              step: int, peer: str) -> dict[str, Any]:
         """An activation for a fetch reply or an audit request: sealed under a one-shot hop
         of the attested channel to `peer` when channels are required, else in the clear
         (inside libp2p's Noise stream), as on the route itself."""
-        channels = self._channels()
-        if channels is None:
-            return {"hidden": tensor_to_wire(hidden)}
-        return await channels.seal_once(hidden, HopContext(task.task_id, side_label(side, stage),
+        return await self.hop.seal_once(hidden, HopContext(task.task_id, side_label(side, stage),
                                                            step, peer))
 
     async def _tensor_from(self, fields: dict[str, Any], task: Task, side: int, stage: int,
                            step: int, peer: str, hidden_size: int | None) -> torch.Tensor:
         max_bytes = self.node.config.limits.max_tensor_bytes
-        channels = self._channels()
-        if channels is None:
-            return tensor_from_wire(fields.get("hidden"), max_bytes=max_bytes,
-                                    dtype=ACTIVATION_DTYPES,
-                                    shape=None if hidden_size is None else (1, None, hidden_size))
-        return await channels.open_once(
+        return await self.hop.open_once(
             fields, HopContext(task.task_id, side_label(side, stage), step, peer),
             hidden_size=hidden_size, dtype=ACTIVATION_DTYPES, max_bytes=max_bytes)
 
     async def _serve_audit(self, msg: Message, peer_id: str) -> bytes:
-        stage_server = getattr(getattr(self.node, "inference", None), "stage", None)
-        if stage_server is None:
+        span = self.served_span()
+        if span is None:
             raise TaskError("this peer serves no layers to audit")
         task = Task.from_wire(msg.get("task", dict))
         task.verify(network_id=self.node.network_id)
@@ -599,7 +394,6 @@ class ConsensusService:
         if not 0 <= stage < len(task.route):
             raise TaskError(f"route has no stage {stage}")
         plan = task.route[stage]
-        span = stage_server.span
         if task.model_id != span.info.model_id or not (
                 span.start <= plan.start and plan.end <= span.end):
             raise TaskError("this peer does not serve the audited layers")
@@ -614,11 +408,8 @@ class ConsensusService:
         return encode_message("audited", {"claim": claim.encode()})
 
     async def fetch(self, peer: str, task: Task, stage: int, step: int,
-                    hidden_size: int | None = None
-                    ) -> tuple[torch.Tensor, FingerprintClaim | None]:
+                    hidden_size: int | None = None) -> FetchedOutput:
         """Fetch a stage output from the replica `peer` (RemoteError when it refuses)."""
-        from p2pinfer.inference.stage import ensure_connected
-
         self.counters["fetches"] += 1
         await ensure_connected(self.node, peer)
         reply = await self.node.request(peer, VOTES_PROTOCOL, "fetch",
@@ -633,8 +424,7 @@ class ConsensusService:
             if claim.replica != peer:
                 raise MalformedVoteMessage("fetched claim is not by the replica that sent it")
             claim.verify(self.keys)
-        self._last_fetch_pos = reply.get("pos", int, 0)
-        return hidden, claim
+        return FetchedOutput(hidden, claim, reply.get("pos", int, 0))
 
     # -- stage side --------------------------------------------------------------------------
     async def claim_output(self, session: Any, out: torch.Tensor, seq: int, pos: int
@@ -691,8 +481,6 @@ class ConsensusService:
         self.claims.forget(task_id)
 
     async def _send_claim(self, peer: str, encoded: bytes) -> None:
-        from p2pinfer.inference.stage import ensure_connected
-
         try:
             with trio.fail_after(10):
                 await ensure_connected(self.node, peer)
@@ -720,7 +508,7 @@ class ConsensusService:
         except (FingerprintMismatch, FingerprintError):
             pass
         hidden, _pos = await self.fetch_majority(task, stage - 1, seq, outcome)
-        session.fetches = getattr(session, "fetches", 0) + 1
+        session.fetches += 1
         return hidden
 
     async def await_majority(self, task: Task, stage: int, seq: int) -> VoteOutcome:
@@ -738,7 +526,7 @@ class ConsensusService:
                 await self.claims.changed(key)
         if outcome is None:
             held = self.claims.claims(key, replicas)
-            raise NoMajorityError(stage, seq, _largest_group(held, tolerance), len(replicas))
+            raise NoMajorityError(stage, seq, largest_group(held, tolerance), len(replicas))
         self.counters["votes"] += 1
         self.spawn(self._final_tally, task, stage, seq)
         return outcome
@@ -750,9 +538,9 @@ class ConsensusService:
             if peer == self.node.peer_id:
                 continue
             try:
-                hidden, _ = await self.fetch(peer, task, stage, seq)
-                await trio.to_thread.run_sync(outcome.check_local, hidden)
-                return hidden, self._last_fetch_pos
+                got = await self.fetch(peer, task, stage, seq)
+                await trio.to_thread.run_sync(outcome.check_local, got.hidden)
+                return got.hidden, got.pos
             except (P2PInferError, OSError) as e:
                 log.debug("fetch from %s failed: %s", peer, e)
         raise ConsensusFailure(stage, f"no majority replica of stage {stage} delivered a "
@@ -807,17 +595,7 @@ class ConsensusService:
             except ConsensusError as e:
                 log.debug("tally not signed: %s", e)
         for claim in outcome.dissenting:
-            try:
-                evidence = build_fault_evidence(outcome, claim.replica, me, key, self.keys)
-                verify_fault_evidence(evidence, self.keys, EVIDENCE_TOLERANCE,
-                                      self.node.network_id)
-            except EvidenceError:
-                self.book.record_dissent(claim.replica)
-                self.counters["dissents"] += 1
-                continue
-            self.accept_evidence(evidence)
-            self.counters["evidence_published"] += 1
-            self.spawn(self._publish, evidence.encode())
+            self._accuse(outcome, claim.replica)
 
     async def watch_stalls(self, session: Any, inject: trio.MemorySendChannel[Any]) -> None:
         """For a replica whose own upstream may stall: once a majority of the upstream stage
@@ -858,6 +636,13 @@ class ConsensusService:
                 seq += 1
 
     # -- requester side ----------------------------------------------------------------------
+    def route_tolerance(self, route: Sequence[Any]) -> float:
+        """The vote tolerance for a route: the float32 one when every replica advertises
+        float32, else the loosest its replicas' precisions need (a replica that states none,
+        or one not calibrated, gets the bfloat16 tolerance)."""
+        return max([peer_tolerance(self.node, p) for s in route for p in s.replicas],
+                   default=DEFAULT_TOLERANCE)
+
     def open_report(self, task: Task, redundancy: int) -> VerificationReport:
         report = VerificationReport(task.mode, redundancy, [
             StageReport(i, (s.start, s.end), s.replicas) for i, s in enumerate(task.route)])
@@ -868,8 +653,8 @@ class ConsensusService:
             self._task_stages.pop(old, None)
         return report
 
-    async def vote_results(self, task: Task, seq: int, results: dict[str, Any],
-                           more: Any) -> torch.Tensor:
+    async def vote_results(self, task: Task, seq: int, results: dict[str, StepResult],
+                           more: Callable[[], Awaitable[bool]]) -> torch.Tensor:
         """The requester's vote over the last stage's answers for step `seq`.
 
         `results` maps replica -> StepResult received so far; `more()` waits for the next one
@@ -884,7 +669,7 @@ class ConsensusService:
         def absorb() -> None:
             for peer, result in results.items():
                 raw = result.fields.get("claim")
-                if isinstance(raw, bytes) and not getattr(result, "claimed", False):
+                if isinstance(raw, bytes) and not result.claimed:
                     result.claimed = True
                     try:
                         self.claims.add(decode_claim(raw), sender=peer)
@@ -902,7 +687,7 @@ class ConsensusService:
                     break
         if outcome is None:
             held = self.claims.claims(key, replicas)
-            raise NoMajorityError(last, seq, _largest_group(held, tolerance), len(replicas))
+            raise NoMajorityError(last, seq, largest_group(held, tolerance), len(replicas))
         chosen = None
         for peer in outcome.agreeing_replicas:
             result = results.get(peer)
@@ -984,9 +769,9 @@ class ConsensusService:
             if stage == 0:
                 hidden_in = sent
             else:
-                hidden_in, _ = await self.fetch(task.route[stage - 1].replicas[0], task,
-                                                stage - 1, 0)
-            _, claimed = await self.fetch(peer, task, stage, 0)
+                hidden_in = (await self.fetch(task.route[stage - 1].replicas[0], task,
+                                              stage - 1, 0)).hidden
+            claimed = (await self.fetch(peer, task, stage, 0)).claim
         except (P2PInferError, OSError) as e:
             log.debug("audit of stage %d not carried out: %s", stage, e)
             return None
@@ -1007,20 +792,19 @@ class ConsensusService:
             if distance(claimed.fingerprint, audit_claim.fingerprint) <= tolerance:
                 self.book.record_agreement(peer)
                 for liar in votes[:-1]:  # an earlier auditor disagreed with both
-                    self._accuse(ctx, liar, (claimed, audit_claim), tolerance)
+                    self._accuse(_audit_outcome(ctx, liar, (claimed, audit_claim), tolerance),
+                                 liar.replica)
                 return True
             if len(votes) == 2:
                 break
         if not votes:
             return None
         self.counters["audits_failed"] += 1
-        self._accuse(ctx, claimed, tuple(votes), tolerance)
+        self._accuse(_audit_outcome(ctx, claimed, tuple(votes), tolerance), claimed.replica)
         return False
 
     async def _audit_claim(self, task: Task, stage: int, hidden_in: torch.Tensor, auditor: str,
                            ctx: FingerprintContext) -> FingerprintClaim | None:
-        from p2pinfer.inference.stage import ensure_connected
-
         try:
             await ensure_connected(self.node, auditor)
             fields = await self._tensor_fields(hidden_in, task, SIDE_AUDIT, stage, 0, auditor)
@@ -1036,17 +820,17 @@ class ConsensusService:
             return None
         return claim
 
-    def _accuse(self, ctx: FingerprintContext, dissent: FingerprintClaim,
-                majority: tuple[FingerprintClaim, ...], tolerance: float) -> None:
-        """File fault evidence from an audit (claims with m = 1) and gossip it."""
-        outcome = VoteOutcome(ctx, 1, majority[0], majority, (dissent,), tolerance)
+    def _accuse(self, outcome: VoteOutcome, replica: str) -> None:
+        """The one accusation path (tallied votes and audits): file fault evidence against
+        `replica` from `outcome`, check it as every peer will, accept and gossip it; a dissent
+        the evidence tolerance does not prove costs reputation only."""
         try:
-            evidence = build_fault_evidence(outcome, dissent.replica, self.node.peer_id,
+            evidence = build_fault_evidence(outcome, replica, self.node.peer_id,
                                             self.node.identity, self.keys)
             verify_fault_evidence(evidence, self.keys, EVIDENCE_TOLERANCE,
                                   self.node.network_id)
         except EvidenceError:
-            self.book.record_dissent(dissent.replica)
+            self.book.record_dissent(replica)
             self.counters["dissents"] += 1
             return
         self.accept_evidence(evidence)
@@ -1054,14 +838,10 @@ class ConsensusService:
         self.spawn(self._publish, evidence.encode())
 
 
-def _largest_group(claims: Sequence[FingerprintClaim], tolerance: float) -> int:
-    from p2pinfer.consensus import distance
-
-    best = 0
-    for a in claims:
-        best = max(best, sum(1 for b in claims
-                             if distance(a.fingerprint, b.fingerprint) <= tolerance))
-    return best
+def _audit_outcome(ctx: FingerprintContext, dissent: FingerprintClaim,
+                   majority: tuple[FingerprintClaim, ...], tolerance: float) -> VoteOutcome:
+    """An audit's verdict as a vote outcome: the agreeing claims (m = 1) against `dissent`."""
+    return VoteOutcome(ctx, 1, majority[0], majority, (dissent,), tolerance)
 
 
 def _message_type(payload: bytes) -> str:

@@ -32,14 +32,14 @@ import msgpack
 import torch
 import trio
 
-from p2pinfer.attestation import MAX_SEEN_SALTS, NodeAttestation, PairChannel, PeerNotAttested
 from p2pinfer.channel import ChannelError, RecordKind, RecordLayer, RecordRejected
 from p2pinfer.channel.errors import DecryptError, ReplayError
 from p2pinfer.channel.keys import wipe
 from p2pinfer.errors import P2PInferError, WireError
 from p2pinfer.inference.client import StageFailure
 from p2pinfer.inference.hop import HopContext
-from p2pinfer.node import tensor_wire_view
+from p2pinfer.services.attest import MAX_SEEN_SALTS, NodeAttestation, PairChannel, PeerNotAttested
+from p2pinfer.services.tensor import tensor_wire_view
 from p2pinfer.wire import tensor_from_wire
 
 SALT_BYTES = 16
@@ -251,14 +251,14 @@ class ChannelHop:
         return await self._unseal(fields, ctx, hidden_size=hidden_size, dtype=dtype,
                                   max_bytes=max_bytes, once=False)
 
-    async def open_once(self, fields: dict[str, Any], ctx: HopContext, *, hidden_size: int,
+    async def open_once(self, fields: dict[str, Any], ctx: HopContext, *, hidden_size: int | None,
                         dtype: str | tuple[str, ...], max_bytes: int) -> torch.Tensor:
         """Open a tensor sealed with `seal_once` (its hop's keys are erased at once; a second
         use of its salt is refused as a replay)."""
         return await self._unseal(fields, ctx, hidden_size=hidden_size, dtype=dtype,
                                   max_bytes=max_bytes, once=True)
 
-    async def _unseal(self, fields: dict[str, Any], ctx: HopContext, *, hidden_size: int,
+    async def _unseal(self, fields: dict[str, Any], ctx: HopContext, *, hidden_size: int | None,
                       dtype: str | tuple[str, ...], max_bytes: int, once: bool
                       ) -> torch.Tensor:
         sealed, meta, channel_id, salt = (

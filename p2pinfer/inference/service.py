@@ -10,21 +10,41 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 import trio
 
+from p2pinfer.config import RequestSettings
 from p2pinfer.errors import ConfigError, P2PInferError
-from p2pinfer.inference.client import ClientSettings, InferenceClient, InferenceError
+from p2pinfer.inference.client import (
+    Backoff,
+    InferenceClient,
+    InferenceError,
+    RouteSession,
+    RouteTrust,
+    check_settings,
+    settings_with,
+)
+from p2pinfer.inference.critical import CriticalClient, critical_runner
 from p2pinfer.inference.hop import HopCodec, PlainHop
 from p2pinfer.inference.planner import least_covered_span
-from p2pinfer.inference.stage import STAGE_PROTOCOL, StageServer, StageSettings
+from p2pinfer.inference.redundancy import ConsensusRunner, ConsensusService
+from p2pinfer.inference.stage import (
+    STAGE_PROTOCOL,
+    FloatRunner,
+    StageServer,
+    StageSettings,
+    StepRunner,
+)
 from p2pinfer.inference.task import Task, TaskError
 from p2pinfer.models import LayerSpan, load_model_info
 from p2pinfer.models.errors import ModelError
+from p2pinfer.net.boundary import PeerNetwork
+from p2pinfer.net.streams import FramedStream
+from p2pinfer.testing import FaultyRunner, corrupt_weights
 
 log = logging.getLogger(__name__)
 
@@ -62,19 +82,27 @@ def measure_throughput(span: LayerSpan, tokens: int = 8, repeats: int = 3) -> fl
 
 
 class InferenceService:
-    def __init__(self, node: Any, *, hop: HopCodec | None = None) -> None:
+    def __init__(self, node: PeerNetwork, *, hop: HopCodec | None = None,
+                 trust: RouteTrust | None = None) -> None:
         self.node = node
         self.config = node.config
-        self.hop = hop or PlainHop()
+        self.hop: HopCodec = hop or PlainHop()
+        #: verified TEE levels and rejected peers (attestation), when the node runs it
+        self.trust = trust
         self.stage: StageServer | None = None
+        #: requester clients, one per model and settings (shared by concurrent requests)
         self.clients: dict[str, InferenceClient] = {}
+        #: the requester's open route sessions by task id (their result hops land here)
+        self.sessions: dict[bytes, RouteSession] = {}
+        defaults = self.config.inference
+        #: peers that failed a request of this node, backed off for all its requests
+        self.backoff = Backoff(defaults.ban_base_s, defaults.ban_max_s)
         self._nursery: trio.Nursery | None = None
-        #: the client of the last generation (its route and verification report)
-        self.last_client: InferenceClient | None = None
-        from p2pinfer.inference.redundancy import ConsensusService
-
         #: votes, fetches, audits, CDV and reputation (redundant general-mode tasks)
-        self.consensus = ConsensusService(node)
+        self.consensus = ConsensusService(node, hop=self.hop, served_span=self._served_span)
+
+    def _served_span(self) -> LayerSpan | None:
+        return self.stage.span if self.stage is not None else None
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def run(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
@@ -109,33 +137,29 @@ class InferenceService:
             torch.set_num_threads(serve.threads)
         span = await trio.to_thread.run_sync(LayerSpan.load, path, start, end, DTYPES[serve.dtype])
         if serve.fault_injection == "wrong-weights":  # TEST-ONLY (refused in production)
-            from p2pinfer.inference.redundancy import corrupt_weights
-
             corrupt_weights(span)
         tput = await trio.to_thread.run_sync(measure_throughput, span)
+        runners = {"general": self._general_runner(serve.fault_injection)}
+        critical = await trio.to_thread.run_sync(critical_runner, self.node, span, path)
+        if critical is not None:
+            runners["critical"] = critical
         self.stage = StageServer(self.node, span, hop=self.hop, settings=StageSettings(
-            session_ttl_s=serve.session_ttl_s, max_sessions=serve.max_sessions))
-        self._install_consensus(self.stage, serve.fault_injection)
-        from p2pinfer.inference.critical import install_critical
-
-        await trio.to_thread.run_sync(install_critical, self.stage, path)
+            session_ttl_s=serve.session_ttl_s, max_sessions=serve.max_sessions),
+            runners=runners, consensus=self.consensus)
         nursery.start_soon(self.stage.run)
         self.node.update_advert(model=info.model_id, spans=((start, end),), throughput=tput,
                                 precision=serve.dtype)
         nursery.start_soon(self._report_load)
         log.info("serving %s layers [%d, %d) at %.1f tokens/s", info.model_id, start, end, tput)
 
-    def _install_consensus(self, stage: StageServer, fault: str) -> None:
-        """General mode runs through the consensus runner (claims, votes on the input); a
-        TEST-ONLY fault kind wraps the float layers in a runner that cheats that way."""
-        from p2pinfer.inference.redundancy import ConsensusRunner, FaultyRunner
-
-        inner = stage.runners["general"]
+    def _general_runner(self, fault: str) -> StepRunner:
+        """General mode runs the float layers through the consensus runner (claims, votes on
+        the input); a TEST-ONLY fault kind wraps them in a runner that cheats that way."""
+        inner: StepRunner = FloatRunner()
         if fault and fault != "wrong-weights":
             log.warning("TEST-ONLY fault injection %r: this peer cheats on purpose", fault)
             inner = FaultyRunner(inner, fault, self.consensus)
-        stage.runners["general"] = ConsensusRunner(inner, self.consensus)
-        stage.consensus = self.consensus
+        return ConsensusRunner(inner, self.consensus)
 
     async def _report_load(self) -> None:
         last = -1.0
@@ -145,8 +169,22 @@ class InferenceService:
                 last = self.stage.load
                 self.node.update_advert(load=last)
 
+    def status(self) -> dict[str, Any]:
+        """Open sessions on both sides and live hop keys (zero when nothing is in flight: no
+        leaked caches or channel keys), and the stage's counters."""
+        out: dict[str, Any] = {
+            "requester_sessions": len(self.sessions),
+            "stage_sessions": len(self.stage.sessions) if self.stage is not None else 0,
+            "hop_keys": self.hop.live_hops,
+        }
+        if self.stage is not None:
+            out["stage"] = {"layers": [self.stage.span.start, self.stage.span.end],
+                            "cache_bytes": self.stage.cache_bytes(),
+                            "counters": dict(self.stage.counters)}
+        return out
+
     # -- the stage protocol --------------------------------------------------------------------
-    async def handle(self, up: Any, upstream: str) -> None:
+    async def handle(self, up: FramedStream, upstream: str) -> None:
         msg = await up.recv(expect={"open"})
         task = Task.from_wire(msg.get("task", dict))
         stage = msg.get("stage", int)
@@ -159,26 +197,45 @@ class InferenceService:
         await self.stage.handle(up, upstream, task, stage)
 
     def _client_for_task(self, task: Task) -> InferenceClient:
-        for client in self.clients.values():
-            if task.task_id in client.sessions:
-                return client
-        raise InferenceError("no session on this requester matches the task")
+        session = self.sessions.get(task.task_id)
+        if session is None:
+            raise InferenceError("no session on this requester matches the task")
+        return session.client
 
     # -- requester side ------------------------------------------------------------------------
-    def client(self, model: str, settings: ClientSettings | None = None) -> InferenceClient:
-        """An inference client for `model` (a directory or built-in name), cached per model."""
+    def _collaborators(self) -> dict[str, Any]:
         if self._nursery is None:
             raise P2PInferError("the inference service is not running")
+        return {"hop": self.hop, "consensus": self.consensus, "trust": self.trust,
+                "sessions": self.sessions, "backoff": self.backoff,
+                "spawn": self._nursery.start_soon}
+
+    def client(self, model: str, settings: RequestSettings | None = None) -> InferenceClient:
+        """An inference client for `model` (a directory or built-in name) with `settings` as
+        its defaults, cached per model and settings."""
+        collaborators = self._collaborators()
         path = str(resolve_model(model))
+        settings = check_settings(settings or self.default_settings())
         key = f"{path}|{settings!r}"
         if key not in self.clients:
-            c = InferenceClient(self.node, path, settings or self.default_settings(), hop=self.hop)
-            c.spawn = self._nursery.start_soon
-            self.clients[key] = c
+            self.clients[key] = InferenceClient(self.node, path, settings, **collaborators)
+        return self.clients[key]
+
+    def critical_client(self, model: str, settings: RequestSettings | None = None, *,
+                        manifest: bytes | None = None) -> InferenceClient:
+        """A critical-mode client for a provable `model`, cached per model, settings and
+        manifest."""
+        collaborators = self._collaborators()
+        path = str(resolve_model(model))
+        settings = check_settings(settings or self.default_settings())
+        key = f"critical|{path}|{settings!r}|{manifest.hex() if manifest else ''}"
+        if key not in self.clients:
+            self.clients[key] = CriticalClient(self.node, path, settings, manifest=manifest,
+                                               **collaborators)
         return self.clients[key]
 
     async def wait_for_route(self, model: str, timeout: float,
-                             settings: ClientSettings | None = None) -> list[Any]:
+                             settings: RequestSettings | None = None) -> list[Any]:
         """Wait until peers serving `model` cover a route; `NoRouteError` after `timeout`."""
         from p2pinfer.inference.planner import NoRouteError
 
@@ -191,14 +248,9 @@ class InferenceService:
                     await trio.sleep(0.25)
         return client.plan()  # raises the NoRouteError that says what is missing
 
-    def default_settings(self) -> ClientSettings:
-        inf = self.config.inference
-        return ClientSettings(
-            k_head=inf.k_head, k_tail=inf.k_tail, redundancy=inf.redundancy, mode=inf.mode,
-            step_timeout_s=inf.step_timeout_s, max_replans=inf.max_replans,
-            allow=list(inf.allow) or None, deny=list(inf.deny), min_tee=inf.min_tee,
-            noise_sigma=inf.noise_sigma, noise_clip=inf.noise_clip,
-        )
+    def default_settings(self) -> RequestSettings:
+        """The node's `[inference]` section: every request's defaults."""
+        return self.config.inference
 
 
 # -- the calls a user makes (through Node or the CLI) ----------------------------------------------
@@ -212,27 +264,113 @@ class TokenEvent:
 
 @dataclass
 class Generation:
+    """One generation: its text and tokens, the route, what was verified, timings, privacy."""
+
     prompt: str
     text: str
     token_ids: list[int]
     prompt_tokens: int
     route: list[dict[str, Any]]
+    #: re-plans of this request
     replans: int
     seconds: float
     privacy: dict[str, float] | None = None
     random_weights: bool = False
     #: what was verified: stages, replicas, votes, dissenters, audits, CDV flags, bans
     verification: dict[str, Any] | None = None
+    mode: str = "general"
+    #: seconds in all, to the first token, per network step
+    timings: dict[str, Any] = field(default_factory=dict)
+    #: the model's own layers run on this machine: [0, k_head) and [end, layers)
+    local_layers: tuple[tuple[int, int], tuple[int, int]] = ((0, 0), (0, 0))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def _route_dict(client: InferenceClient) -> list[dict[str, Any]]:
-    return [{"layers": [s.start, s.end], "peers": list(s.replicas)} for s in client.last_route]
+@dataclass
+class Embeddings:
+    """One embedding request: a vector per text, and per text its route and verification."""
+
+    vectors: torch.Tensor
+    routes: list[list[dict[str, Any]]]
+    verification: list[dict[str, Any] | None]
+    replans: int
+    seconds: float
+    privacy: dict[str, float] | None = None
 
 
-async def generate_stream(
+def _is_random(model: str) -> bool:
+    from p2pinfer.models import default_models
+
+    return any(m.name == model and m.random_weights for m in default_models())
+
+
+class GenerationStream:
+    """The token events of one generation as they come; once the iteration ended, `result`
+    is the request's `Generation` (route, verification, timings)."""
+
+    def __init__(self, service: InferenceService, prompt: str, model: str, *,
+                 max_new_tokens: int, temperature: float, top_p: float, seed: int | None,
+                 settings: RequestSettings) -> None:
+        self._service, self._prompt, self._model = service, prompt, model
+        self._max_new_tokens, self._settings = max_new_tokens, settings
+        self._sampling = (temperature, top_p, seed)
+        self._events = self._run()
+        self.result: Generation | None = None
+
+    def __aiter__(self) -> GenerationStream:
+        return self
+
+    async def __anext__(self) -> TokenEvent:
+        return await self._events.__anext__()
+
+    async def aclose(self) -> None:
+        await self._events.aclose()
+
+    async def _run(self) -> AsyncIterator[TokenEvent]:
+        from p2pinfer.models import Tokenizer
+        from p2pinfer.models.sampling import Sampler, SamplingParams
+
+        if self._max_new_tokens < 1:
+            raise InferenceError("max_new_tokens must be at least 1")
+        client = self._service.client(self._model, _client_key(self._settings))
+        tok = await trio.to_thread.run_sync(Tokenizer.load, client.head_path)
+        ids = tok.encode(self._prompt)
+        temperature, top_p, seed = self._sampling
+        sampler = Sampler(SamplingParams(temperature=temperature, top_p=top_p, seed=seed))
+        stream = client.generate(ids, self._max_new_tokens, sampler, stop_ids=tok.eos_ids,
+                                 settings=self._settings)
+        out: list[int] = []
+        shown = ""
+        async for t in stream:
+            out.append(t)
+            text = tok.decode(out)
+            piece, shown = text.removeprefix(shown), text
+            yield TokenEvent(t, piece)
+        o = stream.outcome
+        start, end = client.middle
+        self.result = Generation(
+            prompt=self._prompt, text=tok.decode(out), token_ids=out, prompt_tokens=len(ids),
+            route=o.route_dicts(), replans=o.replans, seconds=o.seconds, privacy=o.privacy,
+            random_weights=_is_random(self._model), verification=o.verification(),
+            mode=o.mode, timings=o.timings(),
+            local_layers=((0, start), (end, client.info.num_layers)))
+
+
+def _client_key(settings: RequestSettings) -> RequestSettings:
+    """The settings a client is cached under: only what its local layers depend on varies."""
+    return RequestSettings(k_head=settings.k_head, k_tail=settings.k_tail,
+                           ban_base_s=settings.ban_base_s, ban_max_s=settings.ban_max_s)
+
+
+def request_settings(service: InferenceService, settings: RequestSettings | None = None,
+                     **overrides: Any) -> RequestSettings:
+    """The node's defaults (or `settings`) with per-request overrides; None keeps a key."""
+    return settings_with(settings or service.default_settings(), **overrides)
+
+
+def generate_stream(
     service: InferenceService,
     prompt: str,
     *,
@@ -241,70 +379,48 @@ async def generate_stream(
     temperature: float = 0.0,
     top_p: float = 1.0,
     seed: int | None = None,
-    settings: ClientSettings | None = None,
+    settings: RequestSettings | None = None,
     redundancy: int | None = None,
     mode: str | None = None,
-) -> AsyncIterator[TokenEvent]:
-    """Stream tokens of a distributed generation as they arrive. `redundancy` and `mode`
-    override the settings for this request (m replicas per stage; "general" or "critical")."""
-    from dataclasses import replace
-
-    from p2pinfer.models import Tokenizer
-    from p2pinfer.models.sampling import Sampler, SamplingParams
-
-    if max_new_tokens < 1:
-        raise InferenceError("max_new_tokens must be at least 1")
-    if redundancy is not None or mode is not None:
-        if redundancy is not None and not 1 <= redundancy <= 9:
-            raise InferenceError("redundancy must be between 1 and 9 peers per stage")
-        base = settings or service.default_settings()
-        settings = replace(base, redundancy=redundancy or base.redundancy, mode=mode or base.mode)
-    client = service.client(model, settings)
-    service.last_client = client
-    tok = await trio.to_thread.run_sync(Tokenizer.load, client.head_path)
-    ids = tok.encode(prompt)
-    sampler = Sampler(SamplingParams(temperature=temperature, top_p=top_p, seed=seed))
-    out: list[int] = []
-    shown = ""
-    async for t in client.generate(ids, max_new_tokens, sampler, stop_ids=tok.eos_ids):
-        out.append(t)
-        text = tok.decode(out)
-        piece, shown = text[len(shown):] if text.startswith(shown) else text, text
-        yield TokenEvent(t, piece)
+) -> GenerationStream:
+    """Stream tokens of a distributed generation as they arrive; the stream's `result` is
+    the whole `Generation` once it ended. `redundancy` and `mode` override the settings for
+    this request (m replicas per stage; "general" or "critical")."""
+    s = request_settings(service, settings, redundancy=redundancy, mode=mode)
+    return GenerationStream(service, prompt, model, max_new_tokens=max_new_tokens,
+                            temperature=temperature, top_p=top_p, seed=seed, settings=s)
 
 
 async def generate(service: InferenceService, prompt: str, *, model: str, **kw: Any) -> Generation:
     """Run a whole distributed generation and describe it."""
-    from p2pinfer.models import Tokenizer, default_models
-
-    t0 = time.perf_counter()
-    ids: list[int] = []
-    async for ev in generate_stream(service, prompt, model=model, **kw):
-        ids.append(ev.token_id)
-    client = service.last_client or service.client(model, kw.get("settings"))
-    tok = await trio.to_thread.run_sync(Tokenizer.load, client.head_path)
-    random_weights = any(m.name == model and m.random_weights for m in default_models())
-    return Generation(
-        prompt=prompt, text=tok.decode(ids), token_ids=ids, prompt_tokens=len(tok.encode(prompt)),
-        route=_route_dict(client), replans=client.replans, seconds=time.perf_counter() - t0,
-        privacy=client.privacy, random_weights=random_weights,
-        verification=client.last_report.to_dict() if client.last_report is not None else None,
-    )
+    stream = generate_stream(service, prompt, model=model, **kw)
+    async for _ in stream:
+        pass
+    assert stream.result is not None
+    return stream.result
 
 
 async def embed(
     service: InferenceService, texts: str | list[str], *, model: str,
-    settings: ClientSettings | None = None,
-) -> torch.Tensor:
+    settings: RequestSettings | None = None, redundancy: int | None = None,
+) -> Embeddings:
     """Sentence embeddings [n, H] of `texts`, each computed through the network."""
     from p2pinfer.models import Tokenizer
 
     items = [texts] if isinstance(texts, str) else list(texts)
     if not items:
         raise InferenceError("nothing to embed")
-    client = service.client(model, settings)
+    s = request_settings(service, settings, redundancy=redundancy)
+    client = service.client(model, _client_key(s))
     tok = await trio.to_thread.run_sync(Tokenizer.load, client.head_path)
-    rows = []
+    t0 = time.perf_counter()
+    rows, routes, reports, replans, privacy = [], [], [], 0, None
     for text in items:
-        rows.append((await client.embed(tok.encode(text))).reshape(-1))
-    return torch.stack(rows)
+        done = await client.embed(tok.encode(text), settings=s)
+        rows.append(done.vector.reshape(-1))
+        routes.append(done.outcome.route_dicts())
+        reports.append(done.outcome.verification())
+        replans += done.outcome.replans
+        privacy = done.outcome.privacy or privacy
+    return Embeddings(torch.stack(rows), routes, reports, replans, time.perf_counter() - t0,
+                      privacy)

@@ -32,7 +32,9 @@ from p2pinfer.errors import P2PInferError, WireError
 from p2pinfer.inference.hop import HopCodec, HopContext, PlainHop
 from p2pinfer.inference.task import Task
 from p2pinfer.models import KVCache, LayerSpan
-from p2pinfer.wire import EndOfStream, Message
+from p2pinfer.net.boundary import PeerNetwork
+from p2pinfer.net.streams import FramedStream
+from p2pinfer.wire import ACTIVATION_DTYPES, EndOfStream, Message
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +61,15 @@ class SessionLimit(StageError):
     code = "busy"
 
 
+class UpstreamRejected(StageError):
+    """A runner caught an upstream stage cheating (e.g. a failed proof); `blame` is (stage,
+    peer) of the stage to name in the fault sent both ways."""
+
+    def __init__(self, stage: int, peer: str, message: str) -> None:
+        super().__init__(message)
+        self.blame = (stage, peer)
+
+
 @dataclass
 class StageSettings:
     #: a session idle longer than this is erased
@@ -83,14 +94,20 @@ class StageSession:
     #: upstream's late copy of a step already fetched from a majority replica)
     last_seq: int = -1
     erased: bool = False
+    #: inputs fetched from a majority replica instead of the own upstream's copy
+    fetches: int = 0
+    #: TEST-ONLY: the cache of a `skip-layer` cheat's shorter span (p2pinfer.testing)
+    fault_cache: KVCache | None = None
 
     def erase(self) -> None:
-        if self.cache is not None:
-            self.cache.erase()
+        for cache in (self.cache, self.fault_cache):
+            if cache is not None:
+                cache.erase()
         self.erased = True
 
 
-async def ensure_connected(node: Any, peer_id: str, addrs: tuple[str, ...] | list[str] = ()) -> None:
+async def ensure_connected(node: PeerNetwork, peer_id: str,
+                           addrs: tuple[str, ...] | list[str] = ()) -> None:
     """Dial `peer_id` unless connected, from the given addresses or its advert's."""
     if peer_id in node.connected_peers():
         return
@@ -102,7 +119,7 @@ async def ensure_connected(node: Any, peer_id: str, addrs: tuple[str, ...] | lis
     for addr in known[:8]:
         full = addr if "/p2p/" in addr else f"{addr}/p2p/{peer_id}"
         try:
-            await node.host.connect(full)
+            await node.dial(full)
             return
         except P2PInferError as e:
             errors.append(str(e))
@@ -118,16 +135,42 @@ class StepRunner(Protocol):
     returned dict is merged into the outgoing step message.
     """
 
+    #: the dtype (or accepted dtypes) of this mode's activations on the wire
+    wire_dtype: str | tuple[str, ...]
+
+    @property
+    def busy(self) -> bool:
+        """A step is being computed now (the stage's load figure)."""
+        ...
+
+    def admit(self, task: Task, start: int, end: int) -> None:
+        """At `open`: raise a `StageError` to refuse a task this runner cannot serve."""
+        ...
+
     async def run(self, session: StageSession, view: LayerSpan, hidden: torch.Tensor, pos: int,
                   fields: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]: ...
+
+
+class StageConsensus(Protocol):
+    """What a stage needs of the node's consensus service (redundant general-mode tasks)."""
+
+    async def watch_stalls(self, session: StageSession,
+                           inject: trio.MemorySendChannel[Any]) -> None: ...
+
+    def forget_task(self, task_id: bytes) -> None: ...
 
 
 class FloatRunner:
     """General mode: the span's float layers, one forward pass at a time, in a worker thread."""
 
+    wire_dtype: str | tuple[str, ...] = ACTIVATION_DTYPES
+
     def __init__(self) -> None:
         self._lock = trio.Lock()  # the CPU is the bottleneck: never run two passes at once
         self.busy = False
+
+    def admit(self, task: Task, start: int, end: int) -> None:
+        return None  # any general-mode task of the served model
 
     async def run(self, session: StageSession, view: LayerSpan, hidden: torch.Tensor, pos: int,
                   fields: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -152,25 +195,25 @@ class StageServer:
 
     def __init__(
         self,
-        node: Any,
+        node: PeerNetwork,
         span: LayerSpan,
         *,
         hop: HopCodec | None = None,
         settings: StageSettings | None = None,
+        runners: dict[str, StepRunner] | None = None,
+        consensus: StageConsensus | None = None,
     ) -> None:
         self.node = node
         self.span = span
         self.hop = hop or PlainHop()
         self.settings = settings or StageSettings()
         self.sessions: dict[tuple[bytes, int], StageSession] = {}
-        float_runner = FloatRunner()
         #: how each task mode is computed; a mode missing here is refused at `open`
-        self.runners: dict[str, StepRunner] = {"general": float_runner}
+        self.runners: dict[str, StepRunner] = dict(runners or {"general": FloatRunner()})
         self.counters: dict[str, int] = {"opened": 0, "steps": 0, "faults": 0, "refused": 0,
                                          "expired": 0}
-        self._float = float_runner
-        #: redundancy (claims, votes, fetch); set by the inference service
-        self.consensus: Any = None
+        #: redundancy (claims, votes, fetch), when the node runs it
+        self.consensus = consensus
 
     @property
     def model_id(self) -> str:
@@ -178,7 +221,7 @@ class StageServer:
 
     @property
     def load(self) -> float:
-        busy = 0.5 if self._float.busy else 0.0
+        busy = 0.5 if any(r.busy for r in self.runners.values()) else 0.0
         return min(1.0, len(self.sessions) / max(1, self.settings.max_sessions) + busy)
 
     async def run(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
@@ -207,9 +250,8 @@ class StageServer:
         plan = task.stage_of(me, stage)
         if task.mode not in self.runners:
             raise ModeUnsupported(f"this peer does not run {task.mode!r} tasks")
-        admit = getattr(self.runners[task.mode], "admit", None)
-        if admit is not None:  # e.g. critical mode: the task's manifest must be ours
-            admit(task, plan.start, plan.end)
+        # e.g. critical mode: the task's manifest must be ours
+        self.runners[task.mode].admit(task, plan.start, plan.end)
         if task.model_id != self.model_id:
             raise ModelMismatch(f"this peer serves {self.model_id}, not {task.model_id}")
         if not (self.span.start <= plan.start and plan.end <= self.span.end):
@@ -227,7 +269,7 @@ class StageServer:
             downstream = task.requester
         return plan.start, plan.end, downstream
 
-    async def handle(self, up: Any, upstream: str, task: Task, stage: int) -> None:
+    async def handle(self, up: FramedStream, upstream: str, task: Task, stage: int) -> None:
         """Owns one inbound hop stream (whose `open` was read) for the life of a session."""
         up.timeout_s = self.settings.session_ttl_s
         try:
@@ -276,10 +318,9 @@ class StageServer:
             session.erase()
             if self.consensus is not None:
                 self.consensus.forget_task(task.task_id)
-            end_hops = getattr(self.hop, "end_hops", None)
-            if end_hops is not None:  # erase this session's hop keys (in and out)
-                end_hops(task.task_id, stage)
-                end_hops(task.task_id, stage + 1)
+            # erase this session's hop keys (in and out)
+            self.hop.end_hops(task.task_id, stage)
+            self.hop.end_hops(task.task_id, stage + 1)
 
     async def _send(self, stream: Any, t: str, fields: dict[str, Any]) -> None:
         """Best-effort message on a hop that may already be gone."""
@@ -291,12 +332,12 @@ class StageServer:
             except (P2PInferError, OSError):
                 pass
 
-    async def _fault(self, up: Any, session: StageSession, code: str, message: str) -> None:
+    async def _fault(self, up: FramedStream, session: StageSession, code: str, message: str) -> None:
         self.counters["faults"] += 1
         await self._send_up(up, {"stage": session.stage, "peer_id": self.node.peer_id,
                                  "code": code, "message": message})
 
-    async def _open_downstream(self, session: StageSession, up: Any) -> Any:
+    async def _open_downstream(self, session: StageSession, up: FramedStream) -> FramedStream:
         nxt = session.stage + 1
         down = None
         try:
@@ -323,10 +364,10 @@ class StageServer:
         down.timeout_s = self.settings.session_ttl_s
         return down
 
-    async def _send_up(self, up: Any, fault: dict[str, Any]) -> None:
+    async def _send_up(self, up: FramedStream, fault: dict[str, Any]) -> None:
         await self._send(up, "fault", fault)
 
-    async def _watch_downstream(self, session: StageSession, down: Any, up: Any,
+    async def _watch_downstream(self, session: StageSession, down: FramedStream, up: FramedStream,
                                 scope: trio.CancelScope) -> None:
         """Relay `fault`s from downstream to upstream. If the downstream hop dies, report that
         peer upstream and end the session."""
@@ -342,7 +383,7 @@ class StageServer:
                 "message": f"stage {session.stage + 1} dropped its hop from stage {session.stage}"})
             scope.cancel()
 
-    async def _read_upstream(self, up: Any, inbox: trio.MemorySendChannel[Any]) -> None:
+    async def _read_upstream(self, up: FramedStream, inbox: trio.MemorySendChannel[Any]) -> None:
         """Hand the upstream hop's messages (or the error that ended it) to the step loop."""
         async with inbox:
             while True:
@@ -355,12 +396,11 @@ class StageServer:
                 if msg.t != "step":
                     return
 
-    async def _serve_steps(self, session: StageSession, view: LayerSpan, up: Any, down: Any,
+    async def _serve_steps(self, session: StageSession, view: LayerSpan, up: FramedStream, down: FramedStream,
                            inbox: trio.MemoryReceiveChannel[Any]) -> str:
         """Run steps until the session ends; returns how it ended: `closed`, `upstream-lost`,
         `downstream-lost`, `bad-input` or `fault-forwarded`. Steps come from the upstream hop, or
         (redundant stages) from a majority replica when the own upstream stalled."""
-        from p2pinfer.wire import ACTIVATION_DTYPES
 
         info = self.span.info
         max_bytes = self.node.config.limits.max_tensor_bytes
@@ -399,7 +439,7 @@ class StageServer:
                     # float activations of any precision are cast by the span
                     hidden = await self.hop.unpack(
                         msg.fields, ctx_in, hidden_size=info.hidden_size,
-                        dtype=getattr(runner, "wire_dtype", ACTIVATION_DTYPES),
+                        dtype=runner.wire_dtype,
                         max_bytes=max_bytes)
                 if hidden.shape[1] + pos > session.task.max_length:
                     raise StageError(f"positions up to {hidden.shape[1] + pos} exceed the task's "
@@ -407,12 +447,11 @@ class StageServer:
                 session.last_used = time.monotonic()
                 out, extra = await runner.run(session, view, hidden, pos, msg.fields)
             except (WireError, P2PInferError) as e:
-                blame = getattr(e, "blame", None)
-                if blame is not None:  # the runner caught an upstream stage (a failed proof):
-                    # name it both ways, so a cheat upstream cannot swallow the fault
+                if isinstance(e, UpstreamRejected):  # the runner caught an upstream stage (a
+                    # failed proof): name it both ways, so a cheat upstream cannot swallow it
                     self.counters["faults"] += 1
-                    fault = {"stage": blame[0], "peer_id": blame[1],
-                             "code": getattr(e, "code", "bad-input"), "message": str(e)}
+                    fault = {"stage": e.blame[0], "peer_id": e.blame[1], "code": e.code,
+                             "message": str(e)}
                     await self._send_up(up, dict(fault))
                     await self._send(down, "fault", fault)
                     return "fault-forwarded"

@@ -81,11 +81,11 @@ async def wait_until_true(cond: Any, timeout: float, what: str, context: Any) ->
         raise AssertionError(f"{what} not within {timeout} s; state: {context()}")
 
 
-def consensus_state(client: Node, request_client: Any = None) -> dict[str, Any]:
+def consensus_state(client: Node, outcome: Any = None) -> dict[str, Any]:
+    """The consensus service's state and, given a request's `RequestOutcome`, its report."""
     state: dict[str, Any] = {"consensus": client.inference.consensus.status()}
-    report = getattr(request_client, "last_report", None)
-    if report is not None:
-        state["report"] = report.to_dict()
+    if outcome is not None and outcome.report is not None:
+        state["report"] = outcome.verification()
     return state
 
 
@@ -94,26 +94,7 @@ def fault_peer(net: Testnet, stage: int) -> str:
 
 
 async def with_client(net: Testnet, tmp: Path, name: str, body: Any) -> None:
-    """Run `body(client_node)` on a fresh requester node; a failure of the body is raised as
-    itself, not hidden behind errors of the node's teardown that it may cause."""
-    failure: BaseException | None = None
-    try:
-        async with Node(client_config(net, tmp, name)) as client:
-            try:
-                await body(client)
-            except Exception as e:  # noqa: BLE001 - re-raised below
-                failure = e
-    except BaseException as e:
-        if failure is None and not _only_libp2p_teardown_race(e):
-            raise
-    if failure is not None:
-        raise failure
-
-
-def _only_libp2p_teardown_race(error: BaseException) -> bool:
-    """py-libp2p 0.8.1 sometimes lets a pubsub stream arrive while the host's nursery closes
-    and raises "Nursery is closed to new arrivals" out of the node's teardown (see
-    notes/py-libp2p.md); that is not a consensus failure."""
-    if isinstance(error, BaseExceptionGroup):
-        return all(_only_libp2p_teardown_race(e) for e in error.exceptions)
-    return isinstance(error, RuntimeError) and "closed to new arrivals" in str(error)
+    """Run `body(client_node)` on a fresh requester node (a failure of the body propagates
+    as itself: a node's exit never wraps or replaces it)."""
+    async with Node(client_config(net, tmp, name)) as client:
+        await body(client)

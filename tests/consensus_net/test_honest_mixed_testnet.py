@@ -54,21 +54,24 @@ async def test_honest_replicas_on_mixed_threads_and_dtypes_are_never_flagged(tes
         consensus = client.inference.consensus
         assert c.route_tolerance(c.plan()) == TOLERANCE_BFLOAT16
         reports = []
+        outcome = None
         differing = 0
         t0 = time.monotonic()
         for i, (prompt, reference) in enumerate(zip(prompts, references, strict=True)):
             try:
-                got = [t async for t in c.generate(prompt, TOKENS, Sampler())]
+                run = c.generate(prompt, TOKENS, Sampler())
+                got = [t async for t in run]
+                outcome = run.outcome
             except NoRouteError as e:  # say which peer dropped out and why
                 raise AssertionError(
                     f"request {i}: {e}; backed off: {c.backoff.failures}; banned: "
                     f"{sorted(consensus.banned())}; peers with spans: "
                     f"{len([p for p in client.peers() if p.spans])}; "
-                    f"state: {consensus_state(client, c)}") from None
+                    f"state: {consensus_state(client, outcome)}") from None
             differing += sum(a != b for a, b in zip(got, reference, strict=True))
-            report = c.last_report.to_dict()
+            report = outcome.verification()
             assert report["dissenters"] == [] and report["banned"] == [], report
-            reports.append(c.last_report)  # tallies heard later are added to it in place
+            reports.append(outcome.report)  # tallies heard later are added to it in place
         print(f"{REQUESTS} requests in {time.monotonic() - t0:.1f} s; "
               f"{differing} of {REQUESTS * TOKENS} tokens differ from float32")
         assert differing <= REQUESTS * TOKENS // 10
@@ -78,14 +81,14 @@ async def test_honest_replicas_on_mixed_threads_and_dtypes_are_never_flagged(tes
 
         # the stages' tallies arrive over gossip after each step's late grace
         await wait_until_true(lambda: heard() >= REQUESTS, 60, "tallies heard",
-                              lambda: consensus_state(client, c))
+                              lambda: consensus_state(client, outcome))
         for r in reports:
             assert r.to_dict()["dissenters"] == [] and r.to_dict()["banned"] == []
         assert consensus.counters["votes"] == REQUESTS * TOKENS
         assert consensus.banned() == set()
         assert consensus.counters["evidence_accepted"] == 0
         assert consensus.counters["dissents"] == 0
-        peers = {p for s in c.last_route for p in s.replicas}
+        peers = {p for s in outcome.route for p in s.replicas}
         assert all(consensus.book.score(p) >= 0.5 for p in peers)
 
     await with_client(net, tmp, "client", body)

@@ -8,23 +8,20 @@ from hypothesis import strategies as st
 
 from p2pinfer.config import config_from_dict
 from p2pinfer.consensus import (
+    TOLERANCE_BFLOAT16,
     FingerprintContext,
     InlinedPeerKeys,
     MalformedVoteMessage,
     SignatureInvalid,
-    TOLERANCE_BFLOAT16,
     fingerprint,
     sign_claim,
 )
+from p2pinfer.consensus.claimbox import ClaimBox
+from p2pinfer.consensus.report import VerificationReport
+from p2pinfer.consensus.watch import DistributionWatch
 from p2pinfer.errors import ConfigError
 from p2pinfer.identity import NodeIdentity
-from p2pinfer.inference.redundancy import (
-    ClaimBox,
-    DistributionWatch,
-    VerificationReport,
-    _message_type,
-    task_tolerance,
-)
+from p2pinfer.inference.redundancy import _message_type, task_tolerance
 from p2pinfer.inference.task import StagePlan, Task, TaskError
 
 

@@ -22,7 +22,7 @@ def _signed_tolerance(c) -> float:
     route = c.plan()
     task = Task.create(c.node.identity, network_id=c.node.network_id, model_id=c.info.model_id,
                        requester_addrs=c.node.addrs, route=route, mode="general",
-                       max_length=8, options=c._task_options(route))
+                       max_length=8, options=c.strategy(c.settings).task_options(route))
     return task_tolerance(Task.from_wire(task.to_wire()))
 
 
@@ -54,6 +54,7 @@ async def test_one_bfloat16_stage_loosens_the_route_to_the_bfloat16_tolerance(tm
         pinned = client.inference.client(str(ckpt), replace(c.settings, tolerance=0.02))
         assert _signed_tolerance(pinned) == 0.02
         # the bfloat16 stage really serves: its tokens are those of a bfloat16 span
-        got = [t async for t in c.generate(PROMPT, 4, Sampler())]
+        run = c.generate(PROMPT, 4, Sampler())
+        got = [t async for t in run]
         assert len(got) == 4 and all(0 <= t < 97 for t in got)
-        assert c.last_report.to_dict()["dissenters"] == []
+        assert run.outcome.verification()["dissenters"] == []

@@ -45,21 +45,22 @@ async def test_majority_wins_past_a_perturbing_a_stalling_and_a_copying_replica(
     async def body(client):
         await wait_for_servers(client, 9)
         c = client.inference.client(str(checkpoint))
-        got = [t async for t in c.generate(PROMPT, N, Sampler())]
+        run = c.generate(PROMPT, N, Sampler())
+        got = [t async for t in run]
         assert got == reference
         consensus = client.inference.consensus
         def state():
-            return consensus_state(client, c)
+            return consensus_state(client, run.outcome)
 
         await wait_until_true(lambda: {perturber, copier} <= consensus.banned(), 90,
                               "perturber and copier banned", state)
         # a missing claim is declared after the tally's grace
         await wait_until_true(
-            lambda: staller in c.last_report.to_dict()["stages"][1]["missing"], 60,
+            lambda: staller in run.outcome.verification()["stages"][1]["missing"], 60,
             "staller reported missing", state)
-        report = c.last_report.to_dict()
+        report = run.outcome.verification()
         assert staller not in consensus.banned() or consensus.book.score(staller) < 0.5
-        honest = {p for s in c.last_route for p in s.replicas} - {perturber, staller, copier}
+        honest = {p for s in run.outcome.route for p in s.replicas} - {perturber, staller, copier}
         assert not honest & set(report["dissenters"])
         assert not honest & consensus.banned()
 
@@ -68,8 +69,9 @@ async def test_majority_wins_past_a_perturbing_a_stalling_and_a_copying_replica(
 
         c2 = client.inference.client(str(checkpoint),
                                      replace(c.settings, redundancy=2, deny=[staller]))
-        got = [t async for t in c2.generate(PROMPT, N, Sampler())]
+        run2 = c2.generate(PROMPT, N, Sampler())
+        got = [t async for t in run2]
         assert got == reference
-        assert not {perturber, copier} & {p for s in c2.last_route for p in s.replicas}
+        assert not {perturber, copier} & {p for s in run2.outcome.route for p in s.replicas}
 
     await with_client(net, tmp, "client", body)

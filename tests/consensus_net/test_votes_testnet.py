@@ -46,17 +46,18 @@ async def test_honest_majority_wins_and_every_cheater_is_banned(testnet):
     async def body(client):
         await wait_for_servers(client, 9)
         c = client.inference.client(str(checkpoint))
-        got = [t async for t in c.generate(PROMPT, N, Sampler())]
-        assert got == reference, c.last_report.to_dict()["faults"]
-        assert all(len(s.replicas) == 3 for s in c.last_route)
+        run = c.generate(PROMPT, N, Sampler())
+        got = [t async for t in run]
+        assert got == reference, run.outcome.verification()["faults"]
+        assert all(len(s.replicas) == 3 for s in run.outcome.route)
         consensus = client.inference.consensus
         # stage votes arrive as gossip evidence
         await wait_until_true(lambda: cheaters <= consensus.banned(), 60, "cheaters banned",
-                              lambda: consensus_state(client, c))
-        report = c.last_report.to_dict()
+                              lambda: consensus_state(client, run.outcome))
+        report = run.outcome.verification()
         assert set(report["banned"]) == cheaters
         assert set(report["dissenters"]) == cheaters
-        honest = {p for s in c.last_route for p in s.replicas} - cheaters
+        honest = {p for s in run.outcome.route for p in s.replicas} - cheaters
         assert not honest & set(report["dissenters"])
         assert consensus.counters["evidence_rejected"] == 0
 
@@ -65,9 +66,10 @@ async def test_honest_majority_wins_and_every_cheater_is_banned(testnet):
         with pytest.raises(NoRouteError):
             c.plan()
         c2 = client.inference.client(str(checkpoint), _settings(c, redundancy=2))
-        got = [t async for t in c2.generate(PROMPT, N, Sampler())]
+        run2 = c2.generate(PROMPT, N, Sampler())
+        got = [t async for t in run2]
         assert got == reference
-        assert not cheaters & {p for s in c2.last_route for p in s.replicas}
+        assert not cheaters & {p for s in run2.outcome.route for p in s.replicas}
 
     await with_client(net, tmp, "client-a", body)
 
@@ -124,8 +126,9 @@ async def test_audits_with_one_replica_catch_the_wrong_weights_peer(testnet):
         base = client.inference.client(str(checkpoint))
         c = client.inference.client(str(checkpoint), _settings(
             base, redundancy=1, allow=[cheater, *honest]))
-        _ = [t async for t in c.generate(PROMPT, 2, Sampler())]
-        report = c.last_report.to_dict()
+        run = c.generate(PROMPT, 2, Sampler())
+        _ = [t async for t in run]
+        report = run.outcome.verification()
         assert [s["audits"] for s in report["stages"]] == [1, 1, 1]
         assert [s["audit_failures"] for s in report["stages"]] == [1, 0, 0]
         assert cheater in consensus.banned() and cheater in report["evidence"]

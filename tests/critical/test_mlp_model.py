@@ -311,22 +311,17 @@ def test_builtin_weights_are_the_same_on_every_machine(tmp_path):
 
 
 def test_a_stage_without_the_owners_blindings_does_not_serve_critical_tasks(mlp_dir, tmp_path):
-    from types import SimpleNamespace
-
-    from p2pinfer.inference.critical import install_critical
+    from p2pinfer.inference.critical import CriticalRunner, critical_runner
 
     bare = tmp_path / "no-blinds"
     shutil.copytree(mlp_dir, bare)
     shutil.rmtree(bare / "zk")
-    stage = SimpleNamespace(node=None, span=LayerSpan.load(bare, 1, 3), runners={})
-    assert install_critical(stage, bare) is False and "critical" not in stage.runners
-    stage = SimpleNamespace(node=None, span=LayerSpan.load(mlp_dir, 1, 3), runners={})
-    assert install_critical(stage, mlp_dir) is True and "critical" in stage.runners
+    assert critical_runner(None, LayerSpan.load(bare, 1, 3), bare) is None
+    runner = critical_runner(None, LayerSpan.load(mlp_dir, 1, 3), mlp_dir)
+    assert isinstance(runner, CriticalRunner) and (runner.start, runner.end) == (1, 3)
 
 
-def test_a_non_provable_model_gets_no_critical_runner(tmp_path):
-    from types import SimpleNamespace
+def test_a_non_provable_model_gets_no_critical_runner(tmp_path, mlp_dir):
+    from p2pinfer.inference.critical import critical_runner
 
-    from p2pinfer.inference.critical import install_critical
-
-    assert install_critical(SimpleNamespace(runners={}), tmp_path) is False
+    assert critical_runner(None, LayerSpan.load(mlp_dir, 1, 3), tmp_path) is None

@@ -43,7 +43,7 @@ def client_config(net, tmp_path):
 async def test_generation_survives_a_killed_and_a_stalled_peer(tmp_path, checkpoint):
     reference = LocalModel.load(checkpoint).generate(PROMPT, N)
     assert len(set(reference)) > 2
-    config_for = lambda i: {"serve": {"model": str(checkpoint), "layers": SPANS[i]},  # noqa: E731
+    config_for = lambda i: {"serve": {"model": str(checkpoint), "layers": SPANS[i]},
                             "gossip": {"advert_interval_s": 1.0}}
     stopped: list[int] = []
     async with Testnet(4, base_dir=tmp_path / "net", config_for=config_for) as net:
@@ -58,27 +58,28 @@ async def test_generation_survives_a_killed_and_a_stalled_peer(tmp_path, checkpo
 
                 # 1. kill the peer running stage 0 after 4 tokens
                 got = []
-                async for tok in c.generate(PROMPT, N, Sampler()):
+                run = c.generate(PROMPT, N, Sampler())
+                async for tok in run:
                     got.append(tok)
                     if len(got) == 4:
-                        victim = by_id[c.last_route[0].replicas[0]]
+                        victim = by_id[run.outcome.route[0].replicas[0]]
                         net.stop_peer(victim, hard=True)
                 assert got == reference
-                assert c.replans >= 1
-                assert victim.peer_id not in {r for s in c.last_route for r in s.replicas}
+                assert run.outcome.replans >= 1
+                assert victim.peer_id not in {r for s in run.outcome.route for r in s.replicas}
 
                 # 2. freeze the peer running stage 1 after 4 tokens
                 got = []
-                replans = c.replans
-                async for tok in c.generate(PROMPT, N, Sampler()):
+                run = c.generate(PROMPT, N, Sampler())
+                async for tok in run:
                     got.append(tok)
                     if len(got) == 4:
-                        frozen = by_id[c.last_route[1].replicas[0]]
+                        frozen = by_id[run.outcome.route[1].replicas[0]]
                         os.kill(frozen.proc.pid, signal.SIGSTOP)
                         stopped.append(frozen.proc.pid)
                 assert got == reference
-                assert c.replans > replans
-                assert frozen.peer_id not in {r for s in c.last_route for r in s.replicas}
+                assert run.outcome.replans >= 1
+                assert frozen.peer_id not in {r for s in run.outcome.route for r in s.replicas}
                 assert frozen.peer_id in c.backoff.excluded()
         finally:
             for pid in stopped:

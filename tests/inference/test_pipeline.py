@@ -5,7 +5,7 @@ import torch
 import transformers as tf
 
 from p2pinfer.inference import NoRouteError
-from p2pinfer.inference.client import PromptTooLong
+from p2pinfer.inference.client import InferenceError, PromptTooLong
 from p2pinfer.models.sampling import Sampler, SamplingParams
 
 from .conftest import network
@@ -29,8 +29,9 @@ async def test_greedy_generation_over_two_stages_equals_transformers(tmp_path, c
     path = str(checkpoints[family])
     async with network(tmp_path, path, [[1, 3], [3, 5]]) as (client, stages):
         c = client.inference.client(path)
-        got = [t async for t in c.generate(PROMPT, 12, Sampler(SamplingParams()))]
-        assert [(s.start, s.end) for s in c.last_route] == [(1, 3), (3, 5)]
+        run = c.generate(PROMPT, 12, Sampler(SamplingParams()))
+        got = [t async for t in run]
+        assert [(s.start, s.end) for s in run.outcome.route] == [(1, 3), (3, 5)]
         assert all(st.inference.stage.counters["steps"] == 12 for st in stages)
     want = hf_greedy(path, PROMPT, 12)
     assert got == want
@@ -41,7 +42,7 @@ async def test_encoder_embedding_over_the_network_equals_transformers(tmp_path, 
     path = str(checkpoints["bert"])
     ids = [2, 11, 23, 5, 7, 9]
     async with network(tmp_path, path, [[1, 4], [4, 5]]) as (client, _):
-        vec = await client.inference.client(path).embed(ids)
+        vec = (await client.inference.client(path).embed(ids)).vector
     model = tf.AutoModel.from_pretrained(path).eval()
     with torch.no_grad():
         hidden = model(torch.tensor([ids])).last_hidden_state
@@ -102,3 +103,42 @@ async def test_auto_serving_takes_the_least_covered_span_and_completes_the_route
             c = client.inference.client(path)
             got = [t async for t in c.generate(PROMPT, 4, Sampler())]
             assert got == hf_greedy(path, PROMPT, 4)
+
+
+async def test_a_success_resets_a_peers_back_off(tmp_path, checkpoints):
+    """A peer that failed once and then served a request completely starts from zero again:
+    its next failure backs it off for the base delay, not a doubled one."""
+    path = str(checkpoints["llama"])
+    async with network(tmp_path, path, [[1, 5]]) as (client, (stage,)):
+        c = client.inference.client(path)
+        c.backoff.fail(stage.peer_id)  # the only peer: the plan still tries it
+        assert stage.peer_id in c.backoff.excluded()
+        run = c.generate(PROMPT, 3, Sampler())
+        assert [t async for t in run] == hf_greedy(path, PROMPT, 3)
+        assert [s.replicas for s in run.outcome.route] == [(stage.peer_id,)]
+        assert stage.peer_id not in c.backoff.failures
+        assert stage.peer_id not in c.backoff.excluded()
+        assert c.backoff.fail(stage.peer_id) == c.backoff.base_s
+
+
+async def test_replans_are_counted_per_request(tmp_path, checkpoints):
+    """A request that hits a refusing route counts its own re-plans; the next one, on a
+    healthy route, reports none (the count is not the client's running total)."""
+    from p2pinfer.config import RequestSettings
+
+    path = str(checkpoints["llama"])
+    async with network(tmp_path, path, [[1, 5], [1, 5]]) as (client, stages):
+        c = client.inference.client(path)
+        # the first request may only use stage 0, which refuses every open for now
+        first = c.generate(PROMPT, 2, Sampler(),
+                           settings=RequestSettings(k_head=1, k_tail=1, max_replans=2,
+                                                    deny=[stages[1].peer_id]))
+        stages[0].inference.stage.settings.max_sessions = 0  # refuses every open
+        with pytest.raises(InferenceError, match="gave up after 2 re-plans"):
+            _ = [t async for t in first]
+        assert first.outcome.replans == 2
+        stages[0].inference.stage.settings.max_sessions = 32
+        c.backoff.succeed(stages[0].peer_id)
+        second = c.generate(PROMPT, 2, Sampler())
+        assert [t async for t in second] == hf_greedy(path, PROMPT, 2)
+        assert second.outcome.replans == 0

@@ -6,7 +6,7 @@ import torch
 import trio
 
 from p2pinfer.errors import RemoteError
-from p2pinfer.inference.client import RouteSession
+from p2pinfer.inference.client import RequestOutcome, RouteSession
 from p2pinfer.inference.task import StagePlan, Task
 from p2pinfer.models.sampling import Sampler
 from p2pinfer.wire import tensor_to_wire
@@ -59,7 +59,8 @@ async def test_wrong_shape_tensor_gets_a_typed_fault_and_the_stage_keeps_serving
         for bad_hidden in (torch.zeros(1, 2, 7), torch.zeros(1, 2, 32, dtype=torch.float64),
                            torch.full((1, 2, 32), float("nan"))):
             task = make_task(client, stage.peer_id, path=path)
-            session = RouteSession(c, task)
+            session = RouteSession(c, task, c.settings, c.strategy(c.settings),
+                                   RequestOutcome("general"))
             c.sessions[task.task_id] = session
             async with await open_hop(client, stage, task) as s:
                 assert (await s.recv(expect={"ready", "fault"})).t == "ready"

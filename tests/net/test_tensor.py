@@ -10,7 +10,7 @@ import trio
 
 from p2pinfer.errors import RemoteError
 from p2pinfer.net.streams import encode_message_parts
-from p2pinfer.node import tensor_wire_view
+from p2pinfer.services.tensor import tensor_wire_view
 from p2pinfer.wire import encode_message, tensor_to_wire
 from tests.spec_vectors import vectors
 

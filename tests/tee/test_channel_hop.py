@@ -9,12 +9,12 @@ import pytest
 import torch
 import trio
 
-from p2pinfer import attestation
-from p2pinfer.attestation import PeerNotAttested
 from p2pinfer.errors import RemoteError
 from p2pinfer.inference.hop import HopContext
 from p2pinfer.inference.secure_hop import ChannelHop, PlaintextRefused, SealedRecordRejected
 from p2pinfer.node import Node
+from p2pinfer.services import attest as attestation
+from p2pinfer.services.attest import PeerNotAttested
 from p2pinfer.wire import tensor_to_wire
 from tests.inference.conftest import node_config
 

@@ -67,7 +67,7 @@ def test_a_policy_file_is_accepted_and_must_be_production_on_a_production_networ
                    'critical = "cpu-tee"\n')
     c = cfg(tmp_path, attester="amd-sev-snp", policy=str(pol))
     assert c.trust.policy == str(pol)
-    from p2pinfer.attestation import load_trust_policy
+    from p2pinfer.services.attest import load_trust_policy
 
     assert load_trust_policy(c.trust).min_level["critical"].label == "cpu-tee"
     prod = cfg(tmp_path, attester="amd-sev-snp", policy=str(pol), production=True)

@@ -85,8 +85,8 @@ async def _fetch_and_audit(client, stages, model, written) -> tuple[bool | None,
         stored = next(iter(stages[0].inference.consensus.outputs.values()))
         consensus = client.inference.consensus
         written.clear()  # from here on only the fetches and the audit write
-        fetched, claim = await consensus.fetch(stages[0].peer_id, stored.task, 0, 0)
-        assert torch.equal(fetched, stored.hidden) and claim is not None
+        got = await consensus.fetch(stages[0].peer_id, stored.task, 0, 0)
+        assert torch.equal(got.hidden, stored.hidden) and got.claim is not None
         on_route = stored.task.route[1].replicas[0]
         spare = stages[2] if on_route == stages[1].peer_id else stages[1]
         ok = await consensus.audit_stage(stored.task, 1, stored.hidden, [spare.peer_id])

@@ -40,6 +40,7 @@ from p2pinfer.channel import (
 )
 from p2pinfer.config import TrustSection
 from p2pinfer.errors import ConfigError, P2PInferError, RemoteError, WireError
+from p2pinfer.net.boundary import PeerNetwork
 from p2pinfer.trust import (
     AttestationError,
     Attester,
@@ -202,7 +203,8 @@ class PairChannel:
 class NodeAttestation:
     """Everything attestation on one node. Run with `await nursery.start(att.run)`."""
 
-    def __init__(self, node: Any, *, channel_config: ChannelConfig | None = None) -> None:
+    def __init__(self, node: PeerNetwork, *,
+                 channel_config: ChannelConfig | None = None) -> None:
         trust = node.config.trust
         self.node = node
         self.trust = trust
@@ -320,15 +322,6 @@ class NodeAttestation:
     def min_level(self, mode: str) -> str:
         return self.policy.min_level.get(mode, TeeLevel.NONE).label
 
-    def peer_rows(self) -> dict[str, dict[str, Any]]:
-        out = {}
-        for pid, entry in self.peers.items():
-            if entry.error is not None:
-                out[pid] = {"tee_error": entry.error}
-            elif self.claims_of(pid) is not None:
-                out[pid] = {"tee_level": self.tee_level(pid)}
-        return out
-
     def status(self) -> dict[str, Any]:
         return {
             "attester": self.attester.kind if self.attester is not None else "none",
@@ -416,7 +409,7 @@ class NodeAttestation:
             for addr in (info.addrs if info is not None else [])[:8]:
                 full = addr if "/p2p/" in addr else f"{addr}/p2p/{peer_id}"
                 try:
-                    await node.host.connect(full)
+                    await node.dial(full)
                     break
                 except P2PInferError as e:
                     log.debug("dialing %s at %s failed: %s", peer_id, addr, e)
