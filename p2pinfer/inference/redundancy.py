@@ -27,7 +27,7 @@ reputation, CDV, audit maths) live in `p2pinfer.consensus`; this module runs the
   peer whose outputs drift from the reference profile, whatever m is.
 
 The claim box, the report and the distribution watch are pure (`p2pinfer.consensus`); the
-TEST-ONLY cheating runners live in `p2pinfer.testing`.
+TEST-ONLY cheating runners live in `p2pinfer.inference.testing`.
 """
 
 from __future__ import annotations

@@ -40,11 +40,11 @@ from p2pinfer.inference.stage import (
     StepRunner,
 )
 from p2pinfer.inference.task import Task, TaskError
+from p2pinfer.inference.testing import FaultyRunner, corrupt_weights
 from p2pinfer.models import LayerSpan, load_model_info
 from p2pinfer.models.errors import ModelError
 from p2pinfer.net.boundary import PeerNetwork
 from p2pinfer.net.streams import FramedStream
-from p2pinfer.testing import FaultyRunner, corrupt_weights
 
 log = logging.getLogger(__name__)
 

@@ -96,7 +96,7 @@ class StageSession:
     erased: bool = False
     #: inputs fetched from a majority replica instead of the own upstream's copy
     fetches: int = 0
-    #: TEST-ONLY: the cache of a `skip-layer` cheat's shorter span (p2pinfer.testing)
+    #: TEST-ONLY: the cache of a `skip-layer` cheat's shorter span (p2pinfer.inference.testing)
     fault_cache: KVCache | None = None
 
     def erase(self) -> None:
