@@ -2,10 +2,9 @@
 API (`Node.generate_stream`, `Node.embed`, `Node.wait_for_route`) and describes the finished
 request as a `RequestResult` (tokens, route, mode, verification report).
 
-Where the runtime does not yet hand back one result value per request, the route and the
-verification report are read from the requester client's latest request (`last_route`,
-`last_report`): under concurrent requests with different routes they may describe another
-request. Every other module of `p2pinfer.api` depends only on the types declared here.
+Route, verification and privacy come from each request's own result value (the node's
+`Generation` or `Embeddings`), so concurrent requests never describe each other. Every other
+module of `p2pinfer.api` depends only on the types declared here.
 """
 
 from __future__ import annotations
@@ -29,6 +28,7 @@ from p2pinfer.api.schema import P2PInferOptions
 from p2pinfer.errors import P2PInferError
 from p2pinfer.inference.client import ClientSettings, InferenceClient, PromptTooLong
 from p2pinfer.inference.planner import NoRouteError
+from p2pinfer.inference.service import GenerationStream
 from p2pinfer.models import Tokenizer
 from p2pinfer.models.errors import ModelError
 from p2pinfer.node import Node
@@ -152,14 +152,15 @@ class Requester:
         """Route sessions the requester holds open now (all models)."""
         return sum(len(c.sessions) for c in self.node.inference.clients.values())
 
-    def _result(self, client: InferenceClient, prompt_tokens: int,
-                token_ids: list[int]) -> RequestResult:
-        report = client.last_report
+    def _result(self, client: InferenceClient, prompt_tokens: int, token_ids: list[int],
+                route: list[dict[str, Any]], verification: dict[str, Any] | None,
+                privacy: dict[str, float] | None) -> RequestResult:
         return RequestResult(
             model_id=client.info.model_id, mode=client.settings.mode,
-            route=[RouteHop((s.start, s.end), tuple(s.replicas)) for s in client.last_route],
-            verification=json_safe(report.to_dict()) if report is not None else None,
-            prompt_tokens=prompt_tokens, token_ids=list(token_ids), privacy=client.privacy)
+            route=[RouteHop((int(r["layers"][0]), int(r["layers"][1])), tuple(r["peers"]))
+                   for r in route],
+            verification=json_safe(verification) if verification is not None else None,
+            prompt_tokens=prompt_tokens, token_ids=list(token_ids), privacy=privacy)
 
     # -- requests --------------------------------------------------------------------------
     def generation(self, model: str, prompt: str, *, max_tokens: int, temperature: float,
@@ -174,7 +175,7 @@ class Requester:
             raise BadRequest(f"model {model!r} generates text; use /v1/chat/completions",
                              param="model")
         try:
-            vectors = await self.node.embed(texts, model=model, settings=client.settings)
+            done = await self.node.embeddings(texts, model=model, settings=client.settings)
         except PromptTooLong as e:
             raise ContextLengthExceeded(str(e)) from None
         except NoRouteError as e:
@@ -183,8 +184,14 @@ class Requester:
             raise GenerationFailed(str(e)) from None
         tok = await self.tokenizer(model)
         used = sum(len(tok.encode(t)) for t in texts)
-        rows = [[float(x) for x in row] for row in vectors.tolist()]
-        return rows, self._result(client, used, [])
+        rows = [[float(x) for x in row] for row in done.vectors.tolist()]
+        # one route per text: the receipt names every hop that computed any of them, and each
+        # text's verification under "texts"
+        hops: list[dict[str, Any]] = []
+        for route in done.routes:
+            hops.extend(h for h in route if h not in hops)
+        verification = {"texts": done.verification} if any(done.verification) else None
+        return rows, self._result(client, used, [], hops, verification, done.privacy)
 
 
 class Generation:
@@ -207,12 +214,14 @@ class Generation:
                              param="model")
         self.token_ids: list[int] = []
         self.prompt_tokens = 0
+        self._stream: GenerationStream | None = None
 
     async def pieces(self) -> AsyncIterator[TokenPiece]:
         node = self.requester.node
         self.prompt_tokens = await self.requester.count_tokens(self.model, self.prompt)
         stream = node.generate_stream(self.prompt, model=self.model,
                                       settings=self.client.settings, **self.kw)
+        self._stream = stream
         try:
             async for ev in stream:
                 self.token_ids.append(ev.token_id)
@@ -226,10 +235,17 @@ class Generation:
         finally:
             with trio.move_on_after(5) as scope:
                 scope.shield = True
-                await stream.aclose()  # type: ignore[attr-defined]
+                await stream.aclose()
 
     def result(self) -> RequestResult:
-        return self.requester._result(self.client, self.prompt_tokens, self.token_ids)
+        """How this request was made: its own route and verification (a generation left early
+        has no final result; its route is then unknown and reported empty)."""
+        done = self._stream.result if self._stream is not None else None
+        if done is None:
+            return self.requester._result(self.client, self.prompt_tokens, self.token_ids, [],
+                                          None, None)
+        return self.requester._result(self.client, self.prompt_tokens, self.token_ids,
+                                      done.route, done.verification, done.privacy)
 
 
 def peer_standing(node: Node, peer_id: str) -> dict[str, Any]:

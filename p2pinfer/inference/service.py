@@ -343,19 +343,26 @@ class GenerationStream:
                                  settings=self._settings)
         out: list[int] = []
         shown = ""
-        async for t in stream:
-            out.append(t)
-            text = tok.decode(out)
-            piece, shown = text.removeprefix(shown), text
-            yield TokenEvent(t, piece)
-        o = stream.outcome
-        start, end = client.middle
-        self.result = Generation(
-            prompt=self._prompt, text=tok.decode(out), token_ids=out, prompt_tokens=len(ids),
-            route=o.route_dicts(), replans=o.replans, seconds=o.seconds, privacy=o.privacy,
-            random_weights=_is_random(self._model), verification=o.verification(),
-            mode=o.mode, timings=o.timings(),
-            local_layers=((0, start), (end, client.info.num_layers)))
+        try:
+            async for t in stream:
+                out.append(t)
+                text = tok.decode(out)
+                piece, shown = text.removeprefix(shown), text
+                yield TokenEvent(t, piece)
+        finally:
+            # also when the caller stopped early (a stop sequence, a client gone): the route
+            # sessions close now, and `result` describes what was produced
+            with trio.move_on_after(10) as scope:
+                scope.shield = True
+                await stream.aclose()
+            o = stream.outcome
+            start, end = client.middle
+            self.result = Generation(
+                prompt=self._prompt, text=tok.decode(out), token_ids=out,
+                prompt_tokens=len(ids), route=o.route_dicts(), replans=o.replans,
+                seconds=o.seconds, privacy=o.privacy, random_weights=_is_random(self._model),
+                verification=o.verification(), mode=o.mode, timings=o.timings(),
+                local_layers=((0, start), (end, client.info.num_layers)))
 
 
 def _client_key(settings: RequestSettings) -> RequestSettings:
