@@ -13,6 +13,7 @@ the request's route sessions on every stage.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hmac
 import json
 import logging
@@ -301,6 +302,9 @@ class Completion:
         """Check the model and its context; returns the generation, not started yet."""
         st, req = self.st, self.req
         info = st.requester.model_info(req.model)
+        if req.messages:  # a chat: the model's own template where it has one
+            prompt = await st.requester.chat_prompt(req.model, req.messages)
+            req = self.req = dataclasses.replace(req, prompt=prompt)
         max_tokens = req.max_tokens
         if max_tokens is None:
             used = await st.requester.count_tokens(req.model, req.prompt)

@@ -1,8 +1,9 @@
 """Turning chat messages into the prompt a model continues.
 
-`render_chat` is the one call site where a model's own chat template will apply. Until models
-carry one, every model gets the fallback template below, which marks each message with its role
-and ends with the assistant's marker, so the model's continuation is the reply:
+A model that carries a chat template (a GGUF's `tokenizer.chat_template`, e.g. SmolLM2's
+ChatML) gets its own (`Requester.chat_prompt`); any other model gets the fallback template
+below, which marks each message with its role and ends with the assistant's marker, so the
+model's continuation is the reply:
 
     <|system|>
     You are terse.
@@ -32,5 +33,5 @@ def render_fallback(messages: list[ChatMessage]) -> str:
 
 
 def render_chat(messages: list[ChatMessage]) -> str:
-    """The prompt for `messages` (the fallback template until models carry their own)."""
+    """The prompt for `messages` under the fallback template."""
     return render_fallback(messages)

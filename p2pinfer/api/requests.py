@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import trio
 
+from p2pinfer.api.chat import ChatMessage, render_chat
 from p2pinfer.api.errors import (
     BadRequest,
     ContextLengthExceeded,
@@ -144,6 +145,17 @@ class Requester:
         if path not in self._tokenizers:
             self._tokenizers[path] = await trio.to_thread.run_sync(Tokenizer.load, path)
         return self._tokenizers[path]
+
+    async def chat_prompt(self, model: str, messages: Sequence[ChatMessage]) -> str:
+        """The text `messages` become for `model`: its own chat template, else the fallback
+        of `p2pinfer.api.chat`."""
+        tok = await self.tokenizer(model)
+        if tok.chat_template is None:
+            return render_chat(list(messages))
+        try:
+            return tok.render_chat([{"role": m.role, "content": m.content} for m in messages])
+        except ModelError as e:  # a role or sequence the template refuses
+            raise BadRequest(str(e), param="messages") from None
 
     async def count_tokens(self, model: str, text: str) -> int:
         return len((await self.tokenizer(model)).encode(text))
