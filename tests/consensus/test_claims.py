@@ -116,9 +116,9 @@ def test_signing_refuses_out_of_range_context(peers):
 
 
 def _tally(peers, **overrides):
-    args = dict(key=peers[0].key, reporter=peers[0].peer_id, context=CONTEXT, replicas=3,
-                majority_digest=b"\x11" * 32, agreeing=("peer-2", "peer-1"),
-                dissenting=("peer-3",))
+    args = {"key": peers[0].key, "reporter": peers[0].peer_id, "context": CONTEXT, "replicas": 3,
+                "majority_digest": b"\x11" * 32, "agreeing": ("peer-2", "peer-1"),
+                "dissenting": ("peer-3",)}
     args.update(overrides)
     return sign_tally(**args)
 

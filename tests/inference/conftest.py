@@ -19,8 +19,8 @@ def save_checkpoint(family: str, directory: Path, seed: int = 0) -> Path:
     import transformers as tf
 
     torch.manual_seed(seed)
-    common = dict(vocab_size=97, hidden_size=32, num_hidden_layers=6, num_attention_heads=4,
-                  initializer_range=0.3)
+    common = {"vocab_size": 97, "hidden_size": 32, "num_hidden_layers": 6, "num_attention_heads": 4,
+                  "initializer_range": 0.3}
     if family == "llama":
         cfg = tf.LlamaConfig(intermediate_size=64, num_key_value_heads=2,
                              max_position_embeddings=64, **common)

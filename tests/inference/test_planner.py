@@ -1,3 +1,5 @@
+import itertools
+
 import pytest
 
 from p2pinfer.inference.planner import (
@@ -16,7 +18,7 @@ def c(pid, *spans, tp=100.0, rtt=2.0, load=0.0, tee="none", op=""):
 
 def covers(route, start, end):
     assert route[0].start == start and route[-1].end == end
-    assert all(a.end == b.start for a, b in zip(route, route[1:]))
+    assert all(a.end == b.start for a, b in itertools.pairwise(route))
 
 
 def test_chain_covers_the_middle_layers():
