@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import stat
 
 import pytest
@@ -97,6 +98,26 @@ async def test_query_control_raises_a_typed_error_for_an_unknown_command(tmp_pat
         with pytest.raises(ControlError) as e:
             await query_control(a.config.control_path, "reboot")
         assert e.value.code == "unknown-command"
+
+
+async def test_query_control_raises_a_typed_error_when_the_node_dies_while_answering(tmp_path):
+    path = tmp_path / "dying.sock"
+    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    await sock.bind(str(path))
+    sock.listen(1)
+
+    async def die_after_the_request() -> None:
+        conn, _ = await sock.accept()
+        with conn:
+            # closing with the request half read resets the connection, as a killed node's
+            # socket does
+            await conn.recv(1)
+
+    with sock:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(die_after_the_request)
+            with pytest.raises(ControlError, match="broke before the node answered"):
+                await query_control(path, "status")
 
 
 async def test_query_control_says_when_no_node_is_running(tmp_path):
