@@ -47,6 +47,7 @@ from soaklib import (
     table,
 )
 
+from p2pinfer.config import FAULT_INJECTION_KINDS
 from p2pinfer.models import MINILM, TINY_LLAMA
 from p2pinfer.node import Node
 from p2pinfer.testnet import Testnet, TestnetError
@@ -63,7 +64,7 @@ async def run(args: argparse.Namespace) -> int:
     verdict = Verdict()
     refs = await trio.to_thread.run_sync(compute_references)
     say(f"references computed; starting {args.peers} peers")
-    net = Testnet(args.peers, config_for=peer_configs(args.peers, 2),
+    net = Testnet(args.peers, config_for=peer_configs(args.peers, 2, cheat=args.cheat),
                   start_timeout=60 + 6 * args.peers, progress=say)
     outcomes: list[Outcome] = []
     restarts: list[tuple[float, int, str]] = []  # (seconds since start, peer, how)
@@ -165,6 +166,9 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
     ap.add_argument("--step-timeout", type=float, default=10.0)
     ap.add_argument("--min-success", type=float, default=0.9)
+    ap.add_argument("--cheat", choices=FAULT_INJECTION_KINDS, default="",
+                    help="TEST-ONLY: peer 1 computes its layers dishonestly in this way, to "
+                         "check that wrong answers are caught (exit status 1)")
     args = ap.parse_args()
     if not 5 <= args.peers <= 32:
         ap.error("--peers must be between 5 and 32 (two replicas per stage of two models)")

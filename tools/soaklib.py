@@ -200,7 +200,8 @@ async def run_request(node: Node, kind: str, i: int, refs: References, t0: float
         return _outcome(kind, t0, start, False, error=f"no answer in {timeout_s:.0f}s")
     except (P2PInferError, OSError) as e:
         return _outcome(kind, t0, start, False, error=f"{type(e).__name__}: {str(e)[:120]}")
-    return _outcome(kind, t0, start, right, wrong=not right)
+    return _outcome(kind, t0, start, right, wrong=not right,
+                    error="" if right else "differs from the single-process reference")
 
 
 def _outcome(kind: str, t0: float, start: float, ok: bool, *, wrong: bool = False,
@@ -210,13 +211,18 @@ def _outcome(kind: str, t0: float, start: float, ok: bool, *, wrong: bool = Fals
 
 
 # -- the testnet -------------------------------------------------------------------------------
-def peer_configs(peers: int, redundancy: int) -> Any:
-    """config_for of a testnet serving both models, `redundancy` replicas per stage."""
+def peer_configs(peers: int, redundancy: int, *, cheat: str = "") -> Any:
+    """config_for of a testnet serving both models, `redundancy` replicas per stage. With
+    `cheat` (a TEST-ONLY `serve.fault_injection` kind) peer 1 computes its layers dishonestly,
+    to show that a wrong answer is caught."""
     plan = serving_plan(LAYERS, peers, redundancy)
 
     def config_for(i: int) -> dict[str, dict[str, Any]]:
         model, (a, b) = plan[i]
-        return {"serve": {"model": model, "layers": [a, b], "threads": 1}}
+        serve: dict[str, Any] = {"model": model, "layers": [a, b], "threads": 1}
+        if cheat and i == 1:
+            serve["fault_injection"] = cheat
+        return {"serve": serve}
 
     return config_for
 
