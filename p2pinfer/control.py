@@ -176,6 +176,8 @@ async def query_control(path: str | os.PathLike[str], cmd: str, **args: Any) -> 
         ) from None
     except OSError as e:
         raise ControlError(f"{path}: cannot reach the node ({e.strerror or e})") from None
+    except trio.BrokenResourceError:  # the node died while answering
+        raise ControlError(f"{path}: the connection broke before the node answered") from None
     if line is None:
         raise ControlError(f"{path}: the node closed the connection without answering")
     try:

@@ -722,6 +722,8 @@ class Node:
         counters["streams"] = self.guard.status()
         if self.gossip is not None:
             counters["gossip"] = dict(self.gossip.counters)
+            counters["gossip"]["mesh"] = self.gossip.mesh_size(ADVERT_TOPIC)
+            counters["gossip"]["topic_peers"] = self.gossip.topic_peers(ADVERT_TOPIC)
         if self.bootstrap is not None:
             counters["bootstrap"] = {
                 "dials": self.bootstrap.dials,
@@ -744,6 +746,24 @@ class Node:
             "known_peers": len(self.table),
             "uptime_s": round(time.time() - self.started_at, 3) if self.started_at else 0.0,
             "software": SOFTWARE,
+            "tasks": _task_count(),
             "counters": counters,
             "inference": inference,
         }
+
+
+def _task_count() -> int:
+    """Live trio tasks in this process (walked from the root task); 0 outside trio."""
+    try:
+        root = trio.lowlevel.current_root_task()
+    except RuntimeError:
+        return 0
+    if root is None:
+        return 0
+    count, todo = 0, [root]
+    while todo:
+        task = todo.pop()
+        count += 1
+        for nursery in task.child_nurseries:
+            todo.extend(nursery.child_tasks)
+    return count

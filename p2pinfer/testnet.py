@@ -64,6 +64,30 @@ class PeerProcess:
             return ""
 
 
+@dataclass(frozen=True)
+class ProcessUsage:
+    """One reading of a process from /proc (Linux)."""
+
+    pid: int
+    rss_bytes: int
+    fds: int
+
+
+def process_usage(pid: int) -> ProcessUsage | None:
+    """Resident set size and open file descriptors of `pid`; None if it has gone or /proc
+    does not describe it."""
+    rss = -1
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                rss = int(line.split()[1]) * 1024
+                break
+        fds = len(os.listdir(f"/proc/{pid}/fd"))
+    except (OSError, ValueError):
+        return None
+    return ProcessUsage(pid, rss, fds) if rss >= 0 else None
+
+
 def serving_plan(layers: dict[str, int], peers: int, redundancy: int = 1, *, k_head: int = 1,
                  k_tail: int = 1) -> list[tuple[str, tuple[int, int]]]:
     """What each of `peers` peers serves so that every model's middle layers
@@ -168,6 +192,10 @@ class Testnet:
         for section, values in self.config_for(peer.index).items():
             sections.setdefault(section, {}).update(values)
         write_config(peer.config_path, sections)
+        self._launch(peer)
+
+    def _launch(self, peer: PeerProcess) -> None:
+        """Start the peer's process from the config already written for it."""
         peer.ready_path.unlink(missing_ok=True)
         cmd = [*self.wrap, sys.executable, "-m", "p2pinfer", "node", "--config",
                str(peer.config_path),
@@ -233,6 +261,16 @@ class Testnet:
             except subprocess.TimeoutExpired:
                 continue
 
+    async def restart_peer(self, peer: PeerProcess) -> None:
+        """Start a stopped peer again with its same key, data directory and config (it dials
+        the bootstrap peer it was first given); waits until it is ready."""
+        if peer.proc is not None and peer.proc.poll() is None:
+            raise TestnetError(f"peer {peer.index} is still running")
+        if not peer.config_path.is_file():
+            raise TestnetError(f"peer {peer.index} was never started")
+        self._launch(peer)
+        await self._wait_ready(peer, time.monotonic() + self.start_timeout)
+
     def stop(self) -> None:
         for peer in self.peers:  # ask all at once, then wait: shutdown overlaps
             if peer.proc is not None and peer.proc.poll() is None:
@@ -247,6 +285,12 @@ class Testnet:
             self._tmp = None
 
     # -- queries -------------------------------------------------------------------------------
+    def usage(self, peer: PeerProcess) -> ProcessUsage | None:
+        """The peer process's resident memory and open descriptors; None if it is not running."""
+        if peer.proc is None or peer.proc.poll() is not None:
+            return None
+        return process_usage(peer.proc.pid)
+
     async def peer_tables(self) -> dict[str, set[str]]:
         """Each live peer's view: peer id -> the peer ids in its table."""
         from p2pinfer.control import query_control

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import stat
 
 import pytest
@@ -51,6 +52,26 @@ async def test_peers_and_status_answer_with_the_peer_table_and_counters(tmp_path
         json.dumps(status)  # JSON-able all the way down
 
 
+async def test_status_reports_the_advert_mesh_and_the_live_task_count(tmp_path):
+    async with node_runner() as runner:
+        a = await runner.start(_cfg(tmp_path, "a", net={"dht": False}))
+        b = await runner.start(node_config(tmp_path, "b", boot=[a.addrs[0]], net={"dht": False}))
+        await a.wait_for_peers(1, timeout=20)
+        with trio.fail_after(20):  # the mesh forms at a heartbeat after the subscriptions meet
+            while a.status()["counters"]["gossip"]["mesh"] < 1:
+                await trio.sleep(0.2)
+        assert a.status()["counters"]["gossip"]["topic_peers"] == 1
+        assert b.status()["counters"]["gossip"]["mesh"] == 1
+        async with trio.open_nursery() as nursery:
+            before = a.status()["tasks"]
+            for _ in range(3):
+                nursery.start_soon(trio.sleep_forever)
+            assert a.status()["tasks"] == before + 3  # no checkpoint in between: nothing else ran
+            nursery.cancel_scope.cancel()
+        status = await query_control(a.config.control_path, "status")
+        assert status["tasks"] > 10  # both nodes' services and the runner's tasks
+
+
 @pytest.mark.parametrize(
     ("request_line", "code"),
     [
@@ -77,6 +98,26 @@ async def test_query_control_raises_a_typed_error_for_an_unknown_command(tmp_pat
         with pytest.raises(ControlError) as e:
             await query_control(a.config.control_path, "reboot")
         assert e.value.code == "unknown-command"
+
+
+async def test_query_control_raises_a_typed_error_when_the_node_dies_while_answering(tmp_path):
+    path = tmp_path / "dying.sock"
+    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    await sock.bind(str(path))
+    sock.listen(1)
+
+    async def die_after_the_request() -> None:
+        conn, _ = await sock.accept()
+        with conn:
+            # closing with the request half read resets the connection, as a killed node's
+            # socket does
+            await conn.recv(1)
+
+    with sock:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(die_after_the_request)
+            with pytest.raises(ControlError, match="broke before the node answered"):
+                await query_control(path, "status")
 
 
 async def test_query_control_says_when_no_node_is_running(tmp_path):
