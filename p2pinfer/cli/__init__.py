@@ -15,7 +15,19 @@ import sys
 import traceback
 from collections.abc import Sequence
 
-from p2pinfer.cli import attest, demo, embed, infer, keygen, node, peers, prove_run, status, testnet
+from p2pinfer.cli import (
+    attest,
+    demo,
+    embed,
+    infer,
+    keygen,
+    node,
+    peers,
+    prove_run,
+    status,
+    testnet,
+    zk,
+)
 from p2pinfer.cli.options import EXIT_USER, UsageError
 from p2pinfer.errors import ConfigError, P2PInferError
 from p2pinfer.models.errors import CacheError, ModelError, SpanInputError
@@ -23,7 +35,7 @@ from p2pinfer.models.errors import CacheError, ModelError, SpanInputError
 #: loggers of libraries whose messages only --debug shows
 LIBRARY_LOGGERS = ("libp2p", "multiaddr", "zeroconf", "async_service")
 
-COMMANDS = (node, keygen, peers, status, testnet, infer, embed, prove_run, attest, demo)
+COMMANDS = (node, keygen, peers, status, testnet, infer, embed, prove_run, attest, demo, zk)
 
 
 def build_parser() -> argparse.ArgumentParser:
