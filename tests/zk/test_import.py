@@ -19,7 +19,15 @@ from p2pinfer.models.defaults import smollm2_path
 from p2pinfer.models.errors import ModelError
 from p2pinfer.models.llama import Block as LlamaBlock
 from p2pinfer.models.mlp import FAMILY as MLP_FAMILY
-from p2pinfer.zk import ModelManifest, ProofBinding, ProofError, prove, verify
+from p2pinfer.zk import (
+    FixedLayer,
+    ModelManifest,
+    ProofBinding,
+    ProofError,
+    ProvableMlp,
+    prove,
+    verify,
+)
 from p2pinfer.zk.checkpoint import (
     MANIFEST_FILE,
     commit_layers,
@@ -27,7 +35,7 @@ from p2pinfer.zk.checkpoint import (
     load_manifest_bytes,
 )
 from p2pinfer.zk.commitment import CommittedShard, commit_shard
-from p2pinfer.zk.errors import CommitmentMismatch
+from p2pinfer.zk.errors import CommitmentMismatch, FixedPointOverflow
 from p2pinfer.zk.importer import CheckpointImportError, import_checkpoint
 
 KEY = bytes(range(32))
@@ -223,3 +231,12 @@ def test_a_smollm2_block_imports_from_gguf(tmp_path):
             h, None, 0, 0)
     assert np.abs(h[0, :, :576].numpy() - ref).max() < 1e-3 * np.abs(ref).max()
     assert not h[0, :, 576:].any()
+
+
+def test_an_overflow_names_the_layer_and_the_value():
+    mlp = ProvableMlp([FixedLayer(np.eye(4, dtype=np.int64) * 256, None, "identity"),
+                       FixedLayer(np.eye(4, dtype=np.int64) * 256, None, "silu")], 8)
+    x = np.zeros((2, 4), dtype=np.int64)
+    x[1, 2] = 40 * 256  # a SiLU input of 40: outside the table's [-32, 32)
+    with pytest.raises(FixedPointOverflow, match=r"^layer 1 \(silu\): .*SiLU input.*: 40$"):
+        mlp.forward_fixed(x)
