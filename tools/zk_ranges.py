@@ -4,8 +4,9 @@ through every decoder block in float32 (the checkpoint) and in fixed point (the 
 provable layout, p2pinfer.zk.importer), block by block.
 
 Prints, per block, the largest value the fixed-point stream reaches, its max and RMS error
-against float (accumulated from the first block), the prompts that overflowed a fixed-point
-range there (FixedPointOverflow: the message names the range), and at the end the greedy-token
+against float (accumulated from the first block), the float model's largest SiLU gate input
+(|gate|: the SiLU table covers [-32, 32)) and widest attention row logit span (span: the exp
+table covers 128), the prompts that overflowed a fixed-point range there (FixedPointOverflow: the message names the range), and at the end the greedy-token
 agreement of the fixed-point pipeline with the float model (the requester's final norm and
 head on both), over every position and over the last one of each prompt.
 
@@ -26,6 +27,7 @@ import torch
 
 from p2pinfer.models import ClientHead, ClientTail, LayerSpan, Tokenizer
 from p2pinfer.models.defaults import smollm2_path
+from p2pinfer.models.llama import rotate_half
 from p2pinfer.zk.checkpoint import fixed_layers
 from p2pinfer.zk.errors import FixedPointOverflow
 from p2pinfer.zk.importer import import_checkpoint
@@ -51,6 +53,32 @@ def prompts(n: int) -> list[list[dict[str, str]]]:
                     + ". " + text)
         out.append([{"role": "user", "content": text}])
     return out
+
+
+def float_ranges(span: LayerSpan, x: torch.Tensor) -> tuple[float, float]:
+    """(max |SiLU gate input|, widest attention row's logit span) of one float block on x:
+    what the fixed-point tables would have to cover there."""
+    block = span.blocks[0]
+    seen: dict[str, torch.Tensor] = {}
+    hooks = [getattr(block.self_attn, f"{n}_proj").register_forward_hook(
+        lambda _m, _i, out, n=n: seen.__setitem__(n, out)) for n in "qk"]
+    hooks.append(block.mlp.gate_proj.register_forward_hook(
+        lambda _m, _i, out: seen.__setitem__("gate", out)))
+    span.forward(x)
+    for h in hooks:
+        h.remove()
+    attn = block.self_attn
+    t = x.shape[1]
+    q = seen["q"].view(1, t, attn.heads, -1).transpose(1, 2)
+    k = seen["k"].view(1, t, attn.kv_heads, -1).transpose(1, 2)
+    cos, sin = attn.rotary(0, t, q.dtype)
+    q = q * cos + rotate_half(q) * sin
+    k = (k * cos + rotate_half(k) * sin).repeat_interleave(attn.heads // attn.kv_heads, dim=1)
+    s = (q @ k.transpose(-1, -2)) * attn.head_dim ** -0.5
+    causal = torch.ones(t, t, dtype=torch.bool).tril()
+    widest = (s.masked_fill(~causal, -torch.inf).amax(-1)
+              - s.masked_fill(~causal, torch.inf).amin(-1)).max()
+    return float(seen["gate"].abs().max()), float(widest)
 
 
 def main() -> int:
@@ -85,13 +113,15 @@ def main() -> int:
         fixed.append(mlp0.quantize(mlp0.pad_features(x)))
     del mlp0
     overflow: dict[int, str] = {}
-    print("block  max|fixed|  max err   rms err   max|float|  overflowed  s")
+    print("block  max|fixed|  max err   rms err   max|float|  overflowed  |gate|  span  s")
     for b in range(blocks):
         t0 = time.perf_counter()
         span = LayerSpan.load(source, b, b + 1, torch.float32)
         mlp = fixed_layers(imported, 2 * b, 2 * b + 2)
-        errs, peak, fpeak, new = [], 0.0, 0.0, 0
+        errs, peak, fpeak, new, gate, logits = [], 0.0, 0.0, 0, 0.0, 0.0
         for p, x in enumerate(floats):
+            g, w = float_ranges(span, torch.from_numpy(np.asarray(x, np.float32))[None])
+            gate, logits = max(gate, g), max(logits, w)
             floats[p] = span.forward(torch.from_numpy(np.asarray(x, np.float32))[None])[0].numpy()
             if fixed[p] is None:
                 continue
@@ -106,7 +136,8 @@ def main() -> int:
             peak, fpeak = max(peak, np.abs(y).max()), max(fpeak, np.abs(floats[p]).max())
         e = np.concatenate(errs) if errs else np.zeros(1)
         print(f"{b:5d}  {peak:10.2f}  {np.abs(e).max():8.4f}  {np.sqrt(np.mean(e ** 2)):8.4f}  "
-              f"{fpeak:10.2f}  {new:10d}  {time.perf_counter() - t0:.0f}", flush=True)
+              f"{fpeak:10.2f}  {new:10d}  {gate:6.1f}  {logits:5.1f}  "
+              f"{time.perf_counter() - t0:.0f}", flush=True)
     for p, msg in sorted(overflow.items()):
         print(f"overflow: prompt {p} ({lengths[p]} tokens) at {msg}")
     agree = last = total = 0
