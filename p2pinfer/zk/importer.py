@@ -245,6 +245,8 @@ def import_checkpoint(source: str | Path, out: str | Path, *, blocks: int | None
     manifest = b""
     if commit:
         key = blinding_key if blinding_key is not None else os.urandom(BLINDING_KEY_BYTES)
+        for stale in (out / COMMIT_DIR).glob("zk-commit-*.msgpack"):  # an earlier import's
+            stale.unlink()  # blindings, which may come from another key
         _write_key(out / COMMIT_DIR / OWNER_KEY_FILE, key)
         manifest = publish_manifest(out, name, blinding_key=key)
     return ImportResult(out, manifest, n, pad)

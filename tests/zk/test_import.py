@@ -240,3 +240,12 @@ def test_an_overflow_names_the_layer_and_the_value():
     x[1, 2] = 40 * 256  # a SiLU input of 40: outside the table's [-32, 32)
     with pytest.raises(FixedPointOverflow, match=r"^layer 1 \(silu\): .*SiLU input.*: 40$"):
         mlp.forward_fixed(x)
+
+
+def test_a_reimport_under_another_key_does_not_reuse_old_blindings(tmp_path):
+    src = write_tiny_llama(tmp_path / "src")
+    first = import_checkpoint(src, tmp_path / "m", blocks=1, blinding_key=KEY)
+    second = import_checkpoint(src, tmp_path / "m", blocks=1, blinding_key=bytes(32))
+    fresh = import_checkpoint(src, tmp_path / "n", blocks=1, blinding_key=bytes(32))
+    assert second.manifest == fresh.manifest != first.manifest
+    commit_layers(tmp_path / "m", 0, 2)  # the caches on disk match the manifest now written
