@@ -28,6 +28,7 @@ from p2pinfer.cli import (
     receipt,
     status,
     testnet,
+    zk,
 )
 from p2pinfer.cli.options import EXIT_USER, UsageError
 from p2pinfer.errors import ConfigError, P2PInferError
@@ -37,7 +38,7 @@ from p2pinfer.models.errors import CacheError, ModelError, SpanInputError
 LIBRARY_LOGGERS = ("multiaddr", "zeroconf", "async_service")
 
 COMMANDS = (node, keygen, peers, status, testnet, infer, embed, prove_run, attest, demo, api,
-            receipt)
+            receipt, zk)
 
 
 def build_parser() -> argparse.ArgumentParser:

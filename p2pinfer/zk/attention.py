@@ -268,9 +268,11 @@ def attention_fixed(a: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
     delta = gap >> shift
     table = exp_table(f)
     top = len(table) - 1
-    if np.where(mask, delta, 0).max(initial=0) > top:
+    widest = int(np.where(mask, delta, 0).max(initial=0))
+    if widest > top:
         raise FixedPointOverflow(f"attention logits of one row span more than "
-                                 f"{1 << EXP_RANGE_BITS} (real): outside the exp table")
+                                 f"{1 << EXP_RANGE_BITS} (real): outside the exp table: "
+                                 f"{widest / (1 << f):g}")
     rem = np.where(mask, gap - (delta << shift), 0)
     delta = np.where(mask, delta, top)  # above the diagonal: the key whose value is 0
     e = table[delta]

@@ -173,9 +173,11 @@ def commit_layers(path: str | Path, start: int, end: int) -> CommittedShard:
     return joined.bind_to(manifest.block_shard(start, end))
 
 
-def publish_manifest(path: str | Path, model_id: str | None = None) -> bytes:
+def publish_manifest(path: str | Path, model_id: str | None = None,
+                     blinding_key: bytes | None = None) -> bytes:
     """The model owner's step: commit every layer (caches in `<path>/zk`, mode 0600) and write
-    `<path>/zk-manifest.bin`. Returns the manifest bytes."""
+    `<path>/zk-manifest.bin`. Returns the manifest bytes. With the owner's `blinding_key`
+    (commitment.commit_shard) the same weights give the same manifest bytes."""
     path = Path(path)
     cfg = _config(path)
     mlp = fixed_layers(path, 0, cfg.num_layers)
@@ -184,7 +186,8 @@ def publish_manifest(path: str | Path, model_id: str | None = None) -> bytes:
     parts, first = [], 0
     for group in _fixed_groups(mlp, cfg, 0, cfg.num_layers):
         parts.append(commit_shard(ProvableMlp(group, mlp.frac_bits), path / COMMIT_DIR,
-                                  model_id=name, first_layer=first))
+                                  model_id=name, first_layer=first,
+                                  blinding_key=blinding_key))
         first += len(group)
     data = ModelManifest.from_shards(name, parts).to_bytes()
     (path / MANIFEST_FILE).write_bytes(data)

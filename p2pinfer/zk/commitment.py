@@ -10,6 +10,7 @@ file only its owner can read.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from .errors import CommitmentMismatch, ProofFormatError
 from .fixed import FixedLayer, ProvableMlp
 from .group import (
     DEFAULT_SEED,
+    P,
     PedersenParams,
     decode_scalar,
     encode_point,
@@ -52,8 +54,22 @@ class CommittedShard:
         return CommittedShard(self.shard, entry, self.weight_blinds, self.bias_blinds)
 
 
-def _commit_rows(pp: PedersenParams, mat: np.ndarray) -> tuple[list[bytes], list[int]]:
-    blinds = [random_scalar() for _ in range(mat.shape[0])]
+#: bytes of an owner's blinding key (commit_shard's `blinding_key`)
+BLINDING_KEY_BYTES = 32
+
+
+def _derived_blind(key: bytes, context: bytes, row: int) -> int:
+    """A row blinding from the owner's secret key: HMAC-SHA512 reduced mod the group order
+    (512 bits, so the bias of the reduction is below 2**-256)."""
+    mac = hmac.new(key, b"p2pinfer-zk-v1/blind" + context + row.to_bytes(4, "little"),
+                   hashlib.sha512).digest()
+    return int.from_bytes(mac, "little") % P
+
+
+def _commit_rows(pp: PedersenParams, mat: np.ndarray, key: bytes | None = None,
+                 context: bytes = b"") -> tuple[list[bytes], list[int]]:
+    blinds = [random_scalar() if key is None else _derived_blind(key, context, j)
+              for j in range(mat.shape[0])]
     rows = [encode_point(pp.commit_small_ints(r, s)) for r, s in zip(mat, blinds)]
     return rows, blinds
 
@@ -65,29 +81,40 @@ def commit_shard(
     model_id: str = "",
     first_layer: int = 0,
     generator_seed: bytes = DEFAULT_SEED,
+    blinding_key: bytes | None = None,
 ) -> CommittedShard:
     """One-time Hyrax commitment of a shard's weights, cached on disk when cache_dir is given.
 
     The cache file (msgpack, mode 0600: it holds the secret blindings) is keyed by a digest of
     the weights and the generator seed, so changed weights never reuse a stale commitment.
+    The row blindings come from the OS CSPRNG, or, given the owner's secret `blinding_key`
+    (BLINDING_KEY_BYTES), from HMAC-SHA512 under it over the weights' digest, the seed, the
+    first layer and the row's place: then the same weights and key give the same commitments.
     """
     if not isinstance(shard, ProvableMlp):
         shard = ProvableMlp(list(shard))
-    key = hashlib.sha256(shard.weights_digest() + generator_seed).hexdigest()
+    if blinding_key is not None and len(blinding_key) != BLINDING_KEY_BYTES:
+        raise ValueError(f"a blinding key is {BLINDING_KEY_BYTES} bytes")
+    digest = shard.weights_digest()
+    key = hashlib.sha256(digest + generator_seed).hexdigest()
     path = Path(cache_dir) / f"zk-commit-{key}.msgpack" if cache_dir is not None else None
     cached = _read_cache(path, key, shard) if path is not None and path.exists() else None
     if cached is None:
         pp = params_for(generator_count_for(shard.layers, 0), generator_seed)
         cached = []
-        for layer in shard.layers:
+        base = digest + generator_seed + first_layer.to_bytes(4, "little")
+        for k, layer in enumerate(shard.layers):
             w_rows, w_blinds, b_rows, b_blinds = [], [], [], []
-            for col0, width in weight_parts(layer):
+            for part, (col0, width) in enumerate(weight_parts(layer)):
+                ctx = base + bytes([k & 0xFF, k >> 8, part])
                 rows, blinds = _commit_rows(
-                    pp, hyrax_matrix(layer.weight[:, col0:col0 + width].reshape(-1)))
+                    pp, hyrax_matrix(layer.weight[:, col0:col0 + width].reshape(-1)),
+                    blinding_key, ctx + b"w")
                 w_rows += rows
                 w_blinds += blinds
                 if layer.bias is not None:
-                    rows, blinds = _commit_rows(pp, hyrax_matrix(layer.bias[col0:col0 + width]))
+                    rows, blinds = _commit_rows(pp, hyrax_matrix(layer.bias[col0:col0 + width]),
+                                                blinding_key, ctx + b"b")
                     b_rows += rows
                     b_blinds += blinds
             if layer.bias is None:

@@ -403,45 +403,49 @@ class ProvableMlp:
         f = self.frac_bits
         half = 1 << (BITS - 1)
         out: list[LayerTrace] = []
-        for layer in self.layers:
-            source = out[len(out) - layer.skip].a if layer.skip else a
-            if layer.activation == "rmsnorm":
-                norm = rmsnorm_fixed(a, layer.weight, f, layer.eps)
-                out.append(LayerTrace(a, norm["v"], norm["y"], norm["w"]))
-                a = norm["y"]
-                continue
-            if layer.activation == "attention":
-                att = attention_fixed(a, layer.weight, layer.bias, attention_shape(layer), f,
-                                      live)
-                out.append(LayerTrace(a, att["z"], att["out"]))
-                a = att["out"]
-                continue
-            z = _matmul_exact(a, layer.weight)
-            if layer.bias is not None:
-                z = z + layer.bias
-            if z.min(initial=0) < -half or z.max(initial=0) >= half:
-                raise FixedPointOverflow("a pre-activation is outside [-2**31, 2**31)")
-            q = z >> f
-            zw = None
-            if layer.gated:
-                d = layer.d_out
-                gate = lookup_activation(q[:, d:], GATED_ACTIVATIONS[layer.activation], f)
-                zw, z = z, gate * q[:, :d]
+        k = 0
+        try:
+            for k, layer in enumerate(self.layers):
+                source = out[len(out) - layer.skip].a if layer.skip else a
+                if layer.activation == "rmsnorm":
+                    norm = rmsnorm_fixed(a, layer.weight, f, layer.eps)
+                    out.append(LayerTrace(a, norm["v"], norm["y"], norm["w"]))
+                    a = norm["y"]
+                    continue
+                if layer.activation == "attention":
+                    att = attention_fixed(a, layer.weight, layer.bias, attention_shape(layer), f,
+                                          live)
+                    out.append(LayerTrace(a, att["z"], att["out"]))
+                    a = att["out"]
+                    continue
+                z = _matmul_exact(a, layer.weight)
+                if layer.bias is not None:
+                    z = z + layer.bias
                 if z.min(initial=0) < -half or z.max(initial=0) >= half:
-                    raise FixedPointOverflow("a gated product is outside [-2**31, 2**31)")
-                y = z >> f
-            elif layer.activation == "relu":
-                y = np.maximum(q, 0)
-            elif layer.activation in LOOKUP_ACTIVATIONS:
-                y = lookup_activation(q, layer.activation, f)
-            else:
-                y = q
-            if layer.residual:
-                y = y + source
-                if np.abs(y).max(initial=0) >= 1 << (BITS - 8):
-                    raise FixedPointOverflow("a residual sum is outside (-2**24, 2**24)")
-            out.append(LayerTrace(a, z, y, zw))
-            a = y
+                    raise FixedPointOverflow("a pre-activation is outside [-2**31, 2**31)")
+                q = z >> f
+                zw = None
+                if layer.gated:
+                    d = layer.d_out
+                    gate = lookup_activation(q[:, d:], GATED_ACTIVATIONS[layer.activation], f)
+                    zw, z = z, gate * q[:, :d]
+                    if z.min(initial=0) < -half or z.max(initial=0) >= half:
+                        raise FixedPointOverflow("a gated product is outside [-2**31, 2**31)")
+                    y = z >> f
+                elif layer.activation == "relu":
+                    y = np.maximum(q, 0)
+                elif layer.activation in LOOKUP_ACTIVATIONS:
+                    y = lookup_activation(q, layer.activation, f)
+                else:
+                    y = q
+                if layer.residual:
+                    y = y + source
+                    if np.abs(y).max(initial=0) >= 1 << (BITS - 8):
+                        raise FixedPointOverflow("a residual sum is outside (-2**24, 2**24)")
+                out.append(LayerTrace(a, z, y, zw))
+                a = y
+        except FixedPointOverflow as exc:  # name the layer (of this shard) it happened in
+            raise FixedPointOverflow(f"layer {k} ({self.layers[k].activation}): {exc}") from None
         return out
 
     def forward_fixed(self, x: np.ndarray) -> np.ndarray:

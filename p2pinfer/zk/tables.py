@@ -41,8 +41,10 @@ def lookup_activation(q: np.ndarray, activation: str, frac_bits: int) -> np.ndar
     table = activation_table(activation, frac_bits)
     lo = len(table) // 2
     if q.size and (q.min() < -lo or q.max() >= lo):
+        worst = int(q.max()) if q.max() >= -int(q.min()) else int(q.min())
         raise FixedPointOverflow(f"a {LOOKUP_NAMES[activation]} input is outside the table's range "
-                                 f"[-{lo}, {lo}) (real [-{lo >> frac_bits}, {lo >> frac_bits}))")
+                                 f"[-{lo}, {lo}) (real [-{lo >> frac_bits}, {lo >> frac_bits})): "
+                                 f"{worst / (1 << frac_bits):g}")
     return table[q + lo]
 
 

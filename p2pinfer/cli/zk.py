@@ -1,0 +1,54 @@
+"""`p2pinfer zk import`: turn a Llama-family checkpoint (Hugging Face directory or GGUF file)
+into the provable layout critical mode serves, with the owner's manifest
+(p2pinfer.zk.importer)."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+from p2pinfer.cli.options import UsageError
+
+
+def _run_import(args: argparse.Namespace) -> int:
+    from p2pinfer.zk.checkpoint import MANIFEST_FILE
+    from p2pinfer.zk.importer import import_checkpoint, read_blinding_key
+
+    key = read_blinding_key(args.owner_key) if args.owner_key else None
+    if args.blocks is not None and args.blocks < 1:
+        raise UsageError("--blocks must be 1 or more")
+    t0 = time.perf_counter()
+    res = import_checkpoint(args.source, args.out, blocks=args.blocks, blinding_key=key,
+                            model_id=args.name, frac_bits=args.frac_bits)
+    pad = res.padding
+    print(f"{res.directory}: {res.blocks} blocks ({2 * res.blocks} provable layers), width "
+          f"{pad.hidden} -> {pad.width}, {pad.heads}/{pad.kv_heads} heads -> "
+          f"{pad.padded_heads}/{pad.padded_kv_heads}; manifest {MANIFEST_FILE} "
+          f"({len(res.manifest)} bytes) in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.zk_command == "import":
+        return _run_import(args)
+    raise UsageError("usage: p2pinfer zk import MODEL_DIR_OR_GGUF --out DIR")
+
+
+def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    from p2pinfer.models.mlp import TABLE_MAX_FRAC_BITS
+
+    p = sub.add_parser("zk", parents=[common], help="zero-knowledge tools for critical mode")
+    zsub = p.add_subparsers(dest="zk_command", metavar="ZK_COMMAND")
+    imp = zsub.add_parser("import", parents=[common],
+                          help="import a Llama-family checkpoint into the provable layout")
+    imp.add_argument("source", help="Hugging Face model directory or GGUF file")
+    imp.add_argument("--out", required=True, help="directory to write the provable model to")
+    imp.add_argument("--blocks", type=int, help="import only the first N decoder blocks")
+    imp.add_argument("--name", help="model id in the manifest (default: <source>-zk)")
+    imp.add_argument("--owner-key",
+                     help="the owner's 32-byte blinding key file: the same checkpoint and key "
+                          "give the same manifest bytes (default: a fresh key, kept in OUT/zk)")
+    imp.add_argument("--frac-bits", type=int, default=TABLE_MAX_FRAC_BITS,
+                     help="fixed-point fractional bits (default %(default)s)")
+    p.set_defaults(func=run, zk_command=None)
