@@ -44,7 +44,12 @@ def run(args: argparse.Namespace) -> int:
     api: dict[str, Any] = {"enabled": True}
     if args.listen:
         api["listen"] = args.listen
-    trio.run(_run_api, with_overrides(cfg, api=api), args.ready_file)
+    overrides: dict[str, dict[str, Any]] = {"api": api}
+    if args.bootstrap:
+        overrides["net"] = {"bootstrap": list(args.bootstrap)}
+    if args.network_id:
+        overrides["node"] = {"network_id": args.network_id}
+    trio.run(_run_api, with_overrides(cfg, **overrides), args.ready_file)
     return 0
 
 
@@ -53,5 +58,9 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
                        help="run a node serving the OpenAI-compatible HTTP API")
     p.add_argument("--config", help="node config TOML with an [api] section (see node_configs/)")
     p.add_argument("--listen", help="host:port for the API (default: the config's api.listen)")
+    p.add_argument("--bootstrap", action="append",
+                   help="a peer to join through, as /ip4/.../tcp/.../p2p/<id> (repeatable; "
+                        "replaces the config's net.bootstrap)")
+    p.add_argument("--network-id", help="network to join (default: the config's)")
     p.add_argument("--ready-file", help=argparse.SUPPRESS)
     p.set_defaults(func=run)
