@@ -115,9 +115,11 @@ def local_run(model: LocalModel, prompt: list[int], decode: int) -> tuple[float,
     return prefill, per_token
 
 
-async def distributed_timings(path: Path, spans: list[list[int]], prompt: list[int], decode: int,
+async def distributed_timings(name: str, spans: list[list[int]], prompt: list[int], decode: int,
                               repeats: int, hf_model=None):
-    config_for = lambda i: {"serve": {"model": str(path), "layers": spans[i]}}
+    path = default_model_path(name)
+    # peers and the client name the built-in model (a GGUF file is served under its name)
+    config_for = lambda i: {"serve": {"model": name, "layers": spans[i]}}
     async with Testnet(len(spans), config_for=config_for, progress=lambda s: None) as net:
         await net.wait_converged(timeout=120)
         cfg = config_from_dict({
@@ -131,7 +133,7 @@ async def distributed_timings(path: Path, spans: list[list[int]], prompt: list[i
             with trio.fail_after(120):
                 while len([p for p in client.peers() if p.spans]) < len(spans):
                     await trio.sleep(0.2)
-            c = client.inference.client(str(path))
+            c = client.inference.client(name)
             local = LocalModel.load(path)
             times: dict[str, list[float]] = {
                 k: [] for k in ("lp", "ld", "dp", "dd", "hp", "hd")}
@@ -188,7 +190,7 @@ def main() -> None:
     if real:
         print(f"transformers {__import__('transformers').__version__} loaded the same GGUF in "
               f"{hf_load:.1f} s (float32)")
-    med, route, rss = trio.run(distributed_timings, path, spans, prompt, args.decode,
+    med, route, rss = trio.run(distributed_timings, args.model, spans, prompt, args.decode,
                                args.repeats, hf_model)
     lp, ld, dp, dd = med["lp"], med["ld"], med["dp"], med["dd"]
     last = info.num_layers
