@@ -120,8 +120,9 @@ async def distributed_timings(name: str, spans: list[list[int]], prompt: list[in
     path = default_model_path(name)
     # peers and the client name the built-in model (a GGUF file is served under its name)
     config_for = lambda i: {"serve": {"model": name, "layers": spans[i]}}
-    async with Testnet(len(spans), config_for=config_for, progress=lambda s: None) as net:
-        await net.wait_converged(timeout=120)
+    async with Testnet(len(spans), config_for=config_for, progress=lambda s: None,
+                       start_timeout=600) as net:
+        await net.wait_converged(timeout=600)
         cfg = config_from_dict({
             "node": {"name": "bench-client", "data_dir": str(net.base_dir / "client"),
                      "network_id": net.network_id, "roles": ["client"]},
@@ -130,7 +131,7 @@ async def distributed_timings(name: str, spans: list[list[int]], prompt: list[in
             "inference": {"k_head": 1, "k_tail": 1, "step_timeout_s": 120.0},
         })
         async with Node(cfg) as client:
-            with trio.fail_after(120):
+            with trio.fail_after(600):
                 while len([p for p in client.peers() if p.spans]) < len(spans):
                     await trio.sleep(0.2)
             c = client.inference.client(name)
