@@ -533,16 +533,17 @@ def main() -> None:
         args.trials = 40 if args.model == "smollm2" else 300
     started = time.time()
     if args.model == "smollm2":
-        distances = smollm2_trials(args)
-        print(f"model: SmolLM2-135M-Instruct (real weights, Q4_1 GGUF dequantized), one stage of"
-              f" all 30 layers fed the embeddings of {len(PROMPTS)} chat prompts cut at random"
-              f" lengths; other weights = random with each projection's spread; noise is per"
-              f" token, relative to that token's RMS; torch {torch.__version__}")
-        print_fingerprint_table(distances, args.trials)
-        print(f"\n({time.time() - started:.0f} s)")
+        # the route table first: it is the cheaper one and the one the tolerance rests on
         chain = smollm2_chain_trials(args)
         print_chain_table(chain, args.chain_trials, "SmolLM2, 6 stages of 5 layers",
                           args.chain_steps + 1)
+        print(f"\n({time.time() - started:.0f} s)", flush=True)
+        distances = smollm2_trials(args)
+        print(f"\nmodel: SmolLM2-135M-Instruct (real weights, Q4_1 GGUF dequantized), one stage"
+              f" of all 30 layers fed the embeddings of {len(PROMPTS)} chat prompts cut at random"
+              f" lengths; other weights = random with each projection's spread; noise is per"
+              f" token, relative to that token's RMS; torch {torch.__version__}")
+        print_fingerprint_table(distances, args.trials)
         if not args.no_extras:
             print_audit_table(args.seed)
             print_cost_table()
