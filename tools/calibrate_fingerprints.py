@@ -55,12 +55,56 @@ from p2pinfer.consensus.fingerprint import (
     distance,
     fingerprint,
 )
+from p2pinfer.inference.redundancy import EVIDENCE_TOLERANCE
 
 HONEST = ["threads 1 vs 2", "batch 3 vs 1", "kv decode vs prefill", "bf16 vs f32",
           "bf16 kv decode vs f32"]
 CHEATS = ["other weights", "skipped layer", "half the layers", "int8 weights",
           "one input token changed", "noise 1e-1", "noise 1e-2", "noise 1e-3", "noise 1e-4",
           "noise 1e-1 on one token"]
+
+
+PROMPTS = [
+    "What is the capital of France? Answer in one sentence.",
+    "Write a haiku about autumn rain.",
+    "Explain in two sentences why the sky is blue.",
+    "Give me three tips for a job interview.",
+    "Translate 'good morning, how are you?' into Spanish.",
+    "What is 17 times 23? Show your working.",
+    "Summarise the plot of Romeo and Juliet for a ten-year-old.",
+    "Write a Python function that reverses a string.",
+]
+SMOL_HONEST = ["threads 1 vs 2", "batch 3 vs 1", "kv decode vs prefill", "bf16 vs f32",
+               "bf16 kv decode vs f32"]
+SMOL_CHEATS = ["other weights", "skipped layer", "int8 weights", "4-bit weights",
+               "one input token changed", "noise 1e-1", "noise 1e-2", "noise 1e-3", "noise 1e-4",
+               "noise 1e-1 on one token"]
+
+
+def requantize(weight: torch.Tensor, bits: int, block: int | None) -> torch.Tensor:
+    """Symmetric round-to-nearest re-quantisation of a [out, in] weight: per output channel
+    (block None) or per block of `block` inputs; returns the dequantized weight."""
+    w = weight.float()
+    shape = w.shape
+    if block is not None:
+        w = w.reshape(-1, block)
+    levels = 2 ** (bits - 1) - 1
+    scale = w.abs().amax(dim=1, keepdim=True).clamp_min(1e-12) / levels
+    q = (w / scale).round().clamp(-levels - 1, levels) * scale
+    return q.reshape(shape).to(weight.dtype)
+
+
+def per_token_noise(x: torch.Tensor, scale: float, gen: torch.Generator,
+                    token: int | None = None) -> torch.Tensor:
+    """x [1, T, H] plus Gaussian noise of `scale` times each token's own RMS (only at `token`
+    when given)."""
+    rms = x.pow(2).mean(dim=-1, keepdim=True).sqrt()
+    noise = torch.randn(x.shape, generator=gen) * rms * scale
+    if token is not None:
+        mask = torch.zeros(x.shape[1], 1)
+        mask[token] = 1.0
+        noise = noise * mask
+    return x + noise
 
 
 def build_model(seed: int, hidden: int, layers: int) -> torch.nn.Module:
@@ -251,8 +295,139 @@ def chain_trials(args: argparse.Namespace) -> dict[int, list[float]]:
     return distances
 
 
-def print_chain_table(distances: dict[int, list[float]], trials: int) -> None:
-    print(f"\nbfloat16 chain vs float32 chain, testnet checkpoint, {trials} trials x 3 steps")
+def smollm2_models() -> dict[str, object]:
+    """SmolLM2-135M-Instruct as one stage of all 30 layers (float32 and bfloat16), the
+    substitutes a cheating peer could serve, the embeddings and the tokenizer."""
+    from p2pinfer.models import SMOLLM2, ClientHead, LayerSpan, Tokenizer, default_model_path
+
+    path = default_model_path(SMOLLM2)
+    f32 = LayerSpan.load(path, 0, 30, torch.float32)
+    layers = f32.num_layers
+    models: dict[str, object] = {
+        "path": path, "head": ClientHead.load(path, 0), "tokenizer": Tokenizer.load(path),
+        "f32": f32, "bf16": LayerSpan.load(path, 0, 30, torch.bfloat16),
+    }
+    gen = torch.Generator().manual_seed(5000)
+    other = copy.deepcopy(f32)
+    for name, buf in other.blocks.named_buffers():
+        if buf.dim() == 2:  # every projection: random weights with the real one's spread
+            buf.copy_(torch.randn(buf.shape, generator=gen) * buf.std())
+    models["other"] = other
+    skipped = copy.copy(f32)
+    skipped.blocks = torch.nn.ModuleList(b for i, b in enumerate(f32.blocks) if i != layers // 2)
+    models["skipped"] = skipped
+    for key, bits, block in (("int8", 8, None), ("4bit", 4, 32)):
+        clone = copy.deepcopy(f32)
+        for _, buf in clone.blocks.named_buffers():
+            if buf.dim() == 2:
+                buf.copy_(requantize(buf, bits, block))
+        models[key] = clone
+    return models
+
+
+def _chat_ids(tokenizer, prompt: str) -> list[int]:
+    return tokenizer.apply_chat_template([{"role": "user", "content": prompt}])
+
+
+def _decode_span(span, x: torch.Tensor) -> torch.Tensor:
+    """First half of x as a prefill, then the rest one token at a time through the KV cache."""
+    half = x.shape[1] // 2
+    cache = span.new_cache()
+    parts = [span.forward(x[:, :half].to(span.dtype), cache, 0)]
+    for i in range(half, x.shape[1]):
+        parts.append(span.forward(x[:, i:i + 1].to(span.dtype), cache, i))
+    return torch.cat(parts, dim=1).float()
+
+
+def smollm2_trials(args: argparse.Namespace) -> dict[str, list[float]]:
+    """Per-trial distances on SmolLM2: the stage is all 30 layers, its input the embeddings of
+    a chat-templated prompt cut at a random length (8 prompts, fresh task id every trial)."""
+    rng = np.random.default_rng(args.seed)
+    m = smollm2_models()
+    head, tok = m["head"], m["tokenizer"]
+    vocab = head.info.vocab_size
+    prompts = [_chat_ids(tok, p) for p in PROMPTS]
+    distances: dict[str, list[float]] = defaultdict(list)
+    for trial in range(args.trials):
+        ids = prompts[trial % len(prompts)]
+        ids = ids[:int(rng.integers(min(len(ids), 12), len(ids) + 1))]
+        x = head.embed(ids)
+        context = FingerprintContext("calibration", rng.bytes(16), trial % 7, trial)
+        torch.set_num_threads(2)
+        ref = m["f32"].forward(x).float()
+        fp = fingerprint(ref, context)
+
+        def record(name: str, tensor: torch.Tensor, fp=fp, context=context) -> None:
+            distances[name].append(distance(fp, fingerprint(tensor.float(), context)))
+
+        torch.set_num_threads(1)
+        record("threads 1 vs 2", m["f32"].forward(x))
+        torch.set_num_threads(2)
+        others = [head.embed(rng.integers(5, vocab, size=len(ids)).tolist()) for _ in range(2)]
+        record("batch 3 vs 1", m["f32"].run(torch.cat([x, *others]), None, 0)[:1])
+        record("kv decode vs prefill", _decode_span(m["f32"], x))
+        record("bf16 vs f32", m["bf16"].forward(x.to(torch.bfloat16)))
+        record("bf16 kv decode vs f32", _decode_span(m["bf16"], x))
+
+        record("other weights", m["other"].forward(x))
+        record("skipped layer", m["skipped"].forward(x))
+        record("int8 weights", m["int8"].forward(x))
+        record("4-bit weights", m["4bit"].forward(x))
+        changed = list(ids)
+        position = int(rng.integers(0, len(ids)))
+        replacement = int(rng.integers(5, vocab))
+        while replacement == changed[position]:
+            replacement = int(rng.integers(5, vocab))
+        changed[position] = replacement
+        record("one input token changed", m["f32"].forward(head.embed(changed)))
+        gen = torch.Generator().manual_seed(int(rng.integers(0, 2**31)))
+        for scale in ("1e-1", "1e-2", "1e-3", "1e-4"):
+            record(f"noise {scale}", per_token_noise(ref, float(scale), gen))
+        token = int(rng.integers(0, len(ids)))
+        record("noise 1e-1 on one token", per_token_noise(ref, 0.1, gen, token))
+        if (trial + 1) % 10 == 0:
+            print(f"  {trial + 1}/{args.trials} trials", file=sys.stderr, flush=True)
+    return distances
+
+
+def smollm2_chain_trials(args: argparse.Namespace) -> dict[int, list[float]]:
+    """A route of bfloat16 stages against one of float32 stages through all 30 layers of
+    SmolLM2 (6 stages of 5 layers), each stage fed its own route's output as a replica is:
+    a prefill of the chat prompt's first part, then its remaining tokens as decode steps."""
+    from p2pinfer.models import SMOLLM2, ClientHead, LayerSpan, Tokenizer, default_model_path
+
+    path = default_model_path(SMOLLM2)
+    head, tok = ClientHead.load(path, 0), Tokenizer.load(path)
+    full = {d: LayerSpan.load(path, 0, 30, d) for d in (torch.float32, torch.bfloat16)}
+    bounds = [(i, i + 5) for i in range(0, 30, 5)]
+    chains = {d: [span.slice(a, b) for a, b in bounds] for d, span in full.items()}
+    prompts = [_chat_ids(tok, p) for p in PROMPTS]
+    rng = np.random.default_rng(args.seed + 1)
+    torch.set_num_threads(2)
+    distances: dict[int, list[float]] = defaultdict(list)
+    for trial in range(args.chain_trials):
+        ids = prompts[trial % len(prompts)]
+        cut = int(rng.integers(8, len(ids) - args.chain_steps + 1))
+        caches = {d: [s.new_cache() for s in chain] for d, chain in chains.items()}
+        steps = [ids[:cut]] + [[t] for t in ids[cut:cut + args.chain_steps]]
+        pos = 0
+        for step, tokens in enumerate(steps):
+            x = head.embed(tokens)
+            outs = {d: x for d in chains}
+            for stage in range(len(bounds)):
+                context = FingerprintContext("calibration", rng.bytes(16), stage, step)
+                for d, chain in chains.items():
+                    outs[d] = chain[stage].forward(outs[d].to(d), caches[d][stage], pos)
+                distances[stage].append(distance(
+                    fingerprint(outs[torch.float32].float(), context),
+                    fingerprint(outs[torch.bfloat16].float(), context)))
+            pos += len(tokens)
+    return distances
+
+
+def print_chain_table(distances: dict[int, list[float]], trials: int,
+                      title: str = "testnet checkpoint", steps: int = 3) -> None:
+    print(f"\nbfloat16 chain vs float32 chain, {title}, {trials} trials x {steps} steps")
     print(f"tolerances: float32 {TOLERANCE_FLOAT32:g}, bfloat16 {TOLERANCE_BFLOAT16:g}\n")
     print("| stage | steps | median dist | 99.9% dist | worst dist | > 5e-2 | FR bf16 tol |")
     print("|-------|-------|-------------|------------|------------|--------|-------------|")
@@ -261,6 +436,10 @@ def print_chain_table(distances: dict[int, list[float]], trials: int) -> None:
         print(f"| {stage:>5} | {len(d):>5} | {np.median(d):>11.2e} | {np.quantile(d, 0.999):>10.2e}"
               f" | {d.max():>10.2e} | {np.mean(d > 5e-2):>6.2%} |"
               f" {np.mean(d > TOLERANCE_BFLOAT16):>11.2%} |")
+    worst = max(max(d) for d in distances.values())
+    print(f"worst honest distance {worst:.3e} = {worst / TOLERANCE_BFLOAT16:.2f}x the bfloat16"
+          f" tolerance, {worst / EVIDENCE_TOLERANCE:.2f}x the evidence tolerance"
+          f" {EVIDENCE_TOLERANCE:g}")
 
 
 def print_fingerprint_table(distances: dict[str, list[float]], trials: int) -> None:
@@ -270,11 +449,11 @@ def print_fingerprint_table(distances: dict[str, list[float]], trials: int) -> N
               f" {'f32 tol: rate':>14} | {'bf16 tol: rate':>15} |")
     print(header)
     print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
-    for name in HONEST + CHEATS:
+    for name in dict.fromkeys(HONEST + SMOL_HONEST + CHEATS + SMOL_CHEATS):
         if name not in distances:
             continue
         d = np.array(distances[name])
-        honest = name in HONEST
+        honest = name in HONEST or name in SMOL_HONEST
         worst = d.max() if honest else d.min()
         if honest:
             f32 = f"FR {np.mean(d > TOLERANCE_FLOAT32):.1%}"
@@ -331,17 +510,45 @@ def _median_ms(fn) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", choices=["llama", "minilm", "testnet"], default="llama",
-                        help="random Llama checkpoints, the real all-MiniLM-L6-v2 encoder, or "
-                             "the testnet checkpoint as a three-stage chain")
-    parser.add_argument("--trials", type=int, default=300)
+    parser.add_argument("--model", choices=["smollm2", "minilm", "llama", "testnet"],
+                        default="smollm2",
+                        help="the real SmolLM2-135M-Instruct (default) or all-MiniLM-L6-v2; "
+                             "random-weight models: Llama checkpoints (llama) or the testnet "
+                             "checkpoint as a three-stage chain (testnet)")
+    parser.add_argument("--trials", type=int, default=None,
+                        help="trials per row (default 40 on smollm2, 300 otherwise)")
+    parser.add_argument("--chain-trials", type=int, default=40,
+                        help="smollm2: prompts run through the 6-stage bfloat16 route")
+    parser.add_argument("--chain-steps", type=int, default=4,
+                        help="smollm2: decode steps after each chain prefill")
+    parser.add_argument("--no-extras", action="store_true",
+                        help="skip the audit and cost tables")
     parser.add_argument("--models", type=int, default=3)
     parser.add_argument("--hidden", type=int, default=384)
     parser.add_argument("--layers", type=int, default=6)
     parser.add_argument("--tokens", type=int, default=24)
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args()
+    if args.trials is None:
+        args.trials = 40 if args.model == "smollm2" else 300
     started = time.time()
+    if args.model == "smollm2":
+        # the route table first: it is the cheaper one and the one the tolerance rests on
+        chain = smollm2_chain_trials(args)
+        print_chain_table(chain, args.chain_trials, "SmolLM2, 6 stages of 5 layers",
+                          args.chain_steps + 1)
+        print(f"\n({time.time() - started:.0f} s)", flush=True)
+        distances = smollm2_trials(args)
+        print(f"\nmodel: SmolLM2-135M-Instruct (real weights, Q4_1 GGUF dequantized), one stage"
+              f" of all 30 layers fed the embeddings of {len(PROMPTS)} chat prompts cut at random"
+              f" lengths; other weights = random with each projection's spread; noise is per"
+              f" token, relative to that token's RMS; torch {torch.__version__}")
+        print_fingerprint_table(distances, args.trials)
+        if not args.no_extras:
+            print_audit_table(args.seed)
+            print_cost_table()
+        print(f"\n({time.time() - started:.0f} s)")
+        return
     if args.model == "testnet":
         print_chain_table(chain_trials(args), args.trials)
         print(f"\n({time.time() - started:.0f} s)")
@@ -354,8 +561,9 @@ def main() -> None:
         print(f"model: random Llama, hidden {args.hidden}, {args.layers} layers, {args.tokens}"
               f" tokens, {args.models} checkpoints; torch {torch.__version__}")
     print_fingerprint_table(distances, args.trials)
-    print_audit_table(args.seed)
-    print_cost_table()
+    if not args.no_extras:
+        print_audit_table(args.seed)
+        print_cost_table()
     print(f"\n({time.time() - started:.0f} s)")
 
 

@@ -3,7 +3,8 @@
 In general mode the requester keeps the embeddings and first k layers and sends the layer-k
 activation (optionally clipped to row norm C and noised with N(0, sigma^2)) to the first stage.
 This tool plays that stage and tries to recover the input tokens, for each k and sigma, on the
-embedded default models (real MiniLM-L6 weights; the random-weight tiny Llama decoder):
+real models by default (SmolLM2-135M-Instruct, a 30-layer Llama chat decoder, and MiniLM-L6;
+the random-weight tiny Llama decoder only with --models tiny):
 
 * nn      nearest neighbour: compare each row with the embedding-layer output of every
           vocabulary token at that position (cosine). Exact inversion at k = 0.
@@ -28,7 +29,7 @@ this simple audit. Split learning alone is weak privacy: it raises the cost of r
 input, it does not prevent it. Noise that gives a meaningful epsilon destroys utility. When
 the input matters, route it over attested TEE channels (see p2pinfer/trust, p2pinfer/channel).
 
-Usage:  python tools/privacy_audit.py [--models minilm,tiny] [--ks 0,1,2,4]
+Usage:  python tools/privacy_audit.py [--models smollm2,minilm] [--ks 0,1,2,4]
                                       [--sigmas 0,0.001,0.003,0.01,0.03,0.1,1,5] [--candidates 1024]
 """
 
@@ -48,6 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from p2pinfer.models import (
     MINILM,
+    SMOLLM2,
     TINY_LLAMA,
     BoundaryNoise,
     ClientHead,
@@ -98,10 +100,25 @@ class _PrefixCache:
         )
 
 
+WORD_MARKS = ("\u0120", "\u2581")  # byte-level BPE's and SentencePiece's leading-space marks
+
+
+def plain_word(piece: str) -> bool:
+    """A vocabulary piece that is a whole lower-case word: WordPiece's "river", byte-level
+    BPE's "\u0120river" (the word after a space); word pieces and punctuation are not."""
+    for mark in WORD_MARKS:
+        if piece.startswith(mark):
+            piece = piece[len(mark):]
+            break
+    return piece.isascii() and piece.isalpha() and piece.islower() and len(piece) > 2
+
+
 def word_ids(tok: Tokenizer) -> list[int]:
-    """Ids of plain lower-case words in the WordPiece vocabulary (the attacker's training text)."""
+    """Ids of plain lower-case words in the vocabulary (the attacker's training text)."""
     vocab = tok._inner.get_vocab()
-    return sorted(i for w, i in vocab.items() if w.isalpha() and w.islower() and len(w) > 2)
+    bpe = any(w.startswith(WORD_MARKS) for w in vocab)
+    return sorted(i for w, i in vocab.items()
+                  if plain_word(w) and (not bpe or w.startswith(WORD_MARKS)))
 
 
 class Audit:
@@ -116,7 +133,7 @@ class Audit:
         self.sentences = [self.tok.encode(s) for s in CORPUS]
         self.embed_head = ClientHead.load(path, 0)
         self._words_unit: torch.Tensor | None = None
-        specials = ("[CLS]", "[SEP]", "[PAD]")
+        specials = ("[CLS]", "[SEP]", "[PAD]", "<|im_start|>", "<|im_end|>", "<|endoftext|>")
         self.special = {self.tok.token_to_id(t) for t in specials} - {None}
 
     # -- the requester's side --------------------------------------------------------------
@@ -278,7 +295,8 @@ def format_row(r: Row) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--models", default="minilm,tiny")
+    ap.add_argument("--models", default="smollm2,minilm",
+                    help="comma list of smollm2, minilm (real weights) and tiny (random weights)")
     ap.add_argument("--ks", default="0,1,2,4")
     ap.add_argument("--sigmas", default="0,0.001,0.003,0.01,0.03,0.1,1,5")
     ap.add_argument("--candidates", type=int, default=1024)
@@ -287,20 +305,29 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     torch.set_grad_enabled(False)
     torch.set_num_threads(args.threads)
-    names = {"minilm": MINILM, "tiny": TINY_LLAMA}
+    names = {"smollm2": SMOLLM2, "minilm": MINILM, "tiny": TINY_LLAMA}
     ks = [int(k) for k in args.ks.split(",")]
     sigmas = [float(s) for s in args.sigmas.split(",")]
     print("Split-learning privacy audit: token recovery from the boundary activation")
     print(f"corpus: {len(CORPUS)} sentences; eps: Gaussian mechanism per token, delta={DELTA}")
     print(HEADER)
     start = time.time()
-    for key in args.models.split(","):
+    keys = args.models.split(",")
+    for key in keys:
+        if key not in names:
+            ap.error(f"unknown model {key!r}: choose from {', '.join(names)}")
+    for key in keys:
         name = names[key]
         Audit(name, default_model_path(name), sigmas, args.candidates, args.seed).run(ks)
     print(f"({time.time() - start:.0f} s)")
+    if "tiny" in keys:
+        print(
+            "The tiny decoder has random weights: its logits are nearly flat, so its utility "
+            "column overstates the harm of noise."
+        )
     print(
-        "The tiny decoder has random weights: its logits are nearly flat, so its utility column "
-        "overstates the harm of noise; MiniLM's column (cosine to the clean embedding) is real."
+        "utility: decoders, share of next-token argmaxes unchanged by the noise; MiniLM, cosine "
+        "of the noisy to the clean sentence embedding."
     )
     print(
         "Split learning alone is weak privacy: most tokens are recoverable from early layers "
