@@ -30,6 +30,7 @@ from p2pinfer.api.receipt import verify_receipt
 from p2pinfer.api.requests import Requester
 from p2pinfer.cli import main as cli_main
 from p2pinfer.config import ApiSection
+from p2pinfer.control import query_control
 from p2pinfer.errors import ConfigError
 from p2pinfer.node import Node
 from p2pinfer.testnet import Testnet
@@ -72,15 +73,6 @@ def env(tmp_path_factory):
         net.stop()
 
 
-def _only_libp2p_teardown_race(error: BaseException) -> bool:
-    """py-libp2p 0.8.1 can raise "Nursery is closed to new arrivals" out of a node's teardown
-    (notes/py-libp2p.md); that says nothing about the API. Goes once the node's exit no longer
-    lets it out."""
-    if isinstance(error, BaseExceptionGroup):
-        return all(_only_libp2p_teardown_race(e) for e in error.exceptions)
-    return isinstance(error, RuntimeError) and "closed to new arrivals" in str(error)
-
-
 @asynccontextmanager
 async def api_node(env, name: str, **api):
     """A requester node in this process with the API on; yields (node, base URL)."""
@@ -97,8 +89,8 @@ async def api_node(env, name: str, **api):
             except Exception as e:  # noqa: BLE001 - re-raised below, unwrapped
                 failure = e
             nursery.cancel_scope.cancel()
-    except BaseException as e:
-        if failure is None and not _only_libp2p_teardown_race(e):
+    except BaseException:
+        if failure is None:
             raise
     if failure is not None:
         raise failure
@@ -290,6 +282,15 @@ async def test_sixteen_concurrent_streams_a_cancelled_stream_and_metrics(env):
                     await trio.sleep(0.1)
         last = status["recent"][0]
         assert last["outcome"] == "cancelled" and last["tokens"] < 50
+        # and the stage peers it ran through have closed its sessions and dropped their keys
+        with trio.fail_after(30):
+            while True:
+                stages = [(await query_control(p.control_path, "status"))["inference"]
+                          for p in env.net.peers]
+                if all(s["stage_sessions"] == 0 and s["hop_keys"] == 0 for s in stages):
+                    break
+                await trio.sleep(0.2)
+        assert sum(s["stage"]["counters"]["opened"] for s in stages) > 0
         values = await metric_values(url)
         assert total(values, "p2pinfer_api_requests_total", outcome="cancelled") == 1
         assert total(values, "p2pinfer_requester_open_sessions") == 0
