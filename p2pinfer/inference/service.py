@@ -392,7 +392,7 @@ class ChatStream:
         ids = tok.apply_chat_template(messages)
         stream = chat.conversation.turn(ids, self._max_new_tokens, chat.sampler,
                                         stop_ids=tok.stop_ids)
-        chat.messages = messages
+        before, chat.messages = chat.messages, messages
         out: list[int] = []
         shown = ""
         try:
@@ -401,8 +401,13 @@ class ChatStream:
                 text = tok.decode(out)
                 piece, shown = text.removeprefix(shown), text
                 yield TokenEvent(t, piece)
-        finally:
+        except BaseException:
+            if not out:  # nothing was answered: the message is not part of the conversation
+                chat.messages = before
+                raise
             chat.messages.append({"role": "assistant", "content": tok.decode(out).strip()})
+            raise
+        chat.messages.append({"role": "assistant", "content": tok.decode(out).strip()})
         o = stream.outcome
         start, end = client.middle
         self.result = Generation(
