@@ -388,6 +388,8 @@ class ChatStream:
     async def _run(self) -> AsyncIterator[TokenEvent]:
         chat = self._chat
         tok, client = chat.tokenizer, chat.client
+        if tok is None:
+            raise InferenceError("the conversation is not open (use `async with`)")
         messages = [*chat.messages, {"role": "user", "content": self._text}]
         ids = tok.apply_chat_template(messages)
         stream = chat.conversation.turn(ids, self._max_new_tokens, chat.sampler,
@@ -434,17 +436,21 @@ class Conversation:
         self.max_new_tokens = max_new_tokens
         self.system = system
         self.client = service.client(model, _client_key(settings))
-        self.tokenizer = Tokenizer.load(self.client.head_path)
-        if self.tokenizer.chat_template is None:
-            raise InferenceError(f"{model} has no chat template; use generate() with a prompt")
         self.sampler = Sampler(SamplingParams(temperature=temperature, top_p=top_p, seed=seed))
         self.conversation: RouteConversation = self.client.conversation(settings)
         self.messages: list[dict[str, str]] = self._start()
+        self.tokenizer: Tokenizer | None = None
 
     def _start(self) -> list[dict[str, str]]:
         return [{"role": "system", "content": self.system}] if self.system else []
 
     async def __aenter__(self) -> Self:
+        # a GGUF tokenizer is converted on first use (seconds): not on the event loop
+        tok = await trio.to_thread.run_sync(Tokenizer.load, self.client.head_path)
+        if tok.chat_template is None:
+            raise InferenceError(f"{self.model} has no chat template; use generate() with a "
+                                 "prompt")
+        self.tokenizer = tok
         await self.conversation.__aenter__()
         return self
 
