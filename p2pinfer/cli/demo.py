@@ -106,7 +106,8 @@ def _verification_lines(verification: dict[str, Any] | None) -> tuple[list[str],
     for s in verification["stages"]:
         full &= len(s["replicas"]) == REDUNDANCY
         quiet &= not s["dissenting"]
-        lines.append(f"  stage {s['stage']} layers {s['layers']}: {len(s['replicas'])} replicas "
+        a, b = s["layers"]
+        lines.append(f"  stage {s['stage']} layers [{a}, {b}): {len(s['replicas'])} replicas "
                      f"({', '.join(r[-6:] for r in s['replicas'])}), {s['votes']} votes, "
                      f"{len(s['agreeing'])} agreeing, dissent "
                      f"{', '.join(d[-6:] for d in s['dissenting']) or 'none'}")
@@ -164,7 +165,8 @@ async def _ask(client: Any, layout: Layout, chat_path: Any) -> bool:
     ref_ids = await trio.to_thread.run_sync(lambda: local.generate(
         tok.apply_chat_template(messages), layout.max_new_tokens, stop_ids=tok.stop_ids))
     same = gen.token_ids == ref_ids
-    hops = " -> ".join(f"{r['layers']}x{len(r['peers'])}" for r in gen.route)
+    hops = " -> ".join(f"[{r['layers'][0]},{r['layers'][1]})x{len(r['peers'])}"
+                       for r in gen.route)
     (_, head_end), (tail_start, layers) = gen.local_layers
     print(f"  local:    {tok.decode(ref_ids).strip()}")
     print(f"  {len(gen.token_ids)} tokens in {gen.seconds:.2f}s (first after "
@@ -211,7 +213,7 @@ async def _demo(layout: Layout, progress: Callable[[str], None], debug: bool) ->
             await _wait_for_replicas(client, layout, 300, progress)
             print(f"\nclient {client.peer_id} joined {net.network_id} with {n} peers")
             for p, (model, layers) in zip(net.peers, layout.peers()):
-                print(f"  peer {p.index} {p.peer_id[-8:]} serves {model} layers {list(layers)}")
+                print(f"  peer {p.index} {p.peer_id[-8:]} serves {model} layers [{layers[0]}, {layers[1]})")
             emb_ok = await _search(client, layout)
             chat_ok = await _ask(client, layout, chat_path)
         ok = emb_ok and chat_ok

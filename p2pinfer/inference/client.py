@@ -895,6 +895,8 @@ class RouteConversation:
         self.turns = 0
         self._busy = False
         self._open = False
+        #: why the caches were dropped between turns (told in the next turn's outcome)
+        self._dropped: str | None = None
 
     async def __aenter__(self) -> Self:
         self._open = True
@@ -923,6 +925,7 @@ class RouteConversation:
     async def reset(self) -> None:
         """Forget the conversation: the next turn opens a fresh route session."""
         await self._drop()
+        self._dropped = None
 
     def turn(self, ids: Sequence[int], max_new_tokens: int, sample: Callable[[torch.Tensor], int],
              *, stop_ids: Sequence[int] = ()) -> TokenStream:
@@ -972,6 +975,9 @@ class RouteConversation:
                 break
             keep += 1
         keep = min(keep, len(want) - 1)  # at least one token must run for the next logits
+        if self._dropped is not None:
+            outcome.notes.append(self._dropped)
+            self._dropped = None
         if keep < len(self.cached):
             if self.cached:
                 outcome.notes.append(
@@ -1027,6 +1033,8 @@ class RouteConversation:
             if self._busy:  # stopped inside a step: the caches may hold half of it
                 self._busy = False
                 await self._drop()
+                self._dropped = ("the last turn stopped inside a step: fresh route session, "
+                                 "whole history sent")
 
 
 def settings_with(base: RequestSettings, **overrides: Any) -> RequestSettings:
