@@ -35,7 +35,15 @@ from p2pinfer.errors import P2PInferError, RemoteError, WireError
 from p2pinfer.identity import NodeIdentity
 from p2pinfer.inference.critical import infer_critical
 from p2pinfer.inference.secure_hop import ChannelHop
-from p2pinfer.inference.service import InferenceService, embed, generate, generate_stream
+from p2pinfer.inference.service import (
+    InferenceService,
+    chat,
+    chat_stream,
+    conversation,
+    embed,
+    generate,
+    generate_stream,
+)
 from p2pinfer.net.adverts import Advert, AdvertRejected, AdvertValidator, Hardware, sign_advert
 from p2pinfer.net.boundary import StreamingHandler
 from p2pinfer.net.discovery import BootstrapDialer, DhtDiscovery, MdnsDiscovery
@@ -690,6 +698,22 @@ class Node:
     async def generate(self, prompt: str, *, model: str, **kw: Any) -> Any:
         """Run a whole distributed generation; returns a `Generation`."""
         return await generate(self._inference_service(), prompt, model=model, **kw)
+
+    def chat_stream(self, messages: list[dict[str, str]], *, model: str, **kw: Any
+                    ) -> AsyncIterator[Any]:
+        """Stream the answer to a chat (`messages` = [{"role", "content"}, ...] ending with the
+        user's) formatted with the model's chat template; once the iteration ended, the
+        stream's `result` is the `Generation`. Stops on the model's end-of-turn token."""
+        return chat_stream(self._inference_service(), messages, model=model, **kw)
+
+    async def chat(self, messages: list[dict[str, str]], *, model: str, **kw: Any) -> Any:
+        """The whole answer to a chat; returns a `Generation`."""
+        return await chat(self._inference_service(), messages, model=model, **kw)
+
+    def conversation(self, *, model: str, **kw: Any) -> Any:
+        """A multi-turn chat (async context manager) whose earlier turns stay in the route's
+        KV caches: `send(text)` streams an answer, `ask(text)` returns it, `reset()`."""
+        return conversation(self._inference_service(), model=model, **kw)
 
     async def embed(self, texts: str | list[str], *, model: str, **kw: Any) -> Any:
         """Sentence embeddings [n, H] of `texts`, computed through the network."""

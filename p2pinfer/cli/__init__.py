@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from p2pinfer.cli import (
     api,
     attest,
+    chat,
     demo,
     embed,
     infer,
@@ -37,8 +38,8 @@ from p2pinfer.models.errors import CacheError, ModelError, SpanInputError
 #: loggers of libraries whose messages only --debug shows
 LIBRARY_LOGGERS = ("multiaddr", "zeroconf", "async_service")
 
-COMMANDS = (node, keygen, peers, status, testnet, infer, embed, prove_run, attest, demo, api,
-            receipt, zk)
+COMMANDS = (node, keygen, peers, status, testnet, infer, chat, embed, prove_run, attest, demo,
+            api, receipt, zk)
 
 
 def build_parser() -> argparse.ArgumentParser:

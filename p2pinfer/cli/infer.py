@@ -9,6 +9,7 @@ from typing import Any
 
 import trio
 
+from p2pinfer.cli.chat import add_sampling_args
 from p2pinfer.cli.options import (
     add_client_args,
     client_config,
@@ -26,10 +27,13 @@ async def _run_infer(args: argparse.Namespace, cfg: NodeConfig) -> int:
         await wait_for_route(node, args.model, args.wait)
         t0 = time.perf_counter()
         text_parts: list[str] = []
-        stream = node.generate_stream(
-            args.prompt, model=args.model, max_new_tokens=args.max_new_tokens,
-            temperature=args.temperature, top_p=args.top_p, seed=args.seed,
-        )
+        sampling = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature,
+                    "top_p": args.top_p, "seed": args.seed}
+        if args.chat is not None:  # one turn with the model's chat template
+            stream = node.chat_stream([{"role": "user", "content": args.chat}],
+                                      model=args.model, **sampling)
+        else:
+            stream = node.generate_stream(args.prompt, model=args.model, **sampling)
         async for ev in stream:
             text_parts.append(ev.text)
             if not args.json:
@@ -38,7 +42,7 @@ async def _run_infer(args: argparse.Namespace, cfg: NodeConfig) -> int:
         gen = stream.result
         assert gen is not None  # set once the stream ended
         ids, route = gen.token_ids, gen.route
-        summary = {"prompt": args.prompt, "text": "".join(text_parts), "token_ids": ids,
+        summary = {"prompt": args.prompt if args.chat is None else args.chat, "text": "".join(text_parts), "token_ids": ids,
                    "seconds": round(dt, 3), "tokens_per_s": round(len(ids) / dt, 2) if dt else None,
                    "route": route, "replans": gen.replans, "privacy": gen.privacy,
                    "random_weights": gen.random_weights, "verification": gen.verification,
@@ -65,15 +69,11 @@ def run(args: argparse.Namespace) -> int:
 
 def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("infer", parents=[common], help="generate text through the network")
-    p.add_argument("--prompt", required=True, help="the text to continue")
-    p.add_argument("--max-new-tokens", type=int, default=32,
-                   help="stop after this many new tokens (default 32)")
-    p.add_argument("--temperature", type=float, default=0.0,
-                   help="sampling temperature; 0 = greedy (default)")
-    p.add_argument("--top-p", type=float, default=1.0,
-                   help="nucleus sampling: keep the smallest set of tokens with this much "
-                        "probability (default 1.0 = all)")
-    p.add_argument("--seed", type=int, help="seed for sampling (reproducible runs)")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--prompt", help="the text to continue")
+    what.add_argument("--chat", help="a user message, answered with the model's chat template "
+                      "(a chat model, e.g. --model smollm2-135m-instruct)")
+    add_sampling_args(p, 32)
     p.add_argument("--json", action="store_true",
                    help="print one JSON summary (text, route, verification report)")
     add_client_args(p, "p2pinfer-tiny-llama")

@@ -105,7 +105,7 @@ def preflight(args: argparse.Namespace, cfg: NodeConfig, *, task: str) -> None:
     """Every user error that can be known before joining the network, as a `UsageError`:
     an unknown model, a model of the wrong kind for the command, local layers the model does
     not have, sampling values out of range, a prompt over the context. `task` is
-    "generation", "embedding" or "critical"."""
+    "generation", "chat" (a decoder with a chat template), "embedding" or "critical"."""
     from p2pinfer.models import Tokenizer, default_models, load_model_info
     from p2pinfer.models.errors import ModelError
     from p2pinfer.zk.checkpoint import builtin_model_path
@@ -124,6 +124,13 @@ def preflight(args: argparse.Namespace, cfg: NodeConfig, *, task: str) -> None:
                          "p2pinfer-mlp model (e.g. p2pinfer-zk-mlp, p2pinfer-zk-llama)")
     if task != "critical" and provable:
         raise UsageError(f"--model {name} is a provable model: run it with `p2pinfer prove-run`")
+    if task == "chat":
+        if not info.is_decoder:
+            raise UsageError(f"--model {name} is an embedding model: it cannot chat")
+        if Tokenizer.load(path).chat_template is None:
+            raise UsageError(f"--model {name} has no chat template: use `p2pinfer infer "
+                             "--prompt`")
+        task = "generation"
     if task == "generation" and not info.is_decoder:
         raise UsageError(f"--model {name} is an embedding model: use `p2pinfer embed`")
     if task == "embedding" and info.is_decoder:
@@ -146,11 +153,22 @@ def preflight(args: argparse.Namespace, cfg: NodeConfig, *, task: str) -> None:
         raise UsageError(f"--top-p {args.top_p}: must be in (0, 1]")
     if args.max_new_tokens < 1:
         raise UsageError("--max-new-tokens must be at least 1")
-    tokens = len(Tokenizer.load(path).encode(args.prompt))
-    if not tokens:
-        raise UsageError("--prompt is empty")
+    text, option = getattr(args, "prompt", None), "--prompt"
+    if getattr(args, "chat", None) is not None:
+        text, option = args.chat, "--chat"
+    if text is None:  # an interactive chat: its turns are checked as they come
+        return
+    tok = Tokenizer.load(path)
+    if not text.strip():
+        raise UsageError(f"{option} is empty")
+    if option == "--chat":
+        if tok.chat_template is None:
+            raise UsageError(f"--model {name} has no chat template: use --prompt")
+        tokens = len(tok.apply_chat_template([{"role": "user", "content": text}]))
+    else:
+        tokens = len(tok.encode(text))
     if tokens + args.max_new_tokens > info.max_positions:
-        raise UsageError(f"--prompt of {tokens} tokens plus --max-new-tokens "
+        raise UsageError(f"{option} of {tokens} tokens plus --max-new-tokens "
                          f"{args.max_new_tokens} exceeds {name}'s context of "
                          f"{info.max_positions} tokens: shorten one of them")
 

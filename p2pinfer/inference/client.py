@@ -26,7 +26,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
 import torch
 import trio
@@ -121,6 +121,13 @@ class RequestOutcome:
     first_s: float | None = None
     #: seconds per network step (one per token for a generation)
     step_s: list[float] = field(default_factory=list)
+    #: token positions this request sent through the route (a conversation's turn: only its
+    #: new tokens, unless the route was rebuilt and the history replayed)
+    tokens_sent: int = 0
+    #: a conversation's turn: positions already in the route's caches that it reused
+    tokens_reused: int = 0
+    #: events worth telling the user that are not failures (a conversation's fresh route)
+    notes: list[str] = field(default_factory=list)
 
     def route_dicts(self) -> list[dict[str, Any]]:
         return [{"layers": [s.start, s.end], "peers": list(s.replicas)} for s in self.route]
@@ -597,6 +604,19 @@ class InferenceClient:
                      strategy: ModeStrategy, max_length: int) -> AsyncIterator[RouteSession]:
         """One attempt's route: planned, signed and open; closed on the way out. A failure in
         the body that names no peer gets one (the route is probed)."""
+        session = await self._open_route(outcome, settings, strategy, max_length)
+        try:
+            yield session
+        except StageFailure as failure:
+            if failure.peer_id is None:
+                failure.peer_id = await self._blame(session, failure)
+            raise
+        finally:
+            await self._close(session)
+
+    async def _open_route(self, outcome: RequestOutcome, settings: RequestSettings,
+                          strategy: ModeStrategy, max_length: int) -> RouteSession:
+        """A route planned, signed and open (the caller closes it with `_close`)."""
         route = self.plan(settings)
         outcome.route = route
         outcome.report = None
@@ -606,14 +626,7 @@ class InferenceClient:
             max_length=max_length, options=strategy.task_options(route))
         session = RouteSession(self, task, settings, strategy, outcome)
         await self._open(session)
-        try:
-            yield session
-        except StageFailure as failure:
-            if failure.peer_id is None:
-                failure.peer_id = await self._blame(session, failure)
-            raise
-        finally:
-            await self._close(session)
+        return session
 
     async def _attempts(self, outcome: RequestOutcome, settings: RequestSettings,
                         attempt: Callable[[], AsyncIterator[Any]]) -> AsyncIterator[Any]:
@@ -808,6 +821,7 @@ class InferenceClient:
             h = await trio.to_thread.run_sync(self.head.forward, pending, head_cache, pos)
             if session is not None:
                 sent = self._protect(h, session.settings, session.outcome)
+                session.outcome.tokens_sent += len(pending)
                 h = await self._step(session, i, pos, sent)
                 if i == 0:
                     await session.strategy.after_prefill(session, sent, h)
@@ -821,6 +835,14 @@ class InferenceClient:
 
     def _tail_last(self, hidden: torch.Tensor, cache: Any, pos: int) -> torch.Tensor:
         return self.tail.forward(hidden, cache, pos, last_only=True)
+
+    def conversation(self, settings: RequestSettings | None = None) -> RouteConversation:
+        """A multi-turn generation whose route session and local caches stay open across
+        turns (use as an async context manager; each turn sends only its new tokens)."""
+        s = self._settings(settings)
+        if not self.info.is_decoder:
+            raise InferenceError("a conversation needs a decoder model")
+        return RouteConversation(self, s)
 
     async def embed(self, ids: Sequence[int], *, settings: RequestSettings | None = None
                     ) -> Embedded:
@@ -841,6 +863,7 @@ class InferenceClient:
             start, end = self.middle
             if start < end:
                 async with self._route(outcome, s, strategy, len(ids)) as session:
+                    outcome.tokens_sent += len(ids)
                     h = await self._step(session, 0, 0, self._protect(h, s, outcome))
             yield await trio.to_thread.run_sync(self.tail.forward, h)
 
@@ -849,6 +872,169 @@ class InferenceClient:
             outcome.first_s = time.perf_counter() - outcome.started
         assert vector is not None
         return Embedded(vector, outcome)
+
+
+class RouteConversation:
+    """Turns of one conversation over one route session: the stages' KV caches and the local
+    head and tail caches keep every earlier turn, so a turn sends only the tokens that differ
+    from what the caches hold. A failed stage re-plans and replays the whole history on the new
+    route; a turn whose prompt rewrites cached positions starts a fresh route session (its
+    outcome says so). Per-conversation state lives here; the client is shared."""
+
+    def __init__(self, client: InferenceClient, settings: RequestSettings) -> None:
+        self.client = client
+        self.settings = settings
+        self.strategy = client.strategy(settings)
+        self.session: RouteSession | None = None
+        self.head_cache: Any = None
+        self.tail_cache: Any = None
+        #: the token ids the caches hold, in order (the last sampled token is not among them)
+        self.cached: list[int] = []
+        #: the next step index on the route session
+        self.seq = 0
+        self.turns = 0
+        self._busy = False
+        self._open = False
+        #: why the caches were dropped between turns (told in the next turn's outcome)
+        self._dropped: str | None = None
+
+    async def __aenter__(self) -> Self:
+        self._open = True
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._open = False
+        await self._drop()
+
+    @property
+    def max_length(self) -> int:
+        return self.client.info.max_positions
+
+    async def _drop(self) -> None:
+        """Close the route session and erase every cache (the next turn starts afresh)."""
+        session, self.session = self.session, None
+        if session is not None:
+            await self.client._close(session)
+        for c in (self.head_cache, self.tail_cache):
+            if isinstance(c, KVCache):
+                c.erase()
+        self.head_cache = self.tail_cache = None
+        self.cached = []
+        self.seq = 0
+
+    async def reset(self) -> None:
+        """Forget the conversation: the next turn opens a fresh route session."""
+        await self._drop()
+        self._dropped = None
+
+    def turn(self, ids: Sequence[int], max_new_tokens: int, sample: Callable[[torch.Tensor], int],
+             *, stop_ids: Sequence[int] = ()) -> TokenStream:
+        """New token ids answering `ids`, the whole conversation so far (e.g. the chat
+        template applied to every message); only what the caches do not hold yet is sent."""
+        if not self._open:
+            raise InferenceError("the conversation is not open (use `async with`)")
+        outcome = RequestOutcome(self.settings.mode)
+        return TokenStream(self._turn(list(ids), max_new_tokens, sample, tuple(stop_ids),
+                                      outcome), outcome)
+
+    async def _turn(self, target: list[int], max_new_tokens: int,
+                    sample: Callable[[torch.Tensor], int], stop_ids: tuple[int, ...],
+                    outcome: RequestOutcome) -> AsyncIterator[int]:
+        if not target:
+            raise InferenceError("the conversation is empty")
+        if max_new_tokens < 1:
+            raise InferenceError("max_new_tokens must be at least 1")
+        if len(target) + max_new_tokens > self.max_length:
+            raise PromptTooLong(
+                f"the conversation of {len(target)} tokens plus {max_new_tokens} new tokens "
+                f"exceeds the model's context of {self.max_length} tokens; /reset to start over")
+        if self._busy:
+            raise InferenceError("one turn at a time: the previous turn is still running")
+        self.turns += 1
+        out: list[int] = []
+
+        async def attempt() -> AsyncIterator[int]:
+            budget = max_new_tokens - len(out)
+            if budget <= 0 or (out and out[-1] in stop_ids):
+                return
+            async for tok in self._run(target + out, budget, sample, stop_ids, outcome):
+                out.append(tok)
+                if outcome.first_s is None:
+                    outcome.first_s = time.perf_counter() - outcome.started
+                yield tok
+
+        async for tok in self.client._attempts(outcome, self.settings, attempt):
+            yield tok
+
+    async def _run(self, want: list[int], budget: int, sample: Callable[[torch.Tensor], int],
+                   stop_ids: tuple[int, ...], outcome: RequestOutcome) -> AsyncIterator[int]:
+        client = self.client
+        keep = 0
+        for a, b in zip(self.cached, want, strict=False):
+            if a != b:
+                break
+            keep += 1
+        keep = min(keep, len(want) - 1)  # at least one token must run for the next logits
+        if self._dropped is not None:
+            outcome.notes.append(self._dropped)
+            self._dropped = None
+        if keep < len(self.cached):
+            if self.cached:
+                outcome.notes.append(
+                    f"the prompt rewrites cached position {keep} of {len(self.cached)}: fresh "
+                    "route session, whole history sent")
+            await self._drop()
+            keep = 0
+        start, end = client.middle
+        if self.head_cache is None:
+            self.head_cache = client.head.new_cache()
+            self.tail_cache = client.tail.new_cache()
+        if self.session is None and start < end:
+            self.seq = 0
+            self.session = await client._open_route(outcome, self.settings, self.strategy,
+                                                    self.max_length)
+        session = self.session
+        fresh = self.seq == 0
+        if session is not None:
+            session.outcome = outcome
+            outcome.route = list(session.route)
+            outcome.report = session.report
+        outcome.tokens_reused = keep
+        pending = want[keep:]
+        try:
+            for _ in range(budget):
+                self._busy = True
+                pos = len(self.cached)
+                h = await trio.to_thread.run_sync(client.head.forward, pending, self.head_cache,
+                                                  pos)
+                if session is not None:
+                    sent = client._protect(h, self.settings, outcome)
+                    outcome.tokens_sent += len(pending)
+                    h = await client._step(session, self.seq, pos, sent)
+                    self.seq += 1
+                    if fresh:
+                        fresh = False
+                        await session.strategy.after_prefill(session, sent, h)
+                logits = await trio.to_thread.run_sync(client._tail_last, h, self.tail_cache,
+                                                       pos)
+                self.cached.extend(pending)
+                self._busy = False
+                tok = int(sample(logits[0, -1]))
+                pending = [tok]
+                yield tok
+                if tok in stop_ids:
+                    break
+        except StageFailure as failure:
+            if session is not None and failure.peer_id is None:
+                failure.peer_id = await client._blame(session, failure)
+            await self._drop()
+            raise
+        finally:
+            if self._busy:  # stopped inside a step: the caches may hold half of it
+                self._busy = False
+                await self._drop()
+                self._dropped = ("the last turn stopped inside a step: fresh route session, "
+                                 "whole history sent")
 
 
 def settings_with(base: RequestSettings, **overrides: Any) -> RequestSettings:

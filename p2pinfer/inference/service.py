@@ -12,7 +12,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import torch
 import trio
@@ -23,6 +23,7 @@ from p2pinfer.inference.client import (
     Backoff,
     InferenceClient,
     InferenceError,
+    RouteConversation,
     RouteSession,
     RouteTrust,
     check_settings,
@@ -41,8 +42,9 @@ from p2pinfer.inference.stage import (
 )
 from p2pinfer.inference.task import Task, TaskError
 from p2pinfer.inference.testing import FaultyRunner, corrupt_weights
-from p2pinfer.models import LayerSpan, load_model_info
+from p2pinfer.models import LayerSpan, Tokenizer, load_model_info
 from p2pinfer.models.errors import ModelError
+from p2pinfer.models.sampling import Sampler, SamplingParams
 from p2pinfer.net.boundary import PeerNetwork
 from p2pinfer.net.streams import FramedStream
 
@@ -283,6 +285,12 @@ class Generation:
     timings: dict[str, Any] = field(default_factory=dict)
     #: the model's own layers run on this machine: [0, k_head) and [end, layers)
     local_layers: tuple[tuple[int, int], tuple[int, int]] = ((0, 0), (0, 0))
+    #: token positions sent through the route (a chat turn: its new tokens only)
+    tokens_sent: int = 0
+    #: a chat turn: positions of earlier turns the route's caches already held
+    tokens_reused: int = 0
+    #: what the user may want to know that is no failure (e.g. a fresh route session)
+    notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -362,7 +370,182 @@ class GenerationStream:
                 prompt_tokens=len(ids), route=o.route_dicts(), replans=o.replans,
                 seconds=o.seconds, privacy=o.privacy, random_weights=_is_random(self._model),
                 verification=o.verification(), mode=o.mode, timings=o.timings(),
-                local_layers=((0, start), (end, client.info.num_layers)))
+                local_layers=((0, start), (end, client.info.num_layers)),
+                tokens_sent=o.tokens_sent)
+
+
+class ChatStream:
+    """The token events of one chat turn as they come; once the iteration ended, `result` is
+    the turn's `Generation` (its `prompt` is the user's message). The answer, whole or cut
+    short, joins the conversation's messages when the stream ends."""
+
+    def __init__(self, chat: Conversation, text: str, max_new_tokens: int) -> None:
+        self._chat, self._text, self._max_new_tokens = chat, text, max_new_tokens
+        self._events = self._run()
+        self.result: Generation | None = None
+
+    def __aiter__(self) -> ChatStream:
+        return self
+
+    async def __anext__(self) -> TokenEvent:
+        return await self._events.__anext__()
+
+    async def aclose(self) -> None:
+        await self._events.aclose()
+
+    async def _run(self) -> AsyncIterator[TokenEvent]:
+        chat = self._chat
+        tok, client = chat.tokenizer, chat.client
+        if tok is None:
+            raise InferenceError("the conversation is not open (use `async with`)")
+        messages = [*chat.messages, {"role": "user", "content": self._text}]
+        ids = tok.apply_chat_template(messages)
+        stream = chat.conversation.turn(ids, self._max_new_tokens, chat.sampler,
+                                        stop_ids=tok.stop_ids)
+        before, chat.messages = chat.messages, messages
+        out: list[int] = []
+        shown = ""
+        try:
+            async for t in stream:
+                out.append(t)
+                text = tok.decode(out)
+                piece, shown = text.removeprefix(shown), text
+                yield TokenEvent(t, piece)
+        except BaseException:
+            if not out:  # nothing was answered: the message is not part of the conversation
+                chat.messages = before
+                raise
+            chat.messages.append({"role": "assistant", "content": tok.decode(out).strip()})
+            raise
+        chat.messages.append({"role": "assistant", "content": tok.decode(out).strip()})
+        o = stream.outcome
+        start, end = client.middle
+        self.result = Generation(
+            prompt=self._text, text=tok.decode(out), token_ids=out, prompt_tokens=len(ids),
+            route=o.route_dicts(), replans=o.replans, seconds=o.seconds, privacy=o.privacy,
+            random_weights=_is_random(chat.model), verification=o.verification(),
+            mode=o.mode, timings=o.timings(),
+            local_layers=((0, start), (end, client.info.num_layers)), tokens_sent=o.tokens_sent,
+            tokens_reused=o.tokens_reused, notes=list(o.notes))
+
+
+class Conversation:
+    """A multi-turn chat with a model through the network, formatted with the model's chat
+    template: the route session and its KV caches hold the earlier turns, so each turn sends
+    only its own new tokens. Use as an async context manager; `send(text)` streams one answer,
+    `reset()` starts over."""
+
+    def __init__(self, service: InferenceService, model: str, *, max_new_tokens: int,
+                 temperature: float, top_p: float, seed: int | None, system: str | None,
+                 settings: RequestSettings) -> None:
+        if max_new_tokens < 1:
+            raise InferenceError("max_new_tokens must be at least 1")
+        self.model = model
+        self.max_new_tokens = max_new_tokens
+        self.system = system
+        self.client = service.client(model, _client_key(settings))
+        self.sampler = Sampler(SamplingParams(temperature=temperature, top_p=top_p, seed=seed))
+        self.conversation: RouteConversation = self.client.conversation(settings)
+        self.messages: list[dict[str, str]] = self._start()
+        self.tokenizer: Tokenizer | None = None
+
+    def _start(self) -> list[dict[str, str]]:
+        return [{"role": "system", "content": self.system}] if self.system else []
+
+    async def __aenter__(self) -> Self:
+        # a GGUF tokenizer is converted on first use (seconds): not on the event loop
+        tok = await trio.to_thread.run_sync(Tokenizer.load, self.client.head_path)
+        if tok.chat_template is None:
+            raise InferenceError(f"{self.model} has no chat template; use generate() with a "
+                                 "prompt")
+        self.tokenizer = tok
+        await self.conversation.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.conversation.__aexit__(*exc)
+
+    def send(self, text: str, *, max_new_tokens: int | None = None) -> ChatStream:
+        """Stream the answer to one user message (`TokenEvent`s; `result` once it ended)."""
+        if not text.strip():
+            raise InferenceError("the message is empty")
+        return ChatStream(self, text, max_new_tokens or self.max_new_tokens)
+
+    async def ask(self, text: str, *, max_new_tokens: int | None = None) -> Generation:
+        """The whole answer to one user message."""
+        stream = self.send(text, max_new_tokens=max_new_tokens)
+        async for _ in stream:
+            pass
+        assert stream.result is not None
+        return stream.result
+
+    async def reset(self) -> None:
+        """Forget every turn (the system message stays); the route session closes."""
+        self.messages = self._start()
+        await self.conversation.reset()
+
+
+def conversation(
+    service: InferenceService,
+    *,
+    model: str,
+    max_new_tokens: int = 128,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    seed: int | None = None,
+    system: str | None = None,
+    settings: RequestSettings | None = None,
+    redundancy: int | None = None,
+    mode: str | None = None,
+) -> Conversation:
+    """A multi-turn chat with `model` (an async context manager)."""
+    s = request_settings(service, settings, redundancy=redundancy, mode=mode)
+    return Conversation(service, model, max_new_tokens=max_new_tokens, temperature=temperature,
+                        top_p=top_p, seed=seed, system=system, settings=s)
+
+
+class OneShotChat:
+    """`chat_stream`: one turn of a fresh conversation; `result` once the iteration ended."""
+
+    def __init__(self, chat: Conversation, messages: list[dict[str, str]]) -> None:
+        self._chat, self._messages = chat, messages
+        self._events = self._run()
+        self.result: Generation | None = None
+
+    def __aiter__(self) -> OneShotChat:
+        return self
+
+    async def __anext__(self) -> TokenEvent:
+        return await self._events.__anext__()
+
+    async def aclose(self) -> None:
+        await self._events.aclose()
+
+    async def _run(self) -> AsyncIterator[TokenEvent]:
+        if not self._messages or self._messages[-1].get("role") != "user":
+            raise InferenceError("chat messages must end with a user message")
+        async with self._chat as chat:
+            chat.messages = list(self._messages[:-1])
+            stream = chat.send(self._messages[-1].get("content", ""))
+            async for ev in stream:
+                yield ev
+            self.result = stream.result
+
+
+def chat_stream(service: InferenceService, messages: list[dict[str, str]], *, model: str,
+                **kw: Any) -> OneShotChat:
+    """Stream the answer to `messages` ([{"role", "content"}, ... ending with the user's])."""
+    return OneShotChat(conversation(service, model=model, **kw), list(messages))
+
+
+async def chat(service: InferenceService, messages: list[dict[str, str]], *, model: str,
+               **kw: Any) -> Generation:
+    """The whole answer to `messages`, with its route, verification and timings."""
+    stream = chat_stream(service, messages, model=model, **kw)
+    async for _ in stream:
+        pass
+    assert stream.result is not None
+    return stream.result
 
 
 def _client_key(settings: RequestSettings) -> RequestSettings:

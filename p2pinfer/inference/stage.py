@@ -210,8 +210,9 @@ class StageServer:
         self.sessions: dict[tuple[bytes, int], StageSession] = {}
         #: how each task mode is computed; a mode missing here is refused at `open`
         self.runners: dict[str, StepRunner] = dict(runners or {"general": FloatRunner()})
+        #: `tokens`: token positions received by this stage's sessions
         self.counters: dict[str, int] = {"opened": 0, "steps": 0, "faults": 0, "refused": 0,
-                                         "expired": 0}
+                                         "expired": 0, "tokens": 0}
         #: redundancy (claims, votes, fetch), when the node runs it
         self.consensus = consensus
 
@@ -461,6 +462,7 @@ class StageServer:
                 return "bad-input"
             session.steps += 1
             self.counters["steps"] += 1
+            self.counters["tokens"] += int(hidden.shape[1])
             ctx_out = HopContext(session.task.task_id, session.stage + 1, seq, session.downstream)
             try:
                 fields = await self.hop.pack(out, ctx_out)
