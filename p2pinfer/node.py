@@ -23,9 +23,9 @@ import logging
 import os
 import platform
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import Any, Self
+from typing import Any, Protocol, Self
 
 import trio
 
@@ -76,6 +76,15 @@ SYNC_CONCURRENCY = 8
 
 
 
+class NodeService(Protocol):
+    """A service started in the node's nursery once everything else runs (e.g. the HTTP API,
+    which sits above the node): called as `service(node, task_status=...)`, it reports with
+    `task_status.started(info)` and runs until cancelled when the node stops."""
+
+    async def __call__(self, node: Node, *,
+                       task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None: ...
+
+
 def _is_teardown_race(error: BaseException) -> bool:
     return isinstance(error, RuntimeError) and "closed to new arrivals" in str(error)
 
@@ -121,7 +130,8 @@ def _hardware() -> Hardware:
 class Node:
     """One peer of a p2pinfer network. See the module docstring for what runs inside."""
 
-    def __init__(self, config: NodeConfig, *, identity: NodeIdentity | None = None) -> None:
+    def __init__(self, config: NodeConfig, *, identity: NodeIdentity | None = None,
+                 services: Sequence[NodeService] = ()) -> None:
         config.validate()
         self.config = config
         if identity is None:
@@ -134,6 +144,10 @@ class Node:
         self.validator = AdvertValidator(self.network_id, max_bytes=lim.max_advert_bytes)
         self.guard = InboundGuard.from_limits(lim)
         self.started_at = 0.0
+        self._extra_services = tuple(services)
+        #: what each of `services` reported when it started (e.g. the HTTP API's base URL), in
+        #: the order given
+        self.service_info: list[Any] = []
         #: the tensor protocol (echo and store; demo and benchmarks)
         self.tensors = TensorService(self)
         self._advert_fields: dict[str, Any] = {
@@ -264,6 +278,8 @@ class Node:
         await nursery.start(self.inference.run)
         if self.config.control.enabled:
             await nursery.start(serve_control, self, self.config.control_path)
+        for service in self._extra_services:
+            self.service_info.append(await nursery.start(service, self))
 
     # -- identity and peers ------------------------------------------------------------------
     @property
