@@ -18,7 +18,6 @@ converges even when gossip drops messages.
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import platform
@@ -30,13 +29,12 @@ from typing import Any, Protocol, Self
 import trio
 
 from p2pinfer.config import NodeConfig
-from p2pinfer.control import serve_control
-from p2pinfer.errors import P2PInferError, RemoteError, WireError
+from p2pinfer.errors import P2PInferError, RemoteError
 from p2pinfer.identity import NodeIdentity
 from p2pinfer.inference.critical import infer_critical
 from p2pinfer.inference.secure_hop import ChannelHop
 from p2pinfer.inference.service import InferenceService, embed, generate, generate_stream
-from p2pinfer.net.adverts import Advert, AdvertRejected, AdvertValidator, Hardware, sign_advert
+from p2pinfer.net.adverts import Advert, AdvertValidator, Hardware
 from p2pinfer.net.boundary import StreamingHandler
 from p2pinfer.net.discovery import BootstrapDialer, DhtDiscovery, MdnsDiscovery
 from p2pinfer.net.gossip import Gossip
@@ -51,28 +49,23 @@ from p2pinfer.net.streams import (
     StreamTimeout,
     protocol_id,
 )
+from p2pinfer.services.adverts import SOFTWARE, AdvertService, PeerWaitTimeout
 from p2pinfer.services.attest import NodeAttestation
+from p2pinfer.services.control import serve_control
 from p2pinfer.services.ping import PING_PROTOCOL, serve_ping
 from p2pinfer.services.ping import ping as ping_peer
 from p2pinfer.services.tensor import TENSOR_PROTOCOL, TensorService
-from p2pinfer.wire import EndOfStream, Message, encode_message
+from p2pinfer.wire import EndOfStream, Message
+
+__all__ = ["Node", "NodeService", "PeerWaitTimeout", "without_teardown_race"]
 
 log = logging.getLogger(__name__)
 
-SOFTWARE = "p2pinfer/0.1.0"
-ADVERT_TOPIC = "adverts"
-ADVERT_PROTOCOL = protocol_id("advert")
-#: fields `update_advert` may change
-ADVERT_FIELDS = frozenset(
-    {"model", "spans", "throughput", "load", "tee_digest", "roles", "precision"}
-)
-#: at most this many stored tensors (one per sender) kept by the tensor protocol
 DHT_SCHEDULE_S = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
 #: the node dials peers it learns of (DHT, adverts) until it has this many connections
 TARGET_PEERS = 16
 MAX_DIALS_PER_ROUND = 8
 REDIAL_BACKOFF_S = 30.0
-SYNC_CONCURRENCY = 8
 
 
 
@@ -97,12 +90,6 @@ def without_teardown_race(error: BaseException) -> BaseException | None:
         _, rest = error.split(_is_teardown_race)
         return rest
     return None if _is_teardown_race(error) else error
-
-
-class PeerWaitTimeout(P2PInferError):
-    """`wait_for_peers` ran out of time."""
-
-    code = "timeout"
 
 
 def _hardware() -> Hardware:
@@ -150,29 +137,12 @@ class Node:
         self.service_info: list[Any] = []
         #: the tensor protocol (echo and store; demo and benchmarks)
         self.tensors = TensorService(self)
-        self._advert_fields: dict[str, Any] = {
-            "roles": tuple(config.node.roles),
-            "model": "",
-            "spans": (),
-            "throughput": 0.0,
-            "load": 0.0,
-            "tee_digest": None,
-        }
-        self._hardware = _hardware()
-        self._seq = 0
-        self._advert: Advert | None = None
-        self._advert_raw: bytes | None = None
-        self._advert_dirty = trio.Event()
-        self._changed = trio.Event()
-        self._synced: dict[str, float] = {}
+        #: this node's advert, the advert protocol and topic, and the peer table's intake
+        self.adverts = AdvertService(self, table=self.table, validator=self.validator,
+                                     hardware=_hardware(), roles=tuple(config.node.roles))
         self._dial_failed: dict[str, float] = {}
-        self._pinged: dict[str, float] = {}
-        self._gossip_repairs: set[str] = set()
-        self._repair_slots = trio.Semaphore(4)
-        self._repaired_at: dict[str, float] = {}
         #: connections the discovery loop aims for
         self.target_peers = TARGET_PEERS
-        self._sync_slots = trio.Semaphore(SYNC_CONCURRENCY)
         self._pool = StreamPool(idle_s=min(10.0, config.limits.stream_timeout_s / 3))
         self._stack: AsyncExitStack | None = None
         self._nursery: trio.Nursery | None = None
@@ -187,8 +157,6 @@ class Node:
         #: is set
         self.attestation: NodeAttestation | None = None
         self.counters: dict[str, int] = {
-            "advert_fetches": 0,
-            "advert_fetch_failures": 0,
             "pings": 0,
             "dht_dials": 0,
             "advert_dials": 0,
@@ -241,24 +209,18 @@ class Node:
 
     async def _start(self, nursery: trio.Nursery) -> None:
         host = self.host
-        g = self.guard
-        host.set_stream_handler(ADVERT_PROTOCOL, g.request_handler(self._serve_advert))
         self.set_handler(PING_PROTOCOL, serve_ping)
         self.set_handler(TENSOR_PROTOCOL, self.tensors.serve)
 
         self.gossip = Gossip(host, self.network_id, self.config.gossip)
         await nursery.start(self.gossip.run)
-        self.gossip.set_validator(ADVERT_TOPIC, self._on_gossip_advert)
-        await self.gossip.join(ADVERT_TOPIC)
-
         if self.config.net.dht:
             self.dht = DhtDiscovery(host, self.network_id)
             await nursery.start(self.dht.run)
+        await nursery.start(self.adverts.run, self.gossip, self.dht)
+        if self.dht is not None:
             nursery.start_soon(self._lookup_loop)
         nursery.start_soon(self._discovery_loop)
-        self._refresh_advert()
-        nursery.start_soon(self._advert_loop)
-        nursery.start_soon(self._sync_loop)
         if self.config.net.mdns:
             self.mdns = MdnsDiscovery(host)
             await nursery.start(self.mdns.run, self._on_mdns_peer)
@@ -288,15 +250,14 @@ class Node:
 
     def peers(self) -> list[PeerInfo]:
         """Peers with a valid, unexpired advert, sorted by peer id."""
-        self._expire()
-        return self.table.peers()
+        return self.adverts.peers()
 
     def peer(self, peer_id: str) -> PeerInfo | None:
         return self.table.get(peer_id)
 
     def serving(self, model: str, layer: int | None = None) -> list[PeerInfo]:
         """Peers serving `model` (optionally a span covering `layer`), lowest RTT first."""
-        self._expire()
+        self.adverts.expire()
         return self.table.serving(model, layer)
 
     def connected_peers(self) -> list[str]:
@@ -304,20 +265,7 @@ class Node:
 
     async def wait_for_peers(self, n: int, timeout: float) -> list[PeerInfo]:
         """Wait until the peer table holds at least `n` peers; `PeerWaitTimeout` otherwise."""
-        with trio.move_on_after(timeout):
-            while len(self.peers()) < n:
-                await self._changed.wait()
-            return self.peers()
-        raise PeerWaitTimeout(f"{len(self.peers())} of {n} peers known after {timeout} s")
-
-    def _notify(self) -> None:
-        self._changed.set()
-        self._changed = trio.Event()
-
-    def _expire(self) -> None:
-        for pid in self.table.expire():
-            self.validator.forget(pid)
-            self._synced.pop(pid, None)
+        return await self.adverts.wait_for_peers(n, timeout)
 
     async def dial(self, maddr: str) -> str:
         """Connect to a multiaddr with /p2p/<id> (no advert fetch); returns the peer id."""
@@ -326,111 +274,24 @@ class Node:
     async def connect(self, maddr: str) -> str:
         """Dial a peer by multiaddr (with /p2p/<id>) and fetch its advert; returns its id."""
         pid = await self.host.connect(maddr)
-        await self._sync_peer(pid)
+        await self.adverts.sync(pid)
         return pid
 
-    # -- adverts -----------------------------------------------------------------------------
+    # -- adverts (p2pinfer.services.adverts) ----------------------------------------------
     @property
     def advert(self) -> Advert:
-        if self._advert is None:
-            self._refresh_advert()
-        assert self._advert is not None
-        return self._advert
+        """This node's current signed advert."""
+        return self.adverts.advert
 
     def update_advert(self, **fields: Any) -> None:
         """Change what we advertise (model, spans, throughput, load, tee_digest, roles,
         precision).
         The new advert is signed and published at once and then periodically."""
-        unknown = set(fields) - ADVERT_FIELDS
-        if unknown:
-            raise ValueError(
-                f"unknown advert fields {sorted(unknown)}; known: {sorted(ADVERT_FIELDS)}"
-            )
-        if "spans" in fields:
-            fields["spans"] = tuple((int(a), int(b)) for a, b in fields["spans"])
-        if "roles" in fields:
-            fields["roles"] = tuple(fields["roles"])
-        if "tee_digest" in fields and fields["tee_digest"] is not None:
-            fields["tee_digest"] = bytes(fields["tee_digest"])
-        self._advert_fields.update(fields)
-        self._refresh_advert()
-        self._advert_dirty.set()
-
-    def _refresh_advert(self) -> None:
-        now = int(time.time() * 1000)
-        self._seq = max(self._seq + 1, now)
-        addrs = tuple(self.host.addrs[:16]) if self._host is not None else ()
-        f = self._advert_fields
-        advert = Advert(
-            peer_id=self.peer_id,
-            network_id=self.network_id,
-            seq=self._seq,
-            issued_ms=now,
-            expires_ms=now + int(self.config.gossip.advert_ttl_s * 1000),
-            addrs=addrs,
-            roles=f["roles"],
-            model=f["model"],
-            spans=f["spans"],
-            hardware=self._hardware,
-            throughput=float(f["throughput"]),
-            load=float(f["load"]),
-            tee_digest=f["tee_digest"],
-            software=SOFTWARE,
-            precision=f.get("precision", ""),
-        )
-        self._advert_raw = sign_advert(advert, self.identity)
-        self._advert = advert
-
-    async def _advert_loop(self) -> None:
-        assert self.gossip is not None
-        interval = self.config.gossip.advert_interval_s
-        last_refresh = time.monotonic()
-        while True:
-            with trio.move_on_after(interval):
-                await self._advert_dirty.wait()
-            self._advert_dirty = trio.Event()
-            # keep the record fresh well before it expires
-            if time.monotonic() - last_refresh >= interval / 2:
-                self._refresh_advert()
-                last_refresh = time.monotonic()
-            if self._advert_raw is not None and self.gossip.topic_peers(ADVERT_TOPIC):
-                try:
-                    await self.gossip.publish(ADVERT_TOPIC, self._advert_raw)
-                except Exception as e:  # noqa: BLE001 - gossip is best effort; logged
-                    log.debug("advert publish failed: %s", type(e).__name__)
-            await trio.sleep(0.2)  # stays far below the gossip rate limit
-
-    def _on_gossip_advert(self, origin: str, data: bytes) -> bool:
-        if origin == self.peer_id:
-            return True
-        return self._accept_advert(data, origin)
-
-    def _accept_advert(self, data: bytes, origin: str) -> bool:
-        try:
-            advert = self.validator.accept(data, origin)
-        except AdvertRejected as e:
-            log.debug("advert from %s rejected: %s", origin, e.reason)
-            return False
-        if advert is None:
-            self.table.touch(origin)
-        else:
-            self.table.upsert(advert)
-            self._notify()
-        return True
-
-    async def _serve_advert(self, msg: Message, peer_id: str) -> bytes:
-        if msg.t != "get-advert":
-            raise WireError(f"unexpected message type {msg.t!r}")
-        if self._advert_raw is None:
-            self._refresh_advert()
-        return encode_message("advert", {"record": self._advert_raw})
+        self.adverts.update(**fields)
 
     async def fetch_advert(self, peer_id: str) -> PeerInfo | None:
         """Fetch a peer's advert directly; returns its table row (None if it was rejected)."""
-        self.counters["advert_fetches"] += 1
-        reply = await self.request(peer_id, "advert", "get-advert", expect={"advert"})
-        self._accept_advert(reply.get("record", bytes), peer_id)
-        return self.table.get(peer_id)
+        return await self.adverts.fetch(peer_id)
 
     # -- ping (p2pinfer.services.ping) -----------------------------------------------------
     async def ping(self, peer_id: str, *, count: int = 2) -> float:
@@ -440,81 +301,7 @@ class Node:
         self.table.record_rtt(peer_id, best)
         return best
 
-    # -- keeping the table in sync ---------------------------------------------------------
-    async def _sync_peer(self, peer_id: str, *, fetch: bool = True, ping: bool = True) -> None:
-        """Fetch a peer's advert directly and/or measure its RTT."""
-        self._synced[peer_id] = time.monotonic()
-        if self.dht is not None and fetch:
-            await self.dht.add_peer(peer_id)
-        async with self._sync_slots:
-            try:
-                with trio.fail_after(self.config.net.dial_timeout_s):
-                    if fetch:
-                        await self.fetch_advert(peer_id)
-                    if ping and peer_id in self.table:
-                        await self.ping(peer_id)
-                        self._pinged[peer_id] = time.monotonic()
-            except (P2PInferError, trio.TooSlowError) as e:
-                self.counters["advert_fetch_failures"] += 1
-                log.debug("sync with %s failed: %s", peer_id, e)
-                # retry soon rather than after a full interval
-                self._synced[peer_id] = time.monotonic() - self.config.gossip.advert_interval_s + 1
-
-    async def _sync_loop(self) -> None:
-        """New connections: fetch the advert and ping at once. Afterwards gossip keeps adverts
-        fresh; a peer whose advert was not refreshed for 1.5 intervals is fetched directly, and
-        RTT is measured again every 3 intervals."""
-        assert self._nursery is not None
-        interval = self.config.gossip.advert_interval_s
-        while True:
-            now = time.monotonic()
-            wall = time.time()
-            connected = set(self.host.connected_peers())
-            for pid in connected:
-                last = self._synced.get(pid)
-                if last is None:
-                    self._synced[pid] = now
-                    self._nursery.start_soon(self._sync_peer, pid)
-                    continue
-                if now - last < interval:
-                    continue
-                row = self.table.get(pid)
-                stale = row is None or wall - row.last_seen > 1.5 * interval
-                due_ping = now - self._pinged.get(pid, 0.0) > 3 * interval
-                if stale or due_ping:
-                    self._synced[pid] = now
-                    self._nursery.start_soon(
-                        functools.partial(self._sync_peer, pid, fetch=stale, ping=due_ping)
-                    )
-            if self.gossip is not None:
-                for pid in connected:
-                    if (
-                        pid not in self._gossip_repairs
-                        and now - self._repaired_at.get(pid, -REDIAL_BACKOFF_S) >= REDIAL_BACKOFF_S
-                        and not self.gossip.has_peer(pid)
-                    ):
-                        self._gossip_repairs.add(pid)
-                        self._nursery.start_soon(self._repair_gossip, pid)
-            for pid in list(self._synced):
-                if pid not in connected and pid not in self.table:
-                    del self._synced[pid]
-                    self._pinged.pop(pid, None)
-                    self._repaired_at.pop(pid, None)
-            self._expire()
-            await trio.sleep(0.25)
-
-    async def _repair_gossip(self, peer_id: str) -> None:
-        assert self.gossip is not None
-        try:
-            # give libp2p's own new-peer handling a moment before stepping in
-            await trio.sleep(2.0)
-            async with self._repair_slots:
-                if peer_id in self.host.connected_peers() and not self.gossip.has_peer(peer_id):
-                    self._repaired_at[peer_id] = time.monotonic()
-                    await self.gossip.ensure_peer(peer_id)
-        finally:
-            self._gossip_repairs.discard(peer_id)
-
+    # -- discovery ---------------------------------------------------------------------------
     async def _dial_found(self, found: dict[str, list[str]], counter: str) -> None:
         """Dial the unconnected peers in `found` (peer id -> addrs), at most `MAX_DIALS_PER_ROUND`
         at once; a peer that failed is left alone for `REDIAL_BACKOFF_S`."""
@@ -733,7 +520,7 @@ class Node:
     # -- status ------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
         """A JSON-able summary: identity, addresses, counters (rejected adverts by reason...)."""
-        counters: dict[str, Any] = dict(self.counters)
+        counters: dict[str, Any] = {**self.counters, **self.adverts.counters}
         counters["adverts"] = self.validator.counters()
         counters["streams"] = self.guard.status()
         if self.gossip is not None:
@@ -755,7 +542,7 @@ class Node:
             "peer_id": self.peer_id,
             "addrs": self.addrs,
             "network_id": self.network_id,
-            "roles": list(self._advert_fields["roles"]),
+            "roles": list(self.adverts.roles),
             "connected": len(self.host.connected_peers()),
             "known_peers": len(self.table),
             "uptime_s": round(time.time() - self.started_at, 3) if self.started_at else 0.0,

@@ -249,7 +249,7 @@ class Testnet:
     # -- queries -------------------------------------------------------------------------------
     async def peer_tables(self) -> dict[str, set[str]]:
         """Each live peer's view: peer id -> the peer ids in its table."""
-        from p2pinfer.control import query_control
+        from p2pinfer.services.control import query_control
 
         views: dict[str, set[str]] = {}
         for peer in self.alive():
