@@ -1,19 +1,22 @@
-"""The node: configuration -> identity -> libp2p host -> discovery, gossip, protocols.
+"""The node: configuration -> identity -> libp2p host -> discovery, gossip, services.
 
 `async with Node(cfg) as node:` (under trio) starts everything in one nursery and tears it all
 down on exit or cancellation: background tasks first, then every connection, then the host.
-Built-in protocols (specs in protocols/):
+The node composes; each protocol lives in its own module (specs in protocols/):
 
-- `/p2pinfer/advert/1.0.0`   fetch a peer's signed capability advert (adverts.md)
+- `/p2pinfer/advert/1.0.0` and the gossip topic `p2pinfer/<network-id>/adverts/1`: signed
+  capability adverts and the peer table they fill (adverts.md; services/adverts.py)
 - `/p2pinfer/ping/1.0.0`     round-trip time, kept per peer in the peer table (services/ping.py)
 - `/p2pinfer/tensor/1.0.0`   send a tensor; the receiver echoes or stores it (tensor-transfer.md,
   services/tensor.py)
 - attestation and attested channels (attest.md, channel.md; services/attest.py), the stage
   and votes protocols (stage.md, votes.md; p2pinfer.inference)
+- the local control socket (control.md; services/control.py)
 
-and the gossip topic `p2pinfer/<network-id>/adverts/1`. A peer's advert is fetched directly as
-soon as we are connected to it and again every `gossip.advert_interval_s`, so the peer table
-converges even when gossip drops messages.
+The discovery loops that dial peers found by the DHT, adverts and mDNS are `net/dialer.py`.
+Services above the node (the HTTP API) are passed in as `Node(cfg, services=[...])` and run
+in the same nursery. The rest of this module is the embedding API (`PeerNetwork` for the
+services, `generate`/`embed`/`infer_critical` for applications).
 """
 
 from __future__ import annotations
@@ -36,9 +39,10 @@ from p2pinfer.inference.secure_hop import ChannelHop
 from p2pinfer.inference.service import InferenceService, embed, generate, generate_stream
 from p2pinfer.net.adverts import Advert, AdvertValidator, Hardware
 from p2pinfer.net.boundary import StreamingHandler
+from p2pinfer.net.dialer import TARGET_PEERS, PeerDialer
 from p2pinfer.net.discovery import BootstrapDialer, DhtDiscovery, MdnsDiscovery
 from p2pinfer.net.gossip import Gossip
-from p2pinfer.net.host import DialError, Host, open_host
+from p2pinfer.net.host import Host, open_host
 from p2pinfer.net.peertable import PeerInfo, PeerTable
 from p2pinfer.net.streams import (
     FramedStream,
@@ -60,13 +64,6 @@ from p2pinfer.wire import EndOfStream, Message
 __all__ = ["Node", "NodeService", "PeerWaitTimeout", "without_teardown_race"]
 
 log = logging.getLogger(__name__)
-
-DHT_SCHEDULE_S = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
-#: the node dials peers it learns of (DHT, adverts) until it has this many connections
-TARGET_PEERS = 16
-MAX_DIALS_PER_ROUND = 8
-REDIAL_BACKOFF_S = 30.0
-
 
 
 class NodeService(Protocol):
@@ -140,9 +137,9 @@ class Node:
         #: this node's advert, the advert protocol and topic, and the peer table's intake
         self.adverts = AdvertService(self, table=self.table, validator=self.validator,
                                      hardware=_hardware(), roles=tuple(config.node.roles))
-        self._dial_failed: dict[str, float] = {}
-        #: connections the discovery loop aims for
-        self.target_peers = TARGET_PEERS
+        self._target_peers = TARGET_PEERS
+        #: the discovery loops (`p2pinfer.net.dialer`), while running
+        self.dialer: PeerDialer | None = None
         self._pool = StreamPool(idle_s=min(10.0, config.limits.stream_timeout_s / 3))
         self._stack: AsyncExitStack | None = None
         self._nursery: trio.Nursery | None = None
@@ -156,12 +153,7 @@ class Node:
         #: attestation and attested channels (`p2pinfer.services.attest`), when `trust.attester`
         #: is set
         self.attestation: NodeAttestation | None = None
-        self.counters: dict[str, int] = {
-            "pings": 0,
-            "dht_dials": 0,
-            "advert_dials": 0,
-            "mdns_dials": 0,
-        }
+        self._counters: dict[str, int] = {"pings": 0}
 
     def __repr__(self) -> str:
         return f"Node(peer_id={self.peer_id}, network={self.network_id})"
@@ -218,12 +210,11 @@ class Node:
             self.dht = DhtDiscovery(host, self.network_id)
             await nursery.start(self.dht.run)
         await nursery.start(self.adverts.run, self.gossip, self.dht)
-        if self.dht is not None:
-            nursery.start_soon(self._lookup_loop)
-        nursery.start_soon(self._discovery_loop)
+        self.dialer = PeerDialer(host, self.table, dht=self.dht, target_peers=self._target_peers)
+        await nursery.start(self.dialer.run)
         if self.config.net.mdns:
             self.mdns = MdnsDiscovery(host)
-            await nursery.start(self.mdns.run, self._on_mdns_peer)
+            await nursery.start(self.mdns.run, self.dialer.on_mdns_peer)
         if self.config.net.bootstrap:
             self.bootstrap = BootstrapDialer(
                 host, self.config.net.bootstrap, self.config.net.redial_interval_s
@@ -242,6 +233,25 @@ class Node:
             await nursery.start(serve_control, self, self.config.control_path)
         for service in self._extra_services:
             self.service_info.append(await nursery.start(service, self))
+
+    @property
+    def target_peers(self) -> int:
+        """Connections the discovery loops aim for."""
+        return self._target_peers
+
+    @target_peers.setter
+    def target_peers(self, n: int) -> None:
+        self._target_peers = n
+        if self.dialer is not None:
+            self.dialer.target_peers = n
+
+    @property
+    def counters(self) -> dict[str, int]:
+        """Pings, advert fetches and their failures, and dials by source (DHT, adverts,
+        mDNS)."""
+        dials = self.dialer.counters if self.dialer is not None else \
+            {"dht_dials": 0, "advert_dials": 0, "mdns_dials": 0}
+        return {**self.adverts.counters, **self._counters, **dials}
 
     # -- identity and peers ------------------------------------------------------------------
     @property
@@ -297,82 +307,9 @@ class Node:
     async def ping(self, peer_id: str, *, count: int = 2) -> float:
         """Round-trip time in ms over one ping stream (the first exchange warms it up)."""
         best = await ping_peer(self, peer_id, count=count)
-        self.counters["pings"] += 1
+        self._counters["pings"] += 1
         self.table.record_rtt(peer_id, best)
         return best
-
-    # -- discovery ---------------------------------------------------------------------------
-    async def _dial_found(self, found: dict[str, list[str]], counter: str) -> None:
-        """Dial the unconnected peers in `found` (peer id -> addrs), at most `MAX_DIALS_PER_ROUND`
-        at once; a peer that failed is left alone for `REDIAL_BACKOFF_S`."""
-        now = time.monotonic()
-        todo = [
-            (pid, addrs)
-            for pid, addrs in found.items()
-            if pid != self.peer_id
-            and addrs
-            and (counter == "mdns_dials" or self.peer_id < pid)  # one dialer per pair
-            and not self.host.is_connected(pid)
-            and now - self._dial_failed.get(pid, -REDIAL_BACKOFF_S) >= REDIAL_BACKOFF_S
-        ][:MAX_DIALS_PER_ROUND]
-
-        async def dial(pid: str, addrs: list[str]) -> None:
-            for addr in addrs[:4]:
-                try:
-                    await self.host.connect(addr)
-                except DialError:
-                    continue
-                self.counters[counter] += 1
-                self._dial_failed.pop(pid, None)
-                return
-            self._dial_failed[pid] = time.monotonic()
-
-        async with trio.open_nursery() as nursery:
-            for pid, addrs in todo:
-                nursery.start_soon(dial, pid, addrs)
-
-    def _dht_candidates(self) -> dict[str, list[str]]:
-        """Peers in the DHT routing table, with the addresses libp2p learned for them."""
-        assert self.dht is not None
-        out: dict[str, list[str]] = {}
-        for pid in self.dht.routing_table_peers():
-            out[pid] = [a if "/p2p/" in a else f"{a}/p2p/{pid}" for a in self.host.known_addrs(pid)]
-        return out
-
-    def _advert_candidates(self) -> dict[str, list[str]]:
-        """Peers whose signed adverts we hold, at the addresses they announce."""
-        return {row.peer_id: list(row.addrs) for row in self.table.peers()}
-
-    async def _lookup_loop(self) -> None:
-        """Kademlia provider lookups for our network key; results join the dial candidates."""
-        assert self.dht is not None
-        step = 0
-        while True:
-            await trio.sleep(DHT_SCHEDULE_S[min(step, len(DHT_SCHEDULE_S) - 1)])
-            if not self.host.connected_peers():
-                step = 0
-                continue
-            step += 1
-            for pid in self.host.connected_peers():
-                await self.dht.add_peer(pid)
-            found = await self.dht.find_network_peers()
-            await self._dial_found(found, "dht_dials")
-
-    async def _discovery_loop(self) -> None:
-        """Keep about `TARGET_PEERS` connections, dialing peers the DHT's routing table and
-        the adverts name (a star around the bootstrap peer is fragile for gossip)."""
-        while True:
-            await trio.sleep(1.0)
-            missing = self.target_peers - len(self.host.connected_peers())
-            if missing <= 0:
-                continue
-            if self.dht is not None:
-                await self._dial_found(self._dht_candidates(), "dht_dials")
-            await self._dial_found(self._advert_candidates(), "advert_dials")
-
-    async def _on_mdns_peer(self, peer_id: str, addrs: list[str]) -> None:
-        if not self.host.is_connected(peer_id):
-            await self._dial_found({peer_id: addrs}, "mdns_dials")
 
     # -- gossip ------------------------------------------------------------------------------
     async def publish(self, topic_name: str, payload: bytes) -> None:
@@ -520,7 +457,7 @@ class Node:
     # -- status ------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
         """A JSON-able summary: identity, addresses, counters (rejected adverts by reason...)."""
-        counters: dict[str, Any] = {**self.counters, **self.adverts.counters}
+        counters: dict[str, Any] = dict(self.counters)
         counters["adverts"] = self.validator.counters()
         counters["streams"] = self.guard.status()
         if self.gossip is not None:
