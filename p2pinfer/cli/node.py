@@ -22,12 +22,15 @@ def _write_ready(path: Path, info: dict[str, Any]) -> None:
 
 
 async def _run_node(cfg: NodeConfig, ready_file: str | None) -> None:
-    # libp2p, torch and the HTTP stack: loaded only by commands that run a node
-    from p2pinfer.api.app import node_services
-    from p2pinfer.node import Node
+    from p2pinfer.node import Node  # libp2p and torch: loaded only by commands that run a node
 
+    services: list[Any] = []
+    if cfg.api.enabled:
+        from p2pinfer.api.app import node_services  # the HTTP stack, only when it is on
+
+        services = node_services(cfg)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with Node(cfg, services=node_services(cfg)) as node:
+        async with Node(cfg, services=services) as node:
             print(f"p2pinfer node {node.peer_id} on network {cfg.node.network_id}", flush=True)
             for addr in node.addrs:
                 print(f"  listening {addr}", flush=True)
