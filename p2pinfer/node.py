@@ -1,37 +1,38 @@
-"""The node: configuration -> identity -> libp2p host -> discovery, gossip, protocols.
+"""The node: configuration -> identity -> libp2p host -> discovery, gossip, services.
 
 `async with Node(cfg) as node:` (under trio) starts everything in one nursery and tears it all
 down on exit or cancellation: background tasks first, then every connection, then the host.
-Built-in protocols (specs in protocols/):
+The node composes; each protocol lives in its own module (specs in protocols/):
 
-- `/p2pinfer/advert/1.0.0`   fetch a peer's signed capability advert (adverts.md)
+- `/p2pinfer/advert/1.0.0` and the gossip topic `p2pinfer/<network-id>/adverts/1`: signed
+  capability adverts and the peer table they fill (adverts.md; services/adverts.py)
 - `/p2pinfer/ping/1.0.0`     round-trip time, kept per peer in the peer table (services/ping.py)
 - `/p2pinfer/tensor/1.0.0`   send a tensor; the receiver echoes or stores it (tensor-transfer.md,
   services/tensor.py)
 - attestation and attested channels (attest.md, channel.md; services/attest.py), the stage
   and votes protocols (stage.md, votes.md; p2pinfer.inference)
+- the local control socket (control.md; services/control.py)
 
-and the gossip topic `p2pinfer/<network-id>/adverts/1`. A peer's advert is fetched directly as
-soon as we are connected to it and again every `gossip.advert_interval_s`, so the peer table
-converges even when gossip drops messages.
+The discovery loops that dial peers found by the DHT, adverts and mDNS are `net/dialer.py`.
+Services above the node (the HTTP API) are passed in as `Node(cfg, services=[...])` and run
+in the same nursery. The rest of this module is the embedding API (`PeerNetwork` for the
+services, `generate`/`embed`/`infer_critical` for applications).
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import platform
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import Any, Self
+from typing import Any, Protocol, Self
 
 import trio
 
 from p2pinfer.config import NodeConfig
-from p2pinfer.control import serve_control
-from p2pinfer.errors import P2PInferError, RemoteError, WireError
+from p2pinfer.errors import P2PInferError, RemoteError
 from p2pinfer.identity import NodeIdentity
 from p2pinfer.inference.critical import infer_critical
 from p2pinfer.inference.secure_hop import ChannelHop
@@ -44,11 +45,12 @@ from p2pinfer.inference.service import (
     generate,
     generate_stream,
 )
-from p2pinfer.net.adverts import Advert, AdvertRejected, AdvertValidator, Hardware, sign_advert
+from p2pinfer.net.adverts import Advert, AdvertValidator, Hardware
 from p2pinfer.net.boundary import StreamingHandler
+from p2pinfer.net.dialer import TARGET_PEERS, PeerDialer
 from p2pinfer.net.discovery import BootstrapDialer, DhtDiscovery, MdnsDiscovery
 from p2pinfer.net.gossip import Gossip
-from p2pinfer.net.host import DialError, Host, open_host
+from p2pinfer.net.host import Host, open_host
 from p2pinfer.net.peertable import PeerInfo, PeerTable
 from p2pinfer.net.streams import (
     FramedStream,
@@ -59,29 +61,26 @@ from p2pinfer.net.streams import (
     StreamTimeout,
     protocol_id,
 )
+from p2pinfer.services.adverts import ADVERT_TOPIC, SOFTWARE, AdvertService, PeerWaitTimeout
 from p2pinfer.services.attest import NodeAttestation
+from p2pinfer.services.control import serve_control
 from p2pinfer.services.ping import PING_PROTOCOL, serve_ping
 from p2pinfer.services.ping import ping as ping_peer
 from p2pinfer.services.tensor import TENSOR_PROTOCOL, TensorService
-from p2pinfer.wire import EndOfStream, Message, encode_message
+from p2pinfer.wire import EndOfStream, Message
+
+__all__ = ["Node", "NodeService", "PeerWaitTimeout", "without_teardown_race"]
 
 log = logging.getLogger(__name__)
 
-SOFTWARE = "p2pinfer/0.1.0"
-ADVERT_TOPIC = "adverts"
-ADVERT_PROTOCOL = protocol_id("advert")
-#: fields `update_advert` may change
-ADVERT_FIELDS = frozenset(
-    {"model", "spans", "throughput", "load", "tee_digest", "roles", "precision"}
-)
-#: at most this many stored tensors (one per sender) kept by the tensor protocol
-DHT_SCHEDULE_S = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
-#: the node dials peers it learns of (DHT, adverts) until it has this many connections
-TARGET_PEERS = 16
-MAX_DIALS_PER_ROUND = 8
-REDIAL_BACKOFF_S = 30.0
-SYNC_CONCURRENCY = 8
 
+class NodeService(Protocol):
+    """A service started in the node's nursery once everything else runs (e.g. the HTTP API,
+    which sits above the node): called as `service(node, task_status=...)`, it reports with
+    `task_status.started(info)` and runs until cancelled when the node stops."""
+
+    async def __call__(self, node: Node, *,
+                       task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None: ...
 
 
 def _is_teardown_race(error: BaseException) -> bool:
@@ -96,12 +95,6 @@ def without_teardown_race(error: BaseException) -> BaseException | None:
         _, rest = error.split(_is_teardown_race)
         return rest
     return None if _is_teardown_race(error) else error
-
-
-class PeerWaitTimeout(P2PInferError):
-    """`wait_for_peers` ran out of time."""
-
-    code = "timeout"
 
 
 def _hardware() -> Hardware:
@@ -129,7 +122,8 @@ def _hardware() -> Hardware:
 class Node:
     """One peer of a p2pinfer network. See the module docstring for what runs inside."""
 
-    def __init__(self, config: NodeConfig, *, identity: NodeIdentity | None = None) -> None:
+    def __init__(self, config: NodeConfig, *, identity: NodeIdentity | None = None,
+                 services: Sequence[NodeService] = ()) -> None:
         config.validate()
         self.config = config
         if identity is None:
@@ -142,31 +136,18 @@ class Node:
         self.validator = AdvertValidator(self.network_id, max_bytes=lim.max_advert_bytes)
         self.guard = InboundGuard.from_limits(lim)
         self.started_at = 0.0
+        self._extra_services = tuple(services)
+        #: what each of `services` reported when it started (e.g. the HTTP API's base URL), in
+        #: the order given
+        self.service_info: list[Any] = []
         #: the tensor protocol (echo and store; demo and benchmarks)
         self.tensors = TensorService(self)
-        self._advert_fields: dict[str, Any] = {
-            "roles": tuple(config.node.roles),
-            "model": "",
-            "spans": (),
-            "throughput": 0.0,
-            "load": 0.0,
-            "tee_digest": None,
-        }
-        self._hardware = _hardware()
-        self._seq = 0
-        self._advert: Advert | None = None
-        self._advert_raw: bytes | None = None
-        self._advert_dirty = trio.Event()
-        self._changed = trio.Event()
-        self._synced: dict[str, float] = {}
-        self._dial_failed: dict[str, float] = {}
-        self._pinged: dict[str, float] = {}
-        self._gossip_repairs: set[str] = set()
-        self._repair_slots = trio.Semaphore(4)
-        self._repaired_at: dict[str, float] = {}
-        #: connections the discovery loop aims for
-        self.target_peers = TARGET_PEERS
-        self._sync_slots = trio.Semaphore(SYNC_CONCURRENCY)
+        #: this node's advert, the advert protocol and topic, and the peer table's intake
+        self.adverts = AdvertService(self, table=self.table, validator=self.validator,
+                                     hardware=_hardware(), roles=tuple(config.node.roles))
+        self._target_peers = TARGET_PEERS
+        #: the discovery loops (`p2pinfer.net.dialer`), while running
+        self.dialer: PeerDialer | None = None
         self._pool = StreamPool(idle_s=min(10.0, config.limits.stream_timeout_s / 3))
         self._stack: AsyncExitStack | None = None
         self._nursery: trio.Nursery | None = None
@@ -180,14 +161,7 @@ class Node:
         #: attestation and attested channels (`p2pinfer.services.attest`), when `trust.attester`
         #: is set
         self.attestation: NodeAttestation | None = None
-        self.counters: dict[str, int] = {
-            "advert_fetches": 0,
-            "advert_fetch_failures": 0,
-            "pings": 0,
-            "dht_dials": 0,
-            "advert_dials": 0,
-            "mdns_dials": 0,
-        }
+        self._counters: dict[str, int] = {"pings": 0}
 
     def __repr__(self) -> str:
         return f"Node(peer_id={self.peer_id}, network={self.network_id})"
@@ -235,27 +209,20 @@ class Node:
 
     async def _start(self, nursery: trio.Nursery) -> None:
         host = self.host
-        g = self.guard
-        host.set_stream_handler(ADVERT_PROTOCOL, g.request_handler(self._serve_advert))
         self.set_handler(PING_PROTOCOL, serve_ping)
         self.set_handler(TENSOR_PROTOCOL, self.tensors.serve)
 
         self.gossip = Gossip(host, self.network_id, self.config.gossip)
         await nursery.start(self.gossip.run)
-        self.gossip.set_validator(ADVERT_TOPIC, self._on_gossip_advert)
-        await self.gossip.join(ADVERT_TOPIC)
-
         if self.config.net.dht:
             self.dht = DhtDiscovery(host, self.network_id)
             await nursery.start(self.dht.run)
-            nursery.start_soon(self._lookup_loop)
-        nursery.start_soon(self._discovery_loop)
-        self._refresh_advert()
-        nursery.start_soon(self._advert_loop)
-        nursery.start_soon(self._sync_loop)
+        await nursery.start(self.adverts.run, self.gossip, self.dht)
+        self.dialer = PeerDialer(host, self.table, dht=self.dht, target_peers=self._target_peers)
+        await nursery.start(self.dialer.run)
         if self.config.net.mdns:
             self.mdns = MdnsDiscovery(host)
-            await nursery.start(self.mdns.run, self._on_mdns_peer)
+            await nursery.start(self.mdns.run, self.dialer.on_mdns_peer)
         if self.config.net.bootstrap:
             self.bootstrap = BootstrapDialer(
                 host, self.config.net.bootstrap, self.config.net.redial_interval_s
@@ -272,6 +239,27 @@ class Node:
         await nursery.start(self.inference.run)
         if self.config.control.enabled:
             await nursery.start(serve_control, self, self.config.control_path)
+        for service in self._extra_services:
+            self.service_info.append(await nursery.start(service, self))
+
+    @property
+    def target_peers(self) -> int:
+        """Connections the discovery loops aim for."""
+        return self._target_peers
+
+    @target_peers.setter
+    def target_peers(self, n: int) -> None:
+        self._target_peers = n
+        if self.dialer is not None:
+            self.dialer.target_peers = n
+
+    @property
+    def counters(self) -> dict[str, int]:
+        """Pings, advert fetches and their failures, and dials by source (DHT, adverts,
+        mDNS)."""
+        dials = self.dialer.counters if self.dialer is not None else \
+            {"dht_dials": 0, "advert_dials": 0, "mdns_dials": 0}
+        return {**self.adverts.counters, **self._counters, **dials}
 
     # -- identity and peers ------------------------------------------------------------------
     @property
@@ -280,15 +268,14 @@ class Node:
 
     def peers(self) -> list[PeerInfo]:
         """Peers with a valid, unexpired advert, sorted by peer id."""
-        self._expire()
-        return self.table.peers()
+        return self.adverts.peers()
 
     def peer(self, peer_id: str) -> PeerInfo | None:
         return self.table.get(peer_id)
 
     def serving(self, model: str, layer: int | None = None) -> list[PeerInfo]:
         """Peers serving `model` (optionally a span covering `layer`), lowest RTT first."""
-        self._expire()
+        self.adverts.expire()
         return self.table.serving(model, layer)
 
     def connected_peers(self) -> list[str]:
@@ -296,20 +283,7 @@ class Node:
 
     async def wait_for_peers(self, n: int, timeout: float) -> list[PeerInfo]:
         """Wait until the peer table holds at least `n` peers; `PeerWaitTimeout` otherwise."""
-        with trio.move_on_after(timeout):
-            while len(self.peers()) < n:
-                await self._changed.wait()
-            return self.peers()
-        raise PeerWaitTimeout(f"{len(self.peers())} of {n} peers known after {timeout} s")
-
-    def _notify(self) -> None:
-        self._changed.set()
-        self._changed = trio.Event()
-
-    def _expire(self) -> None:
-        for pid in self.table.expire():
-            self.validator.forget(pid)
-            self._synced.pop(pid, None)
+        return await self.adverts.wait_for_peers(n, timeout)
 
     async def dial(self, maddr: str) -> str:
         """Connect to a multiaddr with /p2p/<id> (no advert fetch); returns the peer id."""
@@ -318,266 +292,32 @@ class Node:
     async def connect(self, maddr: str) -> str:
         """Dial a peer by multiaddr (with /p2p/<id>) and fetch its advert; returns its id."""
         pid = await self.host.connect(maddr)
-        await self._sync_peer(pid)
+        await self.adverts.sync(pid)
         return pid
 
-    # -- adverts -----------------------------------------------------------------------------
+    # -- adverts (p2pinfer.services.adverts) ----------------------------------------------
     @property
     def advert(self) -> Advert:
-        if self._advert is None:
-            self._refresh_advert()
-        assert self._advert is not None
-        return self._advert
+        """This node's current signed advert."""
+        return self.adverts.advert
 
     def update_advert(self, **fields: Any) -> None:
         """Change what we advertise (model, spans, throughput, load, tee_digest, roles,
         precision).
         The new advert is signed and published at once and then periodically."""
-        unknown = set(fields) - ADVERT_FIELDS
-        if unknown:
-            raise ValueError(
-                f"unknown advert fields {sorted(unknown)}; known: {sorted(ADVERT_FIELDS)}"
-            )
-        if "spans" in fields:
-            fields["spans"] = tuple((int(a), int(b)) for a, b in fields["spans"])
-        if "roles" in fields:
-            fields["roles"] = tuple(fields["roles"])
-        if "tee_digest" in fields and fields["tee_digest"] is not None:
-            fields["tee_digest"] = bytes(fields["tee_digest"])
-        self._advert_fields.update(fields)
-        self._refresh_advert()
-        self._advert_dirty.set()
-
-    def _refresh_advert(self) -> None:
-        now = int(time.time() * 1000)
-        self._seq = max(self._seq + 1, now)
-        addrs = tuple(self.host.addrs[:16]) if self._host is not None else ()
-        f = self._advert_fields
-        advert = Advert(
-            peer_id=self.peer_id,
-            network_id=self.network_id,
-            seq=self._seq,
-            issued_ms=now,
-            expires_ms=now + int(self.config.gossip.advert_ttl_s * 1000),
-            addrs=addrs,
-            roles=f["roles"],
-            model=f["model"],
-            spans=f["spans"],
-            hardware=self._hardware,
-            throughput=float(f["throughput"]),
-            load=float(f["load"]),
-            tee_digest=f["tee_digest"],
-            software=SOFTWARE,
-            precision=f.get("precision", ""),
-        )
-        self._advert_raw = sign_advert(advert, self.identity)
-        self._advert = advert
-
-    async def _advert_loop(self) -> None:
-        assert self.gossip is not None
-        interval = self.config.gossip.advert_interval_s
-        last_refresh = time.monotonic()
-        while True:
-            with trio.move_on_after(interval):
-                await self._advert_dirty.wait()
-            self._advert_dirty = trio.Event()
-            # keep the record fresh well before it expires
-            if time.monotonic() - last_refresh >= interval / 2:
-                self._refresh_advert()
-                last_refresh = time.monotonic()
-            if self._advert_raw is not None and self.gossip.topic_peers(ADVERT_TOPIC):
-                try:
-                    await self.gossip.publish(ADVERT_TOPIC, self._advert_raw)
-                except Exception as e:  # noqa: BLE001 - gossip is best effort; logged
-                    log.debug("advert publish failed: %s", type(e).__name__)
-            await trio.sleep(0.2)  # stays far below the gossip rate limit
-
-    def _on_gossip_advert(self, origin: str, data: bytes) -> bool:
-        if origin == self.peer_id:
-            return True
-        return self._accept_advert(data, origin)
-
-    def _accept_advert(self, data: bytes, origin: str) -> bool:
-        try:
-            advert = self.validator.accept(data, origin)
-        except AdvertRejected as e:
-            log.debug("advert from %s rejected: %s", origin, e.reason)
-            return False
-        if advert is None:
-            self.table.touch(origin)
-        else:
-            self.table.upsert(advert)
-            self._notify()
-        return True
-
-    async def _serve_advert(self, msg: Message, peer_id: str) -> bytes:
-        if msg.t != "get-advert":
-            raise WireError(f"unexpected message type {msg.t!r}")
-        if self._advert_raw is None:
-            self._refresh_advert()
-        return encode_message("advert", {"record": self._advert_raw})
+        self.adverts.update(**fields)
 
     async def fetch_advert(self, peer_id: str) -> PeerInfo | None:
         """Fetch a peer's advert directly; returns its table row (None if it was rejected)."""
-        self.counters["advert_fetches"] += 1
-        reply = await self.request(peer_id, "advert", "get-advert", expect={"advert"})
-        self._accept_advert(reply.get("record", bytes), peer_id)
-        return self.table.get(peer_id)
+        return await self.adverts.fetch(peer_id)
 
     # -- ping (p2pinfer.services.ping) -----------------------------------------------------
     async def ping(self, peer_id: str, *, count: int = 2) -> float:
         """Round-trip time in ms over one ping stream (the first exchange warms it up)."""
         best = await ping_peer(self, peer_id, count=count)
-        self.counters["pings"] += 1
+        self._counters["pings"] += 1
         self.table.record_rtt(peer_id, best)
         return best
-
-    # -- keeping the table in sync ---------------------------------------------------------
-    async def _sync_peer(self, peer_id: str, *, fetch: bool = True, ping: bool = True) -> None:
-        """Fetch a peer's advert directly and/or measure its RTT."""
-        self._synced[peer_id] = time.monotonic()
-        if self.dht is not None and fetch:
-            await self.dht.add_peer(peer_id)
-        async with self._sync_slots:
-            try:
-                with trio.fail_after(self.config.net.dial_timeout_s):
-                    if fetch:
-                        await self.fetch_advert(peer_id)
-                    if ping and peer_id in self.table:
-                        await self.ping(peer_id)
-                        self._pinged[peer_id] = time.monotonic()
-            except (P2PInferError, trio.TooSlowError) as e:
-                self.counters["advert_fetch_failures"] += 1
-                log.debug("sync with %s failed: %s", peer_id, e)
-                # retry soon rather than after a full interval
-                self._synced[peer_id] = time.monotonic() - self.config.gossip.advert_interval_s + 1
-
-    async def _sync_loop(self) -> None:
-        """New connections: fetch the advert and ping at once. Afterwards gossip keeps adverts
-        fresh; a peer whose advert was not refreshed for 1.5 intervals is fetched directly, and
-        RTT is measured again every 3 intervals."""
-        assert self._nursery is not None
-        interval = self.config.gossip.advert_interval_s
-        while True:
-            now = time.monotonic()
-            wall = time.time()
-            connected = set(self.host.connected_peers())
-            for pid in connected:
-                last = self._synced.get(pid)
-                if last is None:
-                    self._synced[pid] = now
-                    self._nursery.start_soon(self._sync_peer, pid)
-                    continue
-                if now - last < interval:
-                    continue
-                row = self.table.get(pid)
-                stale = row is None or wall - row.last_seen > 1.5 * interval
-                due_ping = now - self._pinged.get(pid, 0.0) > 3 * interval
-                if stale or due_ping:
-                    self._synced[pid] = now
-                    self._nursery.start_soon(
-                        functools.partial(self._sync_peer, pid, fetch=stale, ping=due_ping)
-                    )
-            if self.gossip is not None:
-                for pid in connected:
-                    if (
-                        pid not in self._gossip_repairs
-                        and now - self._repaired_at.get(pid, -REDIAL_BACKOFF_S) >= REDIAL_BACKOFF_S
-                        and not self.gossip.has_peer(pid)
-                    ):
-                        self._gossip_repairs.add(pid)
-                        self._nursery.start_soon(self._repair_gossip, pid)
-            for pid in list(self._synced):
-                if pid not in connected and pid not in self.table:
-                    del self._synced[pid]
-                    self._pinged.pop(pid, None)
-                    self._repaired_at.pop(pid, None)
-            self._expire()
-            await trio.sleep(0.25)
-
-    async def _repair_gossip(self, peer_id: str) -> None:
-        assert self.gossip is not None
-        try:
-            # give libp2p's own new-peer handling a moment before stepping in
-            await trio.sleep(2.0)
-            async with self._repair_slots:
-                if peer_id in self.host.connected_peers() and not self.gossip.has_peer(peer_id):
-                    self._repaired_at[peer_id] = time.monotonic()
-                    await self.gossip.ensure_peer(peer_id)
-        finally:
-            self._gossip_repairs.discard(peer_id)
-
-    async def _dial_found(self, found: dict[str, list[str]], counter: str) -> None:
-        """Dial the unconnected peers in `found` (peer id -> addrs), at most `MAX_DIALS_PER_ROUND`
-        at once; a peer that failed is left alone for `REDIAL_BACKOFF_S`."""
-        now = time.monotonic()
-        todo = [
-            (pid, addrs)
-            for pid, addrs in found.items()
-            if pid != self.peer_id
-            and addrs
-            and (counter == "mdns_dials" or self.peer_id < pid)  # one dialer per pair
-            and not self.host.is_connected(pid)
-            and now - self._dial_failed.get(pid, -REDIAL_BACKOFF_S) >= REDIAL_BACKOFF_S
-        ][:MAX_DIALS_PER_ROUND]
-
-        async def dial(pid: str, addrs: list[str]) -> None:
-            for addr in addrs[:4]:
-                try:
-                    await self.host.connect(addr)
-                except DialError:
-                    continue
-                self.counters[counter] += 1
-                self._dial_failed.pop(pid, None)
-                return
-            self._dial_failed[pid] = time.monotonic()
-
-        async with trio.open_nursery() as nursery:
-            for pid, addrs in todo:
-                nursery.start_soon(dial, pid, addrs)
-
-    def _dht_candidates(self) -> dict[str, list[str]]:
-        """Peers in the DHT routing table, with the addresses libp2p learned for them."""
-        assert self.dht is not None
-        out: dict[str, list[str]] = {}
-        for pid in self.dht.routing_table_peers():
-            out[pid] = [a if "/p2p/" in a else f"{a}/p2p/{pid}" for a in self.host.known_addrs(pid)]
-        return out
-
-    def _advert_candidates(self) -> dict[str, list[str]]:
-        """Peers whose signed adverts we hold, at the addresses they announce."""
-        return {row.peer_id: list(row.addrs) for row in self.table.peers()}
-
-    async def _lookup_loop(self) -> None:
-        """Kademlia provider lookups for our network key; results join the dial candidates."""
-        assert self.dht is not None
-        step = 0
-        while True:
-            await trio.sleep(DHT_SCHEDULE_S[min(step, len(DHT_SCHEDULE_S) - 1)])
-            if not self.host.connected_peers():
-                step = 0
-                continue
-            step += 1
-            for pid in self.host.connected_peers():
-                await self.dht.add_peer(pid)
-            found = await self.dht.find_network_peers()
-            await self._dial_found(found, "dht_dials")
-
-    async def _discovery_loop(self) -> None:
-        """Keep about `TARGET_PEERS` connections, dialing peers the DHT's routing table and
-        the adverts name (a star around the bootstrap peer is fragile for gossip)."""
-        while True:
-            await trio.sleep(1.0)
-            missing = self.target_peers - len(self.host.connected_peers())
-            if missing <= 0:
-                continue
-            if self.dht is not None:
-                await self._dial_found(self._dht_candidates(), "dht_dials")
-            await self._dial_found(self._advert_candidates(), "advert_dials")
-
-    async def _on_mdns_peer(self, peer_id: str, addrs: list[str]) -> None:
-        if not self.host.is_connected(peer_id):
-            await self._dial_found({peer_id: addrs}, "mdns_dials")
 
     # -- gossip ------------------------------------------------------------------------------
     async def publish(self, topic_name: str, payload: bytes) -> None:
@@ -765,7 +505,7 @@ class Node:
             "peer_id": self.peer_id,
             "addrs": self.addrs,
             "network_id": self.network_id,
-            "roles": list(self._advert_fields["roles"]),
+            "roles": list(self.adverts.roles),
             "connected": len(self.host.connected_peers()),
             "known_peers": len(self.table),
             "uptime_s": round(time.time() - self.started_at, 3) if self.started_at else 0.0,

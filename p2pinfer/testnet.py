@@ -293,7 +293,7 @@ class Testnet:
 
     async def peer_tables(self) -> dict[str, set[str]]:
         """Each live peer's view: peer id -> the peer ids in its table."""
-        from p2pinfer.control import query_control
+        from p2pinfer.services.control import query_control
 
         views: dict[str, set[str]] = {}
         for peer in self.alive():

@@ -25,10 +25,10 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from p2pinfer.config import NodeConfig, config_from_dict
-from p2pinfer.control import query_control
 from p2pinfer.errors import P2PInferError
 from p2pinfer.models import MINILM, TINY_LLAMA, LocalModel, Tokenizer, default_model_path
 from p2pinfer.node import Node
+from p2pinfer.services.control import query_control
 from p2pinfer.testnet import Testnet, process_usage, serving_plan
 
 LAYERS = {TINY_LLAMA: 8, MINILM: 6}

@@ -56,9 +56,9 @@ from p2pinfer.api.schema import (
     parse_completion,
     parse_embeddings,
 )
-from p2pinfer.config import ApiSection, is_loopback_host
+from p2pinfer.config import ApiSection, NodeConfig, is_loopback_host
 from p2pinfer.errors import ConfigError
-from p2pinfer.node import Node
+from p2pinfer.node import Node, NodeService
 
 log = logging.getLogger(__name__)
 
@@ -661,3 +661,12 @@ async def serve_api(node: Node, settings: ApiSection, *,
         # listeners and open connections are closed with it
         binds = await nursery.start(partial(hypercorn_serve, app, config))
         task_status.started(binds[0])
+
+
+def node_services(config: NodeConfig) -> list[NodeService]:
+    """The services above the node that `config` turns on, for `Node(config, services=...)`:
+    the HTTP API when `[api] enabled` (its base URL lands in `node.service_info`)."""
+    if not config.api.enabled:
+        return []
+    check_listen(config.api)  # a refused address fails before the node starts
+    return [partial(serve_api, settings=config.api)]

@@ -7,7 +7,6 @@ import argparse
 import json
 import os
 import signal
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +17,13 @@ from p2pinfer.config import NodeConfig, with_overrides
 
 
 async def _run_api(cfg: NodeConfig, ready_file: str | None) -> None:
-    from p2pinfer.api.app import serve_api  # starlette, libp2p and torch: loaded when it runs
+    # starlette, libp2p and torch: loaded when it runs
+    from p2pinfer.api.app import node_services
     from p2pinfer.node import Node
 
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with Node(cfg) as node, trio.open_nursery() as nursery:
-            url = await nursery.start(partial(serve_api, node, cfg.api))
+        async with Node(cfg, services=node_services(cfg)) as node:
+            url = node.service_info[0]
             print(f"p2pinfer node {node.peer_id} on network {cfg.node.network_id}", flush=True)
             print(f"  API on {url}/v1 (status page {url}/, metrics {url}/metrics)", flush=True)
             if not cfg.api.keys:
@@ -36,7 +36,6 @@ async def _run_api(cfg: NodeConfig, ready_file: str | None) -> None:
             async for _ in signals:
                 print("stopping", flush=True)
                 break
-            nursery.cancel_scope.cancel()
 
 
 def run(args: argparse.Namespace) -> int:

@@ -11,7 +11,7 @@ from typing import Any
 
 import trio
 
-from p2pinfer.cli.options import node_config
+from p2pinfer.cli.options import node_config, say
 from p2pinfer.config import NodeConfig
 
 
@@ -24,15 +24,27 @@ def _write_ready(path: Path, info: dict[str, Any]) -> None:
 async def _run_node(cfg: NodeConfig, ready_file: str | None) -> None:
     from p2pinfer.node import Node  # libp2p and torch: loaded only by commands that run a node
 
+    services: list[Any] = []
+    if cfg.api.enabled:
+        from p2pinfer.api.app import node_services  # the HTTP stack, only when it is on
+
+        services = node_services(cfg)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with Node(cfg) as node:
+        async with Node(cfg, services=services) as node:
             print(f"p2pinfer node {node.peer_id} on network {cfg.node.network_id}", flush=True)
             for addr in node.addrs:
                 print(f"  listening {addr}", flush=True)
+            api = node.service_info[0] if cfg.api.enabled else ""
+            if api:
+                print(f"  API on {api}/v1 (status page {api}/, metrics {api}/metrics)",
+                      flush=True)
+                if not cfg.api.keys:
+                    say(f"note: no API keys set; anyone who can reach {api} may use it")
             if ready_file:
                 _write_ready(Path(ready_file), {
                     "peer_id": node.peer_id, "addrs": node.addrs, "pid": os.getpid(),
                     "control": str(cfg.control_path) if cfg.control.enabled else "",
+                    "api": api,
                 })
             async for _ in signals:
                 print("stopping", flush=True)

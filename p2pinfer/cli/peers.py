@@ -11,7 +11,7 @@ from typing import Any
 import trio
 
 from p2pinfer.cli.options import UsageError, node_config
-from p2pinfer.control import query_control
+from p2pinfer.services.control import query_control
 
 
 def format_peer_table(peers: list[dict[str, Any]]) -> str:

@@ -10,7 +10,7 @@ from typing import Any
 import trio
 
 from p2pinfer.cli.peers import control_socket
-from p2pinfer.control import query_control
+from p2pinfer.services.control import query_control
 
 
 def run(args: argparse.Namespace) -> int:

@@ -2,13 +2,16 @@
 
 `ClaimBox` keeps verified `FingerprintClaim`s per (task, stage, step) from hop streams and
 `claim` messages, bounded in keys and replicas; `changed(key)` wakes a voter waiting for a
-majority. `try_vote` is one majority check: the outcome, or None while no majority exists.
+majority. `try_vote` is one majority check: the outcome, or None while no majority exists;
+`wait_majority` is the one majority wait every voter uses (a stage checking its input, a replica
+watching for an upstream stall, the requester voting over the last stage's answers).
 """
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 import trio
@@ -34,6 +37,11 @@ class ClaimBox:
         self._claims: OrderedDict[tuple[bytes, int, int], dict[str, FingerprintClaim]] = \
             OrderedDict()
         self._events: dict[tuple[bytes, int, int], trio.Event] = {}
+
+    @property
+    def keys(self) -> Any:
+        """The key directory claims are verified (and votes tallied) against."""
+        return self._keys
 
     def add(self, claim: FingerprintClaim, sender: str | None = None) -> None:
         """Hold a claim whose signature verified (and that `sender` signed, when given)."""
@@ -88,3 +96,30 @@ def largest_group(claims: Sequence[FingerprintClaim], tolerance: float) -> int:
         best = max(best, sum(1 for b in claims
                              if distance(a.fingerprint, b.fingerprint) <= tolerance))
     return best
+
+
+async def wait_majority(box: ClaimBox, key: tuple[bytes, int, int], replicas: Sequence[str],
+                        tolerance: float, *, timeout: float = math.inf,
+                        wake: Callable[[], Awaitable[bool]] | None = None) -> VoteOutcome:
+    """Wait until the claims `box` holds for `key` from `replicas` form a majority; its outcome.
+
+    Between checks it awaits `wake()` (by default the box's next claim for `key`), which
+    returns False when no further claim can come. Then, or after `timeout` seconds, it raises
+    `NoMajorityError` naming the stage, the step, the largest group within `tolerance` and the
+    number of replicas. No networking: callers feed the box (or `wake` does).
+    """
+    async def next_claim() -> bool:
+        await box.changed(key)
+        return True
+
+    waiting = wake if wake is not None else next_claim
+    with trio.move_on_after(timeout):
+        while True:
+            outcome = try_vote(box.claims(key, replicas), box.keys, tolerance)
+            if outcome is not None:
+                return outcome
+            if not await waiting():
+                break
+    _task, stage, step = key
+    held = box.claims(key, replicas)
+    raise NoMajorityError(stage, step, largest_group(held, tolerance), len(replicas))

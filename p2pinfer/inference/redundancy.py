@@ -68,7 +68,7 @@ from p2pinfer.consensus import (
     tolerance_for,
     verify_fault_evidence,
 )
-from p2pinfer.consensus.claimbox import ClaimBox, largest_group, try_vote
+from p2pinfer.consensus.claimbox import ClaimBox, wait_majority
 from p2pinfer.consensus.errors import FingerprintMismatch
 from p2pinfer.consensus.report import StageReport, VerificationReport
 from p2pinfer.consensus.watch import DistributionWatch
@@ -514,19 +514,9 @@ class ConsensusService:
     async def await_majority(self, task: Task, stage: int, seq: int) -> VoteOutcome:
         """Wait (bounded) until a majority of stage `stage`'s replicas agree on step `seq`;
         then tally in the background once stragglers had their grace."""
-        replicas = task.route[stage].replicas
-        key = (task.task_id, stage, seq)
-        tolerance = task_tolerance(task)
-        outcome = None
-        with trio.move_on_after(self.timings.majority_timeout_s):
-            while True:
-                outcome = try_vote(self.claims.claims(key, replicas), self.keys, tolerance)
-                if outcome is not None:
-                    break
-                await self.claims.changed(key)
-        if outcome is None:
-            held = self.claims.claims(key, replicas)
-            raise NoMajorityError(stage, seq, largest_group(held, tolerance), len(replicas))
+        outcome = await wait_majority(self.claims, (task.task_id, stage, seq),
+                                      task.route[stage].replicas, task_tolerance(task),
+                                      timeout=self.timings.majority_timeout_s)
         self.counters["votes"] += 1
         self.spawn(self._final_tally, task, stage, seq)
         return outcome
@@ -611,10 +601,16 @@ class ConsensusService:
             while True:
                 seq = max(seq, session.last_seq + 1)
                 key = (task.task_id, stage - 1, seq)
-                while try_vote(self.claims.claims(key, replicas), self.keys, tolerance) is None:
+                async def not_arrived(seq: int = seq, key: tuple[bytes, int, int] = key
+                                      ) -> bool:
                     await self.claims.changed(key)
-                    if session.last_seq >= seq:
-                        break
+                    return session.last_seq < seq
+
+                try:
+                    outcome = await wait_majority(self.claims, key, replicas, tolerance,
+                                                  wake=not_arrived)
+                except NoMajorityError:
+                    continue  # the step arrived from upstream before a majority claimed it
                 if session.last_seq >= seq:
                     continue
                 with trio.move_on_after(self.timings.stall_grace_s):
@@ -622,8 +618,8 @@ class ConsensusService:
                         await trio.sleep(0.02)
                 if session.last_seq >= seq:
                     continue
-                outcome = try_vote(self.claims.claims(key, replicas), self.keys, tolerance)
-                assert outcome is not None
+                # claims that came during the grace join the majority fetched from
+                outcome = await wait_majority(self.claims, key, replicas, tolerance)
                 try:
                     hidden, pos = await self.fetch_majority(task, stage - 1, seq, outcome)
                 except ConsensusFailure as e:
@@ -676,18 +672,14 @@ class ConsensusService:
                     except (ConsensusError, WireError) as e:
                         log.debug("result claim from %s rejected: %s", peer, e)
 
-        outcome = None
-        with trio.CancelScope():
-            while True:
-                absorb()
-                outcome = try_vote(self.claims.claims(key, replicas), self.keys, tolerance)
-                if outcome is not None:
-                    break
-                if not await more():
-                    break
-        if outcome is None:
-            held = self.claims.claims(key, replicas)
-            raise NoMajorityError(last, seq, largest_group(held, tolerance), len(replicas))
+        async def more_claims() -> bool:
+            if not await more():
+                return False
+            absorb()
+            return True
+
+        absorb()
+        outcome = await wait_majority(self.claims, key, replicas, tolerance, wake=more_claims)
         chosen = None
         for peer in outcome.agreeing_replicas:
             result = results.get(peer)

@@ -30,9 +30,9 @@ from p2pinfer.api.receipt import verify_receipt
 from p2pinfer.api.requests import Requester
 from p2pinfer.cli import main as cli_main
 from p2pinfer.config import ApiSection
-from p2pinfer.control import query_control
 from p2pinfer.errors import ConfigError
 from p2pinfer.node import Node
+from p2pinfer.services.control import query_control
 from p2pinfer.testnet import Testnet
 
 from ..inference.conftest import node_config, save_checkpoint

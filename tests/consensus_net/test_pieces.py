@@ -3,6 +3,7 @@ votes-topic message type, task tolerances and the requester's distribution watch
 
 import pytest
 import torch
+import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -12,11 +13,12 @@ from p2pinfer.consensus import (
     FingerprintContext,
     InlinedPeerKeys,
     MalformedVoteMessage,
+    NoMajorityError,
     SignatureInvalid,
     fingerprint,
     sign_claim,
 )
-from p2pinfer.consensus.claimbox import ClaimBox
+from p2pinfer.consensus.claimbox import ClaimBox, wait_majority
 from p2pinfer.consensus.report import VerificationReport
 from p2pinfer.consensus.watch import DistributionWatch
 from p2pinfer.errors import ConfigError
@@ -116,3 +118,44 @@ def test_distribution_watch_flags_a_drifting_peer_and_not_an_honest_one():
 def test_verification_report_lists_dissenters_once():
     report = VerificationReport("general", 3)
     assert report.to_dict()["dissenters"] == []
+
+
+def test_majority_wait_returns_once_a_second_replica_agrees():
+    idents = [NodeIdentity.generate() for _ in range(3)]
+    replicas = [i.peer_id for i in idents]
+    box = ClaimBox(InlinedPeerKeys())
+    key = (b"t" * 16, 0, 0)
+    box.add(_claim(idents[0]))
+    got = []
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            async def vote():
+                got.append(await wait_majority(box, key, replicas, TOLERANCE_BFLOAT16))
+            nursery.start_soon(vote)
+            await trio.sleep(0.05)
+            assert not got  # one claim of three is no majority
+            box.add(_claim(idents[1]))
+
+    trio.run(main)
+    assert sorted(got[0].agreeing_replicas) == sorted(replicas[:2])
+
+
+def test_majority_wait_names_the_largest_group_when_nothing_more_comes():
+    idents = [NodeIdentity.generate() for _ in range(3)]
+    box = ClaimBox(InlinedPeerKeys())
+    box.add(_claim(idents[0]))
+
+    async def nothing_more():
+        return False
+
+    async def main():
+        with pytest.raises(NoMajorityError) as e:
+            await wait_majority(box, (b"t" * 16, 0, 0), [i.peer_id for i in idents],
+                                TOLERANCE_BFLOAT16, wake=nothing_more)
+        assert (e.value.stage, e.value.step, e.value.largest, e.value.replicas) == (0, 0, 1, 3)
+        with pytest.raises(NoMajorityError):
+            await wait_majority(box, (b"t" * 16, 0, 0), [i.peer_id for i in idents],
+                                TOLERANCE_BFLOAT16, timeout=0.05)
+
+    trio.run(main)

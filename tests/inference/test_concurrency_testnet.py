@@ -21,13 +21,14 @@ import torch
 import trio
 
 from p2pinfer.config import RequestSettings, config_from_dict
-from p2pinfer.control import query_control
+from p2pinfer.consensus.claimbox import try_vote
 from p2pinfer.inference.critical import critical_client
-from p2pinfer.inference.redundancy import task_tolerance, try_vote
+from p2pinfer.inference.redundancy import task_tolerance
 from p2pinfer.models import LocalModel
 from p2pinfer.models.mlp import write_random_mlp, zk_mlp_config
 from p2pinfer.models.sampling import Sampler
 from p2pinfer.node import Node
+from p2pinfer.services.control import query_control
 from p2pinfer.testnet import Testnet
 
 from .conftest import save_checkpoint

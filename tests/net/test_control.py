@@ -10,7 +10,7 @@ import stat
 import pytest
 import trio
 
-from p2pinfer.control import MAX_LINE, ControlError, query_control
+from p2pinfer.services.control import MAX_LINE, ControlError, query_control
 
 from .conftest import node_config, node_runner
 

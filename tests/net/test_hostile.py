@@ -25,8 +25,8 @@ import torch
 import trio
 
 from p2pinfer.config import config_from_dict
-from p2pinfer.control import query_control
 from p2pinfer.node import Node
+from p2pinfer.services.control import query_control
 from p2pinfer.testnet import PeerProcess, Testnet
 
 pytestmark = pytest.mark.slow

@@ -7,13 +7,13 @@ import json
 import pytest
 import torch
 
-from p2pinfer.control import _answer
 from p2pinfer.identity import NodeIdentity
 from p2pinfer.inference.hop import HopContext
 from p2pinfer.inference.secure_hop import HopRefused
 from p2pinfer.models import LocalModel
 from p2pinfer.models.sampling import Sampler, SamplingParams
 from p2pinfer.services import attest as attestation
+from p2pinfer.services.control import answer
 from p2pinfer.trust import Attester, EvidenceBundle
 
 from .conftest import tee_network
@@ -66,7 +66,7 @@ async def test_a_peer_with_forged_evidence_is_never_routed_to(tmp_path, llama, f
             assert got == reference
             assert forger not in {p for s in run.outcome.route for p in s.replicas}
         # `p2pinfer peers` shows the check through the control endpoint
-        reply = _answer(client, json.dumps({"cmd": "peers"}).encode())
+        reply = answer(client, json.dumps({"cmd": "peers"}).encode())
         rows = {p["peer_id"]: p for p in reply["peers"]}
         assert rows[forger]["tee_error"] == "signature"
         assert {rows[s.peer_id]["tee_level"] for s in stages[:2]} == {"simulated"}

@@ -5,6 +5,9 @@ A client writes one JSON object per line, `{"cmd": "peers"}` or `{"cmd": "status
 one JSON object per line back: `{"ok": true, ...}` or `{"ok": false, "error": code,
 "message": text}`. Lines are capped at `MAX_LINE` bytes; a longer line gets an error and the
 connection is closed. `query_control(path, cmd)` is the client the command line uses.
+
+The server needs only a `ControlTarget` (the node's peer table and its status summary), so
+this module knows nothing of the node that composes it.
 """
 
 from __future__ import annotations
@@ -14,14 +17,12 @@ import logging
 import os
 import socket as _socket
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import trio
 
 from p2pinfer.errors import P2PInferError
-
-if TYPE_CHECKING:
-    from p2pinfer.node import Node
+from p2pinfer.net.peertable import PeerInfo
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,18 @@ MAX_REPLY_LINE = 16 * 1024 * 1024
 COMMANDS = ("peers", "status")
 CLIENT_TIMEOUT_S = 10.0
 IDLE_TIMEOUT_S = 60.0
+
+
+class ControlTarget(Protocol):
+    """What the control socket reports on."""
+
+    def peers(self) -> list[PeerInfo]:
+        """Peers with a valid, unexpired advert."""
+        ...
+
+    def status(self) -> dict[str, Any]:
+        """A JSON-able summary of the node (identity, addresses, counters...)."""
+        ...
 
 
 class ControlError(P2PInferError):
@@ -69,7 +82,8 @@ class _LineReader:
             self.buf += chunk
 
 
-def _answer(node: Node, line: bytes) -> dict[str, Any]:
+def answer(target: ControlTarget, line: bytes) -> dict[str, Any]:
+    """The reply to one request line (errors included, as reply objects)."""
     try:
         req = json.loads(line)
     except (ValueError, UnicodeDecodeError):
@@ -78,9 +92,9 @@ def _answer(node: Node, line: bytes) -> dict[str, Any]:
         return {"ok": False, "error": "bad-request", "message": 'expected {"cmd": "..."}'}
     cmd = req["cmd"]
     if cmd == "peers":
-        return {"ok": True, "peers": [_peer_row(p) for p in node.peers()]}
+        return {"ok": True, "peers": [_peer_row(p) for p in target.peers()]}
     if cmd == "status":
-        return {"ok": True, **node.status()}
+        return {"ok": True, **target.status()}
     return {
         "ok": False,
         "error": "unknown-command",
@@ -88,7 +102,7 @@ def _answer(node: Node, line: bytes) -> dict[str, Any]:
     }
 
 
-def _peer_row(p: Any) -> dict[str, Any]:
+def _peer_row(p: PeerInfo) -> dict[str, Any]:
     """A peer table row with its verified TEE level or the failed check (`tee_level` /
     `tee_error`, from the node's attestation service)."""
     row = p.to_dict()
@@ -98,7 +112,7 @@ def _peer_row(p: Any) -> dict[str, Any]:
     return row
 
 
-async def _serve_client(node: Node, stream: trio.SocketStream) -> None:
+async def _serve_client(target: ControlTarget, stream: trio.SocketStream) -> None:
     reader = _LineReader(stream, MAX_LINE)
     async with stream:
         try:
@@ -107,7 +121,7 @@ async def _serve_client(node: Node, stream: trio.SocketStream) -> None:
                     line = await reader.readline()
                 if idle.cancelled_caught or line is None:
                     return
-                reply = _answer(node, line)
+                reply = answer(target, line)
                 await stream.send_all(json.dumps(reply).encode() + b"\n")
         except _LineTooLong as e:
             msg = {"ok": False, "error": e.code, "message": str(e)}
@@ -120,7 +134,7 @@ async def _serve_client(node: Node, stream: trio.SocketStream) -> None:
 
 
 async def serve_control(
-    node: Node, path: Path, *, task_status: Any = trio.TASK_STATUS_IGNORED
+    target: ControlTarget, path: Path, *, task_status: Any = trio.TASK_STATUS_IGNORED
 ) -> None:
     """Listen on `path` (mode 0600) until cancelled; the socket file is removed on exit."""
     path = Path(path)
@@ -146,7 +160,7 @@ async def serve_control(
             task_status.started(path)
             while True:
                 stream = await listener.accept()
-                nursery.start_soon(_serve_client, node, stream)
+                nursery.start_soon(_serve_client, target, stream)
     finally:
         try:
             path.unlink()
