@@ -25,11 +25,12 @@ from p2pinfer.consensus.claimbox import try_vote
 from p2pinfer.inference.critical import critical_client
 from p2pinfer.inference.redundancy import task_tolerance
 from p2pinfer.models import LocalModel
-from p2pinfer.models.mlp import write_random_mlp, zk_mlp_config
+from p2pinfer.models.mlp import zk_mlp_config
 from p2pinfer.models.sampling import Sampler
 from p2pinfer.node import Node
 from p2pinfer.services.control import query_control
 from p2pinfer.testnet import Testnet
+from p2pinfer.zk.checkpoint import write_committed_mlp
 
 from .conftest import save_checkpoint
 
@@ -44,7 +45,7 @@ def models(tmp_path_factory) -> dict[str, Path]:
     tmp = tmp_path_factory.mktemp("models")
     mlp = tmp / "mlp"
     mlp.mkdir()
-    write_random_mlp(mlp, zk_mlp_config("zk-mlp-concurrency", layers=6, hidden=32))
+    write_committed_mlp(mlp, zk_mlp_config("zk-mlp-concurrency", layers=6, hidden=32))
     return {"llama": save_checkpoint("llama", tmp / "llama", seed=3),
             "bert": save_checkpoint("bert", tmp / "bert", seed=4), "mlp": mlp}
 

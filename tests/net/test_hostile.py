@@ -27,7 +27,7 @@ import trio
 from p2pinfer.config import config_from_dict
 from p2pinfer.node import Node
 from p2pinfer.services.control import query_control
-from p2pinfer.testnet import PeerProcess, Testnet
+from p2pinfer.testnet import DEFAULT_NETWORK_ID, PeerProcess, Testnet
 
 pytestmark = pytest.mark.slow
 
@@ -107,7 +107,7 @@ ATTACKS = {  # attack -> the refusal reasons it should be counted under
 def client_config(tmp_path: Path, peer: PeerProcess) -> Any:
     return config_from_dict({
         "node": {"name": "client", "data_dir": str(tmp_path / "client"),
-                 "network_id": "p2pinfer-localnet", "roles": ["client"]},
+                 "network_id": DEFAULT_NETWORK_ID, "roles": ["client"]},
         "net": {"bootstrap": [peer.addrs[0]], "dht": False},
         "control": {"enabled": False},
         "inference": {"step_timeout_s": 10.0, "k_head": 1, "k_tail": 1},
