@@ -21,6 +21,7 @@ every cache. With greedy decoding the text equals a failure-free run.
 
 from __future__ import annotations
 
+import hmac
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -37,7 +38,8 @@ from p2pinfer.inference.hop import HopCodec, HopContext, PlainHop
 from p2pinfer.inference.planner import TEE_ORDER, Candidate, NoRouteError, PlanRequest, plan_route
 from p2pinfer.inference.stage import ensure_connected
 from p2pinfer.inference.task import StagePlan, Task
-from p2pinfer.models import ClientHead, ClientTail, KVCache
+from p2pinfer.models import ClientHead, ClientTail, KVCache, weights_digest
+from p2pinfer.models.errors import ModelError
 from p2pinfer.net.boundary import PeerNetwork
 from p2pinfer.net.streams import FramedStream
 from p2pinfer.wire import ACTIVATION_DTYPES, EndOfStream
@@ -342,6 +344,8 @@ class InferenceClient:
         self.backoff = backoff or Backoff(self.settings.ban_base_s, self.settings.ban_max_s)
         #: starts a background task that outlives one call (the owning service's nursery)
         self.spawn = spawn
+        #: our copy's weights digest per span [a, b) (computed once per span a peer offers)
+        self._digests: dict[tuple[int, int], str] = {}
 
     @property
     def middle(self) -> tuple[int, int]:
@@ -372,14 +376,36 @@ class InferenceClient:
                 continue
             if att is not None and not att.routable(p.peer_id):
                 continue
-            layers = max(1, sum(b - a for a, b in p.spans))
+            spans = self._same_weights(p.spans, p.advert.weights)
+            if not spans:
+                continue
+            layers = max(1, sum(b - a for a, b in spans))
             tee = att.tee_level(p.peer_id) if att is not None else "none"
             out.append(Candidate(
-                p.peer_id, tuple(tuple(s) for s in p.spans),
+                p.peer_id, spans,
                 throughput=float(p.throughput) * layers, load=float(p.load),
                 rtt_ms=float(p.rtt_ms) if p.rtt_ms is not None else 5.0, tee_level=tee,
             ))
         return out
+
+    def _same_weights(self, spans: Sequence[Sequence[int]], digests: Sequence[str]
+                      ) -> tuple[tuple[int, int], ...]:
+        """The spans whose advertised weights digest equals our own copy's for that span
+        (a peer serving another file under the same architecture, another quantisation or
+        altered weights is never routed to; a peer that states no digest neither)."""
+        if len(digests) != len(spans):
+            return ()
+        same = []
+        for (a, b), digest in zip(spans, digests, strict=True):
+            key = (int(a), int(b))
+            if key not in self._digests:
+                try:
+                    self._digests[key] = weights_digest(self.head_path, *key)
+                except ModelError:  # a span our copy of the model does not have
+                    self._digests[key] = ""
+            if self._digests[key] and hmac.compare_digest(self._digests[key], digest):
+                same.append(key)
+        return tuple(same)
 
     def plan(self, settings: RequestSettings | None = None) -> list[StagePlan]:
         s = self._settings(settings)

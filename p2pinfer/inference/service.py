@@ -42,7 +42,7 @@ from p2pinfer.inference.stage import (
 )
 from p2pinfer.inference.task import Task, TaskError
 from p2pinfer.inference.testing import FaultyRunner, corrupt_weights
-from p2pinfer.models import LayerSpan, Tokenizer, load_model_info
+from p2pinfer.models import LayerSpan, Tokenizer, load_model_info, weights_digest
 from p2pinfer.models.errors import ModelError
 from p2pinfer.models.sampling import Sampler, SamplingParams
 from p2pinfer.net.boundary import PeerNetwork
@@ -149,8 +149,11 @@ class InferenceService:
             session_ttl_s=serve.session_ttl_s, max_sessions=serve.max_sessions),
             runners=runners, consensus=self.consensus)
         nursery.start_soon(self.stage.run)
+        # what the file holds, not what is in memory: requesters route only to peers whose
+        # stored weights for the span equal their own copy's
+        digest = await trio.to_thread.run_sync(weights_digest, path, start, end)
         self.node.update_advert(model=info.model_id, spans=((start, end),), throughput=tput,
-                                precision=serve.dtype)
+                                precision=serve.dtype, weights=(digest,))
         nursery.start_soon(self._report_load)
         log.info("serving %s layers [%d, %d) at %.1f tokens/s", info.model_id, start, end, tput)
 

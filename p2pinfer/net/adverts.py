@@ -41,6 +41,8 @@ MAX_SPANS = 32
 MAX_NAME_CHARS = 128
 MAX_TEE_DIGEST_BYTES = 64
 MAX_PRECISION_CHARS = 16
+#: a weights digest is `sha256:` and 64 hex digits
+MAX_WEIGHTS_DIGEST_CHARS = 80
 
 
 # -- errors ------------------------------------------------------------------------------------
@@ -144,6 +146,10 @@ class Advert:
     #: compute precision of the served layers (`float32`, `bfloat16`, ...); "" = not stated.
     #: Optional on the wire (absent when ""), so adverts of older peers still verify.
     precision: str = ""
+    #: digest of the stored weights of each span, in the order of `spans`
+    #: (`sha256:<hex>`, p2pinfer.models.weights_digest); () = not stated. Optional on the
+    #: wire (absent when empty), so adverts of older peers still verify.
+    weights: tuple[str, ...] = ()
 
     def body(self) -> dict[str, Any]:
         body = {
@@ -164,6 +170,8 @@ class Advert:
         }
         if self.precision:
             body["precision"] = self.precision
+        if self.weights:
+            body["weights"] = list(self.weights)
         return body
 
     def to_dict(self) -> dict[str, Any]:
@@ -271,6 +279,10 @@ def parse_advert_body(body: Any) -> Advert:
         raise AdvertMalformed(
             f"advert field 'tee_digest' must be nil or at most {MAX_TEE_DIGEST_BYTES} bytes"
         )
+    weights = _strs(body, "weights", MAX_SPANS, MAX_WEIGHTS_DIGEST_CHARS) if "weights" in body \
+        else ()
+    if weights and len(weights) != len(spans):
+        raise AdvertMalformed("advert field 'weights' must name one digest per span")
     return Advert(
         peer_id=_str(body, "peer_id", 128),
         network_id=_str(body, "network_id", 63),
@@ -287,6 +299,7 @@ def parse_advert_body(body: Any) -> Advert:
         tee_digest=tee,
         software=_str(body, "software", 64),
         precision=_str(body, "precision", MAX_PRECISION_CHARS) if "precision" in body else "",
+        weights=weights,
     )
 
 

@@ -33,7 +33,7 @@ ADVERT_TOPIC = "adverts"
 ADVERT_PROTOCOL = "advert"
 #: fields `update` may change
 ADVERT_FIELDS = frozenset(
-    {"model", "spans", "throughput", "load", "tee_digest", "roles", "precision"}
+    {"model", "spans", "throughput", "load", "tee_digest", "roles", "precision", "weights"}
 )
 #: advert fetches and pings running at once
 SYNC_CONCURRENCY = 8
@@ -128,6 +128,7 @@ class AdvertService:
             tee_digest=f["tee_digest"],
             software=SOFTWARE,
             precision=f.get("precision", ""),
+            weights=tuple(f.get("weights", ())),
         )
         self._raw = sign_advert(advert, net.identity)
         self._advert = advert

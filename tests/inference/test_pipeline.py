@@ -142,3 +142,25 @@ async def test_replans_are_counted_per_request(tmp_path, checkpoints):
         second = c.generate(PROMPT, 2, Sampler())
         assert [t async for t in second] == hf_greedy(path, PROMPT, 2)
         assert second.outcome.replans == 0
+
+
+async def test_a_peer_serving_other_weights_under_the_same_model_id_is_never_routed_to(
+        tmp_path, checkpoints):
+    from p2pinfer.models import load_model_info, weights_digest
+
+    from .conftest import save_checkpoint
+
+    ours = str(checkpoints["llama"])
+    theirs = str(save_checkpoint("llama", tmp_path / "other-seed", seed=9))
+    # same architecture and tensor layout: the same model id, different stored weights
+    assert load_model_info(ours).model_id == load_model_info(theirs).model_id
+    assert weights_digest(ours, 1, 5) != weights_digest(theirs, 1, 5)
+    async with network(tmp_path, theirs, [[1, 5]]) as (client, stages):
+        advert = client.peer(stages[0].peer_id).advert
+        assert advert.weights == (weights_digest(theirs, 1, 5),)
+        c = client.inference.client(ours)
+        with pytest.raises(NoRouteError):
+            c.plan()
+        # a requester holding the same weights as the peer is routed to it
+        assert [s.replicas for s in client.inference.client(theirs).plan()] == [
+            (stages[0].peer_id,)]

@@ -316,3 +316,15 @@ def test_a_peer_on_another_network_is_remembered_only_from_its_own_signed_advert
     with pytest.raises(AdvertBadSignature):
         v.accept(msgpack.packb(forged), ALICE.peer_id, now_ms=T0)
     assert v.counters()["foreign_networks"] == {}
+
+
+def test_weights_digests_round_trip_and_must_match_the_spans():
+    d = "sha256:" + "ab" * 32
+    v = AdvertValidator(NET)
+    got = v.accept(sign_advert(make_advert(spans=((0, 6),), weights=(d,)), ALICE), ALICE.peer_id,
+                   now_ms=T0)
+    assert got is not None and got.weights == (d,)
+    with pytest.raises(AdvertMalformed, match="one digest per span"):
+        AdvertValidator(NET).accept(
+            sign_advert(make_advert(spans=((0, 3), (3, 6)), weights=(d,)), ALICE),
+            ALICE.peer_id, now_ms=T0)
