@@ -149,7 +149,11 @@ def test_testnet_serving_a_model_prints_a_command_that_runs_with_three_replicas(
         assert [len(stage["peers"]) for stage in out["route"]] == [3, 3]
         report = out["verification"]
         assert report["redundancy"] == 3 and report["dissenters"] == []
-        assert all(len(s["agreeing"]) == 3 for s in report["stages"])
+        for stage in report["stages"]:  # a majority agreed, nobody dissented; a third
+            # replica may still have been on its way when the majority was reached
+            assert len(stage["replicas"]) == 3 and not stage["dissenting"], stage
+            assert len(stage["agreeing"]) >= 2, stage
+            assert set(stage["agreeing"]) | set(stage["missing"]) == set(stage["replicas"])
         # the client has gone; peers that dial its stale advert stay quiet about it
         time.sleep(6)
     finally:

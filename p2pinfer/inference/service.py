@@ -23,6 +23,7 @@ from p2pinfer.inference.client import (
     Backoff,
     InferenceClient,
     InferenceError,
+    RequestOutcome,
     RouteConversation,
     RouteSession,
     RouteTrust,
@@ -360,6 +361,7 @@ class GenerationStream:
                 text = tok.decode(out)
                 piece, shown = text.removeprefix(shown), text
                 yield TokenEvent(t, piece)
+            await settle_report(stream.outcome, TALLY_SETTLE_S)
         finally:
             # also when the caller stopped early (a stop sequence, a client gone): the route
             # sessions close now, and `result` describes what was produced
@@ -549,6 +551,23 @@ async def chat(service: InferenceService, messages: list[dict[str, str]], *, mod
         pass
     assert stream.result is not None
     return stream.result
+
+
+#: how long a finished redundant request waits for the votes on its inner stages
+TALLY_SETTLE_S = 3.0
+
+
+async def settle_report(outcome: RequestOutcome, limit: float) -> None:
+    """Wait (at most `limit` seconds) until every stage has votes in the request's report.
+    Votes are tallied a grace period after their majority, so that late replicas still count:
+    the requester's own tally of the last stage, and the next stage's replicas' tallies of each
+    inner stage (by gossip), come a moment after the last token of a short request."""
+    report = outcome.report
+    if report is None or report.redundancy < 2:
+        return
+    with trio.move_on_after(limit):
+        while any(st.votes == 0 for st in report.stages):
+            await trio.sleep(0.05)
 
 
 def _client_key(settings: RequestSettings) -> RequestSettings:
