@@ -101,8 +101,6 @@ class Requester:
 
     def __init__(self, node: Node) -> None:
         self.node = node
-        #: tokenizers by model directory, loaded once (prompt and usage counts)
-        self._tokenizers: dict[str, Tokenizer] = {}
 
     # -- models ----------------------------------------------------------------------------
     def _settings(self, options: P2PInferOptions) -> ClientSettings:
@@ -142,9 +140,7 @@ class Requester:
 
     async def tokenizer(self, model: str) -> Tokenizer:
         path = self._client(model, P2PInferOptions()).head_path
-        if path not in self._tokenizers:
-            self._tokenizers[path] = await trio.to_thread.run_sync(Tokenizer.load, path)
-        return self._tokenizers[path]
+        return await self.node.inference.tokenizer(path)
 
     async def chat_prompt(self, model: str, messages: Sequence[ChatMessage]) -> str:
         """The text `messages` become for `model`: its own chat template, else the fallback

@@ -90,6 +90,8 @@ class InferenceService:
         self.node = node
         self.config = node.config
         self.hop: HopCodec = hop or PlainHop()
+        #: tokenizers by model path (`tokenizer()`)
+        self._tokenizers: dict[str, Tokenizer] = {}
         #: verified TEE levels and rejected peers (attestation), when the node runs it
         self.trust = trust
         self.stage: StageServer | None = None
@@ -216,6 +218,13 @@ class InferenceService:
                 "sessions": self.sessions, "backoff": self.backoff,
                 "spawn": self._nursery.start_soon}
 
+    async def tokenizer(self, path: str) -> Tokenizer:
+        """The tokenizer of the model at `path`, loaded once per service (a GGUF tokenizer is
+        converted on first use, seconds: off the event loop)."""
+        if path not in self._tokenizers:
+            self._tokenizers[path] = await trio.to_thread.run_sync(Tokenizer.load, path)
+        return self._tokenizers[path]
+
     def client(self, model: str, settings: RequestSettings | None = None) -> InferenceClient:
         """An inference client for `model` (a directory or built-in name) with `settings` as
         its defaults, cached per model and settings."""
@@ -318,6 +327,30 @@ def _is_random(model: str) -> bool:
     return any(m.name == model and m.random_weights for m in default_models())
 
 
+async def token_events(tok: Tokenizer, tokens: AsyncIterator[int], out: list[int]
+                       ) -> AsyncIterator[TokenEvent]:
+    """Each new token of `tokens` (appended to `out`) with the text it adds: the decoded text
+    grows as words complete, so a piece may be empty."""
+    shown = ""
+    async for t in tokens:
+        out.append(t)
+        text = tok.decode(out)
+        piece, shown = text.removeprefix(shown), text
+        yield TokenEvent(t, piece)
+
+
+def generation_of(prompt: str, model: str, client: InferenceClient, text: str,
+                  token_ids: list[int], prompt_tokens: int, o: RequestOutcome) -> Generation:
+    """The `Generation` a finished (or stopped) request describes, from its own outcome."""
+    start, end = client.middle
+    return Generation(
+        prompt=prompt, text=text, token_ids=token_ids, prompt_tokens=prompt_tokens,
+        route=o.route_dicts(), replans=o.replans, seconds=o.seconds, privacy=o.privacy,
+        random_weights=_is_random(model), verification=o.verification(), mode=o.mode,
+        timings=o.timings(), local_layers=((0, start), (end, client.info.num_layers)),
+        tokens_sent=o.tokens_sent, tokens_reused=o.tokens_reused, notes=list(o.notes))
+
+
 class GenerationStream:
     """The token events of one generation as they come; once the iteration ended, `result`
     is the request's `Generation` (route, verification, timings)."""
@@ -341,26 +374,19 @@ class GenerationStream:
         await self._events.aclose()
 
     async def _run(self) -> AsyncIterator[TokenEvent]:
-        from p2pinfer.models import Tokenizer
-        from p2pinfer.models.sampling import Sampler, SamplingParams
-
         if self._max_new_tokens < 1:
             raise InferenceError("max_new_tokens must be at least 1")
         client = self._service.client(self._model, _client_key(self._settings))
-        tok = await trio.to_thread.run_sync(Tokenizer.load, client.head_path)
+        tok = await self._service.tokenizer(client.head_path)
         ids = tok.encode(self._prompt)
         temperature, top_p, seed = self._sampling
         sampler = Sampler(SamplingParams(temperature=temperature, top_p=top_p, seed=seed))
         stream = client.generate(ids, self._max_new_tokens, sampler, stop_ids=tok.eos_ids,
                                  settings=self._settings)
         out: list[int] = []
-        shown = ""
         try:
-            async for t in stream:
-                out.append(t)
-                text = tok.decode(out)
-                piece, shown = text.removeprefix(shown), text
-                yield TokenEvent(t, piece)
+            async for event in token_events(tok, stream, out):
+                yield event
             await settle_report(stream.outcome, TALLY_SETTLE_S)
         finally:
             # also when the caller stopped early (a stop sequence, a client gone): the route
@@ -368,15 +394,8 @@ class GenerationStream:
             with trio.move_on_after(10) as scope:
                 scope.shield = True
                 await stream.aclose()
-            o = stream.outcome
-            start, end = client.middle
-            self.result = Generation(
-                prompt=self._prompt, text=tok.decode(out), token_ids=out,
-                prompt_tokens=len(ids), route=o.route_dicts(), replans=o.replans,
-                seconds=o.seconds, privacy=o.privacy, random_weights=_is_random(self._model),
-                verification=o.verification(), mode=o.mode, timings=o.timings(),
-                local_layers=((0, start), (end, client.info.num_layers)),
-                tokens_sent=o.tokens_sent)
+            self.result = generation_of(self._prompt, self._model, client, tok.decode(out),
+                                        out, len(ids), stream.outcome)
 
 
 class ChatStream:
@@ -409,13 +428,9 @@ class ChatStream:
                                         stop_ids=tok.stop_ids)
         before, chat.messages = chat.messages, messages
         out: list[int] = []
-        shown = ""
         try:
-            async for t in stream:
-                out.append(t)
-                text = tok.decode(out)
-                piece, shown = text.removeprefix(shown), text
-                yield TokenEvent(t, piece)
+            async for event in token_events(tok, stream, out):
+                yield event
         except BaseException:
             if not out:  # nothing was answered: the message is not part of the conversation
                 chat.messages = before
@@ -423,15 +438,8 @@ class ChatStream:
             chat.messages.append({"role": "assistant", "content": tok.decode(out).strip()})
             raise
         chat.messages.append({"role": "assistant", "content": tok.decode(out).strip()})
-        o = stream.outcome
-        start, end = client.middle
-        self.result = Generation(
-            prompt=self._text, text=tok.decode(out), token_ids=out, prompt_tokens=len(ids),
-            route=o.route_dicts(), replans=o.replans, seconds=o.seconds, privacy=o.privacy,
-            random_weights=_is_random(chat.model), verification=o.verification(),
-            mode=o.mode, timings=o.timings(),
-            local_layers=((0, start), (end, client.info.num_layers)), tokens_sent=o.tokens_sent,
-            tokens_reused=o.tokens_reused, notes=list(o.notes))
+        self.result = generation_of(self._text, chat.model, client, tok.decode(out), out,
+                                    len(ids), stream.outcome)
 
 
 class Conversation:
@@ -448,6 +456,7 @@ class Conversation:
         self.model = model
         self.max_new_tokens = max_new_tokens
         self.system = system
+        self._service = service
         self.client = service.client(model, _client_key(settings))
         self.sampler = Sampler(SamplingParams(temperature=temperature, top_p=top_p, seed=seed))
         self.conversation: RouteConversation = self.client.conversation(settings)
@@ -458,8 +467,7 @@ class Conversation:
         return [{"role": "system", "content": self.system}] if self.system else []
 
     async def __aenter__(self) -> Self:
-        # a GGUF tokenizer is converted on first use (seconds): not on the event loop
-        tok = await trio.to_thread.run_sync(Tokenizer.load, self.client.head_path)
+        tok = await self._service.tokenizer(self.client.head_path)
         if tok.chat_template is None:
             raise InferenceError(f"{self.model} has no chat template; use generate() with a "
                                  "prompt")
@@ -617,14 +625,12 @@ async def embed(
     settings: RequestSettings | None = None, redundancy: int | None = None,
 ) -> Embeddings:
     """Sentence embeddings [n, H] of `texts`, each computed through the network."""
-    from p2pinfer.models import Tokenizer
-
     items = [texts] if isinstance(texts, str) else list(texts)
     if not items:
         raise InferenceError("nothing to embed")
     s = request_settings(service, settings, redundancy=redundancy)
     client = service.client(model, _client_key(s))
-    tok = await trio.to_thread.run_sync(Tokenizer.load, client.head_path)
+    tok = await service.tokenizer(client.head_path)
     t0 = time.perf_counter()
     rows, routes, reports, replans, privacy = [], [], [], 0, None
     for text in items:
