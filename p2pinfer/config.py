@@ -31,6 +31,9 @@ class NodeSection:
     data_dir: str = "~/.p2pinfer/node"
     #: identity key file; relative paths are inside data_dir
     key_file: str = "identity.key"
+    #: true: use the devnet bootstrap's public key instead of key_file
+    #: (p2pinfer.identity.devnet_identity); refused unless every listen address is loopback
+    devnet_key: bool = False
     #: enters every topic name, signature and attestation binding
     network_id: str = "p2pinfer-devnet"
     roles: list[str] = field(default_factory=lambda: ["stage", "client"])
@@ -298,6 +301,13 @@ class NodeConfig:
             for addr in getattr(self.net, key):
                 if not addr.startswith("/"):
                     raise ConfigError(f"{where}: key 'net.{key}': {addr!r} is not a multiaddr")
+        if self.node.devnet_key:
+            for addr in self.net.listen + self.net.announce:
+                if not addr.startswith("/ip4/127."):
+                    raise ConfigError(
+                        f"{where}: key 'node.devnet_key': the devnet key is public, so it is "
+                        f"refused on {addr!r}: listen and announce on /ip4/127.0.0.1 only, or "
+                        "set devnet_key = false (a key of this node's own is then created)")
         for addr in self.net.bootstrap:
             if "/p2p/" not in addr:
                 raise ConfigError(

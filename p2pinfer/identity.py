@@ -8,6 +8,7 @@ base58btc of the identity multihash of the protobuf `PublicKey{Type: Ed25519, Da
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 from dataclasses import dataclass
@@ -141,3 +142,22 @@ class NodeIdentity:
         except FileExistsError:  # another process created it first: use theirs
             return cls.load(path), False
         return ident, True
+
+
+#: The devnet's bootstrap peer listens here, with a key anyone can derive (DEVNET_KEY_LABEL),
+#: so that commands and configs on one machine can name the local devnet's bootstrap address
+#: verbatim. A public key gives no authority (every advert is signed by its own peer), but anyone
+#: on the machine could stand in for the bootstrap: a node refuses the key unless it listens on
+#: loopback only (`NodeConfig.validate`).
+DEVNET_PORT = 4001
+DEVNET_KEY_LABEL = b"p2pinfer devnet bootstrap key: public, loopback only, v1"
+
+
+def devnet_identity() -> NodeIdentity:
+    """The devnet bootstrap's identity, the same on every machine (its private key is public)."""
+    return NodeIdentity.from_seed(hashlib.sha256(DEVNET_KEY_LABEL).digest())
+
+
+def devnet_bootstrap_addr(port: int = DEVNET_PORT) -> str:
+    """The multiaddr (with /p2p/ id) of the local devnet's bootstrap peer."""
+    return f"/ip4/127.0.0.1/tcp/{port}/p2p/{devnet_identity().peer_id}"

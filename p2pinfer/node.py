@@ -33,7 +33,7 @@ import trio
 
 from p2pinfer.config import NodeConfig
 from p2pinfer.errors import P2PInferError, RemoteError
-from p2pinfer.identity import NodeIdentity
+from p2pinfer.identity import NodeIdentity, devnet_identity
 from p2pinfer.inference.critical import infer_critical
 from p2pinfer.inference.secure_hop import ChannelHop
 from p2pinfer.inference.service import (
@@ -126,6 +126,8 @@ class Node:
                  services: Sequence[NodeService] = ()) -> None:
         config.validate()
         self.config = config
+        if identity is None and config.node.devnet_key:
+            identity = devnet_identity()
         if identity is None:
             identity, _ = NodeIdentity.load_or_create(config.key_path)
         self.identity = identity

@@ -99,9 +99,11 @@ def test_peers_without_a_running_node_is_a_user_error(tmp_path):
     assert "no running node" in proc.stderr
 
 
-def test_infer_without_any_peer_to_ask_is_a_user_error():
-    proc = run("infer", "--prompt", "hello")
-    assert proc.returncode == 2 and "--bootstrap" in proc.stderr
+def test_infer_without_any_peer_to_ask_tries_the_local_devnet_and_says_so():
+    proc = run("infer", "--prompt", "hello", "--wait", "2")
+    assert proc.returncode == 2
+    assert "no local devnet answers at 127.0.0.1:4001" in proc.stderr.strip().splitlines()[-1]
+    assert "p2pinfer testnet" in proc.stderr and "--bootstrap" in proc.stderr
 
 
 def test_unknown_command_exits_2():

@@ -86,8 +86,25 @@ def test_example_configs_in_the_repository_load(tmp_path):
     folder = Path(__file__).resolve().parents[1] / "node_configs"
     files = sorted(folder.glob("*.toml"))
     assert len(files) >= 4
+    from p2pinfer.identity import devnet_bootstrap_addr
+
     for f in files:
-        load_config(f)
+        cfg = load_config(f)
+        # one network everywhere, and every bootstrap named is the devnet's, which the
+        # bootstrap config's public key really is
+        assert cfg.node.network_id == "p2pinfer-devnet", f
+        assert all(a == devnet_bootstrap_addr() for a in cfg.net.bootstrap), f
+
+
+def test_the_devnet_key_is_refused_off_loopback():
+    from p2pinfer.errors import ConfigError
+
+    ok = config_from_dict({"node": {"devnet_key": True},
+                           "net": {"listen": ["/ip4/127.0.0.1/tcp/4001"]}})
+    assert ok.node.devnet_key
+    for key, addr in (("listen", "/ip4/0.0.0.0/tcp/4001"), ("announce", "/ip4/10.0.0.5/tcp/1")):
+        with pytest.raises(ConfigError, match="devnet key is public"):
+            config_from_dict({"node": {"devnet_key": True}, "net": {key: [addr]}})
 
 
 # -- [api] -----------------------------------------------------------------------------------------

@@ -7,10 +7,14 @@ from pathlib import Path
 from typing import Any
 
 from p2pinfer.cli.options import UsageError, node_config
-from p2pinfer.identity import NodeIdentity
+from p2pinfer.identity import NodeIdentity, devnet_identity
 
 
 def run(args: argparse.Namespace) -> int:
+    if not args.out and node_config(args).node.devnet_key:
+        print(f"{devnet_identity().peer_id}  (the devnet bootstrap's public key: node.devnet_key "
+              "= true)")
+        return 0
     path = Path(args.out) if args.out else node_config(args).key_path
     if path.exists():
         ident = NodeIdentity.load(path)

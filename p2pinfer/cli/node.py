@@ -12,7 +12,7 @@ from typing import Any
 import trio
 
 from p2pinfer.cli.options import node_config, say
-from p2pinfer.config import NodeConfig
+from p2pinfer.config import NodeConfig, with_overrides
 
 
 def _write_ready(path: Path, info: dict[str, Any]) -> None:
@@ -52,12 +52,17 @@ async def _run_node(cfg: NodeConfig, ready_file: str | None) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    trio.run(_run_node, node_config(args), args.ready_file)
+    cfg = node_config(args)
+    if args.data_dir:  # one config, several peers on one machine: each its own key and socket
+        cfg = with_overrides(cfg, node={"data_dir": args.data_dir})
+    trio.run(_run_node, cfg, args.ready_file)
     return 0
 
 
 def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("node", parents=[common], help="run a peer until Ctrl-C")
     p.add_argument("--config", help="node config TOML (see node_configs/)")
+    p.add_argument("--data-dir", help="the node's key, caches and control socket go here "
+                   "(overrides node.data_dir: run one config as several peers)")
     p.add_argument("--ready-file", help=argparse.SUPPRESS)
     p.set_defaults(func=run)

@@ -14,8 +14,12 @@ import trio
 
 from p2pinfer.config import NodeConfig, load_config, with_overrides
 from p2pinfer.errors import ConfigError, P2PInferError
+from p2pinfer.identity import devnet_bootstrap_addr
 
 EXIT_USER = 2
+#: a client stops waiting for a route once the serving peers it knows have not changed for this
+#: many seconds and still cover none
+SETTLED_S = 8.0
 
 
 class UsageError(P2PInferError):
@@ -74,7 +78,8 @@ def client_config(args: argparse.Namespace) -> NodeConfig:
         overrides["control"] = {"enabled": False}
         # the last stage of a route dials the requester back: listen where it can reach us
         # (every interface, announced one address per interface), not on loopback only
-        overrides["net"] = {"dht": False, "listen": ["/ip4/0.0.0.0/tcp/0"]}
+        overrides["net"] = {"dht": False, "listen": ["/ip4/0.0.0.0/tcp/0"],
+                            "redial_interval_s": 1.0}
     if args.network_id:
         overrides.setdefault("node", {})["network_id"] = args.network_id
     if args.bootstrap:
@@ -96,8 +101,9 @@ def client_config(args: argparse.Namespace) -> NodeConfig:
                               "--" + key.replace("_", "-"))
         raise UsageError(msg) from None
     if not cfg.net.bootstrap:
-        raise UsageError("no peers to ask: pass --bootstrap /ip4/.../p2p/<id> or a --config "
-                         "with net.bootstrap")
+        # no peer named anywhere: the local devnet (`p2pinfer testnet`, or a node with
+        # node_configs/testnet-bootstrap.toml) at its fixed address
+        cfg = with_overrides(cfg, net={"bootstrap": [devnet_bootstrap_addr()]})
     return cfg
 
 
@@ -173,6 +179,27 @@ def preflight(args: argparse.Namespace, cfg: NodeConfig, *, task: str) -> None:
                          f"{info.max_positions} tokens: shorten one of them")
 
 
+async def _wait_for_bootstrap(node: Any, boot_ids: dict[str, str], timeout: float) -> None:
+    """Wait (redialling) until some bootstrap peer is connected: a peer still starting is
+    waited for, up to `timeout`; a peer that answers with another identity is reported at once."""
+    if not boot_ids:
+        return
+    devnet = list(boot_ids.values()) == [devnet_bootstrap_addr()]
+    deadline = trio.current_time() + timeout
+    while not set(boot_ids) & set(node.connected_peers()):
+        errors = node.bootstrap.errors if node.bootstrap is not None else {}
+        wrong = [a for a, e in errors.items() if e.kind == "identity"]
+        if trio.current_time() >= deadline or (wrong and len(wrong) == len(boot_ids)):
+            if devnet and not wrong:
+                raise UsageError("no local devnet answers at 127.0.0.1:4001 (nothing was "
+                                 "named to join): start one with `p2pinfer testnet --model "
+                                 "NAME`, or pass --bootstrap /ip4/.../p2p/<id>")
+            why = "; ".join(f"{a}: {e}" for a, e in errors.items()) or "no answer"
+            raise UsageError(f"cannot reach any bootstrap peer ({why[:400]}); is it running, "
+                             "and is the /p2p/ id the one it prints at start-up?")
+        await trio.sleep(0.2)
+
+
 async def wait_for_route(node: Any, model: str, timeout: float) -> None:
     """Wait for peers covering a route for `model`. A `UsageError` naming the cause when no
     bootstrap peer answered, when a bootstrap peer is on another network, or when the wait
@@ -180,11 +207,7 @@ async def wait_for_route(node: Any, model: str, timeout: float) -> None:
     from p2pinfer.inference import NoRouteError
 
     boot_ids = {a.rsplit("/p2p/", 1)[-1]: a for a in node.config.net.bootstrap}
-    if boot_ids and not set(boot_ids) & set(node.connected_peers()):
-        errors = node.bootstrap.errors if node.bootstrap is not None else {}
-        why = "; ".join(f"{a}: {e}" for a, e in errors.items()) or "no answer"
-        raise UsageError(f"cannot reach any bootstrap peer ({why[:400]}); is it running, and "
-                         "is the /p2p/ id the one it prints at start-up?")
+    await _wait_for_bootstrap(node, boot_ids, timeout)
     say(f"waiting for peers serving {model} ...")
 
     def foreign() -> str | None:
@@ -195,6 +218,18 @@ async def wait_for_route(node: Any, model: str, timeout: float) -> None:
                         f"{node.network_id!r}: pass --network-id {seen[pid]}")
         return None
 
+    # the serving peers in the table and since when they have been the same: once they have
+    # settled and still cover no route (too few replicas for --redundancy, a layer nobody
+    # serves), waiting out the rest of --wait would change nothing
+    settled = {"key": frozenset(), "since": trio.current_time()}
+
+    def gave_up() -> bool:
+        key = frozenset((p.peer_id, tuple(map(tuple, p.spans))) for p in node.peers() if p.spans)
+        now = trio.current_time()
+        if key != settled["key"]:
+            settled.update(key=key, since=now)
+        return bool(key) and now - settled["since"] >= SETTLED_S
+
     with trio.move_on_after(timeout):
         while (wrong := foreign()) is None:
             try:
@@ -203,9 +238,14 @@ async def wait_for_route(node: Any, model: str, timeout: float) -> None:
                     return
             except NoRouteError:
                 pass
-        raise UsageError(wrong)
+            if gave_up():
+                break
+        else:
+            raise UsageError(wrong)
     try:
         await node.wait_for_route(model, timeout=0)
     except NoRouteError as e:
-        raise UsageError(f"{e} after waiting {timeout:.0f}s; are peers serving it reachable?"
+        waited = trio.current_time() - settled["since"]
+        raise UsageError(f"{e}; the serving peers have not changed for {waited:.0f}s: are "
+                         "peers serving it reachable, and are there enough of them?"
                          ) from None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import signal
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ import trio
 
 from p2pinfer.cli.options import UsageError, say
 from p2pinfer.config import InferenceSection
+from p2pinfer.identity import DEVNET_PORT, devnet_bootstrap_addr
 from p2pinfer.testnet import DEFAULT_NETWORK_ID, Testnet, TestnetError, serving_plan
 
 
@@ -35,17 +37,18 @@ def _model_layers(names: list[str]) -> dict[str, tuple[int, bool]]:
 
 def client_commands(boot: str, network_id: str, models: dict[str, tuple[int, bool]],
                     redundancy: int) -> list[str]:
-    """The commands that ask this testnet, each ready to paste."""
-    common = f"--bootstrap {boot}"
+    """The commands that ask this testnet, each ready to paste (the local devnet's bootstrap
+    is every client's default, so they name it only when this testnet is elsewhere)."""
+    common = "" if boot == devnet_bootstrap_addr() else f" --bootstrap {boot}"
     if network_id != DEFAULT_NETWORK_ID:
         common += f" --network-id {network_id}"
     lines = []
     for name, (_, decoder) in models.items():
         if decoder:
             extra = f" --mode general --redundancy {redundancy}" if redundancy > 1 else ""
-            lines.append(f'p2pinfer infer {common} --model {name}{extra} --prompt "hello"')
+            lines.append(f'p2pinfer infer{common} --model {name}{extra} --prompt "hello"')
         else:
-            lines.append(f'p2pinfer embed {common} --model {name} --text "a cat" '
+            lines.append(f'p2pinfer embed{common} --model {name} --text "a cat" '
                          '--text "a kitten"')
     return lines
 
@@ -64,10 +67,14 @@ async def _run_testnet(args: argparse.Namespace) -> int:
             raise UsageError(str(e)) from None
 
     def config_for(i: int) -> dict[str, dict[str, object]]:
-        if not plan:
-            return {}
-        model, (a, b) = plan[i]
-        return {"serve": {"model": model, "layers": [a, b]}}
+        sections: dict[str, dict[str, object]] = {}
+        if i == 0 and args.port:  # the bootstrap: the devnet's public key at a fixed address
+            sections["node"] = {"devnet_key": True}
+            sections["net"] = {"listen": [f"/ip4/127.0.0.1/tcp/{args.port}"]}
+        if plan:
+            model, (a, b) = plan[i]
+            sections["serve"] = {"model": model, "layers": [a, b]}
+        return sections
 
     async with Testnet(args.peers, base_dir=base, network_id=args.network_id,
                        config_for=config_for, progress=say, debug=args.debug) as net:
@@ -111,9 +118,25 @@ async def _run_testnet(args: argparse.Namespace) -> int:
         return 0
 
 
+def _check_port_free(port: int) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        # as the peer's own listener does: a previous run's closed connections do not count
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            raise UsageError(
+                f"127.0.0.1:{port} is in use (another devnet running?): stop it, or pass "
+                "--port 0 for a testnet at a free port with a key of its own") from None
+
+
 def run(args: argparse.Namespace) -> int:
     if not 1 <= args.peers <= 64:
         raise UsageError("--peers must be between 1 and 64")
+    if not 0 <= args.port <= 65535:
+        raise UsageError(f"--port {args.port}: not a TCP port")
+    if args.port:
+        _check_port_free(args.port)
     return trio.run(_run_testnet, args)
 
 
@@ -131,5 +154,9 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
                    help="replicas per stage of each served model (default 1)")
     p.add_argument("--network-id", default=DEFAULT_NETWORK_ID,
                    help=f"the testnet's network id (default {DEFAULT_NETWORK_ID})")
+    p.add_argument("--port", type=int, default=DEVNET_PORT,
+                   help=f"the bootstrap peer's port on 127.0.0.1, with the devnet's public key "
+                        f"so that clients find it without --bootstrap (default {DEVNET_PORT}); "
+                        "0: any free port and a key of its own")
     p.add_argument("--base-dir", help="keep peers' keys, configs and logs here (default: temp)")
     p.set_defaults(func=run)

@@ -262,8 +262,14 @@ class ConsensusService:
             await trio.sleep_forever()
 
     def spawn(self, fn: Any, *args: Any) -> None:
-        if self._nursery is not None:
+        """Start background work (a vote, a delayed forget) in the service's nursery; once the
+        node is shutting down (the nursery closed) there is nothing left to do it for."""
+        if self._nursery is None:
+            return
+        try:
             self._nursery.start_soon(fn, *args)
+        except RuntimeError:  # "Nursery is closed to new arrivals": the node is stopping
+            log.debug("not starting %s: the node is stopping", getattr(fn, "__name__", fn))
 
     def banned(self) -> set[str]:
         """Peers this node currently refuses to route to."""

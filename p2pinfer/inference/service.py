@@ -32,7 +32,7 @@ from p2pinfer.inference.client import (
 )
 from p2pinfer.inference.critical import CriticalClient, critical_runner
 from p2pinfer.inference.hop import HopCodec, PlainHop
-from p2pinfer.inference.planner import least_covered_span
+from p2pinfer.inference.placement import choose_span, should_move
 from p2pinfer.inference.redundancy import ConsensusRunner, ConsensusService
 from p2pinfer.inference.stage import (
     STAGE_PROTOCOL,
@@ -50,6 +50,17 @@ from p2pinfer.net.boundary import PeerNetwork
 from p2pinfer.net.streams import FramedStream
 
 log = logging.getLogger(__name__)
+
+#: an auto peer checks its placement every few seconds for this long after it (re)places itself
+SETTLE_FAST_S = 60.0
+
+
+async def _cancellable(fn: Any, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    """Run `fn()` under a cancel scope handed back through `nursery.start`."""
+    with trio.CancelScope() as scope:
+        task_status.started(scope)
+        await fn()
+
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -103,6 +114,8 @@ class InferenceService:
         #: peers that failed a request of this node, backed off for all its requests
         self.backoff = Backoff(defaults.ban_base_s, defaults.ban_max_s)
         self._nursery: trio.Nursery | None = None
+        #: the served stage's own cancel scope (an auto peer that moves stops the old one)
+        self._stage_scope: trio.CancelScope | None = None
         #: votes, fetches, audits, CDV and reputation (redundant general-mode tasks)
         self.consensus = ConsensusService(node, hop=self.hop, served_span=self._served_span)
 
@@ -130,9 +143,8 @@ class InferenceService:
         info = load_model_info(path)
         if serve.layers == "auto":
             await trio.sleep(min(3.0, self.config.gossip.advert_interval_s))  # hear others first
-            served = [s for p in self.node.peers() if p.model == info.model_id for s in p.spans]
-            length = serve.span_layers or max(1, info.num_layers // 2)
-            start, end = least_covered_span(served, info.num_layers, length)
+            start, end = choose_span(self._others_spans(info), *self._auto_range(info),
+                                     serve.span_layers)
         else:
             start, end = serve.layers
             if end > info.num_layers:
@@ -140,6 +152,56 @@ class InferenceService:
                                   f"{info.num_layers} layers of {info.model_id}")
         if serve.threads:
             torch.set_num_threads(serve.threads)
+        await self._serve_span(nursery, path, start, end)
+        nursery.start_soon(self._report_load)
+        if serve.layers == "auto":
+            nursery.start_soon(self._settle, nursery, path, info)
+
+    def _auto_range(self, info: Any) -> tuple[int, int]:
+        """The layers requesters ask the network for by default: [k_head, layers - k_tail)."""
+        inf = self.config.inference
+        lo, hi = inf.k_head, info.num_layers - inf.k_tail
+        return (lo, hi) if lo < hi else (0, info.num_layers)
+
+    def _others_spans(self, info: Any) -> list[tuple[int, int]]:
+        return [tuple(s) for _, s in self._others_placed(info)]
+
+    def _others_placed(self, info: Any) -> list[tuple[str, tuple[int, int]]]:
+        return [(p.peer_id, (int(s[0]), int(s[1]))) for p in self.node.peers()
+                if p.model == info.model_id and p.peer_id != self.node.peer_id for s in p.spans]
+
+    async def _settle(self, nursery: trio.Nursery, path: Path, info: Any) -> None:
+        """An auto peer moves while some layer is uncovered and its own layers are served by
+        others too (`placement.should_move`); never while it has sessions open. Checks every
+        few seconds at first (peers started together settle within seconds), then every
+        advert interval."""
+        lo, hi = self._auto_range(info)
+        interval = max(0.5, min(3.0, self.config.gossip.advert_interval_s))
+        started = trio.current_time()
+        while True:
+            fast = trio.current_time() - started < SETTLE_FAST_S
+            await trio.sleep(interval if fast else self.config.gossip.advert_interval_s)
+            stage = self.stage
+            if stage is None or stage.sessions:
+                continue
+            mine = (stage.span.start, stage.span.end)
+            others = self._others_placed(info)
+            if not should_move(mine, self.node.peer_id, others, lo, hi):
+                continue
+            start, end = choose_span([sp for _, sp in others], lo, hi,
+                                     self.config.serve.span_layers)
+            if (start, end) == mine:
+                continue
+            log.info("moving from layers [%d, %d) to [%d, %d): nobody serves layers there",
+                     mine[0], mine[1], start, end)
+            await self._serve_span(nursery, path, start, end)
+            started = trio.current_time()  # look closely again while the others settle
+
+    async def _serve_span(self, nursery: trio.Nursery, path: Path, start: int, end: int) -> None:
+        """Load layers [start, end), serve them, advertise them; a span served before is
+        stopped once the new one is up (its sessions, if any, end with it)."""
+        serve = self.config.serve
+        info = load_model_info(path)
         span = await trio.to_thread.run_sync(LayerSpan.load, path, start, end, DTYPES[serve.dtype])
         if serve.fault_injection == "wrong-weights":  # TEST-ONLY (refused in production)
             corrupt_weights(span)
@@ -148,16 +210,19 @@ class InferenceService:
         critical = await trio.to_thread.run_sync(critical_runner, self.node, span, path)
         if critical is not None:
             runners["critical"] = critical
-        self.stage = StageServer(self.node, span, hop=self.hop, settings=StageSettings(
+        stage = StageServer(self.node, span, hop=self.hop, settings=StageSettings(
             session_ttl_s=serve.session_ttl_s, max_sessions=serve.max_sessions),
             runners=runners, consensus=self.consensus)
-        nursery.start_soon(self.stage.run)
+        scope = await nursery.start(_cancellable, stage.run)
+        old, self._stage_scope = self._stage_scope, scope
+        self.stage = stage
+        if old is not None:
+            old.cancel()
         # what the file holds, not what is in memory: requesters route only to peers whose
         # stored weights for the span equal their own copy's
         digest = await trio.to_thread.run_sync(weights_digest, path, start, end)
         self.node.update_advert(model=info.model_id, spans=((start, end),), throughput=tput,
                                 precision=serve.dtype, weights=(digest,))
-        nursery.start_soon(self._report_load)
         log.info("serving %s layers [%d, %d) at %.1f tokens/s", info.model_id, start, end, tput)
 
     def _general_runner(self, fault: str) -> StepRunner:

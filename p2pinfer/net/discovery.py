@@ -60,8 +60,8 @@ class BootstrapDialer:
                 self.targets.append((addr, pid))
         self.dials = 0
         self.failures = 0
-        #: why the last dial of each unreachable target failed: address -> one line
-        self.errors: dict[str, str] = {}
+        #: why the last dial of each unreachable target failed: address -> the error
+        self.errors: dict[str, DialError] = {}
 
     async def dial_missing(self) -> int:
         """Dial the targets that are not connected; returns how many connected now."""
@@ -74,7 +74,7 @@ class BootstrapDialer:
             self.dials += 1
             if isinstance(res, DialError):
                 self.failures += 1
-                self.errors[addr] = str(res)
+                self.errors[addr] = res
                 log.debug("bootstrap %s: %s", addr, res)
                 continue
             self.errors.pop(addr, None)

@@ -41,9 +41,35 @@ _PSK_RE = re.compile(r"^[0-9a-fA-F]{64}$")
 
 
 class DialError(P2PInferError):
-    """A peer could not be reached or refused the handshake."""
+    """A peer could not be reached or refused the handshake. `kind` says which: "unreachable"
+    (nothing answered at the address), "identity" (something answered, but the security
+    handshake failed: another peer id, another private network's key), "timeout" or "other"."""
 
     code = "dial-failed"
+
+    def __init__(self, msg: str, kind: str = "other") -> None:
+        super().__init__(msg)
+        self.kind = kind
+
+
+def _dial_failure_kind(exc: BaseException) -> str:
+    """What a libp2p dial failure was, from the messages along its cause chain (libp2p wraps
+    every failure in the same exception types and says what happened only in the text)."""
+    seen: set[int] = set()
+    stack: list[BaseException] = [exc]
+    while stack:
+        e = stack.pop()
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        text = str(e)
+        if "upgrade security" in text or "handshake failed" in text:
+            return "identity"
+        if "fail to open connection" in text or isinstance(e, ConnectionRefusedError):
+            return "unreachable"
+        stack.extend(x for x in (e.__cause__, e.__context__) if x is not None)
+        stack.extend(getattr(e, "exceptions", None) or getattr(e, "errors", None) or ())
+    return "other"
 
 
 def _route_library_logs() -> None:
@@ -174,11 +200,17 @@ class Host:
             with trio.fail_after(timeout_s or self.net.dial_timeout_s):
                 await self.lp2p.connect(info)
         except trio.TooSlowError:
-            raise DialError(f"dialing {info.peer_id} timed out") from None
+            raise DialError(f"dialing {info.peer_id} timed out", "timeout") from None
         except Exception as e:  # noqa: BLE001 - libp2p and multiaddr raise assorted types
-            raise DialError(
-                f"dialing {info.peer_id} failed: {type(e).__name__}: {e}"[:300]
-            ) from None
+            kind = _dial_failure_kind(e)
+            if kind == "identity":
+                msg = (f"the peer answering there is not {info.peer_id} (the security "
+                       "handshake failed: another peer id, or another private network's key)")
+            elif kind == "unreachable":
+                msg = "nothing answers at that address (connection refused)"
+            else:
+                msg = f"dialing {info.peer_id} failed: {type(e).__name__}: {e}"[:300]
+            raise DialError(msg, kind) from None
 
     async def connect_many(self, maddrs: Sequence[str]) -> dict[str, str | DialError]:
         """Dial concurrently (each libp2p dial waits ~250 ms); maps address -> peer id or error."""

@@ -164,3 +164,41 @@ async def test_a_peer_serving_other_weights_under_the_same_model_id_is_never_rou
         # a requester holding the same weights as the peer is routed to it
         assert [s.replicas for s in client.inference.client(theirs).plan()] == [
             (stages[0].peer_id,)]
+
+
+async def test_auto_peers_started_together_settle_and_cover_the_middle(tmp_path, checkpoints):
+    """Three auto peers started at the same moment each see nothing served and pick the same
+    window; they settle until the middle layers [1, 5) are covered, and a request runs."""
+    import trio
+
+    from p2pinfer.inference.placement import coverage
+    from p2pinfer.node import Node
+
+    from .conftest import node_config
+
+    path = str(checkpoints["llama"])
+    async with Node(node_config(tmp_path, "client")) as client:
+        boot = [client.addrs[0]]
+        peers: list[Node] = []
+        done = trio.Event()
+
+        async def auto_peer(i: int) -> None:
+            cfg = node_config(tmp_path, f"auto{i}", boot=boot,
+                              serve={"model": path, "layers": "auto", "span_layers": 2})
+            async with Node(cfg) as node:
+                peers.append(node)
+                await done.wait()
+
+        async with trio.open_nursery() as nursery:
+            for i in range(3):
+                nursery.start_soon(auto_peer, i)
+            with trio.fail_after(60):
+                while len(peers) < 3 or 0 in coverage(
+                        [s for p in client.peers() for s in p.spans], 1, 5):
+                    await trio.sleep(0.1)
+                await client.wait_for_route(path, timeout=30)
+            c = client.inference.client(path)
+            got = [t async for t in c.generate(PROMPT, 4, Sampler())]
+            assert got == hf_greedy(path, PROMPT, 4)
+            assert 0 not in coverage([n.advert.spans[0] for n in peers], 1, 5)
+            done.set()
