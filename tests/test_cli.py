@@ -112,7 +112,7 @@ def test_unknown_command_exits_2():
 
 @pytest.mark.slow
 def test_testnet_of_five_converges_and_prints_a_json_summary(tmp_path):
-    proc = run("testnet", "--peers", "5", "--check", "--timeout", "90",
+    proc = run("testnet", "--peers", "5", "--check", "--timeout", "90", "--port", "0",
                "--base-dir", str(tmp_path / "net"), timeout=240)
     assert proc.returncode == 0, proc.stderr[-2000:]
     summary = json.loads(proc.stdout)
@@ -125,14 +125,18 @@ def test_testnet_of_five_converges_and_prints_a_json_summary(tmp_path):
 
 
 @pytest.mark.slow
-def test_testnet_serving_a_model_prints_a_command_that_runs_with_three_replicas(tmp_path):
+def test_testnet_at_a_free_port_prints_its_bootstrap_and_short_clients_leave_no_noise(tmp_path):
+    """`--port 0`: a key of its own at a free port, so the printed command names the
+    bootstrap. Three short-lived clients come and go; afterwards no peer's log holds a dial
+    failure or a traceback (departed clients are not re-dialled forever). The devnet default
+    (`--port 4001`, no --bootstrap in the printed command) runs in test_readme_usage."""
     import shlex
     import signal
     import time
 
     env = {**os.environ, "PYTHONPATH": str(REPO), "P2PINFER_HOME": str(tmp_path / "home")}
-    net = subprocess.Popen([sys.executable, "-m", "p2pinfer", "testnet", "--peers", "6",
-                            "--model", "p2pinfer-tiny-llama", "--redundancy", "3",
+    net = subprocess.Popen([sys.executable, "-m", "p2pinfer", "testnet", "--peers", "3",
+                            "--model", "p2pinfer-tiny-llama", "--port", "0",
                             "--base-dir", str(tmp_path / "net")],
                            env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
@@ -142,21 +146,13 @@ def test_testnet_serving_a_model_prints_a_command_that_runs_with_three_replicas(
             if line.startswith("p2pinfer infer "):
                 command = line
         assert command, "the testnet printed no infer command"
-        assert "--redundancy 3" in command and "--network-id" not in command
-        argv = shlex.split(command)[1:] + ["--max-new-tokens", "4", "--json", "--wait", "90"]
-        proc = run(*argv, timeout=200, env={"P2PINFER_HOME": str(tmp_path / "home")})
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        out = json.loads(proc.stdout)
-        assert len(out["token_ids"]) == 4
-        assert [len(stage["peers"]) for stage in out["route"]] == [3, 3]
-        report = out["verification"]
-        assert report["redundancy"] == 3 and report["dissenters"] == []
-        for stage in report["stages"]:  # a majority agreed, nobody dissented; a third
-            # replica may still have been on its way when the majority was reached
-            assert len(stage["replicas"]) == 3 and not stage["dissenting"], stage
-            assert len(stage["agreeing"]) >= 2, stage
-            assert set(stage["agreeing"]) | set(stage["missing"]) == set(stage["replicas"])
-        # the client has gone; peers that dial its stale advert stay quiet about it
+        assert "--bootstrap /ip4/127.0.0.1/" in command and "--network-id" not in command
+        argv = shlex.split(command)[1:] + ["--max-new-tokens", "3", "--json", "--wait", "90"]
+        for _ in range(3):
+            proc = run(*argv, timeout=200, env={"P2PINFER_HOME": str(tmp_path / "home")})
+            assert proc.returncode == 0, proc.stderr[-2000:]
+            assert len(json.loads(proc.stdout)["token_ids"]) == 3
+        # the clients have gone; peers that dial their stale adverts stay quiet about it
         time.sleep(6)
     finally:
         net.send_signal(signal.SIGINT)
@@ -193,9 +189,11 @@ def test_peers_and_status_read_a_running_node(tmp_path):
     import time
 
     cfg = tmp_path / "node.toml"
-    cfg.write_text(f'[node]\ndata_dir = "{tmp_path / "d"}"\n[net]\ndht = false\n')
+    cfg.write_text(f'[node]\ndata_dir = "{tmp_path / "d"}"\n[net]\ndht = false\n'
+                   '[serve]\nmodel = "p2pinfer-tiny-llama"\nlayers = [1, 7]\n')
     ready = tmp_path / "ready.json"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    home = {"P2PINFER_HOME": str(tmp_path / "home")}
+    env = {**os.environ, "PYTHONPATH": str(REPO), **home}
     proc = subprocess.Popen([sys.executable, "-m", "p2pinfer", "node", "--config", str(cfg),
                              "--ready-file", str(ready)], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
@@ -232,6 +230,16 @@ def test_peers_and_status_read_a_running_node(tmp_path):
         assert wrong_id.returncode == 2
         assert wrong_id.stderr.strip().splitlines()[-1].startswith(
             "p2pinfer: error: cannot reach any bootstrap peer")
+        assert "is not " in wrong_id.stderr and "security handshake failed" in wrong_id.stderr
+        # more replicas than the network has: said once the serving peers have settled,
+        # long before --wait is out
+        t0 = time.monotonic()
+        greedy = run("infer", "--bootstrap", addr, "--prompt", "hi", "--redundancy", "5",
+                     "--wait", "120", timeout=150, env=home)
+        assert greedy.returncode == 2, greedy.stderr[-2000:]
+        last = greedy.stderr.strip().splitlines()[-1]
+        assert "with 5 replica(s) per stage" in last and "enough of them" in last, last
+        assert time.monotonic() - t0 < 60
     finally:
         proc.send_signal(2)
         assert proc.wait(timeout=30) == 0

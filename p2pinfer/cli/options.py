@@ -19,7 +19,7 @@ from p2pinfer.identity import devnet_bootstrap_addr
 EXIT_USER = 2
 #: a client stops waiting for a route once the serving peers it knows have not changed for this
 #: many seconds and still cover none
-SETTLED_S = 8.0
+SETTLED_S = 10.0
 
 
 class UsageError(P2PInferError):
@@ -179,6 +179,14 @@ def preflight(args: argparse.Namespace, cfg: NodeConfig, *, task: str) -> None:
                          f"{info.max_positions} tokens: shorten one of them")
 
 
+def _model_id(model: str) -> str:
+    """The id adverts carry for `model` (a built-in name or a directory)."""
+    from p2pinfer.inference.service import resolve_model
+    from p2pinfer.models import load_model_info
+
+    return load_model_info(resolve_model(model)).model_id
+
+
 async def _wait_for_bootstrap(node: Any, boot_ids: dict[str, str], timeout: float) -> None:
     """Wait (redialling) until some bootstrap peer is connected: a peer still starting is
     waited for, up to `timeout`; a peer that answers with another identity is reported at once."""
@@ -222,9 +230,11 @@ async def wait_for_route(node: Any, model: str, timeout: float) -> None:
     # settled and still cover no route (too few replicas for --redundancy, a layer nobody
     # serves), waiting out the rest of --wait would change nothing
     settled = {"key": frozenset(), "since": trio.current_time()}
+    model_id = _model_id(model)
 
     def gave_up() -> bool:
-        key = frozenset((p.peer_id, tuple(map(tuple, p.spans))) for p in node.peers() if p.spans)
+        key = frozenset((p.peer_id, tuple(map(tuple, p.spans))) for p in node.peers()
+                        if p.spans and p.model == model_id)
         now = trio.current_time()
         if key != settled["key"]:
             settled.update(key=key, since=now)

@@ -18,9 +18,10 @@ from p2pinfer.identity import DEVNET_PORT, devnet_bootstrap_addr
 from p2pinfer.testnet import DEFAULT_NETWORK_ID, Testnet, TestnetError, serving_plan
 
 
-def _model_layers(names: list[str]) -> dict[str, tuple[int, bool]]:
-    """name -> (layers, is_decoder) of each model to serve (a directory or a built-in)."""
-    from p2pinfer.models import load_model_info
+def _model_layers(names: list[str]) -> dict[str, tuple[int, bool, bool]]:
+    """name -> (layers, is_decoder, has a chat template) of each model to serve (a directory or
+    a built-in)."""
+    from p2pinfer.models import Tokenizer, load_model_info
     from p2pinfer.models.errors import ModelError
     from p2pinfer.zk.checkpoint import builtin_model_path
 
@@ -31,11 +32,12 @@ def _model_layers(names: list[str]) -> dict[str, tuple[int, bool]]:
             info = load_model_info(path)
         except ModelError as e:
             raise UsageError(f"--model {name}: {e}") from None
-        out[name] = (info.num_layers, info.is_decoder)
+        chat = info.is_decoder and Tokenizer.load(path).chat_template is not None
+        out[name] = (info.num_layers, info.is_decoder, chat)
     return out
 
 
-def client_commands(boot: str, network_id: str, models: dict[str, tuple[int, bool]],
+def client_commands(boot: str, network_id: str, models: dict[str, tuple[int, bool, bool]],
                     redundancy: int) -> list[str]:
     """The commands that ask this testnet, each ready to paste (the local devnet's bootstrap
     is every client's default, so they name it only when this testnet is elsewhere)."""
@@ -43,10 +45,13 @@ def client_commands(boot: str, network_id: str, models: dict[str, tuple[int, boo
     if network_id != DEFAULT_NETWORK_ID:
         common += f" --network-id {network_id}"
     lines = []
-    for name, (_, decoder) in models.items():
+    for name, (_, decoder, chat) in models.items():
         if decoder:
             extra = f" --mode general --redundancy {redundancy}" if redundancy > 1 else ""
-            lines.append(f'p2pinfer infer{common} --model {name}{extra} --prompt "hello"')
+            ask = '--chat "What is the capital of France?"' if chat else '--prompt "hello"'
+            lines.append(f"p2pinfer infer{common} --model {name}{extra} {ask}")
+            if chat:
+                lines.append(f"p2pinfer chat{common} --model {name}{extra}")
         else:
             lines.append(f'p2pinfer embed{common} --model {name} --text "a cat" '
                          '--text "a kitten"')
@@ -61,7 +66,7 @@ async def _run_testnet(args: argparse.Namespace) -> int:
     if models:
         inf = InferenceSection()
         try:
-            plan = serving_plan({m: n for m, (n, _) in models.items()}, args.peers,
+            plan = serving_plan({m: n for m, (n, _, _) in models.items()}, args.peers,
                                 args.redundancy, k_head=inf.k_head, k_tail=inf.k_tail)
         except TestnetError as e:
             raise UsageError(str(e)) from None
@@ -77,7 +82,8 @@ async def _run_testnet(args: argparse.Namespace) -> int:
         return sections
 
     async with Testnet(args.peers, base_dir=base, network_id=args.network_id,
-                       config_for=config_for, progress=say, debug=args.debug) as net:
+                       config_for=config_for, progress=say, debug=args.debug,
+                       start_timeout=args.start_timeout) as net:
         started = time.monotonic() - t0
         if not args.check:
             for p in net.peers:
@@ -158,5 +164,8 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
                    help=f"the bootstrap peer's port on 127.0.0.1, with the devnet's public key "
                         f"so that clients find it without --bootstrap (default {DEVNET_PORT}); "
                         "0: any free port and a key of its own")
+    p.add_argument("--start-timeout", type=float, default=240.0,
+                   help="give up when the peers have not all started after this many seconds "
+                        "(they load their layers first; default 240)")
     p.add_argument("--base-dir", help="keep peers' keys, configs and logs here (default: temp)")
     p.set_defaults(func=run)
