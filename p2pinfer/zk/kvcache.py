@@ -49,7 +49,7 @@ from .errors import (
     ProofFormatError,
     ShapeMismatch,
 )
-from .fixed import BITS, FixedLayer, attention_shape
+from .fixed import BITS, FixedLayer, ProvableMlp, attention_shape
 from .gadgets.common import Claim, Witness
 from .gadgets.decode import LayerCache, decode_attention_layer
 from .group import decode_point
@@ -436,3 +436,44 @@ def verify_step(commitment: ShardCommitment, cache: CacheCommitments, x: np.ndar
     except ProofFormatError as exc:
         raise MalformedProof("encoding", str(exc)) from None
     cache._grow([(views[k].new_key, views[k].new_value) for k in cache.layers])
+
+
+class CachedForward:
+    """A shard's fixed-point forward one token at a time over a plain KV cache (nothing
+    committed, nothing proven): the requester's own head and tail layers of a proven
+    generation. Bit for bit the rows of `shard.forward_fixed` over the whole sequence."""
+
+    def __init__(self, shard: ProvableMlp) -> None:
+        self.shard = shard
+        layers = _attention_layers(shard.layers)
+        self.keys = {k: np.zeros((0, attention_shape(shard.layers[k]).kv_width), np.int64)
+                     for k in layers}
+        self.values = {k: a.copy() for k, a in self.keys.items()}
+
+    @property
+    def position(self) -> int:
+        return next(iter(self.keys.values())).shape[0] if self.keys else 0
+
+    def step(self, x: np.ndarray) -> np.ndarray:
+        """x (1, d_in) at the next position -> y (1, d_out)."""
+        a = _as_int(x, "x")
+        if a.shape != (1, self.shard.d_in):
+            raise ValueError(f"a step is one row of {self.shard.d_in} features")
+        rows: dict[int, dict] = {}
+
+        def attend(k: int, layer: FixedLayer, inp: np.ndarray) -> dict:
+            rows[k] = attention_step(inp, layer.weight, layer.bias, attention_shape(layer),
+                                     self.shard.frac_bits, self.keys[k], self.values[k])
+            return rows[k]
+
+        y = self.shard.trace(a, 1, attention=attend)[-1].out
+        for k, att in rows.items():
+            self.keys[k] = np.concatenate([self.keys[k], att["rk"]])
+            self.values[k] = np.concatenate([self.values[k], att["v"]])
+        return y
+
+    def close(self) -> None:
+        for arr in (*self.keys.values(), *self.values.values()):
+            arr.fill(0)
+        self.keys = {k: a[:0] for k, a in self.keys.items()}
+        self.values = {k: a[:0] for k, a in self.values.items()}
