@@ -6,7 +6,8 @@ needs token embeddings and a head, which stay on its own machine (split learning
 without them gets this vocabulary: the 256 byte values plus an end-of-sequence token, each
 embedded as a row of a table drawn from a generator seeded by the model id (the same table on
 every machine), and logits by the tied head `hidden @ table.T`. Text is UTF-8 bytes; a chat is
-`<|role|>content` lines followed by `<|assistant|>`. With random weights the text is noise:
+one `R:content` line per message (R the role's initial, e.g. `U:hi`) followed by `A:` (every
+token is a proven step, so the format is short). With random weights the text is noise:
 what such a generation shows is the mechanics (every token's step proven), not language.
 """
 
@@ -48,8 +49,9 @@ class ByteVocabulary:
         return bytes(i for i in ids if 0 <= i < EOS).decode("utf-8", errors="replace")
 
     def apply_chat_template(self, messages: Sequence[dict[str, str]]) -> list[int]:
-        text = "".join(f"<|{m.get('role', 'user')}|>{m.get('content', '')}\n" for m in messages)
-        return self.encode(text + "<|assistant|>")
+        text = "".join(f"{m.get('role', 'user')[:1].upper()}:{m.get('content', '')}\n"
+                       for m in messages)
+        return self.encode(text + "A:")
 
     def embed(self, ids: Sequence[int]) -> np.ndarray:
         """(tokens, hidden) float64 features of token ids."""

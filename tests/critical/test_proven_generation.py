@@ -5,10 +5,15 @@ caught by the next stage."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import trio
 
 from p2pinfer.errors import P2PInferError
 from p2pinfer.inference import ClientSettings
@@ -37,7 +42,7 @@ def llama_dir(tmp_path_factory) -> Path:
 
 
 def settings(**kw) -> ClientSettings:
-    return ClientSettings(k_head=1, k_tail=1, **kw)
+    return ClientSettings(k_head=1, k_tail=1, step_timeout_s=60.0, **kw)
 
 
 def greedy() -> Sampler:
@@ -73,23 +78,23 @@ class TamperingRunner(CriticalRunner):
 
 
 async def test_a_critical_generation_proves_every_token_over_the_kv_cache(tmp_path, llama_dir):
-    prompt = [72, 105]  # "Hi"
     async with network(tmp_path, str(llama_dir), SPANS) as (client, stages):
-        c = critical_client(client.inference, str(llama_dir), settings())
-        stream = c.generate(prompt, NEW_TOKENS, greedy())
-        tokens = [t async for t in stream]
+        gen = await client.generate("H", model=str(llama_dir), max_new_tokens=NEW_TOKENS,
+                                    mode="critical", settings=settings())
         counters = [s.inference.stage.runners["critical"].counters for s in stages]
-    assert tokens == local_greedy(llama_dir, prompt, NEW_TOKENS)
-    proofs = stream.outcome.proofs
+    prompt = [72]  # "H", a byte
+    assert gen.mode == "critical" and gen.prompt_tokens == 1
+    assert gen.token_ids == local_greedy(llama_dir, prompt, NEW_TOKENS)
+    proofs = gen.proofs
     steps = len(prompt) + NEW_TOKENS - 1  # the last token is sampled, not sent
     assert len(proofs) == 2 * steps
-    assert [p.position for p in proofs] == [k // 2 for k in range(2 * steps)]
-    assert [p.stage for p in proofs[:4]] == [0, 1, 0, 1]
-    assert all(p.proof_bytes > 0 and p.verify_ms > 0 for p in proofs)
+    assert [p["position"] for p in proofs] == [k // 2 for k in range(2 * steps)]
+    assert [p["stage"] for p in proofs[:4]] == [0, 1, 0, 1]
+    assert all(p["proof_bytes"] > 0 and p["verify_ms"] > 0 for p in proofs)
     # one token's step costs one row's proof: the size stays flat as the cache grows
-    sizes = [p.proof_bytes for p in proofs if p.stage == 0]
+    sizes = [p["proof_bytes"] for p in proofs if p["stage"] == 0]
     assert max(sizes) < 1.2 * min(sizes)
-    assert all(p.hop_verified_by == stages[1].peer_id for p in proofs if p.stage == 0)
+    assert all(p["hop_verified_by"] == stages[1].peer_id for p in proofs if p["stage"] == 0)
     assert counters[0]["proved"] == steps and counters[1]["verified"] == steps
 
 
@@ -98,17 +103,27 @@ async def test_a_stage_that_tampers_with_its_cached_row_is_caught(tmp_path, llam
         cheat = install(stages[0], TamperingRunner)
         c = critical_client(client.inference, str(llama_dir), settings(max_replans=0))
         with pytest.raises(P2PInferError, match="proof"):
-            async for _ in c.generate([1, 2, 3], 4, greedy()):
+            async for _ in c.generate([1, 2, 3], 1, greedy()):
                 pass
         assert c.backoff.failures == {stages[0].peer_id: 1}
         assert stages[1].inference.stage.runners["critical"].counters["rejected"] == 1
         assert cheat.counters["proved"] == 3
 
 
-async def test_the_node_api_streams_a_proven_generation(tmp_path, llama_dir):
-    async with network(tmp_path, str(llama_dir), SPANS) as (client, _):
-        gen = await client.generate("ok", model=str(llama_dir), max_new_tokens=3,
-                                    mode="critical", settings=settings())
-    assert gen.mode == "critical" and len(gen.token_ids) == 3
-    assert len(gen.proofs) == 2 * (2 + 3 - 1)
-    assert {p["position"] for p in gen.proofs} == {0, 1, 2, 3}
+async def test_p2pinfer_chat_in_critical_mode_streams_proven_tokens(tmp_path, llama_dir):
+    repo = Path(__file__).resolve().parents[2]
+    async with network(tmp_path, str(llama_dir), SPANS) as (_, stages):
+        out = await trio.to_thread.run_sync(lambda: subprocess.run(
+            [sys.executable, "-m", "p2pinfer", "chat", "--json", "--mode", "critical",
+             "--model", str(llama_dir), "--bootstrap", stages[0].addrs[0], "--network-id",
+             "inference-test", "--k-head", "1", "--k-tail", "1", "--max-new-tokens", "1",
+             "--step-timeout-s", "60", "--wait", "30"],
+            input="h\n", capture_output=True, text=True, timeout=300, check=False,
+            env={**os.environ, "PYTHONPATH": str(repo)}))
+    assert out.returncode == 0, out.stderr[-3000:]
+    (turn,) = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    prompt = ByteVocabulary("x", 32).apply_chat_template([{"role": "user", "content": "h"}])
+    assert turn["mode"] == "critical" and turn["prompt_tokens"] == len(prompt) == 6
+    assert len(turn["proofs"]) == 2 * 6 and {p["position"] for p in turn["proofs"]} == set(
+        range(6))
+    assert turn["token_ids"] == local_greedy(llama_dir, prompt, 1)
