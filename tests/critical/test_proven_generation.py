@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import trio
 
 from p2pinfer.errors import P2PInferError
@@ -108,6 +109,19 @@ async def test_a_stage_that_tampers_with_its_cached_row_is_caught(tmp_path, llam
         assert c.backoff.failures == {stages[0].peer_id: 1}
         assert stages[1].inference.stage.runners["critical"].counters["rejected"] == 1
         assert cheat.counters["proved"] == 3
+
+
+async def test_a_proven_step_of_two_tokens_is_refused_by_the_stage(tmp_path, llama_dir):
+    from p2pinfer.inference.client import RequestOutcome, StageFailure
+
+    async with network(tmp_path, str(llama_dir), SPANS) as (client, stages):
+        c = critical_client(client.inference, str(llama_dir), settings(max_replans=0))
+        sent = torch.zeros((1, 2, 32), dtype=torch.int64)
+        with pytest.raises(StageFailure, match="one token at the next position"):
+            async with c._route(RequestOutcome("critical"), c.settings, c.proven_kv,
+                                8) as session:
+                await c._step(session, 0, 0, sent)
+        assert stages[0].inference.stage.runners["critical"].counters["proved"] == 0
 
 
 async def test_p2pinfer_chat_in_critical_mode_streams_proven_tokens(tmp_path, llama_dir):
