@@ -38,7 +38,7 @@ def llama_dir(tmp_path_factory) -> Path:
     model.mkdir()
     write_committed_mlp(model, zk_mlp_config("zk-kv-llama", layers=6, hidden=32,
                                              activation="llama", intermediate=64, heads=4,
-                                             kv_heads=2, rope_theta=10000))
+                                             kv_heads=2, rope_theta=10000, frac_bits=6))
     return model
 
 
