@@ -7,8 +7,8 @@ tokens. `/reset` starts over, Ctrl-C stops one answer, Ctrl-D (end of input) lea
 
 With `--mode critical` and a provable model (e.g. p2pinfer-zk-llama) every token is a proven
 step: each stage proves its layers over its committed KV cache and the requester verifies every
-stage's proof before it samples the next token (a turn replays the conversation through a fresh
-proven session; the model's byte vocabulary stays on this machine).
+stage's proof before it samples the next token; the stages' committed caches keep the earlier
+turns too (the model's byte vocabulary stays on this machine).
 """
 
 from __future__ import annotations

@@ -662,37 +662,52 @@ class CriticalClient(InferenceClient):
         for _ in range(budget):
             y = None
             for tok in pending:
-                q = self.quantize(self.vocabulary.embed([tok]))
-                if head is not None:
-                    q = await trio.to_thread.run_sync(head.step, q)
-                if session is not None:
-                    sent = torch.from_numpy(np.ascontiguousarray(q)).unsqueeze(0)
-                    session.outcome.tokens_sent += 1
-                    out = await self._step(session, pos, pos, sent)
-                    q = out[0].numpy().astype(np.int64)
-                if tail is not None:
-                    q = await trio.to_thread.run_sync(tail.step, q)
-                y, pos = q, pos + 1
+                y = await self._proven_step(session, tok, pos, head, tail)
+                pos += 1
             tok = int(sample(self.vocabulary.logits(self.dequantize(y))))
             pending = [tok]
             yield tok
             if tok in stop_ids:
                 return
 
+    async def _proven_step(self, session: RouteSession | None, tok: int, pos: int, head: Any,
+                           tail: Any) -> np.ndarray:
+        """One token at `pos`: local head layers, the route's proven step (verified), local
+        tail layers; returns the model's fixed-point output row."""
+        q = self.quantize(self.vocabulary.embed([tok]))
+        if head is not None:
+            q = await trio.to_thread.run_sync(head.step, q)
+        if session is not None:
+            sent = torch.from_numpy(np.ascontiguousarray(q)).unsqueeze(0)
+            session.outcome.tokens_sent += 1
+            out = await self._step(session, pos, pos, sent)
+            q = out[0].numpy().astype(np.int64)
+        if tail is not None:
+            q = await trio.to_thread.run_sync(tail.step, q)
+        return q
+
     def conversation(self, settings: RequestSettings | None = None) -> ProvenConversation:
-        """A multi-turn proven chat: each turn is a proven generation over the whole
-        conversation on a fresh route session (the committed caches are not kept between
-        turns)."""
+        """A multi-turn proven chat whose route session and committed caches stay open across
+        turns: a turn proves only the tokens the caches do not hold yet."""
         return ProvenConversation(self, self._settings(settings))
 
 
 class ProvenConversation:
-    """Turns of a critical-mode chat; each replays the conversation through a fresh proven
-    generation (its outcome's notes say so). Per-conversation state lives here."""
+    """Turns of a critical-mode chat over one route session: the stages' committed KV caches
+    and the local head and tail caches keep every earlier turn, so a turn runs (and proves)
+    only the tokens after what they hold. A failed stage re-plans and replays the conversation
+    on a fresh session; so does a turn that rewrites a cached position (its outcome says so).
+    Per-conversation state lives here; the client is shared."""
 
     def __init__(self, client: CriticalClient, settings: RequestSettings) -> None:
         self.client, self.settings = client, settings
+        self.session: RouteSession | None = None
+        self.head: Any = None
+        self.tail: Any = None
+        #: the token ids whose steps the caches hold, in order
+        self.cached: list[int] = []
         self._open = False
+        self._busy = False
 
     async def __aenter__(self) -> Self:
         self._open = True
@@ -700,20 +715,115 @@ class ProvenConversation:
 
     async def __aexit__(self, *exc: object) -> None:
         self._open = False
+        await self._drop()
+
+    async def _drop(self) -> None:
+        """Close the route session and erase the local caches."""
+        session, self.session = self.session, None
+        if session is not None:
+            await self.client._close(session)
+        for part in (self.head, self.tail):
+            if part is not None:
+                part.close()
+        self.head = self.tail = None
+        self.cached = []
 
     async def reset(self) -> None:
-        return None
+        await self._drop()
 
     def turn(self, ids: Sequence[int], max_new_tokens: int,
              sample: Callable[[torch.Tensor], int], *, stop_ids: Sequence[int] = ()
              ) -> TokenStream:
         if not self._open:
             raise InferenceError("the conversation is not open (use `async with`)")
-        stream = self.client.generate(ids, max_new_tokens, sample, stop_ids=stop_ids,
-                                      settings=self.settings)
-        stream.outcome.notes.append("critical mode: the turn replays the conversation through "
-                                    "a fresh proven session")
-        return stream
+        outcome = RequestOutcome("critical")
+        return TokenStream(self._turn(list(ids), max_new_tokens, sample, tuple(stop_ids),
+                                      outcome), outcome)
+
+    async def _turn(self, target: list[int], max_new_tokens: int,
+                    sample: Callable[[torch.Tensor], int], stop_ids: tuple[int, ...],
+                    outcome: RequestOutcome) -> AsyncIterator[int]:
+        client = self.client
+        if not target:
+            raise InferenceError("the conversation is empty")
+        if max_new_tokens < 1:
+            raise InferenceError("max_new_tokens must be at least 1")
+        if any(not 0 <= t < VOCAB_SIZE for t in target):
+            raise InferenceError(f"token ids must be in 0..{VOCAB_SIZE - 1}")
+        if len(target) + max_new_tokens > client.info.max_positions:
+            raise PromptTooLong(
+                f"the conversation of {len(target)} tokens plus {max_new_tokens} new tokens "
+                f"exceeds the model's context of {client.info.max_positions} tokens")
+        if self._busy:
+            raise InferenceError("one turn at a time: the previous turn is still running")
+        out: list[int] = []
+
+        async def attempt() -> AsyncIterator[int]:
+            budget = max_new_tokens - len(out)
+            if budget <= 0 or (out and out[-1] in stop_ids):
+                return
+            async for tok in self._run(target + out, budget, sample, stop_ids, outcome):
+                out.append(tok)
+                if outcome.first_s is None:
+                    outcome.first_s = time.perf_counter() - outcome.started
+                yield tok
+
+        async for tok in client._attempts(outcome, self.settings, attempt):
+            yield tok
+
+    async def _run(self, want: list[int], budget: int, sample: Callable[[torch.Tensor], int],
+                   stop_ids: tuple[int, ...], outcome: RequestOutcome) -> AsyncIterator[int]:
+        from p2pinfer.zk.kvcache import CachedForward
+
+        client = self.client
+        keep = 0
+        for a, b in zip(self.cached, want, strict=False):
+            if a != b:
+                break
+            keep += 1
+        keep = min(keep, len(want) - 1)  # at least one token must run for the next logits
+        if keep < len(self.cached):
+            outcome.notes.append(f"the prompt rewrites cached position {keep} of "
+                                 f"{len(self.cached)}: fresh proven session, whole history sent")
+            await self._drop()
+            keep = 0
+        start, end = client.middle
+        if self.head is None and self.tail is None:
+            head, tail = client.fixed_head, client.fixed_tail
+            self.head = CachedForward(head) if head is not None else None
+            self.tail = CachedForward(tail) if tail is not None else None
+        if self.session is None and start < end:
+            self.session = await client._open_route(outcome, self.settings, client.proven_kv,
+                                                    client.info.max_positions)
+        session = self.session
+        if session is not None:
+            session.outcome = outcome
+            outcome.route = list(session.route)
+        outcome.tokens_reused = keep
+        pending = want[keep:]
+        try:
+            for _ in range(budget):
+                y = None
+                for tok in pending:
+                    self._busy = True
+                    y = await client._proven_step(session, tok, len(self.cached), self.head,
+                                                  self.tail)
+                    self.cached.append(tok)
+                    self._busy = False
+                tok = int(sample(client.vocabulary.logits(client.dequantize(y))))
+                pending = [tok]
+                yield tok
+                if tok in stop_ids:
+                    break
+        except StageFailure as failure:
+            if session is not None and failure.peer_id is None:
+                failure.peer_id = await client._blame(session, failure)
+            await self._drop()
+            raise
+        finally:
+            if self._busy:  # stopped inside a step: the caches may hold half of it
+                self._busy = False
+                await self._drop()
 
 
 class CriticalClients(Protocol):

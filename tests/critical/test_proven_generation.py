@@ -38,7 +38,7 @@ def llama_dir(tmp_path_factory) -> Path:
     model.mkdir()
     write_committed_mlp(model, zk_mlp_config("zk-kv-llama", layers=6, hidden=32,
                                              activation="llama", intermediate=64, heads=4,
-                                             kv_heads=2, rope_theta=10000, frac_bits=6))
+                                             kv_heads=2, rope_theta=10000, frac_bits=4))
     return model
 
 
@@ -132,12 +132,22 @@ async def test_p2pinfer_chat_in_critical_mode_streams_proven_tokens(tmp_path, ll
              "--model", str(llama_dir), "--bootstrap", stages[0].addrs[0], "--network-id",
              "inference-test", "--k-head", "1", "--k-tail", "1", "--max-new-tokens", "1",
              "--step-timeout-s", "60", "--wait", "30"],
-            input="h\n", capture_output=True, text=True, timeout=300, check=False,
+            input="h\ni\n", capture_output=True, text=True, timeout=400, check=False,
             env={**os.environ, "PYTHONPATH": str(repo)}))
     assert out.returncode == 0, out.stderr[-3000:]
-    (turn,) = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
-    prompt = ByteVocabulary("x", 32).apply_chat_template([{"role": "user", "content": "h"}])
-    assert turn["mode"] == "critical" and turn["prompt_tokens"] == len(prompt) == 6
-    assert len(turn["proofs"]) == 2 * 6 and {p["position"] for p in turn["proofs"]} == set(
+    first, second = [json.loads(ln) for ln in out.stdout.splitlines() if ln.startswith("{")]
+    vocab = ByteVocabulary("x", 32)
+    prompt = vocab.apply_chat_template([{"role": "user", "content": "h"}])
+    assert first["mode"] == "critical" and first["prompt_tokens"] == len(prompt) == 6
+    assert len(first["proofs"]) == 2 * 6 and {p["position"] for p in first["proofs"]} == set(
         range(6))
-    assert turn["token_ids"] == local_greedy(llama_dir, prompt, 1)
+    assert first["token_ids"] == local_greedy(llama_dir, prompt, 1)
+    # the second turn proves only what the stages' committed caches do not hold yet
+    assert second["tokens_reused"] == 6
+    assert second["tokens_sent"] == second["prompt_tokens"] - 6
+    assert {p["position"] for p in second["proofs"]} == set(range(6, second["prompt_tokens"]))
+    answer = vocab.decode(first["token_ids"]).strip()
+    again = vocab.apply_chat_template([{"role": "user", "content": "h"},
+                                       {"role": "assistant", "content": answer},
+                                       {"role": "user", "content": "i"}])
+    assert second["token_ids"] == local_greedy(llama_dir, again, 1)
