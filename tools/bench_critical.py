@@ -7,9 +7,12 @@ blocks of width 128: attention, MLP, attention, MLP halves, then an identity lay
 serve [1, 3) (an MLP half and an attention half) and [3, 4) (an MLP half). After one warm-up request, every request is
 timed; the table gives medians per stage: prover time, the next hop's verification, the
 requester's own verification, proof size, and the stage's plain fixed-point forward time as
-the reference (prove / forward ratio). Last line: end-to-end seconds per request.
+the reference (prove / forward ratio). Last line: end-to-end seconds per request. The `gen`
+rows: a proven generation, per generated token, each stage proving one token's step over its
+committed KV cache (reference: the span's plain fixed-point step over a KV cache).
 
 Usage: python tools/bench_critical.py [--model p2pinfer-zk-llama] [--tokens 1 16] [--repeat 5]
+       [--gen 6]
 """
 
 from __future__ import annotations
@@ -62,7 +65,8 @@ def forward_ms(path: Path, start: int, end: int, x: np.ndarray, repeat: int) -> 
     return statistics.median(times)
 
 
-async def bench(name: str, path: Path, base: Path, tokens: list[int], repeat: int) -> None:
+async def bench(name: str, path: Path, base: Path, tokens: list[int], repeat: int,
+                gen: int) -> None:
     spans, width, what = MODELS[name]
     async with Node(node_cfg(base, "s0", [], {"model": str(path), "layers": list(spans[0])})) \
             as s0, Node(node_cfg(base, "s1", [s0.addrs[0]],
@@ -95,7 +99,44 @@ async def bench(name: str, path: Path, base: Path, tokens: list[int], repeat: in
                       f"{statistics.median(p.verify_ms for p in per):>10.1f} {fwd:>7.2f} "
                       f"{prove / fwd:>9.0f}")
             print(f"{t:>6} end to end: {statistics.median(ends):.2f} s per request")
+        if gen:
+            await generation_rows(c, path, spans, width, gen)
         del s1
+
+
+async def generation_rows(c, path: Path, spans, width: int, new: int) -> None:
+    """Per generated token, with the KV cache: a proven generation of `new` tokens after a
+    one-token prompt, every token one step proven over the stages' committed caches; medians
+    over the steps after the first (the cache holds 1..new - 1 rows). Reference: the span's
+    plain fixed-point step over a KV cache (zk.kvcache.CachedForward)."""
+    from p2pinfer.models.sampling import Sampler, SamplingParams
+    from p2pinfer.zk.kvcache import CachedForward
+
+    stream = c.generate([72], new, Sampler(SamplingParams(temperature=0.0)))
+    async for _ in stream:
+        pass
+    proofs = [p for p in stream.outcome.proofs if p.position]
+    rng = np.random.default_rng(0)
+    for k, (a, b) in enumerate(spans):
+        per = [p for p in proofs if p.stage == k]
+        step = CachedForward(fixed_layers(path, a, b))
+        times = []
+        for _ in range(new):
+            x = np.rint(rng.normal(size=(1, width)) * 256).astype(np.int64)
+            t0 = time.perf_counter()
+            step.step(x)
+            times.append((time.perf_counter() - t0) * 1000)
+        fwd = statistics.median(times[1:])
+        prove = statistics.median(p.prove_ms for p in per)
+        hop = statistics.median(p.hop_verify_ms for p in per)
+        print(f"{'gen':>6} {k:>5} {f'[{a},{b})':>7} "
+              f"{statistics.median(p.proof_bytes for p in per) / 1024:>9.1f} {prove:>9.1f} "
+              f"{hop if k + 1 < len(spans) else float('nan'):>10.1f} "
+              f"{statistics.median(p.verify_ms for p in per):>10.1f} {fwd:>7.2f} "
+              f"{prove / fwd:>9.0f}")
+    steps = stream.outcome.step_s[1:]
+    print(f"{'gen':>6} end to end: {statistics.median(steps):.2f} s per generated token "
+          f"(one proven KV-cache step per stage; {new} tokens after a 1-token prompt)")
 
 
 def main() -> None:
@@ -103,12 +144,14 @@ def main() -> None:
     ap.add_argument("--model", choices=list(MODELS), default=ZK_MLP)
     ap.add_argument("--tokens", type=int, nargs="+", default=[1, 16])
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--gen", type=int, default=6,
+                    help="tokens of the per-generated-token rows (0: none)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-critical-") as tmp:
         home = Path(os.environ["P2PINFER_HOME"]) / "models" if os.environ.get(
             "P2PINFER_HOME") else Path(tmp) / "models"
         path = builtin_model_path(args.model, home)
-        trio.run(bench, args.model, path, Path(tmp), args.tokens, args.repeat)
+        trio.run(bench, args.model, path, Path(tmp), args.tokens, args.repeat, args.gen)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,11 @@ One user message per line on stdin (a terminal or a pipe); each answer is stream
 generated, formatted with the model's chat template. Every turn continues the same route
 session, whose stages keep the earlier turns in their KV caches: a turn sends only its own new
 tokens. `/reset` starts over, Ctrl-C stops one answer, Ctrl-D (end of input) leaves.
+
+With `--mode critical` and a provable model (e.g. p2pinfer-zk-llama) every token is a proven
+step: each stage proves its layers over its committed KV cache and the requester verifies every
+stage's proof before it samples the next token; the stages' committed caches keep the earlier
+turns too (the model's byte vocabulary stays on this machine).
 """
 
 from __future__ import annotations
@@ -33,7 +38,8 @@ def turn_summary(user: str, gen: Any) -> dict[str, Any]:
     return {"user": user, "text": gen.text, "token_ids": gen.token_ids,
             "prompt_tokens": gen.prompt_tokens, "tokens_sent": gen.tokens_sent,
             "tokens_reused": gen.tokens_reused, "notes": gen.notes, "route": gen.route,
-            "replans": gen.replans, "verification": gen.verification, "timings": gen.timings}
+            "replans": gen.replans, "verification": gen.verification, "timings": gen.timings,
+            "mode": gen.mode, "proofs": gen.proofs}
 
 
 class _Answering:
@@ -98,8 +104,10 @@ async def _converse(args: argparse.Namespace, conv: Any, state: _Answering) -> N
         else:
             print(flush=True)
             reused = f", {gen.tokens_reused} cached" if gen.tokens_reused else ""
+            proven = (f"; {len(gen.proofs)} stage proofs of KV-cache steps verified"
+                      if gen.proofs else "")
             say(f"[{len(gen.token_ids)} tokens in {gen.seconds:.2f}s; {gen.tokens_sent} "
-                f"sent to the route{reused}]" + "".join(f" {n}" for n in gen.notes))
+                f"sent to the route{reused}{proven}]" + "".join(f" {n}" for n in gen.notes))
 
 
 async def _run_chat(args: argparse.Namespace, cfg: NodeConfig) -> int:

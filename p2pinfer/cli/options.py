@@ -113,6 +113,7 @@ def preflight(args: argparse.Namespace, cfg: NodeConfig, *, task: str) -> None:
     not have, sampling values out of range, a prompt over the context. `task` is
     "generation", "chat" (a decoder with a chat template), "embedding" or "critical"."""
     from p2pinfer.models import Tokenizer, default_models, load_model_info
+    from p2pinfer.models.byte_vocab import ByteVocabulary
     from p2pinfer.models.errors import ModelError
     from p2pinfer.zk.checkpoint import builtin_model_path
 
@@ -125,11 +126,17 @@ def preflight(args: argparse.Namespace, cfg: NodeConfig, *, task: str) -> None:
         raise UsageError(f"--model {name}: {e} (built-in models: {known}; or a model "
                          "directory)") from None
     provable = info.model_type == "p2pinfer-mlp"
+    # a proven generation: a provable model generating (chatting) token by token, its byte
+    # vocabulary on this machine, every step proven over the stages' committed KV caches
+    proven = provable and task in ("chat", "generation") and cfg.inference.mode == "critical"
     if task == "critical" and not provable:
         raise UsageError(f"--model {name} is not a provable model: critical mode needs a "
                          "p2pinfer-mlp model (e.g. p2pinfer-zk-mlp, p2pinfer-zk-llama)")
-    if task != "critical" and provable:
-        raise UsageError(f"--model {name} is a provable model: run it with `p2pinfer prove-run`")
+    if task != "critical" and provable and not proven:
+        raise UsageError(f"--model {name} is a provable model: run it with `p2pinfer prove-run`"
+                         " or chat with it in `--mode critical`")
+    if proven:
+        task = "proven"
     if task == "chat":
         if not info.is_decoder:
             raise UsageError(f"--model {name} is an embedding model: it cannot chat")
@@ -141,7 +148,7 @@ def preflight(args: argparse.Namespace, cfg: NodeConfig, *, task: str) -> None:
         raise UsageError(f"--model {name} is an embedding model: use `p2pinfer embed`")
     if task == "embedding" and info.is_decoder:
         raise UsageError(f"--model {name} generates text: use `p2pinfer infer`")
-    if task != "critical" and cfg.inference.mode == "critical":
+    if task not in ("critical", "proven") and cfg.inference.mode == "critical":
         raise UsageError(f"--mode critical needs a provable model and `p2pinfer prove-run`; "
                          f"{name} runs in general mode")
     inf = cfg.inference
@@ -151,7 +158,7 @@ def preflight(args: argparse.Namespace, cfg: NodeConfig, *, task: str) -> None:
                          f"{info.num_layers}")
     if inf.redundancy < 1:
         raise UsageError("--redundancy must be at least 1")
-    if task != "generation":
+    if task not in ("generation", "proven"):
         return
     if args.temperature < 0:
         raise UsageError(f"--temperature {args.temperature}: must be 0 (greedy) or more")
@@ -164,7 +171,8 @@ def preflight(args: argparse.Namespace, cfg: NodeConfig, *, task: str) -> None:
         text, option = args.chat, "--chat"
     if text is None:  # an interactive chat: its turns are checked as they come
         return
-    tok = Tokenizer.load(path)
+    tok = (ByteVocabulary(info.model_id, info.hidden_size) if task == "proven"
+           else Tokenizer.load(path))
     if not text.strip():
         raise UsageError(f"{option} is empty")
     if option == "--chat":

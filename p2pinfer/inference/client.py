@@ -253,6 +253,9 @@ class RouteSession:
         self.closed = False
         #: once closed: until when the result hops still wait for late answers
         self.late_until = 0.0
+        #: what the mode's strategy keeps for this attempt alone (critical generations: the
+        #: stages' committed KV caches)
+        self.mode_state: Any = None
 
     @property
     def route(self) -> tuple[StagePlan, ...]:

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
 import msgpack
 import numpy as np
@@ -31,14 +31,17 @@ from p2pinfer.errors import P2PInferError, WireError
 from p2pinfer.inference.client import (
     InferenceClient,
     InferenceError,
+    PromptTooLong,
     RequestOutcome,
     RouteSession,
     StageFailure,
     StepResult,
+    TokenStream,
 )
 from p2pinfer.inference.stage import StageError, StageSession, StepRunner, UpstreamRejected
 from p2pinfer.inference.task import Task
 from p2pinfer.models import LayerSpan
+from p2pinfer.models.byte_vocab import VOCAB_SIZE, ByteVocabulary
 from p2pinfer.net.boundary import PeerNetwork
 from p2pinfer.wire import tensor_from_wire, tensor_to_wire
 
@@ -134,13 +137,21 @@ def step_binding(task: Task, manifest_digest: bytes, stage: int, seq: int, start
     return ProofBinding(task.task_id, manifest_digest, context)
 
 
+def kv_session(task: Task, stage: int) -> bytes:
+    """The id of stage `stage`'s committed KV cache in a proven generation (zk-proof.md)."""
+    return task.task_id + bytes([stage])
+
+
 def verify_entry(manifest: Any, digest: bytes, task: Task, seq: int, entry: ChainEntry,
-                 output: np.ndarray, *, stage: int, peer: str) -> float:
+                 output: np.ndarray, *, stage: int, peer: str, cache: Any = None) -> float:
     """Verify one stage's proof for (entry.input, output); returns milliseconds, or raises
     `ProofRejected` blaming (stage, peer). `stage` and `peer` are what the verifier expects
-    (from the route), never what the entry claims."""
+    (from the route), never what the entry claims. With `cache` (the stage's
+    `CacheCommitments` in a proven generation) the proof is a decode step over that cache,
+    which grows by the step's rows once it verified."""
     from p2pinfer.zk import ProofError, ShardProof, verify
     from p2pinfer.zk.errors import ProofFormatError
+    from p2pinfer.zk.kvcache import StepProof, verify_step
 
     plan = task.route[stage]
     if entry.stage != stage or entry.peer != peer or (entry.start, entry.end) != (plan.start,
@@ -148,10 +159,16 @@ def verify_entry(manifest: Any, digest: bytes, task: Task, seq: int, entry: Chai
         raise ProofRejected(stage, peer, f"the proof of stage {stage} names stage {entry.stage}, "
                             f"peer {entry.peer}, layers [{entry.start}, {entry.end})", "route")
     t0 = time.perf_counter()
+    binding = step_binding(task, digest, stage, seq, plan.start, plan.end, peer)
     try:
-        proof = ShardProof.from_bytes(entry.proof, MAX_PROOF_BYTES)
-        verify(manifest.block_shard(plan.start, plan.end), entry.input, output, proof,
-               step_binding(task, digest, stage, seq, plan.start, plan.end, peer))
+        if cache is not None:
+            step = StepProof.from_bytes(entry.proof, MAX_PROOF_BYTES)
+            verify_step(manifest.block_shard(plan.start, plan.end), cache, entry.input, output,
+                        step, binding)
+        else:
+            proof = ShardProof.from_bytes(entry.proof, MAX_PROOF_BYTES)
+            verify(manifest.block_shard(plan.start, plan.end), entry.input, output, proof,
+                   binding)
     except ProofError as e:
         raise ProofRejected(stage, peer, f"stage {stage} ({peer}) sent a proof that fails: {e}",
                             e.check) from None
@@ -162,6 +179,24 @@ def verify_entry(manifest: Any, digest: bytes, task: Task, seq: int, entry: Chai
 
 
 # -- the stage side -----------------------------------------------------------------------------
+#: the task option of a proven generation: one token per step, each proven over the stage's
+#: committed KV cache (zk-proof.md, "Decode steps over a committed KV cache")
+KV_OPTION = "kv"
+
+
+class ProvenCaches:
+    """A stage's per-session state in a proven generation: its own committed KV cache (rows
+    and blindings) and the commitments of its upstream stage's cache (to verify its steps)."""
+
+    def __init__(self, own: Any, upstream: Any) -> None:
+        self.own, self.upstream = own, upstream
+
+    def close(self) -> None:
+        self.own.close()
+        if self.upstream is not None:
+            self.upstream.clear()
+
+
 class CriticalRunner:
     """The `critical` StepRunner of a stage serving layers of a provable MLP.
 
@@ -226,6 +261,32 @@ class CriticalRunner:
                   seq: int) -> tuple[ChainEntry, np.ndarray]:
         return entry, y
 
+    def attest_step(self, shard: Any, cache: Any, x: np.ndarray, binding: Any
+                    ) -> tuple[np.ndarray, bytes]:
+        """A proven generation's step: run and prove one token over the committed cache."""
+        from p2pinfer.zk.kvcache import prove_step
+
+        y, step = prove_step(shard, cache, x, binding)
+        return y, step.to_bytes()
+
+    def session_caches(self, session: StageSession) -> ProvenCaches:
+        """The session's committed KV caches (opened on its first step)."""
+        state = session.runner_state
+        if state is None:
+            from p2pinfer.zk.kvcache import CacheCommitments, KvCache
+
+            task, stage = session.task, session.stage
+            own = KvCache.open(self.shard(session.start, session.end), kv_session(task, stage))
+            upstream = None
+            if stage > 0:
+                up = task.route[stage - 1]
+                upstream = CacheCommitments.open(self.manifest.block_shard(up.start, up.end),
+                                                 kv_session(task, stage - 1))
+            state = session.runner_state = ProvenCaches(own, upstream)
+        if not isinstance(state, ProvenCaches):
+            raise StageError("this session holds another runner's state")
+        return state
+
     async def run(self, session: StageSession, view: Any, hidden: torch.Tensor, pos: int,
                   fields: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
         task, stage = session.task, session.stage
@@ -241,6 +302,12 @@ class CriticalRunner:
                                 f"stage {stage - 1} sent a malformed proof chain: {e}",
                                 "chain") from None
         x = hidden[0].numpy().astype(np.int64, copy=False)
+        caches = None
+        if task.options.get(KV_OPTION) is True:  # a proven generation: one token per step
+            caches = self.session_caches(session)
+            if x.shape[0] != 1 or pos != caches.own.position:
+                raise StageError(f"a proven KV-cache step is one token at the next position "
+                                 f"({caches.own.position}), not {x.shape[0]} at {pos}")
         if stage > 0:
             if len(chain) != stage:
                 raise ProofRejected(stage - 1, session.upstream,
@@ -250,7 +317,8 @@ class CriticalRunner:
             try:
                 ms = await trio.to_thread.run_sync(
                     lambda: verify_entry(self.manifest, self.digest, task, seq, last, x,
-                                         stage=stage - 1, peer=session.upstream))
+                                         stage=stage - 1, peer=session.upstream,
+                                         cache=caches.upstream if caches else None))
             except ProofRejected as e:
                 self.counters["rejected"] += 1
                 log.warning("task %s: rejecting stage %d (%s): %s", task.short_id, stage - 1,
@@ -266,8 +334,11 @@ class CriticalRunner:
 
         def work() -> tuple[np.ndarray, bytes, float]:
             t0 = time.perf_counter()
-            y = self.compute(shard, x)
-            proof = self.attest(shard, x, y, binding)
+            if caches is not None:
+                y, proof = self.attest_step(shard, caches.own, x, binding)
+            else:
+                y = self.compute(shard, x)
+                proof = self.attest(shard, x, y, binding)
             return y, proof, (time.perf_counter() - t0) * 1000.0
 
         async with self._lock:  # one proof at a time: the CPU is the bottleneck
@@ -317,6 +388,8 @@ class StageProof:
     #: the next stage's verification (none for the last stage)
     hop_verified_by: str
     hop_verify_ms: float
+    #: a proven generation: the token position of the step (a decode step over the cache)
+    position: int | None = None
 
 
 @dataclass
@@ -350,22 +423,41 @@ class CriticalStrategy:
     mode = "critical"
     wire_dtype: str | tuple[str, ...] = "int64"
 
-    def __init__(self, manifest: Any, digest: bytes, hidden_size: int, max_bytes: int) -> None:
+    def __init__(self, manifest: Any, digest: bytes, hidden_size: int, max_bytes: int, *,
+                 kv: bool = False) -> None:
         self.manifest, self.digest = manifest, digest
         self.hidden_size, self.max_bytes = hidden_size, max_bytes
+        #: a proven generation: one token per step, each over the stages' committed caches
+        self.kv = kv
 
     def task_options(self, route: Sequence[Any]) -> dict[str, Any]:
-        return {"manifest": self.digest}
+        return {"manifest": self.digest, KV_OPTION: True} if self.kv else {
+            "manifest": self.digest}
 
     async def check(self, session: RouteSession, sent: torch.Tensor, result: StepResult) -> None:
-        session.outcome.proofs = await trio.to_thread.run_sync(
-            self.verify_chain, session.task, sent, result)
+        if not self.kv:
+            session.outcome.proofs = await trio.to_thread.run_sync(
+                self.verify_chain, session.task, sent, result)
+            return
+        from p2pinfer.zk.kvcache import CacheCommitments
+
+        if session.mode_state is None:  # this attempt's copy of every stage's cache
+            session.mode_state = [
+                CacheCommitments.open(self.manifest.block_shard(p.start, p.end),
+                                      kv_session(session.task, k))
+                for k, p in enumerate(session.task.route)]
+        caches = session.mode_state
+        position = caches[0].position
+        proofs = await trio.to_thread.run_sync(self.verify_chain, session.task, sent, result,
+                                               caches)
+        session.outcome.proofs.extend(replace(p, position=position) for p in proofs)
 
     async def after_prefill(self, session: RouteSession, sent: torch.Tensor,
                             result: torch.Tensor) -> None:
         return None  # proven answers need no re-execution audits
 
-    def verify_chain(self, task: Task, sent: torch.Tensor, result: StepResult) -> list[StageProof]:
+    def verify_chain(self, task: Task, sent: torch.Tensor, result: StepResult,
+                     caches: Sequence[Any] | None = None) -> list[StageProof]:
         n = len(task.route)
         last_peer = result.peer or task.route[-1].replicas[0]
         try:
@@ -386,7 +478,7 @@ class CriticalStrategy:
             y = chain[k + 1].input if k + 1 < n else result.hidden[0].numpy()
             try:
                 ms = verify_entry(self.manifest, self.digest, task, result.seq, entry, y,
-                                  stage=k, peer=peer)
+                                  stage=k, peer=peer, cache=caches[k] if caches else None)
             except ProofRejected as e:
                 log.warning("task %s: %s", task.short_id, e)
                 raise StageFailure(k, peer, str(e)) from None
@@ -424,6 +516,11 @@ class CriticalClient(InferenceClient):
         self.critical = CriticalStrategy(self.manifest, self.manifest_digest,
                                          self.info.hidden_size,
                                          node.config.limits.max_tensor_bytes)
+        self.proven_kv = CriticalStrategy(self.manifest, self.manifest_digest,
+                                          self.info.hidden_size,
+                                          node.config.limits.max_tensor_bytes, kv=True)
+        #: token embeddings and head, kept here (split learning)
+        self.vocabulary = ByteVocabulary(self.info.model_id, self.info.hidden_size)
 
     def strategy(self, settings: RequestSettings) -> CriticalStrategy:
         if settings.redundancy != 1:
@@ -491,6 +588,242 @@ class CriticalClient(InferenceClient):
             manifest_digest=self.manifest_digest.hex(), route=outcome.route_dicts(),
             replans=outcome.replans, seconds=outcome.seconds,
             local_layers=((0, start), (end, n)), timings=outcome.timings())
+
+
+    # -- proven generation ---------------------------------------------------------------------
+    def generate(self, prompt_ids: Sequence[int], max_new_tokens: int,
+                 sample: Callable[[torch.Tensor], int], *, stop_ids: Sequence[int] = (),
+                 settings: RequestSettings | None = None) -> TokenStream:
+        """New token ids, each sampled only after every stage's step for it was verified: one
+        token per step through the route, each stage proving its layers over its committed KV
+        cache (zk-proof.md, "Decode steps"); the prompt's tokens are steps too. The stream's
+        `outcome.proofs` holds one `StageProof` per stage and step (with its position)."""
+        s = self._settings(settings)
+        outcome = RequestOutcome("critical")
+        return TokenStream(self._proven_generate(list(prompt_ids), max_new_tokens, sample,
+                                                 tuple(stop_ids), s, outcome), outcome)
+
+    async def _proven_generate(self, prompt: list[int], max_new_tokens: int,
+                               sample: Callable[[torch.Tensor], int],
+                               stop_ids: tuple[int, ...], settings: RequestSettings,
+                               outcome: RequestOutcome) -> AsyncIterator[int]:
+        from p2pinfer.zk.kvcache import CachedForward
+
+        if not prompt:
+            raise InferenceError("the prompt is empty")
+        if max_new_tokens < 1:
+            raise InferenceError("max_new_tokens must be at least 1")
+        if any(not 0 <= t < VOCAB_SIZE for t in prompt):
+            raise InferenceError(f"token ids must be in 0..{VOCAB_SIZE - 1}")
+        if len(prompt) + max_new_tokens > self.info.max_positions:
+            raise PromptTooLong(
+                f"prompt of {len(prompt)} tokens plus {max_new_tokens} new tokens exceeds the "
+                f"model's context of {self.info.max_positions} tokens")
+        history = list(prompt)
+        max_length = len(prompt) + max_new_tokens
+        start, end = self.middle
+
+        async def attempt() -> AsyncIterator[int]:
+            budget = max_length - len(history)
+            if budget <= 0 or (len(history) > len(prompt) and history[-1] in stop_ids):
+                return
+            head = CachedForward(self.fixed_head) if self.fixed_head is not None else None
+            tail = CachedForward(self.fixed_tail) if self.fixed_tail is not None else None
+            try:
+                if start >= end:
+                    outcome.route = []
+                    async for tok in self._proven_tokens(None, history, budget, sample,
+                                                         stop_ids, head, tail):
+                        history.append(tok)
+                        yield tok
+                    return
+                async with self._route(outcome, settings, self.proven_kv,
+                                       max_length) as session:
+                    async for tok in self._proven_tokens(session, history, budget, sample,
+                                                         stop_ids, head, tail):
+                        history.append(tok)
+                        if outcome.first_s is None:
+                            outcome.first_s = time.perf_counter() - outcome.started
+                        yield tok
+            finally:
+                for part in (head, tail):
+                    if part is not None:
+                        part.close()
+
+        async for tok in self._attempts(outcome, settings, attempt):
+            yield tok
+
+    async def _proven_tokens(self, session: RouteSession | None, history: list[int],
+                             budget: int, sample: Callable[[torch.Tensor], int],
+                             stop_ids: tuple[int, ...], head: Any, tail: Any
+                             ) -> AsyncIterator[int]:
+        """Tokens after `history` (replayed step by step on this route), at most `budget`."""
+        pending, pos = list(history), 0
+        for _ in range(budget):
+            y = None
+            for tok in pending:
+                y = await self._proven_step(session, tok, pos, head, tail)
+                pos += 1
+            tok = int(sample(self.vocabulary.logits(self.dequantize(y))))
+            pending = [tok]
+            yield tok
+            if tok in stop_ids:
+                return
+
+    async def _proven_step(self, session: RouteSession | None, tok: int, pos: int, head: Any,
+                           tail: Any) -> np.ndarray:
+        """One token at `pos`: local head layers, the route's proven step (verified), local
+        tail layers; returns the model's fixed-point output row."""
+        q = self.quantize(self.vocabulary.embed([tok]))
+        if head is not None:
+            q = await trio.to_thread.run_sync(head.step, q)
+        if session is not None:
+            sent = torch.from_numpy(np.ascontiguousarray(q)).unsqueeze(0)
+            session.outcome.tokens_sent += 1
+            out = await self._step(session, pos, pos, sent)
+            q = out[0].numpy().astype(np.int64)
+        if tail is not None:
+            q = await trio.to_thread.run_sync(tail.step, q)
+        return q
+
+    def conversation(self, settings: RequestSettings | None = None) -> ProvenConversation:
+        """A multi-turn proven chat whose route session and committed caches stay open across
+        turns: a turn proves only the tokens the caches do not hold yet."""
+        return ProvenConversation(self, self._settings(settings))
+
+
+class ProvenConversation:
+    """Turns of a critical-mode chat over one route session: the stages' committed KV caches
+    and the local head and tail caches keep every earlier turn, so a turn runs (and proves)
+    only the tokens after what they hold. A failed stage re-plans and replays the conversation
+    on a fresh session; so does a turn that rewrites a cached position (its outcome says so).
+    Per-conversation state lives here; the client is shared."""
+
+    def __init__(self, client: CriticalClient, settings: RequestSettings) -> None:
+        self.client, self.settings = client, settings
+        self.session: RouteSession | None = None
+        self.head: Any = None
+        self.tail: Any = None
+        #: the token ids whose steps the caches hold, in order
+        self.cached: list[int] = []
+        self._open = False
+        self._busy = False
+
+    async def __aenter__(self) -> Self:
+        self._open = True
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._open = False
+        await self._drop()
+
+    async def _drop(self) -> None:
+        """Close the route session and erase the local caches."""
+        session, self.session = self.session, None
+        if session is not None:
+            await self.client._close(session)
+        for part in (self.head, self.tail):
+            if part is not None:
+                part.close()
+        self.head = self.tail = None
+        self.cached = []
+
+    async def reset(self) -> None:
+        await self._drop()
+
+    def turn(self, ids: Sequence[int], max_new_tokens: int,
+             sample: Callable[[torch.Tensor], int], *, stop_ids: Sequence[int] = ()
+             ) -> TokenStream:
+        if not self._open:
+            raise InferenceError("the conversation is not open (use `async with`)")
+        outcome = RequestOutcome("critical")
+        return TokenStream(self._turn(list(ids), max_new_tokens, sample, tuple(stop_ids),
+                                      outcome), outcome)
+
+    async def _turn(self, target: list[int], max_new_tokens: int,
+                    sample: Callable[[torch.Tensor], int], stop_ids: tuple[int, ...],
+                    outcome: RequestOutcome) -> AsyncIterator[int]:
+        client = self.client
+        if not target:
+            raise InferenceError("the conversation is empty")
+        if max_new_tokens < 1:
+            raise InferenceError("max_new_tokens must be at least 1")
+        if any(not 0 <= t < VOCAB_SIZE for t in target):
+            raise InferenceError(f"token ids must be in 0..{VOCAB_SIZE - 1}")
+        if len(target) + max_new_tokens > client.info.max_positions:
+            raise PromptTooLong(
+                f"the conversation of {len(target)} tokens plus {max_new_tokens} new tokens "
+                f"exceeds the model's context of {client.info.max_positions} tokens")
+        if self._busy:
+            raise InferenceError("one turn at a time: the previous turn is still running")
+        out: list[int] = []
+
+        async def attempt() -> AsyncIterator[int]:
+            budget = max_new_tokens - len(out)
+            if budget <= 0 or (out and out[-1] in stop_ids):
+                return
+            async for tok in self._run(target + out, budget, sample, stop_ids, outcome):
+                out.append(tok)
+                if outcome.first_s is None:
+                    outcome.first_s = time.perf_counter() - outcome.started
+                yield tok
+
+        async for tok in client._attempts(outcome, self.settings, attempt):
+            yield tok
+
+    async def _run(self, want: list[int], budget: int, sample: Callable[[torch.Tensor], int],
+                   stop_ids: tuple[int, ...], outcome: RequestOutcome) -> AsyncIterator[int]:
+        from p2pinfer.zk.kvcache import CachedForward
+
+        client = self.client
+        keep = 0
+        for a, b in zip(self.cached, want, strict=False):
+            if a != b:
+                break
+            keep += 1
+        keep = min(keep, len(want) - 1)  # at least one token must run for the next logits
+        if keep < len(self.cached):
+            outcome.notes.append(f"the prompt rewrites cached position {keep} of "
+                                 f"{len(self.cached)}: fresh proven session, whole history sent")
+            await self._drop()
+            keep = 0
+        start, end = client.middle
+        if self.head is None and self.tail is None:
+            head, tail = client.fixed_head, client.fixed_tail
+            self.head = CachedForward(head) if head is not None else None
+            self.tail = CachedForward(tail) if tail is not None else None
+        if self.session is None and start < end:
+            self.session = await client._open_route(outcome, self.settings, client.proven_kv,
+                                                    client.info.max_positions)
+        session = self.session
+        if session is not None:
+            session.outcome = outcome
+            outcome.route = list(session.route)
+        outcome.tokens_reused = keep
+        pending = want[keep:]
+        try:
+            for _ in range(budget):
+                y = None
+                for tok in pending:
+                    self._busy = True
+                    y = await client._proven_step(session, tok, len(self.cached), self.head,
+                                                  self.tail)
+                    self.cached.append(tok)
+                    self._busy = False
+                tok = int(sample(client.vocabulary.logits(client.dequantize(y))))
+                pending = [tok]
+                yield tok
+                if tok in stop_ids:
+                    break
+        except StageFailure as failure:
+            if session is not None and failure.peer_id is None:
+                failure.peer_id = await client._blame(session, failure)
+            await self._drop()
+            raise
+        finally:
+            if self._busy:  # stopped inside a step: the caches may hold half of it
+                self._busy = False
+                await self._drop()
 
 
 class CriticalClients(Protocol):

@@ -30,7 +30,7 @@ from p2pinfer.inference.client import (
     check_settings,
     settings_with,
 )
-from p2pinfer.inference.critical import CriticalClient, critical_runner
+from p2pinfer.inference.critical import CriticalClient, ProvenConversation, critical_runner
 from p2pinfer.inference.hop import HopCodec, PlainHop
 from p2pinfer.inference.placement import choose_span, should_move
 from p2pinfer.inference.redundancy import ConsensusRunner, ConsensusService
@@ -44,10 +44,12 @@ from p2pinfer.inference.stage import (
 from p2pinfer.inference.task import Task, TaskError
 from p2pinfer.inference.testing import FaultyRunner, corrupt_weights
 from p2pinfer.models import LayerSpan, Tokenizer, load_model_info, weights_digest
+from p2pinfer.models.byte_vocab import ByteVocabulary
 from p2pinfer.models.errors import ModelError
 from p2pinfer.models.sampling import Sampler, SamplingParams
 from p2pinfer.net.boundary import PeerNetwork
 from p2pinfer.net.streams import FramedStream
+from p2pinfer.zk.checkpoint import is_provable
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +104,7 @@ class InferenceService:
         self.config = node.config
         self.hop: HopCodec = hop or PlainHop()
         #: tokenizers by model path (`tokenizer()`)
-        self._tokenizers: dict[str, Tokenizer] = {}
+        self._tokenizers: dict[str, Tokenizer | ByteVocabulary] = {}
         #: verified TEE levels and rejected peers (attestation), when the node runs it
         self.trust = trust
         self.stage: StageServer | None = None
@@ -283,12 +285,24 @@ class InferenceService:
                 "sessions": self.sessions, "backoff": self.backoff,
                 "spawn": self._nursery.start_soon}
 
-    async def tokenizer(self, path: str) -> Tokenizer:
+    async def tokenizer(self, path: str) -> Tokenizer | ByteVocabulary:
         """The tokenizer of the model at `path`, loaded once per service (a GGUF tokenizer is
-        converted on first use, seconds: off the event loop)."""
+        converted on first use, seconds: off the event loop). A provable feature model has
+        none: it gets the byte vocabulary its critical client embeds tokens with."""
         if path not in self._tokenizers:
-            self._tokenizers[path] = await trio.to_thread.run_sync(Tokenizer.load, path)
+            if is_provable(path):
+                info = load_model_info(path)
+                self._tokenizers[path] = ByteVocabulary(info.model_id, info.hidden_size)
+            else:
+                self._tokenizers[path] = await trio.to_thread.run_sync(Tokenizer.load, path)
         return self._tokenizers[path]
+
+    def request_client(self, model: str, settings: RequestSettings) -> InferenceClient:
+        """The client a request with `settings` runs on: critical mode gets the model's
+        critical client (proven steps), any other mode the plain client."""
+        if settings.mode == "critical":
+            return self.critical_client(model, _client_key(settings))
+        return self.client(model, _client_key(settings))
 
     def client(self, model: str, settings: RequestSettings | None = None) -> InferenceClient:
         """An inference client for `model` (a directory or built-in name) with `settings` as
@@ -369,6 +383,9 @@ class Generation:
     tokens_reused: int = 0
     #: what the user may want to know that is no failure (e.g. a fresh route session)
     notes: list[str] = field(default_factory=list)
+    #: critical mode: every stage's verified proof of every step (`StageProof` as a dict,
+    #: with the step's token position)
+    proofs: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -392,7 +409,7 @@ def _is_random(model: str) -> bool:
     return any(m.name == model and m.random_weights for m in default_models())
 
 
-async def token_events(tok: Tokenizer, tokens: AsyncIterator[int], out: list[int]
+async def token_events(tok: Tokenizer | ByteVocabulary, tokens: AsyncIterator[int], out: list[int]
                        ) -> AsyncIterator[TokenEvent]:
     """Each new token of `tokens` (appended to `out`) with the text it adds: the decoded text
     grows as words complete, so a piece may be empty."""
@@ -413,7 +430,8 @@ def generation_of(prompt: str, model: str, client: InferenceClient, text: str,
         route=o.route_dicts(), replans=o.replans, seconds=o.seconds, privacy=o.privacy,
         random_weights=_is_random(model), verification=o.verification(), mode=o.mode,
         timings=o.timings(), local_layers=((0, start), (end, client.info.num_layers)),
-        tokens_sent=o.tokens_sent, tokens_reused=o.tokens_reused, notes=list(o.notes))
+        tokens_sent=o.tokens_sent, tokens_reused=o.tokens_reused, notes=list(o.notes),
+        proofs=[asdict(p) for p in o.proofs])
 
 
 class GenerationStream:
@@ -441,7 +459,7 @@ class GenerationStream:
     async def _run(self) -> AsyncIterator[TokenEvent]:
         if self._max_new_tokens < 1:
             raise InferenceError("max_new_tokens must be at least 1")
-        client = self._service.client(self._model, _client_key(self._settings))
+        client = self._service.request_client(self._model, self._settings)
         tok = await self._service.tokenizer(client.head_path)
         ids = tok.encode(self._prompt)
         temperature, top_p, seed = self._sampling
@@ -522,11 +540,12 @@ class Conversation:
         self.max_new_tokens = max_new_tokens
         self.system = system
         self._service = service
-        self.client = service.client(model, _client_key(settings))
+        self.client = service.request_client(model, settings)
         self.sampler = Sampler(SamplingParams(temperature=temperature, top_p=top_p, seed=seed))
-        self.conversation: RouteConversation = self.client.conversation(settings)
+        self.conversation: RouteConversation | ProvenConversation = self.client.conversation(
+            settings)
         self.messages: list[dict[str, str]] = self._start()
-        self.tokenizer: Tokenizer | None = None
+        self.tokenizer: Tokenizer | ByteVocabulary | None = None
 
     def _start(self) -> list[dict[str, str]]:
         return [{"role": "system", "content": self.system}] if self.system else []

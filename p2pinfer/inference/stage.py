@@ -79,6 +79,10 @@ class StageSettings:
     open_timeout_s: float = 30.0
 
 
+class Closable(Protocol):
+    def close(self) -> None: ...
+
+
 @dataclass
 class StageSession:
     task: Task
@@ -98,11 +102,17 @@ class StageSession:
     fetches: int = 0
     #: TEST-ONLY: the cache of a `skip-layer` cheat's shorter span (p2pinfer.inference.testing)
     fault_cache: KVCache | None = None
+    #: a runner's own per-session state that holds secrets or caches (critical mode: the
+    #: committed KV caches of a proven generation), closed with the session
+    runner_state: Closable | None = None
 
     def erase(self) -> None:
         for cache in (self.cache, self.fault_cache):
             if cache is not None:
                 cache.erase()
+        if self.runner_state is not None:
+            self.runner_state.close()
+            self.runner_state = None
         self.erased = True
 
 

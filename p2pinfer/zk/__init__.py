@@ -10,6 +10,8 @@ What lives where (bytes and math: protocols/zk-proof.md):
   gadget per kind of layer in `gadgets/` (bits, lookup, gated, rmsnorm, attention), on
   `ledger` (committed linear relations, products, Hyrax openings) over `field`, `group`
   (BLS12-381 Pedersen) and `transcript` (Fiat-Shamir);
+* `kvcache`: proven generation, one token's step at a time over a session's committed KV cache
+  (`prove_step`, `verify_step`; the decode attention gadget in gadgets/decode.py);
 * `checkpoint`: a p2pinfer-mlp checkpoint (p2pinfer.models) as provable layers, its owner's
   manifest and the built-in provable models. It loads torch, so it is not imported here.
 
@@ -27,6 +29,7 @@ In short:
 from .commitment import CommittedShard as CommittedShard
 from .commitment import commit_shard as commit_shard
 from .errors import BindingMismatch as BindingMismatch
+from .errors import CacheMismatch as CacheMismatch
 from .errors import CommitmentMismatch as CommitmentMismatch
 from .errors import FixedPointOverflow as FixedPointOverflow
 from .errors import OpeningError as OpeningError

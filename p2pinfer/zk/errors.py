@@ -47,3 +47,8 @@ class FixedPointOverflow(ZkError):
 
 class CommitmentMismatch(ZkError):
     """A shard's weights do not match the commitment or cache it was paired with."""
+
+
+class CacheMismatch(ProofError):
+    """A decode step does not fit the session's committed KV cache: it was proven against
+    another session's cache, at another position, or over rows that were never committed."""

@@ -13,7 +13,7 @@ pre-activation z must satisfy -2**31 <= z < 2**31 (the 32-bit decomposition the 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 from math import isqrt
@@ -396,9 +396,13 @@ class ProvableMlp:
             raise FixedPointOverflow("an input value is outside (-2**24, 2**24)")
         return a.astype(np.int64)
 
-    def trace(self, x: np.ndarray, live: int | None = None) -> list[LayerTrace]:
+    def trace(self, x: np.ndarray, live: int | None = None,
+              attention: Callable[[int, FixedLayer, np.ndarray], dict] | None = None
+              ) -> list[LayerTrace]:
         """Every layer's input, pre-activation and output; rows from `live` on are a proof's
-        padding (attention layers let them attend to themselves only)."""
+        padding (attention layers let them attend to themselves only). `attention(k, layer,
+        a)`, when given, runs attention layer k instead (a decode step over a KV cache,
+        kvcache.py); it returns at least `z` and `out` as attention_fixed does."""
         a = self.check_input(x)
         f = self.frac_bits
         half = 1 << (BITS - 1)
@@ -413,8 +417,9 @@ class ProvableMlp:
                     a = norm["y"]
                     continue
                 if layer.activation == "attention":
-                    att = attention_fixed(a, layer.weight, layer.bias, attention_shape(layer), f,
-                                          live)
+                    att = (attention(k, layer, a) if attention is not None else
+                           attention_fixed(a, layer.weight, layer.bias, attention_shape(layer), f,
+                                           live))
                     out.append(LayerTrace(a, att["z"], att["out"]))
                     a = att["out"]
                     continue

@@ -12,7 +12,8 @@ claims on its input. Spec: protocols/zk-proof.md, "Per-layer argument" and the s
   the exp table of attention shares (`lookup_inverses`, `lookup_table_side`);
 * `gated`: SwiGLU and GeGLU layers (`gated_layer`);
 * `rmsnorm`: RMSNorm layers (`norm_layer`);
-* `attention`: causal multi-head attention with rotary positions (`attention_layer`).
+* `attention`: causal multi-head attention with rotary positions (`attention_layer`);
+* `decode`: one token's attention over a committed KV cache (`decode_attention_layer`).
 
 proof.py picks one per layer (its dispatch) and holds the proof's format.
 """
