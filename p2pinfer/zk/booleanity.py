@@ -16,7 +16,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from .field import P, bind_first, dot, eq_table, field_limbs, inv, recombine_limbs
+from .field import (
+    P,
+    bind_first,
+    bool_round,
+    dot,
+    eq_table,
+    field_limbs,
+    half_sum,
+    inv,
+    recombine_limbs,
+)
 
 _J = 5  # variables of the bit position
 _INV2 = (P + 1) // 2
@@ -76,14 +86,7 @@ class BooleanityProver:
                                                                            (q0, q2, q3)))
 
     def _direct(self) -> tuple[int, int]:
-        b, t = self.b, self.t
-        h = len(b) // 2
-        q0 = q2 = 0
-        for w, b0, b1 in zip(t, b[:h], b[h:]):
-            b2 = 2 * b1 - b0
-            q0 += w * (b0 * (1 - b0) % P)
-            q2 += w * (b2 * (1 - b2) % P)
-        return q0 % P, q2 % P
+        return bool_round(self.b, self.t)
 
     def _patterns(self, level: int) -> np.ndarray:
         """Code of the 2**level raw bits behind each entry of the level-bound table."""
@@ -148,8 +151,7 @@ class BooleanityProver:
         self.k += 1
         if self.b is not None:
             self.b = bind_first(self.b, r)
-            h = len(self.t) // 2
-            self.t = [(a + c) % P for a, c in zip(self.t[:h], self.t[h:])]
+            self.t = half_sum(self.t)
         elif self.k == self.levels:
             codes = self._patterns(self.k)
             eq_bound = eq_table(self.bound)
