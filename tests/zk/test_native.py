@@ -1,0 +1,211 @@
+"""The native field kernels give the reference's results bit for bit, for any worker count, and
+proofs made on one backend verify on the other."""
+
+from __future__ import annotations
+
+import os
+import random
+import secrets
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from p2pinfer.zk import ProofBinding, ShardProof, commit_shard, prove, verify
+from p2pinfer.zk import field as F
+from p2pinfer.zk.field import P, reference
+
+from .conftest import make_input, make_shard
+
+try:
+    from p2pinfer.zk import _native
+except ImportError:  # pragma: no cover - only when the package was not built
+    _native = None
+
+pytestmark = pytest.mark.skipif(_native is None, reason="native kernels not built "
+                                "(pip install -e . builds them)")
+
+# canonical elements, the edges of the field, and ints a caller may pass unreduced
+canonical = st.integers(0, P - 1)
+edge = st.sampled_from([0, 1, 2, P - 2, P - 1])
+unreduced = st.integers(-(1 << 300), 1 << 300)
+felt = st.one_of(canonical, edge, unreduced)
+
+
+def tables(m: int):
+    return st.lists(felt, min_size=1 << m, max_size=1 << m)
+
+
+@settings(deadline=None, max_examples=1000)
+@given(st.lists(felt, min_size=0, max_size=6))
+def test_eq_table_is_the_reference(point):
+    assert _native.eq_table(point) == reference.eq_table(point)
+
+
+@settings(deadline=None, max_examples=1000)
+@given(st.integers(0, 64).flatmap(lambda n: st.lists(felt, min_size=n, max_size=n)), felt)
+def test_bind_first_is_the_reference_for_any_length(table, r):
+    assert _native.bind_first(table, r) == reference.bind_first(table, r)
+
+
+@settings(deadline=None, max_examples=1000)
+@given(st.integers(0, 40).flatmap(
+    lambda n: st.tuples(st.lists(felt, min_size=n, max_size=n),
+                        st.lists(felt, min_size=n, max_size=n))))
+def test_dot_is_the_reference(case):
+    a, b = case
+    assert _native.dot(a, b) == reference.dot(a, b)
+
+
+@settings(deadline=None, max_examples=500)
+@given(st.integers(0, 5).flatmap(lambda m: st.tuples(tables(m), st.lists(felt, min_size=m,
+                                                                        max_size=m))))
+def test_mle_eval_is_the_reference(case):
+    table, point = case
+    assert _native.mle_eval(table, point) == reference.mle_eval(table, point)
+
+
+@settings(deadline=None, max_examples=500)
+@given(st.integers(0, 5).flatmap(
+    lambda m: st.tuples(st.lists(st.one_of(st.integers(0, 1), felt), min_size=2 << m,
+                                 max_size=2 << m),
+                        tables(m))))
+def test_booleanity_round_and_half_sum_are_the_reference(case):
+    bits, weights = case
+    assert _native.bool_round(bits, weights) == reference.bool_round(bits, weights)
+    assert _native.half_sum(weights + bits) == reference.half_sum(weights + bits)
+
+
+@settings(deadline=None, max_examples=1000)
+@given(st.data())
+def test_product_sum_is_the_reference(data):
+    m = data.draw(st.integers(1, 4))
+    ntab = data.draw(st.integers(1, 5))
+    degree = data.draw(st.integers(1, 6))
+    tabs = [data.draw(tables(m)) for _ in range(ntab)]
+    terms = data.draw(st.lists(
+        st.tuples(felt, st.lists(st.integers(0, ntab - 1), min_size=1, max_size=degree)),
+        min_size=1, max_size=4))
+    assert _native.product_sum(tabs, terms, degree) == reference.product_sum(tabs, terms, degree)
+
+
+def test_bad_input_gets_a_typed_error_and_changes_nothing():
+    table = [1, 2, 3, 4]
+    with pytest.raises(TypeError):
+        _native.bind_first([1, "2"], 3)
+    with pytest.raises(TypeError):
+        _native.eq_table([1.5])
+    with pytest.raises(ValueError):
+        _native.dot([1, 2], [1])
+    with pytest.raises(ValueError):
+        _native.mle_eval(table, [1])
+    with pytest.raises(ValueError):
+        _native.product_sum([table], [(1, [0, 0, 0])], 2)  # product longer than the degree
+    with pytest.raises(ValueError):
+        _native.product_sum([table], [(1, [1])], 2)  # no table 1
+    with pytest.raises(ValueError):
+        _native.product_sum([table, [1, 2]], [(1, [0])], 2)  # lengths differ
+    with pytest.raises(ValueError):
+        _native.set_workers(0)
+    assert table == [1, 2, 3, 4]
+    assert _native.eq_table([np.int64(5)]) == reference.eq_table([5])  # __index__ accepted
+
+
+@pytest.mark.parametrize("size", [1 << 13, (1 << 14) + 2])
+def test_large_kernels_give_the_same_results_on_one_and_two_workers(size):
+    rng = random.Random(size)
+    a = [rng.randrange(P) for _ in range(size)]
+    b = [rng.randrange(P) for _ in range(size)]
+    point = [rng.randrange(P) for _ in range(13)]
+    r = rng.randrange(P)
+    outs = []
+    old = _native.set_workers(1)
+    try:
+        for workers in (1, 2):
+            _native.set_workers(workers)
+            outs.append((_native.dot(a, b), _native.bind_first(a, r), _native.eq_table(point),
+                         _native.bool_round(a, b[: size // 2]),
+                         _native.product_sum([a, b], [(3, [0, 1, 1]), (5, [0])], 3)))
+    finally:
+        _native.set_workers(old)
+    assert outs[0] == outs[1]
+    assert outs[0][0] == reference.dot(a, b)
+    assert outs[0][4] == reference.product_sum([a, b], [(3, [0, 1, 1]), (5, [0])], 3)
+
+
+def _seeded_randomness(monkeypatch, seed: int) -> None:
+    rng = random.Random(seed)
+    monkeypatch.setattr(secrets, "randbelow", lambda n: rng.randrange(n))
+    monkeypatch.setattr(secrets, "randbits", lambda k: rng.getrandbits(k))
+
+
+def test_a_proof_is_the_same_bytes_with_one_and_two_workers(monkeypatch):
+    """Blindings drawn from a seeded generator, so only the worker count differs (booleanity
+    tables of 2**16 bits, folded past the size where kernels split across threads)."""
+    if F.BACKEND != "native":
+        pytest.skip("the reference backend has no workers")
+    shard = make_shard([128, 128, 128], seed=3)
+    binding = ProofBinding(b"task-workers", b"\x02" * 32)
+    x = make_input(16, 128, seed=5)
+    proofs = []
+    old = F.set_workers(1)
+    try:
+        for workers in (1, 2):
+            F.set_workers(workers)
+            _seeded_randomness(monkeypatch, 11)
+            committed = commit_shard(shard, blinding_key=b"k" * 32)
+            proofs.append(prove(committed, x, committed.forward_fixed(x), binding).to_bytes())
+    finally:
+        F.set_workers(old)
+    assert proofs[0] == proofs[1]
+
+
+_PROVE_IN_CHILD = """
+import sys
+from p2pinfer.zk import ProofBinding, commit_shard, prove, verify, ShardProof
+from p2pinfer.zk import field
+from tests.zk.conftest import make_input, make_shard
+shard = make_shard([16, 16, 16], seed=4)
+committed = commit_shard(shard, blinding_key=b"c" * 32)
+x = make_input(2, 16, seed=6)
+y = committed.forward_fixed(x)
+binding = ProofBinding(b"task-cross", b"\\x03" * 32)
+if sys.argv[1] == "prove":
+    sys.stdout.buffer.write(field.BACKEND.encode() + b"\\n"
+                            + prove(committed, x, y, binding).to_bytes().hex().encode())
+else:
+    proof = ShardProof.from_bytes(bytes.fromhex(sys.stdin.read()))
+    verify(committed.commitment, x, y, proof, binding)
+    print(field.BACKEND, "verified")
+"""
+
+
+def _child(mode: str, stdin: str = "") -> str:
+    env = dict(os.environ, P2PINFER_ZK_REFERENCE="1")
+    root = Path(__file__).resolve().parents[2]
+    env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")])
+    done = subprocess.run([sys.executable, "-c", _PROVE_IN_CHILD, mode], input=stdin, check=False,
+                          capture_output=True, text=True, env=env, cwd=root, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def test_a_reference_proof_verifies_natively_and_a_native_one_on_the_reference():
+    if F.BACKEND != "native":
+        pytest.skip("this process runs the reference already")
+    shard = make_shard([16, 16, 16], seed=4)
+    committed = commit_shard(shard, blinding_key=b"c" * 32)
+    x = make_input(2, 16, seed=6)
+    y = committed.forward_fixed(x)
+    binding = ProofBinding(b"task-cross", b"\x03" * 32)
+
+    backend, proof_hex = _child("prove").split("\n", 1)
+    assert backend == "reference"
+    verify(committed.commitment, x, y, ShardProof.from_bytes(bytes.fromhex(proof_hex)), binding)
+
+    native_proof = prove(committed, x, y, binding).to_bytes().hex()
+    assert _child("verify", native_proof).strip() == "reference verified"
