@@ -148,10 +148,35 @@ static int as_bytes32(PyObject *o, unsigned char *buf) {
 #endif
 }
 
+#if PY_VERSION_HEX < 0x030C0000 && PYLONG_BITS_IN_DIGIT == 30
+#define FAST_LONGS 1  /* 3.11's int layout: a signed digit count and 30-bit digits */
+#else
+#define FAST_LONGS 0
+#endif
+
 /* Any Python integer (int or an object with __index__) -> canonical field element. */
 static int to_fe(PyObject *o, fe *out) {
     unsigned char buf[32];
     PyObject *num = NULL;
+#if FAST_LONGS
+    if (PyLong_CheckExact(o)) {
+        Py_ssize_t size = Py_SIZE(o);
+        if (size >= 0 && size <= 9) {  /* non-negative, below 2^270 */
+            const digit *d = ((PyLongObject *)o)->ob_digit;
+            uint64_t v[5] = {0, 0, 0, 0, 0};
+            for (Py_ssize_t i = 0; i < size; i++) {
+                int pos = 30 * (int)i, limb = pos / 64, off = pos % 64;
+                v[limb] |= (uint64_t)d[i] << off;
+                if (off > 34) v[limb + 1] |= (uint64_t)d[i] >> (64 - off);
+            }
+            if (v[4] == 0) {
+                memcpy(out->v, v, sizeof out->v);
+                while (geq_p(out->v)) sub_p(out->v);
+                return 0;
+            }
+        }
+    }
+#endif
     if (!PyLong_Check(o)) {
         num = PyNumber_Index(o);
         if (num == NULL) {
@@ -176,10 +201,27 @@ static int to_fe(PyObject *o, fe *out) {
 }
 
 static PyObject *from_fe(const fe *a) {
+#if FAST_LONGS
+    digit d[9];
+    int n = 0;
+    for (int i = 0; i < 9; i++) {
+        int pos = 30 * i, limb = pos / 64, off = pos % 64;
+        uint64_t w = a->v[limb] >> off;
+        if (off > 34 && limb < 3) w |= a->v[limb + 1] << (64 - off);
+        d[i] = (digit)(w & PyLong_MASK);
+        if (d[i]) n = i + 1;
+    }
+    if (n <= 1) return PyLong_FromLong((long)d[0]);
+    PyLongObject *r = _PyLong_New(n);
+    if (r == NULL) return NULL;
+    memcpy(r->ob_digit, d, n * sizeof(digit));
+    return (PyObject *)r;
+#else
     unsigned char buf[32];
     for (int i = 0; i < 4; i++)
         for (int k = 0; k < 8; k++) buf[8 * i + k] = (unsigned char)(a->v[i] >> (8 * k));
     return _PyLong_FromByteArray(buf, 32, 1, 0);
+#endif
 }
 
 /* A sequence of integers -> newly allocated array (caller frees with PyMem_Free). */
