@@ -80,33 +80,24 @@ static inline void fe_sub(fe *r, const fe *a, const fe *b) {
     memcpy(r->v, t, sizeof t);
 }
 
-/* r = a b / R mod P */
+/* r = a b / R mod P (CIOS without the extra carry words: P's top limb is below 2^62) */
 static inline void fe_mul(fe *r, const fe *a, const fe *b) {
-    uint64_t t[6] = {0, 0, 0, 0, 0, 0};
+    uint64_t t[4] = {0, 0, 0, 0};
     for (int i = 0; i < 4; i++) {
-        u128 c = 0;
-        for (int j = 0; j < 4; j++) {
-            c += (u128)a->v[j] * b->v[i] + t[j];
-            t[j] = (uint64_t)c;
-            c >>= 64;
-        }
-        c += t[4];
-        t[4] = (uint64_t)c;
-        t[5] = (uint64_t)(c >> 64);
+        u128 A = (u128)a->v[0] * b->v[i] + t[0];
+        t[0] = (uint64_t)A;
         uint64_t m = t[0] * PINV;
-        c = (u128)m * PL[0] + t[0];
-        c >>= 64;
+        u128 C = (u128)m * PL[0] + t[0];
         for (int j = 1; j < 4; j++) {
-            c += (u128)m * PL[j] + t[j];
-            t[j - 1] = (uint64_t)c;
-            c >>= 64;
+            A = (u128)a->v[j] * b->v[i] + t[j] + (uint64_t)(A >> 64);
+            t[j] = (uint64_t)A;
+            C = (u128)m * PL[j] + t[j] + (uint64_t)(C >> 64);
+            t[j - 1] = (uint64_t)C;
         }
-        c += t[4];
-        t[3] = (uint64_t)c;
-        t[4] = t[5] + (uint64_t)(c >> 64);
+        t[3] = (uint64_t)(C >> 64) + (uint64_t)(A >> 64);
     }
-    if (t[4] || geq_p(t)) sub_p(t);
-    memcpy(r->v, t, 4 * sizeof(uint64_t));
+    if (geq_p(t)) sub_p(t);
+    memcpy(r->v, t, sizeof t);
 }
 
 static inline void fe_zero(fe *r) { memset(r->v, 0, sizeof r->v); }
@@ -589,6 +580,154 @@ static PyObject *py_bool_round(PyObject *self, PyObject *args) {
     return Py_BuildValue("(NN)", from_fe(&q0), from_fe(&q2));
 }
 
+
+
+/* -- axpy: y + a x entrywise (over the shorter length) */
+static PyObject *py_axpy(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *sy, *sa, *sx;
+    if (!PyArg_ParseTuple(args, "OOO", &sy, &sa, &sx)) return NULL;
+    fe a, am;
+    if (to_fe(sa, &a) < 0) return NULL;
+    to_mont(&am, &a);
+    Py_ssize_t ny, nx;
+    fe *y = vec_in(sy, &ny);
+    if (y == NULL) return NULL;
+    fe *x = vec_in(sx, &nx);
+    if (x == NULL) {
+        PyMem_Free(y);
+        return NULL;
+    }
+    Py_ssize_t n = ny < nx ? ny : nx;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        fe t;
+        fe_mul(&t, &x[i], &am);
+        fe_add(&y[i], &y[i], &t);
+    }
+    PyObject *out = vec_out(y, n);
+    PyMem_Free(y);
+    PyMem_Free(x);
+    return out;
+}
+
+/* a^(P-2) in Montgomery form (0 for 0, as pow(0, P - 2, P)) */
+static void fe_inv_mont(fe *r, const fe *a) {
+    uint64_t e[4];
+    memcpy(e, PL, sizeof e);
+    e[0] -= 2;
+    fe acc = R1;
+    for (int i = 3; i >= 0; i--) {
+        for (int b = 63; b >= 0; b--) {
+            fe_mul(&acc, &acc, &acc);
+            if ((e[i] >> b) & 1) fe_mul(&acc, &acc, a);
+        }
+    }
+    *r = acc;
+}
+
+/* -- batch_inv: inverses by Montgomery's trick, the reference's algorithm step for step (a zero
+ * makes every output zero there too) */
+static PyObject *py_batch_inv(PyObject *self, PyObject *arg) {
+    (void)self;
+    Py_ssize_t n;
+    fe *v = vec_in(arg, &n);
+    if (v == NULL) return NULL;
+    fe *prefix = PyMem_Malloc((n ? n : 1) * sizeof(fe));
+    if (prefix == NULL) {
+        PyMem_Free(v);
+        return PyErr_NoMemory();
+    }
+    fe acc = R1, one = {{1, 0, 0, 0}};
+    for (Py_ssize_t k = 0; k < n; k++) {
+        to_mont(&v[k], &v[k]);
+        prefix[k] = acc;
+        fe_mul(&acc, &acc, &v[k]);
+    }
+    fe inv;
+    fe_inv_mont(&inv, &acc);
+    for (Py_ssize_t k = n - 1; k >= 0; k--) {
+        fe t;
+        fe_mul(&t, &inv, &prefix[k]);
+        fe_mul(&inv, &inv, &v[k]);
+        fe_mul(&prefix[k], &t, &one);  /* out of Montgomery form */
+    }
+    PyObject *out = vec_out(prefix, n);
+    PyMem_Free(v);
+    PyMem_Free(prefix);
+    return out;
+}
+
+/* -- booleanity pattern rounds: W(c) = sum_{i, j} eq_i[i] eq_j[j] [codes[i, j] == c] */
+typedef struct {
+    const fe *eq_i;
+    const unsigned char *codes;
+    Py_ssize_t width;
+    fe *acc;  /* per chunk: 256 x width sums of eq_i */
+} pat_ctx;
+
+static void pat_chunk(void *vctx, Py_ssize_t lo, Py_ssize_t hi, int chunk) {
+    pat_ctx *c = vctx;
+    fe *acc = c->acc + (Py_ssize_t)chunk * 256 * c->width;
+    for (Py_ssize_t i = lo; i < hi; i++) {
+        const unsigned char *row = c->codes + i * c->width;
+        for (Py_ssize_t j = 0; j < c->width; j++) {
+            fe *slot = &acc[row[j] * c->width + j];
+            fe_add(slot, slot, &c->eq_i[i]);
+        }
+    }
+}
+
+/* pattern_weights(eq_i, codes, eq_j): codes holds len(eq_i) rows of len(eq_j) bytes; returns
+ * the 256 values W(c) */
+static PyObject *py_pattern_weights(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *si, *sj;
+    Py_buffer codes;
+    if (!PyArg_ParseTuple(args, "Oy*O", &si, &codes, &sj)) return NULL;
+    PyObject *result = NULL;
+    fe *eq_i = NULL, *eq_j = NULL, *acc = NULL;
+    Py_ssize_t ni, nj;
+    eq_i = vec_in(si, &ni);
+    if (eq_i == NULL) goto done;
+    eq_j = vec_in(sj, &nj);
+    if (eq_j == NULL) goto done;
+    if (nj < 1 || codes.len != ni * nj) {
+        PyErr_SetString(PyExc_ValueError, "the codes do not match the eq tables");
+        goto done;
+    }
+    int chunks = chunks_for(ni * nj);
+    acc = PyMem_RawCalloc((size_t)chunks * 256 * nj, sizeof(fe));
+    if (acc == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    pat_ctx c = {eq_i, (const unsigned char *)codes.buf, nj, acc};
+    fe w[256];
+    Py_BEGIN_ALLOW_THREADS
+    parallel_for(pat_chunk, &c, ni, chunks);
+    for (int code = 0; code < 256; code++) {
+        fe total, t;
+        fe_zero(&total);
+        for (Py_ssize_t j = 0; j < nj; j++) {
+            fe s;
+            fe_zero(&s);
+            for (int ch = 0; ch < chunks; ch++)
+                fe_add(&s, &s, &acc[((Py_ssize_t)ch * 256 + code) * nj + j]);
+            fe_mul(&t, &s, &eq_j[j]);
+            fe_add(&total, &total, &t);
+        }
+        fe_mul(&w[code], &total, &RPOW[1]);
+    }
+    Py_END_ALLOW_THREADS
+    result = vec_out(w, 256);
+done:
+    PyMem_Free(eq_i);
+    PyMem_Free(eq_j);
+    PyMem_RawFree(acc);
+    PyBuffer_Release(&codes);
+    return result;
+}
+
 /* -- round messages of sum_x sum_k c_k prod_{m in term k} T_m(x), at x = 0, 2, 3, ..., degree
  * of the first variable: for each table, lo + x (hi - lo) over the half-tables. */
 #define MAX_TABLES 32
@@ -739,6 +878,432 @@ done:
     return result;
 }
 
+
+/* ---- G1 of BLS12-381: sums of table points (row commitments of bit matrices) -------------
+ *
+ * Base field elements are 6 x 64-bit limbs in Montgomery form. Points are Jacobian (X, Y, Z)
+ * on y^2 = x^3 + 4; the formulas are the explicit-formulas database's madd-2007-bl (mixed
+ * addition) and dbl-2009-l (doubling) for a = 0. Points come in and go out as arkworks'
+ * affine encoding: x and y, 48 bytes each, little-endian, (0, 0) for the identity. */
+
+typedef struct { uint64_t v[6]; } fq;
+typedef struct { fq x, y; uint64_t inf; } g1_aff;
+typedef struct { fq x, y, z; } g1_jac;  /* z == 0: the identity */
+
+static const uint64_t QL[6] = {0xb9feffffffffaaabULL, 0x1eabfffeb153ffffULL,
+                               0x6730d2a0f6b0f624ULL, 0x64774b84f38512bfULL,
+                               0x4b1ba7b6434bacd7ULL, 0x1a0111ea397fe69aULL};
+static uint64_t QINV;
+static fq QR2;     /* R^2 mod q, R = 2^384 */
+static fq QONE;    /* R mod q: one in Montgomery form */
+
+static inline int fq_geq(const uint64_t *a) {
+    for (int i = 5; i >= 0; i--) {
+        if (a[i] > QL[i]) return 1;
+        if (a[i] < QL[i]) return 0;
+    }
+    return 1;
+}
+
+static inline void fq_subq(uint64_t *a) {
+    u128 borrow = 0;
+    for (int i = 0; i < 6; i++) {
+        u128 d = (u128)a[i] - QL[i] - borrow;
+        a[i] = (uint64_t)d;
+        borrow = (d >> 64) & 1;
+    }
+}
+
+static inline void fq_add(fq *r, const fq *a, const fq *b) {
+    u128 c = 0;
+    for (int i = 0; i < 6; i++) {
+        c += (u128)a->v[i] + b->v[i];
+        r->v[i] = (uint64_t)c;
+        c >>= 64;
+    }
+    if (fq_geq(r->v)) fq_subq(r->v);
+}
+
+static inline void fq_sub(fq *r, const fq *a, const fq *b) {
+    u128 borrow = 0;
+    uint64_t t[6];
+    for (int i = 0; i < 6; i++) {
+        u128 d = (u128)a->v[i] - b->v[i] - borrow;
+        t[i] = (uint64_t)d;
+        borrow = (d >> 64) & 1;
+    }
+    if (borrow) {
+        u128 c = 0;
+        for (int i = 0; i < 6; i++) {
+            c += (u128)t[i] + QL[i];
+            t[i] = (uint64_t)c;
+            c >>= 64;
+        }
+    }
+    memcpy(r->v, t, sizeof t);
+}
+
+static inline void fq_mul(fq *r, const fq *a, const fq *b) {
+    /* CIOS without the extra carry words (Gueron and others): q's top limb is below 2^62 */
+    uint64_t t[6] = {0, 0, 0, 0, 0, 0};
+    for (int i = 0; i < 6; i++) {
+        u128 A = (u128)a->v[0] * b->v[i] + t[0];
+        t[0] = (uint64_t)A;
+        uint64_t m = t[0] * QINV;
+        u128 C = (u128)m * QL[0] + t[0];
+        for (int j = 1; j < 6; j++) {
+            A = (u128)a->v[j] * b->v[i] + t[j] + (uint64_t)(A >> 64);
+            t[j] = (uint64_t)A;
+            C = (u128)m * QL[j] + t[j] + (uint64_t)(C >> 64);
+            t[j - 1] = (uint64_t)C;
+        }
+        t[5] = (uint64_t)(C >> 64) + (uint64_t)(A >> 64);
+    }
+    if (fq_geq(t)) fq_subq(t);
+    memcpy(r->v, t, 6 * sizeof(uint64_t));
+}
+
+static inline int fq_is_zero(const fq *a) {
+    return (a->v[0] | a->v[1] | a->v[2] | a->v[3] | a->v[4] | a->v[5]) == 0;
+}
+
+static inline int fq_eq(const fq *a, const fq *b) { return memcmp(a, b, sizeof(fq)) == 0; }
+
+/* a^(q-2): the inverse of a nonzero a (Montgomery form in and out) */
+static void fq_inv(fq *r, const fq *a) {
+    uint64_t e[6];
+    memcpy(e, QL, sizeof e);
+    e[0] -= 2;  /* q is odd and its low limb exceeds 2: no borrow */
+    fq acc = QONE;
+    for (int i = 5; i >= 0; i--) {
+        for (int b = 63; b >= 0; b--) {
+            fq_mul(&acc, &acc, &acc);
+            if ((e[i] >> b) & 1) fq_mul(&acc, &acc, a);
+        }
+    }
+    *r = acc;
+}
+
+static void init_g1(void) {
+    uint64_t inv = 1;
+    for (int i = 0; i < 7; i++) inv *= 2 - QL[0] * inv;
+    QINV = (uint64_t)0 - inv;
+    fq x = {{1, 0, 0, 0, 0, 0}};
+    for (int i = 0; i < 768; i++) {
+        fq_add(&x, &x, &x);
+        if (i == 383) QONE = x;
+    }
+    QR2 = x;
+}
+
+static void fq_from_le(fq *r, const unsigned char *b) {
+    for (int i = 0; i < 6; i++) {
+        uint64_t w = 0;
+        for (int k = 7; k >= 0; k--) w = (w << 8) | b[8 * i + k];
+        r->v[i] = w;
+    }
+    fq_mul(r, r, &QR2);
+}
+
+static void fq_to_le(unsigned char *b, const fq *a) {
+    fq one = {{1, 0, 0, 0, 0, 0}}, t;
+    fq_mul(&t, a, &one);  /* out of Montgomery form */
+    for (int i = 0; i < 6; i++)
+        for (int k = 0; k < 8; k++) b[8 * i + k] = (unsigned char)(t.v[i] >> (8 * k));
+}
+
+static void g1_double(g1_jac *r, const g1_jac *p) {
+    if (fq_is_zero(&p->z)) {
+        *r = *p;
+        return;
+    }
+    fq a, b, c, d, e, f, t;
+    fq_mul(&a, &p->x, &p->x);
+    fq_mul(&b, &p->y, &p->y);
+    fq_mul(&c, &b, &b);
+    fq_add(&t, &p->x, &b);
+    fq_mul(&t, &t, &t);
+    fq_sub(&t, &t, &a);
+    fq_sub(&t, &t, &c);
+    fq_add(&d, &t, &t);
+    fq_add(&e, &a, &a);
+    fq_add(&e, &e, &a);
+    fq_mul(&f, &e, &e);
+    g1_jac out;
+    fq_sub(&out.x, &f, &d);
+    fq_sub(&out.x, &out.x, &d);
+    fq_sub(&t, &d, &out.x);
+    fq_mul(&out.y, &e, &t);
+    fq_add(&c, &c, &c);
+    fq_add(&c, &c, &c);
+    fq_add(&c, &c, &c);
+    fq_sub(&out.y, &out.y, &c);
+    fq_mul(&out.z, &p->y, &p->z);
+    fq_add(&out.z, &out.z, &out.z);
+    *r = out;
+}
+
+/* r = p + q with q affine */
+static void g1_add_aff(g1_jac *r, const g1_jac *p, const g1_aff *q) {
+    if (q->inf) {
+        *r = *p;
+        return;
+    }
+    if (fq_is_zero(&p->z)) {
+        r->x = q->x;
+        r->y = q->y;
+        r->z = QONE;
+        return;
+    }
+    fq z1z1, u2, s2, h, hh, i, j, rr, v, t;
+    fq_mul(&z1z1, &p->z, &p->z);
+    fq_mul(&u2, &q->x, &z1z1);
+    fq_mul(&s2, &q->y, &p->z);
+    fq_mul(&s2, &s2, &z1z1);
+    fq_sub(&h, &u2, &p->x);
+    fq_sub(&rr, &s2, &p->y);
+    if (fq_is_zero(&h)) {
+        if (fq_is_zero(&rr)) {
+            g1_double(r, p);
+        } else {
+            memset(r, 0, sizeof *r);
+        }
+        return;
+    }
+    fq_add(&rr, &rr, &rr);
+    fq_mul(&hh, &h, &h);
+    fq_add(&i, &hh, &hh);
+    fq_add(&i, &i, &i);
+    fq_mul(&j, &h, &i);
+    fq_mul(&v, &p->x, &i);
+    g1_jac out;
+    fq_mul(&out.x, &rr, &rr);
+    fq_sub(&out.x, &out.x, &j);
+    fq_sub(&out.x, &out.x, &v);
+    fq_sub(&out.x, &out.x, &v);
+    fq_sub(&t, &v, &out.x);
+    fq_mul(&out.y, &rr, &t);
+    fq_mul(&t, &p->y, &j);
+    fq_add(&t, &t, &t);
+    fq_sub(&out.y, &out.y, &t);
+    fq_add(&t, &p->z, &h);
+    fq_mul(&t, &t, &t);
+    fq_sub(&t, &t, &z1z1);
+    fq_sub(&out.z, &t, &hh);
+    *r = out;
+}
+
+/* g1_prepare(encodings): affine encodings (96 bytes each) -> an opaque table (bytes) */
+static PyObject *py_g1_prepare(PyObject *self, PyObject *arg) {
+    (void)self;
+    PyObject *fast = PySequence_Fast(arg, "points must be a sequence of 96-byte encodings");
+    if (fast == NULL) return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
+    PyObject *out = PyBytes_FromStringAndSize(NULL, n * (Py_ssize_t)sizeof(g1_aff));
+    if (out == NULL) {
+        Py_DECREF(fast);
+        return NULL;
+    }
+    g1_aff *tab = (g1_aff *)PyBytes_AS_STRING(out);
+    for (Py_ssize_t k = 0; k < n; k++) {
+        PyObject *item = PySequence_Fast_GET_ITEM(fast, k);
+        if (!PyBytes_Check(item) || PyBytes_GET_SIZE(item) != 96) {
+            Py_DECREF(fast);
+            Py_DECREF(out);
+            PyErr_SetString(PyExc_ValueError, "a point encoding is not 96 bytes");
+            return NULL;
+        }
+        const unsigned char *b = (const unsigned char *)PyBytes_AS_STRING(item);
+        int zero = 1;
+        for (int i = 0; i < 96; i++) zero &= b[i] == 0;
+        memset(&tab[k], 0, sizeof(g1_aff));
+        tab[k].inf = zero;
+        if (!zero) {
+            fq_from_le(&tab[k].x, b);
+            fq_from_le(&tab[k].y, b + 48);
+        }
+    }
+    Py_DECREF(fast);
+    return out;
+}
+
+/* Jacobian points -> affine table entries, one inversion for all (Montgomery's trick) */
+static int g1_normalize(g1_aff *out, const g1_jac *in, Py_ssize_t n) {
+    fq *pre = PyMem_RawMalloc((n + 1) * sizeof(fq));
+    if (pre == NULL) return -1;
+    pre[0] = QONE;
+    for (Py_ssize_t k = 0; k < n; k++) {
+        if (fq_is_zero(&in[k].z)) pre[k + 1] = pre[k];
+        else fq_mul(&pre[k + 1], &pre[k], &in[k].z);
+    }
+    fq inv;
+    fq_inv(&inv, &pre[n]);
+    for (Py_ssize_t k = n - 1; k >= 0; k--) {
+        memset(&out[k], 0, sizeof(g1_aff));
+        if (fq_is_zero(&in[k].z)) {
+            out[k].inf = 1;
+            continue;
+        }
+        fq zi, zi2;
+        fq_mul(&zi, &inv, &pre[k]);
+        fq_mul(&inv, &inv, &in[k].z);
+        fq_mul(&zi2, &zi, &zi);
+        fq_mul(&out[k].x, &in[k].x, &zi2);
+        fq_mul(&out[k].y, &in[k].y, &zi2);
+        fq_mul(&out[k].y, &out[k].y, &zi);
+    }
+    PyMem_RawFree(pre);
+    return 0;
+}
+
+/* g1_byte_tables(generators): for each group of 8 generators (96-byte affine encodings), the
+ * sums of all 256 subsets by bit mask (bit b: generator b of the group), as a native table */
+static PyObject *py_g1_byte_tables(PyObject *self, PyObject *arg) {
+    PyObject *gens = py_g1_prepare(self, arg);
+    if (gens == NULL) return NULL;
+    Py_ssize_t n = PyBytes_GET_SIZE(gens) / (Py_ssize_t)sizeof(g1_aff);
+    if (n % 8 != 0) {
+        Py_DECREF(gens);
+        PyErr_SetString(PyExc_ValueError, "generators come in groups of 8");
+        return NULL;
+    }
+    Py_ssize_t groups = n / 8;
+    const g1_aff *g = (const g1_aff *)PyBytes_AS_STRING(gens);
+    PyObject *out = PyBytes_FromStringAndSize(NULL, groups * 256 * (Py_ssize_t)sizeof(g1_aff));
+    g1_jac *jac = PyMem_RawMalloc((groups ? groups : 1) * 256 * sizeof(g1_jac));
+    if (out == NULL || jac == NULL) {
+        Py_DECREF(gens);
+        Py_XDECREF(out);
+        PyMem_RawFree(jac);
+        return out == NULL ? NULL : PyErr_NoMemory();
+    }
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t k = 0; k < groups; k++) {
+        g1_jac *t = jac + 256 * k;
+        memset(&t[0], 0, sizeof(g1_jac));
+        for (int mask = 1; mask < 256; mask++) {
+            int low = __builtin_ctz(mask);
+            g1_add_aff(&t[mask], &t[mask & (mask - 1)], &g[8 * k + low]);
+        }
+    }
+    rc = g1_normalize((g1_aff *)PyBytes_AS_STRING(out), jac, groups * 256);
+    Py_END_ALLOW_THREADS
+    PyMem_RawFree(jac);
+    Py_DECREF(gens);
+    if (rc < 0) {
+        Py_DECREF(out);
+        return PyErr_NoMemory();
+    }
+    return out;
+}
+
+typedef struct {
+    const g1_aff *tab;
+    const unsigned char *bytes;
+    Py_ssize_t groups;
+    g1_jac *acc;
+} rows_ctx;
+
+static void rows_chunk(void *vctx, Py_ssize_t lo, Py_ssize_t hi, int chunk) {
+    (void)chunk;
+    rows_ctx *c = vctx;
+    for (Py_ssize_t r = lo; r < hi; r++) {
+        g1_jac acc;
+        memset(&acc, 0, sizeof acc);
+        const unsigned char *row = c->bytes + r * c->groups;
+        for (Py_ssize_t g = 0; g < c->groups; g++)
+            g1_add_aff(&acc, &acc, &c->tab[256 * g + row[g]]);
+        c->acc[r] = acc;
+    }
+}
+
+/* g1_sum_rows(table, packed, groups) -> ([96-byte encoding per row], additions): row r is the
+ * sum over groups g of table[256 g + packed[r groups + g]], one addition per byte, zero
+ * bytes (the identity) included. */
+static PyObject *py_g1_sum_rows(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_buffer tab, bytes;
+    Py_ssize_t groups;
+    if (!PyArg_ParseTuple(args, "y*y*n", &tab, &bytes, &groups)) return NULL;
+    PyObject *result = NULL;
+    g1_jac *acc = NULL;
+    if (groups < 1 || tab.len != groups * 256 * (Py_ssize_t)sizeof(g1_aff)
+            || bytes.len % groups != 0) {
+        PyErr_SetString(PyExc_ValueError, "the table and the packed rows do not match");
+        goto done;
+    }
+    Py_ssize_t rows = bytes.len / groups;
+    acc = PyMem_RawMalloc((rows ? rows : 1) * sizeof(g1_jac));
+    if (acc == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    rows_ctx c = {(const g1_aff *)tab.buf, (const unsigned char *)bytes.buf, groups, acc};
+    unsigned char *enc = PyMem_RawMalloc((rows ? rows : 1) * 96);
+    if (enc == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    int ok = 1;
+    Py_BEGIN_ALLOW_THREADS
+    int chunks = rows * groups < 64 ? 1 : (WORKERS < rows ? WORKERS : (int)(rows ? rows : 1));
+    parallel_for(rows_chunk, &c, rows, chunks);
+    /* affine: one inversion for all rows (Montgomery's trick) */
+    fq *pre = PyMem_RawMalloc((rows + 1) * sizeof(fq));
+    if (pre == NULL) {
+        ok = 0;
+    } else {
+        pre[0] = QONE;
+        for (Py_ssize_t r = 0; r < rows; r++) {
+            if (fq_is_zero(&acc[r].z)) pre[r + 1] = pre[r];
+            else fq_mul(&pre[r + 1], &pre[r], &acc[r].z);
+        }
+        fq inv;
+        fq_inv(&inv, &pre[rows]);
+        for (Py_ssize_t r = rows - 1; r >= 0; r--) {
+            unsigned char *e = enc + 96 * r;
+            if (fq_is_zero(&acc[r].z)) {
+                memset(e, 0, 96);
+                continue;
+            }
+            fq zi, zi2, t;
+            fq_mul(&zi, &inv, &pre[r]);
+            fq_mul(&inv, &inv, &acc[r].z);
+            fq_mul(&zi2, &zi, &zi);
+            fq_mul(&t, &acc[r].x, &zi2);
+            fq_to_le(e, &t);
+            fq_mul(&t, &acc[r].y, &zi2);
+            fq_mul(&t, &t, &zi);
+            fq_to_le(e + 48, &t);
+        }
+        PyMem_RawFree(pre);
+    }
+    Py_END_ALLOW_THREADS
+    if (!ok) {
+        PyErr_NoMemory();
+    } else {
+        PyObject *list = PyList_New(rows);
+        if (list != NULL) {
+            for (Py_ssize_t r = 0; r < rows; r++) {
+                PyObject *b = PyBytes_FromStringAndSize((const char *)enc + 96 * r, 96);
+                if (b == NULL) {
+                    Py_CLEAR(list);
+                    break;
+                }
+                PyList_SET_ITEM(list, r, b);
+            }
+        }
+        if (list != NULL) result = Py_BuildValue("(Nn)", list, rows * groups);
+    }
+    PyMem_RawFree(enc);
+done:
+    PyMem_RawFree(acc);
+    PyBuffer_Release(&tab);
+    PyBuffer_Release(&bytes);
+    return result;
+}
+
 static PyObject *py_set_workers(PyObject *self, PyObject *arg) {
     (void)self;
     long n = PyLong_AsLong(arg);
@@ -765,7 +1330,13 @@ static PyMethodDef methods[] = {
     {"dot", py_dot, METH_VARARGS, "sum of products mod P"},
     {"mle_eval", py_mle_eval, METH_VARARGS, "multilinear extension of a table at a point"},
     {"bool_round", py_bool_round, METH_VARARGS, "booleanity round sums (q0, q2)"},
+    {"axpy", py_axpy, METH_VARARGS, "y + a x entrywise"},
+    {"batch_inv", py_batch_inv, METH_O, "inverses of many elements with one exponentiation"},
+    {"pattern_weights", py_pattern_weights, METH_VARARGS, "booleanity pattern weights"},
     {"product_sum", py_product_sum, METH_VARARGS, "sum-check round sums of a product sum"},
+    {"g1_prepare", py_g1_prepare, METH_O, "affine G1 encodings -> a native point table"},
+    {"g1_byte_tables", py_g1_byte_tables, METH_O, "subset sums of groups of 8 generators"},
+    {"g1_sum_rows", py_g1_sum_rows, METH_VARARGS, "sums of table points by packed byte rows"},
     {"set_workers", py_set_workers, METH_O, "threads per large kernel; returns the old value"},
     {"get_workers", py_get_workers, METH_NOARGS, "threads per large kernel"},
     {NULL, NULL, 0, NULL},
@@ -778,6 +1349,7 @@ static struct PyModuleDef module = {
 
 PyMODINIT_FUNC PyInit__native(void) {
     init_constants();
+    init_g1();
     P_OBJ = PyLong_FromString("73EDA753299D7D483339D80809A1D80553BDA402FFFE5BFEFFFFFFFF00000001",
                               NULL, 16);
     if (P_OBJ == NULL) return NULL;

@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from .field import (
+    NATIVE,
     P,
     bind_first,
     bool_round,
@@ -114,29 +115,16 @@ class BooleanityProver:
         codes = self._patterns(level).reshape(-1, 1 << _J)  # rows: i after `level` vars
         eq_i = eq_table(self.r[level:self.ni])
         eq_j = eq_table(self.r[self.ni:])
-        ncodes = 1 << (1 << level)
-        # weight[c, j] = sum_i eq_i[i] [codes[i, j] == c], limb by limb with bincount (exact:
-        # each sum of 16-bit limbs stays far below 2**53).
-        slot = (codes * (1 << _J) + np.arange(1 << _J)).reshape(-1)
-        lim = field_limbs(eq_i)  # (rows, 16)
-        counts = np.bincount(slot // (1 << _J), minlength=ncodes)
-        present = np.flatnonzero(counts).tolist()
-        sums = np.empty((ncodes << _J, lim.shape[1]), dtype=np.int64)
-        for k in range(lim.shape[1]):
-            w = np.repeat(lim[:, k], 1 << _J)
-            sums[:, k] = np.bincount(slot, weights=w, minlength=ncodes << _J).astype(np.int64)
-        rows = np.concatenate([np.arange(c << _J, (c + 1) << _J) for c in present])
-        weights = recombine_limbs(sums[rows])
+        present, weights = _pattern_weights(codes, eq_i, eq_j, 1 << (1 << level))
         eq_bound = eq_table(self.bound[: level - 1])
         q = [0, 0]
-        for n, c in enumerate(present):
+        for c, weight in zip(present, weights):
             hs = []
             for t in (0, 2):
                 b = self._pattern_value(c, level, eq_bound, t)
                 hs.append(b * (1 - b) % P)
             if not any(hs):
                 continue
-            weight = dot(weights[n << _J:(n + 1) << _J], eq_j)
             q[0] += hs[0] * weight
             q[1] += hs[1] * weight
         return q[0] % P, q[1] % P
@@ -160,3 +148,24 @@ class BooleanityProver:
             self.b = [values[c] for c in codes.tolist()]
             self.t = eq_table(self.r[self.k + 1:])
 
+
+
+def _pattern_weights(codes: np.ndarray, eq_i: list[int], eq_j: list[int],
+                     ncodes: int) -> tuple[list[int], list[int]]:
+    """The codes present in `codes` (rows i, columns j) and for each its weight
+    W(c) = sum_{i, j} eq_i[i] eq_j[j] [codes[i, j] == c]."""
+    present = np.flatnonzero(np.bincount(codes.reshape(-1), minlength=ncodes)).tolist()
+    if NATIVE is not None and ncodes <= 256:
+        weights = NATIVE.pattern_weights(eq_i, codes.astype(np.uint8).tobytes(), eq_j)
+        return present, [weights[c] for c in present]
+    # weight[c, j] = sum_i eq_i[i] [codes[i, j] == c], limb by limb with bincount (exact:
+    # each sum of 16-bit limbs stays far below 2**53).
+    slot = (codes * (1 << _J) + np.arange(1 << _J)).reshape(-1)
+    lim = field_limbs(eq_i)  # (rows, 16)
+    sums = np.empty((ncodes << _J, lim.shape[1]), dtype=np.int64)
+    for k in range(lim.shape[1]):
+        w = np.repeat(lim[:, k], 1 << _J)
+        sums[:, k] = np.bincount(slot, weights=w, minlength=ncodes << _J).astype(np.int64)
+    rows = np.concatenate([np.arange(c << _J, (c + 1) << _J) for c in present])
+    flat = recombine_limbs(sums[rows])
+    return present, [dot(flat[n << _J:(n + 1) << _J], eq_j) for n in range(len(present))]

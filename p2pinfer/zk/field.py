@@ -80,6 +80,25 @@ def _py_half_sum(table: Sequence[int]) -> list[int]:
     return [(a + c) % P for a, c in zip(table[:h], table[h:])]
 
 
+def _py_axpy(y: Sequence[int], a: int, x: Sequence[int]) -> list[int]:
+    """y + a x entrywise."""
+    return [(u + a * v) % P for u, v in zip(y, x)]
+
+
+def _py_batch_inv(values: Sequence[int]) -> list[int]:
+    """Inverses of nonzero field elements with one exponentiation (Montgomery's trick)."""
+    prefix, acc = [], 1
+    for v in values:
+        prefix.append(acc)
+        acc = acc * v % P
+    inv_acc = inv(acc)
+    out = [0] * len(values)
+    for k in range(len(values) - 1, -1, -1):
+        out[k] = inv_acc * prefix[k] % P
+        inv_acc = inv_acc * values[k] % P
+    return out
+
+
 def _py_bool_round(bits: Sequence[int], weights: Sequence[int]) -> tuple[int, int]:
     """(sum_i w_i h(b_i), sum_i w_i h(2 b_{h+i} - b_i)) with h(b) = b (1 - b), over the halves of
     `bits`: a booleanity round at t = 0 and t = 2."""
@@ -238,6 +257,7 @@ def int_mle_eval(values: np.ndarray, point: Sequence[int]) -> int:
 reference = SimpleNamespace(
     eq_table=_py_eq_table, bind_first=_py_bind_first, dot=_py_dot, mle_eval=_py_mle_eval,
     half_sum=_py_half_sum, bool_round=_py_bool_round, product_sum=_py_product_sum,
+    axpy=_py_axpy, batch_inv=_py_batch_inv,
 )
 """The pure-Python kernels, whatever the backend."""
 
@@ -256,12 +276,15 @@ def _load_native():
 
 
 _native = _load_native()
+NATIVE = _native
+"""The compiled kernels' module (also G1 row sums for group.py), or None on the reference."""
 BACKEND = "reference" if _native is None else "native"
 """Which kernels this process runs: "native" or "reference"."""
 
 if _native is None:
     eq_table, bind_first, dot, mle_eval = _py_eq_table, _py_bind_first, _py_dot, _py_mle_eval
     half_sum, bool_round, product_sum = _py_half_sum, _py_bool_round, _py_product_sum
+    axpy, batch_inv = _py_axpy, _py_batch_inv
 
     def set_workers(n: int) -> int:
         """Threads per large kernel (the reference has one); returns the previous count."""
@@ -271,7 +294,7 @@ if _native is None:
 else:
     eq_table, bind_first, dot = _native.eq_table, _native.bind_first, _native.dot
     mle_eval, half_sum, bool_round = _native.mle_eval, _native.half_sum, _native.bool_round
-    product_sum = _native.product_sum
+    product_sum, axpy, batch_inv = _native.product_sum, _native.axpy, _native.batch_inv
     set_workers = _native.set_workers
     _workers = os.environ.get("P2PINFER_ZK_WORKERS")
     if _workers:

@@ -209,3 +209,67 @@ def test_a_reference_proof_verifies_natively_and_a_native_one_on_the_reference()
 
     native_proof = prove(committed, x, y, binding).to_bytes().hex()
     assert _child("verify", native_proof).strip() == "reference verified"
+
+
+def test_native_bit_row_commitments_are_the_group_sums_with_additions_fixed_by_shape():
+    """Row sums in compiled code equal the generators' sums computed by arkworks, for random,
+    all-zero and all-one rows, and take one addition per byte whatever the bits."""
+    from py_arkworks_bls12381 import G1Point
+
+    from p2pinfer.zk.group import pedersen_params
+
+    pp = pedersen_params(96)
+    rng = np.random.default_rng(9)
+    gens = [bytes(p.to_xy_bytes_le()) for p in pp.g_vec[:96]]
+    table = _native.g1_byte_tables(gens)
+    counts = []
+    for rows in (rng.integers(0, 2, (6, 96)), np.zeros((6, 96), int), np.ones((6, 96), int)):
+        packed = np.packbits(rows.astype(np.uint8), axis=1, bitorder="little")
+        sums, adds = _native.g1_sum_rows(table, packed.tobytes(), packed.shape[1])
+        counts.append(adds)
+        for enc, row in zip(sums, rows):
+            want = pp.commit_vec(row.tolist(), 0) - pp.blind_only(0)
+            assert G1Point.from_xy_bytes_unchecked_le(enc) == want
+    assert counts == [6 * 12] * 3
+    # a point added to itself (doubling) and to its negative (the identity)
+    g = pp.g_vec[0]
+    pair = _native.g1_byte_tables([bytes(g.to_xy_bytes_le())] * 8 + [bytes(
+        (G1Point.identity() - g).to_xy_bytes_le())] * 8)
+    (twice,), _ = _native.g1_sum_rows(pair[: len(pair) // 2] * 2, bytes([1, 1]), 2)
+    (zero,), _ = _native.g1_sum_rows(pair, bytes([1, 1]), 2)
+    assert G1Point.from_xy_bytes_unchecked_le(twice) == g + g
+    assert zero == bytes(96)
+    with pytest.raises(ValueError):
+        _native.g1_sum_rows(table, bytes(5), 12)  # rows do not match the groups
+    with pytest.raises(ValueError):
+        _native.g1_byte_tables([b"\x00" * 95] * 8)
+
+
+@settings(deadline=None, max_examples=200)
+@given(st.integers(0, 5), st.sampled_from([1, 2, 3]), st.integers(0, 2**32 - 1))
+def test_booleanity_pattern_weights_are_the_reference(rows_log, level, seed):
+    from p2pinfer.zk import booleanity
+
+    rng = np.random.default_rng(seed)
+    ncodes = 1 << (1 << level)
+    codes = rng.integers(0, ncodes, size=(1 << rows_log, 32))
+    eq_i = [int(v) for v in rng.integers(0, 2**62, 1 << rows_log)]
+    eq_j = [P - 1 - int(v) for v in rng.integers(0, 2**62, 32)]
+    native = booleanity._pattern_weights(codes, eq_i, eq_j, ncodes)
+    saved, booleanity.NATIVE = booleanity.NATIVE, None
+    try:
+        ref = booleanity._pattern_weights(codes, eq_i, eq_j, ncodes)
+    finally:
+        booleanity.NATIVE = saved
+    assert native == ref
+    with pytest.raises(ValueError):
+        _native.pattern_weights(eq_i, bytes(codes.size - 1), eq_j)
+
+
+@settings(deadline=None, max_examples=1000)
+@given(st.lists(felt, max_size=20), felt, st.lists(felt, max_size=20))
+def test_axpy_and_batch_inverse_are_the_reference(y, a, x):
+    assert _native.axpy(y, a, x) == reference.axpy(y, a, x)
+    assert _native.batch_inv(x) == reference.batch_inv(x)  # zeros included
+    nonzero = [v % P or 1 for v in x]
+    assert all(v * w % P == 1 for v, w in zip(nonzero, _native.batch_inv(nonzero)))

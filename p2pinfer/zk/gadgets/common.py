@@ -18,6 +18,7 @@ import numpy as np
 from ..booleanity import BooleanityProver
 from ..field import (
     P,
+    axpy,
     bind_first,
     dot,
     eq_eval,
@@ -161,21 +162,7 @@ def field_vecmat(w: Sequence[int], rows: Sequence[Sequence[int]]) -> list[int]:
     out = [0] * len(rows[0])
     for wr, row in zip(w, rows):
         if wr:
-            out = [(o + wr * v) % P for o, v in zip(out, row)]
-    return out
-
-
-def batch_inv(values: list[int]) -> list[int]:
-    """Inverses of nonzero field elements with one exponentiation (Montgomery's trick)."""
-    prefix, acc = [], 1
-    for v in values:
-        prefix.append(acc)
-        acc = acc * v % P
-    inv_acc = inv(acc)
-    out = [0] * len(values)
-    for k in range(len(values) - 1, -1, -1):
-        out[k] = inv_acc * prefix[k] % P
-        inv_acc = inv_acc * values[k] % P
+            out = axpy(out, wr, row)
     return out
 
 
