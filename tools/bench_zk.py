@@ -387,7 +387,7 @@ def large_block(repeat_fwd: int = 5) -> dict:
     n_weights = sum(l.weight.size + (0 if l.bias is None else l.bias.size) for l in shard.layers)
     return {"d": d, "tokens": tokens, "generators": gens, "commit": t_commit, "forward": t_fwd,
             "prove": t_prove, "verify": t_verify, "size": len(proof.to_bytes()),
-            "weights": n_weights}
+            "weights": n_weights, "parts": proof.size_by_part()}
 
 
 def report_large(args) -> None:
@@ -411,6 +411,13 @@ def report_large(args) -> None:
           "kernels; prove and verify: one run each, forward: median of 5)",
           ["", "ours", "reference", "ratio / note"], rows)
     print(f"generator derivation (once per process): {fmt_s(r['generators'])}")
+    print(f"proof bytes by part: {parts_line(r['parts'])}")
+
+
+def parts_line(parts: dict[str, int]) -> str:
+    """Proof bytes by part, largest first."""
+    return ", ".join(f"{k} {v / 1000:.1f} KB" for k, v in
+                     sorted(parts.items(), key=lambda kv: -kv[1]))
 
 
 # -- 4. a Llama block -----------------------------------------------------------------------
@@ -460,6 +467,10 @@ def report_block(args) -> None:
           "(reference: pure-Python kernels, one run)",
           ["", "prove", "prove (reference)", "verify", "proof", "fixed-point forward",
            "prove / forward", "max |error| vs float"], rows)
+    print("proof bytes by part (commitments: claimed values and sum-check rounds; tables: "
+          "Hyrax rows of committed tables; openings: dot-product proofs):")
+    for g in got:
+        print(f"  {g['name']}: {parts_line(g['parts'])}")
 
 
 def _llama_model(width: int, tokens_hint: str, rope: int) -> Path:
@@ -522,7 +533,7 @@ def measure_shard(committed, entry, x, y, binding, repeat: int) -> dict:
     t_verify = median_time(lambda: verify(entry, x, y, proofs[-1], binding), repeat)
     t_fwd = median_time(lambda: committed.forward_fixed(x), 20)
     return {"prove": t_prove, "verify": t_verify, "forward": t_fwd,
-            "size": len(proofs[-1].to_bytes())}
+            "size": len(proofs[-1].to_bytes()), "parts": proofs[-1].size_by_part()}
 
 
 def bench_ezkl_attention(width: int, tokens: int, w: dict, x) -> dict | None:
