@@ -14,10 +14,12 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from py_arkworks_bls12381 import G1Point
 
-from p2pinfer.zk import ProofBinding, ShardProof, commit_shard, prove, verify
+from p2pinfer.zk import ProofBinding, ShardProof, booleanity, commit_shard, prove, verify
 from p2pinfer.zk import field as F
 from p2pinfer.zk.field import P, reference
+from p2pinfer.zk.group import pedersen_params
 
 from .conftest import make_input, make_shard
 
@@ -214,10 +216,6 @@ def test_a_reference_proof_verifies_natively_and_a_native_one_on_the_reference()
 def test_native_bit_row_commitments_are_the_group_sums_with_additions_fixed_by_shape():
     """Row sums in compiled code equal the generators' sums computed by arkworks, for random,
     all-zero and all-one rows, and take one addition per byte whatever the bits."""
-    from py_arkworks_bls12381 import G1Point
-
-    from p2pinfer.zk.group import pedersen_params
-
     pp = pedersen_params(96)
     rng = np.random.default_rng(9)
     gens = [bytes(p.to_xy_bytes_le()) for p in pp.g_vec[:96]]
@@ -248,8 +246,6 @@ def test_native_bit_row_commitments_are_the_group_sums_with_additions_fixed_by_s
 @settings(deadline=None, max_examples=200)
 @given(st.integers(0, 5), st.sampled_from([1, 2, 3]), st.integers(0, 2**32 - 1))
 def test_booleanity_pattern_weights_are_the_reference(rows_log, level, seed):
-    from p2pinfer.zk import booleanity
-
     rng = np.random.default_rng(seed)
     ncodes = 1 << (1 << level)
     codes = rng.integers(0, ncodes, size=(1 << rows_log, 32))
