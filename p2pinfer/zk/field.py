@@ -294,7 +294,15 @@ if _native is None:
 else:
     eq_table, bind_first, dot = _native.eq_table, _native.bind_first, _native.dot
     mle_eval, half_sum, bool_round = _native.mle_eval, _native.half_sum, _native.bool_round
-    product_sum, axpy, batch_inv = _native.product_sum, _native.axpy, _native.batch_inv
+    axpy, batch_inv = _native.axpy, _native.batch_inv
+
+    def product_sum(tables: Sequence[Sequence[int]],
+                    terms: Sequence[tuple[int, Sequence[int]]], degree: int) -> list[int]:
+        """_py_product_sum in compiled code, within its limits (32 tables, 32 terms, degree
+        8); beyond them the reference computes it."""
+        if len(tables) <= 32 and len(terms) <= 32 and 1 <= degree <= 8:
+            return _native.product_sum(tables, terms, degree)
+        return _py_product_sum(tables, terms, degree)
     set_workers = _native.set_workers
     _workers = os.environ.get("P2PINFER_ZK_WORKERS")
     if _workers:

@@ -269,3 +269,12 @@ def test_axpy_and_batch_inverse_are_the_reference(y, a, x):
     assert _native.batch_inv(x) == reference.batch_inv(x)  # zeros included
     nonzero = [v % P or 1 for v in x]
     assert all(v * w % P == 1 for v, w in zip(nonzero, _native.batch_inv(nonzero)))
+
+
+def test_product_sums_beyond_the_native_limits_fall_back_to_the_reference():
+    rng = random.Random(5)
+    tabs = [[rng.randrange(P) for _ in range(8)] for _ in range(40)]
+    terms = [(k + 1, [k, (k + 1) % 40]) for k in range(40)]
+    with pytest.raises(ValueError):
+        _native.product_sum(tabs, terms, 2)
+    assert F.product_sum(tabs, terms, 2) == reference.product_sum(tabs, terms, 2)
