@@ -677,13 +677,14 @@ static void pat_chunk(void *vctx, Py_ssize_t lo, Py_ssize_t hi, int chunk) {
     }
 }
 
-/* pattern_weights(eq_i, codes, eq_j): codes holds len(eq_i) rows of len(eq_j) bytes; returns
- * the 256 values W(c) */
+/* pattern_weights(eq_i, codes, eq_j, ncodes): codes holds len(eq_i) rows of len(eq_j) bytes;
+ * returns W(c) for c < ncodes (<= 256) */
 static PyObject *py_pattern_weights(PyObject *self, PyObject *args) {
     (void)self;
     PyObject *si, *sj;
     Py_buffer codes;
-    if (!PyArg_ParseTuple(args, "Oy*O", &si, &codes, &sj)) return NULL;
+    int ncodes = 256;
+    if (!PyArg_ParseTuple(args, "Oy*O|i", &si, &codes, &sj, &ncodes)) return NULL;
     PyObject *result = NULL;
     fe *eq_i = NULL, *eq_j = NULL, *acc = NULL;
     Py_ssize_t ni, nj;
@@ -691,7 +692,7 @@ static PyObject *py_pattern_weights(PyObject *self, PyObject *args) {
     if (eq_i == NULL) goto done;
     eq_j = vec_in(sj, &nj);
     if (eq_j == NULL) goto done;
-    if (nj < 1 || codes.len != ni * nj) {
+    if (nj < 1 || codes.len != ni * nj || ncodes < 1 || ncodes > 256) {
         PyErr_SetString(PyExc_ValueError, "the codes do not match the eq tables");
         goto done;
     }
@@ -705,7 +706,7 @@ static PyObject *py_pattern_weights(PyObject *self, PyObject *args) {
     fe w[256];
     Py_BEGIN_ALLOW_THREADS
     parallel_for(pat_chunk, &c, ni, chunks);
-    for (int code = 0; code < 256; code++) {
+    for (int code = 0; code < ncodes; code++) {
         fe total, t;
         fe_zero(&total);
         for (Py_ssize_t j = 0; j < nj; j++) {
@@ -719,7 +720,7 @@ static PyObject *py_pattern_weights(PyObject *self, PyObject *args) {
         fe_mul(&w[code], &total, &RPOW[1]);
     }
     Py_END_ALLOW_THREADS
-    result = vec_out(w, 256);
+    result = vec_out(w, ncodes);
 done:
     PyMem_Free(eq_i);
     PyMem_Free(eq_j);

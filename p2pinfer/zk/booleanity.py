@@ -156,7 +156,7 @@ def _pattern_weights(codes: np.ndarray, eq_i: list[int], eq_j: list[int],
     W(c) = sum_{i, j} eq_i[i] eq_j[j] [codes[i, j] == c]."""
     present = np.flatnonzero(np.bincount(codes.reshape(-1), minlength=ncodes)).tolist()
     if NATIVE is not None and ncodes <= 256:
-        weights = NATIVE.pattern_weights(eq_i, codes.astype(np.uint8).tobytes(), eq_j)
+        weights = NATIVE.pattern_weights(eq_i, codes.astype(np.uint8).tobytes(), eq_j, ncodes)
         return present, [weights[c] for c in present]
     # weight[c, j] = sum_i eq_i[i] [codes[i, j] == c], limb by limb with bincount (exact:
     # each sum of 16-bit limbs stays far below 2**53).
