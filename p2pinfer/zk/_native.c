@@ -215,8 +215,26 @@ static PyObject *from_fe(const fe *a) {
 #endif
 }
 
-/* A sequence of integers -> newly allocated array (caller frees with PyMem_Free). */
+/* A sequence of integers, or a packed vector (bytes from pack or an as_bytes result: 32 bytes
+ * per element, little-endian limbs) -> newly allocated array (caller frees with PyMem_Free). */
 static fe *vec_in(PyObject *seq, Py_ssize_t *n_out) {
+    if (PyBytes_Check(seq)) {
+        Py_ssize_t len = PyBytes_GET_SIZE(seq);
+        if (len % (Py_ssize_t)sizeof(fe) != 0) {
+            PyErr_SetString(PyExc_ValueError, "a packed field vector is 32 bytes per element");
+            return NULL;
+        }
+        Py_ssize_t n = len / (Py_ssize_t)sizeof(fe);
+        fe *out = PyMem_Malloc((n ? n : 1) * sizeof(fe));
+        if (out == NULL) {
+            PyErr_NoMemory();
+            return NULL;
+        }
+        const unsigned char *b = (const unsigned char *)PyBytes_AS_STRING(seq);
+        for (Py_ssize_t i = 0; i < n; i++) limbs_from_bytes(&out[i], b + 32 * i);
+        *n_out = n;
+        return out;
+    }
     PyObject *fast = PySequence_Fast(seq, "a field vector must be a sequence of integers");
     if (fast == NULL) return NULL;
     Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
@@ -236,6 +254,17 @@ static fe *vec_in(PyObject *seq, Py_ssize_t *n_out) {
     }
     Py_DECREF(fast);
     *n_out = n;
+    return out;
+}
+
+/* packed form: 32 little-endian bytes per element */
+static PyObject *vec_bytes(const fe *a, Py_ssize_t n) {
+    PyObject *out = PyBytes_FromStringAndSize(NULL, n * 32);
+    if (out == NULL) return NULL;
+    unsigned char *b = (unsigned char *)PyBytes_AS_STRING(out);
+    for (Py_ssize_t i = 0; i < n; i++)
+        for (int k = 0; k < 4; k++)
+            for (int j = 0; j < 8; j++) b[32 * i + 8 * k + j] = (unsigned char)(a[i].v[k] >> (8 * j));
     return out;
 }
 
@@ -347,8 +376,11 @@ static fe *eq_build(const fe *point, Py_ssize_t m) {
     return a;
 }
 
-static PyObject *py_eq_table(PyObject *self, PyObject *arg) {
+static PyObject *py_eq_table(PyObject *self, PyObject *args) {
     (void)self;
+    PyObject *arg;
+    int as_bytes = 0;
+    if (!PyArg_ParseTuple(args, "O|p", &arg, &as_bytes)) return NULL;
     Py_ssize_t m;
     fe *point = vec_in(arg, &m);
     if (point == NULL) return NULL;
@@ -363,7 +395,8 @@ static PyObject *py_eq_table(PyObject *self, PyObject *arg) {
     Py_END_ALLOW_THREADS
     PyMem_Free(point);
     if (table == NULL) return PyErr_NoMemory();
-    PyObject *out = vec_out(table, (Py_ssize_t)1 << m);
+    PyObject *out = as_bytes ? vec_bytes(table, (Py_ssize_t)1 << m)
+                             : vec_out(table, (Py_ssize_t)1 << m);
     PyMem_RawFree(table);
     return out;
 }
@@ -390,7 +423,8 @@ static void bind_chunk(void *vctx, Py_ssize_t lo, Py_ssize_t hi, int chunk) {
 static PyObject *py_bind_first(PyObject *self, PyObject *args) {
     (void)self;
     PyObject *seq, *rob;
-    if (!PyArg_ParseTuple(args, "OO", &seq, &rob)) return NULL;
+    int as_bytes = 0;
+    if (!PyArg_ParseTuple(args, "OO|p", &seq, &rob, &as_bytes)) return NULL;
     fe r;
     if (to_fe(rob, &r) < 0) return NULL;
     Py_ssize_t n;
@@ -403,20 +437,23 @@ static PyObject *py_bind_first(PyObject *self, PyObject *args) {
     Py_BEGIN_ALLOW_THREADS
     parallel_for(bind_chunk, &c, h, chunks_for(h));
     Py_END_ALLOW_THREADS
-    PyObject *out = vec_out(a, h);
+    PyObject *out = as_bytes ? vec_bytes(a, h) : vec_out(a, h);
     PyMem_Free(a);
     return out;
 }
 
 /* -- half_sum: out[i] = a[i] + a[h + i] */
-static PyObject *py_half_sum(PyObject *self, PyObject *arg) {
+static PyObject *py_half_sum(PyObject *self, PyObject *args) {
     (void)self;
+    PyObject *arg;
+    int as_bytes = 0;
+    if (!PyArg_ParseTuple(args, "O|p", &arg, &as_bytes)) return NULL;
     Py_ssize_t n;
     fe *a = vec_in(arg, &n);
     if (a == NULL) return NULL;
     Py_ssize_t h = n / 2;
     for (Py_ssize_t i = 0; i < h; i++) fe_add(&a[i], &a[i], &a[h + i]);
-    PyObject *out = vec_out(a, h);
+    PyObject *out = as_bytes ? vec_bytes(a, h) : vec_out(a, h);
     PyMem_Free(a);
     return out;
 }
@@ -1305,6 +1342,26 @@ done:
     return result;
 }
 
+static PyObject *py_pack(PyObject *self, PyObject *arg) {
+    (void)self;
+    Py_ssize_t n;
+    fe *a = vec_in(arg, &n);
+    if (a == NULL) return NULL;
+    PyObject *out = vec_bytes(a, n);
+    PyMem_Free(a);
+    return out;
+}
+
+static PyObject *py_unpack(PyObject *self, PyObject *arg) {
+    (void)self;
+    Py_ssize_t n;
+    fe *a = vec_in(arg, &n);
+    if (a == NULL) return NULL;
+    PyObject *out = vec_out(a, n);
+    PyMem_Free(a);
+    return out;
+}
+
 static PyObject *py_set_workers(PyObject *self, PyObject *arg) {
     (void)self;
     long n = PyLong_AsLong(arg);
@@ -1325,9 +1382,11 @@ static PyObject *py_get_workers(PyObject *self, PyObject *unused) {
 }
 
 static PyMethodDef methods[] = {
-    {"eq_table", py_eq_table, METH_O, "eq(point, x) for all boolean x, MSB first"},
+    {"eq_table", py_eq_table, METH_VARARGS, "eq(point, x) for all boolean x, MSB first"},
     {"bind_first", py_bind_first, METH_VARARGS, "fix the first variable of a table to r"},
-    {"half_sum", py_half_sum, METH_O, "t[:h] + t[h:] entrywise"},
+    {"half_sum", py_half_sum, METH_VARARGS, "t[:h] + t[h:] entrywise"},
+    {"pack", py_pack, METH_O, "a field vector in packed form (bytes)"},
+    {"unpack", py_unpack, METH_O, "a packed field vector as a list of ints"},
     {"dot", py_dot, METH_VARARGS, "sum of products mod P"},
     {"mle_eval", py_mle_eval, METH_VARARGS, "multilinear extension of a table at a point"},
     {"bool_round", py_bool_round, METH_VARARGS, "booleanity round sums (q0, q2)"},

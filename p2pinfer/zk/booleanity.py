@@ -19,13 +19,15 @@ import numpy as np
 from .field import (
     NATIVE,
     P,
-    bind_first,
+    bind_first_packed,
     bool_round,
     dot,
     eq_table,
+    eq_table_packed,
     field_limbs,
-    half_sum,
+    half_sum_packed,
     inv,
+    pack,
     recombine_limbs,
 )
 
@@ -59,11 +61,12 @@ class BooleanityProver:
             self.levels = _PATTERN_ROUNDS if patterns else 0
         if ni < self.levels:
             self.levels = 0
-        self.b: list[int] | None = None
-        self.t: list[int] | None = None
+        # the direct rounds' tables, packed between kernels (field.pack)
+        self.b: bytes | list[int] | None = None
+        self.t: bytes | list[int] | None = None
         if not self.levels:
-            self.b = self.bits.tolist()
-            self.t = eq_table(self.r[1:])
+            self.b = pack(self.bits.tolist())
+            self.t = eq_table_packed(self.r[1:])
 
     # -- messages -----------------------------------------------------------------------------
     def evals(self) -> tuple[int, int, int]:
@@ -138,15 +141,15 @@ class BooleanityProver:
         self.bound.append(r)
         self.k += 1
         if self.b is not None:
-            self.b = bind_first(self.b, r)
-            self.t = half_sum(self.t)
+            self.b = bind_first_packed(self.b, r)
+            self.t = half_sum_packed(self.t)
         elif self.k == self.levels:
             codes = self._patterns(self.k)
             eq_bound = eq_table(self.bound)
             values = {c: self._pattern_value(c, self.k, eq_bound, None)
                       for c in np.unique(codes).tolist()}
-            self.b = [values[c] for c in codes.tolist()]
-            self.t = eq_table(self.r[self.k + 1:])
+            self.b = pack([values[c] for c in codes.tolist()])
+            self.t = eq_table_packed(self.r[self.k + 1:])
 
 
 

@@ -12,7 +12,9 @@ The loops over whole tables (eq tables, binding, dot products, multilinear evalu
 sum-check round sums) run in the compiled module `_native` (built with the package) when it is
 there. The pure-Python functions below stay the reference and the specification (`reference`
 names them); P2PINFER_ZK_REFERENCE=1 in the environment selects them for the whole process.
-Both give identical results (canonical ints in [0, P)). P2PINFER_ZK_WORKERS sets the threads a
+Both give identical results (canonical ints in [0, P)). A table that goes from kernel to kernel
+(the booleanity prover's) can stay packed between them: `pack`, the *_packed functions and
+`unpack` (bytes on the native side, plain lists on the reference), which every kernel accepts. P2PINFER_ZK_WORKERS sets the threads a
 large native kernel uses (default: the CPUs this process may run on, at most 16); results do
 not depend on it.
 """
@@ -285,6 +287,8 @@ if _native is None:
     eq_table, bind_first, dot, mle_eval = _py_eq_table, _py_bind_first, _py_dot, _py_mle_eval
     half_sum, bool_round, product_sum = _py_half_sum, _py_bool_round, _py_product_sum
     axpy, batch_inv = _py_axpy, _py_batch_inv
+    pack, unpack = list, list
+    eq_table_packed, bind_first_packed, half_sum_packed = eq_table, bind_first, half_sum
 
     def set_workers(n: int) -> int:
         """Threads per large kernel (the reference has one); returns the previous count."""
@@ -295,6 +299,16 @@ else:
     eq_table, bind_first, dot = _native.eq_table, _native.bind_first, _native.dot
     mle_eval, half_sum, bool_round = _native.mle_eval, _native.half_sum, _native.bool_round
     axpy, batch_inv = _native.axpy, _native.batch_inv
+    pack, unpack = _native.pack, _native.unpack
+
+    def eq_table_packed(point: Sequence[int]) -> bytes:
+        return _native.eq_table(point, True)
+
+    def bind_first_packed(table: bytes | Sequence[int], r: int) -> bytes:
+        return _native.bind_first(table, r, True)
+
+    def half_sum_packed(table: bytes | Sequence[int]) -> bytes:
+        return _native.half_sum(table, True)
 
     def product_sum(tables: Sequence[Sequence[int]],
                     terms: Sequence[tuple[int, Sequence[int]]], degree: int) -> list[int]:

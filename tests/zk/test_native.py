@@ -278,3 +278,18 @@ def test_product_sums_beyond_the_native_limits_fall_back_to_the_reference():
     with pytest.raises(ValueError):
         _native.product_sum(tabs, terms, 2)
     assert F.product_sum(tabs, terms, 2) == reference.product_sum(tabs, terms, 2)
+
+
+@settings(deadline=None, max_examples=300)
+@given(st.integers(0, 5).flatmap(lambda m: st.tuples(tables(m), st.lists(felt, min_size=m,
+                                                                        max_size=m))), felt)
+def test_packed_tables_give_the_same_results_as_lists(case, r):
+    table, point = case
+    packed = _native.pack(table)
+    assert _native.unpack(packed) == [v % P for v in table]
+    assert _native.unpack(_native.bind_first(packed, r, True)) == reference.bind_first(table, r)
+    assert _native.unpack(_native.half_sum(packed, True)) == reference.half_sum(table)
+    assert _native.unpack(_native.eq_table(point, True)) == reference.eq_table(point)
+    assert _native.bool_round(packed, packed) == reference.bool_round(table, table)
+    with pytest.raises(ValueError):
+        _native.unpack(packed + b"\x01")
