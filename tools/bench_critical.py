@@ -7,17 +7,21 @@ blocks of width 128: attention, MLP, attention, MLP halves, then an identity lay
 serve [1, 3) (an MLP half and an attention half) and [3, 4) (an MLP half). After one warm-up request, every request is
 timed; the table gives medians per stage: prover time, the next hop's verification, the
 requester's own verification, proof size, and the stage's plain fixed-point forward time as
-the reference (prove / forward ratio). Last line: end-to-end seconds per request. The `gen`
-rows: a proven generation, per generated token, each stage proving one token's step over its
-committed KV cache (reference: the span's plain fixed-point step over a KV cache).
+the reference (prove / forward ratio), and the prover time of the same stage on the same input
+with the pure-Python reference kernels (P2PINFER_ZK_REFERENCE=1, one proof in a child process
+of the same run, outside the node; --no-reference skips it). Last line: end-to-end seconds per
+request. The `gen` rows: a proven generation, per generated token, each stage proving one
+token's step over its committed KV cache (reference: the span's plain fixed-point step over a
+KV cache).
 
 Usage: python tools/bench_critical.py [--model p2pinfer-zk-llama] [--tokens 1 16] [--repeat 5]
-       [--gen 6]
+                                     [--gen 6] [--no-reference]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -35,7 +39,8 @@ from p2pinfer.inference import ClientSettings
 from p2pinfer.inference.critical import critical_client
 from p2pinfer.models.mlp import ZK_LLAMA, ZK_MLP
 from p2pinfer.node import Node
-from p2pinfer.zk.checkpoint import builtin_model_path, fixed_layers
+from p2pinfer.zk import ProofBinding, field, prove
+from p2pinfer.zk.checkpoint import builtin_model_path, commit_layers, fixed_layers
 
 #: per built-in model: the stages' layer spans, the width, a description
 MODELS = {ZK_MLP: ([(1, 3), (3, 5)], 256, "6 x 256, ReLU"),
@@ -65,8 +70,44 @@ def forward_ms(path: Path, start: int, end: int, x: np.ndarray, repeat: int) -> 
     return statistics.median(times)
 
 
+def stage_input(name: str, path: Path, tokens: int, stage: int) -> np.ndarray:
+    """The fixed-point input of stage `stage` for the benchmark's prompt of `tokens` tokens."""
+    spans, width, _ = MODELS[name]
+    x = np.random.default_rng(tokens).normal(size=(tokens, width))
+    head = fixed_layers(path, 0, 1)
+    xi = head.forward_fixed(head.quantize(x))
+    for a, b in spans[:stage]:
+        xi = fixed_layers(path, a, b).forward_fixed(xi)
+    return xi
+
+
+async def reference_prove_ms(name: str, path: Path, tokens: int, stage: int) -> float | None:
+    """One proof of the stage with the pure-Python reference kernels, in a child process (the
+    nodes keep running meanwhile)."""
+    if field.BACKEND != "native":
+        return None
+    env = dict(os.environ, P2PINFER_ZK_REFERENCE="1")
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--model", name, "--reference-prove",
+           str(path), str(tokens), str(stage)]
+    done = await trio.run_process(cmd, env=env, capture_stdout=True, capture_stderr=True,
+                                  check=False)
+    if done.returncode != 0:
+        return None
+    return float(json.loads(done.stdout.decode().strip().splitlines()[-1]))
+
+
+def reference_prove_child(name: str, path: Path, tokens: int, stage: int) -> None:
+    a, b = MODELS[name][0][stage]
+    committed = commit_layers(path, a, b)
+    x = stage_input(name, path, tokens, stage)
+    y = committed.forward_fixed(x)
+    t0 = time.perf_counter()
+    prove(committed, x, y, ProofBinding(b"bench-reference", b"\0" * 32))
+    print(json.dumps((time.perf_counter() - t0) * 1000))
+
+
 async def bench(name: str, path: Path, base: Path, tokens: list[int], repeat: int,
-                gen: int) -> None:
+                reference: bool, gen: int) -> None:
     spans, width, what = MODELS[name]
     async with Node(node_cfg(base, "s0", [], {"model": str(path), "layers": list(spans[0])})) \
             as s0, Node(node_cfg(base, "s1", [s0.addrs[0]],
@@ -75,9 +116,11 @@ async def bench(name: str, path: Path, base: Path, tokens: list[int], repeat: in
         await client.wait_for_route(str(path), timeout=60)
         c = critical_client(client.inference, str(path), ClientSettings(k_head=1, k_tail=1))
         head = fixed_layers(path, 0, 1)
-        print(f"critical mode, {name} ({what}), stages {spans}, medians of {repeat}")
+        print(f"critical mode, {name} ({what}), stages {spans}, {field.BACKEND} field kernels, "
+              f"medians of {repeat} (ref prove: one proof with the pure-Python kernels)")
         print(f"{'tokens':>6} {'stage':>5} {'layers':>7} {'proof KB':>9} {'prove ms':>9} "
-              f"{'hop verify':>10} {'req verify':>10} {'fwd ms':>7} {'prove/fwd':>9}")
+              f"{'hop verify':>10} {'req verify':>10} {'fwd ms':>7} {'prove/fwd':>9} "
+              f"{'ref prove ms':>12}")
         for t in tokens:
             x = np.random.default_rng(t).normal(size=(t, width))
             await c.infer(x)  # warm-up: generators, decoded commitments
@@ -94,10 +137,11 @@ async def bench(name: str, path: Path, base: Path, tokens: list[int], repeat: in
                 xi = fixed_layers(path, a, b).forward_fixed(xi)
                 prove = statistics.median(p.prove_ms for p in per)
                 hop = statistics.median(p.hop_verify_ms for p in per)
+                ref = await reference_prove_ms(name, path, t, k) if reference else None
                 print(f"{t:>6} {k:>5} {f'[{a},{b})':>7} {per[0].proof_bytes / 1024:>9.1f} "
                       f"{prove:>9.1f} {hop if k + 1 < len(spans) else float('nan'):>10.1f} "
                       f"{statistics.median(p.verify_ms for p in per):>10.1f} {fwd:>7.2f} "
-                      f"{prove / fwd:>9.0f}")
+                      f"{prove / fwd:>9.0f} {'-' if ref is None else f'{ref:.1f}':>12}")
             print(f"{t:>6} end to end: {statistics.median(ends):.2f} s per request")
         if gen:
             await generation_rows(c, path, spans, width, gen)
@@ -146,12 +190,20 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--gen", type=int, default=6,
                     help="tokens of the per-generated-token rows (0: none)")
+    ap.add_argument("--no-reference", action="store_true",
+                    help="skip the pure-Python reference's prove time per stage")
+    ap.add_argument("--reference-prove", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.reference_prove:
+        path, tokens, stage = args.reference_prove
+        reference_prove_child(args.model, Path(path), int(tokens), int(stage))
+        return
     with tempfile.TemporaryDirectory(prefix="bench-critical-") as tmp:
         home = Path(os.environ["P2PINFER_HOME"]) / "models" if os.environ.get(
             "P2PINFER_HOME") else Path(tmp) / "models"
         path = builtin_model_path(args.model, home)
-        trio.run(bench, args.model, path, Path(tmp), args.tokens, args.repeat, args.gen)
+        trio.run(bench, args.model, path, Path(tmp), args.tokens, args.repeat,
+                 not args.no_reference, args.gen)
 
 
 if __name__ == "__main__":

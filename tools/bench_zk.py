@@ -14,7 +14,11 @@ Prints three tables (same run; medians):
      With `--ezkl-attention`, ours and EZKL on one small attention half (same weights and
      input, no rotary positions; EZKL's setup and prove take minutes there).
 
-Usage: python tools/bench_zk.py [--no-ezkl] [--no-large] [--no-block] [--repeat N]
+Every prove time is printed beside the pure-Python reference kernels' (P2PINFER_ZK_REFERENCE=1,
+in a child process of the same run) unless --no-reference is given.
+
+Usage: python tools/bench_zk.py [--no-ezkl] [--no-large] [--no-block] [--no-reference]
+                                [--repeat N]
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import json
 import math
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -40,6 +45,7 @@ from p2pinfer.zk import (
     ProofBinding,
     ProvableMlp,
     commit_shard,
+    field,
     prove,
     verify,
 )
@@ -48,7 +54,11 @@ from p2pinfer.zk.layout import generator_count_for, params_for
 
 FRAC_BITS = 12
 GELU_FRAC_BITS = 8  # GELU and SiLU tables exist up to f = 10
-EZKL_RECORDED = {"prove": 12.0, "setup": 11.0, "verify": 0.05, "size": 96_000}
+# EZKL 23.0.5 on the same MLP and input, measured here by bench_ezkl earlier (the README's run):
+# the same quantities as a measured run (setup = settings + calibration + compile + SRS + keys;
+# size = raw halo2 proof bytes, beside its proof.json file), printed as recorded, not measured.
+EZKL_RECORDED = {"prove": 12.56, "setup": 30.26, "verify": 0.0624, "size": 3_100,
+                 "file_size": 94_100, "logrows": None}
 
 
 def median_time(fn, repeat: int) -> float:
@@ -263,10 +273,47 @@ def ezkl_rows(ours: dict, ref: dict, setup: float) -> list[list[str]]:
         ["verify", fmt_s(ours["verify"]), fmt_s(ref["verify"]),
          f"{ours['verify'] / ref['verify']:.2f}x EZKL's time"],
         ["proof size", f"{ours['size'] / 1000:.1f} KB", f"{ref['size'] / 1000:.1f} KB",
-         f"{ours['size'] / ref['size']:.2f}x"],
+         size_ratio(ours["size"], ref["size"])],
         ["one-time setup", fmt_s(setup), fmt_s(ref["setup"]),
          f"{ref['setup'] / setup:.1f}x faster"],
     ]
+
+
+def size_ratio(ours: int, theirs: int) -> str:
+    """Which proof is larger, and by how much."""
+    if ours >= theirs:
+        return f"ours {ours / theirs:.1f}x larger"
+    return f"ours {theirs / ours:.1f}x smaller"
+
+
+def reference_times(row: str, args) -> list[float] | None:
+    """Prove seconds of `row` with the pure-Python reference kernels, measured in this run (a
+    child process with P2PINFER_ZK_REFERENCE=1, one proof per case); None when this process
+    runs the reference already or --no-reference is given."""
+    if field.BACKEND != "native" or args.no_reference:
+        return None
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--reference-row", row,
+           "--block-width", str(args.block_width),
+           "--block-tokens", ",".join(str(t) for t in args.block_tokens)]
+    env = dict(os.environ, P2PINFER_ZK_REFERENCE="1")
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        print(f"(reference run of {row} failed: {done.stderr.strip().splitlines()[-1:]})")
+        return None
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def reference_row(row: str, args) -> None:
+    """The child side of reference_times: prints the prove times as one JSON line."""
+    if row == "small":
+        rng = np.random.default_rng(7)
+        layers = float_mlp(rng, [256, 256, 256])
+        times = [bench_ours_small(layers, rng.normal(0, 1, (1, 256)), 1)["prove"]]
+    elif row == "large":
+        times = [large_block(1)["prove"]]
+    else:
+        times = [r["prove"] for r in block_rows(args.block_width, args.block_tokens, 1)]
+    print(json.dumps(times))
 
 
 def report_small(args) -> None:
@@ -279,8 +326,13 @@ def report_small(args) -> None:
     if ref is None:
         ref, label = EZKL_RECORDED, "EZKL (recorded here earlier, not measured)"
     rows = ezkl_rows(ours, ref, ours["setup"])
-    table(f"MLP 256 -> 256 -> 256, ReLU, batch 1 (ours vs {label}; median of {args.repeat})",
-          ["", "ours", "EZKL", "ratio"], rows)
+    ref_times = reference_times("small", args)
+    if ref_times:
+        rows.insert(1, ["prove, pure-Python reference kernels (one run)", fmt_s(ref_times[0]),
+                        "", f"native {ref_times[0] / ours['prove']:.1f}x faster"])
+    ezkl_runs = "one EZKL run" if label == "EZKL (measured)" else "EZKL recorded"
+    table(f"MLP 256 -> 256 -> 256, ReLU, batch 1 (ours vs {label}; ours: {field.BACKEND} "
+          f"kernels, median of {args.repeat}; {ezkl_runs})", ["", "ours", "EZKL", "ratio"], rows)
     print(f"ours: setup = weight commitment (generator derivation, once per process: "
           f"{fmt_s(ours['generators'])}); fixed point f={FRAC_BITS}, max |error| vs float "
           f"{ours['max_abs_err']:.4f}")
@@ -300,7 +352,8 @@ def report_small(args) -> None:
               f"{fmt_s(block['verify'])}, proof {block['size'] / 1000:.1f} KB, max |error| vs "
               f"float {block['max_abs_err']:.4f}")
     if "logrows" in ref:
-        print(f"EZKL: setup = settings + calibration + compile + SRS (2^{ref['logrows']}) + keys;"
+        srs = "" if ref["logrows"] is None else f" (2^{ref['logrows']})"
+        print(f"EZKL: setup = settings + calibration + compile + SRS{srs} + keys;"
               f" proof size = raw halo2 proof bytes (its proof.json file: "
               f"{ref['file_size'] / 1000:.1f} KB); params fixed, input/output public")
 
@@ -308,7 +361,8 @@ def report_small(args) -> None:
 # -- 3. 1024-wide block at 128 tokens -------------------------------------------------------
 
 
-def report_large(args) -> None:
+def large_block(repeat_fwd: int = 5) -> dict:
+    """The 1024-wide block at 128 tokens: one proof and one verification, timed."""
     rng = np.random.default_rng(11)
     d, tokens = 1024, 128
     layers = float_mlp(rng, [d, d, d])
@@ -321,7 +375,7 @@ def report_large(args) -> None:
     t = time.perf_counter()
     committed = commit_shard(shard)
     t_commit = time.perf_counter() - t
-    t_fwd = median_time(lambda: shard.forward_fixed(x), 5)
+    t_fwd = median_time(lambda: shard.forward_fixed(x), repeat_fwd)
     y = shard.forward_fixed(x)
     binding = ProofBinding(b"bench-task", b"\0" * 32)
     t = time.perf_counter()
@@ -331,54 +385,92 @@ def report_large(args) -> None:
     verify(committed.commitment, x, y, proof, binding)
     t_verify = time.perf_counter() - t
     n_weights = sum(l.weight.size + (0 if l.bias is None else l.bias.size) for l in shard.layers)
+    return {"d": d, "tokens": tokens, "generators": gens, "commit": t_commit, "forward": t_fwd,
+            "prove": t_prove, "verify": t_verify, "size": len(proof.to_bytes()),
+            "weights": n_weights, "parts": proof.size_by_part()}
+
+
+def report_large(args) -> None:
+    r = large_block()
+    d, tokens, t_prove, t_fwd = r["d"], r["tokens"], r["prove"], r["forward"]
     rows = [
         ["prove / fixed-point forward", fmt_s(t_prove), fmt_s(t_fwd),
          f"{t_prove / t_fwd:.0f}x (target <= 100x)"],
-        ["verify", fmt_s(t_verify), "", ""],
-        ["proof size", f"{len(proof.to_bytes()) / 1000:.1f} KB", "", ""],
-        ["weight commitment", f"{t_commit / (n_weights / 1e6):.2f} s per million weights",
-         fmt_s(t_commit), f"{n_weights} weights"],
     ]
-    table(f"MLP block {d} -> {d} (ReLU) -> {d} (residual), {tokens} tokens",
+    ref_times = reference_times("large", args)
+    if ref_times:
+        rows.append(["prove, pure-Python reference kernels", fmt_s(ref_times[0]), fmt_s(t_fwd),
+                     f"{ref_times[0] / t_fwd:.0f}x; native {ref_times[0] / t_prove:.1f}x faster"])
+    rows += [
+        ["verify", fmt_s(r["verify"]), "", ""],
+        ["proof size", f"{r['size'] / 1000:.1f} KB", "", ""],
+        ["weight commitment", f"{r['commit'] / (r['weights'] / 1e6):.2f} s per million weights",
+         fmt_s(r["commit"]), f"{r['weights']} weights"],
+    ]
+    table(f"MLP block {d} -> {d} (ReLU) -> {d} (residual), {tokens} tokens ({field.BACKEND} "
+          "kernels; prove and verify: one run each, forward: median of 5)",
           ["", "ours", "reference", "ratio / note"], rows)
-    print(f"generator derivation (once per process): {fmt_s(gens)}")
+    print(f"generator derivation (once per process): {fmt_s(r['generators'])}")
+    print(f"proof bytes by part: {parts_line(r['parts'])}")
+
+
+def parts_line(parts: dict[str, int]) -> str:
+    """Proof bytes by part, largest first."""
+    return ", ".join(f"{k} {v / 1000:.1f} KB" for k, v in
+                     sorted(parts.items(), key=lambda kv: -kv[1]))
 
 
 # -- 4. a Llama block -----------------------------------------------------------------------
 
 
-def report_block(args) -> None:
+def block_rows(width: int, token_counts: list[int], repeat: int) -> list[dict]:
+    """Both halves of the Llama block at each token count: measure_shard's figures, the row's
+    name and the fixed-point error against the float model."""
     import torch
 
     from p2pinfer.models import LayerSpan
     from p2pinfer.zk import ModelManifest
     from p2pinfer.zk.checkpoint import commit_layers, fixed_layers, load_manifest_bytes
 
-    width = args.block_width
     model = _llama_model(width, "block", 10000)
     manifest = ModelManifest.from_bytes(load_manifest_bytes(model))
     halves = [("attention half", 0, commit_layers(model, 0, 1)),
               ("MLP half", 1, commit_layers(model, 1, 2))]
     rng = np.random.default_rng(17)
-    rows = []
-    for tokens in args.block_tokens:
+    out = []
+    for tokens in token_counts:
         x_float = rng.normal(0, 1, (tokens, width))
         x = fixed_layers(model, 0, 1).quantize(x_float)
         h_float = torch.from_numpy(x_float).float()[None]
         for name, layer, committed in halves:
             y = committed.forward_fixed(x)
             got = measure_shard(committed, manifest.block_shard(layer, layer + 1), x, y,
-                                ProofBinding(b"bench-task", manifest.digest()), args.repeat)
+                                ProofBinding(b"bench-task", manifest.digest()), repeat)
             ref = LayerSpan.load(model, layer, layer + 1).forward(h_float)
-            err = float(np.abs(committed.shard.dequantize(y) - ref[0].numpy()).max())
-            rows.append([f"{name}, {tokens} tokens", fmt_s(got["prove"]), fmt_s(got["verify"]),
-                         f"{got['size'] / 1000:.1f} KB", fmt_s(got["forward"]),
-                         f"{got['prove'] / got['forward']:.0f}x", f"{err:.3f}"])
+            got["err"] = float(np.abs(committed.shard.dequantize(y) - ref[0].numpy()).max())
+            got["name"] = f"{name}, {tokens} tokens"
+            out.append(got)
             x, h_float = y, ref
+    return out
+
+
+def report_block(args) -> None:
+    width = args.block_width
+    got = block_rows(width, args.block_tokens, args.repeat)
+    ref_times = reference_times("block", args) or [None] * len(got)
+    rows = [[g["name"], fmt_s(g["prove"]), "-" if t is None else fmt_s(t), fmt_s(g["verify"]),
+             f"{g['size'] / 1000:.1f} KB", fmt_s(g["forward"]),
+             f"{g['prove'] / g['forward']:.0f}x", f"{g['err']:.3f}"]
+            for g, t in zip(got, ref_times)]
     table(f"Llama block, width {width} (4 heads, 2 kv heads, rotary; SwiGLU {width} -> "
-          f"{2 * width}), f={GELU_FRAC_BITS}, median of {args.repeat}",
-          ["", "prove", "verify", "proof", "fixed-point forward", "prove / forward",
-           "max |error| vs float"], rows)
+          f"{2 * width}), f={GELU_FRAC_BITS}, {field.BACKEND} kernels, median of {args.repeat} "
+          "(reference: pure-Python kernels, one run)",
+          ["", "prove", "prove (reference)", "verify", "proof", "fixed-point forward",
+           "prove / forward", "max |error| vs float"], rows)
+    print("proof bytes by part (commitments: claimed values and sum-check rounds; tables: "
+          "Hyrax rows of committed tables; openings: dot-product proofs):")
+    for g in got:
+        print(f"  {g['name']}: {parts_line(g['parts'])}")
 
 
 def _llama_model(width: int, tokens_hint: str, rope: int) -> Path:
@@ -441,7 +533,7 @@ def measure_shard(committed, entry, x, y, binding, repeat: int) -> dict:
     t_verify = median_time(lambda: verify(entry, x, y, proofs[-1], binding), repeat)
     t_fwd = median_time(lambda: committed.forward_fixed(x), 20)
     return {"prove": t_prove, "verify": t_verify, "forward": t_fwd,
-            "size": len(proofs[-1].to_bytes())}
+            "size": len(proofs[-1].to_bytes()), "parts": proofs[-1].size_by_part()}
 
 
 def bench_ezkl_attention(width: int, tokens: int, w: dict, x) -> dict | None:
@@ -493,7 +585,15 @@ def main() -> None:
     ap.add_argument("--ezkl-width", type=int, default=32)
     ap.add_argument("--ezkl-tokens", type=int, default=8)
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--no-reference", action="store_true",
+                    help="skip the pure-Python reference's prove times (a second process)")
+    ap.add_argument("--reference-row", choices=["small", "large", "block"],
+                    help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.reference_row:
+        reference_row(args.reference_row, args)
+        return
+    print(f"field kernels: {field.BACKEND}")
     if not args.no_groups:
         bench_groups(args.repeat)
     if not args.no_small:

@@ -16,7 +16,20 @@ from __future__ import annotations
 
 import numpy as np
 
-from .field import P, bind_first, dot, eq_table, field_limbs, inv, recombine_limbs
+from .field import (
+    NATIVE,
+    P,
+    bind_first_packed,
+    bool_round,
+    dot,
+    eq_table,
+    eq_table_packed,
+    field_limbs,
+    half_sum_packed,
+    inv,
+    pack,
+    recombine_limbs,
+)
 
 _J = 5  # variables of the bit position
 _INV2 = (P + 1) // 2
@@ -48,11 +61,12 @@ class BooleanityProver:
             self.levels = _PATTERN_ROUNDS if patterns else 0
         if ni < self.levels:
             self.levels = 0
-        self.b: list[int] | None = None
-        self.t: list[int] | None = None
+        # the direct rounds' tables, packed between kernels (field.pack)
+        self.b: bytes | list[int] | None = None
+        self.t: bytes | list[int] | None = None
         if not self.levels:
-            self.b = self.bits.tolist()
-            self.t = eq_table(self.r[1:])
+            self.b = pack(self.bits.tolist())
+            self.t = eq_table_packed(self.r[1:])
 
     # -- messages -----------------------------------------------------------------------------
     def evals(self) -> tuple[int, int, int]:
@@ -76,14 +90,7 @@ class BooleanityProver:
                                                                            (q0, q2, q3)))
 
     def _direct(self) -> tuple[int, int]:
-        b, t = self.b, self.t
-        h = len(b) // 2
-        q0 = q2 = 0
-        for w, b0, b1 in zip(t, b[:h], b[h:]):
-            b2 = 2 * b1 - b0
-            q0 += w * (b0 * (1 - b0) % P)
-            q2 += w * (b2 * (1 - b2) % P)
-        return q0 % P, q2 % P
+        return bool_round(self.b, self.t)
 
     def _patterns(self, level: int) -> np.ndarray:
         """Code of the 2**level raw bits behind each entry of the level-bound table."""
@@ -111,29 +118,16 @@ class BooleanityProver:
         codes = self._patterns(level).reshape(-1, 1 << _J)  # rows: i after `level` vars
         eq_i = eq_table(self.r[level:self.ni])
         eq_j = eq_table(self.r[self.ni:])
-        ncodes = 1 << (1 << level)
-        # weight[c, j] = sum_i eq_i[i] [codes[i, j] == c], limb by limb with bincount (exact:
-        # each sum of 16-bit limbs stays far below 2**53).
-        slot = (codes * (1 << _J) + np.arange(1 << _J)).reshape(-1)
-        lim = field_limbs(eq_i)  # (rows, 16)
-        counts = np.bincount(slot // (1 << _J), minlength=ncodes)
-        present = np.flatnonzero(counts).tolist()
-        sums = np.empty((ncodes << _J, lim.shape[1]), dtype=np.int64)
-        for k in range(lim.shape[1]):
-            w = np.repeat(lim[:, k], 1 << _J)
-            sums[:, k] = np.bincount(slot, weights=w, minlength=ncodes << _J).astype(np.int64)
-        rows = np.concatenate([np.arange(c << _J, (c + 1) << _J) for c in present])
-        weights = recombine_limbs(sums[rows])
+        present, weights = _pattern_weights(codes, eq_i, eq_j, 1 << (1 << level))
         eq_bound = eq_table(self.bound[: level - 1])
         q = [0, 0]
-        for n, c in enumerate(present):
+        for c, weight in zip(present, weights):
             hs = []
             for t in (0, 2):
                 b = self._pattern_value(c, level, eq_bound, t)
                 hs.append(b * (1 - b) % P)
             if not any(hs):
                 continue
-            weight = dot(weights[n << _J:(n + 1) << _J], eq_j)
             q[0] += hs[0] * weight
             q[1] += hs[1] * weight
         return q[0] % P, q[1] % P
@@ -147,14 +141,34 @@ class BooleanityProver:
         self.bound.append(r)
         self.k += 1
         if self.b is not None:
-            self.b = bind_first(self.b, r)
-            h = len(self.t) // 2
-            self.t = [(a + c) % P for a, c in zip(self.t[:h], self.t[h:])]
+            self.b = bind_first_packed(self.b, r)
+            self.t = half_sum_packed(self.t)
         elif self.k == self.levels:
             codes = self._patterns(self.k)
             eq_bound = eq_table(self.bound)
             values = {c: self._pattern_value(c, self.k, eq_bound, None)
                       for c in np.unique(codes).tolist()}
-            self.b = [values[c] for c in codes.tolist()]
-            self.t = eq_table(self.r[self.k + 1:])
+            self.b = pack([values[c] for c in codes.tolist()])
+            self.t = eq_table_packed(self.r[self.k + 1:])
 
+
+
+def _pattern_weights(codes: np.ndarray, eq_i: list[int], eq_j: list[int],
+                     ncodes: int) -> tuple[list[int], list[int]]:
+    """The codes present in `codes` (rows i, columns j) and for each its weight
+    W(c) = sum_{i, j} eq_i[i] eq_j[j] [codes[i, j] == c]."""
+    present = np.flatnonzero(np.bincount(codes.reshape(-1), minlength=ncodes)).tolist()
+    if NATIVE is not None and ncodes <= 256:
+        weights = NATIVE.pattern_weights(eq_i, codes.astype(np.uint8).tobytes(), eq_j, ncodes)
+        return present, [weights[c] for c in present]
+    # weight[c, j] = sum_i eq_i[i] [codes[i, j] == c], limb by limb with bincount (exact:
+    # each sum of 16-bit limbs stays far below 2**53).
+    slot = (codes * (1 << _J) + np.arange(1 << _J)).reshape(-1)
+    lim = field_limbs(eq_i)  # (rows, 16)
+    sums = np.empty((ncodes << _J, lim.shape[1]), dtype=np.int64)
+    for k in range(lim.shape[1]):
+        w = np.repeat(lim[:, k], 1 << _J)
+        sums[:, k] = np.bincount(slot, weights=w, minlength=ncodes << _J).astype(np.int64)
+    rows = np.concatenate([np.arange(c << _J, (c + 1) << _J) for c in present])
+    flat = recombine_limbs(sums[rows])
+    return present, [dot(flat[n << _J:(n + 1) << _J], eq_j) for n in range(len(present))]

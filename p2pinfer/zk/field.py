@@ -7,12 +7,25 @@ section 3.5). Binding the first variable to r maps T to T[:h] + r (T[h:] - T[:h]
 
 Products of an integer matrix with a vector of field elements are done exactly in float64 on
 16-bit limbs of the field elements (each partial sum stays below 2**53), then recombined.
+
+The loops over whole tables (eq tables, binding, dot products, multilinear evaluation, the
+sum-check round sums) run in the compiled module `_native` (built with the package) when it is
+there. The pure-Python functions below stay the reference and the specification (`reference`
+names them); P2PINFER_ZK_REFERENCE=1 in the environment selects them for the whole process.
+Both give identical results (canonical ints in [0, P)). A table that goes from kernel to kernel
+(the booleanity prover's) can stay packed between them: `pack`, the *_packed functions and
+`unpack` (bytes on the native side, plain lists on the reference), which every kernel accepts. P2PINFER_ZK_WORKERS sets the threads a
+large native kernel uses (default: the CPUs this process may run on, at most 16); results do
+not depend on it.
 """
 
 from __future__ import annotations
 
+import os
+import warnings
 from collections.abc import Sequence
 from functools import lru_cache
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -28,7 +41,7 @@ def inv(a: int) -> int:
     return pow(a, P - 2, P)
 
 
-def eq_table(point: Sequence[int]) -> list[int]:
+def _py_eq_table(point: Sequence[int]) -> list[int]:
     """All 2**m values of eq(point, x) for boolean x, index MSB-first."""
     table = [1]
     for p in point:
@@ -48,19 +61,91 @@ def eq_eval(a: Sequence[int], b: Sequence[int]) -> int:
     return acc
 
 
-def bind_first(table: list[int], r: int) -> list[int]:
+def _py_bind_first(table: list[int], r: int) -> list[int]:
     """Fix the first (most significant) variable of a multilinear table to r."""
     h = len(table) // 2
     return [(a + r * (b - a)) % P for a, b in zip(table[:h], table[h:])]
 
 
-def dot(a: Sequence[int], b: Sequence[int]) -> int:
+def _py_dot(a: Sequence[int], b: Sequence[int]) -> int:
     return sum(x * y for x, y in zip(a, b, strict=True)) % P
 
 
-def mle_eval(table: Sequence[int], point: Sequence[int]) -> int:
+def _py_mle_eval(table: Sequence[int], point: Sequence[int]) -> int:
     """Value of the multilinear extension of `table` at `point`."""
-    return dot(eq_table(point), table)
+    return _py_dot(_py_eq_table(point), table)
+
+
+def _py_half_sum(table: Sequence[int]) -> list[int]:
+    """t[:h] + t[h:] entrywise (an eq table with its first variable summed out)."""
+    h = len(table) // 2
+    return [(a + c) % P for a, c in zip(table[:h], table[h:])]
+
+
+def _py_axpy(y: Sequence[int], a: int, x: Sequence[int]) -> list[int]:
+    """y + a x entrywise."""
+    return [(u + a * v) % P for u, v in zip(y, x)]
+
+
+def _py_batch_inv(values: Sequence[int]) -> list[int]:
+    """Inverses of nonzero field elements with one exponentiation (Montgomery's trick)."""
+    prefix, acc = [], 1
+    for v in values:
+        prefix.append(acc)
+        acc = acc * v % P
+    inv_acc = inv(acc)
+    out = [0] * len(values)
+    for k in range(len(values) - 1, -1, -1):
+        out[k] = inv_acc * prefix[k] % P
+        inv_acc = inv_acc * values[k] % P
+    return out
+
+
+def _py_bool_round(bits: Sequence[int], weights: Sequence[int]) -> tuple[int, int]:
+    """(sum_i w_i h(b_i), sum_i w_i h(2 b_{h+i} - b_i)) with h(b) = b (1 - b), over the halves of
+    `bits`: a booleanity round at t = 0 and t = 2."""
+    h = len(bits) // 2
+    q0 = q2 = 0
+    for w, b0, b1 in zip(weights, bits[:h], bits[h:]):
+        b2 = 2 * b1 - b0
+        q0 += w * (b0 * (1 - b0) % P)
+        q2 += w * (b2 * (1 - b2) % P)
+    return q0 % P, q2 % P
+
+
+def _py_product_sum(tables: Sequence[Sequence[int]], terms: Sequence[tuple[int, Sequence[int]]],
+                    degree: int) -> list[int]:
+    """Round sums of sum_x sum_k c_k prod_{m in term k} T_m(x) with the first variable at
+    0, 2, 3, ..., degree: each table is lo + x (hi - lo) over its halves. Terms are
+    (coefficient, [table index, ...])."""
+    h = len(tables[0]) // 2
+    xs = [0, *range(2, degree + 1)]
+    at = []
+    for t in tables:
+        lo, hi = t[:h], t[h:]
+        diff = [b - a for a, b in zip(lo, hi)]
+        at.append([lo if x == 0 else [a + x * dv for a, dv in zip(lo, diff)] for x in xs])
+    out = []
+    for slot in range(len(xs)):
+        total = 0
+        for coef, idx in terms:
+            cols = [at[i][slot] for i in idx]
+            if len(cols) == 1:
+                s = sum(cols[0])
+            elif len(cols) == 2:
+                s = sum(a * b for a, b in zip(*cols))
+            elif len(cols) == 3:
+                s = sum(a * b % P * c for a, b, c in zip(*cols))
+            else:
+                s = 0
+                for vals in zip(*cols):
+                    acc = 1
+                    for v in vals:
+                        acc = acc * v % P
+                    s += acc
+            total += coef * (s % P)
+        out.append(total % P)
+    return out
 
 
 def poly_eval(coeffs: Sequence[int], x: int) -> int:
@@ -167,3 +252,77 @@ def int_mle_eval(values: np.ndarray, point: Sequence[int]) -> int:
     mat = flat.reshape(1 << split, 1 << (m - split))
     inner = int_matvec(mat, eq_table(point[split:]))
     return dot(eq_table(point[:split]), inner)
+
+
+# -- backend selection ----------------------------------------------------------------------
+
+reference = SimpleNamespace(
+    eq_table=_py_eq_table, bind_first=_py_bind_first, dot=_py_dot, mle_eval=_py_mle_eval,
+    half_sum=_py_half_sum, bool_round=_py_bool_round, product_sum=_py_product_sum,
+    axpy=_py_axpy, batch_inv=_py_batch_inv,
+)
+"""The pure-Python kernels, whatever the backend."""
+
+
+def _load_native():
+    if os.environ.get("P2PINFER_ZK_REFERENCE", "") not in ("", "0"):
+        return None
+    try:
+        from . import _native
+    except ImportError:
+        warnings.warn("p2pinfer.zk: the native field kernels are not built (reinstall the "
+                      "package with pip); proving runs on the slow pure-Python reference",
+                      RuntimeWarning, stacklevel=2)
+        return None
+    return _native
+
+
+_native = _load_native()
+NATIVE = _native
+"""The compiled kernels' module (also G1 row sums for group.py), or None on the reference."""
+BACKEND = "reference" if _native is None else "native"
+"""Which kernels this process runs: "native" or "reference"."""
+
+if _native is None:
+    eq_table, bind_first, dot, mle_eval = _py_eq_table, _py_bind_first, _py_dot, _py_mle_eval
+    half_sum, bool_round, product_sum = _py_half_sum, _py_bool_round, _py_product_sum
+    axpy, batch_inv = _py_axpy, _py_batch_inv
+    pack, unpack = list, list
+    eq_table_packed, bind_first_packed, half_sum_packed = eq_table, bind_first, half_sum
+
+    def set_workers(n: int) -> int:
+        """Threads per large kernel (the reference has one); returns the previous count."""
+        if not 1 <= n <= 16:
+            raise ValueError("workers must be between 1 and 16")
+        return 1
+else:
+    eq_table, bind_first, dot = _native.eq_table, _native.bind_first, _native.dot
+    mle_eval, half_sum, bool_round = _native.mle_eval, _native.half_sum, _native.bool_round
+    axpy, batch_inv = _native.axpy, _native.batch_inv
+    pack, unpack = _native.pack, _native.unpack
+
+    def eq_table_packed(point: Sequence[int]) -> bytes:
+        return _native.eq_table(point, True)
+
+    def bind_first_packed(table: bytes | Sequence[int], r: int) -> bytes:
+        return _native.bind_first(table, r, True)
+
+    def half_sum_packed(table: bytes | Sequence[int]) -> bytes:
+        return _native.half_sum(table, True)
+
+    def product_sum(tables: Sequence[Sequence[int]],
+                    terms: Sequence[tuple[int, Sequence[int]]], degree: int) -> list[int]:
+        """_py_product_sum in compiled code, within its limits (32 tables, 32 terms, degree
+        8); beyond them the reference computes it."""
+        if len(tables) <= 32 and len(terms) <= 32 and 1 <= degree <= 8:
+            return _native.product_sum(tables, terms, degree)
+        return _py_product_sum(tables, terms, degree)
+    set_workers = _native.set_workers
+    _workers = os.environ.get("P2PINFER_ZK_WORKERS")
+    if _workers:
+        try:
+            set_workers(int(_workers))
+        except ValueError as exc:
+            raise ValueError(f"P2PINFER_ZK_WORKERS={_workers!r}: {exc}") from None
+    else:
+        set_workers(max(1, min(16, len(os.sched_getaffinity(0)))))

@@ -18,7 +18,7 @@ import numpy as np
 from py_arkworks_bls12381 import G1Point, Scalar
 
 from .errors import ProofFormatError
-from .field import P
+from .field import NATIVE, P
 
 POINT_BYTES = 48
 SCALAR_BYTES = 32
@@ -163,11 +163,18 @@ class PedersenParams:
     def commit_bit_rows(self, rows: np.ndarray, blinds: Sequence[int]) -> list[G1Point]:
         """Vector commitments of the rows of a 0/1 matrix: one addition per byte of bits,
         from tables of the 256 subset sums of each group of 8 generators. Zero bytes are
-        added too (the identity), so the number of additions depends on the shape only."""
+        added too (the identity), so the number of additions depends on the shape only.
+        With the native kernels the row sums run in compiled code, on all workers."""
         rows = np.asarray(rows, dtype=np.uint8)
         if rows.shape[1] > self.size:
             raise ValueError("rows longer than the commitment key")
         packed = np.packbits(rows, axis=1, bitorder="little")
+        if NATIVE is not None and packed.shape[1] > 0:
+            table = self._key.native_byte_tables(packed.shape[1])
+            sums, _ = NATIVE.g1_sum_rows(table, np.ascontiguousarray(packed).tobytes(),
+                                         packed.shape[1])
+            return [self._h_table.mul(blind) + G1Point.from_xy_bytes_unchecked_le(s)
+                    for s, blind in zip(sums, blinds)]
         tables = self._key.byte_tables(packed.shape[1])
         out = []
         for row, blind in zip(packed.tolist(), blinds):
@@ -241,6 +248,21 @@ class _SeedKey:
                 table.append(table[mask & (mask - 1)] + gens[low])
             tables.append(table)
         return tables[:groups]
+
+
+    def native_byte_tables(self, groups: int) -> memoryview:
+        """byte_tables(groups) as one native point table (built by NATIVE.g1_byte_tables from
+        the generators themselves), grown on demand."""
+        with self.lock:
+            done = self.__dict__.get("_native_groups", 0)
+            if done < groups:
+                self.extend(8 * groups)
+                gens = [bytes(p.to_xy_bytes_le()) for p in self.g_vec[8 * done:8 * groups]]
+                blob = NATIVE.g1_byte_tables(gens)
+                self._native_table = self.__dict__.get("_native_table", b"") + blob
+                self._native_groups = groups
+            per_group = len(self._native_table) // self._native_groups
+            return memoryview(self._native_table)[: groups * per_group]
 
 
 @lru_cache(maxsize=4)

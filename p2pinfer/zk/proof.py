@@ -98,6 +98,22 @@ class ShardProof:
             "tau": [encode_scalar(t) for t in r.taus],
         })
 
+    def size_by_part(self) -> dict[str, int]:
+        """Encoded bytes of each part of the proof (they add up to len(to_bytes()) less a few
+        bytes of framing): single commitments (claimed values and sum-check round
+        coefficients), committed tables (Hyrax row commitments), product proofs, dot-product
+        openings, and the rest (version, type, binding digest, taus)."""
+        r = self.record
+        whole = self.to_bytes()
+        parts = {
+            "commitments": len(msgpack.packb(r.commits)),
+            "tables": len(msgpack.packb(r.matrices)),
+            "products": len(msgpack.packb(msgpack.unpackb(whole)["p"])),
+            "openings": len(msgpack.packb(msgpack.unpackb(whole)["d"])),
+        }
+        parts["other"] = len(whole) - sum(parts.values())
+        return parts
+
     @classmethod
     def from_bytes(cls, data: bytes, max_size: int = DEFAULT_MAX_PROOF) -> ShardProof:
         if not isinstance(data, (bytes, bytearray, memoryview)):

@@ -290,3 +290,12 @@ def test_a_non_binary_decomposition_fails_the_bit_check(small_committed, binding
     with pytest.raises(RelationError) as exc:
         verify(small_committed.commitment, x, y, proof, binding)
     assert exc.value.check.endswith("/bits-final")
+
+
+def test_proof_size_by_part_adds_up_to_the_encoding(small_committed, binding):
+    x = make_input(2, 8)
+    proof = prove(small_committed, x, small_committed.forward_fixed(x), binding)
+    parts = proof.size_by_part()
+    assert set(parts) == {"commitments", "tables", "products", "openings", "other"}
+    assert sum(parts.values()) == len(proof.to_bytes())
+    assert parts["commitments"] > 48 and parts["openings"] > 48 and 32 < parts["other"] < len(proof.to_bytes()) // 4

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..booleanity import BooleanityProver
-from ..field import P, bind_first, dot, eq_eval, eq_table, int_vecmat
+from ..field import P, axpy, bind_first, dot, eq_eval, eq_table, int_vecmat
 from ..fixed import BITS
 from ..layout import hyrax_split
 from ..ledger import Lin, sumcheck
@@ -103,7 +103,7 @@ def bits_head(led, f: int, nt: int, ni: int, claims: list[Claim], z: np.ndarray 
     if prover:
         e1 = [0] * (1 << ni)
         for w, (p, _, live) in zip(weights, claims):
-            e1 = [(u + w * v) % P for u, v in zip(e1, masked_eq(p, live, nt))]
+            e1 = axpy(e1, w, masked_eq(p, live, nt))
         if relu:
             s_tab = bits[:, BITS - 1].tolist()
             m_tab = (bits[:, f:BITS - 1] @ (1 << np.arange(BITS - 1 - f, dtype=np.int64))).tolist()

@@ -16,7 +16,19 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..booleanity import BooleanityProver
-from ..field import P, bind_first, dot, eq_eval, eq_table, int_matvec, int_mle_eval, int_vecmat, inv
+from ..field import (
+    P,
+    axpy,
+    bind_first,
+    dot,
+    eq_eval,
+    eq_table,
+    int_matvec,
+    int_mle_eval,
+    int_vecmat,
+    inv,
+    product_sum,
+)
 from ..fixed import BITS
 from ..layout import hyrax_matrix, hyrax_split, part_rows, weight_parts
 from ..ledger import Lin, sumcheck
@@ -31,15 +43,8 @@ POWERS = [1 << j for j in range(BITS)]
 
 def triple_sums(e: list[int], s: list[int], m: list[int]) -> tuple[int, int, int]:
     """sum over the half-tables of e_t s_t m_t for t = 0, 2, 3."""
-    h = len(e) // 2
-    a0 = a2 = a3 = 0
-    for e0, e1, s0, s1, m0, m1 in zip(e[:h], e[h:], s[:h], s[h:], m[:h], m[h:]):
-        de, ds, dm = e1 - e0, s1 - s0, m1 - m0
-        e2, s2, m2 = e1 + de, s1 + ds, m1 + dm
-        a0 += e0 * s0 % P * m0
-        a2 += e2 * s2 % P * m2
-        a3 += (e2 + de) * (s2 + ds) % P * (m2 + dm)
-    return a0 % P, a2 % P, a3 % P
+    a0, a2, a3 = product_sum([e, s, m], [(1, (0, 1, 2))], 3)
+    return a0, a2, a3
 
 
 class TripleOracle:
@@ -63,11 +68,7 @@ class ProductOracle:
         self.a, self.w = a, w
 
     def evals(self, claim: int) -> list[int]:
-        h = len(self.a) // 2
-        a, w = self.a, self.w
-        g0 = sum(x * y for x, y in zip(a[:h], w[:h])) % P
-        g2 = sum((2 * x1 - x0) * (2 * y1 - y0)
-                 for x0, x1, y0, y1 in zip(a[:h], a[h:], w[:h], w[h:])) % P
+        g0, g2 = product_sum([self.a, self.w], [(1, (0, 1))], 2)
         return [g0, (claim - g0) % P, g2]
 
     def bind(self, r: int) -> None:
@@ -82,19 +83,9 @@ class TableOracle:
         self.e, self.g, self.t, self.m = e, g, t, m
 
     def evals(self, claim: int) -> list[int]:
-        h = len(self.e) // 2
-        acc = [0, 0, 0]
-        for k in range(h):
-            e0, e1 = self.e[k], self.e[k + h]
-            g0, g1 = self.g[k], self.g[k + h]
-            t0, t1 = self.t[k], self.t[k + h]
-            m0, m1 = self.m[k], self.m[k + h]
-            for slot, x in ((0, 0), (1, 2), (2, 3)):
-                ex, gx = e0 + x * (e1 - e0), g0 + x * (g1 - g0)
-                tx, mx = t0 + x * (t1 - t0), m0 + x * (m1 - m0)
-                acc[slot] += ex * (gx * tx - mx)
-        g0 = acc[0] % P
-        return [g0, (claim - g0) % P, acc[1] % P, acc[2] % P]
+        g0, g2, g3 = product_sum([self.e, self.g, self.t, self.m],
+                                 [(1, (0, 1, 2)), (P - 1, (0, 3))], 3)
+        return [g0, (claim - g0) % P, g2, g3]
 
     def bind(self, r: int) -> None:
         self.e = bind_first(self.e, r)
@@ -117,33 +108,11 @@ class ProductSum:
         self.degree = degree
 
     def evals(self, claim: int) -> list[int]:
-        h = len(next(iter(self.tables.values()))) // 2
-        xs = [0, *range(2, self.degree + 1)]
-        at: dict[str, list[list[int]]] = {}  # at[name][slot]: the table's half at xs[slot]
-        for name, t in self.tables.items():
-            lo, hi = t[:h], t[h:]
-            diff = [b - a for a, b in zip(lo, hi)]
-            at[name] = [lo if x == 0 else [a + x * dv for a, dv in zip(lo, diff)] for x in xs]
-        out = []
-        for slot in range(len(xs)):
-            total = 0
-            for coef, names in self.terms:
-                cols = [at[n][slot] for n in names]
-                if len(cols) == 1:
-                    s = sum(cols[0])
-                elif len(cols) == 2:
-                    s = sum(a * b for a, b in zip(*cols))
-                elif len(cols) == 3:
-                    s = sum(a * b % P * c for a, b, c in zip(*cols))
-                else:
-                    s = 0
-                    for vals in zip(*cols):
-                        acc = 1
-                        for v in vals:
-                            acc = acc * v % P
-                        s += acc
-                total += coef * (s % P)
-            out.append(total % P)
+        names = list(self.tables)
+        index = {name: k for k, name in enumerate(names)}
+        out = product_sum([self.tables[n] for n in names],
+                          [(coef, [index[n] for n in term]) for coef, term in self.terms],
+                          self.degree)
         return [out[0], (claim - out[0]) % P, *out[1:]]
 
     def bind(self, r: int) -> None:
@@ -193,21 +162,7 @@ def field_vecmat(w: Sequence[int], rows: Sequence[Sequence[int]]) -> list[int]:
     out = [0] * len(rows[0])
     for wr, row in zip(w, rows):
         if wr:
-            out = [(o + wr * v) % P for o, v in zip(out, row)]
-    return out
-
-
-def batch_inv(values: list[int]) -> list[int]:
-    """Inverses of nonzero field elements with one exponentiation (Montgomery's trick)."""
-    prefix, acc = [], 1
-    for v in values:
-        prefix.append(acc)
-        acc = acc * v % P
-    inv_acc = inv(acc)
-    out = [0] * len(values)
-    for k in range(len(values) - 1, -1, -1):
-        out[k] = inv_acc * prefix[k] % P
-        inv_acc = inv_acc * values[k] % P
+            out = axpy(out, wr, row)
     return out
 
 

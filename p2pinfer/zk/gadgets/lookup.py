@@ -15,7 +15,7 @@ import numpy as np
 
 from ..booleanity import BooleanityProver
 from ..errors import RelationError, ShapeMismatch
-from ..field import P, dot, eq_eval, eq_table, int_vecmat
+from ..field import P, batch_inv, dot, eq_eval, eq_table, int_vecmat
 from ..fixed import BITS, log2_exact
 from ..layout import hyrax_split
 from ..ledger import Lin, sumcheck
@@ -29,7 +29,6 @@ from .common import (
     TableOracle,
     Witness,
     act_split,
-    batch_inv,
     bit_decomposition,
     kron,
 )
