@@ -50,8 +50,9 @@ from p2pinfer.net.boundary import StreamingHandler
 from p2pinfer.net.dialer import TARGET_PEERS, PeerDialer
 from p2pinfer.net.discovery import BootstrapDialer, DhtDiscovery, MdnsDiscovery
 from p2pinfer.net.gossip import Gossip
-from p2pinfer.net.host import Host, open_host
+from p2pinfer.net.host import DialError, Host, open_host
 from p2pinfer.net.peertable import PeerInfo, PeerTable
+from p2pinfer.net.reachability import Reachability
 from p2pinfer.net.streams import (
     FramedStream,
     InboundGuard,
@@ -72,6 +73,9 @@ from p2pinfer.wire import EndOfStream, Message
 __all__ = ["Node", "NodeService", "PeerWaitTimeout", "without_teardown_race"]
 
 log = logging.getLogger(__name__)
+
+#: a peer that does not answer a ping within this many seconds is unreachable
+PING_TIMEOUT_S = 5.0
 
 
 class NodeService(Protocol):
@@ -135,6 +139,8 @@ class Node:
         self.table = PeerTable(ttl_s=config.gossip.advert_ttl_s)
         self.validator = AdvertValidator(self.network_id, max_bytes=lim.max_advert_bytes)
         self.guard = InboundGuard.from_limits(lim)
+        #: peers that did not answer a dial, a stream or a ping (left out of new routes)
+        self.reach = Reachability()
         self.started_at = 0.0
         self._extra_services = tuple(services)
         #: what each of `services` reported when it started (e.g. the HTTP API's base URL), in
@@ -218,6 +224,7 @@ class Node:
             self.dht = DhtDiscovery(host, self.network_id)
             await nursery.start(self.dht.run)
         await nursery.start(self.adverts.run, self.gossip, self.dht)
+        nursery.start_soon(self._watch_reachability)
         self.dialer = PeerDialer(host, self.table, dht=self.dht, target_peers=self._target_peers)
         await nursery.start(self.dialer.run)
         if self.config.net.mdns:
@@ -286,14 +293,82 @@ class Node:
         return await self.adverts.wait_for_peers(n, timeout)
 
     async def dial(self, maddr: str) -> str:
-        """Connect to a multiaddr with /p2p/<id> (no advert fetch); returns the peer id."""
-        return await self.host.connect(maddr)
+        """Connect to a multiaddr with /p2p/<id> (no advert fetch); returns the peer id.
+        A failed dial marks the peer unreachable; a successful one reachable again."""
+        try:
+            pid = await self.host.connect(maddr)
+        except DialError as e:
+            if "/p2p/" in maddr:
+                self.reach.failed(maddr.rsplit("/p2p/", 1)[1], str(e))
+            raise
+        self.reach.answered(pid)
+        return pid
 
     async def connect(self, maddr: str) -> str:
         """Dial a peer by multiaddr (with /p2p/<id>) and fetch its advert; returns its id."""
-        pid = await self.host.connect(maddr)
+        pid = await self.dial(maddr)
         await self.adverts.sync(pid)
         return pid
+
+    def unreachable(self) -> set[str]:
+        """Peers that did not answer this node's last dial, stream or ping and have not
+        answered since (`p2pinfer.net.reachability`)."""
+        return self.reach.unreachable()
+
+    async def _probe(self, peer_id: str) -> None:
+        """Dial a peer (from its advert's addresses) unless connected, and ping it; the
+        outcome marks it reachable or not."""
+        row = self.table.get(peer_id)
+        if row is None:
+            self.reach.forget(peer_id)
+            return
+        try:
+            if not self.host.is_connected(peer_id):
+                errors = []
+                for addr in row.addrs[:4]:
+                    full = addr if "/p2p/" in addr else f"{addr}/p2p/{peer_id}"
+                    try:
+                        await self.dial(full)
+                        break
+                    except DialError as e:
+                        errors.append(str(e))
+                else:
+                    if not errors:  # each failed dial marked it already
+                        self.reach.failed(peer_id, "no known address")
+                    return
+            await self.ping(peer_id, count=1)
+        except (P2PInferError, OSError) as e:
+            log.debug("probe of %s failed: %s", peer_id, e)
+
+    async def _watch_reachability(self) -> None:
+        """A routable peer whose connection dropped is probed at once (a killed process
+        refuses the dial, so it leaves new routes within a second); unreachable peers are
+        probed again on their back-off schedule until they answer or leave the table."""
+        was_connected: set[str] = set()
+        probing: set[str] = set()
+
+        async def probe(pid: str) -> None:
+            try:
+                await self._probe(pid)
+            finally:
+                probing.discard(pid)
+
+        async with trio.open_nursery() as nursery:
+            while True:
+                connected = set(self.host.connected_peers())
+                routable = {r.peer_id for r in self.table.peers() if r.spans}
+                todo = {p for p in was_connected - connected if p in routable}
+                todo |= {p for p in self.reach.due() if p in self.table}
+                # an unreachable peer that connected to us again is probed at once
+                todo |= {p for p in connected - was_connected if self.reach.is_down(p)}
+                for pid in self.reach.unreachable():
+                    if pid not in self.table:
+                        self.reach.forget(pid)
+                for pid in todo - probing:
+                    probing.add(pid)
+                    nursery.start_soon(probe, pid)
+                was_connected = connected
+                await trio.sleep(0.25)
 
     # -- adverts (p2pinfer.services.adverts) ----------------------------------------------
     @property
@@ -312,10 +387,23 @@ class Node:
         return await self.adverts.fetch(peer_id)
 
     # -- ping (p2pinfer.services.ping) -----------------------------------------------------
-    async def ping(self, peer_id: str, *, count: int = 2) -> float:
-        """Round-trip time in ms over one ping stream (the first exchange warms it up)."""
-        best = await ping_peer(self, peer_id, count=count)
+    async def ping(self, peer_id: str, *, count: int = 2, timeout: float | None = None) -> float:
+        """Round-trip time in ms over one ping stream (the first exchange warms it up). No
+        pong within `timeout` (default: `PING_TIMEOUT_S`, at most `net.dial_timeout_s`) raises
+        `DialError`; a failed ping marks the peer unreachable, a pong reachable again."""
+        limit = timeout if timeout is not None else min(PING_TIMEOUT_S,
+                                                        self.config.net.dial_timeout_s)
+        try:
+            with trio.fail_after(limit):
+                best = await ping_peer(self, peer_id, count=count)
+        except trio.TooSlowError:
+            self.reach.failed(peer_id, f"no pong within {limit} s")
+            raise DialError(f"{peer_id} did not answer a ping within {limit} s") from None
+        except (P2PInferError, OSError) as e:
+            self.reach.failed(peer_id, f"ping failed: {e}")
+            raise
         self._counters["pings"] += 1
+        self.reach.answered(peer_id)
         self.table.record_rtt(peer_id, best)
         return best
 
@@ -355,9 +443,14 @@ class Node:
     async def open_stream(self, peer_id: str, name: str, *, version: str = "1.0.0") -> FramedStream:
         """A framed message stream to `peer_id`: `async with await node.open_stream(...) as s`."""
         lim = self.config.limits
-        raw = await self.host.new_stream(
-            peer_id, protocol_id(name, version), timeout_s=self.config.net.dial_timeout_s
-        )
+        try:
+            raw = await self.host.new_stream(
+                peer_id, protocol_id(name, version), timeout_s=self.config.net.dial_timeout_s
+            )
+        except DialError as e:
+            self.reach.failed(peer_id, str(e))
+            raise
+        self.reach.answered(peer_id)
         return FramedStream(
             raw, peer_id, max_frame=lim.max_frame_bytes, timeout_s=lim.stream_timeout_s
         )
@@ -484,6 +577,7 @@ class Node:
         counters: dict[str, Any] = dict(self.counters)
         counters["adverts"] = self.validator.counters()
         counters["streams"] = self.guard.status()
+        counters["reachability"] = self.reach.status()
         if self.gossip is not None:
             counters["gossip"] = dict(self.gossip.counters)
             counters["gossip"]["mesh"] = self.gossip.mesh_size(ADVERT_TOPIC)
