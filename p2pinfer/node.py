@@ -362,8 +362,12 @@ class Node:
                 # an unreachable peer that connected to us again is probed at once
                 todo |= {p for p in connected - was_connected if self.reach.is_down(p)}
                 for pid in self.reach.unreachable():
-                    if pid not in self.table:
+                    row = self.table.get(pid)
+                    failed_at = self.reach.failed_at(pid)
+                    if row is None:
                         self.reach.forget(pid)
+                    elif failed_at is not None and row.advert.issued_ms / 1000 > failed_at:
+                        todo.add(pid)  # it announced itself since: a restart, say
                 for pid in todo - probing:
                     probing.add(pid)
                     nursery.start_soon(probe, pid)

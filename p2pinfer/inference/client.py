@@ -417,10 +417,14 @@ class InferenceClient:
             out.append(Candidate(
                 p.peer_id, spans,
                 throughput=float(p.throughput) * layers, load=float(p.load),
-                rtt_ms=float(p.rtt_ms) if p.rtt_ms is not None else 5.0, tee_level=tee,
+                rtt_ms=float(p.rtt_ms) if p.rtt_ms is not None else -1.0, tee_level=tee,
                 sessions=self.placed.get(p.peer_id, 0),
             ))
-        return out
+        # a peer not pinged yet is assumed as near as the median measured one (a fixed guess
+        # would put all load on whichever peer happened to be measured)
+        known = sorted(c.rtt_ms for c in out if c.rtt_ms >= 0)
+        guess = known[len(known) // 2] if known else 5.0
+        return [c if c.rtt_ms >= 0 else replace(c, rtt_ms=guess) for c in out]
 
     def _same_weights(self, spans: Sequence[Sequence[int]], digests: Sequence[str]
                       ) -> tuple[tuple[int, int], ...]:
@@ -696,7 +700,6 @@ class InferenceClient:
         route = await self._reachable_route(settings)
         outcome.route = route
         outcome.report = None
-        self._hold(route)
         try:
             task = Task.create(
                 self.node.identity, network_id=self.node.network_id,
@@ -714,9 +717,11 @@ class InferenceClient:
     PREFLIGHT_PLANS = 3
 
     async def _reachable_route(self, settings: RequestSettings) -> list[StagePlan]:
-        """A planned route whose peers are all connected: unconnected ones are dialled first
-        (concurrently); one that does not answer is marked unreachable by the node and the
-        route is planned again without it, before any task is signed (no failed attempt)."""
+        """A planned route whose peers are all connected, held in `placed` (the caller
+        releases it): unconnected peers are dialled first (concurrently); one that does not
+        answer is marked unreachable by the node and the route is planned again without it,
+        before any task is signed (no failed attempt). The route is held from the moment it
+        is planned, so requests planned meanwhile see its sessions."""
         async def dial(pid: str, failed: list[str]) -> None:
             try:
                 await ensure_connected(self.node, pid)
@@ -724,19 +729,27 @@ class InferenceClient:
                 failed.append(pid)
 
         route = self.plan(settings)
-        for _ in range(self.PREFLIGHT_PLANS):
-            connected = set(self.node.connected_peers())
-            missing = {p for s in route for p in s.replicas if p not in connected}
-            if not missing:
-                return route
-            failed: list[str] = []
-            async with trio.open_nursery() as nursery:
-                for pid in missing:
-                    nursery.start_soon(dial, pid, failed)
-            if not failed:
-                return route
-            log.info("planning again without unreachable peer(s) %s", ", ".join(failed))
-            route = self.plan(settings)
+        self._hold(route)
+        try:
+            for _ in range(self.PREFLIGHT_PLANS):
+                connected = set(self.node.connected_peers())
+                missing = {p for s in route for p in s.replicas if p not in connected}
+                if not missing:
+                    return route
+                failed: list[str] = []
+                async with trio.open_nursery() as nursery:
+                    for pid in missing:
+                        nursery.start_soon(dial, pid, failed)
+                if not failed:
+                    return route
+                log.info("planning again without unreachable peer(s) %s", ", ".join(failed))
+                self._release(route)
+                route = []
+                route = self.plan(settings)
+                self._hold(route)
+        except BaseException:
+            self._release(route)
+            raise
         return route
 
     def _hold(self, route: Sequence[StagePlan]) -> None:
