@@ -149,6 +149,9 @@ class RequestSettings:
     step_timeout_floor_s: float = 3.0
     step_timeout_factor: float = 10.0
     open_timeout_s: float = 30.0
+    #: when no planned route's peers answer (this node's own link down, say), how long a
+    #: request waits for them to answer again before it fails
+    outage_wait_s: float = 60.0
     max_replans: int = 4
     #: if non-empty, only these peer ids may be routed to
     allow: list[str] = field(default_factory=list)
@@ -186,6 +189,8 @@ class RequestSettings:
                     "ban_max_s"):
             if not getattr(self, key) > 0:
                 raise ConfigError(f"{where}: key '{prefix}.{key}': must be positive")
+        if not self.outage_wait_s >= 0:
+            raise ConfigError(f"{where}: key '{prefix}.outage_wait_s': must be >= 0")
         if not self.step_timeout_factor >= 1:
             raise ConfigError(f"{where}: key '{prefix}.step_timeout_factor': must be >= 1")
         if self.noise_sigma < 0 or self.noise_clip < 0 or self.tolerance < 0:

@@ -50,7 +50,7 @@ from p2pinfer.net.boundary import StreamingHandler
 from p2pinfer.net.dialer import TARGET_PEERS, PeerDialer
 from p2pinfer.net.discovery import BootstrapDialer, DhtDiscovery, MdnsDiscovery
 from p2pinfer.net.gossip import Gossip
-from p2pinfer.net.host import DialError, Host, open_host
+from p2pinfer.net.host import DialError, DialTimeout, Host, open_host
 from p2pinfer.net.peertable import PeerInfo, PeerTable
 from p2pinfer.net.reachability import Reachability
 from p2pinfer.net.streams import (
@@ -76,6 +76,8 @@ log = logging.getLogger(__name__)
 
 #: a peer that does not answer a ping within this many seconds is unreachable
 PING_TIMEOUT_S = 5.0
+#: a probe over an existing connection gives up on it (and dials afresh) after this long
+PROBE_PING_S = 2.0
 
 
 class NodeService(Protocol):
@@ -215,6 +217,8 @@ class Node:
 
     async def _start(self, nursery: trio.Nursery) -> None:
         host = self.host
+        # a banned peer's connections are closed as soon as they are made
+        host.gate_connections(self.guard.is_banned, self._refused_connection)
         self.set_handler(PING_PROTOCOL, serve_ping)
         self.set_handler(TENSOR_PROTOCOL, self.tensors.serve)
 
@@ -294,7 +298,10 @@ class Node:
 
     async def dial(self, maddr: str) -> str:
         """Connect to a multiaddr with /p2p/<id> (no advert fetch); returns the peer id.
-        A failed dial marks the peer unreachable; a successful one reachable again."""
+        A failed dial marks the peer unreachable; a successful one reachable again. A peer
+        banned here is not dialled (`DialError`)."""
+        if "/p2p/" in maddr and self.guard.is_banned(maddr.rsplit("/p2p/", 1)[1]):
+            raise DialError(f"{maddr.rsplit('/p2p/', 1)[1]} is banned by this node")
         try:
             pid = await self.host.connect(maddr)
         except DialError as e:
@@ -310,35 +317,60 @@ class Node:
         await self.adverts.sync(pid)
         return pid
 
+    async def ban(self, peer_id: str, seconds: float) -> None:
+        """Refuse a peer for `seconds`: its connections are closed now and as soon as it makes
+        new ones, its streams are refused, and it is not dialled."""
+        self.guard.ban(peer_id, seconds)
+        await self.host.disconnect(peer_id)
+
+    def unban(self, peer_id: str) -> None:
+        self.guard.unban(peer_id)
+
+    def _refused_connection(self, peer_id: str) -> None:
+        self.guard.counters["refused_connections"] += 1
+        log.info("closed a connection from banned peer %s (%.0f s of its ban left)", peer_id,
+                 self.guard.ban_left(peer_id))
+
     def unreachable(self) -> set[str]:
         """Peers that did not answer this node's last dial, stream or ping and have not
         answered since (`p2pinfer.net.reachability`)."""
         return self.reach.unreachable()
 
-    async def _probe(self, peer_id: str) -> None:
-        """Dial a peer (from its advert's addresses) unless connected, and ping it; the
-        outcome marks it reachable or not."""
-        row = self.table.get(peer_id)
-        if row is None:
-            self.reach.forget(peer_id)
-            return
+    async def probe(self, peer_id: str, *, addrs: Sequence[str] = ()) -> bool:
+        """Whether a peer answers now: dial it unless connected (from `addrs` and its
+        advert's addresses), ping it; a connection that does not carry a pong (left stale by
+        an outage) is closed and the peer dialled afresh once. The outcome marks it reachable
+        or not."""
+        if peer_id == self.peer_id:
+            return True
         try:
-            if not self.host.is_connected(peer_id):
-                errors = []
-                for addr in row.addrs[:4]:
-                    full = addr if "/p2p/" in addr else f"{addr}/p2p/{peer_id}"
-                    try:
-                        await self.dial(full)
-                        break
-                    except DialError as e:
-                        errors.append(str(e))
-                else:
-                    if not errors:  # each failed dial marked it already
-                        self.reach.failed(peer_id, "no known address")
-                    return
+            if self.host.is_connected(peer_id):
+                try:
+                    await self.ping(peer_id, count=1, timeout=PROBE_PING_S)
+                    return True
+                except (P2PInferError, OSError):
+                    await self.host.disconnect(peer_id)
+            if not await self._dial_known(peer_id, addrs):
+                return False
             await self.ping(peer_id, count=1)
+            return True
         except (P2PInferError, OSError) as e:
             log.debug("probe of %s failed: %s", peer_id, e)
+            return False
+
+    async def _dial_known(self, peer_id: str, addrs: Sequence[str]) -> bool:
+        row = self.table.get(peer_id)
+        known = list(dict.fromkeys([*addrs, *(row.addrs if row is not None else ())]))
+        for addr in known[:8]:
+            full = addr if "/p2p/" in addr else f"{addr}/p2p/{peer_id}"
+            try:
+                await self.dial(full)
+                return True
+            except DialError:
+                continue  # each failed dial marked it already
+        if not known:
+            self.reach.failed(peer_id, "no known address")
+        return False
 
     async def _watch_reachability(self) -> None:
         """A routable peer whose connection dropped is probed at once (a killed process
@@ -349,7 +381,10 @@ class Node:
 
         async def probe(pid: str) -> None:
             try:
-                await self._probe(pid)
+                if pid in self.table:
+                    await self.probe(pid)
+                else:
+                    self.reach.forget(pid)
             finally:
                 probing.discard(pid)
 
@@ -447,13 +482,23 @@ class Node:
     async def open_stream(self, peer_id: str, name: str, *, version: str = "1.0.0") -> FramedStream:
         """A framed message stream to `peer_id`: `async with await node.open_stream(...) as s`."""
         lim = self.config.limits
+        proto = protocol_id(name, version)
+        timeout = self.config.net.dial_timeout_s
+        was_connected = self.host.is_connected(peer_id)
         try:
-            raw = await self.host.new_stream(
-                peer_id, protocol_id(name, version), timeout_s=self.config.net.dial_timeout_s
-            )
+            raw = await self.host.new_stream(peer_id, proto, timeout_s=timeout)
         except DialError as e:
-            self.reach.failed(peer_id, str(e))
-            raise
+            if not (was_connected and isinstance(e, DialTimeout)):
+                self.reach.failed(peer_id, str(e))
+                raise
+            # the connection may be stale (an outage outlived TCP's patience): close it and
+            # open the stream on a fresh one
+            await self.host.disconnect(peer_id)
+            try:
+                raw = await self.host.new_stream(peer_id, proto, timeout_s=timeout)
+            except DialError as e2:
+                self.reach.failed(peer_id, str(e2))
+                raise e2 from e
         self.reach.answered(peer_id)
         return FramedStream(
             raw, peer_id, max_frame=lim.max_frame_bytes, timeout_s=lim.stream_timeout_s

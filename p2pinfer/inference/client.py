@@ -713,44 +713,53 @@ class InferenceClient:
         await self._open(session)  # closes (and releases) the session when it fails
         return session
 
-    #: how often a route is planned again because one of its peers could not be dialled
+    #: how often a route is planned again because one of its peers did not answer, before
+    #: the request waits for the network
     PREFLIGHT_PLANS = 3
 
     async def _reachable_route(self, settings: RequestSettings) -> list[StagePlan]:
-        """A planned route whose peers are all connected, held in `placed` (the caller
-        releases it): unconnected peers are dialled first (concurrently); one that does not
-        answer is marked unreachable by the node and the route is planned again without it,
-        before any task is signed (no failed attempt). The route is held from the moment it
-        is planned, so requests planned meanwhile see its sessions."""
-        async def dial(pid: str, failed: list[str]) -> None:
-            try:
-                await ensure_connected(self.node, pid)
-            except P2PInferError:
+        """A planned route whose peers all answer, held in `placed` (the caller releases it).
+        Peers not connected, or marked unreachable, are probed first (concurrently); one that
+        does not answer is marked unreachable by the node and the route is planned again
+        without it, before any task is signed (no failed attempt). When no route's peers
+        answer (this node's own link is down, say), the request waits for them, probing with
+        growing pauses, up to `outage_wait_s`. The route is held from the moment it is
+        planned, so requests planned meanwhile see its sessions."""
+
+        async def probe(pid: str, failed: list[str]) -> None:
+            if not await self.node.probe(pid):
                 failed.append(pid)
 
-        route = self.plan(settings)
-        self._hold(route)
-        try:
+        deadline = trio.current_time() + settings.outage_wait_s
+        pause = 0.5
+        while True:
             for _ in range(self.PREFLIGHT_PLANS):
-                connected = set(self.node.connected_peers())
-                missing = {p for s in route for p in s.replicas if p not in connected}
-                if not missing:
-                    return route
-                failed: list[str] = []
-                async with trio.open_nursery() as nursery:
-                    for pid in missing:
-                        nursery.start_soon(dial, pid, failed)
-                if not failed:
-                    return route
-                log.info("planning again without unreachable peer(s) %s", ", ".join(failed))
-                self._release(route)
-                route = []
                 route = self.plan(settings)
                 self._hold(route)
-        except BaseException:
-            self._release(route)
-            raise
-        return route
+                try:
+                    connected = set(self.node.connected_peers())
+                    down = self.node.unreachable()
+                    todo = {p for s in route for p in s.replicas
+                            if p not in connected or p in down}
+                    failed: list[str] = []
+                    if todo:
+                        async with trio.open_nursery() as nursery:
+                            for pid in todo:
+                                nursery.start_soon(probe, pid, failed)
+                except BaseException:
+                    self._release(route)
+                    raise
+                if not failed:
+                    return route
+                self._release(route)
+                log.info("planning again without unreachable peer(s) %s", ", ".join(failed))
+            left = deadline - trio.current_time()
+            if left <= 0:
+                raise StageFailure(None, None, "no route's peers answered for "
+                                   f"{settings.outage_wait_s:g} s (is this node offline?)")
+            log.warning("no route's peers answer; waiting for the network (%.0f s left)", left)
+            await trio.sleep(min(pause, left))
+            pause = min(2 * pause, 4.0)
 
     def _hold(self, route: Sequence[StagePlan]) -> None:
         for s in route:

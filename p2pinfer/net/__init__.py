@@ -23,6 +23,7 @@ from .adverts import decode_advert as decode_advert
 from .adverts import sign_advert as sign_advert
 from .gossip import topic_name as topic_name
 from .host import DialError as DialError
+from .host import DialTimeout as DialTimeout
 from .host import Host as Host
 from .host import load_psk as load_psk
 from .host import open_host as open_host

@@ -9,7 +9,7 @@ the node's configuration.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
@@ -62,6 +62,11 @@ class PeerNetwork(Protocol):
     # -- connections and streams -----------------------------------------------------------
     async def dial(self, maddr: str) -> str:
         """Connect to a multiaddr with /p2p/<id>; returns the peer id (`DialError` if not)."""
+        ...
+
+    async def probe(self, peer_id: str, *, addrs: Sequence[str] = ()) -> bool:
+        """Whether the peer answers now (dialled unless connected, then pinged; a stale
+        connection is replaced); the outcome marks it reachable or not."""
         ...
 
     async def ping(self, peer_id: str, *, count: int = 2,
