@@ -81,7 +81,8 @@ class Reachability:
         self._down.pop(peer_id, None)
 
     def status(self) -> dict[str, object]:
+        # per-peer detail as text only (metrics export the numbers, not one series per peer)
         now = self.clock()
         return {**self.counters, "unreachable": len(self._down),
-                "peers": {pid: {"reason": row.reason, "for_s": round(now - row.since, 1)}
+                "peers": {pid: f"{row.reason} ({now - row.since:.0f} s ago)"
                           for pid, row in sorted(self._down.items())[:32]}}

@@ -17,7 +17,7 @@ def test_a_failure_marks_a_peer_unreachable_until_it_answers():
     assert not r.is_down("a")
     r.failed("a", "dial refused")
     assert r.is_down("a") and r.unreachable() == {"a"}
-    assert r.status()["peers"]["a"]["reason"] == "dial refused"
+    assert r.status()["peers"]["a"].startswith("dial refused")
     r.answered("a")
     assert not r.is_down("a")
     assert r.counters == {"marked_unreachable": 1, "recovered": 1}
@@ -54,4 +54,4 @@ def test_failed_at_names_the_last_failure_and_forget_drops_the_peer():
 def test_a_long_reason_is_cut():
     r = Reachability()
     r.failed("a", "x" * 5000)
-    assert len(r.status()["peers"]["a"]["reason"]) == 200
+    assert r.status()["peers"]["a"].startswith("x" * 200 + " (")
