@@ -14,6 +14,9 @@ The node composes; each protocol lives in its own module (specs in protocols/):
 - the local control socket (control.md; services/control.py)
 
 The discovery loops that dial peers found by the DHT, adverts and mDNS are `net/dialer.py`.
+The node keeps which peers did not answer its last dial, stream or ping (`net/reachability.py`;
+requesters leave them out of new routes) and probes them until they answer, and closes every
+connection with a peer it banned (`net/host.py`'s connection gate).
 Services above the node (the HTTP API) are passed in as `Node(cfg, services=[...])` and run
 in the same nursery. The rest of this module is the embedding API (`PeerNetwork` for the
 services, `generate`/`embed`/`infer_critical` for applications).
