@@ -146,7 +146,7 @@ class RequestSettings:
     #: given max(step_timeout_floor_s, step_timeout_factor x its typical step time) instead,
     #: never more than this, so a stage that stops answering is replaced in seconds
     step_timeout_s: float = 30.0
-    step_timeout_floor_s: float = 3.0
+    step_timeout_floor_s: float = 5.0
     step_timeout_factor: float = 10.0
     open_timeout_s: float = 30.0
     #: when no planned route's peers answer (this node's own link down, say), how long a
