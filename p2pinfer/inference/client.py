@@ -753,13 +753,34 @@ class InferenceClient:
                     return route
                 self._release(route)
                 log.info("planning again without unreachable peer(s) %s", ", ".join(failed))
+            everyone = {p for s in route for p in s.replicas}
+            if set(failed) != everyone or await self._others_answer(everyone):
+                # some peers answer: the network is there, these peers are not
+                raise StageFailure(None, None, "no reachable route: "
+                                   f"{', '.join(sorted(failed))} did not answer")
             left = deadline - trio.current_time()
             if left <= 0:
-                raise StageFailure(None, None, "no route's peers answered for "
-                                   f"{settings.outage_wait_s:g} s (is this node offline?)")
-            log.warning("no route's peers answer; waiting for the network (%.0f s left)", left)
+                raise InferenceError(f"no peer answered for {settings.outage_wait_s:g} s: is "
+                                     "this node offline?")
+            log.warning("no peer answers; waiting for the network (%.0f s left)", left)
             await trio.sleep(min(pause, left))
             pause = min(2 * pause, 4.0)
+
+    async def _others_answer(self, exclude: set[str]) -> bool:
+        """Whether any of (at most three) other connected peers answers a probe: tells a dead
+        route from this node's own outage."""
+        down = self.node.unreachable()
+        others = [p for p in self.node.connected_peers() if p not in exclude and p not in down]
+        answered: list[str] = []
+
+        async def probe(pid: str) -> None:
+            if await self.node.probe(pid):
+                answered.append(pid)
+
+        async with trio.open_nursery() as nursery:
+            for pid in others[:3]:
+                nursery.start_soon(probe, pid)
+        return bool(answered)
 
     def _hold(self, route: Sequence[StagePlan]) -> None:
         for s in route:
