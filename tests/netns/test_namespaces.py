@@ -62,9 +62,10 @@ async def _peers_host(hosts, tmp_path: Path, monkeypatch) -> AsyncIterator[tuple
 
 
 async def _through_an_outage(hosts, boot: str, home: Path, expected: str,
-                             outage_s: float) -> None:
+                             outage_s: float) -> str:
     """A request from the client's host, with no config; once its first token has arrived
-    the client's link goes down for `outage_s`; the text is the same."""
+    the client's link goes down for `outage_s`; the text is the same. Returns what the
+    requester logged."""
     proc = _infer(hosts, hosts.client_ns, boot, home, TOKENS, json_out=False)
     try:
         first = await trio.to_thread.run_sync(proc.stdout.read, 1)  # one byte: nothing kept
@@ -82,6 +83,7 @@ async def _through_an_outage(hosts, boot: str, home: Path, expected: str,
     assert proc.returncode == 0, err[-2000:]
     assert (first + rest).decode().strip() == expected.strip()
     assert time.monotonic() - down_at >= outage_s
+    return err.decode(errors="replace")
 
 
 @pytest.mark.slow
@@ -101,6 +103,8 @@ async def test_a_rate_limited_requester_survives_a_40_s_link_outage(
         # waits for the network (outage_wait_s), dials them afresh and replays the history
         hosts.shape_client_link("20mbit")
         try:
-            await _through_an_outage(hosts, boot, home, expected, 40.0)
+            log = await _through_an_outage(hosts, boot, home, expected, 40.0)
         finally:
             hosts.unshape_client_link()
+        # the step was given up on and the requester waited for its peers to answer again
+        assert "re-planning" in log and "waiting for the network" in log, log[-3000:]
