@@ -128,7 +128,7 @@ class ServeSection:
 TEE_LEVELS = ("none", "simulated", "cpu-tee", "gpu-tee")
 #: TEST-ONLY dishonest behaviours (`serve.fault_injection`, p2pinfer.inference.redundancy)
 FAULT_INJECTION_KINDS = ("wrong-weights", "random-output", "skip-layer", "perturb", "copy",
-                         "stall")
+                         "stall", "stall-late")
 
 
 @dataclass
@@ -145,8 +145,16 @@ class RequestSettings:
     redundancy: int = 1
     #: "general" (votes, audits) or "critical" (a zero-knowledge proof per stage)
     mode: str = "general"
+    #: the longest a step may take; once a route's one-token steps were measured, a step is
+    #: given max(step_timeout_floor_s, step_timeout_factor x its typical step time) instead,
+    #: never more than this, so a stage that stops answering is replaced in seconds
     step_timeout_s: float = 30.0
+    step_timeout_floor_s: float = 5.0
+    step_timeout_factor: float = 10.0
     open_timeout_s: float = 30.0
+    #: when no planned route's peers answer (this node's own link down, say), how long a
+    #: request waits for them to answer again before it fails
+    outage_wait_s: float = 60.0
     max_replans: int = 4
     #: if non-empty, only these peer ids may be routed to
     allow: list[str] = field(default_factory=list)
@@ -180,9 +188,14 @@ class RequestSettings:
         if not 1 <= self.redundancy <= 9:
             raise ConfigError(f"{where}: key '{prefix}.redundancy': must be between 1 and 9 "
                               "peers per stage")
-        for key in ("step_timeout_s", "open_timeout_s", "ban_base_s", "ban_max_s"):
+        for key in ("step_timeout_s", "step_timeout_floor_s", "open_timeout_s", "ban_base_s",
+                    "ban_max_s"):
             if not getattr(self, key) > 0:
                 raise ConfigError(f"{where}: key '{prefix}.{key}': must be positive")
+        if not self.outage_wait_s >= 0:
+            raise ConfigError(f"{where}: key '{prefix}.outage_wait_s': must be >= 0")
+        if not self.step_timeout_factor >= 1:
+            raise ConfigError(f"{where}: key '{prefix}.step_timeout_factor': must be >= 1")
         if self.noise_sigma < 0 or self.noise_clip < 0 or self.tolerance < 0:
             raise ConfigError(f"{where}: key '{prefix}.noise_sigma': noise settings and the "
                               "tolerance must be >= 0")

@@ -14,6 +14,9 @@ The node composes; each protocol lives in its own module (specs in protocols/):
 - the local control socket (control.md; services/control.py)
 
 The discovery loops that dial peers found by the DHT, adverts and mDNS are `net/dialer.py`.
+The node keeps which peers did not answer its last dial, stream or ping (`net/reachability.py`;
+requesters leave them out of new routes) and probes them until they answer, and closes every
+connection with a peer it banned (`net/host.py`'s connection gate).
 Services above the node (the HTTP API) are passed in as `Node(cfg, services=[...])` and run
 in the same nursery. The rest of this module is the embedding API (`PeerNetwork` for the
 services, `generate`/`embed`/`infer_critical` for applications).
@@ -50,8 +53,9 @@ from p2pinfer.net.boundary import StreamingHandler
 from p2pinfer.net.dialer import TARGET_PEERS, PeerDialer
 from p2pinfer.net.discovery import BootstrapDialer, DhtDiscovery, MdnsDiscovery
 from p2pinfer.net.gossip import Gossip
-from p2pinfer.net.host import Host, open_host
+from p2pinfer.net.host import DialError, DialTimeout, Host, open_host
 from p2pinfer.net.peertable import PeerInfo, PeerTable
+from p2pinfer.net.reachability import Reachability
 from p2pinfer.net.streams import (
     FramedStream,
     InboundGuard,
@@ -72,6 +76,11 @@ from p2pinfer.wire import EndOfStream, Message
 __all__ = ["Node", "NodeService", "PeerWaitTimeout", "without_teardown_race"]
 
 log = logging.getLogger(__name__)
+
+#: a peer that does not answer a ping within this many seconds is unreachable
+PING_TIMEOUT_S = 5.0
+#: a probe over an existing connection gives up on it (and dials afresh) after this long
+PROBE_PING_S = 2.0
 
 
 class NodeService(Protocol):
@@ -137,6 +146,8 @@ class Node:
         self.table = PeerTable(ttl_s=config.gossip.advert_ttl_s)
         self.validator = AdvertValidator(self.network_id, max_bytes=lim.max_advert_bytes)
         self.guard = InboundGuard.from_limits(lim)
+        #: peers that did not answer a dial, a stream or a ping (left out of new routes)
+        self.reach = Reachability()
         self.started_at = 0.0
         self._extra_services = tuple(services)
         #: what each of `services` reported when it started (e.g. the HTTP API's base URL), in
@@ -211,6 +222,8 @@ class Node:
 
     async def _start(self, nursery: trio.Nursery) -> None:
         host = self.host
+        # a banned peer's connections are closed as soon as they are made
+        host.gate_connections(self.guard.is_banned, self._refused_connection)
         self.set_handler(PING_PROTOCOL, serve_ping)
         self.set_handler(TENSOR_PROTOCOL, self.tensors.serve)
 
@@ -220,6 +233,7 @@ class Node:
             self.dht = DhtDiscovery(host, self.network_id)
             await nursery.start(self.dht.run)
         await nursery.start(self.adverts.run, self.gossip, self.dht)
+        nursery.start_soon(self._watch_reachability)
         self.dialer = PeerDialer(host, self.table, dht=self.dht, target_peers=self._target_peers)
         await nursery.start(self.dialer.run)
         if self.config.net.mdns:
@@ -288,14 +302,117 @@ class Node:
         return await self.adverts.wait_for_peers(n, timeout)
 
     async def dial(self, maddr: str) -> str:
-        """Connect to a multiaddr with /p2p/<id> (no advert fetch); returns the peer id."""
-        return await self.host.connect(maddr)
+        """Connect to a multiaddr with /p2p/<id> (no advert fetch); returns the peer id.
+        A failed dial marks the peer unreachable; a successful one reachable again. A peer
+        banned here is not dialled (`DialError`)."""
+        if "/p2p/" in maddr and self.guard.is_banned(maddr.rsplit("/p2p/", 1)[1]):
+            raise DialError(f"{maddr.rsplit('/p2p/', 1)[1]} is banned by this node")
+        try:
+            pid = await self.host.connect(maddr)
+        except DialError as e:
+            if "/p2p/" in maddr:
+                self.reach.failed(maddr.rsplit("/p2p/", 1)[1], str(e))
+            raise
+        self.reach.answered(pid)
+        return pid
 
     async def connect(self, maddr: str) -> str:
         """Dial a peer by multiaddr (with /p2p/<id>) and fetch its advert; returns its id."""
-        pid = await self.host.connect(maddr)
+        pid = await self.dial(maddr)
         await self.adverts.sync(pid)
         return pid
+
+    async def ban(self, peer_id: str, seconds: float) -> None:
+        """Refuse a peer for `seconds`: its connections are closed now and as soon as it makes
+        new ones, its streams are refused, and it is not dialled."""
+        self.guard.ban(peer_id, seconds)
+        await self.host.disconnect(peer_id)
+
+    def unban(self, peer_id: str) -> None:
+        self.guard.unban(peer_id)
+
+    def _refused_connection(self, peer_id: str) -> None:
+        self.guard.counters["refused_connections"] += 1
+        log.info("closed a connection from banned peer %s (%.0f s of its ban left)", peer_id,
+                 self.guard.ban_left(peer_id))
+
+    def unreachable(self) -> set[str]:
+        """Peers that did not answer this node's last dial, stream or ping and have not
+        answered since (`p2pinfer.net.reachability`)."""
+        return self.reach.unreachable()
+
+    async def probe(self, peer_id: str, *, addrs: Sequence[str] = ()) -> bool:
+        """Whether a peer answers now: dial it unless connected (from `addrs` and its
+        advert's addresses), ping it; a connection that does not carry a pong (left stale by
+        an outage) is closed and the peer dialled afresh once. The outcome marks it reachable
+        or not."""
+        if peer_id == self.peer_id:
+            return True
+        try:
+            if self.host.is_connected(peer_id):
+                try:
+                    await self.ping(peer_id, count=1, timeout=PROBE_PING_S)
+                    return True
+                except (P2PInferError, OSError):
+                    await self.host.disconnect(peer_id)
+            if not await self._dial_known(peer_id, addrs):
+                return False
+            await self.ping(peer_id, count=1)
+            return True
+        except (P2PInferError, OSError) as e:
+            log.debug("probe of %s failed: %s", peer_id, e)
+            return False
+
+    async def _dial_known(self, peer_id: str, addrs: Sequence[str]) -> bool:
+        row = self.table.get(peer_id)
+        known = list(dict.fromkeys([*addrs, *(row.addrs if row is not None else ())]))
+        for addr in known[:8]:
+            full = addr if "/p2p/" in addr else f"{addr}/p2p/{peer_id}"
+            try:
+                await self.dial(full)
+                return True
+            except DialError:
+                continue  # each failed dial marked it already
+        if not known:
+            self.reach.failed(peer_id, "no known address")
+        return False
+
+    async def _watch_reachability(self) -> None:
+        """A routable peer whose connection dropped is probed at once (a killed process
+        refuses the dial, so it leaves new routes within a second); unreachable peers are
+        probed again on their back-off schedule until they answer or leave the table."""
+        was_connected: set[str] = set()
+        probing: set[str] = set()
+
+        async def probe(pid: str) -> None:
+            try:
+                if pid in self.table:
+                    await self.probe(pid)
+                else:
+                    self.reach.forget(pid)
+            finally:
+                probing.discard(pid)
+
+        async with trio.open_nursery() as nursery:
+            while True:
+                connected = set(self.host.connected_peers())
+                routable = {r.peer_id for r in self.table.peers() if r.spans}
+                todo = {p for p in was_connected - connected if p in routable}
+                todo |= {p for p in self.reach.due() if p in self.table}
+                # an unreachable peer that connected to us again is probed at once
+                todo |= {p for p in connected - was_connected if self.reach.is_down(p)}
+                for pid in self.reach.unreachable():
+                    row = self.table.get(pid)
+                    failed_at = self.reach.failed_at(pid)
+                    if row is None:
+                        self.reach.forget(pid)
+                    elif failed_at is not None and row.advert.issued_ms / 1000 > failed_at:
+                        todo.add(pid)  # it announced itself since: a restart, say
+                for pid in todo - probing:
+                    probing.add(pid)
+                    nursery.start_soon(probe, pid)
+                was_connected = connected
+                await trio.sleep(0.25)
 
     # -- adverts (p2pinfer.services.adverts) ----------------------------------------------
     @property
@@ -314,10 +431,23 @@ class Node:
         return await self.adverts.fetch(peer_id)
 
     # -- ping (p2pinfer.services.ping) -----------------------------------------------------
-    async def ping(self, peer_id: str, *, count: int = 2) -> float:
-        """Round-trip time in ms over one ping stream (the first exchange warms it up)."""
-        best = await ping_peer(self, peer_id, count=count)
+    async def ping(self, peer_id: str, *, count: int = 2, timeout: float | None = None) -> float:
+        """Round-trip time in ms over one ping stream (the first exchange warms it up). No
+        pong within `timeout` (default: `PING_TIMEOUT_S`, at most `net.dial_timeout_s`) raises
+        `DialError`; a failed ping marks the peer unreachable, a pong reachable again."""
+        limit = timeout if timeout is not None else min(PING_TIMEOUT_S,
+                                                        self.config.net.dial_timeout_s)
+        try:
+            with trio.fail_after(limit):
+                best = await ping_peer(self, peer_id, count=count)
+        except trio.TooSlowError:
+            self.reach.failed(peer_id, f"no pong within {limit} s")
+            raise DialError(f"{peer_id} did not answer a ping within {limit} s") from None
+        except (P2PInferError, OSError) as e:
+            self.reach.failed(peer_id, f"ping failed: {e}")
+            raise
         self._counters["pings"] += 1
+        self.reach.answered(peer_id)
         self.table.record_rtt(peer_id, best)
         return best
 
@@ -357,9 +487,24 @@ class Node:
     async def open_stream(self, peer_id: str, name: str, *, version: str = "1.0.0") -> FramedStream:
         """A framed message stream to `peer_id`: `async with await node.open_stream(...) as s`."""
         lim = self.config.limits
-        raw = await self.host.new_stream(
-            peer_id, protocol_id(name, version), timeout_s=self.config.net.dial_timeout_s
-        )
+        proto = protocol_id(name, version)
+        timeout = self.config.net.dial_timeout_s
+        was_connected = self.host.is_connected(peer_id)
+        try:
+            raw = await self.host.new_stream(peer_id, proto, timeout_s=timeout)
+        except DialError as e:
+            if not (was_connected and isinstance(e, DialTimeout)):
+                self.reach.failed(peer_id, str(e))
+                raise
+            # the connection may be stale (an outage outlived TCP's patience): close it and
+            # open the stream on a fresh one
+            await self.host.disconnect(peer_id)
+            try:
+                raw = await self.host.new_stream(peer_id, proto, timeout_s=timeout)
+            except DialError as e2:
+                self.reach.failed(peer_id, str(e2))
+                raise e2 from e
+        self.reach.answered(peer_id)
         return FramedStream(
             raw, peer_id, max_frame=lim.max_frame_bytes, timeout_s=lim.stream_timeout_s
         )
@@ -486,6 +631,7 @@ class Node:
         counters: dict[str, Any] = dict(self.counters)
         counters["adverts"] = self.validator.counters()
         counters["streams"] = self.guard.status()
+        counters["reachability"] = self.reach.status()
         if self.gossip is not None:
             counters["gossip"] = dict(self.gossip.counters)
             counters["gossip"]["mesh"] = self.gossip.mesh_size(ADVERT_TOPIC)

@@ -45,7 +45,8 @@ CLIENT_SETTINGS = (
     ("redundancy", "peers per stage (general mode); replicas vote on fingerprints"),
     ("noise_sigma", "Gaussian noise on the outgoing activation (sigma relative to the clip)"),
     ("noise_clip", "per-token L2 clip norm applied before the noise"),
-    ("step_timeout_s", "re-plan when one step takes longer than this many seconds"),
+    ("step_timeout_s", ("re-plan when a step takes longer than this many seconds (measured "
+                        "steps: a multiple of their time, at most this)")),
 )
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import hmac
 import logging
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
@@ -65,6 +66,9 @@ class StageFailure(InferenceError):
         super().__init__(message)
         self.stage = stage
         self.peer_id = peer_id
+        #: when no one peer can be blamed (a step timed out and every peer of the route still
+        #: answers pings): the route's peers, all backed off so the re-plan avoids the staller
+        self.suspects: tuple[str, ...] = ()
 
 
 def check_settings(settings: RequestSettings) -> RequestSettings:
@@ -256,6 +260,9 @@ class RouteSession:
         #: what the mode's strategy keeps for this attempt alone (critical generations: the
         #: stages' committed KV caches)
         self.mode_state: Any = None
+        #: seconds of this route's one-token steps, newest last (the adaptive step timeout)
+        self.token_steps: list[float] = []
+        self._step_ewma = 0.0
 
     @property
     def route(self) -> tuple[StagePlan, ...]:
@@ -264,6 +271,28 @@ class RouteSession:
     @property
     def redundant(self) -> bool:
         return any(len(s.replicas) > 1 for s in self.task.route)
+
+    #: one-token steps measured before the step timeout adapts to them
+    ADAPT_AFTER = 3
+
+    def observe_step(self, tokens: int, seconds: float) -> None:
+        if tokens != 1:
+            return
+        self.token_steps = [*self.token_steps[-31:], seconds]
+        self._step_ewma = seconds if len(self.token_steps) == 1 else \
+            self._step_ewma + 0.2 * (seconds - self._step_ewma)
+
+    def step_timeout(self, tokens: int) -> float:
+        """How long a step of `tokens` positions may take before its route is given up: the
+        configured `step_timeout_s` for a prefill (or replay) and until `ADAPT_AFTER`
+        one-token steps were measured, then `step_timeout_factor` times the larger of the
+        smoothed and the slowest recent step time, at least `step_timeout_floor_s`."""
+        s = self.settings
+        if tokens != 1 or len(self.token_steps) < self.ADAPT_AFTER:
+            return s.step_timeout_s
+        typical = max(self._step_ewma, max(self.token_steps))
+        return min(s.step_timeout_s, max(s.step_timeout_floor_s,
+                                         s.step_timeout_factor * typical))
 
     def fail(self, stage: int | None, peer_id: str | None, message: str) -> None:
         if self.redundant and not self.closed:
@@ -326,6 +355,7 @@ class InferenceClient:
         trust: RouteTrust | None = None,
         sessions: dict[bytes, RouteSession] | None = None,
         backoff: Backoff | None = None,
+        placed: Counter[str] | None = None,
         spawn: Callable[..., None] = _no_spawn,
     ) -> None:
         self.node = node
@@ -345,6 +375,9 @@ class InferenceClient:
         #: the requester's open sessions by task id (shared with the node's result-hop handler)
         self.sessions = sessions if sessions is not None else {}
         self.backoff = backoff or Backoff(self.settings.ban_base_s, self.settings.ban_max_s)
+        #: route sessions this requester has placed and not closed yet, per peer (shared by
+        #: the node's clients): the planner spreads concurrent requests over replicas with it
+        self.placed: Counter[str] = placed if placed is not None else Counter()
         #: starts a background task that outlives one call (the owning service's nursery)
         self.spawn = spawn
         #: our copy's weights digest per span [a, b) (computed once per span a peer offers)
@@ -387,9 +420,14 @@ class InferenceClient:
             out.append(Candidate(
                 p.peer_id, spans,
                 throughput=float(p.throughput) * layers, load=float(p.load),
-                rtt_ms=float(p.rtt_ms) if p.rtt_ms is not None else 5.0, tee_level=tee,
+                rtt_ms=float(p.rtt_ms) if p.rtt_ms is not None else -1.0, tee_level=tee,
+                sessions=self.placed.get(p.peer_id, 0),
             ))
-        return out
+        # a peer not pinged yet is assumed as near as the median measured one (a fixed guess
+        # would put all load on whichever peer happened to be measured)
+        known = sorted(c.rtt_ms for c in out if c.rtt_ms >= 0)
+        guess = known[len(known) // 2] if known else 5.0
+        return [c if c.rtt_ms >= 0 else replace(c, rtt_ms=guess) for c in out]
 
     def _same_weights(self, spans: Sequence[Sequence[int]], digests: Sequence[str]
                       ) -> tuple[tuple[int, int], ...]:
@@ -416,18 +454,23 @@ class InferenceClient:
         exclude = self.backoff.excluded()
         banned = self.consensus.banned() if self.consensus is not None else set()
         exclude |= banned  # banned on verified fault evidence or low reputation
+        # peers that did not answer our last dial, stream or ping (their adverts may still be
+        # in the table: gossip relays them, but they prove nothing about their author's health)
+        unreachable = self.node.unreachable()
+        exclude |= unreachable
         req = PlanRequest(start, end, redundancy=s.redundancy,
                           allow=set(s.allow) if s.allow else None, deny=set(s.deny),
                           exclude=exclude, min_tee=self.min_tee(s))
         try:
             return plan_route(self.candidates(), req)
         except NoRouteError:
-            backing_off = self.backoff.excluded() - banned
-            if not backing_off:
+            second_chance = (self.backoff.excluded() | unreachable) - banned
+            if not second_chance:
                 raise
-            # every alternative is backing off after a failure: give those peers another try
-            # rather than fail the request (banned peers stay excluded)
-            req.exclude = exclude - backing_off
+            # every alternative is backing off after a failure or unreachable: give those
+            # peers another try rather than fail the request (banned peers stay excluded; the
+            # route is dialled before it is used)
+            req.exclude = exclude - second_chance
             return plan_route(self.candidates(), req)
 
     def route_tolerance(self, route: Sequence[StagePlan]) -> float:
@@ -580,6 +623,8 @@ class InferenceClient:
             self.spawn(self._watch_up, session, up, peer)
 
     async def _close(self, session: RouteSession) -> None:
+        if not session.closed:
+            self._release(session.route)
         session.closed = True
         consensus = self.consensus
         window = consensus.tally_window_s if consensus is not None and session.redundant else 0.0
@@ -617,8 +662,8 @@ class InferenceClient:
 
         async def probe(pid: str) -> None:
             try:
-                with trio.fail_after(2.0):
-                    await self.node.ping(pid, count=1)
+                with trio.fail_after(2.5):
+                    await self.node.ping(pid, count=1, timeout=2.0)
             except (P2PInferError, trio.TooSlowError, OSError):
                 dead.append(pid)
 
@@ -626,6 +671,16 @@ class InferenceClient:
             for pid in peers:
                 n.start_soon(probe, pid)
         return dead[0] if dead else None
+
+    async def _attribute(self, session: RouteSession, failure: StageFailure) -> None:
+        """Name the peer a failure is blamed on; when none can be (every peer of the route
+        still answers a ping, e.g. a stage whose computation hangs), the whole route is
+        suspect."""
+        if failure.peer_id is not None:
+            return
+        failure.peer_id = await self._blame(session, failure)
+        if failure.peer_id is None:
+            failure.suspects = tuple(dict.fromkeys(p for s in session.route for p in s.replicas))
 
     # -- the attempt loop ----------------------------------------------------------------------
     @asynccontextmanager
@@ -637,8 +692,7 @@ class InferenceClient:
         try:
             yield session
         except StageFailure as failure:
-            if failure.peer_id is None:
-                failure.peer_id = await self._blame(session, failure)
+            await self._attribute(session, failure)
             raise
         finally:
             await self._close(session)
@@ -646,16 +700,103 @@ class InferenceClient:
     async def _open_route(self, outcome: RequestOutcome, settings: RequestSettings,
                           strategy: ModeStrategy, max_length: int) -> RouteSession:
         """A route planned, signed and open (the caller closes it with `_close`)."""
-        route = self.plan(settings)
+        route = await self._reachable_route(settings)
         outcome.route = route
         outcome.report = None
-        task = Task.create(
-            self.node.identity, network_id=self.node.network_id, model_id=self.info.model_id,
-            requester_addrs=self.node.addrs, route=route, mode=strategy.mode,
-            max_length=max_length, options=strategy.task_options(route))
-        session = RouteSession(self, task, settings, strategy, outcome)
-        await self._open(session)
+        try:
+            task = Task.create(
+                self.node.identity, network_id=self.node.network_id,
+                model_id=self.info.model_id, requester_addrs=self.node.addrs, route=route,
+                mode=strategy.mode, max_length=max_length,
+                options=strategy.task_options(route))
+            session = RouteSession(self, task, settings, strategy, outcome)
+        except BaseException:
+            self._release(route)
+            raise
+        await self._open(session)  # closes (and releases) the session when it fails
         return session
+
+    #: how often a route is planned again because one of its peers did not answer, before
+    #: the request waits for the network
+    PREFLIGHT_PLANS = 3
+
+    async def _reachable_route(self, settings: RequestSettings) -> list[StagePlan]:
+        """A planned route whose peers all answer, held in `placed` (the caller releases it).
+        Peers not connected, or marked unreachable, are probed first (concurrently); one that
+        does not answer is marked unreachable by the node and the route is planned again
+        without it, before any task is signed (no failed attempt). When no route's peers
+        answer (this node's own link is down, say), the request waits for them, probing with
+        growing pauses, up to `outage_wait_s`. The route is held from the moment it is
+        planned, so requests planned meanwhile see its sessions."""
+
+        async def probe(pid: str, failed: list[str]) -> None:
+            if not await self.node.probe(pid):
+                failed.append(pid)
+
+        deadline = trio.current_time() + settings.outage_wait_s
+        pause = 0.5
+        while True:
+            for _ in range(self.PREFLIGHT_PLANS):
+                route = self.plan(settings)
+                self._hold(route)
+                try:
+                    connected = set(self.node.connected_peers())
+                    down = self.node.unreachable()
+                    todo = {p for s in route for p in s.replicas
+                            if p not in connected or p in down}
+                    failed: list[str] = []
+                    if todo:
+                        async with trio.open_nursery() as nursery:
+                            for pid in todo:
+                                nursery.start_soon(probe, pid, failed)
+                except BaseException:
+                    self._release(route)
+                    raise
+                if not failed:
+                    return route
+                self._release(route)
+                log.info("planning again without unreachable peer(s) %s", ", ".join(failed))
+            everyone = {p for s in route for p in s.replicas}
+            if set(failed) != everyone or await self._others_answer(everyone):
+                # some peers answer: the network is there, these peers are not
+                raise StageFailure(None, None, "no reachable route: "
+                                   f"{', '.join(sorted(failed))} did not answer")
+            left = deadline - trio.current_time()
+            if left <= 0:
+                raise InferenceError(f"no peer answered for {settings.outage_wait_s:g} s: is "
+                                     "this node offline?")
+            log.warning("no peer answers; waiting for the network (%.0f s left)", left)
+            await trio.sleep(min(pause, left))
+            pause = min(2 * pause, 4.0)
+
+    async def _others_answer(self, exclude: set[str]) -> bool:
+        """Whether any of (at most three) other connected peers answers a probe: tells a dead
+        route from this node's own outage."""
+        down = self.node.unreachable()
+        others = [p for p in self.node.connected_peers() if p not in exclude and p not in down]
+        answered: list[str] = []
+
+        async def probe(pid: str) -> None:
+            if await self.node.probe(pid):
+                answered.append(pid)
+
+        async with trio.open_nursery() as nursery:
+            for pid in others[:3]:
+                nursery.start_soon(probe, pid)
+        return bool(answered)
+
+    def _hold(self, route: Sequence[StagePlan]) -> None:
+        for s in route:
+            self.placed.update(s.replicas)
+
+    def _release(self, route: Sequence[StagePlan]) -> None:
+        for s in route:
+            for p in s.replicas:
+                n = self.placed.get(p, 0) - 1
+                if n > 0:
+                    self.placed[p] = n
+                else:
+                    self.placed.pop(p, None)
 
     async def _attempts(self, outcome: RequestOutcome, settings: RequestSettings,
                         attempt: Callable[[], AsyncIterator[Any]]) -> AsyncIterator[Any]:
@@ -677,6 +818,8 @@ class InferenceClient:
                     log.warning("route failed (%s); re-planning, attempt %d", failure, failures)
                     if failure.peer_id and failure.peer_id != self.node.peer_id:
                         self.backoff.fail(failure.peer_id)
+                    for peer in failure.suspects:
+                        self.backoff.fail(peer)
                     if failures > settings.max_replans:
                         raise InferenceError(f"gave up after {failures - 1} re-plans; last "
                                              f"failure: {failure}") from None
@@ -695,16 +838,19 @@ class InferenceClient:
                 await up.send("step", {"seq": seq, "pos": pos, **fields})
             except (P2PInferError, OSError) as e:
                 raise StageFailure(0, first, f"could not send to stage 0: {e}") from None
+        tokens = int(hidden.shape[-2]) if hidden.dim() >= 2 else 1
+        timeout = session.step_timeout(tokens)
         if len(session.route[-1].replicas) > 1:
-            out = await self._voted_step(session, seq)
+            out = await self._voted_step(session, seq, timeout)
         else:
-            out = await self._single_step(session, seq, hidden)
-        session.outcome.step_s.append(time.perf_counter() - t0)
+            out = await self._single_step(session, seq, hidden, timeout)
+        seconds = time.perf_counter() - t0
+        session.outcome.step_s.append(seconds)
+        session.observe_step(tokens, seconds)
         return out
 
-    async def _single_step(self, session: RouteSession, seq: int, sent: torch.Tensor
-                           ) -> torch.Tensor:
-        timeout = session.settings.step_timeout_s
+    async def _single_step(self, session: RouteSession, seq: int, sent: torch.Tensor,
+                           timeout: float) -> torch.Tensor:
         with trio.move_on_after(timeout):
             while True:
                 try:
@@ -716,9 +862,10 @@ class InferenceClient:
                 if item.seq == seq:
                     await session.strategy.check(session, sent, item)
                     return item.hidden
-        raise StageFailure(None, None, f"step {seq} got no answer in {timeout} s")
+        raise StageFailure(None, None, f"step {seq} got no answer in {timeout:.3g} s")
 
-    async def _voted_step(self, session: RouteSession, seq: int) -> torch.Tensor:
+    async def _voted_step(self, session: RouteSession, seq: int, timeout: float
+                          ) -> torch.Tensor:
         """Redundant last stage: vote over the replicas' answers (majority, bounded wait)."""
         from p2pinfer.consensus import NoMajorityError
 
@@ -741,13 +888,12 @@ class InferenceClient:
                     return True
                 consensus.late_result(item.peer, item.fields)
 
-        timeout = session.settings.step_timeout_s
         try:
             with trio.fail_after(timeout):
                 chosen = await consensus.vote_results(session.task, seq, results, more)
         except trio.TooSlowError:
             raise StageFailure(last, None, f"step {seq}: no majority of stage {last} answered "
-                               f"in {timeout} s") from None
+                               f"in {timeout:.3g} s") from None
         except NoMajorityError as e:
             raise InferenceError(f"task failed: {e}") from None
         for peer, result in results.items():
@@ -1054,8 +1200,8 @@ class RouteConversation:
                 if tok in stop_ids:
                     break
         except StageFailure as failure:
-            if session is not None and failure.peer_id is None:
-                failure.peer_id = await client._blame(session, failure)
+            if session is not None:
+                await client._attribute(session, failure)
             await self._drop()
             raise
         finally:

@@ -3,10 +3,12 @@
 The middle layers [start, end) are covered by a chain of stages. Every span boundary any
 candidate advertises is a graph node; a candidate serving [s, e) gives edges a -> b for every pair
 of boundaries with s <= a < b <= e. An edge's cost is the estimated latency of one request on it:
-the peer's RTT plus its compute time for b - a layers, slowed by its load and weighted by its trust
-level. The cheapest chain is a shortest path (as Petals routes its clients). With redundancy m an
-edge exists only where m distinct eligible peers cover it, and costs what the m-th best of them
-does, since the stage waits for its replicas. Faster peers therefore end up on longer spans.
+the peer's RTT plus its compute time for b - a layers, slowed by its advertised load, multiplied
+by one plus the number of sessions this requester already placed on it (so concurrent requests
+spread over the replicas of a span) and weighted by its trust level. The cheapest chain is a
+shortest path (as Petals routes its clients). With redundancy m an edge exists only where m
+distinct eligible peers cover it, and costs what the m-th best of them does, since the stage
+waits for its replicas. Faster peers therefore end up on longer spans.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ class Candidate:
     rtt_ms: float = 5.0
     tee_level: str = "none"
     operator: str = ""
+    #: route sessions the planning requester itself has open on this peer
+    sessions: int = 0
 
     def ms_per_layer(self) -> float:
         base = 1000.0 / self.throughput if self.throughput > 0 else DEFAULT_MS_PER_LAYER
@@ -46,6 +50,8 @@ class Candidate:
 
     def cost(self, layers: int, prefer_tee: bool) -> float:
         c = self.rtt_ms + layers * self.ms_per_layer()
+        # each session we already placed there shares the peer's compute and its link
+        c *= 1.0 + max(0, min(self.sessions, 64))
         return c * (TEE_WEIGHT.get(self.tee_level, 1.3) if prefer_tee else 1.0)
 
     def covers(self, a: int, b: int) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -115,6 +116,8 @@ class InferenceService:
         defaults = self.config.inference
         #: peers that failed a request of this node, backed off for all its requests
         self.backoff = Backoff(defaults.ban_base_s, defaults.ban_max_s)
+        #: route sessions this node's requests have open, per peer (the planner spreads load)
+        self.placed: Counter[str] = Counter()
         self._nursery: trio.Nursery | None = None
         #: the served stage's own cancel scope (an auto peer that moves stops the old one)
         self._stage_scope: trio.CancelScope | None = None
@@ -282,7 +285,7 @@ class InferenceService:
         if self._nursery is None:
             raise P2PInferError("the inference service is not running")
         return {"hop": self.hop, "consensus": self.consensus, "trust": self.trust,
-                "sessions": self.sessions, "backoff": self.backoff,
+                "sessions": self.sessions, "backoff": self.backoff, "placed": self.placed,
                 "spawn": self._nursery.start_soon}
 
     async def tokenizer(self, path: str) -> Tokenizer | ByteVocabulary:

@@ -3,7 +3,8 @@
 A stage peer whose config sets `serve.fault_injection` (refused on a production network,
 p2pinfer.config) cheats in that one way: `corrupt_weights` swaps its weights ("another
 checkpoint"); `FaultyRunner` wraps its float layers and returns random output, skips a layer,
-perturbs its output, copies a fellow replica, or stalls. The multi-process consensus tests use
+perturbs its output, copies a fellow replica, or stalls (from its first step, or from step
+`STALL_LATE_STEP` of each session on, after its step times were measured). The multi-process consensus tests use
 them; no production code path reaches this module without that knob.
 """
 
@@ -21,6 +22,8 @@ from p2pinfer.inference.stage import StepRunner
 from p2pinfer.inference.task import Task
 
 FAULT_KINDS = FAULT_INJECTION_KINDS
+#: "stall-late" answers steps 0 .. STALL_LATE_STEP - 1 of a session, then stops answering
+STALL_LATE_STEP = 5
 
 
 def corrupt_weights(span: Any, seed: int = 1234) -> None:
@@ -54,7 +57,8 @@ class FaultyRunner:
     async def run(self, session: Any, view: Any, hidden: torch.Tensor, pos: int,
                   fields: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
         kind = self.kind
-        if kind == "stall":
+        if kind == "stall" or (kind == "stall-late"
+                               and int(fields.get("seq", 0)) >= STALL_LATE_STEP):
             await trio.sleep_forever()
         if kind == "copy":
             # try to take a fellow replica's answer; the fetch protocol refuses peers that are

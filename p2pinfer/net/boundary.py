@@ -9,7 +9,7 @@ the node's configuration.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
@@ -50,6 +50,11 @@ class PeerNetwork(Protocol):
 
     def connected_peers(self) -> list[str]: ...
 
+    def unreachable(self) -> set[str]:
+        """Peers whose last dial, stream or ping failed and that have not answered since
+        (they are left out of new routes)."""
+        ...
+
     def update_advert(self, **fields: Any) -> None:
         """Change what this node advertises (model, spans, throughput, load, ...)."""
         ...
@@ -59,7 +64,15 @@ class PeerNetwork(Protocol):
         """Connect to a multiaddr with /p2p/<id>; returns the peer id (`DialError` if not)."""
         ...
 
-    async def ping(self, peer_id: str, *, count: int = 2) -> float: ...
+    async def probe(self, peer_id: str, *, addrs: Sequence[str] = ()) -> bool:
+        """Whether the peer answers now (dialled unless connected, then pinged; a stale
+        connection is replaced); the outcome marks it reachable or not."""
+        ...
+
+    async def ping(self, peer_id: str, *, count: int = 2,
+                   timeout: float | None = None) -> float:
+        """Round-trip time in ms; no pong within `timeout` raises `DialError`."""
+        ...
 
     async def open_stream(self, peer_id: str, name: str, *,
                           version: str = "1.0.0") -> FramedStream: ...

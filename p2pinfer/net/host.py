@@ -14,7 +14,7 @@ import logging
 import os
 import re
 import socket
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ import multiaddr
 import psutil
 import trio
 from libp2p import new_host
+from libp2p.abc import INotifee
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
 from libp2p.custom_types import TProtocol
@@ -70,6 +71,14 @@ def _dial_failure_kind(exc: BaseException) -> str:
         stack.extend(x for x in (e.__cause__, e.__context__) if x is not None)
         stack.extend(getattr(e, "exceptions", None) or getattr(e, "errors", None) or ())
     return "other"
+
+
+class DialTimeout(DialError):
+    """A dial or a stream negotiation got no answer in time (a dead peer, a stale
+    connection)."""
+
+    def __init__(self, msg: str, kind: str = "timeout") -> None:
+        super().__init__(msg, kind)
 
 
 def _route_library_logs() -> None:
@@ -133,6 +142,42 @@ def interface_ipv4s() -> list[str]:
             continue
         found.extend(a.address for a in addrs if a.family == socket.AF_INET)
     return sorted(set(found), key=lambda ip: (ip.startswith("127."), ip))
+
+
+class ConnectionGate(INotifee):
+    """Closes every connection with a refused peer as soon as it is established, inbound or
+    outbound (libp2p 0.8.1 gates connections by IP address only; a peer id is known once the
+    Noise handshake is done, so this is the earliest point to refuse one). Every other
+    protocol, libp2p's own included (gossip, identify, DHT), rides on those connections."""
+
+    def __init__(self, refuse: Callable[[str], bool], on_refused: Callable[[str], None]) -> None:
+        self.refuse, self.on_refused = refuse, on_refused
+
+    async def connected(self, network: Any, conn: Any) -> None:
+        peer = str(conn.muxed_conn.peer_id)
+        if not self.refuse(peer):
+            return
+        self.on_refused(peer)
+        with trio.CancelScope(shield=True), trio.move_on_after(2):
+            try:
+                await conn.close()
+            except Exception as e:  # noqa: BLE001 - the connection may be going away anyway
+                log.debug("closing a refused connection: %s", type(e).__name__)
+
+    async def opened_stream(self, network: Any, stream: Any) -> None:
+        return None
+
+    async def closed_stream(self, network: Any, stream: Any) -> None:
+        return None
+
+    async def disconnected(self, network: Any, conn: Any) -> None:
+        return None
+
+    async def listen(self, network: Any, multiaddr: Any) -> None:
+        return None
+
+    async def listen_close(self, network: Any, multiaddr: Any) -> None:
+        return None
 
 
 class Host:
@@ -200,7 +245,7 @@ class Host:
             with trio.fail_after(timeout_s or self.net.dial_timeout_s):
                 await self.lp2p.connect(info)
         except trio.TooSlowError:
-            raise DialError(f"dialing {info.peer_id} timed out", "timeout") from None
+            raise DialTimeout(f"dialing {info.peer_id} timed out") from None
         except Exception as e:  # noqa: BLE001 - libp2p and multiaddr raise assorted types
             kind = _dial_failure_kind(e)
             if kind == "identity":
@@ -242,12 +287,19 @@ class Host:
             with trio.fail_after(timeout_s):
                 return await self.lp2p.new_stream(pid, [TProtocol(protocol)])
         except trio.TooSlowError:
-            raise DialError(f"opening {protocol} to {peer_id} timed out") from None
+            raise DialTimeout(f"opening {protocol} to {peer_id} timed out") from None
         except Exception as e:  # noqa: BLE001 - libp2p and multiaddr raise assorted types
             raise DialError(f"opening {protocol} to {peer_id} failed: {type(e).__name__}") from None
 
     def set_stream_handler(self, protocol: str, handler: Any) -> None:
         self.lp2p.set_stream_handler(TProtocol(protocol), handler)
+
+    def gate_connections(self, refuse: Callable[[str], bool],
+                         on_refused: Callable[[str], None]) -> ConnectionGate:
+        """Close every connection with a peer for which `refuse(peer_id)` holds, at once."""
+        gate = ConnectionGate(refuse, on_refused)
+        self.lp2p.get_network().register_notifee(gate)
+        return gate
 
 
 @asynccontextmanager

@@ -591,7 +591,7 @@ class InboundGuard:
         self.counters: dict[str, int] = {
             "streams": 0, "error_replies": 0, "garbage": 0, "busy": 0,
             **{r: 0 for r in REFUSAL_REASONS},
-            "strikes": 0, "bans": 0, "disconnected": 0,
+            "strikes": 0, "bans": 0, "disconnected": 0, "refused_connections": 0,
         }
 
     @classmethod
@@ -634,6 +634,23 @@ class InboundGuard:
         if self.memory is not None:
             out["frame_memory"] = self.memory.status()
         return out
+
+    def ban(self, peer: str, seconds: float) -> None:
+        """Refuse `peer` for `seconds` from now (its streams here, its connections at the
+        node's connection gate); its open streams are hung up on as they end."""
+        if peer not in self._banned_until and len(self._banned_until) >= MAX_TRACKED_PEERS:
+            self._banned_until.pop(next(iter(self._banned_until)))
+        self._banned_until[peer] = time.monotonic() + seconds
+        self._to_disconnect.add(peer)
+        self.counters["bans"] += 1
+
+    def unban(self, peer: str) -> None:
+        self._banned_until.pop(peer, None)
+        self._to_disconnect.discard(peer)
+
+    def ban_left(self, peer: str) -> float:
+        """Seconds left of the peer's ban (0 when it is not banned)."""
+        return max(0.0, self._banned_until.get(peer, 0.0) - time.monotonic())
 
     def is_banned(self, peer: str) -> bool:
         until = self._banned_until.get(peer)
@@ -710,11 +727,7 @@ class InboundGuard:
             times.popleft()
         if len(times) >= self.strikes_to_ban and not self.is_banned(peer):
             del self._strikes[peer]
-            if len(self._banned_until) >= MAX_TRACKED_PEERS:
-                self._banned_until.pop(next(iter(self._banned_until)))
-            self._banned_until[peer] = now + self.ban_s
-            self._to_disconnect.add(peer)
-            self.counters["bans"] += 1
+            self.ban(peer, self.ban_s)
             log.info("peer %s exceeded inbound limits %d times (last: %s): disconnecting it "
                      "and refusing it for %s s", peer, len(times), reason, self.ban_s)
 

@@ -81,6 +81,9 @@ async def test_generation_survives_a_killed_and_a_stalled_peer(tmp_path, checkpo
                 assert run.outcome.replans >= 1
                 assert frozen.peer_id not in {r for s in run.outcome.route for r in s.replicas}
                 assert frozen.peer_id in c.backoff.excluded()
+                # it missed the requester's ping: unreachable, left out of new routes
+                assert frozen.peer_id in client.unreachable()
+                assert victim.peer_id in client.unreachable()  # its dial is refused
         finally:
             for pid in stopped:
                 os.kill(pid, signal.SIGCONT)

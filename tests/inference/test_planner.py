@@ -82,6 +82,15 @@ def test_loaded_peer_is_avoided():
     assert route[0].replicas == ("idle",)
 
 
+def test_sessions_the_requester_placed_spread_the_next_ones_over_the_replicas():
+    placed = {"a": 0, "b": 0, "c": 0}
+    for _ in range(6):
+        pool = [Candidate(p, ((0, 8),), throughput=100.0, rtt_ms=2.0, sessions=n)
+                for p, n in placed.items()]
+        placed[plan_route(pool, PlanRequest(0, 8))[0].replicas[0]] += 1
+    assert placed == {"a": 2, "b": 2, "c": 2}
+
+
 def test_least_covered_span_picks_the_gap():
     assert least_covered_span([(0, 4), (4, 8)], 12, 4) == (8, 12)
     assert least_covered_span([], 12, 4) == (0, 4)

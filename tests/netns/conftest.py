@@ -44,6 +44,11 @@ class Hosts:
                         self.client_link, "root", "tbf", "rate", rate, "burst", "64kb",
                         "latency", "100ms"], check=True, capture_output=True, timeout=20)
 
+    def unshape_client_link(self) -> None:
+        subprocess.run(["ip", "netns", "exec", self.client_ns, "tc", "qdisc", "del", "dev",
+                        self.client_link, "root"], check=False, capture_output=True,
+                       timeout=20)
+
 
 @pytest.fixture(scope="module")
 def hosts():

@@ -1,5 +1,7 @@
 """Peers and a requester on different hosts (network namespaces), as on a real network: the
-requester runs with no config at all and is reached back by its route's last stage."""
+requester runs with no config at all and is reached back by its route's last stage; its link goes
+down mid-generation for 5 s, and (rate-limited by a token bucket) for 40 s, and the text is the
+same as without."""
 
 from __future__ import annotations
 
@@ -8,6 +10,8 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -32,9 +36,11 @@ def _infer(hosts, ns: str, boot: str, home: Path, tokens: int, *, json_out: bool
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)  # bytes, unbuffered
 
 
-@pytest.mark.slow
-async def test_a_requester_with_no_config_in_its_own_namespace_is_served_across_hosts(
-        hosts, tmp_path, monkeypatch):
+@asynccontextmanager
+async def _peers_host(hosts, tmp_path: Path, monkeypatch) -> AsyncIterator[tuple[str, str, Path]]:
+    """Two peers in the peers' namespace serving the model's middle layers in two spans;
+    yields the bootstrap address, the text a request from inside that host gets, and the
+    model home."""
     home = tmp_path / "home"
     monkeypatch.setenv("P2PINFER_HOME", str(home))  # the peers inherit it: one model copy
 
@@ -52,19 +58,53 @@ async def test_a_requester_with_no_config_in_its_own_namespace_is_served_across_
         ref = _infer(hosts, hosts.peers_ns, boot, home, TOKENS, json_out=True)
         out, err = await trio.to_thread.run_sync(ref.communicate, None, 180)
         assert ref.returncode == 0, err[-2000:]
-        expected = json.loads(out)["text"]
+        yield boot, json.loads(out)["text"], home
 
-        # from the client's host, with no config; once the first token has arrived the
-        # client's link goes down for 5 s: the requester waits it out within its step
-        # timeout, and the text is the same
-        proc = _infer(hosts, hosts.client_ns, boot, home, TOKENS, json_out=False)
+
+async def _through_an_outage(hosts, boot: str, home: Path, expected: str,
+                             outage_s: float) -> str:
+    """A request from the client's host, with no config; once its first token has arrived
+    the client's link goes down for `outage_s`; the text is the same. Returns what the
+    requester logged."""
+    proc = _infer(hosts, hosts.client_ns, boot, home, TOKENS, json_out=False)
+    try:
         first = await trio.to_thread.run_sync(proc.stdout.read, 1)  # one byte: nothing kept
         assert first, proc.stderr.read()[-2000:]
         hosts.client_link_up(False)
         down_at = time.monotonic()
-        await trio.sleep(5.0)
+        await trio.sleep(outage_s)
         hosts.client_link_up(True)
         rest, err = await trio.to_thread.run_sync(proc.communicate, None, 180)
-        assert proc.returncode == 0, err[-2000:]
-        assert (first + rest).decode().strip() == expected.strip()
-        assert time.monotonic() - down_at >= 5.0
+    finally:
+        hosts.client_link_up(True)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err[-2000:]
+    assert (first + rest).decode().strip() == expected.strip()
+    assert time.monotonic() - down_at >= outage_s
+    return err.decode(errors="replace")
+
+
+@pytest.mark.slow
+async def test_a_requester_with_no_config_in_its_own_namespace_is_served_across_hosts(
+        hosts, tmp_path, monkeypatch):
+    async with _peers_host(hosts, tmp_path, monkeypatch) as (boot, expected, home):
+        # a 5 s outage: the requester gives the step up (or waits it out) and replays
+        await _through_an_outage(hosts, boot, home, expected, 5.0)
+
+
+@pytest.mark.slow
+async def test_a_rate_limited_requester_survives_a_40_s_link_outage(
+        hosts, tmp_path, monkeypatch):
+    async with _peers_host(hosts, tmp_path, monkeypatch) as (boot, expected, home):
+        # the client's link is shaped to 20 Mbit/s (token bucket) and goes down for 40 s
+        # mid-generation: the step times out, the route's peers stop answering, the requester
+        # waits for the network (outage_wait_s), dials them afresh and replays the history
+        hosts.shape_client_link("20mbit")
+        try:
+            log = await _through_an_outage(hosts, boot, home, expected, 40.0)
+        finally:
+            hosts.unshape_client_link()
+        # the step was given up on and the requester waited for its peers to answer again
+        assert "re-planning" in log and "waiting for the network" in log, log[-3000:]
