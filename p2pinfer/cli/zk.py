@@ -20,7 +20,9 @@ def _run_import(args: argparse.Namespace) -> int:
         raise UsageError("--blocks must be 1 or more")
     t0 = time.perf_counter()
     res = import_checkpoint(args.source, args.out, blocks=args.blocks, blinding_key=key,
-                            model_id=args.name, frac_bits=args.frac_bits)
+                            model_id=args.name, frac_bits=args.frac_bits,
+                            **({} if args.table_range is None
+                               else {"lookup_range_bits": args.table_range}))
     pad = res.padding
     print(f"{res.directory}: {res.blocks} blocks ({2 * res.blocks} provable layers), width "
           f"{pad.hidden} -> {pad.width}, {pad.heads}/{pad.kv_heads} heads -> "
@@ -36,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
-    from p2pinfer.models.mlp import TABLE_MAX_FRAC_BITS
+    from p2pinfer.models.mlp import TABLE_MAX_FRAC_BITS, TABLE_RANGE_BITS_MAX
 
     p = sub.add_parser("zk", parents=[common], help="zero-knowledge tools for critical mode")
     zsub = p.add_subparsers(dest="zk_command", metavar="ZK_COMMAND")
@@ -51,4 +53,7 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
                           "give the same manifest bytes (default: a fresh key, kept in OUT/zk)")
     imp.add_argument("--frac-bits", type=int, default=TABLE_MAX_FRAC_BITS,
                      help="fixed-point fractional bits (default %(default)s)")
+    imp.add_argument("--table-range", type=int, metavar="R",
+                     help="SiLU tables cover real inputs in [-2**(R-1), 2**(R-1)), R in 6.."
+                          f"{TABLE_RANGE_BITS_MAX} (default 8: [-128, 128))")
     p.set_defaults(func=run, zk_command=None)

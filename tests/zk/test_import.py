@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import msgpack
 import numpy as np
 import pytest
 import torch
@@ -249,3 +250,18 @@ def test_a_reimport_under_another_key_does_not_reuse_old_blindings(tmp_path):
     fresh = import_checkpoint(src, tmp_path / "n", blocks=1, blinding_key=bytes(32))
     assert second.manifest == fresh.manifest != first.manifest
     commit_layers(tmp_path / "m", 0, 2)  # the caches on disk match the manifest now written
+
+
+def test_the_import_records_its_silu_table_range_in_config_and_manifest(imported, tmp_path,
+                                                                         capsys):
+    _, out = imported
+    assert json.loads((out / "config.json").read_text())["lookup_range_bits"] == 8
+    manifest = ModelManifest.from_bytes(load_manifest_bytes(out))
+    ranges = {lc.activation: lc.lookup_range for lc in manifest.layers}
+    assert ranges["swiglu"] == 8 and ranges["identity"] == ranges["attention"] == 6
+    assert msgpack.unpackb(load_manifest_bytes(out))["v"] == 4
+    src = write_tiny_llama(tmp_path / "src")
+    assert main(["zk", "import", str(src), "--out", str(tmp_path / "bad"),
+                 "--table-range", "10"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "lookup_range_bits" in err
