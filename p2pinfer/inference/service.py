@@ -155,8 +155,10 @@ class InferenceService:
         # what the file holds, not what is in memory: requesters route only to peers whose
         # stored weights for the span equal their own copy's
         digest = await trio.to_thread.run_sync(weights_digest, path, start, end)
+        # and critical requesters only to peers proving against their own copy of the manifest
+        manifest = critical.manifest_tag if critical is not None else ""
         self.node.update_advert(model=info.model_id, spans=((start, end),), throughput=tput,
-                                precision=serve.dtype, weights=(digest,))
+                                precision=serve.dtype, weights=(digest,), manifest=manifest)
         nursery.start_soon(self._report_load)
         log.info("serving %s layers [%d, %d) at %.1f tokens/s", info.model_id, start, end, tput)
 
