@@ -60,7 +60,7 @@ def resolve_model(name_or_path: str) -> Path:
     if p.is_dir():
         return p
     from p2pinfer.models import default_models
-    from p2pinfer.zk.checkpoint import builtin_model_path
+    from p2pinfer.zk.builtins import builtin_model_path
 
     names = {m.name for m in default_models()}
     if name_or_path in names:
