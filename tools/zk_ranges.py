@@ -5,8 +5,9 @@ provable layout, p2pinfer.zk.importer), block by block.
 
 Prints, per block, the largest value the fixed-point stream reaches, its max and RMS error
 against float (accumulated from the first block), the float model's largest SiLU gate input
-(|gate|: the import's SiLU table covers [-128, 128), --table-range) and widest attention row
-logit span (span: the exp table covers 128), the prompts that overflowed a fixed-point range
+(|gate|: the import's SiLU table covers [-128, 128), --table-range), widest attention row
+logit span (span: the exp table covers 128) and largest gated product (|g*u|: 32 bits hold
+2048 * 2**s with the block's --mlp-shift s), the prompts that overflowed a fixed-point range
 there (FixedPointOverflow: the message names the layer, the range and the value), and at the
 end the greedy-token agreement of the fixed-point pipeline with the float model (the
 requester's final norm and head on both), over every position and over the last one of each
@@ -35,7 +36,7 @@ from p2pinfer.models.defaults import smollm2_path
 from p2pinfer.models.llama import rotate_half
 from p2pinfer.zk.checkpoint import fixed_layers
 from p2pinfer.zk.errors import FixedPointOverflow
-from p2pinfer.zk.importer import IMPORT_LOOKUP_RANGE_BITS, import_checkpoint
+from p2pinfer.zk.importer import IMPORT_LOOKUP_RANGE_BITS, SMOLLM2_MLP_SHIFTS, import_checkpoint
 
 TOPICS = ["the capital of France", "photosynthesis", "a binary search", "the French revolution",
           "compound interest", "how vaccines work", "black holes", "the rules of chess",
@@ -60,15 +61,18 @@ def prompts(n: int) -> list[list[dict[str, str]]]:
     return out
 
 
-def float_ranges(span: LayerSpan, x: torch.Tensor) -> tuple[float, float]:
-    """(max |SiLU gate input|, widest attention row's logit span) of one float block on x:
-    what the fixed-point tables would have to cover there."""
+def float_ranges(span: LayerSpan, x: torch.Tensor) -> tuple[float, float, float]:
+    """(max |SiLU gate input|, widest attention row's logit span, max |silu(gate) * up|) of one
+    float block on x: what the fixed-point tables and the gated product's 32 bits would have to
+    cover there."""
     block = span.blocks[0]
     seen: dict[str, torch.Tensor] = {}
     hooks = [getattr(block.self_attn, f"{n}_proj").register_forward_hook(
         lambda _m, _i, out, n=n: seen.__setitem__(n, out)) for n in "qk"]
     hooks.append(block.mlp.gate_proj.register_forward_hook(
         lambda _m, _i, out: seen.__setitem__("gate", out)))
+    hooks.append(block.mlp.up_proj.register_forward_hook(
+        lambda _m, _i, out: seen.__setitem__("up", out)))
     span.forward(x)
     for h in hooks:
         h.remove()
@@ -83,7 +87,8 @@ def float_ranges(span: LayerSpan, x: torch.Tensor) -> tuple[float, float]:
     causal = torch.ones(t, t, dtype=torch.bool).tril()
     widest = (s.masked_fill(~causal, -torch.inf).amax(-1)
               - s.masked_fill(~causal, torch.inf).amin(-1)).max()
-    return float(seen["gate"].abs().max()), float(widest)
+    product = torch.nn.functional.silu(seen["gate"]) * seen["up"]
+    return float(seen["gate"].abs().max()), float(widest), float(product.abs().max())
 
 
 @dataclass
@@ -98,6 +103,7 @@ class BlockRow:
     overflowed: int  # prompts that overflowed a fixed-point range in this block
     gate: float  # the float model's max |SiLU gate input| here
     span: float  # the float model's widest attention row logit span here
+    product: float  # the float model's max |silu(gate) * up| here
     seconds: float
 
 
@@ -141,7 +147,7 @@ def survey(source: Path, imported: Path, n_prompts: int, max_tokens: int,
         fixed.append(mlp0.quantize(mlp0.pad_features(x)))
     scale = mlp0.frac_bits
     del mlp0
-    report("block  max|fixed|  max err   rms err   max|float|  overflowed  |gate|  span  s")
+    report("block  max|fixed|  max err   rms err   max|float|  overflowed  |gate|  span   |g*u|  s")
     spans = []
     for b in range(blocks):
         t0 = time.perf_counter()
@@ -149,10 +155,10 @@ def survey(source: Path, imported: Path, n_prompts: int, max_tokens: int,
         mlp = fixed_layers(imported, 2 * b, 2 * b + 2)
         if greedy_steps:  # kept for the continuations (memory: every block, twice)
             spans.append((span, mlp))
-        errs, peak, fpeak, new, gate, logits = [], 0.0, 0.0, 0, 0.0, 0.0
+        errs, peak, fpeak, new, gate, logits, prod = [], 0.0, 0.0, 0, 0.0, 0.0, 0.0
         for p, x in enumerate(floats):
-            g, w = float_ranges(span, torch.from_numpy(np.asarray(x, np.float32))[None])
-            gate, logits = max(gate, g), max(logits, w)
+            g, w, gu = float_ranges(span, torch.from_numpy(np.asarray(x, np.float32))[None])
+            gate, logits, prod = max(gate, g), max(logits, w), max(prod, gu)
             floats[p] = span.forward(torch.from_numpy(np.asarray(x, np.float32))[None])[0].numpy()
             if fixed[p] is None:
                 continue
@@ -167,11 +173,11 @@ def survey(source: Path, imported: Path, n_prompts: int, max_tokens: int,
             peak, fpeak = max(peak, np.abs(y).max()), max(fpeak, np.abs(floats[p]).max())
         e = np.concatenate(errs) if errs else np.zeros(1)
         row = BlockRow(b, float(peak), float(np.abs(e).max()), float(np.sqrt(np.mean(e ** 2))),
-                       float(fpeak), new, gate, logits, time.perf_counter() - t0)
+                       float(fpeak), new, gate, logits, prod, time.perf_counter() - t0)
         out.rows.append(row)
         report(f"{b:5d}  {row.peak:10.2f}  {row.max_err:8.4f}  {row.rms_err:8.4f}  "
                f"{row.float_peak:10.2f}  {row.overflowed:10d}  {row.gate:6.1f}  "
-               f"{row.span:5.1f}  {row.seconds:.0f}")
+               f"{row.span:5.1f}  {row.product:6.0f}  {row.seconds:.0f}")
     for p, msg in sorted(out.overflows.items()):
         report(f"overflow: prompt {p} ({out.lengths[p]} tokens) at {msg}")
     for p, x in enumerate(floats):
@@ -230,6 +236,9 @@ def main() -> int:
     ap.add_argument("--blocks", type=int, default=None)
     ap.add_argument("--greedy-steps", type=int, default=0,
                     help="also continue each prompt greedily this many tokens in both pipelines")
+    ap.add_argument("--mlp-shift", action="append", metavar="BLOCK=BITS",
+                    help="MLP shifts of the import made here (default for SmolLM2: "
+                         f"{SMOLLM2_MLP_SHIFTS}; 'none' for none)")
     ap.add_argument("--table-range", type=int, default=IMPORT_LOOKUP_RANGE_BITS,
                     help="SiLU table range R of the import made here (default %(default)s)")
     args = ap.parse_args()
@@ -239,8 +248,13 @@ def main() -> int:
             imported = Path(args.imported)
         else:
             imported = Path(tmp)
+            if args.mlp_shift is None:
+                shifts = {} if args.source else SMOLLM2_MLP_SHIFTS
+            else:
+                shifts = {int(b): int(s) for b, _, s in (m.partition("=") for m in args.mlp_shift
+                                                         if m != "none")}
             import_checkpoint(source, imported, blocks=args.blocks, commit=False,
-                              lookup_range_bits=args.table_range)
+                              lookup_range_bits=args.table_range, mlp_shifts=shifts)
         res = survey(source, imported, args.prompts, args.max_tokens, args.blocks,
                      args.greedy_steps, report=lambda line: print(line, flush=True))
     return 0 if not res.overflows else 1

@@ -16,11 +16,18 @@ def _run_import(args: argparse.Namespace) -> int:
     from p2pinfer.zk.importer import import_checkpoint, read_blinding_key
 
     key = read_blinding_key(args.owner_key) if args.owner_key else None
+    shifts = {}
+    for item in args.mlp_shift or ():
+        block, _, bits = item.partition("=")
+        if not (block.isdigit() and bits.isdigit()):
+            raise UsageError(f"--mlp-shift {item!r}: expected BLOCK=BITS, e.g. 11=2")
+        shifts[int(block)] = int(bits)
     if args.blocks is not None and args.blocks < 1:
         raise UsageError("--blocks must be 1 or more")
     t0 = time.perf_counter()
     res = import_checkpoint(args.source, args.out, blocks=args.blocks, blinding_key=key,
                             model_id=args.name, frac_bits=args.frac_bits,
+                            mlp_shifts=shifts,
                             **({} if args.table_range is None
                                else {"lookup_range_bits": args.table_range}))
     pad = res.padding
@@ -56,4 +63,8 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     imp.add_argument("--table-range", type=int, metavar="R",
                      help="SiLU tables cover real inputs in [-2**(R-1), 2**(R-1)), R in 6.."
                           f"{TABLE_RANGE_BITS_MAX} (default 8: [-128, 128))")
+    imp.add_argument("--mlp-shift", action="append", metavar="BLOCK=BITS",
+                     help="divide a block's MLP up projection and multiply its down projection "
+                          "by 2**BITS (the same function) so its gated product fits fixed point "
+                          "(SmolLM2-135M: 11=2 and 28=2); repeatable")
     p.set_defaults(func=run, zk_command=None)

@@ -24,11 +24,11 @@ from p2pinfer.models.defaults import (
 )
 
 from .checkpoint import builtin_model_path as _random_builtin_path
-from .importer import import_checkpoint
+from .importer import SMOLLM2_MLP_SHIFTS, import_checkpoint
 
 #: imported built-ins: name -> decoder blocks (None: all)
 IMPORTED = {SMOLLM2_ZK: None, SMOLLM2_ZK_BLOCK0: 1}
-_FORMAT_VERSION = 1  # of the imported built-ins' directories (their stamp file)
+_FORMAT_VERSION = 2  # of the imported built-ins' directories (their stamp file)
 
 
 def public_owner_key(name: str) -> bytes:
@@ -45,7 +45,7 @@ def builtin_model_path(name: str, home: Path | None = None) -> Path:
     def write(work: Path) -> None:
         source = smollm2_path()  # ModelError naming the package when it is not installed
         import_checkpoint(source, work, blocks=IMPORTED[name], model_id=name,
-                          blinding_key=public_owner_key(name))
+                          blinding_key=public_owner_key(name), mlp_shifts=SMOLLM2_MLP_SHIFTS)
         (work / STAMP_FILE).write_text(json.dumps(
             {"format_version": _FORMAT_VERSION, "name": name, "random_weights": False,
              "source": source.name, "public_owner_key": True}) + "\n")

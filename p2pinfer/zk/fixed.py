@@ -287,6 +287,12 @@ def _matmul_exact(a: np.ndarray, w: np.ndarray) -> np.ndarray:
     return a @ w
 
 
+def _worst(a: np.ndarray, scale_bits: int) -> str:
+    """The value of largest magnitude in `a`, as a real number at scale 2**scale_bits."""
+    v = int(a.max()) if a.max() >= -int(a.min()) else int(a.min())
+    return f"{v / (1 << scale_bits):g}"
+
+
 @dataclass(frozen=True)
 class LayerTrace:
     """What the prover needs from one layer: its input and its pre-activation (for a gated
@@ -442,7 +448,8 @@ class ProvableMlp:
                 if layer.bias is not None:
                     z = z + layer.bias
                 if z.min(initial=0) < -half or z.max(initial=0) >= half:
-                    raise FixedPointOverflow("a pre-activation is outside [-2**31, 2**31)")
+                    raise FixedPointOverflow(f"a pre-activation is outside [-2**31, 2**31) "
+                                             f"(real {_worst(z, 2 * f)})")
                 q = z >> f
                 zw = None
                 if layer.gated:
@@ -451,7 +458,10 @@ class ProvableMlp:
                                              layer.lookup_range)
                     zw, z = z, gate * q[:, :d]
                     if z.min(initial=0) < -half or z.max(initial=0) >= half:
-                        raise FixedPointOverflow("a gated product is outside [-2**31, 2**31)")
+                        raise FixedPointOverflow(
+                            f"a gated product is outside [-2**31, 2**31) (real "
+                            f"{_worst(z, 2 * f)}, above {half >> 2 * f}: an importer's MLP "
+                            f"shift makes room)")
                     y = z >> f
                 elif layer.activation == "relu":
                     y = np.maximum(q, 0)
@@ -462,7 +472,8 @@ class ProvableMlp:
                 if layer.residual:
                     y = y + source
                     if np.abs(y).max(initial=0) >= 1 << (BITS - 8):
-                        raise FixedPointOverflow("a residual sum is outside (-2**24, 2**24)")
+                        raise FixedPointOverflow(f"a residual sum is outside (-2**24, 2**24) "
+                                                 f"(real {_worst(y, f)})")
                 out.append(LayerTrace(a, z, y, zw))
                 a = y
         except FixedPointOverflow as exc:  # name the layer (of this shard) it happened in

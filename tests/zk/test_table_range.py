@@ -170,3 +170,14 @@ def test_a_malformed_range_is_refused(wide_committed, change):
     with pytest.raises(ProofFormatError):
         LayerCommitment.from_wire(raw["layers"][0]) if change != "version3" else (
             ModelManifest.from_bytes(msgpack.packb(raw)))
+
+
+def test_a_gated_product_beyond_32_bits_names_the_layer_and_the_value():
+    up = np.zeros((2, 4), dtype=np.int64)
+    up[0, :2] = 1024  # f = 10: up = x, gate = x; at x = 60 the product is 3600, above 2048
+    up[0, 2:] = 1024
+    layer = FixedLayer(up, None, "swiglu", lookup_range=8)
+    x = np.array([[60 * 1024, 0]])
+    with pytest.raises(FixedPointOverflow, match=r"^layer 0 \(swiglu\): a gated product .*"
+                                                 r"\(real 3600, above 2048"):
+        ProvableMlp([layer], 10).forward_fixed(x)
