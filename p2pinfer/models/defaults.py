@@ -250,7 +250,7 @@ def default_model_path(name: str, home: Path | None = None) -> Path:
         return smollm2_path()
     if name in PROVABLE:
         raise ModelError(f"{name} is a provable built-in: its directory holds the owner's "
-                         "manifest too, which p2pinfer.zk.checkpoint.builtin_model_path writes")
+                         "manifest too, which p2pinfer.zk.builtins.builtin_model_path writes")
     if name not in _DECODERS:
         known = ", ".join(m.name for m in default_models())
         raise ModelError(f"unknown default model {name!r} (known: {known})")

@@ -53,9 +53,9 @@ def test_metadata_parameter_counts_match_the_checkpoints(tiny):
 @pytest.mark.parametrize("name", ["p2pinfer-zk-mlp", "p2pinfer-zk-llama", SMOLLM2_ZK])
 def test_a_provable_builtin_is_listed_but_written_by_zk(tmp_path, name):
     """models lists the provable built-ins; their directory holds a committed manifest, which
-    p2pinfer.zk.checkpoint writes (tests/critical/test_mlp_model.py), so models refuses them."""
+    p2pinfer.zk.builtins writes (tests/critical/test_mlp_model.py), so models refuses them."""
     assert {m.name: m for m in default_models()}[name].task == "critical"
-    with pytest.raises(ModelError, match="p2pinfer.zk.checkpoint.builtin_model_path"):
+    with pytest.raises(ModelError, match="p2pinfer.zk.builtins.builtin_model_path"):
         default_model_path(name, home=tmp_path)
     assert not (tmp_path / name).exists()
 
