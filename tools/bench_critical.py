@@ -99,9 +99,9 @@ async def bench(name: str, path: Path, base: Path, tokens: list[int], repeat: in
                 base, f"s{i}", boot, {"model": str(path), "layers": list(span)})))
             boot = boot or [node.addrs[0]]
         client = await stack.enter_async_context(Node(node_cfg(base, "client", boot)))
-        await client.wait_for_route(str(path), timeout=120)
-        c = critical_client(client.inference, str(path),
-                            ClientSettings(k_head=k_head, k_tail=k_tail))
+        settings = ClientSettings(k_head=k_head, k_tail=k_tail)
+        await client.inference.wait_for_route(str(path), 120, settings)
+        c = critical_client(client.inference, str(path), settings)
         head = fixed_layers(path, 0, k_head)
         print(f"critical mode, {name} ({what}), stages {spans}, medians of {repeat}")
         print(f"{'tokens':>6} {'stage':>5} {'layers':>7} {'proof KB':>9} {'prove ms':>9} "
