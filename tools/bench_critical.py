@@ -99,7 +99,8 @@ async def bench(name: str, path: Path, base: Path, tokens: list[int], repeat: in
                 base, f"s{i}", boot, {"model": str(path), "layers": list(span)})))
             boot = boot or [node.addrs[0]]
         client = await stack.enter_async_context(Node(node_cfg(base, "client", boot)))
-        settings = ClientSettings(k_head=k_head, k_tail=k_tail)
+        # a real layer proves for tens of seconds on 2 cores: well past the default step timeout
+        settings = ClientSettings(k_head=k_head, k_tail=k_tail, step_timeout_s=900.0)
         await client.inference.wait_for_route(str(path), 120, settings)
         c = critical_client(client.inference, str(path), settings)
         head = fixed_layers(path, 0, k_head)

@@ -58,13 +58,14 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     imp.add_argument("--owner-key",
                      help="the owner's 32-byte blinding key file: the same checkpoint and key "
                           "give the same manifest bytes (default: a fresh key, kept in OUT/zk)")
-    imp.add_argument("--frac-bits", type=int, default=TABLE_MAX_FRAC_BITS,
-                     help="fixed-point fractional bits (default %(default)s)")
+    imp.add_argument("--frac-bits", type=int, default=8,
+                     help=f"fixed-point fractional bits, 1..{TABLE_MAX_FRAC_BITS} (default "
+                          "%(default)s: real values up to 32768 in the 32-bit pre-activations)")
     imp.add_argument("--table-range", type=int, metavar="R",
                      help="SiLU tables cover real inputs in [-2**(R-1), 2**(R-1)), R in 6.."
                           f"{TABLE_RANGE_BITS_MAX} (default 8: [-128, 128))")
     imp.add_argument("--mlp-shift", action="append", metavar="BLOCK=BITS",
                      help="divide a block's MLP up projection and multiply its down projection "
                           "by 2**BITS (the same function) so its gated product fits fixed point "
-                          "(SmolLM2-135M: 11=2 and 28=2); repeatable")
+                          "(SmolLM2-135M at --frac-bits 10: 11=2 and 28=2); repeatable")
     p.set_defaults(func=run, zk_command=None)

@@ -28,7 +28,7 @@ from .importer import SMOLLM2_MLP_SHIFTS, import_checkpoint
 
 #: imported built-ins: name -> decoder blocks (None: all)
 IMPORTED = {SMOLLM2_ZK: None, SMOLLM2_ZK_BLOCK0: 1}
-_FORMAT_VERSION = 2  # of the imported built-ins' directories (their stamp file)
+_FORMAT_VERSION = 3  # of the imported built-ins' directories (their stamp file)
 
 
 def public_owner_key(name: str) -> bytes:

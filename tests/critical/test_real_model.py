@@ -59,7 +59,8 @@ async def test_prove_run_proves_a_real_layer_on_a_real_prompt_over_processes(rea
         out = await trio.to_thread.run_sync(lambda: subprocess.run(
             [sys.executable, "-m", "p2pinfer", "prove-run", "--model", SMOLLM2_ZK_BLOCK0,
              "--bootstrap", net.peers[0].addrs[0], "--network-id", "critical-real",
-             "--k-head", "1", "--k-tail", "0", "--input", str(tmp_path / "x.npy"), "--json"],
+             "--k-head", "1", "--k-tail", "0", "--input", str(tmp_path / "x.npy"), "--json",
+             "--step-timeout-s", "300"],
             capture_output=True, text=True, timeout=400, check=False, env=env))
         peer = net.peers[0].peer_id
     assert out.returncode == 0, out.stderr[-2000:]
