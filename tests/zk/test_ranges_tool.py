@@ -38,7 +38,7 @@ def test_a_small_survey_of_real_prompts_has_no_overflow_and_tracks_float(ranges,
                         report=lines.append)
     assert res.overflows == {} and res.done == 2
     assert [r.block for r in res.rows] == [0, 1]
-    assert all(r.rms_err < 0.1 and r.max_err < 0.05 * r.float_peak for r in res.rows)
+    assert all(r.rms_err < 0.3 and r.max_err < 0.05 * r.float_peak for r in res.rows)
     assert res.positions == sum(res.lengths) and res.agree >= 0.8 * res.positions
     assert res.steps == 2 and res.steps_agree >= 1
     assert lines[-1].startswith("greedy continuation")
