@@ -80,7 +80,8 @@ def real_prompt(tokens: int, width: int) -> np.ndarray:
     """SmolLM2's embeddings of a real chat prompt cut to `tokens` tokens, padded to `width`."""
     source = smollm2_path()
     text = ("Explain in a few sentences why the sky is blue, how a rainbow forms after rain, "
-            "and what the weather will be like tomorrow in Paris, London and Berlin.")
+            "and what the weather will be like tomorrow in Paris, London and Berlin. Then "
+            "compare the three cities' climates over a whole year, month by month.")
     ids = Tokenizer.load(source).apply_chat_template([{"role": "user", "content": text}])
     if len(ids) < tokens:
         raise SystemExit(f"the prompt has {len(ids)} tokens, fewer than {tokens}")
