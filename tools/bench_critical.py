@@ -4,7 +4,10 @@ Two stage nodes serve layers [1, 3) and [3, 5) of the built-in `p2pinfer-zk-mlp`
 256, written and committed on first use under $P2PINFER_HOME, default a temporary directory
 here); a client node runs layers 0 and 5 itself. With `--model p2pinfer-zk-llama` (two Llama
 blocks of width 128: attention, MLP, attention, MLP halves, then an identity layer) the stages
-serve [1, 3) (an MLP half and an attention half) and [3, 4) (an MLP half). After one warm-up request, every request is
+serve [1, 3) (an MLP half and an attention half) and [3, 4) (an MLP half). With `--model
+smollm2-135m-instruct-zk-block0` (SmolLM2's first block, real weights, imported on first use)
+one stage proves the block's MLP half [1, 2) on a real chat prompt of the given length, the
+requester running the attention half. After one warm-up request, every request is
 timed; the table gives medians per stage: prover time, the next hop's verification, the
 requester's own verification, proof size, and the stage's plain fixed-point forward time as
 the reference (prove / forward ratio), and the prover time of the same stage on the same input
@@ -16,6 +19,8 @@ KV cache).
 
 Usage: python tools/bench_critical.py [--model p2pinfer-zk-llama] [--tokens 1 16] [--repeat 5]
                                      [--gen 6] [--no-reference]
+       python tools/bench_critical.py --model smollm2-135m-instruct-zk-block0 --tokens 16 64 \
+           --repeat 1
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import statistics
 import sys
 import tempfile
 import time
+from contextlib import AsyncExitStack
 from pathlib import Path
 
 import numpy as np
@@ -37,14 +43,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from p2pinfer.config import config_from_dict
 from p2pinfer.inference import ClientSettings
 from p2pinfer.inference.critical import critical_client
+from p2pinfer.models import ClientHead, Tokenizer
+from p2pinfer.models.defaults import SMOLLM2_ZK_BLOCK0, smollm2_path
 from p2pinfer.models.mlp import ZK_LLAMA, ZK_MLP
 from p2pinfer.node import Node
 from p2pinfer.zk import ProofBinding, field, prove
-from p2pinfer.zk.checkpoint import builtin_model_path, commit_layers, fixed_layers
+from p2pinfer.zk.builtins import builtin_model_path
+from p2pinfer.zk.checkpoint import commit_layers, fixed_layers
 
-#: per built-in model: the stages' layer spans, the width, a description
-MODELS = {ZK_MLP: ([(1, 3), (3, 5)], 256, "6 x 256, ReLU"),
-          ZK_LLAMA: ([(1, 3), (3, 4)], 128, "2 Llama blocks of 128, 4 heads, 2 kv heads, rope")}
+#: per built-in model: the stages' layer spans, the width, a description, the requester's own
+#: layers (k_head, k_tail)
+MODELS = {ZK_MLP: ([(1, 3), (3, 5)], 256, "6 x 256, ReLU", (1, 1)),
+          ZK_LLAMA: ([(1, 3), (3, 4)], 128, "2 Llama blocks of 128, 4 heads, 2 kv heads, rope",
+                     (1, 1)),
+          SMOLLM2_ZK_BLOCK0: ([(1, 2)], 1024, ("SmolLM2-135M block 0, real weights, width 576 "
+                                               "padded to 1024, 16/4 heads of 64; the stage "
+                                               "proves the MLP half"), (1, 0))}
 
 
 def node_cfg(base: Path, name: str, boot: list[str], serve: dict | None = None):
@@ -70,11 +84,27 @@ def forward_ms(path: Path, start: int, end: int, x: np.ndarray, repeat: int) -> 
     return statistics.median(times)
 
 
+def real_prompt(tokens: int, width: int) -> np.ndarray:
+    """SmolLM2's embeddings of a real chat prompt cut to `tokens` tokens, padded to `width`."""
+    source = smollm2_path()
+    text = ("Explain in a few sentences why the sky is blue, how a rainbow forms after rain, "
+            "and what the weather will be like tomorrow in Paris, London and Berlin. Then "
+            "compare the three cities' climates over a whole year, month by month.")
+    ids = Tokenizer.load(source).apply_chat_template([{"role": "user", "content": text}])
+    if len(ids) < tokens:
+        raise SystemExit(f"the prompt has {len(ids)} tokens, fewer than {tokens}")
+    emb = ClientHead.load(source, 0).embed(ids[:tokens])[0].double().numpy()
+    x = np.zeros((tokens, width))
+    x[:, :emb.shape[1]] = emb
+    return x
+
+
 def stage_input(name: str, path: Path, tokens: int, stage: int) -> np.ndarray:
     """The fixed-point input of stage `stage` for the benchmark's prompt of `tokens` tokens."""
-    spans, width, _ = MODELS[name]
-    x = np.random.default_rng(tokens).normal(size=(tokens, width))
-    head = fixed_layers(path, 0, 1)
+    spans, width, _, (k_head, _) = MODELS[name]
+    x = (real_prompt(tokens, width) if name == SMOLLM2_ZK_BLOCK0
+         else np.random.default_rng(tokens).normal(size=(tokens, width)))
+    head = fixed_layers(path, 0, k_head)
     xi = head.forward_fixed(head.quantize(x))
     for a, b in spans[:stage]:
         xi = fixed_layers(path, a, b).forward_fixed(xi)
@@ -108,21 +138,27 @@ def reference_prove_child(name: str, path: Path, tokens: int, stage: int) -> Non
 
 async def bench(name: str, path: Path, base: Path, tokens: list[int], repeat: int,
                 reference: bool, gen: int) -> None:
-    spans, width, what = MODELS[name]
-    async with Node(node_cfg(base, "s0", [], {"model": str(path), "layers": list(spans[0])})) \
-            as s0, Node(node_cfg(base, "s1", [s0.addrs[0]],
-                                 {"model": str(path), "layers": list(spans[1])})) as s1, \
-            Node(node_cfg(base, "client", [s0.addrs[0]])) as client:
-        await client.wait_for_route(str(path), timeout=60)
-        c = critical_client(client.inference, str(path), ClientSettings(k_head=1, k_tail=1))
-        head = fixed_layers(path, 0, 1)
+    spans, width, what, (k_head, k_tail) = MODELS[name]
+    async with AsyncExitStack() as stack:
+        boot: list[str] = []
+        for i, span in enumerate(spans):
+            node = await stack.enter_async_context(Node(node_cfg(
+                base, f"s{i}", boot, {"model": str(path), "layers": list(span)})))
+            boot = boot or [node.addrs[0]]
+        client = await stack.enter_async_context(Node(node_cfg(base, "client", boot)))
+        # a real layer proves for tens of seconds on 2 cores: well past the default step timeout
+        settings = ClientSettings(k_head=k_head, k_tail=k_tail, step_timeout_s=900.0)
+        await client.inference.wait_for_route(str(path), 120, settings)
+        c = critical_client(client.inference, str(path), settings)
+        head = fixed_layers(path, 0, k_head)
         print(f"critical mode, {name} ({what}), stages {spans}, {field.BACKEND} field kernels, "
               f"medians of {repeat} (ref prove: one proof with the pure-Python kernels)")
         print(f"{'tokens':>6} {'stage':>5} {'layers':>7} {'proof KB':>9} {'prove ms':>9} "
               f"{'hop verify':>10} {'req verify':>10} {'fwd ms':>7} {'prove/fwd':>9} "
               f"{'ref prove ms':>12}")
         for t in tokens:
-            x = np.random.default_rng(t).normal(size=(t, width))
+            x = (real_prompt(t, width) if name == SMOLLM2_ZK_BLOCK0
+                 else np.random.default_rng(t).normal(size=(t, width)))
             await c.infer(x)  # warm-up: generators, decoded commitments
             runs, ends = [], []
             for _ in range(repeat):
@@ -143,9 +179,8 @@ async def bench(name: str, path: Path, base: Path, tokens: list[int], repeat: in
                       f"{statistics.median(p.verify_ms for p in per):>10.1f} {fwd:>7.2f} "
                       f"{prove / fwd:>9.0f} {'-' if ref is None else f'{ref:.1f}':>12}")
             print(f"{t:>6} end to end: {statistics.median(ends):.2f} s per request")
-        if gen:
+        if gen and name != SMOLLM2_ZK_BLOCK0:  # the real block's stage proves no attention
             await generation_rows(c, path, spans, width, gen)
-        del s1
 
 
 async def generation_rows(c, path: Path, spans, width: int, new: int) -> None:

@@ -1,5 +1,5 @@
-"""Regenerates the test vectors of protocols/zk-proof.md (manifest, proof, transcript, and an
-attention manifest) in place.
+"""Regenerates the test vectors of protocols/zk-proof.md (manifest, proof, transcript, an
+attention manifest and a manifest with a wide lookup table) in place.
 
 Blindings are random, so each run gives new (equally valid) manifest and proof bytes.
 Usage: python tools/zk_vectors.py [--only NAME ...]
@@ -52,13 +52,25 @@ def attention_manifest() -> ModelManifest:
                                      [commit_shard(ProvableMlp([layer]), model_id="zk-vector")])
 
 
+def range_manifest() -> ModelManifest:
+    """One SiLU layer of range 8 (real inputs in [-128, 128)): W = [[256]], no bias."""
+    layer = FixedLayer(np.array([[256]]), None, "silu", lookup_range=8)
+    return ModelManifest.from_shards("zk-vector-range",
+                                     [commit_shard(ProvableMlp([layer]), model_id="zk-vector")])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", nargs="+", help="regenerate only these vectors")
     args = ap.parse_args()
     wanted = set(args.only or ["transcript-challenge", "manifest", "proof",
-                               "manifest-attention"])
+                               "manifest-attention", "manifest-range"])
     text = SPEC.read_text()
+    if "manifest-range" in wanted:
+        wide = range_manifest()
+        text = replace_vector(text, "manifest-range", wide.to_bytes())
+        text = re.sub(r"\(range digest `[0-9a-f]{64}`\)",
+                      f"(range digest `{wide.digest().hex()}`)", text)
     if "manifest-attention" in wanted:
         att = attention_manifest()
         text = replace_vector(text, "manifest-attention", att.to_bytes())

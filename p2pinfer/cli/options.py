@@ -116,7 +116,7 @@ def preflight(args: argparse.Namespace, cfg: NodeConfig, *, task: str) -> None:
     from p2pinfer.models import Tokenizer, default_models, load_model_info
     from p2pinfer.models.byte_vocab import ByteVocabulary
     from p2pinfer.models.errors import ModelError
-    from p2pinfer.zk.checkpoint import builtin_model_path
+    from p2pinfer.zk.builtins import builtin_model_path
 
     name = args.model
     try:

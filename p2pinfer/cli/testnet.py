@@ -23,7 +23,7 @@ def _model_layers(names: list[str]) -> dict[str, tuple[int, bool, bool]]:
     a built-in)."""
     from p2pinfer.models import Tokenizer, load_model_info
     from p2pinfer.models.errors import ModelError
-    from p2pinfer.zk.checkpoint import builtin_model_path
+    from p2pinfer.zk.builtins import builtin_model_path
 
     out = {}
     for name in names:

@@ -41,6 +41,7 @@ from p2pinfer.inference.stage import ensure_connected
 from p2pinfer.inference.task import StagePlan, Task
 from p2pinfer.models import ClientHead, ClientTail, KVCache, weights_digest
 from p2pinfer.models.errors import ModelError
+from p2pinfer.net.adverts import Advert
 from p2pinfer.net.boundary import PeerNetwork
 from p2pinfer.net.streams import FramedStream
 from p2pinfer.wire import ACTIVATION_DTYPES, EndOfStream
@@ -412,7 +413,7 @@ class InferenceClient:
                 continue
             if att is not None and not att.routable(p.peer_id):
                 continue
-            spans = self._same_weights(p.spans, p.advert.weights)
+            spans = self.servable_spans(p.spans, p.advert)
             if not spans:
                 continue
             layers = max(1, sum(b - a for a, b in spans))
@@ -429,6 +430,12 @@ class InferenceClient:
         guess = known[len(known) // 2] if known else 5.0
         return [c if c.rtt_ms >= 0 else replace(c, rtt_ms=guess) for c in out]
 
+    def servable_spans(self, spans: Sequence[Sequence[int]], advert: Advert
+                       ) -> tuple[tuple[int, int], ...]:
+        """The spans of a peer's advert this client may route to: those whose weights digest
+        equals our own copy's (a critical client asks for the manifest's digest instead)."""
+        return self._same_weights(spans, advert.weights)
+
     def _same_weights(self, spans: Sequence[Sequence[int]], digests: Sequence[str]
                       ) -> tuple[tuple[int, int], ...]:
         """The spans whose advertised weights digest equals our own copy's for that span
@@ -444,7 +451,8 @@ class InferenceClient:
                     self._digests[key] = weights_digest(self.head_path, *key)
                 except ModelError:  # a span our copy of the model does not have
                     self._digests[key] = ""
-            if self._digests[key] and hmac.compare_digest(self._digests[key], digest):
+            if self._digests[key] and hmac.compare_digest(self._digests[key].encode(),
+                                                          digest.encode()):
                 same.append(key)
         return tuple(same)
 

@@ -14,6 +14,7 @@ entry 0's input is what it sent, that the chain links up, and verifies every pro
 
 from __future__ import annotations
 
+import hmac
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -38,10 +39,11 @@ from p2pinfer.inference.client import (
     StepResult,
     TokenStream,
 )
-from p2pinfer.inference.stage import StageError, StageSession, StepRunner, UpstreamRejected
+from p2pinfer.inference.stage import StageError, StageSession, UpstreamRejected
 from p2pinfer.inference.task import Task
 from p2pinfer.models import LayerSpan
 from p2pinfer.models.byte_vocab import VOCAB_SIZE, ByteVocabulary
+from p2pinfer.net.adverts import Advert
 from p2pinfer.net.boundary import PeerNetwork
 from p2pinfer.wire import tensor_from_wire, tensor_to_wire
 
@@ -197,6 +199,11 @@ class ProvenCaches:
             self.upstream.clear()
 
 
+def manifest_tag(digest: bytes) -> str:
+    """A manifest digest as adverts carry it (protocols/adverts.md `manifest`)."""
+    return "sha256:" + digest.hex()
+
+
 class CriticalRunner:
     """The `critical` StepRunner of a stage serving layers of a provable MLP.
 
@@ -226,6 +233,11 @@ class CriticalRunner:
         return self._lock.locked()
 
     @property
+    def manifest_tag(self) -> str:
+        """The manifest digest as this peer's advert carries it."""
+        return manifest_tag(self.digest)
+
+    @property
     def _node(self) -> PeerNetwork:
         if self.node is None:
             raise StageError("this critical runner is not attached to a node")
@@ -233,8 +245,6 @@ class CriticalRunner:
 
     def admit(self, task: Task, start: int, end: int) -> None:
         """At `open`: refuse a task pinned to another manifest."""
-        import hmac
-
         want = task.options.get("manifest")
         if not isinstance(want, bytes) or not hmac.compare_digest(want, self.digest):
             raise ManifestMismatch("the task's manifest digest differs from the one this peer's "
@@ -354,7 +364,7 @@ class CriticalRunner:
 
 
 def critical_runner(node: PeerNetwork | None, span: LayerSpan, model_path: str | Path
-                    ) -> StepRunner | None:
+                    ) -> CriticalRunner | None:
     """The `critical` runner for a stage serving `span` of a provable MLP with a manifest and
     the owner's commitment caches; None for other models (they serve no critical tasks)."""
     from p2pinfer.models.errors import ModelError
@@ -509,6 +519,7 @@ class CriticalClient(InferenceClient):
         raw = manifest if manifest is not None else load_manifest_bytes(model_path)
         self.manifest = ModelManifest.from_bytes(raw)
         self.manifest_digest = self.manifest.digest()
+        self.manifest_tag = manifest_tag(self.manifest_digest)
         n = self.info.num_layers
         k, kt = self.settings.k_head, self.settings.k_tail
         self.fixed_head = fixed_layers(model_path, 0, k) if k else None
@@ -521,6 +532,16 @@ class CriticalClient(InferenceClient):
                                           node.config.limits.max_tensor_bytes, kv=True)
         #: token embeddings and head, kept here (split learning)
         self.vocabulary = ByteVocabulary(self.info.model_id, self.info.hidden_size)
+
+    def servable_spans(self, spans: Sequence[Sequence[int]], advert: Advert
+                       ) -> tuple[tuple[int, int], ...]:
+        """Critical mode routes on the manifest: a peer whose advert names another manifest
+        digest than our copy's (or none: it serves no critical tasks) is never a candidate.
+        Its float weights digest is not asked for: every proof is checked against the
+        manifest's commitments, and a requester may hold the manifest without the weights."""
+        if not hmac.compare_digest(advert.manifest.encode(), self.manifest_tag.encode()):
+            return ()
+        return tuple((int(a), int(b)) for a, b in spans)
 
     def strategy(self, settings: RequestSettings) -> CriticalStrategy:
         if settings.redundancy != 1:

@@ -74,7 +74,7 @@ def resolve_model(name_or_path: str) -> Path:
     if p.is_dir():
         return p
     from p2pinfer.models import default_models
-    from p2pinfer.zk.checkpoint import builtin_model_path
+    from p2pinfer.zk.builtins import builtin_model_path
 
     names = {m.name for m in default_models()}
     if name_or_path in names:
@@ -226,8 +226,10 @@ class InferenceService:
         # what the file holds, not what is in memory: requesters route only to peers whose
         # stored weights for the span equal their own copy's
         digest = await trio.to_thread.run_sync(weights_digest, path, start, end)
+        # and critical requesters only to peers proving against their own copy of the manifest
+        manifest = critical.manifest_tag if critical is not None else ""
         self.node.update_advert(model=info.model_id, spans=((start, end),), throughput=tput,
-                                precision=serve.dtype, weights=(digest,))
+                                precision=serve.dtype, weights=(digest,), manifest=manifest)
         log.info("serving %s layers [%d, %d) at %.1f tokens/s", info.model_id, start, end, tput)
 
     def _general_runner(self, fault: str) -> StepRunner:

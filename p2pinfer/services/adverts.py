@@ -33,7 +33,8 @@ ADVERT_TOPIC = "adverts"
 ADVERT_PROTOCOL = "advert"
 #: fields `update` may change
 ADVERT_FIELDS = frozenset(
-    {"model", "spans", "throughput", "load", "tee_digest", "roles", "precision", "weights"}
+    {"model", "spans", "throughput", "load", "tee_digest", "roles", "precision", "weights",
+     "manifest"}
 )
 #: advert fetches and pings running at once
 SYNC_CONCURRENCY = 8
@@ -129,6 +130,7 @@ class AdvertService:
             software=SOFTWARE,
             precision=f.get("precision", ""),
             weights=tuple(f.get("weights", ())),
+            manifest=f.get("manifest", ""),
         )
         self._raw = sign_advert(advert, net.identity)
         self._advert = advert

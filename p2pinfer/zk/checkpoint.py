@@ -132,7 +132,7 @@ def fixed_layers(path: str | Path, start: int, end: int) -> ProvableMlp:
         res.append(cfg.residual[i])
         skip.append(0)
     return ProvableMlp.from_float(pairs, activations=acts, residual=res, skip=skip,
-                                  frac_bits=cfg.frac_bits)
+                                  frac_bits=cfg.frac_bits, lookup_range=cfg.lookup_range_bits)
 
 
 def _fixed_groups(mlp: ProvableMlp, cfg: MlpConfig, start: int,

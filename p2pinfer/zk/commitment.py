@@ -125,7 +125,7 @@ def commit_shard(
     layers = tuple(
         LayerCommitment(l.d_in, l.d_out, l.activation, l.residual, tuple(w),
                         None if b is None else tuple(b), l.skip, l.heads, l.kv_heads, l.rope,
-                        l.eps)
+                        l.eps, l.lookup_range)
         for l, (w, _, b, _) in zip(shard.layers, cached)
     )
     commitment = ShardCommitment(model_id, first_layer, shard.frac_bits, generator_seed, layers)

@@ -24,7 +24,13 @@ import numpy as np
 
 from .attention import AttentionShape, attention_fixed
 from .errors import FixedPointOverflow
-from .tables import LOOKUP_ACTIVATIONS, MAX_LOOKUP_FRAC_BITS, lookup_activation
+from .tables import (
+    LOOKUP_ACTIVATIONS,
+    LOOKUP_RANGE_BITS,
+    MAX_LOOKUP_FRAC_BITS,
+    check_range_bits,
+    lookup_activation,
+)
 
 BITS = 32  # width of the pre-activation decomposition (rescale remainder + value + sign)
 MAX_WEIGHT = 1 << 15  # |w| < 2**15
@@ -74,6 +80,9 @@ class LayerShape(Protocol):
 
     @property
     def rope(self) -> int: ...
+
+    @property
+    def lookup_range(self) -> int: ...
 
 
 def log2_exact(n: int, what: str) -> int:
@@ -153,6 +162,9 @@ class FixedLayer:
     rope: int = 0
     #: an RMSNorm layer's eps in units of 2**-32
     eps: int = RMS_EPS_DEFAULT
+    #: a lookup or gated layer's table range R: its table covers real inputs in
+    #: [-2**(R-1), 2**(R-1)) (tables.py)
+    lookup_range: int = LOOKUP_RANGE_BITS
 
     def __post_init__(self) -> None:
         w = np.asarray(self.weight)
@@ -182,6 +194,10 @@ class FixedLayer:
             d_in = d_out
         elif self.eps != RMS_EPS_DEFAULT:
             raise ValueError("eps belongs to RMSNorm layers")
+        check_range_bits(self.lookup_range)
+        if self.lookup_range != LOOKUP_RANGE_BITS and not (
+                self.activation in LOOKUP_ACTIVATIONS or self.activation in GATED_ACTIVATIONS):
+            raise ValueError("a table range belongs to GELU, SiLU and gated layers")
         if self.activation in GATED_ACTIVATIONS:
             if d_out % 2:
                 raise ValueError("a gated layer's weight is [W_u | W_g]: an even width")
@@ -271,6 +287,12 @@ def _matmul_exact(a: np.ndarray, w: np.ndarray) -> np.ndarray:
     return a @ w
 
 
+def _worst(a: np.ndarray, scale_bits: int) -> str:
+    """The value of largest magnitude in `a`, as a real number at scale 2**scale_bits."""
+    v = int(a.max()) if a.max() >= -int(a.min()) else int(a.min())
+    return f"{v / (1 << scale_bits):g}"
+
+
 @dataclass(frozen=True)
 class LayerTrace:
     """What the prover needs from one layer: its input and its pre-activation (for a gated
@@ -318,12 +340,14 @@ class ProvableMlp:
         residual: Sequence[bool] | bool = False,
         skip: Sequence[int] | int = 0,
         frac_bits: int = 8,
+        lookup_range: int = LOOKUP_RANGE_BITS,
     ) -> ProvableMlp:
         """Quantize float (W (d_in, d_out), b) pairs: W, x to 2**-f and b to 2**-2f steps.
 
         A gated layer (`swiglu`, `geglu`) takes (W_u, b_u, W_g, b_g) instead of a pair, an
         attention layer (W_q, b_q, W_k, b_k, W_v, b_v, AttentionShape) (W_q and b_q are scaled
-        by 1/sqrt(head width) here; widths must be the shape's, unpadded). The
+        by 1/sqrt(head width) here; widths must be the shape's, unpadded). GELU, SiLU and gated
+        layers get tables of range `lookup_range` (tables.py). The
         bias also carries 2**(f-1), so the floor in the rescale rounds to nearest. Widths that
         are not powers of two are padded with zero weights; padded features are exactly 0
         through every layer, and `pad_features` / `live_features` convert x and y.
@@ -354,7 +378,9 @@ class ProvableMlp:
                       for k in range(0, len(parts), 2)]
             wq = np.concatenate([h[0] for h in halves], axis=1)
             bq = np.concatenate([h[1] for h in halves])
-            out.append(FixedLayer(wq, bq, act, r, back))
+            wide = act in LOOKUP_ACTIVATIONS or act in GATED_ACTIVATIONS
+            out.append(FixedLayer(wq, bq, act, r, back,
+                                  lookup_range=lookup_range if wide else LOOKUP_RANGE_BITS))
         shard = cls(out, frac_bits)
         first = np.asarray(layers[0][0])
         shard.in_features = first.shape[1] if acts[0] == "rmsnorm" else first.shape[0]
@@ -427,26 +453,32 @@ class ProvableMlp:
                 if layer.bias is not None:
                     z = z + layer.bias
                 if z.min(initial=0) < -half or z.max(initial=0) >= half:
-                    raise FixedPointOverflow("a pre-activation is outside [-2**31, 2**31)")
+                    raise FixedPointOverflow(f"a pre-activation is outside [-2**31, 2**31) "
+                                             f"(real {_worst(z, 2 * f)})")
                 q = z >> f
                 zw = None
                 if layer.gated:
                     d = layer.d_out
-                    gate = lookup_activation(q[:, d:], GATED_ACTIVATIONS[layer.activation], f)
+                    gate = lookup_activation(q[:, d:], GATED_ACTIVATIONS[layer.activation], f,
+                                             layer.lookup_range)
                     zw, z = z, gate * q[:, :d]
                     if z.min(initial=0) < -half or z.max(initial=0) >= half:
-                        raise FixedPointOverflow("a gated product is outside [-2**31, 2**31)")
+                        raise FixedPointOverflow(
+                            f"a gated product is outside [-2**31, 2**31) (real "
+                            f"{_worst(z, 2 * f)}, above {half >> 2 * f}: an importer's MLP "
+                            f"shift makes room)")
                     y = z >> f
                 elif layer.activation == "relu":
                     y = np.maximum(q, 0)
                 elif layer.activation in LOOKUP_ACTIVATIONS:
-                    y = lookup_activation(q, layer.activation, f)
+                    y = lookup_activation(q, layer.activation, f, layer.lookup_range)
                 else:
                     y = q
                 if layer.residual:
                     y = y + source
                     if np.abs(y).max(initial=0) >= 1 << (BITS - 8):
-                        raise FixedPointOverflow("a residual sum is outside (-2**24, 2**24)")
+                        raise FixedPointOverflow(f"a residual sum is outside (-2**24, 2**24) "
+                                                 f"(real {_worst(y, f)})")
                 out.append(LayerTrace(a, z, y, zw))
                 a = y
         except FixedPointOverflow as exc:  # name the layer (of this shard) it happened in
@@ -465,7 +497,9 @@ class ProvableMlp:
                                    + ([layer.skip] if layer.skip else [])
                                    + ([layer.heads, layer.kv_heads, layer.rope]
                                       if layer.activation == "attention" else [])
-                                   + ([layer.eps] if layer.eps != RMS_EPS_DEFAULT else [])))
+                                   + ([layer.eps] if layer.eps != RMS_EPS_DEFAULT else [])
+                                   + ([["range", layer.lookup_range]]
+                                      if layer.lookup_range != LOOKUP_RANGE_BITS else [])))
             h.update(np.ascontiguousarray(layer.weight, dtype="<i8").tobytes())
             h.update(b"\x01" if layer.bias is not None else b"\x00")
             if layer.bias is not None:

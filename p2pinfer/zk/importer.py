@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,14 +40,37 @@ from safetensors.numpy import save_file
 from p2pinfer.models.checkpoint import open_checkpoint
 from p2pinfer.models.errors import ModelError
 from p2pinfer.models.llama import LlamaConfig
-from p2pinfer.models.mlp import ATTENTION, MODEL_TYPE, TABLE_MAX_FRAC_BITS
+from p2pinfer.models.mlp import (
+    ATTENTION,
+    MODEL_TYPE,
+    TABLE_MAX_FRAC_BITS,
+    TABLE_RANGE_BITS_DEFAULT,
+    TABLE_RANGE_BITS_MAX,
+)
 
 from .checkpoint import COMMIT_DIR, publish_manifest
 from .commitment import BLINDING_KEY_BYTES
 from .fixed import MAX_RMS_FRAC_BITS
 
-#: the default fixed-point precision of an import: the finest the lookup tables allow
-IMPORT_FRAC_BITS = min(TABLE_MAX_FRAC_BITS, MAX_RMS_FRAC_BITS)
+#: the finest fixed-point precision an import may ask for (the lookup tables' and RMSNorm's)
+MAX_IMPORT_FRAC_BITS = min(TABLE_MAX_FRAC_BITS, MAX_RMS_FRAC_BITS)
+#: the default precision of an import, 2**-8: the 32-bit pre-activations then hold real values
+#: below 2**(31 - 16) = 32768 and the residual stream below 2**(24 - 8) = 65536. SmolLM2-135M's
+#: residual stream carries a massive activation of about 24900 from block 11 on, written by that
+#: block's down projection (tools/zk_ranges.py), beyond f = 9's 8192 and f = 10's 2048
+IMPORT_FRAC_BITS = 8
+#: the default SiLU table range of an import: real gate inputs in [-128, 128) (`lookup_range_bits`
+#: 8). SmolLM2-135M's gates reach 50.2 on varied chat prompts (tools/zk_ranges.py), beyond the
+#: narrowest table's [-32, 32)
+IMPORT_LOOKUP_RANGE_BITS = 8
+#: the largest MLP shift (`mlp_shifts`): a down weight times 2**shift must stay below 2**15 at
+#: scale 2**f
+MAX_MLP_SHIFT = 4
+#: SmolLM2-135M-Instruct's calibrated shifts: none at the default f = 8, where the gated product
+#: holds 32768; on 50 varied chat prompts of up to 128 tokens |silu(gate) * up| reaches 3065 in
+#: block 11 and 2371 in block 28 (tools/zk_ranges.py), so an import at f = 10 (2048) needs
+#: {11: 2, 28: 2}
+SMOLLM2_MLP_SHIFTS: dict[int, int] = {}
 #: the owner's blinding key inside the imported directory's commitment caches (mode 0600)
 OWNER_KEY_FILE = "owner-blinding.key"
 #: how the imported directory records its source (config.json "p2pinfer_import")
@@ -116,9 +140,10 @@ def _np(t: torch.Tensor | None) -> np.ndarray | None:
     return None if t is None else t.detach().to(torch.float64).numpy()
 
 
-def _block_tensors(w: dict[str, torch.Tensor], pad: Padding, ff: int
+def _block_tensors(w: dict[str, torch.Tensor], pad: Padding, ff: int, shift: int = 0
                    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """One decoder block's tensors as (llama-attn, llama-mlp) p2pinfer-mlp layer tensors."""
+    """One decoder block's tensors as (llama-attn, llama-mlp) p2pinfer-mlp layer tensors; the
+    MLP's up projection divided and its down projection multiplied by 2**shift."""
     h, big, d = pad.hidden, pad.width, pad.head_dim
     gain = math.sqrt(h / big)
     kvw = pad.padded_kv_heads * d
@@ -162,6 +187,10 @@ def _block_tensors(w: dict[str, torch.Tensor], pad: Padding, ff: int
                           ("down", down_bias, slice(0, h))):
         if (b := _np(w.get(f"mlp.{name}_proj.bias"))) is not None:
             arr[sl] = b
+    # an exact reparametrisation in float: down(silu(g) * up) = (2**s down)(silu(g) * up / 2**s)
+    up_gate[:ff] /= 1 << shift
+    ug_bias[:ff] /= 1 << shift
+    down *= 1 << shift
     mlp = {"norm.weight": norm("post_attention_layernorm.weight"), "weight": up_gate,
            "bias": ug_bias, "down.weight": down, "down.bias": down_bias}
     return attn, mlp
@@ -192,12 +221,21 @@ def _write_key(path: Path, key: bytes) -> None:
 
 def import_checkpoint(source: str | Path, out: str | Path, *, blocks: int | None = None,
                       frac_bits: int = IMPORT_FRAC_BITS, blinding_key: bytes | None = None,
-                      model_id: str | None = None, commit: bool = True) -> ImportResult:
+                      model_id: str | None = None, commit: bool = True,
+                      lookup_range_bits: int = IMPORT_LOOKUP_RANGE_BITS,
+                      mlp_shifts: Mapping[int, int] | None = None) -> ImportResult:
     """Write the provable layout of the Llama-family checkpoint at `source` into `out`.
 
     `blocks` imports only the first decoder blocks; `blinding_key` (the owner's secret, 32
     bytes) makes the manifest a function of the weights, else a fresh key is drawn; either way
-    it is kept in `out/zk/` (mode 0600) beside the commitment caches. `commit=False` writes the
+    it is kept in `out/zk/` (mode 0600) beside the commitment caches. `lookup_range_bits` R sets
+    the SiLU tables' range, real [-2**(R-1), 2**(R-1)) (recorded in config.json and in the
+    manifest, so proofs are bound to it). `mlp_shifts` maps a block to s in 0..MAX_MLP_SHIFT:
+    its MLP's up projection is divided and its down projection multiplied by 2**s, the same
+    function in float, so that the gated product silu(gate) * up (which fixed point keeps below
+    2**(31 - 2f), i.e. 2048 at f = 10) has room for real prompts (calibrated per block, e.g. by
+    tools/zk_ranges.py's |g*u| column; SMOLLM2_MLP_SHIFTS for SmolLM2-135M); the committed
+    weights carry the choice, so proofs are bound to it. `commit=False` writes the
     float checkpoint only (no manifest). Raises ModelError (CheckpointImportError) naming the field or
     tensor that keeps the checkpoint out.
     """
@@ -207,14 +245,24 @@ def import_checkpoint(source: str | Path, out: str | Path, *, blocks: int | None
     n = cfg.num_layers if blocks is None else blocks
     if not 1 <= n <= cfg.num_layers:
         raise CheckpointImportError(f"blocks must be in 1..{cfg.num_layers}, got {n}")
-    if not 1 <= frac_bits <= IMPORT_FRAC_BITS:
-        raise CheckpointImportError(f"frac_bits must be in 1..{IMPORT_FRAC_BITS}")
+    if not 1 <= frac_bits <= MAX_IMPORT_FRAC_BITS:
+        raise CheckpointImportError(f"frac_bits must be in 1..{MAX_IMPORT_FRAC_BITS}")
+    if not TABLE_RANGE_BITS_DEFAULT <= lookup_range_bits <= TABLE_RANGE_BITS_MAX:
+        raise CheckpointImportError(f"lookup_range_bits must be in {TABLE_RANGE_BITS_DEFAULT}.."
+                                    f"{TABLE_RANGE_BITS_MAX}")
+    shifts = dict(mlp_shifts or {})
+    for block, shift in shifts.items():
+        if (type(block) is not int or type(shift) is not int
+                or not 0 <= block < cfg.num_layers or not 0 <= shift <= MAX_MLP_SHIFT):
+            raise CheckpointImportError(f"mlp_shifts: block {block!r} -> {shift!r}: blocks in "
+                                        f"0..{cfg.num_layers - 1}, shifts in "
+                                        f"0..{MAX_MLP_SHIFT}")
     pad = Padding.of(cfg)
     ff = cfg.intermediate_size
     tensors: dict[str, np.ndarray] = {}
     for i in range(n):
         w = ckpt.load(ckpt.layer_keys(i), torch.float64)
-        attn, mlp = _block_tensors(w, pad, ff)
+        attn, mlp = _block_tensors(w, pad, ff, shifts.get(i, 0))
         for j, part in ((2 * i, attn), (2 * i + 1, mlp)):
             for name, arr in part.items():
                 tensors[f"layers.{j}.{name}"] = np.ascontiguousarray(arr, dtype=np.float32)
@@ -225,7 +273,8 @@ def import_checkpoint(source: str | Path, out: str | Path, *, blocks: int | None
         "p2pinfer_import": {"format": IMPORT_FORMAT, "source_model_type": cfg.model_type,
                             "hidden_size": cfg.hidden_size, "num_attention_heads": cfg.num_heads,
                             "num_key_value_heads": cfg.num_kv_heads, "blocks": n,
-                            "head_slots": [pad.head_slot(i) for i in range(cfg.num_heads)]},
+                            "head_slots": [pad.head_slot(i) for i in range(cfg.num_heads)],
+                            "mlp_shifts": [shifts.get(i, 0) for i in range(n)]},
         "num_layers": 2 * n,
         "hidden_size": pad.width,
         "intermediate_size": ff,
@@ -236,6 +285,7 @@ def import_checkpoint(source: str | Path, out: str | Path, *, blocks: int | None
         "rope_theta": int(cfg.rope_theta),
         "rms_norm_eps": cfg.rms_norm_eps * cfg.hidden_size / pad.width,
         "frac_bits": frac_bits,
+        "lookup_range_bits": lookup_range_bits,
         "max_positions": cfg.max_positions,
         "dtype": "float32",
     }

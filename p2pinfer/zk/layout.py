@@ -17,7 +17,7 @@ import numpy as np
 from .attention import EXP_RANGE_BITS
 from .fixed import BITS, GATED_ACTIVATIONS, LayerShape, attention_shape, uses_table
 from .group import PedersenParams, pedersen_params
-from .tables import LOOKUP_RANGE_BITS, MAX_LOOKUP_FRAC_BITS
+from .tables import MAX_LOOKUP_FRAC_BITS
 
 
 def hyrax_split(num_vars: int, min_col_vars: int = 0) -> tuple[int, int]:
@@ -84,7 +84,7 @@ def generator_count_for(layers: Sequence[LayerShape], tokens: int) -> int:
             nb = (tokens * layer.d_out * BITS).bit_length() - 1
             need = max(need, 1 << hyrax_split(nb, 5)[1])
             if uses_table(layer.activation):  # the lookup table's rows
-                need = max(need, 1 << hyrax_split(MAX_LOOKUP_FRAC_BITS + LOOKUP_RANGE_BITS)[1])
+                need = max(need, 1 << hyrax_split(MAX_LOOKUP_FRAC_BITS + layer.lookup_range)[1])
     return need
 
 

@@ -18,6 +18,7 @@ from .attention import AttentionShape
 from .errors import ProofFormatError
 from .fixed import (
     ACTIVATIONS,
+    GATED_ACTIVATIONS,
     MAX_DIM,
     MAX_RMS_FRAC_BITS,
     MAX_SKIP,
@@ -28,7 +29,12 @@ from .fixed import (
 )
 from .group import decode_point
 from .layout import part_row_counts
-from .tables import MAX_LOOKUP_FRAC_BITS
+from .tables import (
+    LOOKUP_ACTIVATIONS,
+    LOOKUP_RANGE_BITS,
+    MAX_LOOKUP_FRAC_BITS,
+    MAX_LOOKUP_RANGE_BITS,
+)
 
 MANIFEST_VERSION = 1
 #: a manifest with a skip residual is version 2, so that a verifier that predates `skip` (and
@@ -36,9 +42,16 @@ MANIFEST_VERSION = 1
 MANIFEST_VERSION_SKIP = 2
 #: a manifest with an attention layer is version 3, refused by verifiers that predate them
 MANIFEST_VERSION_ATTENTION = 3
+#: a manifest with a lookup table wider than the default is version 4, so a verifier that
+#: predates `range` (and would check the lookup against the narrower table) refuses it
+MANIFEST_VERSION_RANGE = 4
+MANIFEST_VERSIONS = (MANIFEST_VERSION, MANIFEST_VERSION_SKIP, MANIFEST_VERSION_ATTENTION,
+                     MANIFEST_VERSION_RANGE)
 
 
 def manifest_version(layers: Sequence[LayerCommitment]) -> int:
+    if any(lc.lookup_range != LOOKUP_RANGE_BITS for lc in layers):
+        return MANIFEST_VERSION_RANGE
     if any(lc.activation == "attention" for lc in layers):
         return MANIFEST_VERSION_ATTENTION
     return MANIFEST_VERSION_SKIP if any(lc.skip for lc in layers) else MANIFEST_VERSION
@@ -64,6 +77,7 @@ class LayerCommitment:
     kv_heads: int = 0
     rope: int = 0
     eps: int = RMS_EPS_DEFAULT  # RMSNorm layers only, in units of 2**-32
+    lookup_range: int = LOOKUP_RANGE_BITS  # GELU, SiLU and gated layers: the table's range
 
     def decoded_rows(self) -> tuple[list, list | None]:
         """(weight, bias) row commitments as group elements, decoded once and kept."""
@@ -90,6 +104,8 @@ class LayerCommitment:
             wire.update(heads=self.heads, kv_heads=self.kv_heads, rope=self.rope)
         if self.eps != RMS_EPS_DEFAULT:  # absent at the default, so earlier bytes stay
             wire["eps"] = self.eps
+        if self.lookup_range != LOOKUP_RANGE_BITS:  # likewise
+            wire["range"] = self.lookup_range
         return wire
 
     @classmethod
@@ -111,7 +127,9 @@ class LayerCommitment:
             raise ProofFormatError(f"skip must be in 1..{MAX_SKIP} and needs res")
         shape_keys = {"heads", "kv_heads", "rope"}
         allowed = {"d_in", "d_out", "act", "res", "w", "b", "skip"}
-        own = shape_keys if act == "attention" else {"eps"} if act == "rmsnorm" else set()
+        tabled = act in LOOKUP_ACTIVATIONS or act in GATED_ACTIVATIONS
+        own = (shape_keys if act == "attention" else {"eps"} if act == "rmsnorm"
+               else {"range"} if tabled else set())
         if set(m) - allowed - own:
             raise ProofFormatError("a layer commitment has unknown fields")
         eps = m.get("eps", RMS_EPS_DEFAULT)
@@ -119,6 +137,12 @@ class LayerCommitment:
                            or eps == RMS_EPS_DEFAULT):
             raise ProofFormatError("an RMSNorm eps is an int in [4, 2**32], present only when "
                                    "it is not the default 2**16")
+        lookup_range = m.get("range", LOOKUP_RANGE_BITS)
+        if "range" in m and (type(lookup_range) is not int or lookup_range == LOOKUP_RANGE_BITS
+                             or not LOOKUP_RANGE_BITS < lookup_range <= MAX_LOOKUP_RANGE_BITS):
+            raise ProofFormatError(f"a table range is an int in {LOOKUP_RANGE_BITS + 1}.."
+                                   f"{MAX_LOOKUP_RANGE_BITS}, present only when not the default "
+                                   f"{LOOKUP_RANGE_BITS}")
         if res and not skip and d_in != d_out:
             raise ProofFormatError("a residual layer needs d_in == d_out")
         if act == "rmsnorm" and (d_in != d_out or res or b is not None):
@@ -132,14 +156,14 @@ class LayerCommitment:
             if problem or d_in != d_out or res:
                 raise ProofFormatError(problem or "an attention layer maps d to d, without "
                                                   "residual")
-        lc = cls(d_in, d_out, act, res, (), None, skip, heads, kv_heads, rope, eps)
+        lc = cls(d_in, d_out, act, res, (), None, skip, heads, kv_heads, rope, eps, lookup_range)
         rows_w, rows_b = part_row_counts(lc)
         if not is_point_list(w, rows_w):
             raise ProofFormatError("weight commitment has the wrong shape")
         if b is not None and not is_point_list(b, rows_b):
             raise ProofFormatError("bias commitment has the wrong shape")
         return cls(d_in, d_out, act, res, tuple(w), None if b is None else tuple(b), skip,
-                   heads, kv_heads, rope, eps)
+                   heads, kv_heads, rope, eps, lookup_range)
 
 
 def is_point_list(v: object, n: int) -> bool:
@@ -220,8 +244,7 @@ class ModelManifest:
 
     @classmethod
     def from_bytes(cls, data: bytes, max_size: int = 64 << 20) -> ModelManifest:
-        m = unpack_map(data, max_size, "zk-manifest",
-                    (MANIFEST_VERSION, MANIFEST_VERSION_SKIP, MANIFEST_VERSION_ATTENTION))
+        m = unpack_map(data, max_size, "zk-manifest", MANIFEST_VERSIONS)
         model, f, seed, layers = m.get("model"), m.get("f"), m.get("seed"), m.get("layers")
         if not isinstance(model, str) or len(model) > 256:
             raise ProofFormatError("bad model id")
@@ -234,7 +257,8 @@ class ModelManifest:
         decoded = tuple(LayerCommitment.from_wire(lc) for lc in layers)
         if m["v"] != manifest_version(decoded):
             raise ProofFormatError("a manifest is version 3 exactly when a layer is attention, "
-                                   "else version 2 exactly when a layer has a skip")
+                                   "else version 2 exactly when a layer has a skip (version 4 "
+                                   "instead of either when a layer has a table range)")
         if f > MAX_RMS_FRAC_BITS and any(lc.activation == "rmsnorm" for lc in decoded):
             raise ProofFormatError(f"RMSNorm layers need frac_bits <= {MAX_RMS_FRAC_BITS}")
         if f > MAX_LOOKUP_FRAC_BITS and any(uses_table(lc.activation) for lc in decoded):

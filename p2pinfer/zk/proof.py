@@ -234,7 +234,8 @@ def _layer(
         return [*keep(below), *rest]
     if lc.activation in LOOKUP_ACTIVATIONS:
         below = split()
-        rho, z_lin = lookup_head(led, lc.activation, f, nt, ni, claims, below, wit, name)
+        rho, z_lin = lookup_head(led, lc.activation, f, nt, ni, claims, below, wit, name,
+                                 lc.lookup_range)
         return matmul_tail(led, lc, nt, nk, rho, z_lin, keep(below), x, wit, name, rows)
     rho, z_lin, below = bits_head(led, f, nt, ni, claims, wit.z if prover else None, relu, name,
                                    split)

@@ -8,6 +8,8 @@ import pytest
 from p2pinfer.errors import P2PInferError
 from p2pinfer.inference import ClientSettings
 from p2pinfer.inference.critical import CriticalResult, critical_client, infer_critical
+from p2pinfer.inference.planner import NoRouteError
+from p2pinfer.zk import ModelManifest
 from p2pinfer.zk.checkpoint import MANIFEST_FILE
 
 from ..inference.conftest import network
@@ -97,12 +99,32 @@ async def test_the_requester_replans_around_a_cheat_to_an_honest_peer(tmp_path, 
     assert stages[1].peer_id in c.backoff.excluded()
 
 
+async def test_peers_advertise_their_manifest_and_requesters_route_only_to_their_own(
+        tmp_path, mlp_dir, other_mlp_dir):
+    ours = ModelManifest.from_bytes((mlp_dir / MANIFEST_FILE).read_bytes()).digest()
+    other = (other_mlp_dir / MANIFEST_FILE).read_bytes()
+    async with network(tmp_path, str(mlp_dir), SPANS) as (client, stages):
+        for s in stages:
+            assert client.peer(s.peer_id).advert.manifest == "sha256:" + ours.hex()
+        # another owner's manifest for the same weights: no peer proves against it
+        c = critical_client(client.inference, str(mlp_dir), settings(max_replans=0),
+                            manifest=other)
+        assert c.candidates() == []
+        with pytest.raises(NoRouteError):
+            await c.infer(features())
+        assert stages[0].inference.stage.counters["refused"] == 0
+        mine = critical_client(client.inference, str(mlp_dir), settings())
+        assert {cand.peer_id for cand in mine.candidates()} == {s.peer_id for s in stages}
+
+
 async def test_a_stage_refuses_a_task_pinned_to_another_manifest(tmp_path, mlp_dir,
                                                                  other_mlp_dir):
+    """A requester that ignores adverts' manifest digests still meets the stage's own check."""
     other = (other_mlp_dir / MANIFEST_FILE).read_bytes()
     async with network(tmp_path, str(mlp_dir), SPANS) as (client, stages):
         c = critical_client(client.inference, str(mlp_dir), settings(max_replans=0),
                             manifest=other)
+        c.servable_spans = lambda spans, advert: tuple((a, b) for a, b in spans)
         with pytest.raises(P2PInferError, match="manifest"):
             await c.infer(features())
         assert stages[0].inference.stage.counters["refused"] == 1

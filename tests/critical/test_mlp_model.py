@@ -42,7 +42,7 @@ from p2pinfer.zk.fixed import (
     rms_eps_units,
     uses_table,
 )
-from p2pinfer.zk.tables import MAX_LOOKUP_FRAC_BITS
+from p2pinfer.zk.tables import LOOKUP_RANGE_BITS, MAX_LOOKUP_FRAC_BITS, MAX_LOOKUP_RANGE_BITS
 
 from .conftest import small_mlp
 
@@ -275,6 +275,8 @@ def test_other_builtins_resolve_as_models_resolves_them():
 def test_the_model_formats_fixed_point_limits_are_zks():
     """models/mlp.py refuses on load what zk cannot prove, with its own copy of zk's limits."""
     assert mlp.TABLE_MAX_FRAC_BITS == MAX_LOOKUP_FRAC_BITS
+    assert (mlp.TABLE_RANGE_BITS_DEFAULT, mlp.TABLE_RANGE_BITS_MAX) == (
+        LOOKUP_RANGE_BITS, MAX_LOOKUP_RANGE_BITS)
     assert {a for a in mlp.TABLE_ACTIVATIONS if a != mlp.ATTENTION} == {
         a for a in ACTIVATIONS if uses_table(a) and a != "attention"}
     assert (mlp.RMS_EPS_UNITS_BITS, mlp.RMS_EPS_UNITS_MIN, mlp.RMS_EPS_UNITS_MAX) == (

@@ -49,3 +49,12 @@ def test_the_report_has_a_row_per_stage():
                             [], 0, 0.1)
     lines = report_lines(result)
     assert len(lines) == 3 and "[1,2)" in lines[2] and "2.0" in lines[2]
+
+
+def test_a_prompt_for_a_model_not_imported_from_a_checkpoint_is_a_usage_error(mlp_dir, capsys):
+    from p2pinfer.cli import main
+
+    assert main(["prove-run", "--model", str(mlp_dir), "--prompt", "What is 2+2?",
+                 "--bootstrap", "/ip4/127.0.0.1/tcp/9/p2p/QmNotThere"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "was not imported from a checkpoint" in err

@@ -21,6 +21,7 @@ from p2pinfer.models import (
     load_model_info,
     minilm_path,
 )
+from p2pinfer.models.defaults import SMOLLM2_ZK, SMOLLM2_ZK_BLOCK0
 
 # The tiny decoder's weights (names, dtypes, shapes, bytes): identical on every machine.
 TINY_WEIGHTS_SHA256 = "5a9055b65debb8ccd6fc3ea660e49949e7402aa781ccfe21394a259b859fe84a"
@@ -34,7 +35,8 @@ def tiny(tmp_path_factory):
 def test_default_models_say_which_weights_are_random():
     models = {m.name: m for m in default_models()}
     assert set(models) == {MINILM, SMOLLM2, TINY_LLAMA, LLAMA_108M, "p2pinfer-zk-mlp",
-                           "p2pinfer-zk-llama"}
+                           "p2pinfer-zk-llama", SMOLLM2_ZK, SMOLLM2_ZK_BLOCK0}
+    assert models[SMOLLM2_ZK].random_weights is False and models[SMOLLM2_ZK].task == "critical"
     assert models[SMOLLM2].random_weights is False and models[SMOLLM2].task == "generation"
     assert models[MINILM].random_weights is False and models[MINILM].task == "embedding"
     assert models[TINY_LLAMA].random_weights is True and models[TINY_LLAMA].task == "generation"
@@ -48,12 +50,12 @@ def test_metadata_parameter_counts_match_the_checkpoints(tiny):
     assert load_model_info(minilm_path()).total_params == models[MINILM].num_params
 
 
-@pytest.mark.parametrize("name", ["p2pinfer-zk-mlp", "p2pinfer-zk-llama"])
+@pytest.mark.parametrize("name", ["p2pinfer-zk-mlp", "p2pinfer-zk-llama", SMOLLM2_ZK])
 def test_a_provable_builtin_is_listed_but_written_by_zk(tmp_path, name):
     """models lists the provable built-ins; their directory holds a committed manifest, which
-    p2pinfer.zk.checkpoint writes (tests/critical/test_mlp_model.py), so models refuses them."""
+    p2pinfer.zk.builtins writes (tests/critical/test_mlp_model.py), so models refuses them."""
     assert {m.name: m for m in default_models()}[name].task == "critical"
-    with pytest.raises(ModelError, match="p2pinfer.zk.checkpoint.builtin_model_path"):
+    with pytest.raises(ModelError, match="p2pinfer.zk.builtins.builtin_model_path"):
         default_model_path(name, home=tmp_path)
     assert not (tmp_path / name).exists()
 

@@ -328,3 +328,16 @@ def test_weights_digests_round_trip_and_must_match_the_spans():
         AdvertValidator(NET).accept(
             sign_advert(make_advert(spans=((0, 3), (3, 6)), weights=(d,)), ALICE),
             ALICE.peer_id, now_ms=T0)
+
+
+def test_a_manifest_digest_round_trips_and_is_bounded():
+    tag = "sha256:" + "cd" * 32
+    got = AdvertValidator(NET).accept(sign_advert(make_advert(manifest=tag), ALICE),
+                                      ALICE.peer_id, now_ms=T0)
+    assert got is not None and got.manifest == tag
+    plain = AdvertValidator(NET).accept(sign_advert(make_advert(), ALICE), ALICE.peer_id,
+                                        now_ms=T0)
+    assert plain is not None and plain.manifest == "" and "manifest" not in plain.body()
+    with pytest.raises(AdvertMalformed, match="manifest"):
+        AdvertValidator(NET).accept(sign_advert(make_advert(manifest="x" * 81), ALICE),
+                                    ALICE.peer_id, now_ms=T0)

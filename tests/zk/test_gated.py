@@ -150,10 +150,10 @@ def test_a_wrong_gate_value_is_caught_by_the_lookup(swiglu_committed, monkeypatc
     cheat = honest.copy()
     cheat[int(zw[0, 8] >> 8) + len(honest) // 2] += 40
     cheat.setflags(write=False)
-    monkeypatch.setitem(tables_mod._SILU_TABLES, 8, cheat)
+    monkeypatch.setitem(tables_mod._SILU_TABLES, (8, 6), cheat)
     y = swiglu_committed.forward_fixed(x)
     proof = prove(swiglu_committed, x, y, BINDING)
-    monkeypatch.setitem(tables_mod._SILU_TABLES, 8, honest)
+    monkeypatch.setitem(tables_mod._SILU_TABLES, (8, 6), honest)
     assert not np.array_equal(y, swiglu_committed.forward_fixed(x))
     with pytest.raises(ProofError) as exc:
         verify(swiglu_committed.commitment, x, y, proof, BINDING)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import msgpack
 import numpy as np
 import pytest
 import torch
@@ -249,3 +250,47 @@ def test_a_reimport_under_another_key_does_not_reuse_old_blindings(tmp_path):
     fresh = import_checkpoint(src, tmp_path / "n", blocks=1, blinding_key=bytes(32))
     assert second.manifest == fresh.manifest != first.manifest
     commit_layers(tmp_path / "m", 0, 2)  # the caches on disk match the manifest now written
+
+
+def test_the_import_records_its_silu_table_range_in_config_and_manifest(imported, tmp_path,
+                                                                         capsys):
+    _, out = imported
+    assert json.loads((out / "config.json").read_text())["lookup_range_bits"] == 8
+    manifest = ModelManifest.from_bytes(load_manifest_bytes(out))
+    ranges = {lc.activation: lc.lookup_range for lc in manifest.layers}
+    assert ranges["swiglu"] == 8 and ranges["identity"] == ranges["attention"] == 6
+    assert msgpack.unpackb(load_manifest_bytes(out))["v"] == 4
+    src = write_tiny_llama(tmp_path / "src")
+    assert main(["zk", "import", str(src), "--out", str(tmp_path / "bad"),
+                 "--table-range", "10"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "lookup_range_bits" in err
+
+
+def test_an_mlp_shift_keeps_the_function_and_widens_the_gated_product(imported, tmp_path,
+                                                                       capsys):
+    src, out = imported
+    shifted = import_checkpoint(src, tmp_path / "shifted", blinding_key=KEY,
+                                mlp_shifts={1: 2})
+    plain, moved = load_file(str(out / "model.safetensors")), load_file(
+        str(tmp_path / "shifted" / "model.safetensors"))
+    ff = json.loads((out / "config.json").read_text())["intermediate_size"]
+    assert np.array_equal(moved["layers.3.weight"][:ff] * 4, plain["layers.3.weight"][:ff])
+    assert np.array_equal(moved["layers.3.down.weight"], plain["layers.3.down.weight"] * 4)
+    assert np.array_equal(moved["layers.1.weight"], plain["layers.1.weight"])  # block 0 as is
+    assert json.loads((tmp_path / "shifted" / "config.json").read_text())[
+        "p2pinfer_import"]["mlp_shifts"] == [0, 2]
+    assert shifted.manifest != (out / MANIFEST_FILE).read_bytes()  # the weights carry it
+    x = np.random.default_rng(2).normal(size=(6, HIDDEN))
+    ref = _llama_forward(src, x)
+    fixed = fixed_layers(tmp_path / "shifted", 0, 2 * BLOCKS)
+    y = fixed.dequantize(fixed.forward_fixed(fixed.quantize(fixed.pad_features(x))))
+    assert np.abs(y[:, :HIDDEN] - ref).max() < 0.05 * np.abs(ref).max()
+    with pytest.raises(CheckpointImportError, match="mlp_shifts"):
+        import_checkpoint(src, tmp_path / "bad", mlp_shifts={1: 5}, commit=False)
+    with pytest.raises(CheckpointImportError, match="mlp_shifts"):
+        import_checkpoint(src, tmp_path / "bad", mlp_shifts={BLOCKS: 1}, commit=False)
+    assert main(["zk", "import", str(src), "--out", str(tmp_path / "bad"),
+                 "--mlp-shift", "1:2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "BLOCK=BITS" in err

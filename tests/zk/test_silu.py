@@ -108,10 +108,10 @@ def test_a_wrong_silu_value_is_caught_by_the_lookup(silu_committed, monkeypatch)
     cheat = honest.copy()
     cheat[int(q[0]) + len(honest) // 2] -= 2
     cheat.setflags(write=False)
-    monkeypatch.setitem(tables_mod._SILU_TABLES, 8, cheat)
+    monkeypatch.setitem(tables_mod._SILU_TABLES, (8, 6), cheat)
     y = silu_committed.forward_fixed(x)
     proof = prove(silu_committed, x, y, BINDING)
-    monkeypatch.setitem(tables_mod._SILU_TABLES, 8, honest)
+    monkeypatch.setitem(tables_mod._SILU_TABLES, (8, 6), honest)
     assert not np.array_equal(y, silu_committed.forward_fixed(x))
     with pytest.raises(ProofError) as exc:
         verify(silu_committed.commitment, x, y, proof, BINDING)

@@ -51,3 +51,15 @@ def test_attention_manifest_vector_decodes_at_version_3_with_its_shape():
     spec = (Path(__file__).resolve().parents[2] / "protocols" / "zk-proof.md").read_text()
     assert f"(attention digest `{m.digest().hex()}`)" in spec
     assert m.to_bytes() == V["manifest-attention"]
+
+
+def test_range_manifest_vector_decodes_at_version_4_with_its_range():
+    import msgpack
+
+    m = ModelManifest.from_bytes(V["manifest-range"])
+    (layer,) = m.layers
+    assert (layer.activation, layer.d_in, layer.d_out, layer.lookup_range) == ("silu", 1, 1, 8)
+    assert msgpack.unpackb(V["manifest-range"])["v"] == 4
+    spec = (Path(__file__).resolve().parents[2] / "protocols" / "zk-proof.md").read_text()
+    assert f"(range digest `{m.digest().hex()}`)" in spec
+    assert m.to_bytes() == V["manifest-range"]

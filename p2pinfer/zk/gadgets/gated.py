@@ -39,7 +39,8 @@ def gated_layer(led, lc: LayerCommitment, f: int, nt: int, nk: int, ni: int,
     oracle = None
     if prover:
         q = wit.zw >> f
-        gate = lookup_activation(q[:, d:], GATED_ACTIVATIONS[lc.activation], f)
+        gate = lookup_activation(q[:, d:], GATED_ACTIVATIONS[lc.activation], f,
+                                 lc.lookup_range)
         oracle = TripleOracle(eq_table(rho), flat(gate), flat(q[:, :d]))
     rho2, final = sumcheck(led, f"{name}/gate-product", p_lin, ni, 3, oracle)
     i_g = led.put(oracle.s[0] if prover else None)
@@ -57,7 +58,8 @@ def gated_layer(led, lc: LayerCommitment, f: int, nt: int, nk: int, ni: int,
     # 6. the gate half, columns [d, 2d): the lookup of G
     gate_wit = dataclasses.replace(wit, z=wit.zw[:, d:]) if prover else None
     rho_g, zg_lin = lookup_head(led, GATED_ACTIVATIONS[lc.activation], f, nt, ni,
-                                 [(rho2, Lin.var(i_g), full)], [], gate_wit, f"{name}/gate")
+                                 [(rho2, Lin.var(i_g), full)], [], gate_wit, f"{name}/gate",
+                                 lc.lookup_range)
     gate_claims = matmul_tail(led, lc, nt, nk, rho_g[:nt] + [1] + rho_g[nt:], zg_lin, [], x,
                                wit, f"{name}/gate", rows)
     return below, [*up, *gate_claims]

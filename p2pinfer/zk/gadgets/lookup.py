@@ -19,7 +19,7 @@ from ..field import P, batch_inv, dot, eq_eval, eq_table, int_vecmat
 from ..fixed import BITS, log2_exact
 from ..layout import hyrax_split
 from ..ledger import Lin, sumcheck
-from ..tables import LOOKUP_NAMES, MAX_LOOKUP_FRAC_BITS, activation_table
+from ..tables import LOOKUP_NAMES, LOOKUP_RANGE_BITS, MAX_LOOKUP_FRAC_BITS, activation_table
 from .bits import BitsOracle
 from .common import (
     INV32,
@@ -107,14 +107,16 @@ def lookup_table_side(led, name: str, lookup: Lookup, com_m: Committed,
 
 
 def lookup_head(led, activation: str, f: int, nt: int, ni: int, claims: list[Claim],
-                below: list[Claim], wit: Witness | None, name: str) -> tuple[list[int], Lin]:
-    """Steps 1-3 of a GELU or SiLU layer: returns (rho, z~(rho) as a committed linear form)."""
+                below: list[Claim], wit: Witness | None, name: str,
+                range_bits: int = LOOKUP_RANGE_BITS) -> tuple[list[int], Lin]:
+    """Steps 1-3 of a GELU or SiLU layer whose table has range `range_bits` (the layer's
+    manifest `range`): returns (rho, z~(rho) as a committed linear form)."""
     prover = wit is not None
     nb = ni + 5
     if not 1 <= f <= MAX_LOOKUP_FRAC_BITS:
         raise ShapeMismatch("shard", f"a {LOOKUP_NAMES[activation]} layer needs frac_bits <= "
                                      f"{MAX_LOOKUP_FRAC_BITS}")
-    table = activation_table(activation, f)
+    table = activation_table(activation, f, range_bits)
     kt = log2_exact(len(table), "table")
     half = len(table) // 2
     rows_b, cols_b = hyrax_split(nb, 5)
