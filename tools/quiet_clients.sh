@@ -27,5 +27,6 @@ for f in "$WORK"/net/peer-*/node.log; do
   echo "$(basename "$(dirname "$f")"): $(wc -l < "$f") log lines, $d dial-failure lines, $t tracebacks"
   [ "$d" -gt 1 ] || [ "$t" -gt 0 ] && fail=1
 done
+[ "$ok" -lt "$CLIENTS" ] && { echo "failed clients said:"; grep -i "error" "$WORK/clients.err" | tail -n 5; }
 rm -rf "$WORK"
 [ "$ok" -eq "$CLIENTS" ] && [ "$fail" -eq 0 ] && [ "$rc" -eq 0 ] && echo "quiet: ok" || { echo "quiet: FAILED"; exit 1; }
