@@ -58,10 +58,53 @@ FLOOR_FRACTION = 1e-3
 TOLERANCE_FLOAT32 = 1e-3
 TOLERANCE_BFLOAT16 = 1e-1
 
+# Fault evidence bans network-wide at once, so it is judged at EVIDENCE_MARGIN times each pair's
+# class tolerance (at most EVIDENCE_TOLERANCE). The worst honest distances measured by
+# tools/calibrate_fingerprints.py: float32 pairs (threads, batch shape, KV decode, SmolLM2 and
+# MiniLM) below 2e-6, 1/500 of the float32 tolerance; bfloat16 pairs 9.8e-2 (the testnet's
+# random checkpoint as a chain of three bfloat16 stages), 0.98x the bfloat16 tolerance, so the
+# margin stays 1.5 and a dissent honest rounding could explain bans nobody.
+EVIDENCE_MARGIN = 1.5
+EVIDENCE_TOLERANCE = EVIDENCE_MARGIN * TOLERANCE_BFLOAT16
+
 # float16 and TF32 (10-bit mantissas) are not calibrated separately: they take the bfloat16
 # tolerance, which bounds their rounding noise from above.
 _TOLERANCES = {"float32": TOLERANCE_FLOAT32, "bfloat16": TOLERANCE_BFLOAT16,
                "float16": TOLERANCE_BFLOAT16, "tfloat32": TOLERANCE_BFLOAT16}
+
+
+#: Precision classes a claim states (protocols/votes.md, "Precision classes"). A comparison
+#: between two claims uses the tolerance of the pair: float32 against float32 stays at the
+#: float32 tolerance even on a route where some other replica computes in bfloat16, so an
+#: int8-weight substitute (SmolLM2: at least 2.7e-2 from float32 on every token) cannot hide
+#: behind a bfloat16 replica elsewhere. Any pair with a bfloat16-class claim takes the bfloat16
+#: tolerance: next to bfloat16 rounding (SmolLM2, 30 layers: up to 6.6e-2 per token) int8
+#: weights are noise, so a stage that must exclude them keeps a float32 majority.
+PRECISION_CLASSES = ("float32", "bfloat16")
+_CLASS_OF = {"float32": "float32", "bfloat16": "bfloat16", "float16": "bfloat16",
+             "tfloat32": "bfloat16"}
+_CLASS_TOLERANCE = {"float32": TOLERANCE_FLOAT32, "bfloat16": TOLERANCE_BFLOAT16}
+
+
+def precision_class(precision: str) -> str:
+    """The class a compute precision votes in: `float32`, or `bfloat16` for bfloat16, float16
+    and TF32. Raises FingerprintError for an unknown name."""
+    if precision not in _CLASS_OF:
+        raise FingerprintError(f"unknown compute precision {precision!r}")
+    return _CLASS_OF[precision]
+
+
+def pair_tolerance(a: str, b: str, cap: float = math.inf) -> float:
+    """Tolerance for comparing a claim of class `a` with one of class `b`: the looser of the two
+    classes' tolerances, at most `cap` (a task's signed tolerance). Raises FingerprintError
+    for an unknown class."""
+    return min(cap, max(_CLASS_TOLERANCE[precision_class(a)],
+                        _CLASS_TOLERANCE[precision_class(b)]))
+
+
+def stricter(a: str, b: str) -> bool:
+    """Whether class `a` is held to a tighter tolerance than class `b`."""
+    return _CLASS_TOLERANCE[precision_class(a)] < _CLASS_TOLERANCE[precision_class(b)]
 
 
 def tolerance_for(precisions: Collection[str]) -> float:
