@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -30,6 +31,7 @@ from p2pinfer.consensus import (
     sign_claim,
     tally,
 )
+from p2pinfer.consensus.commit import sealed_context, sign_commit
 from p2pinfer.identity import NodeIdentity
 
 SPEC = ROOT / "protocols" / "votes.md"
@@ -67,7 +69,16 @@ def vectors() -> dict[str, bytes]:
                                       [i.peer_id for i in ids[:3]])
     evidence = build_fault_evidence(outcome, ids[1].peer_id, reporter.peer_id,
                                     reporter._private, keys)
+    # commit before the seed: each replica commits to its output (here a [2, 4] float32 tensor
+    # of its fingerprint values, standing for the stage output), the seal and the sealed seed
+    commits = [sign_commit(ident._private, ident.peer_id, CONTEXT, 3,
+                           torch.from_numpy(np.frombuffer(v, dtype="<f4").reshape(2, 4).copy()))
+               for ident, v in zip(ids, values, strict=False)]
+    sealed = sealed_context(commits, [i.peer_id for i in ids[:3]])
     return {
+        "commit": commits[0].encode(),
+        "seal": sealed.sealed,
+        "sealed-seed": sealed.seed(),
         "fingerprint-seed": CONTEXT.seed(),
         "fingerprint-shake": hashlib.shake_256(CONTEXT.seed()).digest(8),
         "claim": claims[0].encode(),

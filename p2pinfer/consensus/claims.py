@@ -69,9 +69,12 @@ class FingerprintClaim:
     signature: bytes
     precision: str = "float32"
 
+    sealed: bytes = b""
+
     @property
     def context(self) -> FingerprintContext:
-        return FingerprintContext(self.network_id, self.task_id, self.stage, self.step)
+        return FingerprintContext(self.network_id, self.task_id, self.stage, self.step,
+                                  self.sealed)
 
     def signed_bytes(self) -> bytes:
         return CLAIM_TAG + pack(_claim_body(self))
@@ -105,7 +108,7 @@ def sign_claim(
     an output computed in precision class `precision`."""
     unsigned = FingerprintClaim(context.network_id, context.task_id, context.stage, context.step,
                                 replicas, replica, fingerprint, b"\x00" * SIGNATURE_SIZE,
-                                precision)
+                                precision, context.sealed)
     _check_claim_fields(unsigned)
     return replace(unsigned, signature=key.sign(unsigned.signed_bytes()))
 
@@ -117,8 +120,8 @@ def decode_claim(data: bytes) -> FingerprintClaim:
     """
     fields = unpack_map(data, MAX_CLAIM_BYTES, "claim")
     reader = Fields(fields, "claim")
-    reader.expect_keys(["v", "t", "net", "task", "stage", "step", "m", "replica", "prec", "fp",
-                        "sig"])
+    reader.expect_keys(["v", "t", "net", "task", "stage", "step", "m", "replica", "prec", "seal",
+                        "fp", "sig"])
     fp = Fields(reader.map("fp"), "claim fingerprint")
     fp.expect_keys(["scheme", "hidden", "dtype", "shape", "data"])
     if fp.str("scheme", 16) != SCHEME:
@@ -147,6 +150,7 @@ def decode_claim(data: bytes) -> FingerprintClaim:
         fingerprint=fingerprint,
         signature=reader.bytes("sig", SIGNATURE_SIZE),
         precision=reader.str("prec", 16),
+        sealed=reader.bytes("seal", 32),
     )
     _check_claim_fields(claim)
     require_canonical(data, claim.encode(), "claim")
@@ -235,7 +239,7 @@ def _claim_body(claim: FingerprintClaim) -> dict[str, Any]:
     return {
         "v": VERSION, "t": "claim", "net": claim.network_id, "task": claim.task_id,
         "stage": claim.stage, "step": claim.step, "m": claim.replicas, "replica": claim.replica,
-        "prec": claim.precision,
+        "prec": claim.precision, "seal": claim.sealed,
         "fp": {"scheme": SCHEME, "hidden": fp.hidden, "dtype": "float32",
                "shape": [fp.tokens, fp.rank], "data": fp.values},
     }
@@ -256,6 +260,8 @@ def _check_claim_fields(claim: FingerprintClaim) -> None:
     if claim.precision not in PRECISION_CLASSES:
         raise MalformedVoteMessage(f"claim precision class {claim.precision!r} is not one of "
                                    f"{', '.join(PRECISION_CLASSES)}")
+    if len(claim.sealed) not in (0, 32):
+        raise MalformedVoteMessage("claim seal is neither empty nor 32 bytes")
     if len(claim.fingerprint.values) > MAX_FINGERPRINT_BYTES:
         raise MalformedVoteMessage("fingerprint over the claim size limit")
     if len(claim.signature) != SIGNATURE_SIZE:

@@ -124,18 +124,32 @@ def tolerance_for(precisions: Collection[str]) -> float:
 
 @dataclass(frozen=True)
 class FingerprintContext:
-    """Where a fingerprint belongs; it seeds the projection."""
+    """Where a fingerprint belongs; it seeds the projection.
+
+    `sealed` is empty, or the 32-byte digest of the stage's output commitments for this step
+    (consensus/commit.py): then the seed depends on outputs every replica fixed before anyone
+    could know it (protocols/votes.md, "Commit before the seed").
+    """
 
     network_id: str
     task_id: bytes
     stage: int
     step: int
+    sealed: bytes = b""
 
     def seed(self) -> bytes:
+        if self.sealed:
+            material = msgpack.packb([self.network_id, self.task_id, self.stage, self.step,
+                                      self.sealed], use_bin_type=True)
+            return hashlib.sha256(b"p2pinfer/fingerprint/rp-v1/sealed\x00" + material).digest()
         material = msgpack.packb(
             [self.network_id, self.task_id, self.stage, self.step], use_bin_type=True
         )
         return hashlib.sha256(b"p2pinfer/fingerprint/rp-v1\x00" + material).digest()
+
+    def unsealed(self) -> FingerprintContext:
+        """The same (task, stage, step) without a seal."""
+        return FingerprintContext(self.network_id, self.task_id, self.stage, self.step)
 
 
 @dataclass(frozen=True)

@@ -103,6 +103,7 @@ def test_the_precision_class_is_signed_and_checked(peers, keys):
         dataclasses.replace(claim, precision="bfloat16").verify(keys)
     with pytest.raises(MalformedVoteMessage):
         sign_claim(peers[0].key, peers[0].peer_id, CONTEXT, 3, claim.fingerprint, "int8")
-    forged = claim.encode().replace(b"\xa7float32\xa2fp", b"\xa7float64\xa2fp")
+    forged = claim.encode().replace(b"\xa7float32\xa4seal", b"\xa7float64\xa4seal")
+    assert forged != claim.encode()
     with pytest.raises(MalformedVoteMessage):
         decode_claim(forged)
