@@ -3,8 +3,8 @@
 Paper, section "Consensus-based verification": each stage runs on m replicas and the output
 that more than half of them agree on is taken. Agreement is `match` within a tolerance, which
 is not transitive, so the vote clusters around a centre: for every claim, the claims that match
-it; the centre is the claim with the largest such cluster (ties: smallest total distance, then
-smallest replica id). A cluster is a majority when it holds more than m/2 of the m replicas the
+it; the centre is the claim with the largest such cluster (ties: the stricter precision class,
+then smallest total distance, then smallest replica id). A cluster is a majority when it holds more than m/2 of the m replicas the
 task route assigned, so missing replicas count against a majority. Without a majority the vote
 raises NoMajorityError; it never picks silently.
 
@@ -124,11 +124,15 @@ def tally(claims: Sequence[FingerprintClaim], keys: PeerKeys, tolerance: float) 
     decisive = [i for i, c in enumerate(unique) if c.precision == strictest]
     if 2 * len(decisive) <= replicas:
         decisive = list(range(len(unique)))  # no class holds a majority alone: all vote
-    best_key: tuple[int, float, str] | None = None
+    best_key: tuple[int, float, float, str] | None = None
     best = 0
     for i in decisive:
         members = [j for j in decisive if match[i][j]]
-        key = (-len(members), sum(dist[i][j] for j in members), unique[i].replica)
+        # among clusters of one size a centre of the stricter class wins: a float32 replica
+        # then checks its input at the float32 tolerance against a float32 output, so it never
+        # computes on a bfloat16 replica's output and drifts from its float32 fellows
+        own = pair_tolerance(unique[i].precision, unique[i].precision)
+        key = (-len(members), own, sum(dist[i][j] for j in members), unique[i].replica)
         if best_key is None or key < best_key:
             best_key, best = key, i
     assert best_key is not None

@@ -107,3 +107,14 @@ def test_the_precision_class_is_signed_and_checked(peers, keys):
     assert forged != claim.encode()
     with pytest.raises(MalformedVoteMessage):
         decode_claim(forged)
+
+
+def test_a_float32_claim_is_the_centre_of_a_tied_mixed_cluster(peers, keys):
+    # only one float32 and one bfloat16 claim are in (the strict class has no majority alone):
+    # both clusters hold two, and the float32 claim is the centre whatever the peer ids, so a
+    # float32 replica downstream checks its input at the float32 tolerance
+    for bf16_peer, f32_peer in ((peers[0], peers[1]), (peers[1], peers[0])):
+        claims = [off_by(bf16_peer, 2e-2, "bfloat16", 8), off_by(f32_peer, 0.0, "float32")]
+        outcome = tally(claims, keys, TOLERANCE_BFLOAT16)
+        assert outcome.majority.replica == f32_peer.peer_id
+        assert outcome.tolerance_for("float32") == TOLERANCE_FLOAT32
