@@ -127,8 +127,8 @@ class ServeSection:
 
 TEE_LEVELS = ("none", "simulated", "cpu-tee", "gpu-tee")
 #: TEST-ONLY dishonest behaviours (`serve.fault_injection`, p2pinfer.inference.redundancy)
-FAULT_INJECTION_KINDS = ("wrong-weights", "random-output", "skip-layer", "perturb", "copy",
-                         "stall", "stall-late")
+FAULT_INJECTION_KINDS = ("wrong-weights", "int8-weights", "random-output", "skip-layer",
+                         "perturb", "copy", "stall", "stall-late")
 
 
 @dataclass

@@ -76,3 +76,27 @@ def test_bench_spans_cover_the_middle_layers(layers):
     assert all(left[1] == right[0] for left, right in pairwise(spans))
     if layers == 12:  # the random 108M model keeps its historical split
         assert spans == [[1, 4], [4, 6], [6, 9], [9, 11]]
+
+
+def test_side_by_side_judges_pairs_at_their_class_tolerance():
+    compare = _tool("fingerprint_compare")
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(1, 6, 64, generator=gen)
+
+    def moved(scale: float) -> torch.Tensor:
+        d = torch.randn(x.shape, generator=gen)
+        return x + scale * d / d.norm(dim=-1, keepdim=True) * x.norm(dim=-1, keepdim=True)
+
+    pairs = [
+        compare.Pair("float32: honest", True, x, moved(1e-7), "float32", "float32"),
+        compare.Pair("float32: int8-like", False, x, moved(3e-2), "float32", "float32"),
+        compare.Pair("mixed: int8-like", False, x, moved(3e-2), "float32", "bfloat16"),
+        compare.Pair("float32: copied", False, x, x, "float32", "float32", other_task=True),
+    ]
+    verdicts = compare.judge_ours(pairs, seed=1)
+    assert verdicts["float32: honest"].accepted == [True]
+    assert verdicts["float32: int8-like"].accepted == [False]
+    assert verdicts["mixed: int8-like"].accepted == [True]  # within bfloat16 rounding
+    assert verdicts["float32: copied"].accepted == [False]
+    assert compare._rate(verdicts["float32: honest"], True) == "FR 0%"
+    assert compare._rate(verdicts["mixed: int8-like"], False) == "FA 100%"

@@ -1,4 +1,14 @@
-"""Calibrate activation fingerprints (p2pinfer.consensus.fingerprint) on random Llama-style models.
+"""Calibrate activation fingerprints (p2pinfer.consensus.fingerprint), side by side with TOPLOC.
+
+Default run (no --model): the real SmolLM2-135M-Instruct and all-MiniLM-L6-v2, honest
+variations and cheats on float32, bfloat16 and mixed routes, judged by p2pinfer's fingerprint
+and by TOPLOC's package in one run, with false-reject and false-accept tables and bytes per
+token for both (tools/fingerprint_compare.py says what each row is). `--quick` runs a few
+inputs per model (minutes); `--inputs N` sets SmolLM2's count (MiniLM runs 5 times as many).
+TOPLOC is optional: `pip install --no-deps --no-binary toploc --no-build-isolation
+toploc==0.1.6`; without it the tool says "toploc not installed" and skips its columns.
+
+The older single-scheme modes follow (--model llama|minilm|smollm2|testnet).
 
 For every trial: a fresh random input and a fresh fingerprint context (random task id), on one of
 a few random checkpoints built with transformers. The stage output is the residual stream after
@@ -26,8 +36,9 @@ stages (layers [1,2), [2,3), [3,5)), one chain all float32 and one all bfloat16,
 its own chain's output (as a replica is), for a prefill and two decode steps per trial; it prints
 the distance at every stage against both tolerances.
 
-Usage: python tools/calibrate_fingerprints.py [--model llama|minilm|testnet] [--trials 300]
-       [--models 3] [--hidden 384] [--layers 6] [--tokens 24]
+Usage: python tools/calibrate_fingerprints.py [--quick | --inputs N]
+       python tools/calibrate_fingerprints.py --model llama|minilm|smollm2|testnet
+       [--trials 300] [--models 3] [--hidden 384] [--layers 6] [--tokens 24]
 """
 
 from __future__ import annotations
@@ -43,6 +54,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -508,10 +520,37 @@ def _median_ms(fn) -> float:
     return sorted(times)[len(times) // 2]
 
 
+def side_by_side(args: argparse.Namespace) -> None:
+    import fingerprint_compare as fc
+
+    started = time.time()
+    toploc = fc.toploc_module()
+    if toploc is None:
+        print("toploc not installed: TOPLOC's columns are skipped")
+    inputs = 3 if args.quick else args.inputs
+    for model, count, title in (
+            ("minilm", 5 * inputs, "all-MiniLM-L6-v2 (real weights), 6 layers, random ids"),
+            ("smollm2", inputs, ("SmolLM2-135M-Instruct (real weights, Q4_1 GGUF "
+                                 "dequantized), all 30 layers, chat prompts cut at random "
+                                 "lengths"))):
+        stage = fc.Stage(model)
+        pairs = fc.collect(stage, count, args.seed)
+        ours = fc.judge_ours(pairs, args.seed)
+        theirs, size = fc.judge_toploc(pairs, toploc) if toploc is not None else (None, None)
+        fc.print_side_by_side(f"{title}: {count} inputs; torch {torch.__version__}", pairs,
+                              ours, theirs, size)
+        print(f"\n({time.time() - started:.0f} s)", flush=True)
+        del stage
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="side by side on a few inputs per model (a few minutes)")
+    parser.add_argument("--inputs", type=int, default=24,
+                        help="side by side: SmolLM2 inputs (MiniLM runs 5x as many)")
     parser.add_argument("--model", choices=["smollm2", "minilm", "llama", "testnet"],
-                        default="smollm2",
+                        default=None,
                         help="the real SmolLM2-135M-Instruct (default) or all-MiniLM-L6-v2; "
                              "random-weight models: Llama checkpoints (llama) or the testnet "
                              "checkpoint as a three-stage chain (testnet)")
@@ -529,6 +568,9 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=24)
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args()
+    if args.model is None:
+        side_by_side(args)
+        return
     if args.trials is None:
         args.trials = 40 if args.model == "smollm2" else 300
     started = time.time()

@@ -45,6 +45,9 @@ from p2pinfer.consensus.evidence import FaultEvidence as FaultEvidence
 from p2pinfer.consensus.evidence import build_fault_evidence as build_fault_evidence
 from p2pinfer.consensus.evidence import decode_fault_evidence as decode_fault_evidence
 from p2pinfer.consensus.evidence import verify_fault_evidence as verify_fault_evidence
+from p2pinfer.consensus.fingerprint import EVIDENCE_MARGIN as EVIDENCE_MARGIN
+from p2pinfer.consensus.fingerprint import EVIDENCE_TOLERANCE as EVIDENCE_TOLERANCE
+from p2pinfer.consensus.fingerprint import PRECISION_CLASSES as PRECISION_CLASSES
 from p2pinfer.consensus.fingerprint import TOLERANCE_BFLOAT16 as TOLERANCE_BFLOAT16
 from p2pinfer.consensus.fingerprint import TOLERANCE_FLOAT32 as TOLERANCE_FLOAT32
 from p2pinfer.consensus.fingerprint import Fingerprint as Fingerprint
@@ -53,6 +56,9 @@ from p2pinfer.consensus.fingerprint import check_tensor as check_tensor
 from p2pinfer.consensus.fingerprint import distance as distance
 from p2pinfer.consensus.fingerprint import fingerprint as fingerprint
 from p2pinfer.consensus.fingerprint import match as match
+from p2pinfer.consensus.fingerprint import pair_tolerance as pair_tolerance
+from p2pinfer.consensus.fingerprint import precision_class as precision_class
+from p2pinfer.consensus.fingerprint import stricter as stricter
 from p2pinfer.consensus.fingerprint import tolerance_for as tolerance_for
 from p2pinfer.consensus.reputation import ReputationBook as ReputationBook
 from p2pinfer.consensus.reputation import ReputationParams as ReputationParams

@@ -28,7 +28,12 @@ from p2pinfer.consensus.codec import (
     verify_signature,
 )
 from p2pinfer.consensus.errors import FingerprintError, MalformedVoteMessage
-from p2pinfer.consensus.fingerprint import SCHEME, Fingerprint, FingerprintContext
+from p2pinfer.consensus.fingerprint import (
+    PRECISION_CLASSES,
+    SCHEME,
+    Fingerprint,
+    FingerprintContext,
+)
 
 CLAIM_TAG = b"p2pinfer/votes/claim/1\x00"
 TALLY_TAG = b"p2pinfer/votes/tally/1\x00"
@@ -49,7 +54,9 @@ class FingerprintClaim:
     """A replica's signed statement: "my output for (task, stage, step) has this fingerprint".
 
     `replicas` is m, the number of replicas the signed task route gives the stage; all claims
-    of one vote carry the same m, which fixes what counts as a majority.
+    of one vote carry the same m, which fixes what counts as a majority. `precision` is the
+    class the replica computed in (`float32` or `bfloat16`, fingerprint.PRECISION_CLASSES),
+    signed with the fingerprint: it fixes the tolerance every comparison of this claim uses.
     """
 
     network_id: str
@@ -60,10 +67,14 @@ class FingerprintClaim:
     replica: str
     fingerprint: Fingerprint
     signature: bytes
+    precision: str = "float32"
+
+    sealed: bytes = b""
 
     @property
     def context(self) -> FingerprintContext:
-        return FingerprintContext(self.network_id, self.task_id, self.stage, self.step)
+        return FingerprintContext(self.network_id, self.task_id, self.stage, self.step,
+                                  self.sealed)
 
     def signed_bytes(self) -> bytes:
         return CLAIM_TAG + pack(_claim_body(self))
@@ -91,14 +102,15 @@ def sign_claim(
     context: FingerprintContext,
     replicas: int,
     fingerprint: Fingerprint,
+    precision: str = "float32",
 ) -> FingerprintClaim:
-    """Sign a fingerprint claim for `context` as `replica` (whose public key is `key`'s)."""
+    """Sign a fingerprint claim for `context` as `replica` (whose public key is `key`'s), for
+    an output computed in precision class `precision`."""
     unsigned = FingerprintClaim(context.network_id, context.task_id, context.stage, context.step,
-                                replicas, replica, fingerprint, b"\x00" * SIGNATURE_SIZE)
+                                replicas, replica, fingerprint, b"\x00" * SIGNATURE_SIZE,
+                                precision, context.sealed)
     _check_claim_fields(unsigned)
-    signature = key.sign(unsigned.signed_bytes())
-    return FingerprintClaim(context.network_id, context.task_id, context.stage, context.step,
-                            replicas, replica, fingerprint, signature)
+    return replace(unsigned, signature=key.sign(unsigned.signed_bytes()))
 
 
 def decode_claim(data: bytes) -> FingerprintClaim:
@@ -108,7 +120,8 @@ def decode_claim(data: bytes) -> FingerprintClaim:
     """
     fields = unpack_map(data, MAX_CLAIM_BYTES, "claim")
     reader = Fields(fields, "claim")
-    reader.expect_keys(["v", "t", "net", "task", "stage", "step", "m", "replica", "fp", "sig"])
+    reader.expect_keys(["v", "t", "net", "task", "stage", "step", "m", "replica", "prec", "seal",
+                        "fp", "sig"])
     fp = Fields(reader.map("fp"), "claim fingerprint")
     fp.expect_keys(["scheme", "hidden", "dtype", "shape", "data"])
     if fp.str("scheme", 16) != SCHEME:
@@ -136,6 +149,8 @@ def decode_claim(data: bytes) -> FingerprintClaim:
         replica=reader.str("replica", MAX_PEER_ID),
         fingerprint=fingerprint,
         signature=reader.bytes("sig", SIGNATURE_SIZE),
+        precision=reader.str("prec", 16),
+        sealed=reader.bytes("seal", 32),
     )
     _check_claim_fields(claim)
     require_canonical(data, claim.encode(), "claim")
@@ -224,6 +239,7 @@ def _claim_body(claim: FingerprintClaim) -> dict[str, Any]:
     return {
         "v": VERSION, "t": "claim", "net": claim.network_id, "task": claim.task_id,
         "stage": claim.stage, "step": claim.step, "m": claim.replicas, "replica": claim.replica,
+        "prec": claim.precision, "seal": claim.sealed,
         "fp": {"scheme": SCHEME, "hidden": fp.hidden, "dtype": "float32",
                "shape": [fp.tokens, fp.rank], "data": fp.values},
     }
@@ -241,6 +257,11 @@ def _tally_body(tally: VoteTally) -> dict[str, Any]:
 def _check_claim_fields(claim: FingerprintClaim) -> None:
     _check_context(claim.network_id, claim.task_id, claim.stage, claim.step, claim.replicas)
     check_peer(claim.replica)
+    if claim.precision not in PRECISION_CLASSES:
+        raise MalformedVoteMessage(f"claim precision class {claim.precision!r} is not one of "
+                                   f"{', '.join(PRECISION_CLASSES)}")
+    if len(claim.sealed) not in (0, 32):
+        raise MalformedVoteMessage("claim seal is neither empty nor 32 bytes")
     if len(claim.fingerprint.values) > MAX_FINGERPRINT_BYTES:
         raise MalformedVoteMessage("fingerprint over the claim size limit")
     if len(claim.signature) != SIGNATURE_SIZE:

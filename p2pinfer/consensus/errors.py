@@ -100,3 +100,16 @@ class DistributionDrift(ConsensusError):
         self.peer = peer
         self.divergence = divergence
         self.threshold = threshold
+
+
+class RevealError(ConsensusError):
+    """A revealed claim does not follow the replica's commitment; the subclass says how."""
+
+
+class RevealNotCommitted(RevealError):
+    """The claim's seal does not contain the replica's commitment (it was not committed before
+    the seed, or it was sealed over another set of commitments): the claim does not count."""
+
+
+class RevealMismatch(RevealError):
+    """The replica revealed a fingerprint that is not the one of the output it committed to."""

@@ -8,6 +8,12 @@ one (network, task, stage, step, m), more than m/2 distinct replicas other than 
 match the first majority claim, and the accused claim matches none of them. Only then may the
 accused be penalised network-wide (see reputation.py). The checks assume, as the vote does,
 that fewer than half of a stage's replicas collude.
+
+Each comparison uses the tolerance of its pair of precision classes (fingerprint.pair_tolerance)
+times the network's evidence margin, at most the network's evidence tolerance. When the majority
+claims of the accused's own class are by themselves more than m/2 of the replicas, the accused is
+judged against them alone (a float32 replica is held to its float32 peers, however close a
+bfloat16 replica's claim comes); otherwise it must match none of the majority.
 """
 
 from __future__ import annotations
@@ -43,7 +49,7 @@ from p2pinfer.consensus.errors import (
     EvidenceNotMajority,
     MalformedVoteMessage,
 )
-from p2pinfer.consensus.fingerprint import distance
+from p2pinfer.consensus.fingerprint import distance, pair_tolerance
 from p2pinfer.consensus.vote import VoteOutcome
 
 EVIDENCE_TAG = b"p2pinfer/votes/fault/1\x00"
@@ -104,9 +110,13 @@ def build_fault_evidence(
 
 
 def verify_fault_evidence(
-    evidence: FaultEvidence, keys: PeerKeys, tolerance: float, network_id: str
+    evidence: FaultEvidence, keys: PeerKeys, tolerance: float, network_id: str,
+    margin: float = 1.0,
 ) -> str:
     """Check fault evidence as any peer can; returns the accused replica's peer id.
+
+    Two claims are compared at `margin` times their pair's class tolerance, at most
+    `tolerance`.
 
     Raises, naming the failed check: EvidenceContextMismatch (other network, or claims for
     different task/stage/step/m), UnknownPeer / SignatureInvalid (reporter or any claim),
@@ -140,17 +150,23 @@ def verify_fault_evidence(
         raise EvidenceNotMajority(
             f"{len(members)} agreeing replicas are not more than half of {dissent.replicas}"
         )
+    def limit(a: FingerprintClaim, b: FingerprintClaim) -> float:
+        return min(tolerance, margin * pair_tolerance(a.precision, b.precision))
+
     centre = evidence.majority[0]
     for claim in evidence.majority[1:]:
-        if distance(centre.fingerprint, claim.fingerprint) > tolerance:
+        if distance(centre.fingerprint, claim.fingerprint) > limit(centre, claim):
             raise EvidenceNotMajority(f"majority claim by {claim.replica} does not match the "
                                       "first majority claim")
-    for claim in evidence.majority:
+    judges = [c for c in evidence.majority if c.precision == dissent.precision]
+    if 2 * len(judges) <= dissent.replicas:
+        judges = list(evidence.majority)
+    for claim in judges:
         measured = distance(dissent.fingerprint, claim.fingerprint)
-        if measured <= tolerance:
+        if measured <= limit(dissent, claim):
             raise DissentNotProven(
                 f"accused fingerprint matches the claim by {claim.replica} "
-                f"(distance {measured:.3g} within tolerance {tolerance:.3g})"
+                f"(distance {measured:.3g} within tolerance {limit(dissent, claim):.3g})"
             )
     return dissent.replica
 

@@ -55,13 +55,60 @@ FLOOR_FRACTION = 1e-3
 # token changed 0.15. int8 weights (1.7e-2 to 0.1), noise of 1% and 10% RMS, and noise of 10%
 # RMS on a single token are caught at the float32 tolerance but not reliably at the bfloat16
 # one: next to bfloat16 rounding they are noise. A stage that must exclude them runs float32.
+# On the real SmolLM2-135M-Instruct (30 layers, tools/calibrate_fingerprints.py side by side
+# with TOPLOC): float32 pairs at most 5e-6; bfloat16 pairs (batch shape, KV decode, a route
+# of six bfloat16 stages, against float32) up to 9.95e-2; every float32 cheat at least 1.1e-2.
 TOLERANCE_FLOAT32 = 1e-3
 TOLERANCE_BFLOAT16 = 1e-1
+
+# Fault evidence bans network-wide at once, so it is judged at EVIDENCE_MARGIN times each pair's
+# class tolerance (at most EVIDENCE_TOLERANCE). The worst honest distances measured by
+# tools/calibrate_fingerprints.py: float32 pairs (threads, batch shape, KV decode, SmolLM2 and
+# MiniLM) below 5e-6, 1/200 of the float32 tolerance; bfloat16 pairs 9.95e-2 (SmolLM2,
+# bfloat16 against float32) and 9.8e-2 (the testnet's random checkpoint as a chain of three
+# bfloat16 stages), so the margin stays 1.5 and a dissent honest rounding could explain bans
+# nobody.
+EVIDENCE_MARGIN = 1.5
+EVIDENCE_TOLERANCE = EVIDENCE_MARGIN * TOLERANCE_BFLOAT16
 
 # float16 and TF32 (10-bit mantissas) are not calibrated separately: they take the bfloat16
 # tolerance, which bounds their rounding noise from above.
 _TOLERANCES = {"float32": TOLERANCE_FLOAT32, "bfloat16": TOLERANCE_BFLOAT16,
                "float16": TOLERANCE_BFLOAT16, "tfloat32": TOLERANCE_BFLOAT16}
+
+
+#: Precision classes a claim states (protocols/votes.md, "Precision classes"). A comparison
+#: between two claims uses the tolerance of the pair: float32 against float32 stays at the
+#: float32 tolerance even on a route where some other replica computes in bfloat16, so an
+#: int8-weight substitute (SmolLM2: at least 2.7e-2 from float32 on every token) cannot hide
+#: behind a bfloat16 replica elsewhere. Any pair with a bfloat16-class claim takes the bfloat16
+#: tolerance: next to bfloat16 rounding (SmolLM2, 30 layers: up to 6.6e-2 per token) int8
+#: weights are noise, so a stage that must exclude them keeps a float32 majority.
+PRECISION_CLASSES = ("float32", "bfloat16")
+_CLASS_OF = {"float32": "float32", "bfloat16": "bfloat16", "float16": "bfloat16",
+             "tfloat32": "bfloat16"}
+_CLASS_TOLERANCE = {"float32": TOLERANCE_FLOAT32, "bfloat16": TOLERANCE_BFLOAT16}
+
+
+def precision_class(precision: str) -> str:
+    """The class a compute precision votes in: `float32`, or `bfloat16` for bfloat16, float16
+    and TF32. Raises FingerprintError for an unknown name."""
+    if precision not in _CLASS_OF:
+        raise FingerprintError(f"unknown compute precision {precision!r}")
+    return _CLASS_OF[precision]
+
+
+def pair_tolerance(a: str, b: str, cap: float = math.inf) -> float:
+    """Tolerance for comparing a claim of class `a` with one of class `b`: the looser of the two
+    classes' tolerances, at most `cap` (a task's signed tolerance). Raises FingerprintError
+    for an unknown class."""
+    return min(cap, max(_CLASS_TOLERANCE[precision_class(a)],
+                        _CLASS_TOLERANCE[precision_class(b)]))
+
+
+def stricter(a: str, b: str) -> bool:
+    """Whether class `a` is held to a tighter tolerance than class `b`."""
+    return _CLASS_TOLERANCE[precision_class(a)] < _CLASS_TOLERANCE[precision_class(b)]
 
 
 def tolerance_for(precisions: Collection[str]) -> float:
@@ -81,18 +128,32 @@ def tolerance_for(precisions: Collection[str]) -> float:
 
 @dataclass(frozen=True)
 class FingerprintContext:
-    """Where a fingerprint belongs; it seeds the projection."""
+    """Where a fingerprint belongs; it seeds the projection.
+
+    `sealed` is empty, or the 32-byte digest of the stage's output commitments for this step
+    (consensus/commit.py): then the seed depends on outputs every replica fixed before anyone
+    could know it (protocols/votes.md, "Commit before the seed").
+    """
 
     network_id: str
     task_id: bytes
     stage: int
     step: int
+    sealed: bytes = b""
 
     def seed(self) -> bytes:
+        if self.sealed:
+            material = msgpack.packb([self.network_id, self.task_id, self.stage, self.step,
+                                      self.sealed], use_bin_type=True)
+            return hashlib.sha256(b"p2pinfer/fingerprint/rp-v1/sealed\x00" + material).digest()
         material = msgpack.packb(
             [self.network_id, self.task_id, self.stage, self.step], use_bin_type=True
         )
         return hashlib.sha256(b"p2pinfer/fingerprint/rp-v1\x00" + material).digest()
+
+    def unsealed(self) -> FingerprintContext:
+        """The same (task, stage, step) without a seal."""
+        return FingerprintContext(self.network_id, self.task_id, self.stage, self.step)
 
 
 @dataclass(frozen=True)

@@ -3,10 +3,18 @@
 Paper, section "Consensus-based verification": each stage runs on m replicas and the output
 that more than half of them agree on is taken. Agreement is `match` within a tolerance, which
 is not transitive, so the vote clusters around a centre: for every claim, the claims that match
-it; the centre is the claim with the largest such cluster (ties: smallest total distance, then
-smallest replica id). A cluster is a majority when it holds more than m/2 of the m replicas the
+it; the centre is the claim with the largest such cluster (ties: the stricter precision class,
+then smallest total distance, then smallest replica id). A cluster is a majority when it holds more than m/2 of the m replicas the
 task route assigned, so missing replicas count against a majority. Without a majority the vote
 raises NoMajorityError; it never picks silently.
+
+Precision classes (protocols/votes.md): two claims are compared at the tolerance of their pair
+(`pair_tolerance`, at most the task's tolerance). When the claims of the strictest class present
+are by themselves more than m/2 of the replicas, that class decides: the majority must form among
+them at their own tolerance, and the looser claims are then judged against its centre. A bfloat16
+replica, which matches any float32 claim within bfloat16 noise, can then never make a float32
+substitute (int8 weights, 1% noise) agree with an honest float32 replica; when the strict class
+is split, the vote has no majority rather than an arbitrary one.
 """
 
 from __future__ import annotations
@@ -25,6 +33,8 @@ from p2pinfer.consensus.fingerprint import (
     FingerprintContext,
     check_tensor,
     distance,
+    pair_tolerance,
+    stricter,
 )
 
 
@@ -65,9 +75,16 @@ class VoteOutcome:
         return sign_tally(key, reporter, self.context, self.replicas, self.majority.digest(),
                           self.agreeing_replicas, self.dissenting_replicas, missing)
 
-    def check_local(self, activation: torch.Tensor) -> float:
-        """Check a local activation against the majority fingerprint (FingerprintMismatch)."""
-        return check_tensor(activation, self.fingerprint, self.context, self.tolerance)
+    def tolerance_for(self, precision: str) -> float:
+        """The tolerance between the majority centre and a tensor of class `precision`."""
+        return pair_tolerance(self.majority.precision, precision, self.tolerance)
+
+    def check_local(self, activation: torch.Tensor, precision: str = "bfloat16") -> float:
+        """Check an activation against the majority fingerprint at the tolerance between the
+        centre's class and `precision`, the class of whoever will compute on it (a float32
+        replica must take a float32-close input: FingerprintMismatch otherwise)."""
+        return check_tensor(activation, self.fingerprint, self.context,
+                            self.tolerance_for(precision))
 
 
 def tally(claims: Sequence[FingerprintClaim], keys: PeerKeys, tolerance: float) -> VoteOutcome:
@@ -97,11 +114,25 @@ def tally(claims: Sequence[FingerprintClaim], keys: PeerKeys, tolerance: float) 
         raise MixedClaims(f"{len(unique)} replicas claimed for a stage of {replicas}")
 
     dist = [[distance(a.fingerprint, b.fingerprint) for b in unique] for a in unique]
-    best_key: tuple[int, float, str] | None = None
+    tol = [[pair_tolerance(a.precision, b.precision, tolerance) for b in unique]
+           for a in unique]
+    match = [[dist[i][j] <= tol[i][j] for j in range(len(unique))] for i in range(len(unique))]
+    strictest = unique[0].precision
+    for claim in unique:
+        if stricter(claim.precision, strictest):
+            strictest = claim.precision
+    decisive = [i for i, c in enumerate(unique) if c.precision == strictest]
+    if 2 * len(decisive) <= replicas:
+        decisive = list(range(len(unique)))  # no class holds a majority alone: all vote
+    best_key: tuple[int, float, float, str] | None = None
     best = 0
-    for i, claim in enumerate(unique):
-        members = [j for j in range(len(unique)) if dist[i][j] <= tolerance]
-        key = (-len(members), sum(dist[i][j] for j in members), claim.replica)
+    for i in decisive:
+        members = [j for j in decisive if match[i][j]]
+        # among clusters of one size a centre of the stricter class wins: a float32 replica
+        # then checks its input at the float32 tolerance against a float32 output, so it never
+        # computes on a bfloat16 replica's output and drifts from its float32 fellows
+        own = pair_tolerance(unique[i].precision, unique[i].precision)
+        key = (-len(members), own, sum(dist[i][j] for j in members), unique[i].replica)
         if best_key is None or key < best_key:
             best_key, best = key, i
     assert best_key is not None
@@ -110,6 +141,6 @@ def tally(claims: Sequence[FingerprintClaim], keys: PeerKeys, tolerance: float) 
         raise NoMajorityError(first.stage, first.step, size, replicas)
     centre = unique[best]
     agreeing = tuple([centre] + [c for j, c in enumerate(unique)
-                                 if j != best and dist[best][j] <= tolerance])
-    dissenting = tuple(c for j, c in enumerate(unique) if dist[best][j] > tolerance)
+                                 if j != best and match[best][j]])
+    dissenting = tuple(c for j, c in enumerate(unique) if not match[best][j])
     return VoteOutcome(first.context, replicas, centre, agreeing, dissenting, tolerance)

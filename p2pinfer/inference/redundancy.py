@@ -44,6 +44,8 @@ import torch
 import trio
 
 from p2pinfer.consensus import (
+    EVIDENCE_MARGIN,
+    EVIDENCE_TOLERANCE,
     TOLERANCE_BFLOAT16,
     AuditPolicy,
     ConsensusError,
@@ -58,12 +60,14 @@ from p2pinfer.consensus import (
     ReputationBook,
     VoteOutcome,
     build_fault_evidence,
-    check_tensor,
     decode_claim,
     decode_fault_evidence,
     decode_tally,
     fingerprint,
+    pair_tolerance,
+    precision_class,
     sign_claim,
+    stricter,
     tally,
     tolerance_for,
     verify_fault_evidence,
@@ -85,6 +89,7 @@ from p2pinfer.inference.hop import (
 from p2pinfer.inference.stage import StepRunner, ensure_connected
 from p2pinfer.inference.task import Task, TaskError
 from p2pinfer.models import LayerSpan
+from p2pinfer.models.info import dtype_name
 from p2pinfer.net.boundary import PeerNetwork
 from p2pinfer.wire import (
     ACTIVATION_DTYPES,
@@ -96,12 +101,10 @@ log = logging.getLogger(__name__)
 
 VOTES_PROTOCOL = "votes"
 VOTES_TOPIC = "votes"
-#: fault evidence bans at once, network-wide, so it is judged at a margin above the loosest
-#: calibrated tolerance: a verdict never depends on which precision the task's replicas used,
-#: and a dissent that honest rounding could still explain (the worst honest bfloat16 distance
-#: measured is 9.8e-2, tools/calibrate_fingerprints.py --model testnet) costs reputation only
-EVIDENCE_MARGIN = 1.5
-EVIDENCE_TOLERANCE = EVIDENCE_MARGIN * TOLERANCE_BFLOAT16
+#: fault evidence bans at once, network-wide, so it is judged at EVIDENCE_MARGIN times each
+#: pair's class tolerance, at most EVIDENCE_TOLERANCE (p2pinfer.consensus.fingerprint): a
+#: verdict never depends on the task's own tolerance, and a dissent that honest rounding could
+#: still explain costs reputation only
 DEFAULT_TOLERANCE = TOLERANCE_BFLOAT16
 MAX_TOLERANCE = 0.5
 MAX_STORED_OUTPUTS = 256
@@ -181,6 +184,16 @@ def peer_tolerance(node: PeerNetwork, peer_id: str) -> float:
         return tolerance_for([row.advert.precision if row is not None else ""])
     except FingerprintError:
         return DEFAULT_TOLERANCE
+
+
+def advertised_class(node: PeerNetwork, peer_id: str) -> str:
+    """The precision class a peer's advert states; one that states none, or one not
+    calibrated, counts as bfloat16."""
+    row = node.peer(peer_id)
+    try:
+        return precision_class(row.advert.precision if row is not None else "")
+    except FingerprintError:
+        return "bfloat16"
 
 
 def claim_context(task: Task, stage: int, step: int) -> FingerprintContext:
@@ -309,11 +322,27 @@ class ConsensusService:
         else:
             raise MalformedVoteMessage("votes message is neither a tally nor fault evidence")
 
+    @property
+    def precision(self) -> str:
+        """The precision class this node computes in: its served span's, float32 when it
+        serves none (a requester's tail)."""
+        span = self.served_span()
+        return precision_class(dtype_name(span.dtype)) if span is not None else "float32"
+
+    def admit_claim(self, claim: FingerprintClaim, sender: str) -> None:
+        """Add a decoded claim to the box. A claim that states a looser precision class than
+        its replica advertises is refused (MalformedVoteMessage): a float32 peer cannot buy
+        itself the bfloat16 tolerance."""
+        if stricter(advertised_class(self.node, claim.replica), claim.precision):
+            raise MalformedVoteMessage(
+                f"claim by {claim.replica} states {claim.precision}, its advert a stricter class")
+        self.claims.add(claim, sender=sender)
+
     def accept_evidence(self, evidence: FaultEvidence) -> bool:
         """Verify fault evidence and ban the accused; returns whether it was new."""
         try:
             accused = verify_fault_evidence(evidence, self.keys, EVIDENCE_TOLERANCE,
-                                            self.node.network_id)
+                                            self.node.network_id, EVIDENCE_MARGIN)
         except (EvidenceError, ConsensusError):
             self.counters["evidence_rejected"] += 1
             raise
@@ -344,8 +373,8 @@ class ConsensusService:
         if msg.t == "claim":
             try:
                 claim = decode_claim(msg.get("claim", bytes))
-                self.claims.add(claim, sender=peer_id)
-            except ConsensusError as e:
+                self.admit_claim(claim, peer_id)
+            except (ConsensusError, MalformedVoteMessage) as e:
                 self.counters["claims_rejected"] += 1
                 raise WireError(f"claim rejected: {e}") from None
             self.counters["claims_received"] += 1
@@ -409,7 +438,7 @@ class ConsensusService:
         out = await trio.to_thread.run_sync(view.forward, hidden, view.new_cache(), 0)
         claim = sign_claim(self.node.identity, self.node.peer_id,
                            claim_context(task, stage, 0), 1, fingerprint(out, claim_context(
-                               task, stage, 0)))
+                               task, stage, 0)), self.precision)
         self.counters["audits_served"] += 1
         return encode_message("audited", {"claim": claim.encode()})
 
@@ -443,7 +472,7 @@ class ConsensusService:
             return None
         ctx = claim_context(task, stage, seq)
         fp = await trio.to_thread.run_sync(fingerprint, out, ctx)
-        claim = sign_claim(self.node.identity, self.node.peer_id, ctx, m, fp)
+        claim = sign_claim(self.node.identity, self.node.peer_id, ctx, m, fp, self.precision)
         encoded = claim.encode()
         self._store(StoredOutput(task, stage, seq, pos, out.detach().clone(), encoded))
         if m > 1 and stage + 1 < len(task.route):
@@ -504,12 +533,12 @@ class ConsensusService:
         raw = fields.get("claim")
         if isinstance(raw, bytes):
             try:
-                self.claims.add(decode_claim(raw), sender=session.upstream)
+                self.admit_claim(decode_claim(raw), session.upstream)
             except (ConsensusError, WireError) as e:
                 log.debug("in-band claim from %s rejected: %s", session.upstream, e)
         outcome = await self.await_majority(task, stage - 1, seq)
         try:
-            await trio.to_thread.run_sync(outcome.check_local, hidden)
+            await trio.to_thread.run_sync(outcome.check_local, hidden, self.precision)
             return hidden
         except (FingerprintMismatch, FingerprintError):
             pass
@@ -535,7 +564,8 @@ class ConsensusService:
                 continue
             try:
                 got = await self.fetch(peer, task, stage, seq)
-                await trio.to_thread.run_sync(outcome.check_local, got.hidden)
+                await trio.to_thread.run_sync(outcome.check_local, got.hidden,
+                                              self.precision)
                 return got.hidden, got.pos
             except (P2PInferError, OSError) as e:
                 log.debug("fetch from %s failed: %s", peer, e)
@@ -674,7 +704,7 @@ class ConsensusService:
                 if isinstance(raw, bytes) and not result.claimed:
                     result.claimed = True
                     try:
-                        self.claims.add(decode_claim(raw), sender=peer)
+                        self.admit_claim(decode_claim(raw), peer)
                     except (ConsensusError, WireError) as e:
                         log.debug("result claim from %s rejected: %s", peer, e)
 
@@ -692,7 +722,8 @@ class ConsensusService:
             if result is None:
                 continue
             try:
-                check_tensor(result.hidden, outcome.fingerprint, outcome.context, tolerance)
+                # the tail computes in float32: a float32 centre wants a float32-close answer
+                outcome.check_local(result.hidden, "float32")
                 chosen = result.hidden
                 break
             except (FingerprintMismatch, FingerprintError):
@@ -710,7 +741,7 @@ class ConsensusService:
         raw = fields.get("claim")
         if isinstance(raw, bytes):
             try:
-                self.claims.add(decode_claim(raw), sender=peer)
+                self.admit_claim(decode_claim(raw), peer)
             except (ConsensusError, WireError) as e:
                 log.debug("late claim from %s rejected: %s", peer, e)
 
@@ -787,7 +818,8 @@ class ConsensusService:
             # an auditor off the route may compute in a coarser precision than the route
             tolerance = max(tolerance, peer_tolerance(self.node, auditor))
             votes.append(audit_claim)
-            if distance(claimed.fingerprint, audit_claim.fingerprint) <= tolerance:
+            limit = pair_tolerance(claimed.precision, audit_claim.precision, tolerance)
+            if distance(claimed.fingerprint, audit_claim.fingerprint) <= limit:
                 self.book.record_agreement(peer)
                 for liar in votes[:-1]:  # an earlier auditor disagreed with both
                     self._accuse(_audit_outcome(ctx, liar, (claimed, audit_claim), tolerance),
@@ -826,7 +858,7 @@ class ConsensusService:
             evidence = build_fault_evidence(outcome, replica, self.node.peer_id,
                                             self.node.identity, self.keys)
             verify_fault_evidence(evidence, self.keys, EVIDENCE_TOLERANCE,
-                                  self.node.network_id)
+                                  self.node.network_id, EVIDENCE_MARGIN)
         except EvidenceError:
             self.book.record_dissent(replica)
             self.counters["dissents"] += 1

@@ -43,7 +43,7 @@ from p2pinfer.inference.stage import (
     StepRunner,
 )
 from p2pinfer.inference.task import Task, TaskError
-from p2pinfer.inference.testing import FaultyRunner, corrupt_weights
+from p2pinfer.inference.testing import WEIGHT_FAULTS, FaultyRunner, alter_weights
 from p2pinfer.models import LayerSpan, Tokenizer, load_model_info, weights_digest
 from p2pinfer.models.byte_vocab import ByteVocabulary
 from p2pinfer.models.errors import ModelError
@@ -208,8 +208,8 @@ class InferenceService:
         serve = self.config.serve
         info = load_model_info(path)
         span = await trio.to_thread.run_sync(LayerSpan.load, path, start, end, DTYPES[serve.dtype])
-        if serve.fault_injection == "wrong-weights":  # TEST-ONLY (refused in production)
-            corrupt_weights(span)
+        if serve.fault_injection in WEIGHT_FAULTS:  # TEST-ONLY (refused in production)
+            alter_weights(span, serve.fault_injection)
         tput = await trio.to_thread.run_sync(measure_throughput, span)
         runners = {"general": self._general_runner(serve.fault_injection)}
         critical = await trio.to_thread.run_sync(critical_runner, self.node, span, path)
@@ -236,7 +236,7 @@ class InferenceService:
         """General mode runs the float layers through the consensus runner (claims, votes on
         the input); a TEST-ONLY fault kind wraps them in a runner that cheats that way."""
         inner: StepRunner = FloatRunner()
-        if fault and fault != "wrong-weights":
+        if fault and fault not in WEIGHT_FAULTS:
             log.warning("TEST-ONLY fault injection %r: this peer cheats on purpose", fault)
             inner = FaultyRunner(inner, fault, self.consensus)
         return ConsensusRunner(inner, self.consensus)

@@ -2,9 +2,10 @@
 
 A stage peer whose config sets `serve.fault_injection` (refused on a production network,
 p2pinfer.config) cheats in that one way: `corrupt_weights` swaps its weights ("another
-checkpoint"); `FaultyRunner` wraps its float layers and returns random output, skips a layer,
-perturbs its output, copies a fellow replica, or stalls (from its first step, or from step
-`STALL_LATE_STEP` of each session on, after its step times were measured). The multi-process consensus tests use
+checkpoint") and `int8_weights` re-quantises them to int8 (a cheaper model under the same id);
+`FaultyRunner` wraps its float layers and returns random output, skips a layer, perturbs its
+output, copies a fellow replica, or stalls (from its first step, or from step `STALL_LATE_STEP`
+of each session on, after its step times were measured). The multi-process consensus tests use
 them; no production code path reaches this module without that knob.
 """
 
@@ -24,6 +25,8 @@ from p2pinfer.inference.task import Task
 FAULT_KINDS = FAULT_INJECTION_KINDS
 #: "stall-late" answers steps 0 .. STALL_LATE_STEP - 1 of a session, then stops answering
 STALL_LATE_STEP = 5
+#: the fault kinds that alter a span's weights at load time (the runner itself is honest)
+WEIGHT_FAULTS = ("wrong-weights", "int8-weights")
 
 
 def corrupt_weights(span: Any, seed: int = 1234) -> None:
@@ -37,11 +40,33 @@ def corrupt_weights(span: Any, seed: int = 1234) -> None:
                 p.copy_(noise * p.float().std().clamp_min(1e-3).to(p.dtype))
 
 
+def int8_weights(span: Any) -> None:
+    """TEST-ONLY: re-quantise every weight matrix of a span to int8, symmetric, one scale per
+    output channel, and compute with the dequantized values (what a peer serving a cheaper
+    int8 model under the same model id returns)."""
+    with torch.no_grad():
+        for p in list(span.blocks.parameters()) + list(span.blocks.buffers()):
+            if p.is_floating_point() and p.dim() == 2:
+                w = p.float()
+                scale = w.abs().amax(dim=1, keepdim=True).clamp_min(1e-12) / 127.0
+                p.copy_(((w / scale).round().clamp(-127, 127) * scale).to(p.dtype))
+
+
+def alter_weights(span: Any, kind: str) -> None:
+    """TEST-ONLY: apply a weight fault (WEIGHT_FAULTS) to a freshly loaded span."""
+    if kind == "wrong-weights":
+        corrupt_weights(span)
+    elif kind == "int8-weights":
+        int8_weights(span)
+    else:
+        raise ValueError(f"{kind!r} is not a weight fault")
+
+
 class FaultyRunner:
     """TEST-ONLY: a general-mode step runner that cheats in one named way (FAULT_KINDS)."""
 
     def __init__(self, inner: StepRunner, kind: str, consensus: ConsensusService) -> None:
-        if kind not in FAULT_KINDS:
+        if kind not in FAULT_KINDS or kind in WEIGHT_FAULTS:
             raise ValueError(f"unknown fault kind {kind!r}")
         self.inner, self.kind, self.consensus = inner, kind, consensus
         self.wire_dtype = inner.wire_dtype

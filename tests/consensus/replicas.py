@@ -15,12 +15,13 @@ def activation(seed: int = 0) -> torch.Tensor:
 
 
 def honest_claim(peer: Peer, m: int, jitter: int = 0,
-                 context: FingerprintContext = CONTEXT) -> FingerprintClaim:
+                 context: FingerprintContext = CONTEXT, precision: str = "float32"
+                 ) -> FingerprintClaim:
     """Replica output = the true activation plus float noise far below any tolerance."""
     x = activation()
     if jitter:
         x = x + 1e-7 * torch.randn(x.shape, generator=torch.Generator().manual_seed(jitter))
-    return sign_claim(peer.key, peer.peer_id, context, m, fingerprint(x, context))
+    return sign_claim(peer.key, peer.peer_id, context, m, fingerprint(x, context), precision)
 
 
 def cheat_claim(peer: Peer, m: int, seed: int = 99,

@@ -202,7 +202,7 @@ def test_a_dissent_honest_rounding_could_explain_is_outvoted_but_bans_nobody(pee
     (a dissent that costs reputation) but its fault is not provable network-wide; above the
     evidence tolerance it is."""
     from p2pinfer.consensus import TOLERANCE_BFLOAT16, distance, fingerprint, sign_claim
-    from p2pinfer.inference.redundancy import EVIDENCE_TOLERANCE
+    from p2pinfer.inference.redundancy import EVIDENCE_MARGIN, EVIDENCE_TOLERANCE
     from tests.consensus.replicas import activation
 
     assert EVIDENCE_TOLERANCE > TOLERANCE_BFLOAT16
@@ -214,13 +214,16 @@ def test_a_dissent_honest_rounding_could_explain_is_outvoted_but_bans_nobody(pee
         measured = distance(fp, honest_claim(peers[0], 3).fingerprint)
         assert TOLERANCE_BFLOAT16 < measured
         assert (measured > EVIDENCE_TOLERANCE) == provable
-        claims = [honest_claim(peers[0], 3), sign_claim(peers[1].key, "peer-1", CONTEXT, 3, fp),
-                  honest_claim(peers[2], 3, 2)]
+        claims = [honest_claim(peers[0], 3, precision="bfloat16"),
+                  sign_claim(peers[1].key, "peer-1", CONTEXT, 3, fp, "bfloat16"),
+                  honest_claim(peers[2], 3, 2, precision="bfloat16")]
         outcome = tally(claims, keys, TOLERANCE_BFLOAT16)
         assert outcome.dissenting_replicas == ("peer-1",)
         evidence = build_fault_evidence(outcome, "peer-1", "peer-5", peers[5].key, keys)
         if provable:
-            assert verify_fault_evidence(evidence, keys, EVIDENCE_TOLERANCE, NETWORK) == "peer-1"
+            assert verify_fault_evidence(evidence, keys, EVIDENCE_TOLERANCE, NETWORK,
+                                         EVIDENCE_MARGIN) == "peer-1"
         else:
             with pytest.raises(DissentNotProven):
-                verify_fault_evidence(evidence, keys, EVIDENCE_TOLERANCE, NETWORK)
+                verify_fault_evidence(evidence, keys, EVIDENCE_TOLERANCE, NETWORK,
+                                      EVIDENCE_MARGIN)

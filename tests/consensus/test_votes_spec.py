@@ -7,6 +7,7 @@ import hashlib
 
 import numpy as np
 import pytest
+import torch
 
 from p2pinfer.consensus import (
     TOLERANCE_FLOAT32,
@@ -20,6 +21,7 @@ from p2pinfer.consensus import (
     sign_claim,
     verify_fault_evidence,
 )
+from p2pinfer.consensus.commit import decode_commit, output_digest, seal_of, sign_commit
 from p2pinfer.identity import NodeIdentity
 from tests.spec_vectors import vectors
 
@@ -71,3 +73,19 @@ def test_inlined_keys_refuse_what_is_not_an_ed25519_peer_id():
     claim = decode_claim(VECTORS["claim"])
     with pytest.raises(SignatureInvalid):
         dataclasses.replace(claim, replica=IDENTITIES[1].peer_id).verify(KEYS)
+
+
+def test_commit_seal_and_sealed_seed_vectors():
+
+    commit = decode_commit(VECTORS["commit"])
+    commit.verify(KEYS)
+    assert commit.replica == IDENTITIES[0].peer_id and commit.context == CONTEXT
+    values = np.array([[1.0, -2.0, 0.5, 3.0], [0.25, 0.0, -1.5, 2.0]], dtype="<f4")
+
+
+    assert commit.output == output_digest(torch.from_numpy(values))
+    assert sign_commit(IDENTITIES[0]._private, IDENTITIES[0].peer_id, CONTEXT, 3,
+                       torch.from_numpy(values)).encode() == VECTORS["commit"]
+    assert len(VECTORS["seal"]) == 32 and seal_of([b""]) != VECTORS["seal"]
+    sealed = dataclasses.replace(CONTEXT, sealed=VECTORS["seal"])
+    assert sealed.seed() == VECTORS["sealed-seed"]

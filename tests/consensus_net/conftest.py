@@ -25,9 +25,11 @@ PROMPT = [3, 17, 42, 8, 64, 5]
 
 
 def start_testnet(tmp: Path, faults: list[str], threads: list[int] | None = None,
-                  dtypes: list[str] | None = None) -> tuple[Testnet, Path]:
+                  dtypes: list[str] | None = None,
+                  peer_dtypes: list[str] | None = None) -> tuple[Testnet, Path]:
     """Three replicas per span; `faults[i]` is the TEST-ONLY fault of stage i's third peer;
-    replica j of every stage runs `threads[j]` torch threads in precision `dtypes[j]`."""
+    replica j of every stage runs `threads[j]` torch threads in precision `dtypes[j]` (or peer
+    3 i + j in `peer_dtypes[3 i + j]` when given)."""
     torch.manual_seed(0)
     checkpoint = save_checkpoint("llama", tmp / "llama", seed=3)
     threads = threads or [1, 2, 1]
@@ -36,7 +38,8 @@ def start_testnet(tmp: Path, faults: list[str], threads: list[int] | None = None
     def config_for(i: int) -> dict[str, dict[str, Any]]:
         stage, replica = divmod(i, 3)
         serve: dict[str, Any] = {"model": str(checkpoint), "layers": SPANS[stage],
-                                 "threads": threads[replica], "dtype": dtypes[replica]}
+                                 "threads": threads[replica],
+                                 "dtype": peer_dtypes[i] if peer_dtypes else dtypes[replica]}
         if replica == 2 and faults[stage]:
             serve["fault_injection"] = faults[stage]
         return {"serve": serve, "gossip": {"advert_interval_s": 1.0}}

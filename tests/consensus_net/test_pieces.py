@@ -1,6 +1,8 @@
 """The integration pieces that need no network: the test-only fault knob, claim intake, the
 votes-topic message type, task tolerances and the requester's distribution watch (CDV)."""
 
+import tempfile
+
 import pytest
 import torch
 import trio
@@ -25,6 +27,10 @@ from p2pinfer.errors import ConfigError
 from p2pinfer.identity import NodeIdentity
 from p2pinfer.inference.redundancy import _message_type, task_tolerance
 from p2pinfer.inference.task import StagePlan, Task, TaskError
+from p2pinfer.inference.testing import alter_weights
+from p2pinfer.models import LayerSpan
+
+from ..inference.conftest import save_checkpoint
 
 
 def _config(serve, **sections):
@@ -35,6 +41,27 @@ def test_fault_injection_accepts_only_named_kinds():
     assert _config({"fault_injection": "stall"}).serve.fault_injection == "stall"
     with pytest.raises(ConfigError, match="fault_injection"):
         _config({"fault_injection": "cheat-a-bit"})
+
+
+def test_the_int8_weight_fault_requantises_every_weight_matrix_per_channel():
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.manual_seed(0)
+        ckpt = save_checkpoint("llama", tmp, seed=3)
+        honest = LayerSpan.load(ckpt, 1, 3, torch.float32)
+        cheat = LayerSpan.load(ckpt, 1, 3, torch.float32)
+    assert _config({"fault_injection": "int8-weights"}).serve.fault_injection == "int8-weights"
+    alter_weights(cheat, "int8-weights")
+    pairs = list(zip(honest.blocks.buffers(), cheat.blocks.buffers(), strict=True))
+    matrices = [(a, b) for a, b in pairs if a.dim() == 2]
+    assert matrices
+    for a, b in matrices:
+        step = a.abs().amax(dim=1, keepdim=True) / 127
+        assert not torch.equal(a, b)
+        assert ((a - b).abs() <= step / 2 + 1e-7).all()
+        assert len(torch.unique((b / step).round())) <= 255
+    assert all(torch.equal(a, b) for a, b in pairs if a.dim() != 2)
+    with pytest.raises(ValueError):
+        alter_weights(cheat, "perturb")
 
 
 def test_fault_injection_is_refused_on_a_production_network():
