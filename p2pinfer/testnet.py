@@ -157,7 +157,7 @@ class Testnet:
         if base_dir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="p2pinfer-testnet-")
             base_dir = Path(self._tmp.name)
-        self.base_dir = Path(base_dir).resolve()  # peers run in their own directories
+        self.base_dir = base_dir
         self.network_id = network_id
         self.config_for = config_for or (lambda i: {})
         self.start_timeout = start_timeout
@@ -206,10 +206,6 @@ class Testnet:
             peer.proc = subprocess.Popen(
                 cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True,  # a Ctrl-C in the terminal reaches us, and we stop them
-                # in the peer's own directory: `-m p2pinfer` then runs the installed package
-                # (with its built extension), never a source tree that happens to be the
-                # caller's working directory; PYTHONPATH, if set, still comes first
-                cwd=peer.data_dir,
             )
 
     async def _wait_ready(self, peer: PeerProcess, deadline: float) -> None:

@@ -78,9 +78,7 @@ async def _run_testnet(args: argparse.Namespace) -> int:
             sections["net"] = {"listen": [f"/ip4/127.0.0.1/tcp/{args.port}"]}
         if plan:
             model, (a, b) = plan[i]
-            # a model directory given relative to here: peers run in their own directories
-            where = str(Path(model).resolve()) if Path(model).exists() else model
-            sections["serve"] = {"model": where, "layers": [a, b]}
+            sections["serve"] = {"model": model, "layers": [a, b]}
         return sections
 
     async with Testnet(args.peers, base_dir=base, network_id=args.network_id,
