@@ -62,9 +62,14 @@ async def test_a_killed_replica_leaves_the_next_plan_without_a_failed_attempt(
             await wait_until(lambda: len([p for p in client.peers() if p.spans]) == 3, 60,
                              "the client knows the three servers")
             c = client.inference.client(str(checkpoint))
-            run = c.generate(PROMPT, N, Sampler())
+            # the victim must not be the bootstrap peer: restarted on a new port with no
+            # bootstrap of its own, nobody would find it again
+            boot = net.peers[0].peer_id
+            not_boot = c._settings(None).__class__(**{**vars(c.settings), "deny": [boot]})
+            run = c.generate(PROMPT, N, Sampler(), settings=not_boot)
             assert [t async for t in run] == reference
             victim = by_id[run.outcome.route[0].replicas[0]]
+            assert victim.peer_id != boot
             assert victim.peer_id in client.connected_peers()
 
             net.stop_peer(victim, hard=True)
@@ -88,6 +93,9 @@ async def test_a_killed_replica_leaves_the_next_plan_without_a_failed_attempt(
                              lambda: (client.peer(victim.peer_id).to_dict(), victim.addrs,
                                       client.status()["counters"]["reachability"],
                                       time.time()))
+            # a restarted peer advertises its spans once its layers have loaded again
+            await wait_until(lambda: (row := client.peer(victim.peer_id)) is not None
+                             and bool(row.spans), 60, "the restarted peer serves again")
             others = [p for p in by_id if p != victim.peer_id]
             only = c._settings(None).__class__(**{**vars(c.settings), "deny": others})
             run = c.generate(PROMPT, N, Sampler(), settings=only)
