@@ -29,6 +29,8 @@ multiplicities and M. Then, from the output back:
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from ..attention import (
@@ -234,26 +236,9 @@ def attention_layer(led, lc: LayerCommitment, f: int, nt: int, claims: list[Clai
     com_sm.prove_boolean(f"{name}/softmax")
 
     # 5. (delta, e) in {(u, E(u))}: logUp with inverses h per score and g per table entry
-    lookup = lookup_inverses(led, name, range(len(table)), table, hyrax_split(n_s),
-                             hyrax_split(ke), (att["delta"].reshape(-1), att["e"].reshape(-1),
-                                               mult) if prover else None)
-    beta, gamma = lookup.beta, lookup.gamma
-    r_h = [led.challenge(f"{name}/lookup/rh/{k}".encode()) for k in range(n_s)]
-    oracle = None
-    if prover:
-        oracle = ProductSum({"eq": eq_table(r_h), "h": lookup.h_tab, "l": lookup.l_tab},
-                            [(1, ["eq", "h", "l"])], 3)
-    pi3, final = sumcheck(led, f"{name}/lookup", Lin(const=1), n_s, 3, oracle)
-    i_h = lookup.com_h.open_at(f"{name}/lookup-opening", pi3)
-    i_d3 = com_delta.open_at(f"{name}/delta-opening", pi3)
-    i_e3 = com_e.open_at(f"{name}/values-opening", pi3)
-    l_lin = (Lin.var(i_d3) + Lin.var(i_e3) * gamma) * (P - 1) + beta
-    i_l = led.put(led.value(l_lin) if prover else None)
-    led.relate(f"{name}/lookup-final", Lin.var(i_l) - l_lin)
-    i_hl = led.put(led.values[i_h] * led.values[i_l] % P if prover else None)
-    led.product(f"{name}/lookup-product", i_h, i_l, i_hl)
-    led.relate(f"{name}/lookup-final", final - Lin.var(i_hl) * eq_eval(r_h, pi3))
-    lookup_table_side(led, name, lookup, com_mult, mult if prover else None)
+    exp_lookup(led, name, table, n_s, ke,
+               (att["delta"].reshape(-1), att["e"].reshape(-1), mult) if prover else None,
+               com_delta, com_e, com_mult)
 
     # 6. s(pi2) = sum over (h, c) of eq(pi2_h, h) rq(pi2_t, h, c) rk(pi2_j, g, c)
     oracle = None
@@ -326,3 +311,32 @@ def _rotary(led, name: str, nt: int, nh: int, claim: Claim, cos: np.ndarray, sin
     t_pt, i_pt = pt[:nt], pt[nt:]
     return [(t_pt + p_h + [0] + i_pt, Lin.var(i_0), full),
             (t_pt + p_h + [1] + i_pt, Lin.var(i_1), full)]
+
+
+def exp_lookup(led: Any, name: str, table: Any, n_s: int, ke: int, witness: Any,
+               com_delta: Any, com_e: Any, com_mult: Any) -> None:
+    """(delta, e) in {(u, E(u))}: the logUp argument that every score gap delta and its exp e
+    are a row of the exp table, with inverses h per score and g per table entry (shared by the
+    whole-sequence and the decode-step attention gadgets). `witness` is the prover's
+    (delta, e, table multiplicities), None on the verifier."""
+    prover = witness is not None
+    mult = witness[2] if prover else None
+    lookup = lookup_inverses(led, name, range(len(table)), table, hyrax_split(n_s),
+                             hyrax_split(ke), witness)
+    beta, gamma = lookup.beta, lookup.gamma
+    r_h = [led.challenge(f"{name}/lookup/rh/{k}".encode()) for k in range(n_s)]
+    oracle = None
+    if prover:
+        oracle = ProductSum({"eq": eq_table(r_h), "h": lookup.h_tab, "l": lookup.l_tab},
+                            [(1, ["eq", "h", "l"])], 3)
+    pi3, final = sumcheck(led, f"{name}/lookup", Lin(const=1), n_s, 3, oracle)
+    i_h = lookup.com_h.open_at(f"{name}/lookup-opening", pi3)
+    i_d3 = com_delta.open_at(f"{name}/delta-opening", pi3)
+    i_e3 = com_e.open_at(f"{name}/values-opening", pi3)
+    l_lin = (Lin.var(i_d3) + Lin.var(i_e3) * gamma) * (P - 1) + beta
+    i_l = led.put(led.value(l_lin) if prover else None)
+    led.relate(f"{name}/lookup-final", Lin.var(i_l) - l_lin)
+    i_hl = led.put(led.values[i_h] * led.values[i_l] % P if prover else None)
+    led.product(f"{name}/lookup-product", i_h, i_l, i_hl)
+    led.relate(f"{name}/lookup-final", final - Lin.var(i_hl) * eq_eval(r_h, pi3))
+    lookup_table_side(led, name, lookup, com_mult, mult)

@@ -30,7 +30,7 @@ from ..group import encode_point
 from ..layout import hyrax_split
 from ..ledger import Lin, sumcheck
 from ..manifest import LayerCommitment
-from .attention import _broadcast, _rotary, causal_mask_mle
+from .attention import _broadcast, _rotary, causal_mask_mle, exp_lookup
 from .bits import BitTable, bits_head
 from .common import (
     Claim,
@@ -42,7 +42,6 @@ from .common import (
     flat,
     matmul_tail,
 )
-from .lookup import lookup_inverses, lookup_table_side
 
 _HALF = 1 << (BITS - 1)
 #: public bounds of the committed cache rows: rotated keys |rk| < 2**32, values |v| < 2**31
@@ -258,26 +257,9 @@ def decode_attention_layer(led, lc: LayerCommitment, f: int, claims: list[Claim]
     com_sm.prove_boolean(f"{name}/softmax")
 
     # 5. (delta, e) in {(u, E(u))} (logUp)
-    lookup = lookup_inverses(led, name, range(len(table)), table, hyrax_split(n_s),
-                             hyrax_split(ke), (att["delta"].reshape(-1), att["e"].reshape(-1),
-                                               mult) if prover else None)
-    beta, gamma = lookup.beta, lookup.gamma
-    r_h = [led.challenge(f"{name}/lookup/rh/{k}".encode()) for k in range(n_s)]
-    oracle = None
-    if prover:
-        oracle = ProductSum({"eq": eq_table(r_h), "h": lookup.h_tab, "l": lookup.l_tab},
-                            [(1, ["eq", "h", "l"])], 3)
-    pi3, final = sumcheck(led, f"{name}/lookup", Lin(const=1), n_s, 3, oracle)
-    i_h = lookup.com_h.open_at(f"{name}/lookup-opening", pi3)
-    i_d3 = com_delta.open_at(f"{name}/delta-opening", pi3)
-    i_e3 = com_e.open_at(f"{name}/values-opening", pi3)
-    l_lin = (Lin.var(i_d3) + Lin.var(i_e3) * gamma) * (P - 1) + beta
-    i_l = led.put(led.value(l_lin) if prover else None)
-    led.relate(f"{name}/lookup-final", Lin.var(i_l) - l_lin)
-    i_hl = led.put(led.values[i_h] * led.values[i_l] % P if prover else None)
-    led.product(f"{name}/lookup-product", i_h, i_l, i_hl)
-    led.relate(f"{name}/lookup-final", final - Lin.var(i_hl) * eq_eval(r_h, pi3))
-    lookup_table_side(led, name, lookup, com_mult, mult if prover else None)
+    exp_lookup(led, name, table, n_s, ke,
+               (att["delta"].reshape(-1), att["e"].reshape(-1), mult) if prover else None,
+               com_delta, com_e, com_mult)
 
     # 6. s(pi2) = sum over (h, c) of eq(pi2_h, h) rq(h, c) K(pi2_j, g, c)
     oracle = None
