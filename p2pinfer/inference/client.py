@@ -247,9 +247,9 @@ class RouteSession:
         self.settings = settings
         self.strategy = strategy
         self.outcome = outcome
-        self.up: FramedStream | None = None
-        #: one hop per replica of stage 0 (`up` is the first)
-        self.ups: list[FramedStream] = []
+        #: the hop to each replica of stage 0, by its peer id (each replica's input is sealed
+        #: for that replica alone, so a stream must never be paired with another replica)
+        self.ups: dict[str, FramedStream] = {}
         self.result_send, self.result_recv = trio.open_memory_channel[Any](16)
         self.result_peer: str | None = None
         self.result_peers: set[str] = set()
@@ -264,6 +264,8 @@ class RouteSession:
         #: seconds of this route's one-token steps, newest last (the adaptive step timeout)
         self.token_steps: list[float] = []
         self._step_ewma = 0.0
+        #: replicas that faults named, by stage (redundant routes absorb a minority of them)
+        self.lost: dict[int, set[str]] = {}
 
     @property
     def route(self) -> tuple[StagePlan, ...]:
@@ -295,14 +297,29 @@ class RouteSession:
         return min(s.step_timeout_s, max(s.step_timeout_floor_s,
                                          s.step_timeout_factor * typical))
 
+    def _majority_lost(self, stage: int | None, peer_id: str | None) -> bool:
+        """Note a replica that a fault names; whether its stage has too few replicas left to
+        form a majority (then waiting for the step's deadline is pointless)."""
+        if stage is None or not 0 <= stage < len(self.route) or peer_id is None:
+            return False
+        replicas = self.route[stage].replicas
+        if peer_id not in replicas:
+            return False
+        lost = self.lost.setdefault(stage, set())
+        lost.add(peer_id)
+        return len(replicas) - len(lost) < len(replicas) // 2 + 1
+
     def fail(self, stage: int | None, peer_id: str | None, message: str) -> None:
         if self.redundant and not self.closed:
             # one replica chain failing is what redundancy absorbs: note it; the votes (and
-            # the step timeout) decide whether the route still has a majority
+            # the step timeout) decide the step, unless the faults leave a stage too few
+            # replicas for a majority: then the route fails now
             if self.report is not None:
                 self.report.faults.append(f"stage {stage} ({peer_id}): {message}"[:300])
             log.info("a replica chain reported: stage %s (%s): %s", stage, peer_id, message)
-            return
+            if not self._majority_lost(stage, peer_id):
+                return
+            message = f"stage {stage} lost its majority of replicas; last: {message}"
         try:
             self.result_send.send_nowait(StageFailure(stage, peer_id, message))
         except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
@@ -576,7 +593,7 @@ class InferenceClient:
         task = session.task
         await ensure_connected(self.node, first)
         up = await self.node.open_stream(first, "stage")
-        session.ups.append(up)
+        session.ups[first] = up
         await up.send("open", {"task": task.to_wire(), "stage": 0})
         up.timeout_s = session.settings.open_timeout_s
         reply = await up.recv(expect={"ready", "fault"})
@@ -597,7 +614,7 @@ class InferenceClient:
         first = task.route[0].replicas[0]
         try:
             with trio.fail_after(session.settings.open_timeout_s):
-                session.up = await self._open_first(session, first)
+                await self._open_first(session, first)
                 if len(task.route[0].replicas) > 1:  # every replica of stage 0 gets the input
                     errors: list[BaseException] = []
 
@@ -626,7 +643,7 @@ class InferenceClient:
         except (P2PInferError, OSError) as e:
             await self._close(session)
             raise StageFailure(0, first, f"could not reach stage 0: {e}") from None
-        for up, peer in zip(session.ups, task.route[0].replicas):
+        for peer, up in session.ups.items():
             up.timeout_s = 24 * 3600.0  # the watchers wait for faults for the whole session
             self.spawn(self._watch_up, session, up, peer)
 
@@ -639,7 +656,7 @@ class InferenceClient:
         session.late_until = trio.current_time() + max(2.0, window)
         self.sessions.pop(session.task.task_id, None)
         self.hop.end_hops(session.task.task_id)  # erase the session's hop keys
-        ups = session.ups or ([session.up] if session.up is not None else [])
+        ups = list(session.ups.values())
         with trio.move_on_after(2) as scope:
             scope.shield = True
             for up in ups:
@@ -839,8 +856,8 @@ class InferenceClient:
                     ) -> torch.Tensor:
         """One step through the route: the answer, checked by the mode's strategy."""
         t0 = time.perf_counter()
-        ups = session.ups or [session.up]
-        for up, first in zip(ups, session.route[0].replicas):
+        for first in session.route[0].replicas:
+            up = session.ups[first]
             fields = await self.hop.pack(hidden, HopContext(session.task.task_id, 0, seq, first))
             try:
                 await up.send("step", {"seq": seq, "pos": pos, **fields})

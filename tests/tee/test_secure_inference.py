@@ -8,6 +8,7 @@ import pytest
 import trio
 
 from p2pinfer.config import config_from_dict
+from p2pinfer.inference.client import RequestSettings
 from p2pinfer.inference.planner import NoRouteError
 from p2pinfer.inference.secure_hop import ChannelHop
 from p2pinfer.models import LocalModel
@@ -86,3 +87,39 @@ async def test_multiprocess_testnet_with_trust_config_runs_encrypted_inference(t
             assert client.inference.hop.counters["opened"] == N
             assert client.inference.hop.counters["sealed"] == N
             assert client.attestation.counters["rejected"] == 0
+
+
+async def test_redundant_stage_zero_hops_each_carry_their_own_replicas_sealed_input(
+        tmp_path, llama, monkeypatch):
+    """Each replica of a redundant stage 0 gets the input sealed for it alone, over its own
+    hop, whatever order the hops came up in: here the second replica's hop opens last."""
+    reference = LocalModel.load(llama).generate(PROMPT, N)
+    spans = [[0, 3]] * 3 + [[3, 6]] * 3
+    async with tee_network(tmp_path, str(llama), spans, k_head=1, k_tail=1) as (client, _):
+        c = client.inference.client(str(llama))
+        open_stream = client.open_stream
+        delayed: list[str] = []
+
+        async def second_replica_last(peer_id: str, name: str, **kw: object):
+            for session in list(c.sessions.values()):
+                if name == "stage" and peer_id == session.route[0].replicas[1]:
+                    delayed.append(peer_id)
+                    await trio.sleep(0.5)
+            return await open_stream(peer_id, name, **kw)
+
+        monkeypatch.setattr(client, "open_stream", second_replica_last)
+        settings = RequestSettings(k_head=1, k_tail=1, redundancy=3, step_timeout_s=30.0)
+        stream = c.generate(PROMPT, N, greedy(), settings=settings)
+        with trio.fail_after(60):
+            got = [t async for t in stream]
+        assert got == reference
+        assert delayed, "the second replica's hop was not the one delayed"
+        outcome = stream.outcome
+        assert outcome.replans == 0 and not outcome.failures
+        with trio.move_on_after(15):  # the tallies complete after the late claims' grace
+            while [len(s["agreeing"]) for s in outcome.verification()["stages"]] != [3, 3]:
+                await trio.sleep(0.2)
+        report = outcome.verification()
+        assert report["faults"] == []
+        assert [len(s["agreeing"]) for s in report["stages"]] == [3, 3]
+        assert [s["dissenting"] + s["missing"] for s in report["stages"]] == [[], []]
