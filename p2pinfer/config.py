@@ -173,6 +173,10 @@ class RequestSettings:
     tolerance: float = 0.0
     #: m = 1: audit a random fraction of stages (p2pinfer.consensus.AuditPolicy)
     audits: bool = True
+    #: m > 1: let the planner build stages whose replicas are mostly bfloat16 (by default more
+    #: than half of each stage's replicas must compute in float32: inside the bfloat16
+    #: tolerance, int8-quantised weights and 1% noise pass for honest rounding)
+    bfloat16_majority: bool = False
 
     def validate(self, where: str = "<request>", prefix: str = "inference") -> RequestSettings:
         """Raise `ConfigError` naming the first bad key; returns self."""

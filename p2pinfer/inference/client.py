@@ -34,6 +34,7 @@ import torch
 import trio
 
 from p2pinfer.config import RequestSettings
+from p2pinfer.consensus import FingerprintError, precision_class
 from p2pinfer.errors import ConfigError, P2PInferError, RemoteError
 from p2pinfer.inference.hop import HopCodec, HopContext, PlainHop
 from p2pinfer.inference.planner import TEE_ORDER, Candidate, NoRouteError, PlanRequest, plan_route
@@ -435,11 +436,15 @@ class InferenceClient:
                 continue
             layers = max(1, sum(b - a for a, b in spans))
             tee = att.tee_level(p.peer_id) if att is not None else "none"
+            try:  # a precision not stated, or not calibrated, counts as bfloat16
+                precision = precision_class(p.advert.precision)
+            except FingerprintError:
+                precision = "bfloat16"
             out.append(Candidate(
                 p.peer_id, spans,
                 throughput=float(p.throughput) * layers, load=float(p.load),
                 rtt_ms=float(p.rtt_ms) if p.rtt_ms is not None else -1.0, tee_level=tee,
-                sessions=self.placed.get(p.peer_id, 0),
+                sessions=self.placed.get(p.peer_id, 0), precision=precision,
             ))
         # a peer not pinged yet is assumed as near as the median measured one (a fixed guess
         # would put all load on whichever peer happened to be measured)
@@ -485,7 +490,8 @@ class InferenceClient:
         exclude |= unreachable
         req = PlanRequest(start, end, redundancy=s.redundancy,
                           allow=set(s.allow) if s.allow else None, deny=set(s.deny),
-                          exclude=exclude, min_tee=self.min_tee(s))
+                          exclude=exclude, min_tee=self.min_tee(s),
+                          float32_majority=s.mode == "general" and not s.bfloat16_majority)
         try:
             return plan_route(self.candidates(), req)
         except NoRouteError:

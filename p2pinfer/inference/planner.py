@@ -9,6 +9,12 @@ spread over the replicas of a span) and weighted by its trust level. The cheapes
 shortest path (as Petals routes its clients). With redundancy m an edge exists only where m
 distinct eligible peers cover it, and costs what the m-th best of them does, since the stage
 waits for its replicas. Faster peers therefore end up on longer spans.
+
+With `float32_majority` (general mode, m > 1, the default), every stage's replicas must be more
+than half float32: a vote whose majority computes in bfloat16 runs at the bfloat16 tolerance,
+inside which int8-quantised weights and noise at 1% of RMS cannot be told from honest rounding
+(README, "Precision classes"), so such a stage could be outvoted by a cheaper model unseen. A
+float32 majority holds every replica to the float32 tolerance of the float32 claims.
 """
 
 from __future__ import annotations
@@ -43,6 +49,9 @@ class Candidate:
     operator: str = ""
     #: route sessions the planning requester itself has open on this peer
     sessions: int = 0
+    #: the precision class its advert states ("float32" or "bfloat16"; none stated counts as
+    #: bfloat16)
+    precision: str = "float32"
 
     def ms_per_layer(self) -> float:
         base = 1000.0 / self.throughput if self.throughput > 0 else DEFAULT_MS_PER_LAYER
@@ -70,6 +79,8 @@ class PlanRequest:
     #: minimum TEE level ("none", "simulated", "cpu-tee", "gpu-tee")
     min_tee: str = "none"
     prefer_tee: bool = True
+    #: with redundancy > 1: more than half of every stage's replicas compute in float32
+    float32_majority: bool = False
 
 
 TEE_ORDER = ("none", "simulated", "cpu-tee", "gpu-tee")
@@ -98,14 +109,23 @@ def plan_route(candidates: Iterable[Candidate], req: PlanRequest) -> list[StageP
     points = sorted(bounds)
     index = {p: i for i, p in enumerate(points)}
 
+    # at most this many replicas of a stage may compute in a class other than float32
+    others_allowed = req.redundancy - (req.redundancy // 2 + 1) \
+        if req.float32_majority and req.redundancy > 1 else req.redundancy
+
     def edge(a: int, b: int) -> tuple[float, tuple[str, ...]] | None:
         covering = [c for c in pool if c.covers(a, b)]
         # distinct operators where adverts name one: replicas must not share an operator
         chosen: list[Candidate] = []
         operators: set[str] = set()
+        others = 0
         for c in sorted(covering, key=lambda c: (c.cost(b - a, req.prefer_tee), c.peer_id)):
             if c.operator and c.operator in operators:
                 continue
+            if c.precision != "float32":
+                if others == others_allowed:
+                    continue
+                others += 1
             chosen.append(c)
             if c.operator:
                 operators.add(c.operator)
@@ -138,9 +158,15 @@ def plan_route(candidates: Iterable[Candidate], req: PlanRequest) -> list[StageP
                 heapq.heappush(heap, (d + cost, b))
     if req.end not in prev:
         covered = sorted({(s, e) for c in pool for s, e in c.spans})
+        low = sum(1 for c in pool if c.precision != "float32")
+        majority = (f", more than half of them computing in float32 ({low} of the eligible "
+                    "peers compute in bfloat16; a request may allow bfloat16 majorities with "
+                    "bfloat16_majority, at weaker integrity)"
+                    if req.float32_majority and req.redundancy > 1 and low else "")
         raise NoRouteError(
             f"no route covers layers [{req.start}, {req.end}) with {req.redundancy} "
-            f"replica(s) per stage among {len(pool)} eligible peer(s) (spans served: {covered})"
+            f"replica(s) per stage{majority} among {len(pool)} eligible peer(s) (spans "
+            f"served: {covered})"
         )
     stages: list[StagePlan] = []
     b = req.end

@@ -4,9 +4,13 @@ one replica computes in bfloat16 (or states nothing). Real stage nodes on loopba
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+import pytest
 import torch
 
 from p2pinfer.consensus import TOLERANCE_BFLOAT16, TOLERANCE_FLOAT32
+from p2pinfer.inference.planner import NoRouteError
 from p2pinfer.inference.redundancy import task_tolerance
 from p2pinfer.inference.task import Task
 from p2pinfer.models import LocalModel
@@ -49,8 +53,6 @@ async def test_one_bfloat16_stage_loosens_the_route_to_the_bfloat16_tolerance(tm
         assert c.route_tolerance(c.plan()) == TOLERANCE_BFLOAT16
         assert _signed_tolerance(c) == TOLERANCE_BFLOAT16
         # a request may still pin its own tolerance
-        from dataclasses import replace
-
         pinned = client.inference.client(str(ckpt), replace(c.settings, tolerance=0.02))
         assert _signed_tolerance(pinned) == 0.02
         # the bfloat16 stage really serves: its tokens are those of a bfloat16 span
@@ -58,3 +60,22 @@ async def test_one_bfloat16_stage_loosens_the_route_to_the_bfloat16_tolerance(tm
         got = [t async for t in run]
         assert len(got) == 4 and all(0 <= t < 97 for t in got)
         assert run.outcome.verification()["dissenters"] == []
+
+
+async def test_redundant_routes_need_a_float32_majority_per_stage_unless_the_request_allows(
+        tmp_path):
+    """Two bfloat16 replicas and one float32 one of a span: no m = 3 route by default (a
+    bfloat16 majority cannot tell int8 weights from rounding); a request that allows bfloat16
+    majorities gets one, and m = 1 routes are not constrained."""
+    ckpt = save_checkpoint("llama", tmp_path / "llama", seed=3)
+    async with network(tmp_path, str(ckpt), [[1, 5]] * 3,
+                       serve=[{"dtype": "bfloat16"}, {"dtype": "float32"},
+                              {"dtype": "bfloat16"}]) as (client, stages):
+        c = client.inference.client(str(ckpt))
+        m3 = replace(c.settings, redundancy=3)
+        with pytest.raises(NoRouteError, match="2 of the eligible peers compute in bfloat16"):
+            client.inference.client(str(ckpt), m3).plan()
+        allowed = client.inference.client(str(ckpt), replace(m3, bfloat16_majority=True))
+        [stage] = allowed.plan()
+        assert set(stage.replicas) == {s.peer_id for s in stages}
+        assert len(c.plan()[0].replicas) == 1

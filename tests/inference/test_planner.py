@@ -95,3 +95,38 @@ def test_least_covered_span_picks_the_gap():
     assert least_covered_span([(0, 4), (4, 8)], 12, 4) == (8, 12)
     assert least_covered_span([], 12, 4) == (0, 4)
     assert least_covered_span([(0, 12)], 6, 20) == (0, 6)
+
+
+def prec(pid, span, precision, tp=100.0):
+    return Candidate(pid, (span,), throughput=tp, rtt_ms=2.0, precision=precision)
+
+
+def test_redundant_stages_keep_a_float32_majority_even_when_bfloat16_peers_are_faster():
+    # the three fastest peers compute in bfloat16; a float32 majority takes two slower float32
+    peers = [prec(f"bf{i}", (0, 4), "bfloat16", tp=1000.0) for i in range(3)] + \
+        [prec(f"f{i}", (0, 4), "float32", tp=10.0 + i) for i in range(3)]
+    req = PlanRequest(0, 4, redundancy=3, float32_majority=True)
+    [stage] = plan_route(peers, req)
+    # the fastest bfloat16 peer and the two fastest float32 ones
+    assert set(stage.replicas) == {"bf0", "f2", "f1"}
+    # without the policy the planner takes the fastest three
+    assert set(plan_route(peers, PlanRequest(0, 4, redundancy=3))[0].replicas) == \
+        {"bf0", "bf1", "bf2"}
+
+
+@pytest.mark.parametrize("m, float32_needed", [(2, 2), (3, 2), (4, 3), (5, 3)])
+def test_a_stage_without_a_float32_majority_is_never_built(m, float32_needed):
+    have = float32_needed - 1
+    peers = [prec(f"f{i}", (0, 4), "float32") for i in range(have)] + \
+        [prec(f"bf{i}", (0, 4), "bfloat16") for i in range(m)]
+    with pytest.raises(NoRouteError, match="more than half of them computing in float32"):
+        plan_route(peers, PlanRequest(0, 4, redundancy=m, float32_majority=True))
+    peers.append(prec("f-last", (0, 4), "float32", tp=1.0))
+    [stage] = plan_route(peers, PlanRequest(0, 4, redundancy=m, float32_majority=True))
+    assert sum(1 for p in stage.replicas if p.startswith("f")) == float32_needed
+
+
+def test_the_float32_majority_does_not_constrain_single_replica_routes():
+    [stage] = plan_route([prec("bf", (0, 4), "bfloat16")],
+                         PlanRequest(0, 4, redundancy=1, float32_majority=True))
+    assert stage.replicas == ("bf",)
