@@ -1,27 +1,37 @@
 """Critical mode on real layers over a multi-process testnet: the built-in
 `smollm2-135m-instruct-zk-block0` (SmolLM2-135M-Instruct's first decoder block imported into
-the provable layout under its public owner key) served by a stage process, and `p2pinfer
-prove-run --model smollm2-135m-instruct-zk-block0` proving and verifying the block's MLP half
-on a real chat prompt (its attention half runs at the requester)."""
+the provable layout under its public owner key: layer 0 is its attention half, layer 1 its MLP
+half) served by a stage process, and `p2pinfer prove-run --model
+smollm2-135m-instruct-zk-block0` proving and verifying the whole block on a real chat prompt;
+one changed weight of the real block cannot prove against the owner's manifest."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 import trio
+from safetensors.numpy import load_file, save_file
 
 from p2pinfer.models import ClientHead, Tokenizer
 from p2pinfer.models.defaults import SMOLLM2_ZK_BLOCK0, smollm2_path
 from p2pinfer.models.errors import ModelError
 from p2pinfer.testnet import Testnet
-from p2pinfer.zk import ModelManifest
+from p2pinfer.zk import ModelManifest, ProofBinding, ProofError, prove, verify
 from p2pinfer.zk.builtins import builtin_model_path, public_owner_key
-from p2pinfer.zk.checkpoint import MANIFEST_FILE, fixed_layers
+from p2pinfer.zk.checkpoint import (
+    MANIFEST_FILE,
+    commit_layers,
+    fixed_layers,
+    load_manifest_bytes,
+)
+from p2pinfer.zk.commitment import CommittedShard, commit_shard
+from p2pinfer.zk.errors import CommitmentMismatch
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +53,7 @@ def test_the_imported_builtin_is_deterministic_under_its_public_key(real):
     assert builtin_model_path(SMOLLM2_ZK_BLOCK0, home=home / "models") == path  # made once
 
 
-async def test_prove_run_proves_a_real_layer_on_a_real_prompt_over_processes(real, tmp_path):
+async def test_prove_run_proves_a_real_block_on_a_real_prompt_over_processes(real, tmp_path):
     source, home, path = real
     tok = Tokenizer.load(source)
     ids = tok.apply_chat_template([{"role": "user", "content": "What is the capital of "
@@ -54,12 +64,12 @@ async def test_prove_run_proves_a_real_layer_on_a_real_prompt_over_processes(rea
     np.save(tmp_path / "x.npy", x)
     async with Testnet(1, base_dir=tmp_path / "net", network_id="critical-real",
                        config_for=lambda i: {"serve": {"model": str(path),
-                                                       "layers": [1, 2]}}) as net:
+                                                       "layers": [0, 2]}}) as net:
         env = {**os.environ, "P2PINFER_HOME": str(home)}
         out = await trio.to_thread.run_sync(lambda: subprocess.run(
             [sys.executable, "-m", "p2pinfer", "prove-run", "--model", SMOLLM2_ZK_BLOCK0,
              "--bootstrap", net.peers[0].addrs[0], "--network-id", "critical-real",
-             "--k-head", "1", "--k-tail", "0", "--input", str(tmp_path / "x.npy"), "--json",
+             "--k-head", "0", "--k-tail", "0", "--input", str(tmp_path / "x.npy"), "--json",
              "--step-timeout-s", "300"],
             capture_output=True, text=True, timeout=400, check=False, env=env))
         peer = net.peers[0].peer_id
@@ -68,7 +78,32 @@ async def test_prove_run_proves_a_real_layer_on_a_real_prompt_over_processes(rea
     fixed = fixed_layers(path, 0, 2)
     assert result["output_fixed"] == fixed.forward_fixed(fixed.quantize(x)).tolist()
     (proof,) = result["proofs"]
-    assert proof["peer"] == peer and tuple(proof["layers"]) == (1, 2)
+    assert proof["peer"] == peer and tuple(proof["layers"]) == (0, 2)
     assert proof["verify_ms"] > 0 and proof["proof_bytes"] > 100_000
     manifest = ModelManifest.from_bytes((path / MANIFEST_FILE).read_bytes())
     assert result["manifest_digest"] == manifest.digest().hex()
+
+
+def test_one_changed_weight_of_the_real_block_cannot_prove_against_the_manifest(real, tmp_path):
+    _, _, path = real
+    bad = tmp_path / "bad"
+    shutil.copytree(path, bad)
+    tensors = load_file(str(bad / "model.safetensors"))
+    name = next(k for k in sorted(tensors) if k.startswith("layers.1.") and
+                k.endswith(".weight") and tensors[k].ndim == 2)
+    tensors[name][0, 0] += 0.5
+    save_file(tensors, str(bad / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(CommitmentMismatch):  # an honest peer learns it when it loads
+        commit_layers(bad, 1, 2)
+    # a cheating peer commits its own weights and claims the manifest's entry anyway
+    manifest = ModelManifest.from_bytes(load_manifest_bytes(bad))
+    entry = manifest.block_shard(1, 2)
+    mlp = fixed_layers(bad, 1, 2)
+    own = commit_shard(mlp, model_id=manifest.model_id, first_layer=entry.first_layer)
+    cheat = CommittedShard(mlp, entry, own.weight_blinds, own.bias_blinds)
+    x = mlp.quantize(np.random.default_rng(4).normal(size=(2, 1024)))
+    y = cheat.forward_fixed(x)
+    assert not np.array_equal(y, fixed_layers(path, 1, 2).forward_fixed(x))
+    binding = ProofBinding(b"\x03" * 16, manifest.digest())
+    with pytest.raises(ProofError):
+        verify(entry, x, y, prove(cheat, x, y, binding), binding)
