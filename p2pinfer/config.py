@@ -64,6 +64,12 @@ class GossipSection:
     advert_ttl_s: float = 60.0
     #: gossip messages accepted per publisher per topic per second
     max_msgs_per_s: float = 50.0
+    #: GossipSub mesh degree D and its bounds: wide by default, so a network of up to ~24
+    #: peers is never pruned; each message reaches a peer about D times, so a large network
+    #: on little CPU wants a smaller mesh (and a longer advert interval)
+    mesh_degree: int = 8
+    mesh_degree_low: int = 6
+    mesh_degree_high: int = 24
 
 
 @dataclass
@@ -359,6 +365,11 @@ class NodeConfig:
                               "is refused on a production network")
         if self.serve.threads < 0:
             raise ConfigError(f"{where}: key 'serve.threads': must be >= 0")
+        g = self.gossip
+        if not 1 <= g.mesh_degree_low <= g.mesh_degree <= g.mesh_degree_high:
+            raise ConfigError(f"{where}: key 'gossip.mesh_degree': needs 1 <= mesh_degree_low "
+                              f"<= mesh_degree <= mesh_degree_high (got {g.mesh_degree_low}, "
+                              f"{g.mesh_degree}, {g.mesh_degree_high})")
         positive = [
             ("trust.claims_ttl_s", self.trust.claims_ttl_s),
             ("serve.session_ttl_s", self.serve.session_ttl_s),

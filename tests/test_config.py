@@ -50,6 +50,8 @@ layers = [2, 6]
         ("[serve]\nlayers = [5, 2]\n", "key 'serve.layers'"),
         ("net = 3\n", "key 'net': expected a table"),
         ("[net\n", "not valid TOML"),
+        ("[gossip]\nmesh_degree = 30\n", "key 'gossip.mesh_degree': needs 1 <= mesh_degree_low"),
+        ("[gossip]\nmesh_degree_low = 0\nmesh_degree = 0\n", "key 'gossip.mesh_degree'"),
     ],
 )
 def test_malformed_config_is_one_line_naming_file_and_key(tmp_path, text, needle):

@@ -27,6 +27,7 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from soaklib import (
+    CROWDED_GOSSIP,
     GROWTH_HEADERS,
     Outcome,
     Verdict,
@@ -46,6 +47,9 @@ from p2pinfer.models import MINILM, TINY_LLAMA
 from p2pinfer.node import Node
 from p2pinfer.testnet import Testnet, TestnetError
 
+#: more peers than this on one machine get CROWDED_GOSSIP
+CROWDED_ABOVE = 24
+
 HEADERS = ("min", "gen ok", "emb ok", "wrong", "p50 ms", "p95 ms", "mesh min/med",
            "empty meshes", "table min", "conn min", "RSS sum GiB", "RSS max MiB", "fds max",
            "tasks max")
@@ -60,7 +64,10 @@ async def run(args: argparse.Namespace) -> int:
     refs = await trio.to_thread.run_sync(compute_references)
     say(f"references computed; starting {args.peers} peers")
     t_start = trio.current_time()
-    net = Testnet(args.peers, config_for=peer_configs(args.peers, args.redundancy),
+    gossip = CROWDED_GOSSIP if args.peers > CROWDED_ABOVE else None
+    if gossip:
+        say(f"more than {CROWDED_ABOVE} peers on this machine: gossip settings {gossip}")
+    net = Testnet(args.peers, config_for=peer_configs(args.peers, args.redundancy, gossip=gossip),
                   start_timeout=60 + 6 * args.peers, progress=say)
     async with net:
         startup_s = trio.current_time() - t_start
@@ -70,9 +77,9 @@ async def run(args: argparse.Namespace) -> int:
             print(f"VERDICT: FAIL (scale, {args.peers} peers): {e}")
             return 3
         say(f"converged in {converge_s:.1f}s")
-        async with Node(requester_config(net, step_timeout_s=60.0)) as node:
-            await node.wait_for_route(TINY_LLAMA, timeout=120)
-            await node.wait_for_route(MINILM, timeout=120)
+        async with Node(requester_config(net, step_timeout_s=60.0, gossip=gossip)) as node:
+            await node.wait_for_route(TINY_LLAMA, timeout=300)
+            await node.wait_for_route(MINILM, timeout=300)
             print(f"{args.peers} peers started in {startup_s:.1f}s, every table complete "
                   f"{converge_s:.1f}s later; {args.gens} generations + {args.embeds} embeddings "
                   f"a minute, concurrently", flush=True)

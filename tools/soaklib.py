@@ -211,10 +211,19 @@ def _outcome(kind: str, t0: float, start: float, ok: bool, *, wrong: bool = Fals
 
 
 # -- the testnet -------------------------------------------------------------------------------
-def peer_configs(peers: int, redundancy: int, *, cheat: str = "") -> Any:
+#: gossip settings of many peer processes sharing a few cores: each message reaches a peer about
+#: mesh-degree times, so a smaller mesh and rarer adverts keep the CPU the gossip takes within
+#: what 50 Python processes on 2 cores have (with the defaults, D=8..24 and adverts every 10 s,
+#: such a network never converges: every process stays runnable and adverts arrive expired)
+CROWDED_GOSSIP: dict[str, Any] = {"mesh_degree": 6, "mesh_degree_low": 4, "mesh_degree_high": 12,
+                                  "advert_interval_s": 30.0, "advert_ttl_s": 120.0}
+
+
+def peer_configs(peers: int, redundancy: int, *, cheat: str = "",
+                 gossip: dict[str, Any] | None = None) -> Any:
     """config_for of a testnet serving both models, `redundancy` replicas per stage. With
     `cheat` (a TEST-ONLY `serve.fault_injection` kind) peer 1 computes its layers dishonestly,
-    to show that a wrong answer is caught."""
+    to show that a wrong answer is caught. `gossip`: [gossip] settings of every peer."""
     plan = serving_plan(LAYERS, peers, redundancy)
 
     def config_for(i: int) -> dict[str, dict[str, Any]]:
@@ -222,18 +231,20 @@ def peer_configs(peers: int, redundancy: int, *, cheat: str = "") -> Any:
         serve: dict[str, Any] = {"model": model, "layers": [a, b], "threads": 1}
         if cheat and i == 1:
             serve["fault_injection"] = cheat
-        return {"serve": serve}
+        return {"serve": serve, **({"gossip": dict(gossip)} if gossip else {})}
 
     return config_for
 
 
-def requester_config(net: Testnet, step_timeout_s: float) -> NodeConfig:
+def requester_config(net: Testnet, step_timeout_s: float,
+                     gossip: dict[str, Any] | None = None) -> NodeConfig:
     return config_from_dict({
         "node": {"name": "requester", "data_dir": str(net.base_dir / "requester"),
                  "network_id": net.network_id, "roles": ["client"]},
-        "net": {"bootstrap": [net.peers[0].addrs[0]], "dht": False},
+        "net": {"bootstrap": [net.peers[0].addrs[0]], "dht": bool(gossip)},
         "control": {"enabled": False},
         "inference": {"step_timeout_s": step_timeout_s},
+        **({"gossip": dict(gossip)} if gossip else {}),
     })
 
 

@@ -1,8 +1,10 @@
 """GossipSub topics for one network: `p2pinfer/<network-id>/<name>/<major>`.
 
-Settings chosen for 5-20 peers (measured on loopback, see tests/net/test_gossip.py): the mesh
-degree bounds are wide (D=8, D_lo=6, D_hi=24) so a network of up to ~24 peers is never pruned,
-which avoids the GRAFT-after-PRUNE penalties that emptied meshes with libp2p's defaults; the
+Default settings chosen for 5-20 peers (measured on loopback, see tests/net/test_gossip.py):
+the mesh degree bounds are wide (`gossip.mesh_degree*`: D=8, D_lo=6, D_hi=24) so a network of up
+to ~24 peers is never pruned, which avoids the GRAFT-after-PRUNE penalties that emptied meshes
+with libp2p's defaults (fifty peer processes sharing two cores converge only with a smaller
+mesh, D=6, D_lo=4, D_hi=12, and adverts every 30 s: tools/scale_testnet.py); the
 heartbeat is `gossip.heartbeat_s`; IP-diversity (eclipse) protection is off when every listen
 address is loopback, where all peers share one IP. Messages are signed by libp2p (strict
 signing), so the origin peer id is authenticated.
@@ -74,9 +76,9 @@ class Gossip:
         self.cfg = cfg
         self.router = GossipSub(
             protocols=[PROTOCOL_ID_V11],
-            degree=8,
-            degree_low=6,
-            degree_high=24,
+            degree=cfg.mesh_degree,
+            degree_low=cfg.mesh_degree_low,
+            degree_high=cfg.mesh_degree_high,
             heartbeat_initial_delay=0.1,
             heartbeat_interval=max(1, round(cfg.heartbeat_s)),
             prune_back_off=10,
