@@ -3,8 +3,8 @@
 Default settings chosen for 5-20 peers (measured on loopback, see tests/net/test_gossip.py):
 the mesh degree bounds are wide (`gossip.mesh_degree*`: D=8, D_lo=6, D_hi=24) so a network of up
 to ~24 peers is never pruned, which avoids the GRAFT-after-PRUNE penalties that emptied meshes
-with libp2p's defaults (fifty peer processes sharing two cores converge only with a smaller
-mesh, D=6, D_lo=4, D_hi=12, and adverts every 30 s: tools/scale_testnet.py); the
+with libp2p's defaults (each message reaches a peer about D times, so many peer processes on
+few cores want a smaller mesh and rarer adverts: tools/scale_testnet.py); the
 heartbeat is `gossip.heartbeat_s`; IP-diversity (eclipse) protection is off when every listen
 address is loopback, where all peers share one IP. Messages are signed by libp2p (strict
 signing), so the origin peer id is authenticated.
