@@ -7,9 +7,7 @@ blocks of width 128: attention, MLP, attention, MLP halves, then an identity lay
 serve [1, 3) (an MLP half and an attention half) and [3, 4) (an MLP half). With `--model
 smollm2-135m-instruct-zk-block0` (SmolLM2's first block, real weights, imported on first use)
 one stage proves the block's MLP half [1, 2) on a real chat prompt of the given length, the
-requester running the attention half; with `--model smollm2-135m-instruct-zk` (all 30 blocks)
-two stages prove 15 whole blocks each on such a prompt, the requester keeping the embeddings and
-the head. After one warm-up request, every request is
+requester running the attention half. After one warm-up request, every request is
 timed; the table gives medians per stage: prover time, the next hop's verification, the
 requester's own verification, proof size, and the stage's plain fixed-point forward time as
 the reference (prove / forward ratio), and the prover time of the same stage on the same input
@@ -23,8 +21,6 @@ Usage: python tools/bench_critical.py [--model p2pinfer-zk-llama] [--tokens 1 16
                                      [--gen 6] [--no-reference]
        python tools/bench_critical.py --model smollm2-135m-instruct-zk-block0 --tokens 16 64 \
            --repeat 1
-       python tools/bench_critical.py --model smollm2-135m-instruct-zk --tokens 16 --repeat 1 \
-           --no-reference   (all 30 real blocks in two stages; the import takes minutes once)
 """
 
 from __future__ import annotations
@@ -48,7 +44,7 @@ from p2pinfer.config import config_from_dict
 from p2pinfer.inference import ClientSettings
 from p2pinfer.inference.critical import critical_client
 from p2pinfer.models import ClientHead, Tokenizer
-from p2pinfer.models.defaults import SMOLLM2_ZK, SMOLLM2_ZK_BLOCK0, smollm2_path
+from p2pinfer.models.defaults import SMOLLM2_ZK_BLOCK0, smollm2_path
 from p2pinfer.models.mlp import ZK_LLAMA, ZK_MLP
 from p2pinfer.node import Node
 from p2pinfer.zk import ProofBinding, field, prove
@@ -62,12 +58,7 @@ MODELS = {ZK_MLP: ([(1, 3), (3, 5)], 256, "6 x 256, ReLU", (1, 1)),
                      (1, 1)),
           SMOLLM2_ZK_BLOCK0: ([(1, 2)], 1024, ("SmolLM2-135M block 0, real weights, width 576 "
                                                "padded to 1024, 16/4 heads of 64; the stage "
-                                               "proves the MLP half"), (1, 0)),
-          SMOLLM2_ZK: ([(0, 30), (30, 60)], 1024,
-                       ("SmolLM2-135M, all 30 blocks, real weights, width 576 padded to 1024; "
-                        "each stage proves 15 whole blocks (attention and MLP halves)"), (0, 0))}
-#: the imported real checkpoints: their input is a real chat prompt's embeddings
-REAL = (SMOLLM2_ZK_BLOCK0, SMOLLM2_ZK)
+                                               "proves the MLP half"), (1, 0))}
 
 
 def node_cfg(base: Path, name: str, boot: list[str], serve: dict | None = None):
@@ -111,7 +102,7 @@ def real_prompt(tokens: int, width: int) -> np.ndarray:
 def stage_input(name: str, path: Path, tokens: int, stage: int) -> np.ndarray:
     """The fixed-point input of stage `stage` for the benchmark's prompt of `tokens` tokens."""
     spans, width, _, (k_head, _) = MODELS[name]
-    x = (real_prompt(tokens, width) if name in REAL
+    x = (real_prompt(tokens, width) if name == SMOLLM2_ZK_BLOCK0
          else np.random.default_rng(tokens).normal(size=(tokens, width)))
     head = fixed_layers(path, 0, k_head)
     xi = head.forward_fixed(head.quantize(x))
@@ -166,7 +157,7 @@ async def bench(name: str, path: Path, base: Path, tokens: list[int], repeat: in
               f"{'hop verify':>10} {'req verify':>10} {'fwd ms':>7} {'prove/fwd':>9} "
               f"{'ref prove ms':>12}")
         for t in tokens:
-            x = (real_prompt(t, width) if name in REAL
+            x = (real_prompt(t, width) if name == SMOLLM2_ZK_BLOCK0
                  else np.random.default_rng(t).normal(size=(t, width)))
             await c.infer(x)  # warm-up: generators, decoded commitments
             runs, ends = [], []
@@ -188,7 +179,7 @@ async def bench(name: str, path: Path, base: Path, tokens: list[int], repeat: in
                       f"{statistics.median(p.verify_ms for p in per):>10.1f} {fwd:>7.2f} "
                       f"{prove / fwd:>9.0f} {'-' if ref is None else f'{ref:.1f}':>12}")
             print(f"{t:>6} end to end: {statistics.median(ends):.2f} s per request")
-        if gen and name not in REAL:  # real checkpoints: prompt rows only (minutes each)
+        if gen and name != SMOLLM2_ZK_BLOCK0:  # the real block's stage proves no attention
             await generation_rows(c, path, spans, width, gen)
 
 
