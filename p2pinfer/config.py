@@ -183,6 +183,9 @@ class RequestSettings:
     #: than half of each stage's replicas must compute in float32: inside the bfloat16
     #: tolerance, int8-quantised weights and 1% noise pass for honest rounding)
     bfloat16_majority: bool = False
+    #: m > 1: replicas commit to their outputs before the fingerprint seed exists, and reveal
+    #: their claims under the seal of those commitments (protocols/votes.md)
+    commit_before_seed: bool = True
 
     def validate(self, where: str = "<request>", prefix: str = "inference") -> RequestSettings:
         """Raise `ConfigError` naming the first bad key; returns self."""

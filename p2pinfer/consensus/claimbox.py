@@ -1,10 +1,14 @@
 """The claims a voter holds, and the vote over them.
 
 `ClaimBox` keeps verified `FingerprintClaim`s per (task, stage, step) from hop streams and
-`claim` messages, bounded in keys and replicas; `changed(key)` wakes a voter waiting for a
-majority. `try_vote` is one majority check: the outcome, or None while no majority exists;
-`wait_majority` is the one majority wait every voter uses (a stage checking its input, a replica
-watching for an upstream stall, the requester voting over the last stage's answers).
+`claim` messages, and the replicas' `OutputCommit`s (consensus/commit.py), bounded in keys and
+replicas; `changed(key)` wakes a voter waiting for a majority (a new claim or commitment).
+`counted` is what a vote may count: every claim, or for a sealed step only the claims revealed
+under the seal of the m commitments held (a replica that committed late, or revealed unsealed,
+is missing from the vote, never part of it). `try_vote` is one majority check: the outcome, or
+None while no majority exists; `wait_majority` is the one majority wait every voter uses (a stage
+checking its input, a replica watching for an upstream stall, the requester voting over the last
+stage's answers).
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ from typing import Any
 import trio
 
 from p2pinfer.consensus.claims import FingerprintClaim
-from p2pinfer.consensus.errors import MalformedVoteMessage, NoMajorityError
+from p2pinfer.consensus.commit import OutputCommit, find_seal
+from p2pinfer.consensus.errors import ConsensusError, MalformedVoteMessage, NoMajorityError
 from p2pinfer.consensus.fingerprint import distance
 from p2pinfer.consensus.vote import VoteOutcome, tally
 
@@ -37,6 +42,8 @@ class ClaimBox:
         self._claims: OrderedDict[tuple[bytes, int, int], dict[str, FingerprintClaim]] = \
             OrderedDict()
         self._events: dict[tuple[bytes, int, int], trio.Event] = {}
+        self._commits: OrderedDict[tuple[bytes, int, int], dict[str, OutputCommit]] = \
+            OrderedDict()
 
     @property
     def keys(self) -> Any:
@@ -66,6 +73,51 @@ class ClaimBox:
         held = self._claims.get(key, {})
         return [held[r] for r in replicas if r in held]
 
+    def add_commit(self, commit: OutputCommit, sender: str | None = None) -> None:
+        """Hold a replica's output commitment whose signature verified (and that `sender`
+        signed, when given). A second, different commitment by the same replica for the same
+        step is refused: the first one stands."""
+        if sender is not None and commit.replica != sender:
+            raise MalformedVoteMessage(f"commitment by {commit.replica} was sent by {sender}")
+        commit.verify(self._keys)
+        key = (commit.task_id, commit.stage, commit.step)
+        held = self._commits.get(key)
+        if held is None:
+            held = self._commits[key] = {}
+            while len(self._commits) > self._limit:
+                self._commits.popitem(last=False)
+        if commit.replica in held or len(held) >= 16:
+            return
+        held[commit.replica] = commit
+        event = self._events.pop(key, None)
+        if event is not None:
+            event.set()
+
+    def commits(self, key: tuple[bytes, int, int], replicas: Iterable[str]
+                ) -> list[OutputCommit]:
+        """The commitments held for `key`, in the order of `replicas`."""
+        held = self._commits.get(key, {})
+        return [held[r] for r in replicas if r in held]
+
+    def counted(self, key: tuple[bytes, int, int], replicas: Sequence[str], *,
+                sealed: bool = False) -> list[FingerprintClaim]:
+        """The claims a vote over `key` may count: all of them, or (`sealed`) the largest group
+        revealed under one seal this box can reproduce from the commitments it holds (claims
+        under different seals have different projections and are never compared; only one
+        group can hold a majority)."""
+        claims = self.claims(key, replicas)
+        if not sealed:
+            return claims
+        commits = self.commits(key, replicas)
+        groups: dict[bytes, list[FingerprintClaim]] = {}
+        for claim in claims:
+            try:
+                find_seal(claim, commits, replicas, self._keys)
+            except ConsensusError:
+                continue
+            groups.setdefault(claim.sealed, []).append(claim)
+        return max(groups.values(), key=len, default=[])
+
     async def changed(self, key: tuple[bytes, int, int]) -> None:
         event = self._events.get(key)
         if event is None:
@@ -75,6 +127,9 @@ class ClaimBox:
     def forget(self, task_id: bytes) -> None:
         for key in [k for k in self._claims if k[0] == task_id]:
             del self._claims[key]
+            self._events.pop(key, None)
+        for key in [k for k in self._commits if k[0] == task_id]:
+            del self._commits[key]
             self._events.pop(key, None)
 
 
@@ -100,8 +155,10 @@ def largest_group(claims: Sequence[FingerprintClaim], tolerance: float) -> int:
 
 async def wait_majority(box: ClaimBox, key: tuple[bytes, int, int], replicas: Sequence[str],
                         tolerance: float, *, timeout: float = math.inf,
-                        wake: Callable[[], Awaitable[bool]] | None = None) -> VoteOutcome:
-    """Wait until the claims `box` holds for `key` from `replicas` form a majority; its outcome.
+                        wake: Callable[[], Awaitable[bool]] | None = None,
+                        sealed: bool = False) -> VoteOutcome:
+    """Wait until the claims `box` counts for `key` from `replicas` (`sealed`: see
+    `ClaimBox.counted`) form a majority; its outcome.
 
     Between checks it awaits `wake()` (by default the box's next claim for `key`), which
     returns False when no further claim can come. Then, or after `timeout` seconds, it raises
@@ -115,11 +172,11 @@ async def wait_majority(box: ClaimBox, key: tuple[bytes, int, int], replicas: Se
     waiting = wake if wake is not None else next_claim
     with trio.move_on_after(timeout):
         while True:
-            outcome = try_vote(box.claims(key, replicas), box.keys, tolerance)
+            outcome = try_vote(box.counted(key, replicas, sealed=sealed), box.keys, tolerance)
             if outcome is not None:
                 return outcome
             if not await waiting():
                 break
     _task, stage, step = key
-    held = box.claims(key, replicas)
+    held = box.counted(key, replicas, sealed=sealed)
     raise NoMajorityError(stage, step, largest_group(held, tolerance), len(replicas))

@@ -22,6 +22,7 @@ its claim under the sealed context.
 from __future__ import annotations
 
 import hashlib
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -190,6 +191,57 @@ def seal(commits: Sequence[OutputCommit], route_replicas: Sequence[str]) -> byte
 
 def seal_of(digests: Sequence[bytes]) -> bytes:
     return hashlib.sha256(SEAL_TAG + b"".join(digests)).digest()
+
+
+def seal_over(commits: Sequence[OutputCommit], route_replicas: Sequence[str]) -> bytes:
+    """The seal a replica makes over the commitments it holds when not all m came in time: one
+    commitment from each of more than half of the route's replicas, their digests in route
+    order (with all m it is `seal`). Raises RevealNotCommitted otherwise."""
+    by_replica = {c.replica: c for c in commits}
+    if (len(by_replica) != len(commits) or not set(by_replica) <= set(route_replicas)
+            or 2 * len(commits) <= len(route_replicas)):
+        raise RevealNotCommitted("a seal needs one commitment from each of more than half of "
+                                 "the route's replicas")
+    first = commits[0]
+    if any((c.context, c.replicas) != (first.context, first.replicas) for c in commits) or \
+            first.replicas != len(route_replicas):
+        raise RevealNotCommitted("commitments are for different steps or replica counts")
+    return seal_of([by_replica[r].digest() for r in route_replicas if r in by_replica])
+
+
+def sealed_context_over(commits: Sequence[OutputCommit], route_replicas: Sequence[str]
+                        ) -> FingerprintContext:
+    """The context a replica fingerprints under, sealed over the commitments it holds."""
+    ctx = commits[0].context
+    return FingerprintContext(ctx.network_id, ctx.task_id, ctx.stage, ctx.step,
+                              seal_over(commits, route_replicas))
+
+
+def find_seal(claim: FingerprintClaim, held: Sequence[OutputCommit],
+              route_replicas: Sequence[str], keys: PeerKeys) -> tuple[OutputCommit, ...]:
+    """The commitments among `held` (verified ones) that `claim` was revealed under: more than
+    half of the route's replicas, the claim's own replica among them. Raises SignatureInvalid /
+    UnknownPeer for a bad claim signature and RevealNotCommitted when no such set seals it
+    (an unsealed claim, a replica that committed late or not at all, another step's seal)."""
+    claim.verify(keys)
+    if not claim.sealed:
+        raise RevealNotCommitted(f"claim by {claim.replica} was not sealed by commitments")
+    order = {r: i for i, r in enumerate(route_replicas)}
+    step = (claim.context.unsealed(), claim.replicas)
+    usable = sorted((c for c in held if c.replica in order and (c.context, c.replicas) == step),
+                    key=lambda c: order[c.replica])
+    own = next((c for c in usable if c.replica == claim.replica), None)
+    if own is None:
+        raise RevealNotCommitted(f"{claim.replica} revealed without a commitment")
+    others = [c for c in usable if c is not own]
+    need = len(route_replicas) // 2 + 1
+    for size in range(len(others), need - 2, -1):  # the largest sets first: usually all m
+        for combo in itertools.combinations(others, size):
+            chosen = sorted((own, *combo), key=lambda c: order[c.replica])
+            if seal_of([c.digest() for c in chosen]) == claim.sealed:
+                return tuple(chosen)
+    raise RevealNotCommitted(f"claim by {claim.replica} is sealed over commitments this voter "
+                             "does not hold")
 
 
 def sealed_context(commits: Sequence[OutputCommit], route_replicas: Sequence[str]

@@ -221,7 +221,10 @@ class GeneralStrategy:
         consensus = self.client.consensus
         tol = self.settings.tolerance or (
             consensus.route_tolerance(route) if consensus is not None else 0.0)
-        return {"tolerance": float(tol)} if tol else {}
+        options: dict[str, Any] = {"tolerance": float(tol)} if tol else {}
+        if self.settings.commit_before_seed and any(len(s.replicas) > 1 for s in route):
+            options["sealed"] = True
+        return options
 
     async def check(self, session: RouteSession, sent: torch.Tensor, result: StepResult) -> None:
         return None

@@ -73,6 +73,11 @@ from p2pinfer.consensus import (
     verify_fault_evidence,
 )
 from p2pinfer.consensus.claimbox import ClaimBox, wait_majority
+from p2pinfer.consensus.commit import (
+    decode_commit,
+    sealed_context_over,
+    sign_commit,
+)
 from p2pinfer.consensus.errors import FingerprintMismatch
 from p2pinfer.consensus.report import StageReport, VerificationReport
 from p2pinfer.consensus.watch import DistributionWatch
@@ -136,6 +141,10 @@ class VoteTimings:
     #: a replica whose own upstream has not delivered a step that a majority already claimed
     #: fetches it from a majority replica after this long
     stall_grace_s: float = 1.0
+    #: sealed steps: how long a replica waits for a majority of its stage's output
+    #: commitments, then how much longer for the rest before it seals over those it holds
+    commit_timeout_s: float = 30.0
+    commit_grace_s: float = 1.0
 
 
 @dataclass
@@ -165,6 +174,12 @@ class FetchedStep:
     seq: int
     pos: int
     hidden: torch.Tensor
+
+
+def task_sealed(task: Task, stage: int) -> bool:
+    """Whether the claims of `stage` are revealed under a seal of the replicas' output
+    commitments (the requester's signed `options.sealed`, for stages of m > 1)."""
+    return task.options.get("sealed") is True and len(task.route[stage].replicas) > 1
 
 
 def task_tolerance(task: Task) -> float:
@@ -260,7 +275,9 @@ class ConsensusService:
             "fetches": 0, "fetches_served": 0, "fetches_refused": 0, "stall_fetches": 0,
             "tallies_published": 0, "tallies_heard": 0, "evidence_published": 0,
             "evidence_accepted": 0, "evidence_rejected": 0, "audits": 0, "audits_failed": 0,
-            "audits_served": 0, "timeouts": 0, "dissents": 0,
+            "audits_served": 0, "timeouts": 0, "dissents": 0, "commits_sent": 0,
+            "commits_received": 0, "commits_rejected": 0, "sealed_claims": 0,
+            "unsealed_claims": 0,
         }
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -379,6 +396,14 @@ class ConsensusService:
                 raise WireError(f"claim rejected: {e}") from None
             self.counters["claims_received"] += 1
             return encode_message("ok")
+        if msg.t == "commit":
+            try:
+                self.claims.add_commit(decode_commit(msg.get("commit", bytes)), sender=peer_id)
+            except (ConsensusError, MalformedVoteMessage) as e:
+                self.counters["commits_rejected"] += 1
+                raise WireError(f"commitment rejected: {e}") from None
+            self.counters["commits_received"] += 1
+            return encode_message("ok")
         if msg.t == "fetch":
             return await self._serve_fetch(msg, peer_id)
         if msg.t == "audit":
@@ -471,6 +496,8 @@ class ConsensusService:
         if m == 1 and seq != 0:
             return None
         ctx = claim_context(task, stage, seq)
+        if task_sealed(task, stage):
+            ctx = await self._seal(task, stage, seq, out, ctx)
         fp = await trio.to_thread.run_sync(fingerprint, out, ctx)
         claim = sign_claim(self.node.identity, self.node.peer_id, ctx, m, fp, self.precision)
         encoded = claim.encode()
@@ -516,14 +543,57 @@ class ConsensusService:
         self.claims.forget(task_id)
 
     async def _send_claim(self, peer: str, encoded: bytes) -> None:
+        await self._send_vote(peer, "claim", encoded)
+
+    async def _send_vote(self, peer: str, kind: str, encoded: bytes) -> None:
+        """Deliver a claim or an output commitment (best effort: a voter that misses it counts
+        the replica as missing)."""
         try:
             with trio.fail_after(10):
                 await ensure_connected(self.node, peer)
-                await self.node.request(peer, VOTES_PROTOCOL, "claim", {"claim": encoded},
+                await self.node.request(peer, VOTES_PROTOCOL, kind, {kind: encoded},
                                         timeout=10.0, expect={"ok"})
-            self.counters["claims_sent"] += 1
+            self.counters[f"{kind}s_sent"] += 1
         except (P2PInferError, trio.TooSlowError, OSError) as e:
-            log.debug("claim to %s not delivered: %s", peer, e)
+            log.debug("%s to %s not delivered: %s", kind, peer, e)
+
+    async def _seal(self, task: Task, stage: int, seq: int, out: torch.Tensor,
+                    ctx: FingerprintContext) -> FingerprintContext:
+        """Commit before the seed (protocols/votes.md): sign a commitment to this output, send
+        it to the stage's other replicas and to its voters (the next stage's replicas, or the
+        requester), wait for the others' commitments (all of them, or a majority and then
+        `commit_grace_s` more), and return the context sealed over those held. Without a
+        majority of commitments in `commit_timeout_s` the claim stays unsealed, and voters of a
+        sealed step do not count it."""
+        replicas = task.route[stage].replicas
+        me = self.node.peer_id
+        commit = await trio.to_thread.run_sync(sign_commit, self.node.identity, me, ctx,
+                                               len(replicas), out)
+        self.claims.add_commit(commit)
+        encoded = commit.encode()
+        voters = (list(task.route[stage + 1].replicas) if stage + 1 < len(task.route)
+                  else [task.requester])
+        for peer in [p for p in replicas if p != me] + voters:
+            self.spawn(self._send_vote, peer, "commit", encoded)
+        key = (task.task_id, stage, seq)
+        need = len(replicas) // 2 + 1
+
+        def held() -> int:
+            return len(self.claims.commits(key, replicas))
+
+        with trio.move_on_after(self.timings.commit_timeout_s):
+            while held() < need:
+                await self.claims.changed(key)
+        if held() < need:
+            self.counters["unsealed_claims"] += 1
+            log.debug("stage %d step %d: no majority of commitments; claim left unsealed",
+                      stage, seq)
+            return ctx
+        with trio.move_on_after(self.timings.commit_grace_s):
+            while held() < len(replicas):
+                await self.claims.changed(key)
+        self.counters["sealed_claims"] += 1
+        return sealed_context_over(self.claims.commits(key, replicas), replicas)
 
     async def verified_input(self, session: Any, hidden: torch.Tensor, fields: dict[str, Any],
                              seq: int) -> torch.Tensor:
@@ -551,7 +621,8 @@ class ConsensusService:
         then tally in the background once stragglers had their grace."""
         outcome = await wait_majority(self.claims, (task.task_id, stage, seq),
                                       task.route[stage].replicas, task_tolerance(task),
-                                      timeout=self.timings.majority_timeout_s)
+                                      timeout=self.timings.majority_timeout_s,
+                                      sealed=task_sealed(task, stage))
         self.counters["votes"] += 1
         self.spawn(self._final_tally, task, stage, seq)
         return outcome
@@ -578,10 +649,11 @@ class ConsensusService:
         replicas = task.route[stage].replicas
         key = (task.task_id, stage, seq)
         tolerance = task_tolerance(task)
+        sealed = task_sealed(task, stage)
         with trio.move_on_after(self.timings.missing_grace_s):
-            while len(self.claims.claims(key, replicas)) < len(replicas):
+            while len(self.claims.counted(key, replicas, sealed=sealed)) < len(replicas):
                 await self.claims.changed(key)
-        claims = self.claims.claims(key, replicas)
+        claims = self.claims.counted(key, replicas, sealed=sealed)
         try:
             outcome = tally(claims, self.keys, tolerance)
         except ConsensusError as e:
@@ -632,6 +704,7 @@ class ConsensusService:
             return
         replicas = task.route[stage - 1].replicas
         tolerance = task_tolerance(task)
+        sealed = task_sealed(task, stage - 1)
         async with inject:
             seq = 0
             while True:
@@ -644,7 +717,7 @@ class ConsensusService:
 
                 try:
                     outcome = await wait_majority(self.claims, key, replicas, tolerance,
-                                                  wake=not_arrived)
+                                                  wake=not_arrived, sealed=sealed)
                 except NoMajorityError:
                     continue  # the step arrived from upstream before a majority claimed it
                 if session.last_seq >= seq:
@@ -655,7 +728,8 @@ class ConsensusService:
                 if session.last_seq >= seq:
                     continue
                 # claims that came during the grace join the majority fetched from
-                outcome = await wait_majority(self.claims, key, replicas, tolerance)
+                outcome = await wait_majority(self.claims, key, replicas, tolerance,
+                                              sealed=sealed)
                 try:
                     hidden, pos = await self.fetch_majority(task, stage - 1, seq, outcome)
                 except ConsensusFailure as e:
@@ -708,14 +782,17 @@ class ConsensusService:
                     except (ConsensusError, WireError) as e:
                         log.debug("result claim from %s rejected: %s", peer, e)
 
+        sealed = task_sealed(task, last)
+
         async def more_claims() -> bool:
-            if not await more():
+            if not await (_first_of(more, lambda: self._changed(key)) if sealed else more()):
                 return False
             absorb()
             return True
 
         absorb()
-        outcome = await wait_majority(self.claims, key, replicas, tolerance, wake=more_claims)
+        outcome = await wait_majority(self.claims, key, replicas, tolerance, wake=more_claims,
+                                      sealed=sealed)
         chosen = None
         for peer in outcome.agreeing_replicas:
             result = results.get(peer)
@@ -734,6 +811,10 @@ class ConsensusService:
         # stragglers' claims reach the box while later steps run; the full tally waits for them
         self.spawn(self._final_tally, task, last, seq)
         return chosen
+
+    async def _changed(self, key: tuple[bytes, int, int]) -> bool:
+        await self.claims.changed(key)
+        return True
 
     def late_result(self, peer: str, fields: dict[str, Any]) -> None:
         """A last-stage answer that came after its step was decided: keep its claim for the
@@ -880,3 +961,25 @@ def _message_type(payload: bytes) -> str:
         raise MalformedVoteMessage("votes message does not start with v = 1 and t")
     size = payload[6] - 0xa0
     return payload[7:7 + size].decode("ascii", "replace")
+
+
+async def _first_of(*waits: Callable[[], Awaitable[bool]]) -> bool:
+    """Run the waits at once; the value of the first to finish (the others are cancelled).
+    An exception of the first to finish is raised as it is, not in a group."""
+    done: list[tuple[bool, BaseException | None]] = []
+    async with trio.open_nursery() as nursery:
+        async def one(wait: Callable[[], Awaitable[bool]]) -> None:
+            try:
+                value = await wait()
+            except Exception as e:  # noqa: BLE001 - handed to the caller below
+                done.append((False, e))
+            else:
+                done.append((value, None))
+            nursery.cancel_scope.cancel()
+
+        for wait in waits:
+            nursery.start_soon(one, wait)
+    value, error = done[0]
+    if error is not None:
+        raise error
+    return value

@@ -9,17 +9,21 @@ import dataclasses
 
 import pytest
 import torch
+import trio
 
 from p2pinfer.consensus import fingerprint, sign_claim
+from p2pinfer.consensus.claimbox import ClaimBox, wait_majority
 from p2pinfer.consensus.commit import (
     build_reveal_mismatch,
     check_reveal,
     check_revealed_tensor,
     decode_commit,
     decode_reveal_mismatch,
+    find_seal,
     output_digest,
     seal,
     sealed_context,
+    sealed_context_over,
     sign_commit,
     verify_reveal_mismatch,
 )
@@ -148,3 +152,67 @@ def test_reveal_evidence_cannot_frame_an_honest_replica(peers, keys):
     with pytest.raises(RevealNotCommitted):
         build_reveal_mismatch(commits[1], honest, digests[:1] + [bytes(32)] + digests[2:],
                               outs[1] * 2, peers[3].peer_id, peers[3].key, keys)
+
+
+def test_a_box_counts_claims_revealed_under_a_seal_it_can_reproduce(peers, keys):
+    """The voter's view (ClaimBox.counted for a sealed step): replicas that sealed over all
+    commitments, or over a majority of them when one came too late, count; an unsealed claim,
+    a claim by a replica that never committed, and a seal over a minority do not; claims
+    under different seals are never mixed, the largest group is the vote's."""
+    outs = outputs()
+    route, commits = commit_round(peers, outs)
+    key = (CONTEXT.task_id, CONTEXT.stage, CONTEXT.step)
+    box = ClaimBox(keys)
+    everyone = sealed_context(commits, route)
+    a, b, c = (reveal(p, everyone, o) for p, o in zip(peers, outs, strict=False))
+    for claim in (a, b):
+        box.add(claim)
+    assert box.counted(key, route, sealed=True) == []  # no commitment held yet
+    assert box.counted(key, route) == [a, b]  # an unsealed step counts every claim
+    for commit in commits:
+        box.add_commit(commit)
+    assert box.counted(key, route, sealed=True) == [a, b]
+    # the third replica's commitment came after the first two sealed over theirs: they seal
+    # over the majority they held, it over all three; the two groups never mix
+    pair = sealed_context_over(commits[:2], route)
+    assert pair.sealed != everyone.sealed
+    box2 = ClaimBox(keys)
+    for commit in commits:
+        box2.add_commit(commit)
+    a2, b2 = reveal(peers[0], pair, outs[0]), reveal(peers[1], pair, outs[1])
+    for claim in (a2, b2, c):
+        box2.add(claim)
+    assert box2.counted(key, route, sealed=True) == [a2, b2]
+    assert [x.replica for x in find_seal(a2, commits, route, keys)] == route[:2]
+    # a seal over a minority (one commitment of three) is no seal
+    with pytest.raises(RevealNotCommitted):
+        sealed_context_over(commits[:1], route)
+    # unsealed claims and a replica without a commitment are not counted
+    box3 = ClaimBox(keys)
+    for commit in commits[:2]:
+        box3.add_commit(commit)
+    box3.add(reveal(peers[0], CONTEXT, outs[0]))
+    box3.add(reveal(peers[2], everyone, outs[2]))
+    assert box3.counted(key, route, sealed=True) == []
+    # a second, different commitment by the same replica does not replace its first
+    box3.add_commit(sign_commit(peers[0].key, peers[0].peer_id, CONTEXT, 3, outs[0] * 2))
+    assert box3.commits(key, route)[0] == commits[0]
+
+
+async def test_a_sealed_vote_waits_for_the_commitments_it_needs(peers, keys):
+    outs = outputs()
+    route, commits = commit_round(peers, outs)
+    key = (CONTEXT.task_id, CONTEXT.stage, CONTEXT.step)
+    ctx = sealed_context(commits, route)
+    box = ClaimBox(keys)
+    for peer, out in zip(peers, outs, strict=False):
+        box.add(reveal(peer, ctx, out))
+    async with trio.open_nursery() as nursery:
+        async def commit_later() -> None:
+            for commit in commits:
+                await trio.sleep(0.01)
+                box.add_commit(commit)
+        nursery.start_soon(commit_later)
+        with trio.fail_after(5):
+            outcome = await wait_majority(box, key, route, 1e-3, sealed=True)
+    assert outcome.context.sealed == ctx.sealed and len(outcome.agreeing_replicas) == 3

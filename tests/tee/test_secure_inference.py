@@ -95,7 +95,7 @@ async def test_redundant_stage_zero_hops_each_carry_their_own_replicas_sealed_in
     hop, whatever order the hops came up in: here the second replica's hop opens last."""
     reference = LocalModel.load(llama).generate(PROMPT, N)
     spans = [[0, 3]] * 3 + [[3, 6]] * 3
-    async with tee_network(tmp_path, str(llama), spans, k_head=1, k_tail=1) as (client, _):
+    async with tee_network(tmp_path, str(llama), spans, k_head=1, k_tail=1) as (client, stages):
         c = client.inference.client(str(llama))
         open_stream = client.open_stream
         delayed: list[str] = []
@@ -123,3 +123,8 @@ async def test_redundant_stage_zero_hops_each_carry_their_own_replicas_sealed_in
         assert report["faults"] == []
         assert [len(s["agreeing"]) for s in report["stages"]] == [3, 3]
         assert [s["dissenting"] + s["missing"] for s in report["stages"]] == [[], []]
+        # every replica committed to each output before its claim's seed existed
+        counters = [s.inference.consensus.counters for s in stages]
+        assert [c["unsealed_claims"] for c in counters] == [0] * 6
+        assert all(c["sealed_claims"] >= N - 1 for c in counters)
+        assert client.inference.consensus.counters["commits_received"] >= 3 * (N - 1)
