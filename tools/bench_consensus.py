@@ -8,11 +8,14 @@ fingerprint claims that cross one hop per step (counted from the encoded message
 send: m tensors and m x m claims of ~150 bytes + 128 bytes per token), and the ratio to m = 1.
 
 Then the protocol's own cost per stage and step, excluding compute, measured in-process on a
-real activation: fingerprint + sign the claim (each replica), decode + verify + vote over m
-claims and check the local tensor (each voter). With replicas running in parallel on separate
-machines a redundant step costs the m = 1 step plus this overhead per stage; the last column
-gives that as a fraction of the m = 1 latency (target: under 10%). On a 2-core machine the
-m replicas share the cores, so the measured m = 3, 5 latencies also include m-fold compute.
+real activation: commit to the output, seal, fingerprint under the sealed seed and sign the
+claim (each replica); decode and verify the m commitments and claims, find each claim's seal,
+vote and check the local tensor (each voter). With replicas running in parallel on separate
+machines a redundant step costs the m = 1 step plus this overhead per stage, plus one one-way
+network delay per stage for the commitments (a replica reveals only once it holds its fellow
+replicas' commitments); the last column gives the CPU part as a fraction of the m = 1 latency
+(target: under 10%). On a 2-core machine the m replicas share the cores, so the measured
+m = 3, 5 latencies also include m-fold compute and every process's networking.
 
     python tools/bench_consensus.py [--hidden 512] [--layers 6] [--tokens 8] [--repeats 3]
 """
@@ -41,6 +44,7 @@ from p2pinfer.consensus import (
     sign_claim,
     tally,
 )
+from p2pinfer.consensus.commit import decode_commit, find_seal, sealed_context, sign_commit
 from p2pinfer.identity import NodeIdentity
 from p2pinfer.models import LayerSpan
 from p2pinfer.models.sampling import Sampler
@@ -77,12 +81,22 @@ def protocol_overhead(path: Path, span: tuple[int, int], m: int, tokens: int, re
         t0 = time.perf_counter()
         out = layers.forward(hidden, layers.new_cache(), 0)
         compute.append(time.perf_counter() - t0)
+        route = [ident.peer_id for ident in ids]
         t0 = time.perf_counter()
-        encoded = [sign_claim(ident, ident.peer_id, ctx, m, fingerprint(out, ctx)).encode()
+        commits = [sign_commit(ident, ident.peer_id, ctx, m, out).encode() for ident in ids]
+        sealed = sealed_context([decode_commit(c) for c in commits], route) if m > 1 else ctx
+        encoded = [sign_claim(ident, ident.peer_id, sealed, m, fingerprint(out, sealed)).encode()
                    for ident in ids]
         claim_ms.append((time.perf_counter() - t0) / m)
         t0 = time.perf_counter()
-        outcome = tally([decode_claim(e) for e in encoded], keys, TOLERANCE_BFLOAT16)
+        held = [decode_commit(c) for c in commits]
+        for commit in held:
+            commit.verify(keys)
+        claims = [decode_claim(e) for e in encoded]
+        if m > 1:
+            for claim in claims:
+                find_seal(claim, held, route, keys)
+        outcome = tally(claims, keys, TOLERANCE_BFLOAT16)
         outcome.check_local(out)
         vote_ms.append(time.perf_counter() - t0)
     overhead = statistics.median(claim_ms) + statistics.median(vote_ms)
