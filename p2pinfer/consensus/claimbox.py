@@ -44,6 +44,9 @@ class ClaimBox:
         self._events: dict[tuple[bytes, int, int], trio.Event] = {}
         self._commits: OrderedDict[tuple[bytes, int, int], dict[str, OutputCommit]] = \
             OrderedDict()
+        #: sealed steps: a replica's claims under each seal it revealed under (it reveals again
+        #: under the full seal when its first seal missed a late commitment)
+        self._sealed: dict[tuple[bytes, int, int], dict[tuple[str, bytes], FingerprintClaim]] = {}
 
     @property
     def keys(self) -> Any:
@@ -62,9 +65,14 @@ class ClaimBox:
             while len(self._claims) > self._limit:
                 old, _ = self._claims.popitem(last=False)
                 self._events.pop(old, None)
+                self._sealed.pop(old, None)
         if len(held) >= 16 and claim.replica not in held:
             return
         held[claim.replica] = claim  # an equivocating replica shows up in the vote
+        if claim.sealed:
+            sealed = self._sealed.setdefault(key, {})
+            if len(sealed) < 64:
+                sealed[(claim.replica, claim.sealed)] = claim
         event = self._events.pop(key, None)
         if event is not None:
             event.set()
@@ -105,12 +113,14 @@ class ClaimBox:
         revealed under one seal this box can reproduce from the commitments it holds (claims
         under different seals have different projections and are never compared; only one
         group can hold a majority)."""
-        claims = self.claims(key, replicas)
         if not sealed:
-            return claims
+            return self.claims(key, replicas)
         commits = self.commits(key, replicas)
+        route = set(replicas)
         groups: dict[bytes, list[FingerprintClaim]] = {}
-        for claim in claims:
+        for (replica, _seal), claim in self._sealed.get(key, {}).items():
+            if replica not in route:
+                continue
             try:
                 find_seal(claim, commits, replicas, self._keys)
             except ConsensusError:
@@ -128,6 +138,7 @@ class ClaimBox:
         for key in [k for k in self._claims if k[0] == task_id]:
             del self._claims[key]
             self._events.pop(key, None)
+            self._sealed.pop(key, None)
         for key in [k for k in self._commits if k[0] == task_id]:
             del self._commits[key]
             self._events.pop(key, None)

@@ -277,7 +277,7 @@ class ConsensusService:
             "evidence_accepted": 0, "evidence_rejected": 0, "audits": 0, "audits_failed": 0,
             "audits_served": 0, "timeouts": 0, "dissents": 0, "commits_sent": 0,
             "commits_received": 0, "commits_rejected": 0, "sealed_claims": 0,
-            "unsealed_claims": 0,
+            "unsealed_claims": 0, "full_reveals": 0,
         }
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -497,7 +497,9 @@ class ConsensusService:
             return None
         ctx = claim_context(task, stage, seq)
         if task_sealed(task, stage):
-            ctx = await self._seal(task, stage, seq, out, ctx)
+            ctx, complete = await self._seal(task, stage, seq, out, ctx)
+            if not complete:  # reveal again under the full seal if the rest commit late
+                self.spawn(self._reveal_full, task, stage, seq, out.detach().clone())
         fp = await trio.to_thread.run_sync(fingerprint, out, ctx)
         claim = sign_claim(self.node.identity, self.node.peer_id, ctx, m, fp, self.precision)
         encoded = claim.encode()
@@ -558,13 +560,13 @@ class ConsensusService:
             log.debug("%s to %s not delivered: %s", kind, peer, e)
 
     async def _seal(self, task: Task, stage: int, seq: int, out: torch.Tensor,
-                    ctx: FingerprintContext) -> FingerprintContext:
+                    ctx: FingerprintContext) -> tuple[FingerprintContext, bool]:
         """Commit before the seed (protocols/votes.md): sign a commitment to this output, send
         it to the stage's other replicas and to its voters (the next stage's replicas, or the
         requester), wait for the others' commitments (all of them, or a majority and then
         `commit_grace_s` more), and return the context sealed over those held. Without a
         majority of commitments in `commit_timeout_s` the claim stays unsealed, and voters of a
-        sealed step do not count it."""
+        sealed step do not count it. Also returns whether all m commitments were in."""
         replicas = task.route[stage].replicas
         me = self.node.peer_id
         commit = await trio.to_thread.run_sync(sign_commit, self.node.identity, me, ctx,
@@ -588,12 +590,37 @@ class ConsensusService:
             self.counters["unsealed_claims"] += 1
             log.debug("stage %d step %d: no majority of commitments; claim left unsealed",
                       stage, seq)
-            return ctx
+            return ctx, False
         with trio.move_on_after(self.timings.commit_grace_s):
             while held() < len(replicas):
                 await self.claims.changed(key)
         self.counters["sealed_claims"] += 1
-        return sealed_context_over(self.claims.commits(key, replicas), replicas)
+        commits = self.claims.commits(key, replicas)
+        return sealed_context_over(commits, replicas), len(commits) == len(replicas)
+
+    async def _reveal_full(self, task: Task, stage: int, seq: int, out: torch.Tensor) -> None:
+        """A replica that sealed over a majority of commitments because the rest were late
+        reveals again under the full seal once they are all in (within the tally window):
+        its fellow replicas that waited longer sealed over all m, and claims under different
+        seals are never compared, so without this an honest replica could split the vote."""
+        replicas = task.route[stage].replicas
+        key = (task.task_id, stage, seq)
+        with trio.move_on_after(self.tally_window_s):
+            while len(self.claims.commits(key, replicas)) < len(replicas):
+                await self.claims.changed(key)
+        commits = self.claims.commits(key, replicas)
+        if len(commits) < len(replicas):
+            return
+        ctx = sealed_context_over(commits, replicas)
+        fp = await trio.to_thread.run_sync(fingerprint, out, ctx)
+        claim = sign_claim(self.node.identity, self.node.peer_id, ctx, len(replicas), fp,
+                           self.precision)
+        self.counters["full_reveals"] += 1
+        voters = (list(task.route[stage + 1].replicas) if stage + 1 < len(task.route)
+                  else [task.requester])
+        encoded = claim.encode()
+        for peer in voters:
+            self.spawn(self._send_claim, peer, encoded)
 
     async def verified_input(self, session: Any, hidden: torch.Tensor, fields: dict[str, Any],
                              seq: int) -> torch.Tensor:

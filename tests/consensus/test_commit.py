@@ -12,7 +12,7 @@ import torch
 import trio
 
 from p2pinfer.consensus import fingerprint, sign_claim
-from p2pinfer.consensus.claimbox import ClaimBox, wait_majority
+from p2pinfer.consensus.claimbox import ClaimBox, try_vote, wait_majority
 from p2pinfer.consensus.commit import (
     build_reveal_mismatch,
     check_reveal,
@@ -216,3 +216,28 @@ async def test_a_sealed_vote_waits_for_the_commitments_it_needs(peers, keys):
         with trio.fail_after(5):
             outcome = await wait_majority(box, key, route, 1e-3, sealed=True)
     assert outcome.context.sealed == ctx.sealed and len(outcome.agreeing_replicas) == 3
+
+
+def test_a_replica_that_sealed_early_reveals_again_under_the_full_seal(peers, keys):
+    """X sealed over {X, Y} (Z's commitment came after its grace), Y and Z over all three: the
+    groups never mix, so X also reveals under the full seal once Z's commitment is in, and the
+    full group holds the majority."""
+    outs = outputs()
+    route, commits = commit_round(peers, outs)
+    key = (CONTEXT.task_id, CONTEXT.stage, CONTEXT.step)
+    box = ClaimBox(keys)
+    for commit in commits:
+        box.add_commit(commit)
+    full = sealed_context(commits, route)
+    early = reveal(peers[0], sealed_context_over(commits[:2], route), outs[0])
+    y, z = reveal(peers[1], full, outs[1]), reveal(peers[2], full, outs[2] * 3)  # z cheats
+    for claim in (early, y, z):
+        box.add(claim)
+    assert len(box.counted(key, route, sealed=True)) == 2  # {y, z}: no majority agrees
+    assert try_vote(box.counted(key, route, sealed=True), keys, 1e-3) is None
+    again = reveal(peers[0], full, outs[0])
+    box.add(again)
+    counted = box.counted(key, route, sealed=True)
+    assert counted == [y, z, again]
+    outcome = try_vote(counted, keys, 1e-3)
+    assert sorted(outcome.agreeing_replicas) == sorted(route[:2])
