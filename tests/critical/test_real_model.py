@@ -9,29 +9,25 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 import trio
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load_file
 
 from p2pinfer.models import ClientHead, Tokenizer
 from p2pinfer.models.defaults import SMOLLM2_ZK_BLOCK0, smollm2_path
 from p2pinfer.models.errors import ModelError
 from p2pinfer.testnet import Testnet
-from p2pinfer.zk import ModelManifest, ProofBinding, ProofError, prove, verify
+from p2pinfer.zk import ModelManifest
 from p2pinfer.zk.builtins import builtin_model_path, public_owner_key
 from p2pinfer.zk.checkpoint import (
     MANIFEST_FILE,
-    commit_layers,
     fixed_layers,
-    load_manifest_bytes,
 )
-from p2pinfer.zk.commitment import CommittedShard, commit_shard
-from p2pinfer.zk.errors import CommitmentMismatch
+from tests.zk.conftest import assert_a_changed_weight_cannot_prove
 
 
 @pytest.fixture(scope="module")
@@ -86,24 +82,7 @@ async def test_prove_run_proves_a_real_block_on_a_real_prompt_over_processes(rea
 
 def test_one_changed_weight_of_the_real_block_cannot_prove_against_the_manifest(real, tmp_path):
     _, _, path = real
-    bad = tmp_path / "bad"
-    shutil.copytree(path, bad)
-    tensors = load_file(str(bad / "model.safetensors"))
+    tensors = load_file(str(path / "model.safetensors"))
     name = next(k for k in sorted(tensors) if k.startswith("layers.1.") and
                 k.endswith(".weight") and tensors[k].ndim == 2)
-    tensors[name][0, 0] += 0.5
-    save_file(tensors, str(bad / "model.safetensors"), metadata={"format": "pt"})
-    with pytest.raises(CommitmentMismatch):  # an honest peer learns it when it loads
-        commit_layers(bad, 1, 2)
-    # a cheating peer commits its own weights and claims the manifest's entry anyway
-    manifest = ModelManifest.from_bytes(load_manifest_bytes(bad))
-    entry = manifest.block_shard(1, 2)
-    mlp = fixed_layers(bad, 1, 2)
-    own = commit_shard(mlp, model_id=manifest.model_id, first_layer=entry.first_layer)
-    cheat = CommittedShard(mlp, entry, own.weight_blinds, own.bias_blinds)
-    x = mlp.quantize(np.random.default_rng(4).normal(size=(2, 1024)))
-    y = cheat.forward_fixed(x)
-    assert not np.array_equal(y, fixed_layers(path, 1, 2).forward_fixed(x))
-    binding = ProofBinding(b"\x03" * 16, manifest.digest())
-    with pytest.raises(ProofError):
-        verify(entry, x, y, prove(cheat, x, y, binding), binding)
+    assert_a_changed_weight_cannot_prove(path, tmp_path / "bad", name, (0, 0), 1024)

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import shutil
 from itertools import pairwise
+from pathlib import Path
 
 import numpy as np
 import pytest
+from safetensors.numpy import load_file, save_file
 
 from p2pinfer.zk import (
     CommittedShard,
     FixedLayer,
+    ModelManifest,
     ProofBinding,
     ProofError,
     ProofFormatError,
@@ -19,6 +23,8 @@ from p2pinfer.zk import (
     prove,
     verify,
 )
+from p2pinfer.zk.checkpoint import commit_layers, fixed_layers, load_manifest_bytes
+from p2pinfer.zk.errors import CommitmentMismatch
 
 
 def make_shard(
@@ -94,3 +100,28 @@ def assert_values_not_in_proof(blob: bytes, values: np.ndarray, count: int) -> N
     for v in chosen:
         assert encode_scalar(int(v) % P) not in blob  # as a field element
         assert int(v).to_bytes(8, "little", signed=True) not in blob
+
+
+def assert_a_changed_weight_cannot_prove(path: Path, work: Path, tensor: str,
+                                         at: tuple[int, int], width: int) -> None:
+    """Copy the imported model at `path` to `work`, change one weight of `tensor` (in layer
+    1, the first block's MLP half): an honest peer's commit refuses it (CommitmentMismatch),
+    and a cheater who commits its own weights but claims the manifest's entry cannot make a
+    proof that verifies (ProofError)."""
+    shutil.copytree(path, work)
+    tensors = load_file(str(work / "model.safetensors"))
+    tensors[tensor][at] += 0.5
+    save_file(tensors, str(work / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(CommitmentMismatch):  # an honest peer learns it when it loads
+        commit_layers(work, 1, 2)
+    manifest = ModelManifest.from_bytes(load_manifest_bytes(work))
+    entry = manifest.block_shard(1, 2)
+    mlp = fixed_layers(work, 1, 2)
+    own = commit_shard(mlp, model_id=manifest.model_id, first_layer=entry.first_layer)
+    cheat = CommittedShard(mlp, entry, own.weight_blinds, own.bias_blinds)
+    x = mlp.quantize(np.random.default_rng(4).normal(size=(2, width)))
+    y = cheat.forward_fixed(x)
+    assert not np.array_equal(y, fixed_layers(path, 1, 2).forward_fixed(x))
+    binding = ProofBinding(b"\x03" * 16, manifest.digest())
+    with pytest.raises(ProofError):
+        verify(entry, x, y, prove(cheat, x, y, binding), binding)

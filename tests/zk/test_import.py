@@ -5,7 +5,6 @@ named, and weights that differ from the manifest cannot produce a verifying proo
 from __future__ import annotations
 
 import json
-import shutil
 
 import msgpack
 import numpy as np
@@ -24,7 +23,6 @@ from p2pinfer.zk import (
     FixedLayer,
     ModelManifest,
     ProofBinding,
-    ProofError,
     ProvableMlp,
     prove,
     verify,
@@ -35,9 +33,10 @@ from p2pinfer.zk.checkpoint import (
     fixed_layers,
     load_manifest_bytes,
 )
-from p2pinfer.zk.commitment import CommittedShard, commit_shard
-from p2pinfer.zk.errors import CommitmentMismatch, FixedPointOverflow
+from p2pinfer.zk.errors import FixedPointOverflow
 from p2pinfer.zk.importer import CheckpointImportError, import_checkpoint
+
+from .conftest import assert_a_changed_weight_cannot_prove
 
 KEY = bytes(range(32))
 HIDDEN, HEADS, KV, FF, BLOCKS = 48, 3, 1, 80, 2  # 3 query heads of 16 over one kv head
@@ -143,25 +142,8 @@ def test_a_span_of_the_import_proves_and_verifies(imported):
 
 def test_one_changed_weight_cannot_prove_against_the_manifest(imported, tmp_path):
     _, out = imported
-    bad = tmp_path / "bad"
-    shutil.copytree(out, bad)
-    tensors = load_file(str(bad / "model.safetensors"))
-    tensors["layers.1.down.weight"][3, 7] += 0.5
-    save_file(tensors, str(bad / "model.safetensors"), metadata={"format": "pt"})
-    with pytest.raises(CommitmentMismatch):  # an honest peer learns it at once
-        commit_layers(bad, 1, 2)
-    # a cheating peer commits its own weights and claims the manifest's entry anyway
-    manifest = ModelManifest.from_bytes(load_manifest_bytes(bad))
-    entry = manifest.block_shard(1, 2)
-    mlp = fixed_layers(bad, 1, 2)
-    own = commit_shard(mlp, model_id=manifest.model_id, first_layer=entry.first_layer)
-    cheat = CommittedShard(mlp, entry, own.weight_blinds, own.bias_blinds)
-    x = mlp.quantize(np.random.default_rng(4).normal(size=(2, 64)))
-    y = cheat.forward_fixed(x)
-    assert not np.array_equal(y, fixed_layers(out, 1, 2).forward_fixed(x))
-    binding = ProofBinding(b"\x03" * 16, manifest.digest())
-    with pytest.raises(ProofError):
-        verify(entry, x, y, prove(cheat, x, y, binding), binding)
+    assert_a_changed_weight_cannot_prove(out, tmp_path / "bad", "layers.1.down.weight", (3, 7),
+                                         64)
 
 
 def test_an_unsupported_architecture_is_named(tmp_path, capsys):
