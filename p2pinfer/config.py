@@ -97,7 +97,7 @@ class LimitsSection:
     #: inbound streams one peer may hold open in any state (waiting, idle, served)
     max_open_streams_per_peer: int = 128
     #: a new inbound stream must deliver its first frame header within this many seconds
-    first_frame_timeout_s: float = 5.0
+    first_frame_timeout_s: float = 10.0
     #: after that grace, a frame must keep arriving at least this fast (bytes/s): slowloris
     min_frame_rate_bytes_s: int = 64 * 1024
     #: inbound frame bytes being read or decoded, node-wide and per remote peer

@@ -79,8 +79,6 @@ log = logging.getLogger(__name__)
 
 #: a peer that does not answer a ping within this many seconds is unreachable
 PING_TIMEOUT_S = 5.0
-#: a probe over an existing connection gives up on it (and dials afresh) after this long
-PROBE_PING_S = 2.0
 
 
 class NodeService(Protocol):
@@ -148,6 +146,7 @@ class Node:
         self.guard = InboundGuard.from_limits(lim)
         #: peers that did not answer a dial, a stream or a ping (left out of new routes)
         self.reach = Reachability()
+        self.guard.on_frame = self.reach.heard
         self.started_at = 0.0
         self._extra_services = tuple(services)
         #: what each of `services` reported when it started (e.g. the HTTP API's base URL), in
@@ -343,16 +342,24 @@ class Node:
 
     async def probe(self, peer_id: str, *, addrs: Sequence[str] = ()) -> bool:
         """Whether a peer answers now: dial it unless connected (from `addrs` and its
-        advert's addresses), ping it; a connection that does not carry a pong (left stale by
-        an outage) is closed and the peer dialled afresh once. The outcome marks it reachable
-        or not."""
+        advert's addresses), ping it. A connection that carries no pong in time, and no frame
+        from the peer on any other stream meanwhile (left stale by an outage), is closed and the
+        peer dialled afresh once; one that kept delivering frames is alive, only slow (a loaded
+        machine), and is kept: closing it would kill every stream it carries. The outcome marks
+        the peer reachable or not."""
         if peer_id == self.peer_id:
             return True
         try:
             if self.host.is_connected(peer_id):
+                asked = self.reach.clock()
                 try:
-                    await self.ping(peer_id, count=1, timeout=PROBE_PING_S)
+                    await self.ping(peer_id, count=1)
                     return True
+                except DialTimeout:
+                    if self.reach.heard_since(peer_id, asked):
+                        self.reach.answered(peer_id)
+                        return True
+                    await self.host.disconnect(peer_id)
                 except (P2PInferError, OSError):
                     await self.host.disconnect(peer_id)
             if not await self._dial_known(peer_id, addrs):
@@ -442,7 +449,7 @@ class Node:
                 best = await ping_peer(self, peer_id, count=count)
         except trio.TooSlowError:
             self.reach.failed(peer_id, f"no pong within {limit} s")
-            raise DialError(f"{peer_id} did not answer a ping within {limit} s") from None
+            raise DialTimeout(f"{peer_id} did not answer a ping within {limit} s") from None
         except (P2PInferError, OSError) as e:
             self.reach.failed(peer_id, f"ping failed: {e}")
             raise
@@ -490,10 +497,13 @@ class Node:
         proto = protocol_id(name, version)
         timeout = self.config.net.dial_timeout_s
         was_connected = self.host.is_connected(peer_id)
+        asked = self.reach.clock()
         try:
             raw = await self.host.new_stream(peer_id, proto, timeout_s=timeout)
         except DialError as e:
-            if not (was_connected and isinstance(e, DialTimeout)):
+            if not (was_connected and isinstance(e, DialTimeout)) \
+                    or self.reach.heard_since(peer_id, asked):
+                # (a connection that delivered frames meanwhile is alive: slow, not stale)
                 self.reach.failed(peer_id, str(e))
                 raise
             # the connection may be stale (an outage outlived TCP's patience): close it and
@@ -506,7 +516,8 @@ class Node:
                 raise e2 from e
         self.reach.answered(peer_id)
         return FramedStream(
-            raw, peer_id, max_frame=lim.max_frame_bytes, timeout_s=lim.stream_timeout_s
+            raw, peer_id, max_frame=lim.max_frame_bytes, timeout_s=lim.stream_timeout_s,
+            on_frame=self.reach.heard,
         )
 
     async def request(

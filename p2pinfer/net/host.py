@@ -289,7 +289,11 @@ class Host:
         except trio.TooSlowError:
             raise DialTimeout(f"opening {protocol} to {peer_id} timed out") from None
         except Exception as e:  # noqa: BLE001 - libp2p and multiaddr raise assorted types
-            raise DialError(f"opening {protocol} to {peer_id} failed: {type(e).__name__}") from None
+            # libp2p chains the reason (a negotiation cut short, a closed connection)
+            cause = e.__cause__ or e.__context__
+            why = f" ({type(cause).__name__}: {str(cause)[:120]})" if cause is not None else ""
+            raise DialError(
+                f"opening {protocol} to {peer_id} failed: {type(e).__name__}{why}") from None
 
     def set_stream_handler(self, protocol: str, handler: Any) -> None:
         self.lp2p.set_stream_handler(TProtocol(protocol), handler)

@@ -8,6 +8,10 @@ although its advert is still in the peer table. A peer marked unreachable is pro
 after `retry_base_s`, doubling up to `retry_max_s`, and at once when it issues an advert newer
 than its last failure (a restarted peer announces itself), so one that comes back is usable
 again.
+
+It also remembers when each peer was last heard from (any frame it sent on any stream), so a
+probe that gets no pong in time can tell a connection that is only slow (frames kept arriving
+meanwhile: keep it) from a stale one (nothing at all: close it and dial afresh).
 Pure data structure: no I/O (the node runs the probes).
 """
 
@@ -16,6 +20,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+
+#: peers whose last frame time is remembered (least recently heard forgotten first)
+MAX_HEARD_PEERS = 4096
 
 
 @dataclass
@@ -39,6 +46,7 @@ class Reachability:
         self.retry_base_s, self.retry_max_s, self.clock = retry_base_s, retry_max_s, clock
         self.wall = wall
         self._down: dict[str, DownPeer] = {}
+        self._heard: dict[str, float] = {}
         self.counters: dict[str, int] = {"marked_unreachable": 0, "recovered": 0}
 
     def failed(self, peer_id: str, reason: str) -> None:
@@ -60,6 +68,19 @@ class Reachability:
         if self._down.pop(peer_id, None) is not None:
             self.counters["recovered"] += 1
 
+    def heard(self, peer_id: str) -> None:
+        """A frame arrived from the peer (called for every frame read: keep it cheap)."""
+        heard = self._heard
+        if peer_id in heard:
+            del heard[peer_id]  # re-inserted last: the dict stays ordered by time heard
+        elif len(heard) >= MAX_HEARD_PEERS:
+            del heard[next(iter(heard))]
+        heard[peer_id] = self.clock()
+
+    def heard_since(self, peer_id: str, since: float) -> bool:
+        """Whether a frame arrived from the peer at or after `since` (this table's clock)."""
+        return self._heard.get(peer_id, float("-inf")) >= since
+
     def is_down(self, peer_id: str) -> bool:
         return peer_id in self._down
 
@@ -79,6 +100,7 @@ class Reachability:
     def forget(self, peer_id: str) -> None:
         """Drop a peer that left the peer table (nothing to route to, nothing to probe)."""
         self._down.pop(peer_id, None)
+        self._heard.pop(peer_id, None)
 
     def status(self) -> dict[str, object]:
         # per-peer detail as text only (metrics export the numbers, not one series per peer)

@@ -333,6 +333,7 @@ class FramedStream:
         budget: FrameMemory | None = None,
         first_frame_timeout_s: float | None = None,
         min_rate: int = 0,
+        on_frame: Callable[[str], None] | None = None,
     ) -> None:
         self._raw = raw
         self.peer_id = peer_id
@@ -344,6 +345,8 @@ class FramedStream:
         self._held = 0  # budget bytes held by the last frame handed out by recv_bytes
         self._first_timeout = first_frame_timeout_s
         self._min_rate = min_rate
+        #: called with the peer id after every frame read (the node notes it heard the peer)
+        self._on_frame = on_frame
         self._frames = 0
         self._pushback: bytearray | None = None
         self._closed = False
@@ -422,6 +425,8 @@ class FramedStream:
             frame = await read_frame(source, self.max_frame, budget=self._budget)
         self._frames += 1
         self._held = len(frame) if self._budget is not None else 0
+        if self._on_frame is not None:
+            self._on_frame(self.peer_id)
         return frame
 
     def push_back(self, frame: bytearray) -> None:
@@ -588,6 +593,8 @@ class InboundGuard:
         self._strikes: dict[str, deque[float]] = {}
         self._banned_until: dict[str, float] = {}
         self._to_disconnect: set[str] = set()
+        #: called with the peer id after every inbound frame read (the node's `reach.heard`)
+        self.on_frame: Callable[[str], None] | None = None
         self.counters: dict[str, int] = {
             "streams": 0, "error_replies": 0, "garbage": 0, "busy": 0,
             **{r: 0 for r in REFUSAL_REASONS},
@@ -772,6 +779,7 @@ class InboundGuard:
             raw, peer, max_frame=limits.max_frame, timeout_s=self.timeout_s,
             decode_limits=limits.decode, budget=self.memory,
             first_frame_timeout_s=self.first_frame_timeout_s, min_rate=self.min_frame_rate,
+            on_frame=self.on_frame,
         )
         if self._open.get(peer, 0) >= self.max_open_per_peer:
             self._refused(peer, "too_many_open")

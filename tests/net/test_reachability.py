@@ -55,3 +55,22 @@ def test_a_long_reason_is_cut():
     r = Reachability()
     r.failed("a", "x" * 5000)
     assert r.status()["peers"]["a"].startswith("x" * 200 + " (")
+
+
+def test_heard_since_remembers_the_last_frame_of_a_bounded_number_of_peers(monkeypatch):
+    from p2pinfer.net import reachability
+
+    monkeypatch.setattr(reachability, "MAX_HEARD_PEERS", 3)
+    clock = Clock()
+    r = Reachability(clock=clock, wall=clock)
+    assert not r.heard_since("a", 0.0)
+    r.heard("a")
+    assert r.heard_since("a", 100.0) and not r.heard_since("a", 100.5)
+    clock.t = 101.0
+    for p in ("b", "c", "a"):  # "a" heard again: now the most recent
+        r.heard(p)
+    r.heard("d")  # a fourth peer: the least recently heard ("b") is forgotten
+    assert not r.heard_since("b", 0.0)
+    assert all(r.heard_since(p, 101.0) for p in ("a", "c", "d"))
+    r.forget("a")
+    assert not r.heard_since("a", 0.0)

@@ -1,0 +1,68 @@
+"""A probe that gets no pong in time keeps a connection that is only slow and closes one that
+is stale. Two nodes on loopback; b's ping handler answers late (a loaded machine), and b
+sends frames to a on another stream meanwhile, or sends nothing."""
+
+from __future__ import annotations
+
+import trio
+
+import p2pinfer.node as node_module
+from p2pinfer.net.streams import FramedStream
+from p2pinfer.services.ping import serve_ping
+from p2pinfer.wire import Message
+
+from .conftest import node_config, node_runner
+
+LATE_PONG_S = 1.5
+
+
+async def late_ping(msg: Message, peer_id: str) -> bytes:
+    await trio.sleep(LATE_PONG_S)
+    return await serve_ping(msg, peer_id)
+
+
+async def drip(stream: FramedStream, peer_id: str) -> None:
+    """Sends a frame every 0.1 s until the stream dies."""
+    for i in range(600):
+        await stream.send("drop", {"i": i})
+        await trio.sleep(0.1)
+
+
+async def test_a_slow_but_live_connection_survives_a_probe_and_a_stale_one_is_redialled(
+        tmp_path, monkeypatch):
+    monkeypatch.setattr(node_module, "PING_TIMEOUT_S", 0.5)
+    async with node_runner() as runner:
+        a = await runner.start(node_config(tmp_path, "a", net={"dht": False}))
+        b = await runner.start(node_config(tmp_path, "b", boot=[a.addrs[0]],
+                                           net={"dht": False}))
+        with trio.fail_after(20):
+            await b.wait_for_peers(1, timeout=20)
+        b.set_handler("ping", late_ping)
+        b.set_handler("drip", drip, streaming=True)
+        heard: list[int] = []
+
+        async def read_drips(stream: FramedStream) -> None:
+            await stream.send("start")
+            while True:
+                heard.append((await stream.recv(expect={"drop"})).get("i", int))
+
+        stream = await a.open_stream(b.peer_id, "drip")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read_drips, stream)
+            with trio.fail_after(10):
+                while not heard:
+                    await trio.sleep(0.05)
+            # no pong within 0.5 s, but b's frames kept arriving: alive, kept
+            assert await a.probe(b.peer_id)
+            assert a.host.is_connected(b.peer_id) and not a.reach.is_down(b.peer_id)
+            before = len(heard)
+            await trio.sleep(0.5)
+            assert len(heard) > before, "the stream the probe found alive still delivers"
+            nursery.cancel_scope.cancel()
+        await stream.reset()
+        await trio.sleep(0.3)
+        # nothing but a late pong: the connection looks stale; closed, dialled afresh, and the
+        # fresh one's ping is late too: not reachable
+        assert not await a.probe(b.peer_id)
+        assert a.reach.is_down(b.peer_id)
+        assert a.reach.heard_since(b.peer_id, 0.0)
