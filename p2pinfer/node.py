@@ -143,10 +143,9 @@ class Node:
         lim = config.limits
         self.table = PeerTable(ttl_s=config.gossip.advert_ttl_s)
         self.validator = AdvertValidator(self.network_id, max_bytes=lim.max_advert_bytes)
-        self.guard = InboundGuard.from_limits(lim)
         #: peers that did not answer a dial, a stream or a ping (left out of new routes)
         self.reach = Reachability()
-        self.guard.on_frame = self.reach.heard
+        self.guard = InboundGuard.from_limits(lim, on_frame=self.reach.heard)
         self.started_at = 0.0
         self._extra_services = tuple(services)
         #: what each of `services` reported when it started (e.g. the HTTP API's base URL), in
@@ -355,12 +354,10 @@ class Node:
                 try:
                     await self.ping(peer_id, count=1)
                     return True
-                except DialTimeout:
-                    if self.reach.heard_since(peer_id, asked):
+                except (P2PInferError, OSError) as e:
+                    if isinstance(e, DialTimeout) and self.reach.heard_since(peer_id, asked):
                         self.reach.answered(peer_id)
                         return True
-                    await self.host.disconnect(peer_id)
-                except (P2PInferError, OSError):
                     await self.host.disconnect(peer_id)
             if not await self._dial_known(peer_id, addrs):
                 return False

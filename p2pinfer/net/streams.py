@@ -567,6 +567,7 @@ class InboundGuard:
         strike_window_s: float = 60.0,
         ban_s: float = 60.0,
         protocol_limits: dict[str, ProtocolLimits] | None = None,
+        on_frame: Callable[[str], None] | None = None,
     ) -> None:
         self.max_frame = max_frame
         self.timeout_s = timeout_s
@@ -594,7 +595,7 @@ class InboundGuard:
         self._banned_until: dict[str, float] = {}
         self._to_disconnect: set[str] = set()
         #: called with the peer id after every inbound frame read (the node's `reach.heard`)
-        self.on_frame: Callable[[str], None] | None = None
+        self.on_frame = on_frame
         self.counters: dict[str, int] = {
             "streams": 0, "error_replies": 0, "garbage": 0, "busy": 0,
             **{r: 0 for r in REFUSAL_REASONS},
@@ -602,9 +603,12 @@ class InboundGuard:
         }
 
     @classmethod
-    def from_limits(cls, lim: LimitsSection) -> InboundGuard:
-        """The guard a node's `[limits]` section describes."""
+    def from_limits(cls, lim: LimitsSection,
+                    on_frame: Callable[[str], None] | None = None) -> InboundGuard:
+        """The guard a node's `[limits]` section describes; `on_frame` is called with the
+        peer id after every inbound frame read."""
         return cls(
+            on_frame=on_frame,
             max_frame=lim.max_frame_bytes,
             timeout_s=lim.stream_timeout_s,
             max_inbound=lim.max_inbound_streams,
