@@ -438,14 +438,18 @@ class Node:
     async def ping(self, peer_id: str, *, count: int = 2, timeout: float | None = None) -> float:
         """Round-trip time in ms over one ping stream (the first exchange warms it up). No
         pong within `timeout` (default: `PING_TIMEOUT_S`, at most `net.dial_timeout_s`) raises
-        `DialError`; a failed ping marks the peer unreachable, a pong reachable again."""
+        `DialError`; a failed ping marks the peer unreachable (unless other frames from it arrived
+        meanwhile), a pong reachable again."""
         limit = timeout if timeout is not None else min(PING_TIMEOUT_S,
                                                         self.config.net.dial_timeout_s)
+        asked = self.reach.clock()
         try:
             with trio.fail_after(limit):
                 best = await ping_peer(self, peer_id, count=count)
         except trio.TooSlowError:
-            self.reach.failed(peer_id, f"no pong within {limit} s")
+            # a peer whose frames kept arriving meanwhile is slow (a loaded machine), not gone
+            if not self.reach.heard_since(peer_id, asked):
+                self.reach.failed(peer_id, f"no pong within {limit} s")
             raise DialTimeout(f"{peer_id} did not answer a ping within {limit} s") from None
         except (P2PInferError, OSError) as e:
             self.reach.failed(peer_id, f"ping failed: {e}")

@@ -78,8 +78,15 @@ async def run(args: argparse.Namespace) -> int:
             return 3
         say(f"converged in {converge_s:.1f}s")
         async with Node(requester_config(net, step_timeout_s=60.0, gossip=gossip)) as node:
-            await node.wait_for_route(TINY_LLAMA, timeout=300)
-            await node.wait_for_route(MINILM, timeout=300)
+            try:
+                await node.wait_for_route(TINY_LLAMA, timeout=300)
+                await node.wait_for_route(MINILM, timeout=300)
+            except Exception:
+                st = node.status()
+                say(f"requester: {st['known_peers']} peers known, {st['connected']} connected, "
+                    f"reachability {st['counters']['reachability']}, gossip "
+                    f"{st['counters'].get('gossip')}")
+                raise
             print(f"{args.peers} peers started in {startup_s:.1f}s, every table complete "
                   f"{converge_s:.1f}s later; {args.gens} generations + {args.embeds} embeddings "
                   f"a minute, concurrently", flush=True)

@@ -17,8 +17,12 @@ from p2pinfer.net.discovery import DhtDiscovery
 from p2pinfer.net.host import DialError, Host
 from p2pinfer.net.peertable import PeerTable
 
-#: provider lookups back off along this schedule (seconds) while connected
+#: provider lookups back off along this schedule (seconds) while connected ...
 DHT_SCHEDULE_S = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
+#: ... and, once the node holds `target_peers` (> 0) connections, stretch to this: a lookup walks the
+#: DHT and re-announces our provider record (tens of streams), so with fifty peers on one
+#: machine a lookup every 30 s by every peer was a steady share of the CPU
+DHT_WELL_CONNECTED_S = 300.0
 #: the node dials peers it learns of (DHT, adverts) until it has this many connections
 TARGET_PEERS = 16
 MAX_DIALS_PER_ROUND = 8
@@ -94,12 +98,18 @@ class PeerDialer:
     async def _lookup_loop(self, dht: DhtDiscovery) -> None:
         """Kademlia provider lookups for our network key; results join the dial candidates."""
         step = 0
+        last = float("-inf")
         while True:
             await trio.sleep(DHT_SCHEDULE_S[min(step, len(DHT_SCHEDULE_S) - 1)])
-            if not self.host.connected_peers():
+            connected = len(self.host.connected_peers())
+            if not connected:
                 step = 0
                 continue
             step += 1
+            if (0 < self.target_peers <= connected
+                    and trio.current_time() - last < DHT_WELL_CONNECTED_S):
+                continue
+            last = trio.current_time()
             for pid in self.host.connected_peers():
                 await dht.add_peer(pid)
             found = await dht.find_network_peers()

@@ -40,6 +40,9 @@ ADVERT_FIELDS = frozenset(
 SYNC_CONCURRENCY = 8
 #: a peer whose gossip repair was tried is left alone this long
 REPAIR_BACKOFF_S = 30.0
+#: a failed sync is retried after 1 s, then 2, 4, ... s (at most one advert interval): on a
+#: saturated machine, retrying every failure after 1 s kept it saturated
+SYNC_RETRY_FIRST_S = 1.0
 
 
 class PeerWaitTimeout(P2PInferError):
@@ -69,6 +72,7 @@ class AdvertService:
         self._changed = trio.Event()
         self._synced: dict[str, float] = {}
         self._pinged: dict[str, float] = {}
+        self._sync_failures: dict[str, int] = {}
         self._repairs: set[str] = set()
         self._repaired_at: dict[str, float] = {}
         self._repair_slots = trio.Semaphore(4)
@@ -156,6 +160,7 @@ class AdvertService:
         for pid in self.table.expire():
             self.validator.forget(pid)
             self._synced.pop(pid, None)
+            self._sync_failures.pop(pid, None)
 
     def peers(self) -> list[PeerInfo]:
         self.expire()
@@ -223,9 +228,14 @@ class AdvertService:
             except (P2PInferError, trio.TooSlowError) as e:
                 self.counters["advert_fetch_failures"] += 1
                 log.debug("sync with %s failed: %s", peer_id, e)
-                # retry soon rather than after a full interval
-                self._synced[peer_id] = (time.monotonic()
-                                         - net.config.gossip.advert_interval_s + 1)
+                # retry sooner than after a full interval, backing off while it keeps failing
+                interval = net.config.gossip.advert_interval_s
+                failures = self._sync_failures.get(peer_id, 0)
+                self._sync_failures[peer_id] = failures + 1
+                wait = min(interval, SYNC_RETRY_FIRST_S * 2.0 ** min(failures, 16))
+                self._synced[peer_id] = time.monotonic() - interval + wait
+            else:
+                self._sync_failures.pop(peer_id, None)
 
     async def _publish_loop(self, gossip: Gossip) -> None:
         interval = self.network.config.gossip.advert_interval_s
@@ -281,6 +291,7 @@ class AdvertService:
                 if pid not in connected and pid not in self.table:
                     del self._synced[pid]
                     self._pinged.pop(pid, None)
+                    self._sync_failures.pop(pid, None)
                     self._repaired_at.pop(pid, None)
             self.expire()
             await trio.sleep(0.25)

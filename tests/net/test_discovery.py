@@ -41,6 +41,24 @@ async def test_five_nodes_find_each_other_through_one_bootstrap_and_the_dht(tmp_
             assert node.dht is not None and node.dht.routing_table_size == len(everyone) - 1
 
 
+async def test_a_well_connected_node_stops_walking_the_dht_every_few_seconds(tmp_path):
+    """A provider lookup walks the DHT and re-announces our record; a node that holds its
+    target of connections does it once per DHT_WELL_CONNECTED_S, one below target on the
+    short schedule (0.5, 1, 2, 4 s ...)."""
+    async with node_runner() as runner:
+        boot = await runner.start(node_config(tmp_path, "boot"))
+        full, short = await runner.start_many(
+            [node_config(tmp_path, f"n{i}", boot=[boot.addrs[0]]) for i in range(2)]
+        )
+        boot.target_peers = 0
+        full.target_peers = 1  # the bootstrap connection meets it
+        short.target_peers = 8  # never met by three nodes
+        await wait_until(lambda: full.dht.lookups >= 1 and short.dht.lookups >= 1, 20)
+        at_first = full.dht.lookups
+        await wait_until(lambda: short.dht.lookups >= 4, 30)
+        assert full.dht.lookups == at_first
+
+
 async def test_without_the_dht_adverts_still_converge_over_gossip_through_the_bootstrap(tmp_path):
     async with node_runner() as runner:
         boot = await runner.start(node_config(tmp_path, "boot", net={"dht": False}))

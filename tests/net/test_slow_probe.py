@@ -11,7 +11,8 @@ from p2pinfer.net.streams import FramedStream
 from p2pinfer.services.ping import serve_ping
 from p2pinfer.wire import Message
 
-from .conftest import node_config, node_runner
+from .conftest import node_config, node_runner, wait_until
+from .hostile_peer import attacker
 
 LATE_PONG_S = 1.5
 
@@ -66,3 +67,18 @@ async def test_a_slow_but_live_connection_survives_a_probe_and_a_stale_one_is_re
         assert not await a.probe(b.peer_id)
         assert a.reach.is_down(b.peer_id)
         assert a.reach.heard_since(b.peer_id, 0.0)
+
+
+async def test_a_peer_whose_advert_cannot_be_fetched_is_retried_with_back_off(tmp_path):
+    """A connected peer that does not answer the advert protocol: the fetch is retried after
+    1 s, then 2, 4 ... s, not every second (on a saturated machine, fixed 1 s retries to every
+    failing peer kept it saturated)."""
+    async with node_runner() as runner:
+        node = await runner.start(node_config(tmp_path, "n", net={"dht": False}))
+        async with attacker(node.addrs[0]) as atk:
+            failures = node.adverts.counters
+            await wait_until(lambda: failures["advert_fetch_failures"] >= 1, 10)
+            start = failures["advert_fetch_failures"]
+            await trio.sleep(6.5)  # retries due at +1, +3 (+7) s: two, where 1 s gave six
+            assert atk.host.get_id().to_base58() in node.connected_peers()
+            assert 1 <= failures["advert_fetch_failures"] - start <= 3
