@@ -7,6 +7,7 @@ SIGKILL after bounded waits. Nothing else is ever signalled.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -278,8 +279,16 @@ class Testnet:
                     os.kill(peer.proc.pid, signal.SIGINT)
                 except ProcessLookupError:
                     pass
-        for peer in self.peers:
-            self.stop_peer(peer)
+        try:
+            for peer in self.peers:
+                self.stop_peer(peer)
+        except BaseException:
+            # a second Ctrl-C while waiting: kill the rest rather than leave them running
+            for peer in self.peers:
+                if peer.proc is not None and peer.proc.poll() is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(peer.proc.pid, signal.SIGKILL)
+            raise
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None

@@ -9,6 +9,7 @@ that could not be dialled is left alone for `REDIAL_BACKOFF_S`. No wire protocol
 
 from __future__ import annotations
 
+import random
 import time
 
 import trio
@@ -19,9 +20,11 @@ from p2pinfer.net.peertable import PeerTable
 
 #: provider lookups back off along this schedule (seconds) while connected ...
 DHT_SCHEDULE_S = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
-#: ... and, once the node holds `target_peers` (> 0) connections, stretch to this: a lookup walks the
-#: DHT and re-announces our provider record (tens of streams), so with fifty peers on one
-#: machine a lookup every 30 s by every peer was a steady share of the CPU
+#: ... and, once the node holds `target_peers` (> 0) connections, stretch to about this (+-25%,
+#: so peers started together do not walk at once): a lookup walks the DHT and re-announces our
+#: provider record (tens of streams); with fifty peers on one machine, a lookup every 30 s by
+#: every peer was a steady share of the CPU. What a lookup finds is dialled only while the node
+#: is below its target (or has none: target 0 leaves dialling to the DHT alone).
 DHT_WELL_CONNECTED_S = 300.0
 #: the node dials peers it learns of (DHT, adverts) until it has this many connections
 TARGET_PEERS = 16
@@ -99,6 +102,7 @@ class PeerDialer:
         """Kademlia provider lookups for our network key; results join the dial candidates."""
         step = 0
         last = float("-inf")
+        wait_well = DHT_WELL_CONNECTED_S
         while True:
             await trio.sleep(DHT_SCHEDULE_S[min(step, len(DHT_SCHEDULE_S) - 1)])
             connected = len(self.host.connected_peers())
@@ -106,14 +110,17 @@ class PeerDialer:
                 step = 0
                 continue
             step += 1
-            if (0 < self.target_peers <= connected
-                    and trio.current_time() - last < DHT_WELL_CONNECTED_S):
+            well_connected = 0 < self.target_peers <= connected
+            if well_connected and trio.current_time() - last < wait_well:
                 continue
             last = trio.current_time()
+            # jittered, so peers started together do not all walk the DHT at once
+            wait_well = DHT_WELL_CONNECTED_S * random.uniform(0.75, 1.25)
             for pid in self.host.connected_peers():
                 await dht.add_peer(pid)
             found = await dht.find_network_peers()
-            await self.dial_found(found, "dht_dials")
+            if not 0 < self.target_peers <= len(self.host.connected_peers()):
+                await self.dial_found(found, "dht_dials")
 
     async def _discovery_loop(self) -> None:
         """Keep about `target_peers` connections, dialing peers the DHT's routing table and
