@@ -217,7 +217,7 @@ def _outcome(kind: str, t0: float, start: float, ok: bool, *, wrong: bool = Fals
 #: such a network did not converge in 5 minutes: every process stayed runnable and adverts
 #: arrived expired). Measured idle, 24 peers on 2 cores, after the DHT's lookups were stretched
 #: for well-connected nodes: 2.3% CPU per peer with adverts every 30 s and a 1 s heartbeat,
-#: 1.4% with these (tools/scale_testnet.py)
+#: 1.4% with these (each peer's CPU time read from /proc over a minute, no requests)
 CROWDED_GOSSIP: dict[str, Any] = {"mesh_degree": 6, "mesh_degree_low": 4, "mesh_degree_high": 12,
                                   "heartbeat_s": 3.0, "advert_interval_s": 90.0,
                                   "advert_ttl_s": 360.0}

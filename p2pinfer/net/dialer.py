@@ -98,6 +98,10 @@ class PeerDialer:
         """Peers whose signed adverts we hold, at the addresses they announce."""
         return {row.peer_id: list(row.addrs) for row in self.table.peers()}
 
+    def _well_connected(self) -> bool:
+        """The node holds its target of connections (a target of 0 is never met)."""
+        return 0 < self.target_peers <= len(self.host.connected_peers())
+
     async def _lookup_loop(self, dht: DhtDiscovery) -> None:
         """Kademlia provider lookups for our network key; results join the dial candidates."""
         step = 0
@@ -105,13 +109,11 @@ class PeerDialer:
         wait_well = DHT_WELL_CONNECTED_S
         while True:
             await trio.sleep(DHT_SCHEDULE_S[min(step, len(DHT_SCHEDULE_S) - 1)])
-            connected = len(self.host.connected_peers())
-            if not connected:
+            if not self.host.connected_peers():
                 step = 0
                 continue
             step += 1
-            well_connected = 0 < self.target_peers <= connected
-            if well_connected and trio.current_time() - last < wait_well:
+            if self._well_connected() and trio.current_time() - last < wait_well:
                 continue
             last = trio.current_time()
             # jittered, so peers started together do not all walk the DHT at once
@@ -119,7 +121,7 @@ class PeerDialer:
             for pid in self.host.connected_peers():
                 await dht.add_peer(pid)
             found = await dht.find_network_peers()
-            if not 0 < self.target_peers <= len(self.host.connected_peers()):
+            if not self._well_connected():
                 await self.dial_found(found, "dht_dials")
 
     async def _discovery_loop(self) -> None:
