@@ -79,6 +79,8 @@ log = logging.getLogger(__name__)
 
 #: a peer that does not answer a ping within this many seconds is unreachable
 PING_TIMEOUT_S = 5.0
+#: reachability probes (a dial and a ping each) one node runs at once; more wait their turn
+MAX_PROBES_IN_FLIGHT = 8
 
 
 class NodeService(Protocol):
@@ -225,7 +227,7 @@ class Node:
         self.set_handler(PING_PROTOCOL, serve_ping)
         self.set_handler(TENSOR_PROTOCOL, self.tensors.serve)
 
-        self.gossip = Gossip(host, self.network_id, self.config.gossip)
+        self.gossip = Gossip(host, self.network_id, self.config.gossip, on_rpc=self.reach.heard)
         await nursery.start(self.gossip.run)
         if self.config.net.dht:
             self.dht = DhtDiscovery(host, self.network_id)
@@ -387,13 +389,17 @@ class Node:
         probed again on their back-off schedule until they answer or leave the table."""
         was_connected: set[str] = set()
         probing: set[str] = set()
+        # a burst of dropped connections (a loaded machine, a partition) is probed a few at a
+        # time: probing them all at once adds dials and pings to the load that caused it
+        slots = trio.CapacityLimiter(MAX_PROBES_IN_FLIGHT)
 
         async def probe(pid: str) -> None:
             try:
-                if pid in self.table:
-                    await self.probe(pid)
-                else:
-                    self.reach.forget(pid)
+                async with slots:
+                    if pid in self.table:
+                        await self.probe(pid)
+                    else:
+                        self.reach.forget(pid)
             finally:
                 probing.discard(pid)
 

@@ -15,6 +15,10 @@ validated, so a flooding publisher is cut off at its first hop. libp2p's own lim
 counts every message a neighbour relays (all origins together, and our own publishes), so on a
 busy or briefly stalled machine it stopped an honest hub from relaying anything.
 
+Every gossip RPC a neighbour sends (a relayed message or a control message: IHAVE, GRAFT, ...)
+is reported to `on_rpc(peer_id)`: the node counts it as hearing from that peer, so a loaded
+neighbour whose pong is late but whose gossip keeps arriving is not taken for a dead connection.
+
 Each topic has one dedicated drain task that moves messages from libp2p's subscription queue
 into every local subscriber's queue (32 deep, newest dropped when full, counted), so a slow
 consumer never blocks the router.
@@ -67,14 +71,29 @@ def _all_loopback(addrs: list[str]) -> bool:
     return bool(addrs)
 
 
+class _Router(GossipSub):
+    """libp2p's GossipSub, telling its owner which neighbour each control RPC came from."""
+
+    def __init__(self, on_rpc: Callable[[str], None], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._on_rpc = on_rpc
+
+    async def handle_rpc(self, rpc: Any, sender_peer_id: ID) -> None:
+        self._on_rpc(sender_peer_id.to_base58())
+        await super().handle_rpc(rpc, sender_peer_id)
+
+
 class Gossip:
     """Publish/subscribe on this network's topics. Run `run()` in the node's nursery."""
 
-    def __init__(self, host: Host, network_id: str, cfg: GossipSection) -> None:
+    def __init__(self, host: Host, network_id: str, cfg: GossipSection, *,
+                 on_rpc: Callable[[str], None] | None = None) -> None:
         self.host = host
         self.network_id = network_id
         self.cfg = cfg
-        self.router = GossipSub(
+        self._on_rpc: Callable[[str], None] = on_rpc or (lambda _peer: None)
+        self.router = _Router(
+            self._on_rpc,
             protocols=[PROTOCOL_ID_V11],
             degree=cfg.mesh_degree,
             degree_low=cfg.mesh_degree_low,
@@ -121,6 +140,7 @@ class Gossip:
         """Every joined topic gets one check: size, origin, rate, then its validator if any."""
 
         def check(forwarder: ID, msg: Any) -> bool:
+            self._on_rpc(forwarder.to_base58())
             if len(msg.data) > MAX_GOSSIP_BYTES:
                 return False
             try:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import random
 import time
 from typing import Any
 
@@ -214,6 +215,7 @@ class AdvertService:
         """Fetch a peer's advert directly and/or measure its RTT (failures are counted and
         retried soon, never raised)."""
         net = self.network
+        interval = net.config.gossip.advert_interval_s
         self._synced[peer_id] = time.monotonic()
         if self._dht is not None and fetch:
             await self._dht.add_peer(peer_id)
@@ -224,12 +226,13 @@ class AdvertService:
                         await self.fetch(peer_id)
                     if ping and peer_id in self.table:
                         await net.ping(peer_id)
-                        self._pinged[peer_id] = time.monotonic()
+                        # +-half an interval, so connections made together are not pinged
+                        # together every 3 intervals from then on
+                        self._pinged[peer_id] = time.monotonic() + interval * (random.random() - 0.5)
             except (P2PInferError, trio.TooSlowError) as e:
                 self.counters["advert_fetch_failures"] += 1
                 log.debug("sync with %s failed: %s", peer_id, e)
                 # retry sooner than after a full interval, backing off while it keeps failing
-                interval = net.config.gossip.advert_interval_s
                 failures = self._sync_failures.get(peer_id, 0)
                 self._sync_failures[peer_id] = failures + 1
                 wait = min(interval, SYNC_RETRY_FIRST_S * 2.0 ** min(failures, 16))
@@ -258,7 +261,7 @@ class AdvertService:
     async def _sync_loop(self, nursery: trio.Nursery, gossip: Gossip) -> None:
         """New connections: fetch the advert and ping at once. Afterwards gossip keeps adverts
         fresh; a peer whose advert was not refreshed for 1.5 intervals is fetched directly, and
-        RTT is measured again every 3 intervals."""
+        RTT is measured again every 2.5-3.5 intervals (jittered per peer)."""
         interval = self.network.config.gossip.advert_interval_s
         while True:
             now = time.monotonic()

@@ -32,10 +32,12 @@ async def drip(stream: FramedStream, peer_id: str) -> None:
 async def test_a_slow_but_live_connection_survives_a_probe_and_a_stale_one_is_redialled(
         tmp_path, monkeypatch):
     monkeypatch.setattr(node_module, "PING_TIMEOUT_S", 0.5)
+    # adverts rarely, so b's gossip does not count as hearing it during the stale probe
+    quiet = {"advert_interval_s": 120.0}
     async with node_runner() as runner:
-        a = await runner.start(node_config(tmp_path, "a", net={"dht": False}))
+        a = await runner.start(node_config(tmp_path, "a", net={"dht": False}, gossip=quiet))
         b = await runner.start(node_config(tmp_path, "b", boot=[a.addrs[0]],
-                                           net={"dht": False}))
+                                           net={"dht": False}, gossip=quiet))
         with trio.fail_after(20):
             await b.wait_for_peers(1, timeout=20)
         b.set_handler("ping", late_ping)
@@ -82,3 +84,35 @@ async def test_a_peer_whose_advert_cannot_be_fetched_is_retried_with_back_off(tm
             await trio.sleep(6.5)  # retries due at +1, +3 (+7) s: two, where 1 s gave six
             assert atk.host.get_id().to_base58() in node.connected_peers()
             assert 1 <= failures["advert_fetch_failures"] - start <= 3
+
+
+async def test_gossip_from_a_peer_counts_as_hearing_it(tmp_path, monkeypatch):
+    """b's pong is late, but b's gossip keeps arriving (relayed messages): a's probe finds the
+    connection alive and keeps it. Before, only our own protocols' frames counted, so under
+    load a probe closed connections that carried gossip every second."""
+    monkeypatch.setattr(node_module, "PING_TIMEOUT_S", 0.5)
+    async with node_runner() as runner:
+        a = await runner.start(node_config(tmp_path, "a", net={"dht": False}))
+        b = await runner.start(node_config(tmp_path, "b", boot=[a.addrs[0]],
+                                           net={"dht": False}))
+        with trio.fail_after(20):
+            await b.wait_for_peers(1, timeout=20)
+        async with a.subscribe("chatter") as got:
+            await b.gossip.join("chatter")
+            await wait_until(lambda: b.gossip.topic_peers("chatter") == 1, 20)
+            b.set_handler("ping", late_ping)
+
+            async def chatter() -> None:
+                for i in range(300):
+                    await b.publish("chatter", b"%d" % i)
+                    await trio.sleep(0.1)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(chatter)
+                with trio.fail_after(10):
+                    await got.receive()
+                asked = a.reach.clock()
+                assert await a.probe(b.peer_id)
+                assert a.reach.heard_since(b.peer_id, asked)
+                assert a.host.is_connected(b.peer_id) and not a.reach.is_down(b.peer_id)
+                nursery.cancel_scope.cancel()
