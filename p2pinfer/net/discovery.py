@@ -9,7 +9,12 @@
   list never named; results are de-duplicated. The DHT's protocol id is fixed by libp2p
   (`/ipfs/kad/1.0.0`), so our keys carry the network id, and a validator for our `p2pinfer`
   record namespace refuses every value (we only use provider records): other networks' or
-  strangers' values cannot be stored through us.
+  strangers' values cannot be stored through us. libp2p's own maintenance (every 10 minutes:
+  a lookup per routing-table bucket, then re-providing every key) runs only once, at start:
+  every node started together would otherwise walk the DHT at the same moment every 10
+  minutes (fifty peer processes on two cores saturated the machine at minute 10 and meshes
+  emptied); the node's own lookups (`p2pinfer.net.dialer`, jittered) re-provide the key and keep
+  the routing table fresh.
 - `MdnsDiscovery` (off unless `net.mdns`) receives libp2p's mDNS events, which fire on
   zeroconf's thread for every host in the process, filters them, and hands them to trio
   through `trio.from_thread`; nothing is dialed automatically: the node decides.
@@ -99,13 +104,34 @@ class _RefuseValues(Validator):
         return 0
 
 
+class _Kademlia(KadDHT):
+    """libp2p's KadDHT whose periodic maintenance walks the network only at its first run
+    (populating the routing table from the first connections); later runs do nothing."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.maintenance_walks = 0
+        # the maintenance loop re-provides every key it has never re-provided itself, i.e. ours,
+        # at its second run; our lookups provide the key every few minutes already
+        self.provider_store._republish_provider_records = self._no_republish  # type: ignore[method-assign]
+
+    async def refresh_routing_table(self) -> None:
+        if self.maintenance_walks:
+            return
+        self.maintenance_walks += 1
+        await super().refresh_routing_table()
+
+    async def _no_republish(self) -> None:
+        return None
+
+
 class DhtDiscovery:
     """Kademlia DHT (server mode) used to find more peers of our network."""
 
     def __init__(self, host: Host, network_id: str) -> None:
         self.host = host
         self.network_id = network_id
-        self.dht = KadDHT(host.lp2p, DHTMode.SERVER, enable_random_walk=False)
+        self.dht = _Kademlia(host.lp2p, DHTMode.SERVER, enable_random_walk=False)
         self.dht.register_validator(RECORD_NAMESPACE, _RefuseValues())
         self.key = f"/{RECORD_NAMESPACE}/{network_id}/peers"
         self.lookups = 0

@@ -59,6 +59,41 @@ async def test_a_well_connected_node_stops_walking_the_dht_every_few_seconds(tmp
         assert full.dht.lookups == at_first
 
 
+async def test_libp2ps_own_dht_maintenance_walks_the_network_only_at_start(tmp_path):
+    """libp2p's KadDHT maintenance (every 10 min: a lookup per bucket, then re-providing our
+    key) does nothing after its first run: every node started together would walk at the same
+    moment. Its later runs here, on a node with a full routing table, query nobody."""
+    async with node_runner() as runner:
+        a = await runner.start(node_config(tmp_path, "a"))
+        b = await runner.start(node_config(tmp_path, "b", boot=[a.addrs[0]]))
+        await wait_until(lambda: b.dht.lookups >= 1 and b.dht.routing_table_size >= 1, 20)
+        kad = b.dht.dht
+        queried: list[str] = []
+        real_query = kad.peer_routing._query_peer_for_closest
+
+        async def counted(peer, target_key):
+            queried.append(str(peer))
+            return await real_query(peer, target_key)
+
+        kad.peer_routing._query_peer_for_closest = counted
+        provided = kad.provider_store.provide
+        provides: list[bytes] = []
+
+        async def counted_provide(key):
+            provides.append(key)
+            return await provided(key)
+
+        kad.provider_store.provide = counted_provide
+        assert kad.maintenance_walks == 1
+        with trio.fail_after(10):
+            await kad.refresh_routing_table()
+            await kad.provider_store._republish_provider_records()
+        assert queried == [] and provides == []
+        # the node's own lookup still walks the DHT and provides the key
+        with trio.fail_after(20):
+            await b.dht.find_network_peers()
+        assert queried and provides
+
 async def test_without_the_dht_adverts_still_converge_over_gossip_through_the_bootstrap(tmp_path):
     async with node_runner() as runner:
         boot = await runner.start(node_config(tmp_path, "boot", net={"dht": False}))
