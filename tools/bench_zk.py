@@ -1,6 +1,6 @@
 """Benchmark of p2pinfer.zk: shard proofs against EZKL, and prover cost against plain execution.
 
-Prints three tables (same run; medians):
+Prints these tables (same run; medians):
   1. group building blocks: PyNaCl ed25519 vs py_arkworks_bls12381 G1 (why we chose arkworks);
   2. MLP 256 -> 256 -> 256 with ReLU, batch 1: prove, verify, proof size and one-time setup,
      ours vs EZKL (PyPI `ezkl`, local SRS from ezkl.gen_srs; if ezkl or onnx is missing, the
@@ -16,8 +16,8 @@ Prints three tables (same run; medians):
   5. with `--smollm2` (or `--smollm2-only`): all 30 decoder blocks of SmolLM2-135M-Instruct, real
      weights, proven and verified half by half on a 16-token chat prompt, totals beside the
      published GPT-2 figures of zkGPT, Jolt Atlas and NanoZK (quoted, other hardware).
-The 1024-wide block and the SmolLM2 table also print where the prover's time went (each ledger
-method and the witness trace timed in the same proofs) and the proof bytes by part.
+Every proof row also prints where the prover's time went (each ledger method and the witness
+trace timed in the same proofs), and the larger ones the proof bytes by part.
 
 Every prove time is printed beside the pure-Python reference kernels' (P2PINFER_ZK_REFERENCE=1,
 in a child process of the same run) unless --no-reference is given.
@@ -643,10 +643,6 @@ class _MethodClock:
             setattr(cls, name, orig)
 
 
-def _forward_s(committed, a) -> float:
-    return median_time(lambda: committed.forward_fixed(a), 3)
-
-
 def timed_prove(committed, x, y, binding, spent: dict[str, float]):
     """One proof, timed; the time spent in each ledger method and in the witness trace is
     added to `spent` (keys: _LEDGER_PARTS and "trace"). Returns (proof, seconds)."""
@@ -685,16 +681,19 @@ def breakdown_line(total: float, spent: dict[str, float]) -> str:
                      + [f"sum-checks and glue {rest / total:.0%}"])
 
 
-def print_breakdown(total: float, spent: dict[str, float]) -> None:
-    """Where `total` seconds of proving went, largest first, the unaccounted rest last."""
-    print(f"where the prover's {fmt_s(total)} went (wall time in each ledger method and in the "
-          "witness trace, measured in the same proofs):")
-    named = dict(_LEDGER_PARTS, trace="witness (the traced fixed-point forward)")
+def print_breakdown(total: float, spent: dict[str, float], *,
+                    header: str | None = None, names: dict[str, str] | None = None,
+                    rest: str = "sum-check rounds, lookup arguments and Python between kernels "
+                                "(the rest)") -> None:
+    """Where `total` seconds went, largest part first, the unaccounted rest last (default: the
+    prover's parts as timed by timed_prove)."""
+    print(header or f"where the prover's {fmt_s(total)} went (wall time in each ledger method "
+                    "and in the witness trace, measured in the same proofs):")
+    named = names or dict(_LEDGER_PARTS, trace="witness (the traced fixed-point forward)")
     for name, secs in sorted(spent.items(), key=lambda kv: -kv[1]):
         print(f"  {secs / total:6.1%}  {fmt_s(secs):>9s}  {named[name]}")
-    rest = total - sum(spent.values())
-    print(f"  {rest / total:6.1%}  {fmt_s(rest):>9s}  sum-check rounds, lookup arguments and "
-          "Python between kernels (the rest)")
+    left = total - sum(spent.values())
+    print(f"  {left / total:6.1%}  {fmt_s(left):>9s}  {rest}")
 
 
 def _prove_half(path: str, k: int, x: np.ndarray, y: np.ndarray, digest: bytes) -> dict:
@@ -840,13 +839,12 @@ def report_smollm2(args) -> None:
         print(f"pure-Python reference kernels, the first {nref // 2} blocks, same workers: "
               f"{fmt_s(ref_s)} against native {fmt_s(nat_s)} ({ref_s / nat_s:.1f}x)")
     print_breakdown(tot["prove"], spent)
-    print(f"where the verifier's {fmt_s(tot['verify'])} went:")
-    for name, secs in sorted(vclock.spent.items(), key=lambda kv: -kv[1]):
-        print(f"  {secs / tot['verify']:6.1%}  {fmt_s(secs):>9s}  {_VERIFY_PARTS[name]}")
-    rest = tot["verify"] - sum(vclock.spent.values())
-    print(f"  {rest / tot['verify']:6.1%}  {fmt_s(rest):>9s}  sum-check rounds and lookup "
-          "arguments replayed, and Python between them (the rest)")
+    print_breakdown(tot["verify"], vclock.spent, names=_VERIFY_PARTS,
+                    header=f"where the verifier's {fmt_s(tot['verify'])} went:",
+                    rest="sum-check rounds and lookup arguments replayed, and Python between "
+                         "them (the rest)")
     print(f"proof bytes by part, all blocks: {parts_line(parts)}")
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
